@@ -1,0 +1,28 @@
+// Global average pooling over tokens: [batch, n, c] -> [batch, c]. One invocation per output.
+
+struct Params {
+    batch: u32,
+    n: u32,
+    c: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 64u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.batch * p.c) {
+        return;
+    }
+    let c = i % p.c;
+    let b = i / p.c;
+    var s = 0.0;
+    for (var t = 0u; t < p.n; t++) {
+        s += x[(b * p.n + t) * p.c + c];
+    }
+    y[i] = s / f32(p.n);
+}

@@ -1,0 +1,78 @@
+// Bipartite soft matching, step 4: the mass-weighted merge. Every output token is produced by
+// one invocation that gathers its sources (no float atomics, so the result is deterministic):
+// an unmerged A token is copied; a B token becomes (x_b s_b + sum x_a s_a) / (s_b + sum s_a) over
+// the A tokens merged into it, visited in rank order. Masses are summed alongside.
+
+struct Params {
+    batch: u32,
+    n: u32,
+    r: u32,
+    c: u32,
+    // bit 0: masses are in `mass`; otherwise every token has mass 1 (the stage's first merge).
+    flags: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> mass: array<f32>;
+@group(0) @binding(3) var<storage, read> order: array<u32>;
+@group(0) @binding(4) var<storage, read> dst: array<u32>;
+@group(0) @binding(5) var<storage, read_write> x_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> mass_out: array<f32>;
+
+const WG: u32 = 64u;
+
+fn mass_of(b: u32, t: u32) -> f32 {
+    if ((p.flags & 1u) != 0u) {
+        return mass[b * p.n + t];
+    }
+    return 1.0;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let na = (p.n + 1u) / 2u;
+    let unmerged = na - p.r;
+    let n_out = p.n - p.r;
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.batch * n_out) {
+        return;
+    }
+    let s = i % n_out;
+    let b = i / n_out;
+    let obase = i * p.c;
+    if (s < unmerged) {
+        let t = 2u * order[b * na + p.r + s];
+        let ibase = (b * p.n + t) * p.c;
+        for (var ch = 0u; ch < p.c; ch++) {
+            x_out[obase + ch] = x[ibase + ch];
+        }
+        mass_out[i] = mass_of(b, t);
+        return;
+    }
+    let jb = s - unmerged;
+    let t = 2u * jb + 1u;
+    let ibase = (b * p.n + t) * p.c;
+    let sb = mass_of(b, t);
+    var total = sb;
+    for (var ch = 0u; ch < p.c; ch++) {
+        x_out[obase + ch] = x[ibase + ch] * sb;
+    }
+    for (var k = 0u; k < p.r; k++) {
+        let a = order[b * na + k];
+        if (dst[b * na + a] == jb) {
+            let ta = 2u * a;
+            let sa = mass_of(b, ta);
+            total += sa;
+            let abase = (b * p.n + ta) * p.c;
+            for (var ch = 0u; ch < p.c; ch++) {
+                x_out[obase + ch] += x[abase + ch] * sa;
+            }
+        }
+    }
+    let inv = 1.0 / total;
+    for (var ch = 0u; ch < p.c; ch++) {
+        x_out[obase + ch] = x_out[obase + ch] * inv;
+    }
+    mass_out[i] = total;
+}

@@ -1,0 +1,41 @@
+// ToMe's matching metric: the keys averaged over heads, then L2-normalised, per token.
+// qkv [batch, n, 3 * dim] -> metric [batch, n, HEAD_DIM]. Independent of any permutation: a
+// token's keys are its own whatever group it sat in.
+
+struct Params {
+    batch: u32,
+    n: u32,
+    dim: u32,
+    heads: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> metric: array<f32>;
+
+const WG: u32 = 64u;
+const HEAD_DIM: u32 = 32u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * WG;
+    if (t >= p.batch * p.n) {
+        return;
+    }
+    let kbase = t * 3u * p.dim + p.dim;
+    var m: array<f32, HEAD_DIM>;
+    var norm2 = 0.0;
+    let inv_heads = 1.0 / f32(p.heads);
+    for (var d = 0u; d < HEAD_DIM; d++) {
+        var s = 0.0;
+        for (var h = 0u; h < p.heads; h++) {
+            s += qkv[kbase + h * HEAD_DIM + d];
+        }
+        m[d] = s * inv_heads;
+        norm2 += m[d] * m[d];
+    }
+    let inv = 1.0 / sqrt(norm2);
+    for (var d = 0u; d < HEAD_DIM; d++) {
+        metric[t * HEAD_DIM + d] = m[d] * inv;
+    }
+}

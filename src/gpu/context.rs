@@ -1,0 +1,175 @@
+//! The device the engine runs on: either one we create (CLI use) or one borrowed from a host
+//! application (its `Device` and `Queue` are cheap handles; we never create an `Instance` then).
+
+use crate::error::{Error, Result};
+
+/// How to pick an adapter when the engine creates its own device.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    /// Backends to consider, e.g. "vulkan", "metal", "dx12", "gl" (comma separated). `None` reads
+    /// `WGPU_BACKEND` and otherwise allows all.
+    pub backends: Option<String>,
+    /// Index into the list of adapters (as `sret-tome adapters` prints it). `None`: the
+    /// highest-performance adapter.
+    pub index: Option<usize>,
+}
+
+/// A device plus what the planner needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// Features enabled on `device` (what the planner may use).
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+}
+
+fn parse_backends(spec: &str) -> Result<wgpu::Backends> {
+    let mut b = wgpu::Backends::empty();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        b |= match part.to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "all" => wgpu::Backends::all(),
+            other => {
+                return Err(Error::arg(
+                    "backend",
+                    other,
+                    "expected vulkan, metal, dx12, gl or all",
+                ))
+            }
+        };
+    }
+    if b.is_empty() {
+        return Err(Error::arg("backend", spec, "no backend named"));
+    }
+    Ok(b)
+}
+
+fn instance(choice: &AdapterChoice) -> Result<wgpu::Instance> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(spec) = &choice.backends {
+        desc.backends = parse_backends(spec)?;
+    }
+    Ok(wgpu::Instance::new(desc))
+}
+
+/// Every adapter visible with `choice.backends`, in the order `--adapter` indexes them.
+pub fn list_adapters(choice: &AdapterChoice) -> Result<Vec<wgpu::AdapterInfo>> {
+    let inst = instance(choice)?;
+    let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    Ok(adapters.iter().map(|a| a.get_info()).collect())
+}
+
+/// Optional features the engine uses when present; none is required.
+pub fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::SHADER_F16
+}
+
+impl Gpu {
+    /// Create an instance, pick an adapter and open a device with the adapter's own limits
+    /// (storage binding size, workgroup sizes), so plans can use what the hardware offers.
+    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let inst = instance(choice)?;
+        let adapter = match choice.index {
+            Some(i) => {
+                let all = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+                let n = all.len();
+                all.into_iter().nth(i).ok_or_else(|| Error::NoAdapter {
+                    detail: format!(" at index {i} ({n} adapters found; see `sret-tome adapters`)"),
+                })?
+            }
+            None => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::NoAdapter {
+                detail: format!(
+                    ": {e}. On Linux without a GPU install Mesa's software Vulkan (apt-get install mesa-vulkan-drivers)"
+                ),
+            })?,
+        };
+        let info = adapter.get_info();
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        log::info!(
+            "adapter: {} ({:?}, {}), features {:?}",
+            info.name,
+            info.backend,
+            info.driver,
+            features
+        );
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("sret-tome"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+        })
+    }
+
+    /// Borrow a host application's device. The engine uses only the features and limits the
+    /// device was created with.
+    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        Gpu {
+            features: device.features(),
+            limits: device.limits(),
+            device: device.clone(),
+            queue: queue.clone(),
+            info,
+        }
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// One line naming the adapter, backend and driver, for reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {} {})",
+            self.info.name, self.info.backend, self.info.driver, self.info.driver_info
+        )
+    }
+
+    /// Block until the queue is idle, turning a lost device into an error instead of a hang.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                during: "wait".into(),
+                why: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!(parse_backends("vulkan").unwrap(), wgpu::Backends::VULKAN);
+        assert_eq!(
+            parse_backends("Vulkan, metal").unwrap(),
+            wgpu::Backends::VULKAN | wgpu::Backends::METAL
+        );
+        let e = parse_backends("cuda").unwrap_err().to_string();
+        assert!(e.contains("cuda"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! GPU plumbing: the device context, the shader/pipeline cache and planned programs.
+
+pub mod context;
+pub mod program;
+pub mod shaders;
+
+pub use context::{AdapterChoice, Gpu};
+pub use program::{Family, Program, ProgramBuilder, TensorId};
+pub use shaders::{KernelKey, PipelineCache, Shader};

@@ -1,0 +1,158 @@
+//! The WGSL kernels and their pipeline cache.
+//!
+//! Shaders are plain `.wgsl` files under `shaders/`. The only substitution is the attention
+//! head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that needs another
+//! size gets that one line rewritten. The substituted value is part of the cache key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Every kernel the engine dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shader {
+    Conv,
+    LayerNorm,
+    Linear,
+    Attention,
+    MeanTokens,
+    TomeMetric,
+    TomeMatch,
+    TomeRank,
+    TomeSlots,
+    TomeMerge,
+    TomeMapUpdate,
+    Gather,
+}
+
+impl Shader {
+    pub const ALL: [Shader; 12] = [
+        Shader::Conv,
+        Shader::LayerNorm,
+        Shader::Linear,
+        Shader::Attention,
+        Shader::MeanTokens,
+        Shader::TomeMetric,
+        Shader::TomeMatch,
+        Shader::TomeRank,
+        Shader::TomeSlots,
+        Shader::TomeMerge,
+        Shader::TomeMapUpdate,
+        Shader::Gather,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::Conv => "conv",
+            Shader::LayerNorm => "layernorm",
+            Shader::Linear => "linear",
+            Shader::Attention => "attention",
+            Shader::MeanTokens => "mean_tokens",
+            Shader::TomeMetric => "tome_metric",
+            Shader::TomeMatch => "tome_match",
+            Shader::TomeRank => "tome_rank",
+            Shader::TomeSlots => "tome_slots",
+            Shader::TomeMerge => "tome_merge",
+            Shader::TomeMapUpdate => "tome_map_update",
+            Shader::Gather => "gather",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Conv => include_str!("../../shaders/conv.wgsl"),
+            Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
+            Shader::Linear => include_str!("../../shaders/linear.wgsl"),
+            Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
+            Shader::TomeMetric => include_str!("../../shaders/tome_metric.wgsl"),
+            Shader::TomeMatch => include_str!("../../shaders/tome_match.wgsl"),
+            Shader::TomeRank => include_str!("../../shaders/tome_rank.wgsl"),
+            Shader::TomeSlots => include_str!("../../shaders/tome_slots.wgsl"),
+            Shader::TomeMerge => include_str!("../../shaders/tome_merge.wgsl"),
+            Shader::TomeMapUpdate => include_str!("../../shaders/tome_map_update.wgsl"),
+            Shader::Gather => include_str!("../../shaders/gather.wgsl"),
+        }
+    }
+
+    /// Whether the source declares the substitutable `HEAD_DIM` constant.
+    pub fn has_head_dim(self) -> bool {
+        self.source().contains(HEAD_DIM_LINE)
+    }
+}
+
+/// The line a plan may rewrite, exactly as it stands in the `.wgsl` files.
+pub const HEAD_DIM_LINE: &str = "const HEAD_DIM: u32 = 32u;";
+
+/// A shader with its substitution: the pipeline cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KernelKey {
+    pub shader: Shader,
+    /// Head size for shaders that declare `HEAD_DIM`; 0 otherwise.
+    pub head_dim: u32,
+}
+
+impl KernelKey {
+    pub fn plain(shader: Shader) -> Self {
+        KernelKey {
+            shader,
+            head_dim: 0,
+        }
+    }
+    pub fn with_head_dim(shader: Shader, head_dim: usize) -> Self {
+        KernelKey {
+            shader,
+            head_dim: if shader.has_head_dim() {
+                head_dim as u32
+            } else {
+                0
+            },
+        }
+    }
+    /// The WGSL text after substitution.
+    pub fn wgsl(&self) -> String {
+        let src = self.shader.source();
+        if self.head_dim == 0 {
+            src.to_string()
+        } else {
+            src.replace(
+                HEAD_DIM_LINE,
+                &format!("const HEAD_DIM: u32 = {}u;", self.head_dim),
+            )
+        }
+    }
+}
+
+/// Compiled pipelines, shared by every plan built on one device.
+#[derive(Clone, Default)]
+pub struct PipelineCache {
+    map: Arc<Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>>,
+}
+
+impl PipelineCache {
+    pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                let label = format!("{}:{}", key.shader.name(), key.head_dim);
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(key.wgsl().into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,69 @@
+//! Convolutions: the three stem layers (BN folded, ReLU, positional embedding fused into the
+//! last) and the grouped pooling between stages.
+
+use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+
+/// Tensor layout on either side of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Nchw,
+    /// `[batch, h * w, channels]`, the transformer's layout.
+    Tokens,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+impl ConvShape {
+    pub fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.k) / self.stride + 1,
+            (self.w + 2 * self.pad - self.k) / self.stride + 1,
+        )
+    }
+}
+
+pub struct ConvIo {
+    pub x: TensorId,
+    pub weight: TensorId,
+    pub bias: TensorId,
+    /// Positional embedding `[cout, oh, ow]` added after the activation.
+    pub pos: Option<TensorId>,
+    pub y: TensorId,
+    pub input: Layout,
+    pub output: Layout,
+    pub relu: bool,
+}
+
+pub fn record(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo) {
+    let (oh, ow) = s.out_hw();
+    let flags = (io.relu as u32)
+        | ((io.input == Layout::Tokens) as u32) << 1
+        | ((io.output == Layout::Tokens) as u32) << 2
+        | (io.pos.is_some() as u32) << 3;
+    let params = [
+        s.batch, s.cin, s.h, s.w, s.cout, oh, ow, s.k, s.stride, s.pad, s.groups,
+    ]
+    .map(|v| v as u32);
+    let mut p = params.to_vec();
+    p.push(flags);
+    let items = s.batch * oh * ow * s.cout.div_ceil(4);
+    let grid = b.grid(items, 64);
+    b.dispatch(
+        family,
+        KernelKey::plain(Shader::Conv),
+        &p,
+        &[io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y],
+        grid,
+    );
+}

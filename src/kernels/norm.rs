@@ -1,0 +1,45 @@
+//! LayerNorm over the channels of every token, and global average pooling over tokens.
+
+use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(
+    b: &mut ProgramBuilder,
+    family: Family,
+    rows: usize,
+    c: usize,
+    eps: f32,
+    x: TensorId,
+    gamma: TensorId,
+    beta: TensorId,
+    y: TensorId,
+) {
+    let grid = b.grid(rows, 64);
+    b.dispatch(
+        family,
+        KernelKey::plain(Shader::LayerNorm),
+        &[rows as u32, c as u32, eps.to_bits()],
+        &[x, gamma, beta, y],
+        grid,
+    );
+}
+
+/// `[batch, n, c] -> [batch, c]`, the mean over tokens.
+pub fn mean_tokens(
+    b: &mut ProgramBuilder,
+    family: Family,
+    batch: usize,
+    n: usize,
+    c: usize,
+    x: TensorId,
+    y: TensorId,
+) {
+    let grid = b.grid(batch * c, 64);
+    b.dispatch(
+        family,
+        KernelKey::plain(Shader::MeanTokens),
+        &[batch as u32, n as u32, c as u32],
+        &[x, y],
+        grid,
+    );
+}

@@ -1,0 +1,132 @@
+//! Token merging on the GPU: metric, matching, ordering, slot map, weighted merge, composition
+//! of the stage's unmerge map, and the one-gather unmerge. Every size is static per plan; only
+//! the choice of tokens depends on the data, and it never leaves the GPU.
+
+use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+
+/// Buffers one merge writes; kept apart so a trace can read each merge's map and masses.
+pub struct MergeOutputs {
+    /// `[batch, n - r, c]`
+    pub x: TensorId,
+    /// `[batch, n - r]`
+    pub mass: TensorId,
+    /// `[batch, n]`: incoming position -> outgoing slot.
+    pub slot: TensorId,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MergeShape {
+    pub batch: usize,
+    /// Tokens entering the merge.
+    pub n: usize,
+    pub r: usize,
+    /// Channels of the residual stream.
+    pub c: usize,
+    /// Channels of the model (`dim`) and heads, to read keys out of `qkv`.
+    pub dim: usize,
+    pub heads: usize,
+    /// Tokens of the stage's grid (length of the unmerge map).
+    pub n_grid: usize,
+}
+
+/// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
+/// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
+/// place (`first` = it is still the identity). Returns the new sequence, masses and slot map.
+#[allow(clippy::too_many_arguments)]
+pub fn record_merge(
+    b: &mut ProgramBuilder,
+    s: MergeShape,
+    qkv: TensorId,
+    x: TensorId,
+    mass: Option<TensorId>,
+    map: TensorId,
+    first: bool,
+    label: &str,
+) -> MergeOutputs {
+    let hd = s.dim / s.heads;
+    let na = s.n.div_ceil(2);
+    let (bt, n) = (s.batch as u32, s.n as u32);
+    let metric = b.activation(format!("{label} metric"), s.batch * s.n * hd);
+    let row_max = b.activation(format!("{label} row max"), s.batch * na);
+    let dst = b.activation(format!("{label} dst"), s.batch * na);
+    let rank = b.activation(format!("{label} rank"), s.batch * na);
+    let order = b.activation(format!("{label} order"), s.batch * na);
+    let slot = b.activation(format!("{label} slot"), s.batch * s.n);
+    let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
+    let mass_out = b.activation(format!("{label} mass"), s.batch * (s.n - s.r));
+
+    let g = b.grid(s.batch * s.n, 64);
+    b.dispatch(
+        Family::Matching,
+        KernelKey::with_head_dim(Shader::TomeMetric, hd),
+        &[bt, n, s.dim as u32, s.heads as u32],
+        &[qkv, metric],
+        g,
+    );
+    let g = b.grid(s.batch * na, 64);
+    b.dispatch(
+        Family::Matching,
+        KernelKey::with_head_dim(Shader::TomeMatch, hd),
+        &[bt, n],
+        &[metric, row_max, dst],
+        g,
+    );
+    b.dispatch(
+        Family::Matching,
+        KernelKey::plain(Shader::TomeRank),
+        &[bt, n],
+        &[row_max, rank, order],
+        g,
+    );
+    let g = b.grid(s.batch * s.n, 64);
+    b.dispatch(
+        Family::Merge,
+        KernelKey::plain(Shader::TomeSlots),
+        &[bt, n, s.r as u32],
+        &[rank, dst, slot],
+        g,
+    );
+    let g = b.grid(s.batch * (s.n - s.r), 64);
+    b.dispatch(
+        Family::Merge,
+        KernelKey::plain(Shader::TomeMerge),
+        &[bt, n, s.r as u32, s.c as u32, mass.is_some() as u32],
+        &[x, mass.unwrap_or(x), order, dst, x_out, mass_out],
+        g,
+    );
+    let g = b.grid(s.batch * s.n_grid, 64);
+    b.dispatch(
+        Family::Merge,
+        KernelKey::plain(Shader::TomeMapUpdate),
+        &[bt, s.n_grid as u32, n, first as u32],
+        &[slot, map],
+        g,
+    );
+    MergeOutputs {
+        x: x_out,
+        mass: mass_out,
+        slot,
+    }
+}
+
+/// The unmerge stack in one gather: `out[b, orig] = x[b, map[b, orig]]`.
+#[allow(clippy::too_many_arguments)]
+pub fn record_unmerge(
+    b: &mut ProgramBuilder,
+    batch: usize,
+    n_grid: usize,
+    n: usize,
+    c: usize,
+    x: TensorId,
+    map: TensorId,
+    out: TensorId,
+) {
+    let g = b.grid(batch * n_grid * c, 64);
+    b.dispatch(
+        Family::Unmerge,
+        KernelKey::plain(Shader::Gather),
+        &[batch as u32, n_grid as u32, n as u32, c as u32],
+        &[x, map, out],
+        g,
+    );
+}

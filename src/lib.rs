@@ -1,0 +1,12 @@
+//! sret-tome: Sliced Recursive Transformers with Token Merging, planned once and run resident
+//! on the GPU through wgpu.
+
+pub mod error;
+pub mod model;
+pub mod gpu;
+pub mod kernels;
+pub mod preprocess;
+pub mod reference;
+pub mod tome;
+
+pub use error::{Error, Result};

@@ -1,0 +1,298 @@
+//! A planned, resident forward pass: buffers, pipelines and bind groups are made once; each
+//! forward is one command buffer, one submission and one readback.
+
+use super::config::ModelConfig;
+use super::plan::{self, ModelProgram, PlanSpec};
+use super::weights::ModelWeights;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, PipelineCache};
+
+/// Per-merge and per-stage maps read back with `--trace`.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    /// `(stage, exec, slot map [batch * n_in], masses [batch * n_out], n_in, n_out)`
+    pub merges: Vec<(usize, usize, Vec<u32>, Vec<f32>, usize, usize)>,
+    /// `(stage, map [batch * n_grid], n_grid)`: original grid position -> final merged slot.
+    pub stage_maps: Vec<(usize, Vec<u32>, usize)>,
+}
+
+pub struct ForwardOutput {
+    /// `[batch, classes]`
+    pub logits: Vec<f32>,
+    pub trace: Option<Trace>,
+}
+
+/// What to plan besides model and weights.
+#[derive(Clone, Debug)]
+pub struct EngineSpec {
+    /// Images per forward.
+    pub batch: usize,
+    pub safe_r: Vec<Vec<usize>>,
+    pub perms: Vec<Vec<Option<Vec<u32>>>>,
+    pub trace: bool,
+}
+
+pub struct Engine {
+    gpu: Gpu,
+    cfg: ModelConfig,
+    plan: ModelProgram,
+    batch: usize,
+    chunks: usize,
+    /// The user's whole batch of images, `[batch, 3, H, W]`.
+    input: wgpu::Buffer,
+    /// One micro-batch of images, bound by the program.
+    images: wgpu::Buffer,
+    /// One micro-batch of logits, written by the program.
+    logits: wgpu::Buffer,
+    /// All logits of the batch, gathered per chunk, then mapped.
+    readback: wgpu::Buffer,
+    /// Trace tensors gathered per chunk (one readback buffer each).
+    trace_readback: Vec<wgpu::Buffer>,
+}
+
+fn image_elems(cfg: &ModelConfig) -> usize {
+    3 * cfg.image_size * cfg.image_size
+}
+
+/// Largest number of images whose biggest activation still fits one storage binding.
+pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
+    let s0 = &cfg.stages[0];
+    let half = cfg.image_size / 2;
+    let n0 = cfg.tokens(0);
+    let per_image = [
+        image_elems(cfg),
+        cfg.stem_mid * half * half,
+        n0 * 3 * s0.dim,
+        n0 * s0.mlp_hidden.max(s0.np_hidden),
+    ]
+    .into_iter()
+    .chain(cfg.stages.iter().enumerate().map(|(s, st)| {
+        cfg.tokens(s) * (3 * st.dim).max(st.mlp_hidden).max(st.np_hidden)
+    }))
+    .max()
+    .unwrap_or(1)
+        * 4;
+    ((limits.max_storage_buffer_binding_size as usize) / per_image).max(1)
+}
+
+fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+impl Engine {
+    pub fn new(
+        gpu: &Gpu,
+        cache: &PipelineCache,
+        cfg: &ModelConfig,
+        weights: &ModelWeights,
+        spec: &EngineSpec,
+    ) -> Result<Engine> {
+        if spec.batch == 0 {
+            return Err(Error::arg("batch", 0, "must be at least 1"));
+        }
+        let mb_max = max_micro_batch(cfg, &gpu.limits);
+        let chunks = spec.batch.div_ceil(mb_max);
+        let mb = spec.batch.div_ceil(chunks);
+        if chunks > 1 {
+            log::info!(
+                "batch {} runs as {chunks} micro-batches of {mb} (device binding limit {} bytes)",
+                spec.batch,
+                gpu.limits.max_storage_buffer_binding_size
+            );
+        }
+        let img_bytes = (image_elems(cfg) * 4) as u64;
+        let cls_bytes = (cfg.num_classes * 4) as u64;
+        let dev = &gpu.device;
+        let input = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("input batch"),
+            size: img_bytes * spec.batch as u64,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let images = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("images"),
+            size: img_bytes * mb as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let logits = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits"),
+            size: cls_bytes * mb as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = staging(gpu, "logits readback", cls_bytes * (chunks * mb) as u64);
+        let plan_spec = PlanSpec {
+            batch: mb,
+            safe_r: spec.safe_r.clone(),
+            perms: spec.perms.clone(),
+            trace: spec.trace,
+        };
+        let plan = plan::build(gpu, cache, cfg, weights, &plan_spec, &images, &logits)?;
+        let trace_tensors: Vec<u64> = plan
+            .trace
+            .merges
+            .iter()
+            .flat_map(|m| [m.2, m.3])
+            .chain(plan.trace.stage_maps.iter().map(|m| m.1))
+            .map(|t| plan.program.tensor_size(t))
+            .collect();
+        let trace_readback = trace_tensors
+            .iter()
+            .map(|&size| staging(gpu, "trace readback", size * chunks as u64))
+            .collect();
+        Ok(Engine {
+            gpu: gpu.clone(),
+            cfg: cfg.clone(),
+            plan,
+            batch: spec.batch,
+            chunks,
+            input,
+            images,
+            logits,
+            readback,
+            trace_readback,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn micro_batch(&self) -> usize {
+        self.plan.batch
+    }
+    pub fn program(&self) -> &crate::gpu::Program {
+        &self.plan.program
+    }
+    /// Peak activation memory of a forward: the planned arena of one micro-batch.
+    pub fn activation_bytes(&self) -> u64 {
+        self.plan.program.arena_bytes
+    }
+
+    /// Record a whole forward (all micro-batches) into `enc`, reading `self.input` and leaving
+    /// the logits in the readback buffer.
+    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        let img_bytes = self.images.size();
+        let total_in = self.input.size();
+        let cls_bytes = self.logits.size();
+        let tracing: Vec<wgpu::BufferAddress> = self
+            .plan
+            .trace
+            .merges
+            .iter()
+            .flat_map(|m| [m.2, m.3])
+            .chain(self.plan.trace.stage_maps.iter().map(|m| m.1))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t as u64)
+            .collect();
+        for c in 0..self.chunks {
+            let offset = c as u64 * img_bytes;
+            // The last micro-batch may be partial; the rest of `images` keeps stale data whose
+            // logits are never read.
+            let len = img_bytes.min(total_in - offset.min(total_in));
+            if len > 0 {
+                enc.copy_buffer_to_buffer(&self.input, offset, &self.images, 0, len);
+            }
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
+                self.plan.program.record(&mut pass);
+            }
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.readback, c as u64 * cls_bytes, cls_bytes);
+            for (i, &t) in tracing.iter().enumerate() {
+                let buf = self.plan.program.buffer(t as usize);
+                let size = self.plan.program.tensor_size(t as usize);
+                enc.copy_buffer_to_buffer(buf, 0, &self.trace_readback[i], c as u64 * size, size);
+            }
+        }
+    }
+
+    /// Run a forward on `images` (`[batch, 3, 224, 224]`, normalised): one submission, one wait.
+    pub fn forward(&self, images: &[f32]) -> Result<ForwardOutput> {
+        let expected = self.batch * image_elems(&self.cfg);
+        if images.len() != expected {
+            return Err(Error::arg(
+                "images",
+                format!("{} values", images.len()),
+                format!("expected {} ([{}, 3, {s}, {s}])", expected, self.batch, s = self.cfg.image_size),
+            ));
+        }
+        self.gpu.queue.write_buffer(&self.input, 0, bytemuck::cast_slice(images));
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        self.encode(&mut enc);
+        self.gpu.queue.submit(Some(enc.finish()));
+        let all: Vec<f32> = read_buffer(&self.gpu, &self.readback)?;
+        let logits = all[..self.batch * self.cfg.num_classes].to_vec();
+        let trace = if self.plan.trace.merges.is_empty() && self.plan.trace.stage_maps.is_empty() {
+            None
+        } else {
+            Some(self.read_trace()?)
+        };
+        Ok(ForwardOutput { logits, trace })
+    }
+
+    fn read_trace(&self) -> Result<Trace> {
+        let mut bufs = self.trace_readback.iter();
+        let mut next_u32 = |keep: usize| -> Result<Vec<u32>> {
+            let buf = bufs.next().ok_or_else(|| Error::Gpu {
+                during: "trace".into(),
+                why: "missing readback buffer".into(),
+            })?;
+            let mut v: Vec<u32> = read_buffer(&self.gpu, buf)?;
+            v.truncate(keep);
+            Ok(v)
+        };
+        let mut trace = Trace::default();
+        for &(s, e, _, _, n_in, n_out) in &self.plan.trace.merges {
+            let slots = next_u32(self.batch * n_in)?;
+            let mass: Vec<f32> = next_u32(self.batch * n_out)?
+                .into_iter()
+                .map(f32::from_bits)
+                .collect();
+            trace.merges.push((s, e, slots, mass, n_in, n_out));
+        }
+        for &(s, _, n_grid) in &self.plan.trace.stage_maps {
+            trace.stage_maps.push((s, next_u32(self.batch * n_grid)?, n_grid));
+        }
+        Ok(trace)
+    }
+}
+
+/// Map a staging buffer and copy it out; a lost device is an error, not a hang.
+pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<T>> {
+    let slice = buf.slice(..);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?
+        .map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?;
+    let data = {
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    buf.unmap();
+    Ok(data)
+}

@@ -1,0 +1,11 @@
+//! Model configurations, weights, the CPU reference twin and the GPU plan.
+
+pub mod config;
+
+pub use config::{ModelConfig, StageConfig, DEFAULT_MODEL, MODEL_NAMES};
+pub mod weights;
+pub mod cost;
+pub mod load;
+pub mod perm;
+pub mod plan;
+pub mod engine;

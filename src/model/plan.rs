@@ -1,0 +1,345 @@
+//! The static plan of one forward pass: every dispatch of the model for a fixed (model,
+//! merge trajectory, permutations, micro-batch), recorded once into a [`Program`].
+
+use super::config::ModelConfig;
+use super::weights::{Conv, LayerNorm, Linear, ModelWeights};
+use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
+use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
+use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::norm;
+use crate::kernels::tome::{self as tome_k, MergeShape};
+use crate::error::Result;
+
+/// LayerNorm epsilon of every SReT norm layer.
+pub const LN_EPS: f32 = 1e-6;
+
+/// What a plan is specialised for, besides the model.
+#[derive(Clone, Debug)]
+pub struct PlanSpec {
+    /// Images per run of the program (a micro-batch of the user's batch).
+    pub batch: usize,
+    /// `safe_r[stage][exec]`: tokens merged by each `Transformer_Block` execution.
+    pub safe_r: Vec<Vec<usize>>,
+    /// `perms[stage][exec]` for the permuted executions.
+    pub perms: Vec<Vec<Option<Vec<u32>>>>,
+    /// Keep every merge's slot map and masses and every stage's unmerge map for readback.
+    pub trace: bool,
+}
+
+/// Tensors a trace reads back after a run.
+#[derive(Clone, Debug, Default)]
+pub struct TraceTensors {
+    /// `(stage, exec, slot map [batch, n_in], masses [batch, n_out], n_in, n_out)`
+    pub merges: Vec<(usize, usize, TensorId, TensorId, usize, usize)>,
+    /// `(stage, map [batch, n_grid], n_grid)`
+    pub stage_maps: Vec<(usize, TensorId, usize)>,
+}
+
+pub struct ModelProgram {
+    pub program: Program,
+    pub batch: usize,
+    pub trace: TraceTensors,
+}
+
+struct Uploaded {
+    weight: TensorId,
+    bias: TensorId,
+}
+
+fn up_linear(b: &mut ProgramBuilder, name: &str, l: &Linear) -> Uploaded {
+    Uploaded {
+        weight: b.constant(format!("{name}.weight"), &l.weight),
+        bias: b.constant(format!("{name}.bias"), &l.bias),
+    }
+}
+fn up_ln(b: &mut ProgramBuilder, name: &str, l: &LayerNorm) -> Uploaded {
+    Uploaded {
+        weight: b.constant(format!("{name}.weight"), &l.weight),
+        bias: b.constant(format!("{name}.bias"), &l.bias),
+    }
+}
+fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
+    Uploaded {
+        weight: b.constant(format!("{name}.weight"), &c.weight),
+        bias: b.constant(format!("{name}.bias"), &c.bias),
+    }
+}
+
+struct BlockTensors {
+    norm1: Uploaded,
+    qkv: Uploaded,
+    proj: Uploaded,
+    norm2: Uploaded,
+    fc1: Uploaded,
+    fc2: Uploaded,
+}
+
+struct NonProjTensors {
+    norm1: Uploaded,
+    fc1: Uploaded,
+    fc2: Uploaded,
+}
+
+/// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds.
+#[allow(clippy::too_many_arguments)]
+fn record_mlp(
+    b: &mut ProgramBuilder,
+    rows: usize,
+    dim: usize,
+    hidden: usize,
+    x: TensorId,
+    norm: &Uploaded,
+    fc1: &Uploaded,
+    fc2: &Uploaded,
+    coef: (f32, f32),
+    label: &str,
+) {
+    let y = b.activation(format!("{label} ln"), rows * dim);
+    norm::layer_norm(b, Family::Mlp, rows, dim, LN_EPS, x, norm.weight, norm.bias, y);
+    let h = b.activation(format!("{label} hidden"), rows * hidden);
+    linear::record(b, Family::Mlp, rows, dim, hidden, Epilogue::Gelu, y, fc1.weight, fc1.bias, h);
+    linear::record(
+        b,
+        Family::Mlp,
+        rows,
+        hidden,
+        dim,
+        Epilogue::Residual {
+            ca: coef.0,
+            cb: coef.1,
+        },
+        h,
+        fc2.weight,
+        fc2.bias,
+        x,
+    );
+}
+
+/// Record the whole forward for `spec`. `images` is `[batch, 3, H, W]` and `logits`
+/// `[batch, classes]`, both caller-owned buffers.
+pub fn build(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &PlanSpec,
+    images: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+) -> Result<ModelProgram> {
+    let mut b = ProgramBuilder::new(gpu, cache);
+    let bt = spec.batch;
+    let img = b.external("images", images);
+    let out = b.external("logits", logits);
+    let mut trace = TraceTensors::default();
+
+    // Stem: three stride-2 convolutions; the last writes tokens with the positional embedding.
+    let side = cfg.image_size;
+    let mut x_in = img;
+    let (mut h, mut wd, mut cin) = (side, side, 3usize);
+    let mut x = img;
+    for (i, c) in w.stem.iter().enumerate() {
+        let up = up_conv(&mut b, &format!("patch_embed.conv{}", i + 1), c);
+        let shape = ConvShape {
+            batch: bt,
+            cin,
+            h,
+            w: wd,
+            cout: c.out_channels,
+            k: c.kernel,
+            stride: c.stride,
+            pad: c.padding,
+            groups: c.groups,
+        };
+        let (oh, ow) = shape.out_hw();
+        let last = i == 2;
+        let pos = last.then(|| b.constant("pos_embed", &w.pos_embed));
+        x = b.activation(format!("stem{}", i + 1), bt * c.out_channels * oh * ow);
+        conv::record(
+            &mut b,
+            Family::Stem,
+            shape,
+            ConvIo {
+                x: x_in,
+                weight: up.weight,
+                bias: up.bias,
+                pos,
+                y: x,
+                input: Layout::Nchw,
+                output: if last { Layout::Tokens } else { Layout::Nchw },
+                relu: true,
+            },
+        );
+        x_in = x;
+        (h, wd, cin) = (oh, ow, c.out_channels);
+    }
+
+    for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
+        let n_grid = cfg.tokens(s);
+        let dim = sc.dim;
+        let mut n = n_grid;
+        let blocks: Vec<BlockTensors> = sw
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, bw)| {
+                let p = format!("transformers.{s}.block{i}");
+                BlockTensors {
+                    norm1: up_ln(&mut b, &format!("{p}.norm1"), &bw.norm1),
+                    qkv: up_linear(&mut b, &format!("{p}.qkv"), &bw.qkv),
+                    proj: up_linear(&mut b, &format!("{p}.proj"), &bw.proj),
+                    norm2: up_ln(&mut b, &format!("{p}.norm2"), &bw.norm2),
+                    fc1: up_linear(&mut b, &format!("{p}.fc1"), &bw.fc1),
+                    fc2: up_linear(&mut b, &format!("{p}.fc2"), &bw.fc2),
+                }
+            })
+            .collect();
+        let map = b.activation(format!("stage{s} unmerge map"), bt * n_grid);
+        if spec.trace {
+            b.pin(map);
+        }
+        let mut mass: Option<TensorId> = None;
+        let mut merged = false;
+        for exec in 0..sc.depth {
+            let label = format!("s{s}e{exec}");
+            let blk = &blocks[sc.block_of(exec)];
+            let coef = sw.blocks[sc.block_of(exec)].coef;
+            let rows = bt * n;
+            // Attention half.
+            let y = b.activation(format!("{label} ln1"), rows * dim);
+            norm::layer_norm(&mut b, Family::Attention, rows, dim, LN_EPS, x, blk.norm1.weight, blk.norm1.bias, y);
+            let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
+            linear::record(&mut b, Family::Attention, rows, dim, 3 * dim, Epilogue::Bias, y, blk.qkv.weight, blk.qkv.bias, qkv);
+            let perm = spec.perms[s][exec]
+                .as_ref()
+                .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
+            let att = b.activation(format!("{label} attn"), rows * dim);
+            attention::record(
+                &mut b,
+                AttentionShape {
+                    batch: bt,
+                    n,
+                    dim,
+                    heads: sc.heads,
+                    groups: sc.groups_of(exec),
+                },
+                qkv,
+                perm,
+                mass,
+                att,
+            );
+            linear::record(
+                &mut b,
+                Family::Attention,
+                rows,
+                dim,
+                dim,
+                Epilogue::Residual { ca: coef[0], cb: coef[1] },
+                att,
+                blk.proj.weight,
+                blk.proj.bias,
+                x,
+            );
+            // Token merging between attention and MLP.
+            let r = spec.safe_r[s][exec];
+            if r > 0 {
+                let m = tome_k::record_merge(
+                    &mut b,
+                    MergeShape {
+                        batch: bt,
+                        n,
+                        r,
+                        c: dim,
+                        dim,
+                        heads: sc.heads,
+                        n_grid,
+                    },
+                    qkv,
+                    x,
+                    mass,
+                    map,
+                    !merged,
+                    &label,
+                );
+                if spec.trace {
+                    b.pin(m.slot);
+                    b.pin(m.mass);
+                    trace.merges.push((s, exec, m.slot, m.mass, n, n - r));
+                }
+                merged = true;
+                x = m.x;
+                mass = Some(m.mass);
+                n -= r;
+            }
+            let rows = bt * n;
+            record_mlp(&mut b, rows, dim, sc.mlp_hidden, x, &blk.norm2, &blk.fc1, &blk.fc2, (coef[2], coef[3]), &label);
+            // The loop's own Non_proj MLP.
+            let np = &sw.non_projs[exec];
+            let npt = NonProjTensors {
+                norm1: up_ln(&mut b, &format!("{label}.np.norm1"), &np.norm1),
+                fc1: up_linear(&mut b, &format!("{label}.np.fc1"), &np.fc1),
+                fc2: up_linear(&mut b, &format!("{label}.np.fc2"), &np.fc2),
+            };
+            record_mlp(&mut b, rows, dim, sc.np_hidden, x, &npt.norm1, &npt.fc1, &npt.fc2, (np.coef[0], np.coef[1]), &format!("{label} np"));
+        }
+        // Restore the grid (the unmerge stack, composed into one map).
+        if merged {
+            let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
+            tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, map, full);
+            x = full;
+            if spec.trace {
+                trace.stage_maps.push((s, map, n_grid));
+            }
+        }
+        if let Some(pool) = &sw.pool {
+            let up = up_conv(&mut b, &format!("pools.{s}.conv"), pool);
+            let g = cfg.grid_side(s);
+            let shape = ConvShape {
+                batch: bt,
+                cin: dim,
+                h: g,
+                w: g,
+                cout: pool.out_channels,
+                k: pool.kernel,
+                stride: pool.stride,
+                pad: pool.padding,
+                groups: pool.groups,
+            };
+            let (oh, ow) = shape.out_hw();
+            let next = b.activation(format!("pool{s}"), bt * oh * ow * pool.out_channels);
+            conv::record(
+                &mut b,
+                Family::Pooling,
+                shape,
+                ConvIo {
+                    x,
+                    weight: up.weight,
+                    bias: up.bias,
+                    pos: None,
+                    y: next,
+                    input: Layout::Tokens,
+                    output: Layout::Tokens,
+                    relu: false,
+                },
+            );
+            x = next;
+        }
+    }
+
+    // Head: mean over the restored last grid, LayerNorm, linear classifier.
+    let last = cfg.stages.len() - 1;
+    let dim = cfg.final_dim();
+    let pooled = b.activation("pooled", bt * dim);
+    norm::mean_tokens(&mut b, Family::Head, bt, cfg.tokens(last), dim, x, pooled);
+    let normed = b.activation("pooled ln", bt * dim);
+    let nw = up_ln(&mut b, "norm", &w.norm);
+    norm::layer_norm(&mut b, Family::Head, bt, dim, LN_EPS, pooled, nw.weight, nw.bias, normed);
+    let hw = up_linear(&mut b, "head", &w.head);
+    linear::record(&mut b, Family::Head, bt, dim, cfg.num_classes, Epilogue::Bias, normed, hw.weight, hw.bias, out);
+
+    Ok(ModelProgram {
+        program: b.finish()?,
+        batch: bt,
+        trace,
+    })
+}

@@ -1,0 +1,104 @@
+//! Shared by the GPU tests: one device per test binary, random data, and a tiny runner for
+//! single-kernel programs with poisoned outputs.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
+use sret_tome::model::engine::read_buffer;
+use sret_tome::reference::SplitMix64;
+
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Gpu::new(&AdapterChoice::default()).expect(
+            "GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers",
+        )
+    })
+}
+
+pub fn cache() -> &'static PipelineCache {
+    static CACHE: OnceLock<PipelineCache> = OnceLock::new();
+    CACHE.get_or_init(PipelineCache::default)
+}
+
+/// Uniform values in [-scale, scale], never all zero.
+pub fn random(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len).map(|_| rng.symmetric() * scale).collect()
+}
+
+/// Build a program with `build`, fill every output with NaN (u32: 0xFFFF_FFFF), run it once and
+/// read the outputs back as raw 32-bit words.
+pub fn run(build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>) -> Vec<Vec<u32>> {
+    run_opts(true, build)
+}
+
+/// As [`run`]; `poison: false` keeps the outputs' initial contents (for in-place kernels whose
+/// output starts as an input).
+pub fn run_opts(poison: bool, build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>) -> Vec<Vec<u32>> {
+    let g = gpu();
+    let mut b = ProgramBuilder::new(g, cache());
+    let outs = build(&mut b);
+    for &o in &outs {
+        b.pin(o);
+    }
+    let program = b.finish().expect("plan");
+    for &o in outs.iter().filter(|_| poison) {
+        let size = program.tensor_size(o) as usize;
+        g.queue
+            .write_buffer(program.buffer(o), 0, &vec![0xFFu8; size]);
+    }
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        program.record(&mut pass);
+    }
+    let staging: Vec<wgpu::Buffer> = outs
+        .iter()
+        .map(|&o| {
+            let size = program.tensor_size(o);
+            let s = g.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.copy_buffer_to_buffer(program.buffer(o), 0, &s, 0, size);
+            s
+        })
+        .collect();
+    g.queue.submit(Some(enc.finish()));
+    staging
+        .iter()
+        .map(|s| read_buffer::<u32>(g, s).expect("readback"))
+        .collect()
+}
+
+pub fn as_f32(v: &[u32]) -> Vec<f32> {
+    v.iter().map(|&u| f32::from_bits(u)).collect()
+}
+
+/// Max |a - b| / max(1, |b|) over all elements; panics on length mismatch or NaN.
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length");
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| {
+            assert!(g.is_finite(), "non-finite output {g} (expected {w})");
+            (g - w).abs() / w.abs().max(1.0)
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Relative L2 error ||a - b|| / ||b||.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite output {g}");
+        num += ((g - w) as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}

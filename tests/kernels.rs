@@ -1,0 +1,270 @@
+//! Every GPU kernel against its CPU twin in `sret_tome::reference`, on fresh random inputs,
+//! several shapes including ragged ones, with outputs poisoned (NaN) before the run.
+//! Tolerance: max |gpu - cpu| / max(1, |cpu|) <= 2e-5 unless a test says otherwise (f32 on the
+//! GPU against f64 accumulation on the CPU; the sums here are at most a few hundred terms).
+
+mod common;
+
+use common::*;
+use sret_tome::gpu::Family;
+use sret_tome::kernels::attention::{self, AttentionShape};
+use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
+use sret_tome::kernels::linear::{self, Epilogue};
+use sret_tome::kernels::{norm, tome};
+use sret_tome::model::weights::{Conv, LayerNorm, Linear};
+use sret_tome::reference as cpu;
+
+const TOL: f32 = 2e-5;
+
+fn nchw_to_tokens(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    for i in 0..b {
+        for ch in 0..c {
+            for t in 0..hw {
+                y[(i * hw + t) * c + ch] = x[(i * c + ch) * hw + t];
+            }
+        }
+    }
+    y
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_conv(seed: u64, batch: usize, cin: usize, h: usize, cout: usize, groups: usize, input: Layout, output: Layout, relu: bool, pos: bool) {
+    let k = 3;
+    let conv = Conv {
+        weight: random(seed, cout * (cin / groups) * k * k, 0.5),
+        bias: random(seed + 1, cout, 0.1),
+        out_channels: cout,
+        in_channels: cin,
+        kernel: k,
+        stride: 2,
+        padding: 1,
+        groups,
+    };
+    let x_nchw = random(seed + 2, batch * cin * h * h, 1.0);
+    let (mut want, oh, ow) = cpu::conv2d(&x_nchw, batch, h, h, &conv);
+    if relu {
+        cpu::relu(&mut want);
+    }
+    let pos_data = random(seed + 3, cout * oh * ow, 0.2);
+    if pos {
+        for i in 0..batch {
+            for (j, p) in pos_data.iter().enumerate() {
+                want[i * cout * oh * ow + j] += p;
+            }
+        }
+    }
+    if output == Layout::Tokens {
+        want = nchw_to_tokens(&want, batch, cout, oh * ow);
+    }
+    let x_in = if input == Layout::Tokens {
+        nchw_to_tokens(&x_nchw, batch, cin, h * h)
+    } else {
+        x_nchw
+    };
+    let got = run(|b| {
+        let x = b.constant("x", &x_in);
+        let w = b.constant("w", &conv.weight);
+        let bias = b.constant("b", &conv.bias);
+        let p = pos.then(|| b.constant("pos", &pos_data));
+        let y = b.activation("y", batch * cout * oh * ow);
+        let shape = ConvShape { batch, cin, h, w: h, cout, k, stride: 2, pad: 1, groups };
+        conv::record(b, Family::Stem, shape, ConvIo { x, weight: w, bias, pos: p, y, input, output, relu });
+        vec![y]
+    });
+    let err = max_rel_err(&as_f32(&got[0]), &want);
+    assert!(err <= TOL, "conv {cin}->{cout} g{groups} {h}x{h}: error {err}");
+}
+
+#[test]
+fn conv_stem_layers_match_cpu() {
+    // Ragged channel counts (not multiples of the 4-channel tile) and odd sizes.
+    check_conv(1, 2, 3, 17, 6, 1, Layout::Nchw, Layout::Nchw, true, false);
+    check_conv(2, 1, 5, 12, 8, 1, Layout::Nchw, Layout::Nchw, true, false);
+    check_conv(3, 3, 4, 14, 7, 1, Layout::Nchw, Layout::Tokens, true, true);
+}
+
+#[test]
+fn conv_pooling_matches_cpu() {
+    // Grouped conv between stages: groups = in channels, two outputs per input channel.
+    check_conv(4, 2, 8, 14, 16, 8, Layout::Tokens, Layout::Tokens, false, false);
+    check_conv(5, 1, 6, 7, 12, 6, Layout::Tokens, Layout::Tokens, false, false);
+}
+
+#[test]
+fn layer_norm_matches_cpu() {
+    for (seed, rows, c) in [(10u64, 37usize, 67usize), (11, 5, 256), (12, 130, 3)] {
+        let x: Vec<f32> = random(seed, rows * c, 2.0).iter().map(|v| v + 0.7).collect();
+        let ln = LayerNorm { weight: random(seed + 1, c, 1.0), bias: random(seed + 2, c, 0.5) };
+        let want = cpu::layer_norm(&x, rows, &ln, 1e-6);
+        let got = run(|b| {
+            let xt = b.constant("x", &x);
+            let g = b.constant("g", &ln.weight);
+            let be = b.constant("b", &ln.bias);
+            let y = b.activation("y", rows * c);
+            norm::layer_norm(b, Family::Mlp, rows, c, 1e-6, xt, g, be, y);
+            vec![y]
+        });
+        let err = max_rel_err(&as_f32(&got[0]), &want);
+        assert!(err <= TOL, "layernorm {rows}x{c}: {err}");
+    }
+}
+
+#[test]
+fn mean_tokens_matches_cpu() {
+    let (batch, n, c) = (3, 49, 21);
+    let x = random(20, batch * n * c, 1.0);
+    let want = cpu::mean_tokens(&x, batch, n, c);
+    let got = run(|b| {
+        let xt = b.constant("x", &x);
+        let y = b.activation("y", batch * c);
+        norm::mean_tokens(b, Family::Head, batch, n, c, xt, y);
+        vec![y]
+    });
+    let err = max_rel_err(&as_f32(&got[0]), &want);
+    assert!(err <= TOL, "mean tokens: {err}");
+}
+
+#[test]
+fn linear_matches_cpu_for_every_epilogue() {
+    for (seed, m, k, n) in [(30u64, 37usize, 23usize, 45usize), (31, 64, 64, 192), (32, 5, 230, 64), (33, 1, 256, 1000)] {
+        let lin = Linear {
+            weight: random(seed, n * k, (3.0 / k as f32).sqrt()),
+            bias: random(seed + 1, n, 0.1),
+            out_features: n,
+            in_features: k,
+        };
+        let x = random(seed + 2, m * k, 1.0);
+        let y0 = random(seed + 3, m * n, 1.0);
+        let base = cpu::linear(&x, m, &lin);
+        for ep in [Epilogue::Bias, Epilogue::Gelu, Epilogue::Residual { ca: 0.9, cb: 0.7 }] {
+            let want: Vec<f32> = match ep {
+                Epilogue::Bias => base.clone(),
+                Epilogue::Gelu => {
+                    let mut v = base.clone();
+                    cpu::gelu(&mut v);
+                    v
+                }
+                Epilogue::Residual { ca, cb } => {
+                    y0.iter().zip(&base).map(|(r, v)| ca * r + cb * v).collect()
+                }
+            };
+            // The in-place residual's output starts as the residual stream, so it is not poisoned.
+            let residual = matches!(ep, Epilogue::Residual { .. });
+            let got = run_opts(!residual, |b| {
+                let xt = b.constant("x", &x);
+                let w = b.constant("w", &lin.weight);
+                let bias = b.constant("b", &lin.bias);
+                let y = if residual { b.constant("y0", &y0) } else { b.activation("y", m * n) };
+                linear::record(b, Family::Mlp, m, k, n, ep, xt, w, bias, y);
+                vec![y]
+            });
+            let err = max_rel_err(&as_f32(&got[0]), &want);
+            assert!(err <= TOL, "linear {m}x{k}x{n} {ep:?}: {err}");
+        }
+    }
+}
+
+fn check_attention(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, groups: usize, permuted: bool, with_mass: bool) {
+    let qkv = random(seed, batch * n * 3 * dim, 1.5);
+    let mut rng = cpu::SplitMix64::new(seed + 1);
+    let perm = rng.permutation(n);
+    let mass: Vec<f32> = if with_mass {
+        (0..batch * n).map(|_| 1.0 + (rng.below(7) as f32)).collect()
+    } else {
+        vec![1.0; batch * n]
+    };
+    let want = cpu::grouped_attention(&qkv, batch, n, dim, heads, groups, permuted.then_some(&perm[..]), &mass);
+    let got = run(|b| {
+        let q = b.constant("qkv", &qkv);
+        let p = permuted.then(|| b.constant("perm", &perm));
+        let m = with_mass.then(|| b.constant("mass", &mass));
+        let out = b.activation("out", batch * n * dim);
+        attention::record(b, AttentionShape { batch, n, dim, heads, groups }, q, p, m, out);
+        vec![out]
+    });
+    let err = max_rel_err(&as_f32(&got[0]), &want);
+    assert!(err <= TOL, "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass}: {err}");
+}
+
+#[test]
+fn attention_matches_cpu() {
+    check_attention(40, 2, 24, 64, 2, 4, false, false);
+    check_attention(41, 2, 24, 64, 2, 2, true, true);
+    check_attention(42, 1, 49, 256, 8, 1, false, true);
+    // SReT-S head size 42, odd token count in one group.
+    check_attention(43, 3, 15, 126, 3, 1, true, true);
+}
+
+/// One merge on the GPU (metric, matching, ranking, slots, weighted merge, map update) against
+/// the CPU twin, then a second merge and the one-gather unmerge.
+fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1: usize, r2: usize) {
+    let hd = dim / heads;
+    let qkv1 = random(seed, batch * n * 3 * dim, 1.0);
+    let x1 = random(seed + 1, batch * n * dim, 1.0);
+    let n2 = n - r1;
+    let qkv2 = random(seed + 2, batch * n2 * 3 * dim, 1.0);
+    let n3 = n2 - r2;
+
+    // CPU: per image, two merges and the composed map.
+    let keys1 = cpu::head_mean_keys(&qkv1, batch, n, dim, heads);
+    let keys2 = cpu::head_mean_keys(&qkv2, batch, n2, dim, heads);
+    let (mut want_x2, mut want_m2, mut want_slot1) = (vec![], vec![], vec![]);
+    let (mut want_x3, mut want_m3, mut want_map, mut want_full) = (vec![], vec![], vec![], vec![]);
+    for i in 0..batch {
+        let m1 = cpu::bipartite_matching(&keys1[i * n * hd..(i + 1) * n * hd], n, hd);
+        let (xa, ma, sa) = cpu::merge(&x1[i * n * dim..(i + 1) * n * dim], &vec![1.0; n], n, dim, r1, &m1);
+        let m2 = cpu::bipartite_matching(&keys2[i * n2 * hd..(i + 1) * n2 * hd], n2, hd);
+        let (xb, mb, sb) = cpu::merge(&xa, &ma, n2, dim, r2, &m2);
+        let map: Vec<u32> = (0..n).map(|o| sb[sa[o] as usize]).collect();
+        for &slot in &map {
+            want_full.extend_from_slice(&xb[slot as usize * dim..(slot as usize + 1) * dim]);
+        }
+        want_x2.extend(xa);
+        want_m2.extend(ma);
+        want_slot1.extend(sa);
+        want_x3.extend(xb);
+        want_m3.extend(mb);
+        want_map.extend(map);
+    }
+
+    let got = run(|b| {
+        let q1 = b.constant("qkv1", &qkv1);
+        let q2 = b.constant("qkv2", &qkv2);
+        let x = b.constant("x", &x1);
+        let map = b.activation("map", batch * n);
+        let shape = tome::MergeShape { batch, n, r: r1, c: dim, dim, heads, n_grid: n };
+        let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
+        b.pin(a.x);
+        b.pin(a.mass);
+        b.pin(a.slot);
+        let shape = tome::MergeShape { n: n2, r: r2, ..shape };
+        let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
+        let full = b.activation("full", batch * n * dim);
+        tome::record_unmerge(b, batch, n, n3, dim, c.x, map, full);
+        vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
+    });
+    assert_eq!(got[2], want_slot1, "first merge's slot map");
+    assert_eq!(got[5], want_map, "composed unmerge map");
+    for (i, (g, w, what)) in [
+        (&got[0], &want_x2, "x after merge 1"),
+        (&got[1], &want_m2, "mass after merge 1"),
+        (&got[3], &want_x3, "x after merge 2"),
+        (&got[4], &want_m3, "mass after merge 2"),
+        (&got[6], &want_full, "restored grid"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let err = max_rel_err(&as_f32(g), w);
+        assert!(err <= TOL, "{i}: {what} (n {n}, r {r1}/{r2}): {err}");
+    }
+}
+
+#[test]
+fn merge_pipeline_matches_cpu() {
+    check_merges(50, 2, 64, 64, 2, 16, 8);
+    // Odd length (the A set is one larger), the half bound, and a larger head count.
+    check_merges(51, 3, 49, 256, 8, 10, 19);
+    check_merges(52, 1, 24, 126, 3, 12, 1);
+}

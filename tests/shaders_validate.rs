@@ -1,0 +1,38 @@
+//! Every WGSL kernel, and every substitution of it a plan can ask for, parses and validates
+//! with naga (the same front end wgpu uses), independently of any adapter.
+
+use sret_tome::gpu::{KernelKey, Shader};
+
+fn validate(key: KernelKey) {
+    let src = key.wgsl();
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{key:?} does not parse:\n{}", e.emit_to_string(&src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{key:?} does not validate: {e:?}"));
+}
+
+#[test]
+fn every_shader_validates_as_written() {
+    for s in Shader::ALL {
+        validate(KernelKey::plain(s));
+    }
+}
+
+#[test]
+fn every_head_dim_substitution_validates() {
+    // Head sizes of the published models (32 for SReT-T/LT, 42 for SReT-S) and a few others.
+    let mut substituted = 0;
+    for s in Shader::ALL.into_iter().filter(|s| s.has_head_dim()) {
+        for hd in [8, 32, 42, 64, 96] {
+            let key = KernelKey::with_head_dim(s, hd);
+            assert!(key.wgsl().contains(&format!("const HEAD_DIM: u32 = {hd}u;")));
+            validate(key);
+            substituted += 1;
+        }
+    }
+    assert!(substituted >= 15, "expected several shaders to take HEAD_DIM");
+}
