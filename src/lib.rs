@@ -2,11 +2,12 @@
 //! on the GPU through wgpu.
 
 pub mod error;
-pub mod model;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod preprocess;
 pub mod reference;
 pub mod tome;
 
 pub use error::{Error, Result};
+pub mod cli;

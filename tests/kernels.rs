@@ -29,7 +29,18 @@ fn nchw_to_tokens(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_conv(seed: u64, batch: usize, cin: usize, h: usize, cout: usize, groups: usize, input: Layout, output: Layout, relu: bool, pos: bool) {
+fn check_conv(
+    seed: u64,
+    batch: usize,
+    cin: usize,
+    h: usize,
+    cout: usize,
+    groups: usize,
+    input: Layout,
+    output: Layout,
+    relu: bool,
+    pos: bool,
+) {
     let k = 3;
     let conv = Conv {
         weight: random(seed, cout * (cin / groups) * k * k, 0.5),
@@ -68,12 +79,39 @@ fn check_conv(seed: u64, batch: usize, cin: usize, h: usize, cout: usize, groups
         let bias = b.constant("b", &conv.bias);
         let p = pos.then(|| b.constant("pos", &pos_data));
         let y = b.activation("y", batch * cout * oh * ow);
-        let shape = ConvShape { batch, cin, h, w: h, cout, k, stride: 2, pad: 1, groups };
-        conv::record(b, Family::Stem, shape, ConvIo { x, weight: w, bias, pos: p, y, input, output, relu });
+        let shape = ConvShape {
+            batch,
+            cin,
+            h,
+            w: h,
+            cout,
+            k,
+            stride: 2,
+            pad: 1,
+            groups,
+        };
+        conv::record(
+            b,
+            Family::Stem,
+            shape,
+            ConvIo {
+                x,
+                weight: w,
+                bias,
+                pos: p,
+                y,
+                input,
+                output,
+                relu,
+            },
+        );
         vec![y]
     });
     let err = max_rel_err(&as_f32(&got[0]), &want);
-    assert!(err <= TOL, "conv {cin}->{cout} g{groups} {h}x{h}: error {err}");
+    assert!(
+        err <= TOL,
+        "conv {cin}->{cout} g{groups} {h}x{h}: error {err}"
+    );
 }
 
 #[test]
@@ -87,15 +125,43 @@ fn conv_stem_layers_match_cpu() {
 #[test]
 fn conv_pooling_matches_cpu() {
     // Grouped conv between stages: groups = in channels, two outputs per input channel.
-    check_conv(4, 2, 8, 14, 16, 8, Layout::Tokens, Layout::Tokens, false, false);
-    check_conv(5, 1, 6, 7, 12, 6, Layout::Tokens, Layout::Tokens, false, false);
+    check_conv(
+        4,
+        2,
+        8,
+        14,
+        16,
+        8,
+        Layout::Tokens,
+        Layout::Tokens,
+        false,
+        false,
+    );
+    check_conv(
+        5,
+        1,
+        6,
+        7,
+        12,
+        6,
+        Layout::Tokens,
+        Layout::Tokens,
+        false,
+        false,
+    );
 }
 
 #[test]
 fn layer_norm_matches_cpu() {
     for (seed, rows, c) in [(10u64, 37usize, 67usize), (11, 5, 256), (12, 130, 3)] {
-        let x: Vec<f32> = random(seed, rows * c, 2.0).iter().map(|v| v + 0.7).collect();
-        let ln = LayerNorm { weight: random(seed + 1, c, 1.0), bias: random(seed + 2, c, 0.5) };
+        let x: Vec<f32> = random(seed, rows * c, 2.0)
+            .iter()
+            .map(|v| v + 0.7)
+            .collect();
+        let ln = LayerNorm {
+            weight: random(seed + 1, c, 1.0),
+            bias: random(seed + 2, c, 0.5),
+        };
         let want = cpu::layer_norm(&x, rows, &ln, 1e-6);
         let got = run(|b| {
             let xt = b.constant("x", &x);
@@ -127,7 +193,12 @@ fn mean_tokens_matches_cpu() {
 
 #[test]
 fn linear_matches_cpu_for_every_epilogue() {
-    for (seed, m, k, n) in [(30u64, 37usize, 23usize, 45usize), (31, 64, 64, 192), (32, 5, 230, 64), (33, 1, 256, 1000)] {
+    for (seed, m, k, n) in [
+        (30u64, 37usize, 23usize, 45usize),
+        (31, 64, 64, 192),
+        (32, 5, 230, 64),
+        (33, 1, 256, 1000),
+    ] {
         let lin = Linear {
             weight: random(seed, n * k, (3.0 / k as f32).sqrt()),
             bias: random(seed + 1, n, 0.1),
@@ -137,7 +208,11 @@ fn linear_matches_cpu_for_every_epilogue() {
         let x = random(seed + 2, m * k, 1.0);
         let y0 = random(seed + 3, m * n, 1.0);
         let base = cpu::linear(&x, m, &lin);
-        for ep in [Epilogue::Bias, Epilogue::Gelu, Epilogue::Residual { ca: 0.9, cb: 0.7 }] {
+        for ep in [
+            Epilogue::Bias,
+            Epilogue::Gelu,
+            Epilogue::Residual { ca: 0.9, cb: 0.7 },
+        ] {
             let want: Vec<f32> = match ep {
                 Epilogue::Bias => base.clone(),
                 Epilogue::Gelu => {
@@ -155,7 +230,11 @@ fn linear_matches_cpu_for_every_epilogue() {
                 let xt = b.constant("x", &x);
                 let w = b.constant("w", &lin.weight);
                 let bias = b.constant("b", &lin.bias);
-                let y = if residual { b.constant("y0", &y0) } else { b.activation("y", m * n) };
+                let y = if residual {
+                    b.constant("y0", &y0)
+                } else {
+                    b.activation("y", m * n)
+                };
                 linear::record(b, Family::Mlp, m, k, n, ep, xt, w, bias, y);
                 vec![y]
             });
@@ -165,26 +244,62 @@ fn linear_matches_cpu_for_every_epilogue() {
     }
 }
 
-fn check_attention(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, groups: usize, permuted: bool, with_mass: bool) {
+fn check_attention(
+    seed: u64,
+    batch: usize,
+    n: usize,
+    dim: usize,
+    heads: usize,
+    groups: usize,
+    permuted: bool,
+    with_mass: bool,
+) {
     let qkv = random(seed, batch * n * 3 * dim, 1.5);
     let mut rng = cpu::SplitMix64::new(seed + 1);
     let perm = rng.permutation(n);
     let mass: Vec<f32> = if with_mass {
-        (0..batch * n).map(|_| 1.0 + (rng.below(7) as f32)).collect()
+        (0..batch * n)
+            .map(|_| 1.0 + (rng.below(7) as f32))
+            .collect()
     } else {
         vec![1.0; batch * n]
     };
-    let want = cpu::grouped_attention(&qkv, batch, n, dim, heads, groups, permuted.then_some(&perm[..]), &mass);
+    let want = cpu::grouped_attention(
+        &qkv,
+        batch,
+        n,
+        dim,
+        heads,
+        groups,
+        permuted.then_some(&perm[..]),
+        &mass,
+    );
     let got = run(|b| {
         let q = b.constant("qkv", &qkv);
         let p = permuted.then(|| b.constant("perm", &perm));
         let m = with_mass.then(|| b.constant("mass", &mass));
         let out = b.activation("out", batch * n * dim);
-        attention::record(b, AttentionShape { batch, n, dim, heads, groups }, q, p, m, out);
+        attention::record(
+            b,
+            AttentionShape {
+                batch,
+                n,
+                dim,
+                heads,
+                groups,
+            },
+            q,
+            p,
+            m,
+            out,
+        );
         vec![out]
     });
     let err = max_rel_err(&as_f32(&got[0]), &want);
-    assert!(err <= TOL, "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass}: {err}");
+    assert!(
+        err <= TOL,
+        "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass}: {err}"
+    );
 }
 
 #[test]
@@ -213,7 +328,14 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
     let (mut want_x3, mut want_m3, mut want_map, mut want_full) = (vec![], vec![], vec![], vec![]);
     for i in 0..batch {
         let m1 = cpu::bipartite_matching(&keys1[i * n * hd..(i + 1) * n * hd], n, hd);
-        let (xa, ma, sa) = cpu::merge(&x1[i * n * dim..(i + 1) * n * dim], &vec![1.0; n], n, dim, r1, &m1);
+        let (xa, ma, sa) = cpu::merge(
+            &x1[i * n * dim..(i + 1) * n * dim],
+            &vec![1.0; n],
+            n,
+            dim,
+            r1,
+            &m1,
+        );
         let m2 = cpu::bipartite_matching(&keys2[i * n2 * hd..(i + 1) * n2 * hd], n2, hd);
         let (xb, mb, sb) = cpu::merge(&xa, &ma, n2, dim, r2, &m2);
         let map: Vec<u32> = (0..n).map(|o| sb[sa[o] as usize]).collect();
@@ -233,12 +355,24 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
         let q2 = b.constant("qkv2", &qkv2);
         let x = b.constant("x", &x1);
         let map = b.activation("map", batch * n);
-        let shape = tome::MergeShape { batch, n, r: r1, c: dim, dim, heads, n_grid: n };
+        let shape = tome::MergeShape {
+            batch,
+            n,
+            r: r1,
+            c: dim,
+            dim,
+            heads,
+            n_grid: n,
+        };
         let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
         b.pin(a.x);
         b.pin(a.mass);
         b.pin(a.slot);
-        let shape = tome::MergeShape { n: n2, r: r2, ..shape };
+        let shape = tome::MergeShape {
+            n: n2,
+            r: r2,
+            ..shape
+        };
         let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
         let full = b.activation("full", batch * n * dim);
         tome::record_unmerge(b, batch, n, n3, dim, c.x, map, full);

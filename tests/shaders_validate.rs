@@ -29,10 +29,15 @@ fn every_head_dim_substitution_validates() {
     for s in Shader::ALL.into_iter().filter(|s| s.has_head_dim()) {
         for hd in [8, 32, 42, 64, 96] {
             let key = KernelKey::with_head_dim(s, hd);
-            assert!(key.wgsl().contains(&format!("const HEAD_DIM: u32 = {hd}u;")));
+            assert!(key
+                .wgsl()
+                .contains(&format!("const HEAD_DIM: u32 = {hd}u;")));
             validate(key);
             substituted += 1;
         }
     }
-    assert!(substituted >= 15, "expected several shaders to take HEAD_DIM");
+    assert!(
+        substituted >= 15,
+        "expected several shaders to take HEAD_DIM"
+    );
 }

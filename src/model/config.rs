@@ -115,7 +115,11 @@ impl ModelConfig {
                 })
             }
         };
-        let name = MODEL_NAMES.iter().find(|n| **n == name).copied().unwrap_or("?");
+        let name = MODEL_NAMES
+            .iter()
+            .find(|n| **n == name)
+            .copied()
+            .unwrap_or("?");
         let depth = [4, 10, 6];
         let recursive_num = [2, 5, 3];
         let groups1 = [8, 4, 1];
@@ -183,7 +187,11 @@ mod tests {
     #[test]
     fn sret_s_dimensions() {
         let c = ModelConfig::by_name("sret_s").unwrap();
-        let dims: Vec<_> = c.stages.iter().map(|s| (s.dim, s.mlp_hidden, s.np_hidden)).collect();
+        let dims: Vec<_> = c
+            .stages
+            .iter()
+            .map(|s| (s.dim, s.mlp_hidden, s.np_hidden))
+            .collect();
         assert_eq!(dims, [(126, 378, 252), (252, 756, 504), (504, 1512, 1008)]);
     }
 

@@ -66,9 +66,12 @@ pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
         n0 * s0.mlp_hidden.max(s0.np_hidden),
     ]
     .into_iter()
-    .chain(cfg.stages.iter().enumerate().map(|(s, st)| {
-        cfg.tokens(s) * (3 * st.dim).max(st.mlp_hidden).max(st.np_hidden)
-    }))
+    .chain(
+        cfg.stages
+            .iter()
+            .enumerate()
+            .map(|(s, st)| cfg.tokens(s) * (3 * st.dim).max(st.mlp_hidden).max(st.np_hidden)),
+    )
     .max()
     .unwrap_or(1)
         * 4;
@@ -206,7 +209,13 @@ impl Engine {
                 });
                 self.plan.program.record(&mut pass);
             }
-            enc.copy_buffer_to_buffer(&self.logits, 0, &self.readback, c as u64 * cls_bytes, cls_bytes);
+            enc.copy_buffer_to_buffer(
+                &self.logits,
+                0,
+                &self.readback,
+                c as u64 * cls_bytes,
+                cls_bytes,
+            );
             for (i, &t) in tracing.iter().enumerate() {
                 let buf = self.plan.program.buffer(t as usize);
                 let size = self.plan.program.tensor_size(t as usize);
@@ -222,14 +231,23 @@ impl Engine {
             return Err(Error::arg(
                 "images",
                 format!("{} values", images.len()),
-                format!("expected {} ([{}, 3, {s}, {s}])", expected, self.batch, s = self.cfg.image_size),
+                format!(
+                    "expected {} ([{}, 3, {s}, {s}])",
+                    expected,
+                    self.batch,
+                    s = self.cfg.image_size
+                ),
             ));
         }
-        self.gpu.queue.write_buffer(&self.input, 0, bytemuck::cast_slice(images));
+        self.gpu
+            .queue
+            .write_buffer(&self.input, 0, bytemuck::cast_slice(images));
         let mut enc = self
             .gpu
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
         self.encode(&mut enc);
         self.gpu.queue.submit(Some(enc.finish()));
         let all: Vec<f32> = read_buffer(&self.gpu, &self.readback)?;
@@ -263,7 +281,9 @@ impl Engine {
             trace.merges.push((s, e, slots, mass, n_in, n_out));
         }
         for &(s, _, n_grid) in &self.plan.trace.stage_maps {
-            trace.stage_maps.push((s, next_u32(self.batch * n_grid)?, n_grid));
+            trace
+                .stage_maps
+                .push((s, next_u32(self.batch * n_grid)?, n_grid));
         }
         Ok(trace)
     }

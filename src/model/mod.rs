@@ -3,9 +3,10 @@
 pub mod config;
 
 pub use config::{ModelConfig, StageConfig, DEFAULT_MODEL, MODEL_NAMES};
-pub mod weights;
 pub mod cost;
+pub mod engine;
 pub mod load;
 pub mod perm;
 pub mod plan;
-pub mod engine;
+pub mod session;
+pub mod weights;

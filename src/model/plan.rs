@@ -3,13 +3,13 @@
 
 use super::config::ModelConfig;
 use super::weights::{Conv, LayerNorm, Linear, ModelWeights};
+use crate::error::Result;
 use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
-use crate::error::Result;
 
 /// LayerNorm epsilon of every SReT norm layer.
 pub const LN_EPS: f32 = 1e-6;
@@ -96,9 +96,30 @@ fn record_mlp(
     label: &str,
 ) {
     let y = b.activation(format!("{label} ln"), rows * dim);
-    norm::layer_norm(b, Family::Mlp, rows, dim, LN_EPS, x, norm.weight, norm.bias, y);
+    norm::layer_norm(
+        b,
+        Family::Mlp,
+        rows,
+        dim,
+        LN_EPS,
+        x,
+        norm.weight,
+        norm.bias,
+        y,
+    );
     let h = b.activation(format!("{label} hidden"), rows * hidden);
-    linear::record(b, Family::Mlp, rows, dim, hidden, Epilogue::Gelu, y, fc1.weight, fc1.bias, h);
+    linear::record(
+        b,
+        Family::Mlp,
+        rows,
+        dim,
+        hidden,
+        Epilogue::Gelu,
+        y,
+        fc1.weight,
+        fc1.bias,
+        h,
+    );
     linear::record(
         b,
         Family::Mlp,
@@ -207,9 +228,30 @@ pub fn build(
             let rows = bt * n;
             // Attention half.
             let y = b.activation(format!("{label} ln1"), rows * dim);
-            norm::layer_norm(&mut b, Family::Attention, rows, dim, LN_EPS, x, blk.norm1.weight, blk.norm1.bias, y);
+            norm::layer_norm(
+                &mut b,
+                Family::Attention,
+                rows,
+                dim,
+                LN_EPS,
+                x,
+                blk.norm1.weight,
+                blk.norm1.bias,
+                y,
+            );
             let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
-            linear::record(&mut b, Family::Attention, rows, dim, 3 * dim, Epilogue::Bias, y, blk.qkv.weight, blk.qkv.bias, qkv);
+            linear::record(
+                &mut b,
+                Family::Attention,
+                rows,
+                dim,
+                3 * dim,
+                Epilogue::Bias,
+                y,
+                blk.qkv.weight,
+                blk.qkv.bias,
+                qkv,
+            );
             let perm = spec.perms[s][exec]
                 .as_ref()
                 .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
@@ -234,7 +276,10 @@ pub fn build(
                 rows,
                 dim,
                 dim,
-                Epilogue::Residual { ca: coef[0], cb: coef[1] },
+                Epilogue::Residual {
+                    ca: coef[0],
+                    cb: coef[1],
+                },
                 att,
                 blk.proj.weight,
                 blk.proj.bias,
@@ -272,7 +317,18 @@ pub fn build(
                 n -= r;
             }
             let rows = bt * n;
-            record_mlp(&mut b, rows, dim, sc.mlp_hidden, x, &blk.norm2, &blk.fc1, &blk.fc2, (coef[2], coef[3]), &label);
+            record_mlp(
+                &mut b,
+                rows,
+                dim,
+                sc.mlp_hidden,
+                x,
+                &blk.norm2,
+                &blk.fc1,
+                &blk.fc2,
+                (coef[2], coef[3]),
+                &label,
+            );
             // The loop's own Non_proj MLP.
             let np = &sw.non_projs[exec];
             let npt = NonProjTensors {
@@ -280,7 +336,18 @@ pub fn build(
                 fc1: up_linear(&mut b, &format!("{label}.np.fc1"), &np.fc1),
                 fc2: up_linear(&mut b, &format!("{label}.np.fc2"), &np.fc2),
             };
-            record_mlp(&mut b, rows, dim, sc.np_hidden, x, &npt.norm1, &npt.fc1, &npt.fc2, (np.coef[0], np.coef[1]), &format!("{label} np"));
+            record_mlp(
+                &mut b,
+                rows,
+                dim,
+                sc.np_hidden,
+                x,
+                &npt.norm1,
+                &npt.fc1,
+                &npt.fc2,
+                (np.coef[0], np.coef[1]),
+                &format!("{label} np"),
+            );
         }
         // Restore the grid (the unmerge stack, composed into one map).
         if merged {
@@ -333,9 +400,30 @@ pub fn build(
     norm::mean_tokens(&mut b, Family::Head, bt, cfg.tokens(last), dim, x, pooled);
     let normed = b.activation("pooled ln", bt * dim);
     let nw = up_ln(&mut b, "norm", &w.norm);
-    norm::layer_norm(&mut b, Family::Head, bt, dim, LN_EPS, pooled, nw.weight, nw.bias, normed);
+    norm::layer_norm(
+        &mut b,
+        Family::Head,
+        bt,
+        dim,
+        LN_EPS,
+        pooled,
+        nw.weight,
+        nw.bias,
+        normed,
+    );
     let hw = up_linear(&mut b, "head", &w.head);
-    linear::record(&mut b, Family::Head, bt, dim, cfg.num_classes, Epilogue::Bias, normed, hw.weight, hw.bias, out);
+    linear::record(
+        &mut b,
+        Family::Head,
+        bt,
+        dim,
+        cfg.num_classes,
+        Epilogue::Bias,
+        normed,
+        hw.weight,
+        hw.bias,
+        out,
+    );
 
     Ok(ModelProgram {
         program: b.finish()?,

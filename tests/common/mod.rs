@@ -11,9 +11,8 @@ use sret_tome::reference::SplitMix64;
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        Gpu::new(&AdapterChoice::default()).expect(
-            "GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers",
-        )
+        Gpu::new(&AdapterChoice::default())
+            .expect("GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers")
     })
 }
 
@@ -36,7 +35,10 @@ pub fn run(build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>) -> Vec<Vec<
 
 /// As [`run`]; `poison: false` keeps the outputs' initial contents (for in-place kernels whose
 /// output starts as an input).
-pub fn run_opts(poison: bool, build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>) -> Vec<Vec<u32>> {
+pub fn run_opts(
+    poison: bool,
+    build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>,
+) -> Vec<Vec<u32>> {
     let g = gpu();
     let mut b = ProgramBuilder::new(g, cache());
     let outs = build(&mut b);

@@ -1,0 +1,103 @@
+//! Reading image batches and writing results as safetensors.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// A batch `[b, 3, size, size]` from a safetensors file holding `images`, or from image files
+/// preprocessed as torchvision's ImageNet evaluation transform.
+pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<(Vec<f32>, usize)> {
+    let per = 3 * cfg.image_size * cfg.image_size;
+    if paths.len() == 1 && paths[0].extension().is_some_and(|e| e == "safetensors") {
+        let path = &paths[0];
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::BadSafetensors {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        let t = st.tensor("images").map_err(|_| Error::MissingTensor {
+            path: path.clone(),
+            name: "images".into(),
+        })?;
+        if t.dtype() != Dtype::F32 {
+            return Err(Error::DtypeMismatch {
+                path: path.clone(),
+                name: "images".into(),
+                expected: "F32".into(),
+                found: format!("{:?}", t.dtype()),
+            });
+        }
+        let shape = t.shape().to_vec();
+        let s = cfg.image_size;
+        if shape.len() != 4 || shape[1..] != [3, s, s] || shape[0] == 0 {
+            return Err(Error::ShapeMismatch {
+                path: path.clone(),
+                name: "images".into(),
+                expected: vec![shape.first().copied().unwrap_or(1).max(1), 3, s, s],
+                found: shape,
+            });
+        }
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let b = data.len() / per;
+        return Ok((data, b));
+    }
+    let mut data = Vec::with_capacity(paths.len() * per);
+    for p in paths {
+        data.extend(crate::preprocess::load_image(p)?);
+    }
+    Ok((data, paths.len()))
+}
+
+/// A tensor to write: name, shape and little-endian bytes.
+pub struct OutTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl OutTensor {
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> Self {
+        OutTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    /// Indices as int64, the dtype torch indexing expects.
+    pub fn i64(name: impl Into<String>, shape: Vec<usize>, v: &[u32]) -> Self {
+        OutTensor {
+            name: name.into(),
+            dtype: Dtype::I64,
+            shape,
+            bytes: v.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect(),
+        }
+    }
+}
+
+pub fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::Write {
+                    path: path.to_path_buf(),
+                    why: format!("tensor '{}': {e}", t.name),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Write {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}

@@ -1,0 +1,84 @@
+//! The `sret-tome` command line.
+
+pub mod infer;
+pub mod io;
+pub mod plan;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Result;
+use crate::gpu::AdapterChoice;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sret-tome",
+    version,
+    about = "Sliced Recursive Transformers with Token Merging, planned once and run resident on the GPU"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Classify images; write logits (and with --trace the permutations and merge maps).
+    Infer(infer::InferArgs),
+    /// Print the static token trajectory of a schedule, with FLOPs and parameters.
+    Plan(plan::PlanArgs),
+    /// List the GPU adapters `--adapter` can choose from.
+    Adapters(GpuArgs),
+}
+
+/// Choice of GPU, shared by every command that runs the model.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Backends to consider (vulkan, metal, dx12, gl, all); default: WGPU_BACKEND or all.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Adapter index as listed by `sret-tome adapters`; default: the high-performance one.
+    #[arg(long)]
+    pub adapter: Option<usize>,
+}
+
+impl GpuArgs {
+    pub fn choice(&self) -> AdapterChoice {
+        AdapterChoice {
+            backends: self.backend.clone(),
+            index: self.adapter,
+        }
+    }
+}
+
+/// Model and weights, shared by every command that runs the model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill.
+    #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
+    pub model: String,
+    /// Weights as safetensors with the reference's state_dict names; synthetic when absent.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Infer(a) => infer::run(a),
+        Command::Plan(a) => plan::run(a),
+        Command::Adapters(g) => {
+            let list = crate::gpu::context::list_adapters(&g.choice())?;
+            if list.is_empty() {
+                println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");
+            }
+            for (i, a) in list.iter().enumerate() {
+                println!(
+                    "{i}: {} ({:?}, {:?}, {} {})",
+                    a.name, a.backend, a.device_type, a.driver, a.driver_info
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Image decoding and the ImageNet evaluation transform, bit-compatible with torchvision + PIL:
+//!
+//! ```text
+//! Image.open(path).convert("RGB")
+//! Resize(256)            # shorter side to 256, PIL antialiased bilinear
+//! CenterCrop(224)
+//! ToTensor()             # u8 / 255
+//! Normalize(IMAGENET_MEAN, IMAGENET_STD)
+//! ```
+//!
+//! The resize reproduces Pillow's `ImagingResample` (`src/libImaging/Resample.c`) exactly: the
+//! separable triangle filter whose support grows with the downscale factor, the coefficients
+//! computed in `f64`, normalised, converted to 22-bit fixed point, and an 8-bit rounding between
+//! the horizontal pass (done first) and the vertical pass. For an RGB8 image the output is
+//! bit-identical to `PIL.Image.resize(size, Image.BILINEAR)`.
+//!
+//! Since every output pixel depends only on its own coefficients, [`preprocess_rgb8`] computes
+//! only the 224x224 window that survives the centre crop. That gives the same bytes as resizing
+//! the whole image and cropping, and keeps the work and memory bounded even for extreme aspect
+//! ratios (a 1x50M image would otherwise resize to 256x12.8G).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use image::{DynamicImage, ImageReader, Limits, RgbImage};
+
+use crate::error::{Error, Result};
+
+/// torchvision's ImageNet channel means (`Normalize(mean=...)`), RGB order.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// torchvision's ImageNet channel standard deviations (`Normalize(std=...)`), RGB order.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// `Resize(256)`: the shorter side after resizing.
+pub const RESIZE_SHORTER: u32 = 256;
+/// `CenterCrop(224)`: the model's input side.
+pub const CROP_SIZE: u32 = 224;
+/// Decoding refuses images with more pixels than this (50 megapixels).
+pub const MAX_PIXELS: u64 = 50_000_000;
+/// Decoder allocation limit (a 50-megapixel RGBA16 image needs 400 MB).
+const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+const CLASSES_TXT: &str = include_str!("../assets/imagenet_classes.txt");
+
+/// The ImageNet-1k class name for a class index (0..1000), or `None` out of range.
+pub fn imagenet_class(i: usize) -> Option<&'static str> {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            CLASSES_TXT
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .get(i)
+        .copied()
+}
+
+/// Decode (bounded: refuse images with more than 50 megapixels or zero size with a clear error;
+/// grayscale, alpha, 16-bit, CMYK-jpeg all converted to RGB8 as PIL's .convert('RGB') would) and
+/// preprocess to [3, 224, 224] f32.
+pub fn load_image(path: &Path) -> Result<Vec<f32>> {
+    let img = decode_rgb8(path)?;
+    Ok(preprocess_rgb8(&img))
+}
+
+/// Decode a JPEG or PNG file (format detected from its content, not its name) into RGB8, with
+/// the same pixel values as `PIL.Image.open(path).convert("RGB")`:
+///
+/// * grayscale is replicated into R, G and B; alpha is dropped (not composited);
+/// * 16-bit RGB(A) and gray+alpha keep the high byte of each sample (PIL's `;16B` raw modes);
+/// * 16-bit grayscale becomes PIL mode `I;16`, whose conversion to RGB *clips* values above 255
+///   to 255 (not a rescale): reproduced as is, so the result matches the PyTorch pipeline;
+/// * CMYK JPEGs are converted as PIL does (`R = (255-C)(255-K)/255`, rounded);
+/// * EXIF orientation is ignored, as PIL's `open` ignores it.
+///
+/// Refuses images of zero size or more than [`MAX_PIXELS`] pixels before decoding them.
+pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
+    let bad = |why: String| Error::BadImage {
+        path: path.to_path_buf(),
+        why,
+    };
+    let open = || -> Result<ImageReader<BufReader<File>>> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader = ImageReader::new(BufReader::new(file))
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?;
+        if reader.format().is_none() {
+            return Err(bad(
+                "not a recognised image format (supported: JPEG, PNG)".to_string()
+            ));
+        }
+        Ok(reader)
+    };
+
+    let (w, h) = open()?
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
+    check_dimensions(w, h).map_err(bad)?;
+
+    let mut reader = open()?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
+    if (img.width(), img.height()) != (w, h) {
+        return Err(bad(format!(
+            "decoded size {}x{} differs from the header's {w}x{h}",
+            img.width(),
+            img.height()
+        )));
+    }
+    Ok(to_rgb8_like_pil(img))
+}
+
+fn check_dimensions(w: u32, h: u32) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("image has zero size ({w}x{h})"));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_PIXELS {
+        return Err(format!(
+            "image is {w}x{h} = {pixels} pixels, more than the limit of {MAX_PIXELS} (50 megapixels)"
+        ));
+    }
+    Ok(())
+}
+
+/// Convert any decoded image to RGB8 the way PIL's `.convert("RGB")` would (see [`decode_rgb8`]).
+fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let map = |n: usize, ch: usize, f: &dyn Fn(&[u16]) -> [u8; 3], data: &[u16]| -> RgbImage {
+        let mut out = Vec::with_capacity(n * 3);
+        for px in data.chunks_exact(ch) {
+            out.extend_from_slice(&f(px));
+        }
+        RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
+    };
+    let n = w as usize * h as usize;
+    let hi = |v: u16| (v >> 8) as u8;
+    match img {
+        DynamicImage::ImageRgb8(im) => im,
+        DynamicImage::ImageRgba8(im) => {
+            let out = im
+                .as_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect();
+            RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
+        }
+        DynamicImage::ImageLuma8(im) => {
+            let out = im.as_raw().iter().flat_map(|&v| [v, v, v]).collect();
+            RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
+        }
+        DynamicImage::ImageLumaA8(im) => {
+            let out = im
+                .as_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0]])
+                .collect();
+            RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
+        }
+        // PIL: mode I;16, and I;16 -> RGB clips to 255.
+        DynamicImage::ImageLuma16(im) => map(
+            n,
+            1,
+            &|p| {
+                let v = p[0].min(255) as u8;
+                [v, v, v]
+            },
+            im.as_raw(),
+        ),
+        // PIL: LA;16B / RGB;16B / RGBA;16B raw modes keep the most significant byte.
+        DynamicImage::ImageLumaA16(im) => map(
+            n,
+            2,
+            &|p| {
+                let v = hi(p[0]);
+                [v, v, v]
+            },
+            im.as_raw(),
+        ),
+        DynamicImage::ImageRgb16(im) => map(n, 3, &|p| [hi(p[0]), hi(p[1]), hi(p[2])], im.as_raw()),
+        DynamicImage::ImageRgba16(im) => {
+            map(n, 4, &|p| [hi(p[0]), hi(p[1]), hi(p[2])], im.as_raw())
+        }
+        // Not produced by the JPEG and PNG decoders; the crate's own conversion is fine.
+        other => other.to_rgb8(),
+    }
+}
+
+/// torchvision's `Resize(size)` output size for an image of `w`x`h`: the shorter side becomes
+/// `size`, the longer one `int(size * long / short)` (Python float division, truncated).
+pub fn resize_output_size(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as u32;
+    if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    }
+}
+
+/// torchvision's `CenterCrop` offset: `int(round((len - crop) / 2.0))`, Python's round half to
+/// even. `len >= crop`.
+pub fn center_crop_offset(len: u32, crop: u32) -> u32 {
+    let d = len - crop;
+    let q = d / 2;
+    if d % 2 == 0 || q % 2 == 0 {
+        q
+    } else {
+        q + 1
+    }
+}
+
+/// The ImageNet eval transform of an RGB8 image: `Resize(256)`, `CenterCrop(224)`, `ToTensor`,
+/// `Normalize`; returns [3, 224, 224] f32, channel-major.
+pub fn preprocess_rgb8(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    assert!(w > 0 && h > 0, "preprocess_rgb8: empty image");
+    let (rw, rh) = resize_output_size(w, h, RESIZE_SHORTER);
+    // The shorter side is 256 >= 224, so the crop never needs padding.
+    let x0 = center_crop_offset(rw, CROP_SIZE);
+    let y0 = center_crop_offset(rh, CROP_SIZE);
+    let crop = resample_window(img, rw, rh, x0, y0, CROP_SIZE, CROP_SIZE);
+    normalize_chw(&crop)
+}
+
+/// `ToTensor` then `Normalize(IMAGENET_MEAN, IMAGENET_STD)` in f32, as torch computes it:
+/// `(v / 255 - mean) / std`, laid out [3, h, w].
+pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let plane = w as usize * h as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    out
+}
+
+/// Resize with PIL-compatible antialiased bilinear: exposed for tests and for a later GPU port.
+///
+/// Bit-identical to `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image.
+pub fn resize_bilinear_antialias(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    assert!(
+        w > 0 && h > 0,
+        "resize_bilinear_antialias: empty output size"
+    );
+    resample_window(img, w, h, 0, 0, w, h)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's Resample.c, for an 8-bit-per-channel image.
+
+/// `32 - 8 - 2`: fixed-point fraction bits of the 8-bit resampler.
+const PRECISION_BITS: u32 = 22;
+
+/// Per output pixel: the first input index, the tap count, and `ksize` fixed-point weights.
+pub(crate) struct Coeffs {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    kk: Vec<i32>,
+}
+
+fn bilinear_filter(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+impl Coeffs {
+    /// `precompute_coeffs(in_size, 0, in_size, out_size, BILINEAR)` followed by
+    /// `normalize_coeffs_8bpc`, for the output indices `start..start + len` only.
+    pub(crate) fn new(in_size: u32, out_size: u32, start: u32, len: u32) -> Coeffs {
+        // The box reaches C as floats: in0 = 0.0f, in1 = (float)in_size.
+        let in0 = 0.0f32;
+        let in1 = in_size as f32;
+        let scale = (in1 - in0) as f64 / out_size as f64;
+        let filterscale = if scale < 1.0 { 1.0 } else { scale };
+        let support = 1.0 * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let ss = 1.0 / filterscale;
+
+        let mut bounds = Vec::with_capacity(len as usize);
+        let mut kk = vec![0i32; len as usize * ksize];
+        let mut k = vec![0f64; ksize];
+        for (i, xx) in (start..start + len).enumerate() {
+            let center = in0 as f64 + (xx as f64 + 0.5) * scale;
+            // C's (int) casts truncate toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let count = (xmax - xmin).max(0) as usize;
+            let mut ww = 0.0f64;
+            for (x, kx) in k.iter_mut().enumerate().take(count) {
+                let w = bilinear_filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                *kx = w;
+                ww += w;
+            }
+            let row = &mut kk[i * ksize..(i + 1) * ksize];
+            for x in 0..count {
+                let mut v = k[x];
+                if ww != 0.0 {
+                    v /= ww;
+                }
+                let scaled = v * (1u32 << PRECISION_BITS) as f64;
+                row[x] = if v < 0.0 {
+                    (-0.5 + scaled) as i32
+                } else {
+                    (0.5 + scaled) as i32
+                };
+            }
+            bounds.push((xmin as usize, count));
+        }
+        Coeffs { ksize, bounds, kk }
+    }
+
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let (xmin, count) = self.bounds[i];
+        (xmin, &self.kk[i * self.ksize..i * self.ksize + count])
+    }
+}
+
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// The window `[x0, x0 + w) x [y0, y0 + h)` of the image resized to `out_w`x`out_h` with Pillow's
+/// antialiased bilinear filter: horizontal pass (skipped when the width is unchanged), 8-bit
+/// rounding, then vertical pass (skipped when the height is unchanged).
+fn resample_window(
+    img: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    x0: u32,
+    y0: u32,
+    w: u32,
+    h: u32,
+) -> RgbImage {
+    let (in_w, in_h) = img.dimensions();
+    assert!(in_w > 0 && in_h > 0, "resample: empty input image");
+    assert!(
+        x0 + w <= out_w && y0 + h <= out_h,
+        "resample: window outside the output"
+    );
+    let src = img.as_raw();
+    let (w_us, h_us, in_w_us) = (w as usize, h as usize, in_w as usize);
+
+    let vert = (out_h != in_h).then(|| Coeffs::new(in_h, out_h, y0, h));
+    // Input rows the vertical pass reads (all of the window's rows when there is none).
+    let (row_first, row_end) = match &vert {
+        Some(v) => {
+            let first = v.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+            let end = v.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
+            (first, end.max(first))
+        }
+        None => (y0 as usize, (y0 + h) as usize),
+    };
+    let rows = row_end - row_first;
+
+    // Horizontal pass -> `tmp`: `rows` rows of `w` pixels.
+    let mut tmp = vec![0u8; rows * w_us * 3];
+    if out_w != in_w {
+        let hc = Coeffs::new(in_w, out_w, x0, w);
+        for r in 0..rows {
+            let srow = &src[(row_first + r) * in_w_us * 3..(row_first + r + 1) * in_w_us * 3];
+            let drow = &mut tmp[r * w_us * 3..(r + 1) * w_us * 3];
+            for xx in 0..w_us {
+                let (xmin, k) = hc.taps(xx);
+                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+                for (x, &kx) in k.iter().enumerate() {
+                    let p = &srow[(xmin + x) * 3..(xmin + x) * 3 + 3];
+                    acc[0] += p[0] as i32 * kx;
+                    acc[1] += p[1] as i32 * kx;
+                    acc[2] += p[2] as i32 * kx;
+                }
+                drow[xx * 3] = clip8(acc[0]);
+                drow[xx * 3 + 1] = clip8(acc[1]);
+                drow[xx * 3 + 2] = clip8(acc[2]);
+            }
+        }
+    } else {
+        let xs = x0 as usize * 3;
+        for r in 0..rows {
+            let s = (row_first + r) * in_w_us * 3 + xs;
+            tmp[r * w_us * 3..(r + 1) * w_us * 3].copy_from_slice(&src[s..s + w_us * 3]);
+        }
+    }
+
+    // Vertical pass.
+    let out = match &vert {
+        None => tmp,
+        Some(vc) => {
+            let stride = w_us * 3;
+            let mut out = vec![0u8; h_us * stride];
+            let mut acc = vec![0i32; stride];
+            for yy in 0..h_us {
+                let (ymin, k) = vc.taps(yy);
+                acc.fill(1i32 << (PRECISION_BITS - 1));
+                for (y, &ky) in k.iter().enumerate() {
+                    let r = ymin + y - row_first;
+                    let trow = &tmp[r * stride..(r + 1) * stride];
+                    for (a, &p) in acc.iter_mut().zip(trow) {
+                        *a += p as i32 * ky;
+                    }
+                }
+                for (o, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+                    *o = clip8(a);
+                }
+            }
+            out
+        }
+    };
+    RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_size_matches_torchvision() {
+        assert_eq!(resize_output_size(640, 427, 256), (383, 256));
+        assert_eq!(resize_output_size(300, 456, 256), (256, 389));
+        assert_eq!(resize_output_size(100, 80, 256), (320, 256));
+        assert_eq!(resize_output_size(256, 256, 256), (256, 256));
+    }
+
+    #[test]
+    fn crop_offset_rounds_half_to_even() {
+        assert_eq!(center_crop_offset(256, 224), 16);
+        assert_eq!(center_crop_offset(383, 224), 80); // 79.5 -> 80
+        assert_eq!(center_crop_offset(389, 224), 82); // 82.5 -> 82
+        assert_eq!(center_crop_offset(225, 224), 0); // 0.5 -> 0
+        assert_eq!(center_crop_offset(227, 224), 2); // 1.5 -> 2
+    }
+
+    #[test]
+    fn window_equals_full_resize_then_crop() {
+        let img = RgbImage::from_fn(97, 61, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 2) as u8])
+        });
+        for &(ow, oh) in &[(40u32, 30u32), (200, 130), (97, 20), (33, 61), (97, 61)] {
+            let full = resize_bilinear_antialias(&img, ow, oh);
+            let (x0, y0, w, h) = (ow / 5, oh / 3, ow / 2, oh / 2);
+            let win = resample_window(&img, ow, oh, x0, y0, w, h);
+            for y in 0..h {
+                for x in 0..w {
+                    assert_eq!(win.get_pixel(x, y), full.get_pixel(x0 + x, y0 + y));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn identity_resize_is_a_copy() {
+        let img = RgbImage::from_fn(13, 7, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+        assert_eq!(resize_bilinear_antialias(&img, 13, 7), img);
+    }
+}

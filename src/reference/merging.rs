@@ -1,0 +1,182 @@
+//! ToMe bipartite soft matching and the mass-weighted merge, for one image at a time.
+//!
+//! Tokens at even positions form set A (`a = pos / 2`, `na = ceil(n / 2)` of them), tokens at odd
+//! positions set B (`b = (pos - 1) / 2`, `nb = n / 2`). Each A token proposes its most similar B
+//! token; the `r` A tokens with the highest similarity are folded into their B partner.
+
+use super::ops::dot;
+use std::cmp::Ordering;
+
+/// Bipartite soft matching decision for ONE image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matching {
+    /// For each A token: its rank in the order of row maxima, descending (ties: lower A first).
+    pub rank: Vec<u32>,
+    /// For each A token: the B token of highest cosine similarity (ties: lower B index).
+    pub dst: Vec<u32>,
+    /// For each A token: that highest cosine similarity.
+    pub row_max: Vec<f32>,
+}
+
+impl Matching {
+    /// Number of A tokens.
+    pub fn len(&self) -> usize {
+        self.rank.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rank.is_empty()
+    }
+}
+
+/// Bipartite soft matching on one image's metric `[n, hd]`.
+///
+/// Each metric row is divided by its L2 norm (norm accumulated in f64, rounded to f32, division
+/// in f32), then cosine similarities A x B are f64 dot products of the normalised rows. The
+/// argmax over B keeps the lower B index on exact (f64) ties and stores the maximum rounded to
+/// f32 in `row_max`. The ranking sorts A tokens by `row_max` (the stored f32 values)
+/// descending, exact ties broken by lower A index, so `rank` is a function of `row_max` alone.
+pub fn bipartite_matching(metric: &[f32], n: usize, hd: usize) -> Matching {
+    assert_eq!(
+        metric.len(),
+        n * hd,
+        "bipartite_matching: metric is not [{n}, {hd}]"
+    );
+    assert!(
+        n >= 2,
+        "bipartite_matching: needs at least 2 tokens, got {n}"
+    );
+    let na = n.div_ceil(2);
+    let nb = n / 2;
+
+    let mut unit = vec![0.0f32; n * hd];
+    for (src, dst) in metric
+        .chunks_exact(hd.max(1))
+        .zip(unit.chunks_exact_mut(hd.max(1)))
+    {
+        let norm = dot(src, src).sqrt() as f32;
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s / norm;
+        }
+    }
+
+    let mut dst = vec![0u32; na];
+    let mut row_max = vec![0.0f32; na];
+    for a in 0..na {
+        let ar = &unit[2 * a * hd..(2 * a + 1) * hd];
+        let mut best = f64::NEG_INFINITY;
+        let mut best_b = 0usize;
+        for b in 0..nb {
+            let br = &unit[(2 * b + 1) * hd..(2 * b + 2) * hd];
+            let s = dot(ar, br);
+            if s > best {
+                best = s;
+                best_b = b;
+            }
+        }
+        dst[a] = best_b as u32;
+        row_max[a] = best as f32;
+    }
+
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    let mut order: Vec<usize> = (0..na).collect();
+    order.sort_by(|&i, &j| {
+        key(row_max[j])
+            .partial_cmp(&key(row_max[i]))
+            .unwrap_or(Ordering::Equal)
+            .then(i.cmp(&j))
+    });
+    let mut rank = vec![0u32; na];
+    for (k, &a) in order.iter().enumerate() {
+        rank[a] = k as u32;
+    }
+    Matching { rank, dst, row_max }
+}
+
+/// Where each token of an `n`-token sequence goes when `r` tokens are merged according to `m`:
+/// `slot_map[old position] = new slot`.
+///
+/// Unmerged A tokens take slots `0 .. na - r` in rank order; B token `b` takes slot
+/// `na - r + b`; a merged A token maps to its destination B token's slot.
+pub fn merge_slot_map(n: usize, r: usize, m: &Matching) -> Vec<u32> {
+    let na = n.div_ceil(2);
+    let nb = n / 2;
+    assert_eq!(
+        m.rank.len(),
+        na,
+        "matching has {} A tokens, expected {na} for n = {n}",
+        m.rank.len()
+    );
+    assert_eq!(
+        m.dst.len(),
+        na,
+        "matching dst has {} entries, expected {na}",
+        m.dst.len()
+    );
+    assert!(r <= nb, "cannot merge {r} of {n} tokens (at most {nb})");
+    let mut seen = vec![false; na];
+    for &rank in &m.rank {
+        let rank = rank as usize;
+        assert!(
+            rank < na && !seen[rank],
+            "matching ranks are not a permutation of 0..{na}"
+        );
+        seen[rank] = true;
+    }
+    let mut map = vec![0u32; n];
+    for a in 0..na {
+        let rank = m.rank[a] as usize;
+        map[2 * a] = if rank < r {
+            let d = m.dst[a] as usize;
+            assert!(d < nb, "dst {d} out of range for {nb} B tokens");
+            (na - r + d) as u32
+        } else {
+            (rank - r) as u32
+        };
+    }
+    for b in 0..nb {
+        map[2 * b + 1] = (na - r + b) as u32;
+    }
+    map
+}
+
+/// Merges `r` tokens of ONE image: `x: [n, c]`, `mass: [n]`.
+///
+/// Returns (`x_new: [n - r, c]`, `mass_new: [n - r]`, `slot_map: [n]`), see [`merge_slot_map`]
+/// for the layout. Every new slot is the mass-weighted mean of the tokens mapped to it
+/// (accumulated in f64; an unmerged token is reproduced exactly) and its mass is their sum.
+pub fn merge(
+    x: &[f32],
+    mass: &[f32],
+    n: usize,
+    c: usize,
+    r: usize,
+    m: &Matching,
+) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    assert_eq!(x.len(), n * c, "merge: x is not [{n}, {c}]");
+    assert_eq!(mass.len(), n, "merge: mass is not [{n}]");
+    let slot_map = merge_slot_map(n, r, m);
+    let n_new = n - r;
+    let mut acc = vec![0.0f64; n_new * c];
+    let mut acc_mass = vec![0.0f64; n_new];
+    for t in 0..n {
+        let s = slot_map[t] as usize;
+        let w = mass[t] as f64;
+        acc_mass[s] += w;
+        let row = &x[t * c..(t + 1) * c];
+        for (a, &v) in acc[s * c..(s + 1) * c].iter_mut().zip(row) {
+            *a += v as f64 * w;
+        }
+    }
+    let mut x_new = vec![0.0f32; n_new * c];
+    for s in 0..n_new {
+        let total = acc_mass[s];
+        for (o, a) in x_new[s * c..(s + 1) * c]
+            .iter_mut()
+            .zip(&acc[s * c..(s + 1) * c])
+        {
+            *o = (*a / total) as f32;
+        }
+    }
+    let mass_new = acc_mass.iter().map(|&v| v as f32).collect();
+    (x_new, mass_new, slot_map)
+}

@@ -1,0 +1,212 @@
+//! Deterministic synthetic weights and inputs for tests and demos.
+//!
+//! A pure function of (config, seed): a SplitMix64 stream is consumed in a fixed order. Scales
+//! keep the random network well-conditioned: linear layers preserve unit variance, the
+//! ReLU-followed stem convolutions use He scaling, residual branches enter with coefficients
+//! 0.5..1, LayerNorm parameters stay near identity.
+
+use crate::model::weights::{
+    BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
+};
+use crate::model::ModelConfig;
+
+/// SplitMix64: a tiny, well-mixed 64-bit generator (Steele, Lea and Flood, 2014).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1), on a 2^-23 lattice.
+    pub fn symmetric(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32) * (1.0 / (1u32 << 23) as f32) - 1.0
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32) * (1.0 / (1u32 << 24) as f32)
+    }
+    /// Uniform index in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+    /// A uniformly random permutation of `0..n` (Fisher-Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<u32> {
+        let mut p: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i + 1);
+            p.swap(i, j);
+        }
+        p
+    }
+    /// `len` values uniform in `[-scale, scale)`.
+    fn fill(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.symmetric() * scale).collect()
+    }
+    /// `len` values uniform in `[center - spread, center + spread)`.
+    fn around(&mut self, len: usize, center: f32, spread: f32) -> Vec<f32> {
+        (0..len)
+            .map(|_| center + self.symmetric() * spread)
+            .collect()
+    }
+}
+
+const BIAS: f32 = 0.02;
+
+fn linear(rng: &mut SplitMix64, in_features: usize, out_features: usize) -> Linear {
+    let bound = (3.0 / in_features as f32).sqrt();
+    Linear {
+        weight: rng.fill(out_features * in_features, bound),
+        bias: rng.fill(out_features, BIAS),
+        out_features,
+        in_features,
+    }
+}
+
+fn layer_norm(rng: &mut SplitMix64, dim: usize) -> LayerNorm {
+    LayerNorm {
+        weight: rng.around(dim, 1.0, 0.1),
+        bias: rng.fill(dim, 0.05),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    rng: &mut SplitMix64,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    gain: f32,
+) -> Conv {
+    let fan_in = in_channels / groups * kernel * kernel;
+    let bound = (gain / fan_in as f32).sqrt();
+    Conv {
+        weight: rng.fill(out_channels * fan_in, bound),
+        bias: rng.fill(out_channels, BIAS),
+        out_channels,
+        in_channels,
+        kernel,
+        stride,
+        padding,
+        groups,
+    }
+}
+
+/// A residual coefficient pair: keep ~1 +- 0.1, branch 0.5..1.
+fn coef_pair(rng: &mut SplitMix64) -> [f32; 2] {
+    [1.0 + 0.1 * rng.symmetric(), 0.75 + 0.25 * rng.symmetric()]
+}
+
+/// Deterministic synthetic weights with the shapes of `cfg`; a pure function of (cfg, seed).
+pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
+    let mut rng = SplitMix64::new(seed ^ 0x5EE7_70E5_0000_0001);
+    let dim0 = cfg.stages[0].dim;
+    let mid = cfg.stem_mid;
+    // He scaling (gain 6) for the convolutions followed by ReLU.
+    let stem = [
+        conv(&mut rng, 3, mid, 3, 2, 1, 1, 6.0),
+        conv(&mut rng, mid, dim0, 3, 2, 1, 1, 6.0),
+        conv(&mut rng, dim0, dim0, 3, 2, 1, 1, 6.0),
+    ];
+    let side = cfg.grid_side(0);
+    let pos_embed = rng.fill(dim0 * side * side, 0.02);
+
+    let mut stages = Vec::with_capacity(cfg.stages.len());
+    for (s, st) in cfg.stages.iter().enumerate() {
+        let d = st.dim;
+        let blocks = (0..st.recursive_num)
+            .map(|_| {
+                let norm1 = layer_norm(&mut rng, d);
+                let qkv = linear(&mut rng, d, 3 * d);
+                let proj = linear(&mut rng, d, d);
+                let norm2 = layer_norm(&mut rng, d);
+                let fc1 = linear(&mut rng, d, st.mlp_hidden);
+                let fc2 = linear(&mut rng, st.mlp_hidden, d);
+                let [c1, c2] = coef_pair(&mut rng);
+                let [c3, c4] = coef_pair(&mut rng);
+                BlockWeights {
+                    norm1,
+                    qkv,
+                    proj,
+                    norm2,
+                    fc1,
+                    fc2,
+                    coef: [c1, c2, c3, c4],
+                }
+            })
+            .collect();
+        let non_projs = (0..st.depth)
+            .map(|_| {
+                let norm1 = layer_norm(&mut rng, d);
+                let fc1 = linear(&mut rng, d, st.np_hidden);
+                let fc2 = linear(&mut rng, st.np_hidden, d);
+                NonProjWeights {
+                    norm1,
+                    fc1,
+                    fc2,
+                    coef: coef_pair(&mut rng),
+                }
+            })
+            .collect();
+        let pool = cfg
+            .stages
+            .get(s + 1)
+            .map(|next| conv(&mut rng, d, next.dim, 3, 2, 1, d, 3.0));
+        stages.push(StageWeights {
+            blocks,
+            non_projs,
+            pool,
+        });
+    }
+    let final_dim = cfg.final_dim();
+    let norm = layer_norm(&mut rng, final_dim);
+    let head = linear(&mut rng, final_dim, cfg.num_classes);
+    ModelWeights {
+        stem,
+        pos_embed,
+        stages,
+        norm,
+        head,
+    }
+}
+
+/// Deterministic synthetic "normalised images" `[batch, 3, size, size]`: a smooth random
+/// pattern per image and channel plus noise, roughly unit variance.
+pub fn synthetic_images(cfg: &ModelConfig, batch: usize, seed: u64) -> Vec<f32> {
+    let side = cfg.image_size;
+    let mut rng = SplitMix64::new(seed ^ 0x1A4A_6E50_0000_0002);
+    let mut out = Vec::with_capacity(batch * 3 * side * side);
+    for _ in 0..batch * 3 {
+        // A few random plane waves give spatial structure; noise adds texture.
+        let waves: Vec<[f32; 4]> = (0..4)
+            .map(|_| {
+                [
+                    rng.symmetric() * 0.1,
+                    rng.symmetric() * 0.1,
+                    rng.unit() * std::f32::consts::TAU,
+                    0.5 + 0.5 * rng.unit(),
+                ]
+            })
+            .collect();
+        for y in 0..side {
+            for x in 0..side {
+                let mut v = 0.0f32;
+                for [fx, fy, phase, amp] in &waves {
+                    v += amp * (fx * x as f32 + fy * y as f32 + phase).sin();
+                }
+                out.push(0.6 * v + 0.4 * rng.symmetric());
+            }
+        }
+    }
+    out
+}

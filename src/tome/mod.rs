@@ -1,0 +1,14 @@
+//! Token merging: reduction schedules, merging constraints and the static trajectory.
+//!
+//! A [`Schedule`] says how many tokens each `Transformer_Block` execution should merge;
+//! [`safe_r`] (the paper's Eq. 3) turns that into a count the sliced group attention and the
+//! bipartite matching can honour; [`plan`] applies both to a model and yields the
+//! [`Trajectory`] of token counts, known before any image is seen.
+
+pub mod constraints;
+pub mod schedule;
+pub mod trajectory;
+
+pub use constraints::safe_r;
+pub use schedule::Schedule;
+pub use trajectory::{plan, render_table, Execution, Trajectory};
