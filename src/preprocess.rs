@@ -11,8 +11,8 @@
 //! The resize reproduces Pillow's `ImagingResample` (`src/libImaging/Resample.c`) exactly: the
 //! separable triangle filter whose support grows with the downscale factor, the coefficients
 //! computed in `f64`, normalised, converted to 22-bit fixed point, and an 8-bit rounding between
-//! the horizontal pass (done first) and the vertical pass. For an RGB8 image the output is
-//! bit-identical to `PIL.Image.resize(size, Image.BILINEAR)`.
+//! the two passes, run in Pillow 13's order (see [`pillow_vertical_first`]). For an RGB8 image the
+//! output is bit-identical to `PIL.Image.resize(size, Image.BILINEAR)` of Pillow 13.0.
 //!
 //! Since every output pixel depends only on its own coefficients, [`preprocess_rgb8`] computes
 //! only the 224x224 window that survives the centre crop. That gives the same bytes as resizing
@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -323,6 +324,17 @@ impl Coeffs {
         Coeffs { ksize, bounds, kk }
     }
 
+    fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// The input indices read by any of the outputs.
+    fn span(&self) -> Range<usize> {
+        let first = self.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+        let end = self.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(first);
+        first..end.max(first)
+    }
+
     fn taps(&self, i: usize) -> (usize, &[i32]) {
         let (xmin, count) = self.bounds[i];
         (xmin, &self.kk[i * self.ksize..i * self.ksize + count])
@@ -334,9 +346,88 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Pillow 13's choice of pass order (`ImagingResampleInner`): the vertical pass goes first when
+/// the height shrinks by more than twice as many pixels as the width does. (Pillow 12 and older
+/// always ran the horizontal pass first; the two orders can differ by 1 in some pixels, because
+/// of the 8-bit rounding between the passes. For `Resize(256)` they differ only for portraits
+/// taller than about 2:1.)
+pub fn pillow_vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// One pass along rows: every row of `rows` of `src` (`src_w` pixels wide, the first column being
+/// input column `col_off`) filtered into `c.len()` pixels.
+fn horizontal_pass(
+    src: &[u8],
+    src_w: usize,
+    rows: Range<usize>,
+    col_off: usize,
+    c: &Coeffs,
+) -> Vec<u8> {
+    let out_w = c.len();
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    for (r, drow) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
+        let srow = &src[r * src_w * 3..(r + 1) * src_w * 3];
+        for (xx, d) in drow.chunks_exact_mut(3).enumerate() {
+            let (xmin, k) = c.taps(xx);
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            for (x, &kx) in k.iter().enumerate() {
+                let i = (xmin - col_off + x) * 3;
+                acc[0] += srow[i] as i32 * kx;
+                acc[1] += srow[i + 1] as i32 * kx;
+                acc[2] += srow[i + 2] as i32 * kx;
+            }
+            d[0] = clip8(acc[0]);
+            d[1] = clip8(acc[1]);
+            d[2] = clip8(acc[2]);
+        }
+    }
+    out
+}
+
+/// One pass along columns: the columns `cols` of `src` (`src_w` pixels wide, the first row being
+/// input row `row_off`) filtered into `c.len()` rows.
+fn vertical_pass(
+    src: &[u8],
+    src_w: usize,
+    row_off: usize,
+    cols: Range<usize>,
+    c: &Coeffs,
+) -> Vec<u8> {
+    let stride = cols.len() * 3;
+    let mut out = vec![0u8; c.len() * stride];
+    let mut acc = vec![0i32; stride];
+    for (yy, drow) in out.chunks_exact_mut(stride).enumerate() {
+        let (ymin, k) = c.taps(yy);
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        for (y, &ky) in k.iter().enumerate() {
+            let r = ymin - row_off + y;
+            let srow = &src[(r * src_w + cols.start) * 3..(r * src_w + cols.end) * 3];
+            for (a, &p) in acc.iter_mut().zip(srow) {
+                *a += p as i32 * ky;
+            }
+        }
+        for (o, &a) in drow.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    out
+}
+
+/// The pixels `rows` x `cols` of `src` (`src_w` pixels wide).
+fn crop(src: &[u8], src_w: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len() * 3);
+    for r in rows {
+        out.extend_from_slice(&src[(r * src_w + cols.start) * 3..(r * src_w + cols.end) * 3]);
+    }
+    out
+}
+
 /// The window `[x0, x0 + w) x [y0, y0 + h)` of the image resized to `out_w`x`out_h` with Pillow's
-/// antialiased bilinear filter: horizontal pass (skipped when the width is unchanged), 8-bit
-/// rounding, then vertical pass (skipped when the height is unchanged).
+/// antialiased bilinear filter: two separable passes (either skipped when that side keeps its
+/// size) in Pillow 13's order ([`pillow_vertical_first`]), with 8-bit rounding after each.
 fn resample_window(
     img: &RgbImage,
     out_w: u32,
@@ -346,6 +437,17 @@ fn resample_window(
     w: u32,
     h: u32,
 ) -> RgbImage {
+    let vertical_first = pillow_vertical_first(img.width(), img.height(), out_w, out_h);
+    resample_window_ordered(img, out_w, out_h, (x0, y0, w, h), vertical_first)
+}
+
+fn resample_window_ordered(
+    img: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    (x0, y0, w, h): (u32, u32, u32, u32),
+    vertical_first: bool,
+) -> RgbImage {
     let (in_w, in_h) = img.dimensions();
     assert!(in_w > 0 && in_h > 0, "resample: empty input image");
     assert!(
@@ -353,71 +455,33 @@ fn resample_window(
         "resample: window outside the output"
     );
     let src = img.as_raw();
-    let (w_us, h_us, in_w_us) = (w as usize, h as usize, in_w as usize);
+    let in_w_us = in_w as usize;
+    let win_cols = x0 as usize..(x0 + w) as usize;
+    let win_rows = y0 as usize..(y0 + h) as usize;
+    let hc = (out_w != in_w).then(|| Coeffs::new(in_w, out_w, x0, w));
+    let vc = (out_h != in_h).then(|| Coeffs::new(in_h, out_h, y0, h));
 
-    let vert = (out_h != in_h).then(|| Coeffs::new(in_h, out_h, y0, h));
-    // Input rows the vertical pass reads (all of the window's rows when there is none).
-    let (row_first, row_end) = match &vert {
-        Some(v) => {
-            let first = v.bounds.iter().map(|b| b.0).min().unwrap_or(0);
-            let end = v.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
-            (first, end.max(first))
-        }
-        None => (y0 as usize, (y0 + h) as usize),
-    };
-    let rows = row_end - row_first;
-
-    // Horizontal pass -> `tmp`: `rows` rows of `w` pixels.
-    let mut tmp = vec![0u8; rows * w_us * 3];
-    if out_w != in_w {
-        let hc = Coeffs::new(in_w, out_w, x0, w);
-        for r in 0..rows {
-            let srow = &src[(row_first + r) * in_w_us * 3..(row_first + r + 1) * in_w_us * 3];
-            let drow = &mut tmp[r * w_us * 3..(r + 1) * w_us * 3];
-            for xx in 0..w_us {
-                let (xmin, k) = hc.taps(xx);
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &srow[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    acc[0] += p[0] as i32 * kx;
-                    acc[1] += p[1] as i32 * kx;
-                    acc[2] += p[2] as i32 * kx;
-                }
-                drow[xx * 3] = clip8(acc[0]);
-                drow[xx * 3 + 1] = clip8(acc[1]);
-                drow[xx * 3 + 2] = clip8(acc[2]);
-            }
+    let out = if !vertical_first {
+        // Horizontal pass over the input rows the vertical pass reads, then vertical pass.
+        let rows = vc.as_ref().map_or(win_rows.clone(), Coeffs::span);
+        let tmp = match &hc {
+            Some(hc) => horizontal_pass(src, in_w_us, rows.clone(), 0, hc),
+            None => crop(src, in_w_us, rows.clone(), win_cols),
+        };
+        match &vc {
+            Some(vc) => vertical_pass(&tmp, w as usize, rows.start, 0..w as usize, vc),
+            None => tmp,
         }
     } else {
-        let xs = x0 as usize * 3;
-        for r in 0..rows {
-            let s = (row_first + r) * in_w_us * 3 + xs;
-            tmp[r * w_us * 3..(r + 1) * w_us * 3].copy_from_slice(&src[s..s + w_us * 3]);
-        }
-    }
-
-    // Vertical pass.
-    let out = match &vert {
-        None => tmp,
-        Some(vc) => {
-            let stride = w_us * 3;
-            let mut out = vec![0u8; h_us * stride];
-            let mut acc = vec![0i32; stride];
-            for yy in 0..h_us {
-                let (ymin, k) = vc.taps(yy);
-                acc.fill(1i32 << (PRECISION_BITS - 1));
-                for (y, &ky) in k.iter().enumerate() {
-                    let r = ymin + y - row_first;
-                    let trow = &tmp[r * stride..(r + 1) * stride];
-                    for (a, &p) in acc.iter_mut().zip(trow) {
-                        *a += p as i32 * ky;
-                    }
-                }
-                for (o, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
-                    *o = clip8(a);
-                }
-            }
-            out
+        // Vertical pass over the input columns the horizontal pass reads, then horizontal pass.
+        let cols = hc.as_ref().map_or(win_cols.clone(), Coeffs::span);
+        let tmp = match &vc {
+            Some(vc) => vertical_pass(src, in_w_us, 0, cols.clone(), vc),
+            None => crop(src, in_w_us, win_rows, cols.clone()),
+        };
+        match &hc {
+            Some(hc) => horizontal_pass(&tmp, cols.len(), 0..h as usize, cols.start, hc),
+            None => tmp,
         }
     };
     RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
@@ -449,16 +513,39 @@ mod tests {
         let img = RgbImage::from_fn(97, 61, |x, y| {
             image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 2) as u8])
         });
-        for &(ow, oh) in &[(40u32, 30u32), (200, 130), (97, 20), (33, 61), (97, 61)] {
+        for &(ow, oh) in &[
+            (40u32, 30u32),
+            (200, 130),
+            (97, 20),
+            (33, 61),
+            (97, 61),
+            (150, 9),
+            (20, 200),
+        ] {
             let full = resize_bilinear_antialias(&img, ow, oh);
             let (x0, y0, w, h) = (ow / 5, oh / 3, ow / 2, oh / 2);
-            let win = resample_window(&img, ow, oh, x0, y0, w, h);
-            for y in 0..h {
-                for x in 0..w {
-                    assert_eq!(win.get_pixel(x, y), full.get_pixel(x0 + x, y0 + y));
+            for vertical_first in [false, true] {
+                let full = resample_window_ordered(&img, ow, oh, (0, 0, ow, oh), vertical_first);
+                let win = resample_window_ordered(&img, ow, oh, (x0, y0, w, h), vertical_first);
+                for y in 0..h {
+                    for x in 0..w {
+                        assert_eq!(win.get_pixel(x, y), full.get_pixel(x0 + x, y0 + y));
+                    }
                 }
             }
+            let win = resample_window(&img, ow, oh, x0, y0, w, h);
+            assert_eq!(win.get_pixel(0, 0), full.get_pixel(x0, y0));
         }
+    }
+
+    #[test]
+    fn pass_order_follows_pillow_13() {
+        assert!(!pillow_vertical_first(100, 80, 37, 23)); // 57 <= 2 * 63
+        assert!(pillow_vertical_first(57, 83, 51, 63)); // 20 > 2 * 6
+        assert!(pillow_vertical_first(100, 80, 250, 61)); // width grows
+        assert!(!pillow_vertical_first(100, 80, 250, 90)); // height grows
+        assert!(!pillow_vertical_first(300, 456, 256, 389)); // 67 <= 2 * 44
+        assert!(pillow_vertical_first(300, 700, 256, 597)); // portrait taller than 2:1
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The `sret-tome` command line.
 
+pub mod bench;
 pub mod infer;
 pub mod io;
 pub mod plan;
+pub mod synthetic;
 
 use std::path::PathBuf;
 
@@ -26,10 +28,14 @@ pub struct Cli {
 pub enum Command {
     /// Classify images; write logits (and with --trace the permutations and merge maps).
     Infer(infer::InferArgs),
+    /// Measure the paper's Table 1 on this adapter: throughput, peak activation memory, FLOPs.
+    Bench(bench::BenchArgs),
     /// Print the static token trajectory of a schedule, with FLOPs and parameters.
     Plan(plan::PlanArgs),
     /// List the GPU adapters `--adapter` can choose from.
     Adapters(GpuArgs),
+    /// Write the synthetic weights (and images) used when no weight file is given.
+    Synthetic(synthetic::SyntheticArgs),
 }
 
 /// Choice of GPU, shared by every command that runs the model.
@@ -66,7 +72,9 @@ pub struct ModelArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Infer(a) => infer::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Synthetic(a) => synthetic::run(a),
         Command::Adapters(g) => {
             let list = crate::gpu::context::list_adapters(&g.choice())?;
             if list.is_empty() {

@@ -16,6 +16,45 @@ pub struct Trace {
     pub stage_maps: Vec<(usize, Vec<u32>, usize)>,
 }
 
+/// Seconds one forward took.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Submission to idle, measured on the host.
+    pub wall: f64,
+    /// Between timestamps written at the start and end of the forward, where supported.
+    pub gpu: Option<f64>,
+}
+
+/// Timestamp queries for [`Engine::time_forward`]; made once, reused for every forward.
+pub struct Timer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+impl Timer {
+    /// `None` when the device lacks `TIMESTAMP_QUERY`.
+    pub fn new(gpu: &Gpu) -> Option<Timer> {
+        if !gpu.has_timestamps() {
+            return None;
+        }
+        Some(Timer {
+            queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("forward timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timer resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: staging(gpu, "timer readback", 16),
+        })
+    }
+}
+
 pub struct ForwardOutput {
     /// `[batch, classes]`
     pub logits: Vec<f32>,
@@ -179,7 +218,7 @@ impl Engine {
 
     /// Record a whole forward (all micro-batches) into `enc`, reading `self.input` and leaving
     /// the logits in the readback buffer.
-    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+    fn encode(&self, enc: &mut wgpu::CommandEncoder, timer: Option<&wgpu::QuerySet>) {
         let img_bytes = self.images.size();
         let total_in = self.input.size();
         let cls_bytes = self.logits.size();
@@ -203,9 +242,20 @@ impl Engine {
                 enc.copy_buffer_to_buffer(&self.input, offset, &self.images, 0, len);
             }
             {
+                // With a timer, the first pass stamps its start and the last its end.
+                let first = c == 0;
+                let last = c + 1 == self.chunks;
+                let timestamp_writes =
+                    timer
+                        .filter(|_| first || last)
+                        .map(|q| wgpu::ComputePassTimestampWrites {
+                            query_set: q,
+                            beginning_of_pass_write_index: first.then_some(0),
+                            end_of_pass_write_index: last.then_some(1),
+                        });
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("forward"),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
                 self.plan.program.record(&mut pass);
             }
@@ -248,7 +298,7 @@ impl Engine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("forward"),
             });
-        self.encode(&mut enc);
+        self.encode(&mut enc, None);
         self.gpu.queue.submit(Some(enc.finish()));
         let all: Vec<f32> = read_buffer(&self.gpu, &self.readback)?;
         let logits = all[..self.batch * self.cfg.num_classes].to_vec();
@@ -258,6 +308,51 @@ impl Engine {
             Some(self.read_trace()?)
         };
         Ok(ForwardOutput { logits, trace })
+    }
+
+    /// Upload a batch of images for [`Engine::time_forward`].
+    pub fn set_input(&self, images: &[f32]) -> Result<()> {
+        let expected = self.batch * image_elems(&self.cfg);
+        if images.len() != expected {
+            return Err(Error::arg(
+                "images",
+                format!("{} values", images.len()),
+                format!("expected {expected}"),
+            ));
+        }
+        self.gpu
+            .queue
+            .write_buffer(&self.input, 0, bytemuck::cast_slice(images));
+        Ok(())
+    }
+
+    /// Run one forward on the uploaded input and time it: GPU time from timestamp queries around
+    /// the whole forward where `timer` is given, and wall time of submit-to-idle.
+    pub fn time_forward(&self, timer: Option<&Timer>) -> Result<Timing> {
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("timed forward"),
+            });
+        self.encode(&mut enc, timer.map(|t| &t.queries));
+        if let Some(t) = timer {
+            enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+        }
+        let start = std::time::Instant::now();
+        self.gpu.queue.submit(Some(enc.finish()));
+        self.gpu.wait()?;
+        let wall = start.elapsed().as_secs_f64();
+        let gpu = match timer {
+            Some(t) => {
+                let ticks: Vec<u64> = read_buffer(&self.gpu, &t.readback)?;
+                let period = self.gpu.queue.get_timestamp_period() as f64;
+                Some(ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9)
+            }
+            None => None,
+        };
+        Ok(Timing { wall, gpu })
     }
 
     fn read_trace(&self) -> Result<Trace> {

@@ -1,0 +1,237 @@
+//! `sret-tome bench`: the paper's Table 1 for the adapter at hand: throughput (median over timed
+//! forwards, from GPU timestamps where supported), peak activation memory (the planned arena of a
+//! forward), FLOPs (thop convention and all ops) and parameters, per schedule and batch size.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{GpuArgs, ModelArgs};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, PipelineCache};
+use crate::model::cost;
+use crate::model::engine::Timer;
+use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::reference::synthetic_images;
+use crate::tome::Schedule;
+
+/// The rows of the paper's Table 1.
+pub const TABLE1_SCHEDULES: [&str; 8] = [
+    "none",
+    "constant:10",
+    "constant:20",
+    "linear:10",
+    "linear:20",
+    "exp:0.10,0.6",
+    "exp:0.25,0",
+    "exp:0.40,0.2",
+];
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Schedules to measure (repeatable); default: the rows of the paper's Table 1.
+    #[arg(long)]
+    pub schedule: Vec<String>,
+    /// Batch sizes, comma separated. Default 1,128 (1,16 on a CPU adapter such as lavapipe).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Untimed forwards before measuring. Default 20 (2 on a CPU adapter).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Timed forwards; the median is reported. Default 100 (on a CPU adapter: as many as fit in
+    /// about 5 s per configuration, at least 3).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchRow {
+    pub schedule: String,
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub throughput_img_s: f64,
+    pub latency_ms: f64,
+    pub pam_bytes: u64,
+    pub flops_thop: u64,
+    pub flops_total: u64,
+    pub params: u64,
+    pub iters: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn pct(v: f64, base: f64) -> String {
+    format!("{:+.1}%", 100.0 * (v / base - 1.0))
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let schedules: Vec<Schedule> = if a.schedule.is_empty() {
+        TABLE1_SCHEDULES
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_>>()?
+    } else {
+        a.schedule
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_>>()?
+    };
+    let gpu = Gpu::new(&a.gpu.choice())?;
+    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let batches = if !a.batch.is_empty() {
+        a.batch.clone()
+    } else if cpu_adapter {
+        vec![1, 16]
+    } else {
+        vec![1, 128]
+    };
+    if let Some(&0) = batches.iter().find(|&&b| b == 0) {
+        return Err(Error::arg("batch", 0, "must be at least 1"));
+    }
+    let warmup = a.warmup.unwrap_or(if cpu_adapter { 2 } else { 20 });
+    let timer = Timer::new(&gpu);
+    let method = if timer.is_some() {
+        "GPU timestamps around the whole forward (one submission)"
+    } else {
+        "wall clock from submission to device idle (no TIMESTAMP_QUERY)"
+    };
+    if cpu_adapter && (a.batch.is_empty() || a.iters.is_none()) {
+        eprintln!("note: {} is a CPU adapter: default batches 1,16, 2 warm-up forwards and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
+    }
+    let cache = PipelineCache::default();
+    let params = cost::params(&model.cfg);
+    let mut rows = Vec::new();
+    for &batch in &batches {
+        let images = synthetic_images(&model.cfg, batch, 1);
+        for sched in &schedules {
+            let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
+            let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
+            engine.set_input(&images)?;
+            let mut first = 0.0;
+            for i in 0..warmup.max(1) {
+                let t = engine.time_forward(timer.as_ref())?;
+                if i == 0 {
+                    first = t.gpu.unwrap_or(t.wall);
+                }
+            }
+            let iters = a.iters.unwrap_or(if cpu_adapter {
+                ((5.0 / first.max(1e-6)) as usize).clamp(3, 100)
+            } else {
+                100
+            });
+            let mut times = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let t = engine.time_forward(timer.as_ref())?;
+                times.push(t.gpu.unwrap_or(t.wall));
+            }
+            let secs = median(times);
+            let row = BenchRow {
+                schedule: sched.to_string(),
+                batch,
+                micro_batch: engine.micro_batch(),
+                throughput_img_s: batch as f64 / secs,
+                latency_ms: secs * 1e3,
+                pam_bytes: engine.activation_bytes(),
+                flops_thop: cost::flops_thop(&model.cfg, &plan.trajectory),
+                flops_total: cost::flops_total(&model.cfg, &plan.trajectory),
+                params,
+                iters,
+            };
+            eprintln!(
+                "  {} batch {}: {:.2} img/s",
+                row.schedule, batch, row.throughput_img_s
+            );
+            rows.push(row);
+        }
+    }
+
+    println!("{} on {}", model.cfg.name, gpu.describe());
+    println!("timing: {method}; median of timed forwards after warm-up; PAM = planned activation arena of one forward");
+    println!(
+        "{:<14} {:>5} {:>8} {:>9} {:>13} {:>8} {:>11} {:>8} {:>10} {:>8}",
+        "schedule",
+        "batch",
+        "params M",
+        "FLOPs G",
+        "(vs base)",
+        "all G",
+        "img/s",
+        "(vs)",
+        "PAM MB",
+        "(vs)"
+    );
+    for r in &rows {
+        let base = rows
+            .iter()
+            .find(|b| b.batch == r.batch && b.schedule == "none")
+            .unwrap_or(r);
+        println!(
+            "{:<14} {:>5} {:>8.2} {:>9.2} {:>13} {:>8.2} {:>11.2} {:>8} {:>10.2} {:>8}",
+            r.schedule,
+            r.batch,
+            r.params as f64 / 1e6,
+            r.flops_thop as f64 / 1e9,
+            pct(r.flops_thop as f64, base.flops_thop as f64),
+            r.flops_total as f64 / 1e9,
+            r.throughput_img_s,
+            pct(r.throughput_img_s, base.throughput_img_s),
+            r.pam_bytes as f64 / (1024.0 * 1024.0),
+            pct(r.pam_bytes as f64, base.pam_bytes as f64),
+        );
+    }
+    if let Some(path) = &a.json {
+        let v = serde_json::json!({
+            "model": model.cfg.name,
+            "adapter": { "name": gpu.info.name, "backend": format!("{:?}", gpu.info.backend), "driver": gpu.info.driver, "driver_info": gpu.info.driver_info, "device_type": format!("{:?}", gpu.info.device_type) },
+            "timing": method,
+            "results": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(
+            |e| Error::Write {
+                path: path.clone(),
+                why: e.to_string(),
+            },
+        )?;
+    }
+    if let Some(path) = &a.csv {
+        let mut s = String::from("schedule,batch,micro_batch,throughput_img_s,latency_ms,pam_bytes,flops_thop,flops_total,params,iters\n");
+        for r in &rows {
+            s += &format!(
+                "{},{},{},{:.4},{:.4},{},{},{},{},{}\n",
+                r.schedule,
+                r.batch,
+                r.micro_batch,
+                r.throughput_img_s,
+                r.latency_ms,
+                r.pam_bytes,
+                r.flops_thop,
+                r.flops_total,
+                r.params,
+                r.iters
+            );
+        }
+        std::fs::write(path, s).map_err(|e| Error::Write {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `sret-tome synthetic`: write the deterministic synthetic weights (and optionally images)
+//! the engine uses when no weight file is given, so other tools (the PyTorch reference harness
+//! in `tools/`) can run the very same model.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::io::{write_safetensors, OutTensor};
+use crate::error::Result;
+use crate::model::session::Model;
+
+#[derive(Args, Debug)]
+pub struct SyntheticArgs {
+    #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
+    pub model: String,
+    /// Where to write the weights (safetensors, the reference's state_dict names).
+    #[arg(long)]
+    pub weights_out: PathBuf,
+    /// Also write `images` f32 [B,3,224,224] of synthetic, normalised-looking inputs.
+    #[arg(long)]
+    pub images_out: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Seed of the synthetic images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(a: SyntheticArgs) -> Result<()> {
+    let model = Model::load(&a.model, None)?;
+    crate::model::load::save_safetensors(&model.weights, &model.cfg, &a.weights_out)?;
+    if let Some(path) = &a.images_out {
+        let s = model.cfg.image_size;
+        let images = crate::reference::synthetic_images(&model.cfg, a.batch, a.seed);
+        write_safetensors(
+            path,
+            &[OutTensor::f32("images", vec![a.batch, 3, s, s], &images)],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The engine's batching: a batch split into micro-batches (as when a tensor would pass the
+//! device's storage-binding limit) gives the same logits as one run, and bad sizes are errors.
+
+mod common;
+
+use common::*;
+use sret_tome::gpu::Gpu;
+use sret_tome::model::engine::max_micro_batch;
+use sret_tome::model::session::{build_engine, ForwardPlan, Model};
+use sret_tome::reference as cpu;
+use sret_tome::tome::Schedule;
+
+#[test]
+fn micro_batches_give_the_same_logits() {
+    let model = Model::load("sret_t_distill", None).unwrap();
+    let plan = ForwardPlan::new(&model.cfg, &"exp:0.25,0".parse::<Schedule>().unwrap(), 3).unwrap();
+    let batch = 5;
+    let images = cpu::synthetic_images(&model.cfg, batch, 9);
+    let whole = build_engine(gpu(), cache(), &model, &plan, batch, false).unwrap();
+    assert_eq!(whole.micro_batch(), batch);
+    let want = whole.forward(&images).unwrap().logits;
+
+    // The same device, planned as if a binding could hold only two images' largest tensor.
+    let mut small: Gpu = gpu().clone();
+    let per_image = gpu().limits.max_storage_buffer_binding_size as usize
+        / max_micro_batch(&model.cfg, &gpu().limits);
+    small.limits.max_storage_buffer_binding_size = (2 * per_image + 64) as u64;
+    assert_eq!(max_micro_batch(&model.cfg, &small.limits), 2);
+    let split = build_engine(&small, cache(), &model, &plan, batch, false).unwrap();
+    assert_eq!(
+        split.micro_batch(),
+        2,
+        "5 images as 3 micro-batches of 2 (the last one partial)"
+    );
+    let got = split.forward(&images).unwrap().logits;
+    assert_eq!(got.len(), want.len());
+    let err = max_rel_err(&got, &want);
+    assert!(err <= 1e-6, "micro-batched logits differ: {err}");
+    assert!(split.activation_bytes() < whole.activation_bytes());
+}
+
+#[test]
+fn bad_batch_sizes_are_errors() {
+    let model = Model::load("sret_t", None).unwrap();
+    let plan = ForwardPlan::new(&model.cfg, &Schedule::None, 0).unwrap();
+    let e = build_engine(gpu(), cache(), &model, &plan, 0, false)
+        .err()
+        .expect("batch 0 must fail")
+        .to_string();
+    assert!(e.contains("batch"), "{e}");
+    let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+    let e = engine
+        .forward(&vec![0.5; 3 * 224 * 224])
+        .err()
+        .expect("one image for a batch of two")
+        .to_string();
+    assert!(e.contains("[2, 3, 224, 224]"), "{e}");
+}
