@@ -60,6 +60,9 @@ pub enum Error {
         second: String,
     },
 
+    #[error("{path}: not a readable PyTorch checkpoint: {why}")]
+    BadCheckpoint { path: PathBuf, why: String },
+
     #[error("{path}: cannot decode image: {why}")]
     BadImage { path: PathBuf, why: String },
 

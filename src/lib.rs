@@ -10,4 +10,5 @@ pub mod reference;
 pub mod tome;
 
 pub use error::{Error, Result};
+pub mod bench;
 pub mod cli;

@@ -56,3 +56,40 @@ fn bad_batch_sizes_are_errors() {
         .to_string();
     assert!(e.contains("[2, 3, 224, 224]"), "{e}");
 }
+
+#[test]
+fn peak_activation_memory_is_what_is_allocated() {
+    let model = Model::load("sret_t_distill", None).unwrap();
+    for schedule in ["none", "exp:0.25,0"] {
+        let plan = ForwardPlan::new(&model.cfg, &schedule.parse::<Schedule>().unwrap(), 0).unwrap();
+        let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let program = engine.program();
+        // The figure reported is the bytes of the arena buffers actually created...
+        assert_eq!(engine.activation_bytes(), program.allocated_arena_bytes());
+        // ...the device-free memory plan predicts it exactly...
+        let (mb, arena) = sret_tome::model::engine::memory_plan(
+            &model.cfg,
+            &model.weights,
+            &plan.engine_spec(2, false),
+            &gpu().limits,
+        );
+        assert_eq!(mb, 2);
+        assert_eq!(
+            arena.buffer_sizes.iter().sum::<u64>(),
+            engine.activation_bytes()
+        );
+        // ...and it is close to the least possible, the bytes live at the busiest step.
+        let live = program.peak_live_bytes;
+        assert!(engine.activation_bytes() >= live);
+        assert!(
+            engine.activation_bytes() as f64 <= 1.35 * live as f64,
+            "{schedule}: arena {} vs live {live}",
+            engine.activation_bytes()
+        );
+        eprintln!(
+            "{schedule}: arena {} bytes, peak live {live} bytes, {} buffers",
+            engine.activation_bytes(),
+            program.arena_buffers()
+        );
+    }
+}

@@ -5,14 +5,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 
 use super::{GpuArgs, ModelArgs};
+use crate::bench::{bench_one, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
-use crate::model::cost;
 use crate::model::engine::Timer;
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::Model;
 use crate::reference::synthetic_images;
 use crate::tome::Schedule;
 
@@ -51,30 +50,6 @@ pub struct BenchArgs {
     pub csv: Option<PathBuf>,
     #[command(flatten)]
     pub gpu: GpuArgs,
-}
-
-#[derive(Serialize, Debug, Clone)]
-pub struct BenchRow {
-    pub schedule: String,
-    pub batch: usize,
-    pub micro_batch: usize,
-    pub throughput_img_s: f64,
-    pub latency_ms: f64,
-    pub pam_bytes: u64,
-    pub flops_thop: u64,
-    pub flops_total: u64,
-    pub params: u64,
-    pub iters: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 fn pct(v: f64, base: f64) -> String {
@@ -117,44 +92,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         eprintln!("note: {} is a CPU adapter: default batches 1,16, 2 warm-up forwards and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
     }
     let cache = PipelineCache::default();
-    let params = cost::params(&model.cfg);
     let mut rows = Vec::new();
     for &batch in &batches {
         let images = synthetic_images(&model.cfg, batch, 1);
         for sched in &schedules {
-            let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
-            let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
-            engine.set_input(&images)?;
-            let mut first = 0.0;
-            for i in 0..warmup.max(1) {
-                let t = engine.time_forward(timer.as_ref())?;
-                if i == 0 {
-                    first = t.gpu.unwrap_or(t.wall);
-                }
-            }
-            let iters = a.iters.unwrap_or(if cpu_adapter {
-                ((5.0 / first.max(1e-6)) as usize).clamp(3, 100)
-            } else {
-                100
-            });
-            let mut times = Vec::with_capacity(iters);
-            for _ in 0..iters {
-                let t = engine.time_forward(timer.as_ref())?;
-                times.push(t.gpu.unwrap_or(t.wall));
-            }
-            let secs = median(times);
-            let row = BenchRow {
-                schedule: sched.to_string(),
-                batch,
-                micro_batch: engine.micro_batch(),
-                throughput_img_s: batch as f64 / secs,
-                latency_ms: secs * 1e3,
-                pam_bytes: engine.activation_bytes(),
-                flops_thop: cost::flops_thop(&model.cfg, &plan.trajectory),
-                flops_total: cost::flops_total(&model.cfg, &plan.trajectory),
-                params,
-                iters,
+            let opts = BenchOptions {
+                warmup,
+                iters: a.iters,
+                budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
             };
+            let row = bench_one(
+                &gpu,
+                &cache,
+                &model,
+                sched,
+                batch,
+                &images,
+                &opts,
+                timer.as_ref(),
+            )?;
             eprintln!(
                 "  {} batch {}: {:.2} img/s",
                 row.schedule, batch, row.throughput_img_s

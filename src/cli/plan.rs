@@ -4,7 +4,10 @@
 use clap::Args;
 
 use crate::error::Result;
+use crate::model::engine::memory_plan;
+use crate::model::session::{ForwardPlan, DEFAULT_SEED};
 use crate::model::{cost, ModelConfig};
+use crate::reference::synthetic_weights;
 use crate::tome::{self, Schedule};
 
 #[derive(Args, Debug)]
@@ -17,6 +20,10 @@ pub struct PlanArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also plan the memory of a forward at this batch size (for the WebGPU default limits:
+    /// 128 MiB per storage binding), without a device.
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 pub fn run(a: PlanArgs) -> Result<()> {
@@ -26,6 +33,26 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let flops_thop = cost::flops_thop(&cfg, &traj);
     let flops_total = cost::flops_total(&cfg, &traj);
     let params = cost::params(&cfg);
+    let memory = match a.batch {
+        Some(0) => return Err(crate::error::Error::arg("batch", 0, "must be at least 1")),
+        Some(batch) => {
+            let plan = ForwardPlan::new(&cfg, &schedule, DEFAULT_SEED)?;
+            let weights = synthetic_weights(&cfg, 0);
+            let (mb, arena) = memory_plan(
+                &cfg,
+                &weights,
+                &plan.engine_spec(batch, false),
+                &wgpu::Limits::default(),
+            );
+            Some((
+                batch,
+                mb,
+                arena.buffer_sizes.iter().sum::<u64>(),
+                arena.peak_live_bytes,
+            ))
+        }
+        None => None,
+    };
     if a.json {
         let v = serde_json::json!({
             "model": cfg.name,
@@ -37,6 +64,13 @@ pub fn run(a: PlanArgs) -> Result<()> {
             "flops_total": flops_total,
             "params": params,
         });
+        let mut v = v;
+        if let Some((batch, mb, pam, live)) = memory {
+            v["batch"] = batch.into();
+            v["micro_batch"] = mb.into();
+            v["pam_bytes"] = pam.into();
+            v["peak_live_bytes"] = live.into();
+        }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!("{} under {}", cfg.name, schedule);
@@ -47,6 +81,13 @@ pub fn run(a: PlanArgs) -> Result<()> {
             flops_total as f64 / 1e9,
             params as f64 / 1e6
         );
+        if let Some((batch, mb, pam, live)) = memory {
+            println!(
+                "batch {batch} (micro-batches of {mb}): peak activation memory {:.2} MB ({:.2} MB live at the busiest step)",
+                pam as f64 / 1048576.0,
+                live as f64 / 1048576.0
+            );
+        }
     }
     Ok(())
 }

@@ -54,8 +54,10 @@ impl Family {
 enum Storage {
     /// An activation: lives in the arena between its first and last use.
     Arena,
-    /// A buffer made elsewhere (weights, constants, inputs, outputs).
-    Owned(wgpu::Buffer),
+    /// Data uploaded once when the program is made (weights, permutations).
+    Constant(Vec<u8>),
+    /// A buffer the caller hands to [`ProgramBuilder::finish`] (inputs, outputs).
+    External,
 }
 
 struct TensorInfo {
@@ -75,9 +77,10 @@ struct StepDecl {
     workgroups: [u32; 3],
 }
 
-pub struct ProgramBuilder<'a> {
-    gpu: &'a Gpu,
-    cache: &'a PipelineCache,
+/// Records a program without a device, so its memory plan can be read for any batch size;
+/// [`ProgramBuilder::finish`] makes it real on a device.
+pub struct ProgramBuilder {
+    limits: wgpu::Limits,
     tensors: Vec<TensorInfo>,
     steps: Vec<StepDecl>,
 }
@@ -99,27 +102,136 @@ pub struct Program {
     homes: Vec<Home>,
     /// Sum of the arena buffers' sizes: the peak activation memory of one run of the program.
     pub arena_bytes: u64,
+    /// Most activation bytes live at once (the arena can't be smaller than this).
+    pub peak_live_bytes: u64,
     /// Sizes of the tensors declared (for reports and the cross-check against allocation).
     pub tensor_bytes: Vec<(String, u64)>,
 }
 
 enum Home {
-    Arena(usize),
+    Arena { buffer: usize, offset: u64 },
     Owned(wgpu::Buffer),
 }
 
-impl<'a> ProgramBuilder<'a> {
-    pub fn new(gpu: &'a Gpu, cache: &'a PipelineCache) -> Self {
+/// An activation's size and live range (steps, inclusive).
+#[derive(Clone, Copy, Debug)]
+pub struct Interval {
+    pub bytes: u64,
+    pub first: usize,
+    pub last: usize,
+}
+
+/// Where the activations go.
+#[derive(Clone, Debug)]
+pub struct ArenaPlan {
+    /// Per tensor: `(buffer, byte offset)`, `None` for tensors outside the arena.
+    pub placement: Vec<Option<(usize, u64)>>,
+    pub buffer_sizes: Vec<u64>,
+    /// Most bytes live at any one step: a lower bound of any arena's size.
+    pub peak_live_bytes: u64,
+}
+
+/// Greedy-by-size packing: the largest tensors first, each at the lowest aligned offset where it
+/// overlaps no already placed tensor that is live at the same time. This is the classic
+/// offset-planning heuristic of mobile inference runtimes; it typically lands within a few
+/// percent of the peak of simultaneously live bytes. Tensors in `conflicts` (written and read
+/// by one dispatch) go to different buffers; a tensor that would push a buffer past
+/// `max_buffer` opens another buffer.
+pub fn pack_arena(
+    tensors: &[Option<Interval>],
+    conflicts: &[(usize, usize)],
+    align: u64,
+    max_buffer: u64,
+) -> ArenaPlan {
+    let mut conflict_with: Vec<Vec<usize>> = vec![Vec::new(); tensors.len()];
+    for &(a, b) in conflicts {
+        if a < tensors.len() && b < tensors.len() {
+            conflict_with[a].push(b);
+            conflict_with[b].push(a);
+        }
+    }
+    let align = align.max(4);
+    let round = |b: u64| b.div_ceil(align) * align;
+    let mut order: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].is_some())
+        .collect();
+    order.sort_by_key(|&i| {
+        let t = tensors[i].unwrap_or(Interval {
+            bytes: 0,
+            first: 0,
+            last: 0,
+        });
+        (std::cmp::Reverse(t.bytes), t.first, i)
+    });
+    let mut placement = vec![None; tensors.len()];
+    // Per buffer: placed (offset, size, first, last).
+    let mut buffers: Vec<Vec<(u64, u64, usize, usize)>> = Vec::new();
+    let mut buffer_of = vec![usize::MAX; tensors.len()];
+    for &i in &order {
+        let Some(t) = tensors[i] else { continue };
+        let size = round(t.bytes);
+        let mut chosen = None;
+        for (bi, placed) in buffers.iter().enumerate() {
+            if conflict_with[i].iter().any(|&c| buffer_of[c] == bi) {
+                continue;
+            }
+            let mut busy: Vec<(u64, u64)> = placed
+                .iter()
+                .filter(|p| !(p.3 < t.first || t.last < p.2))
+                .map(|p| (p.0, p.0 + p.1))
+                .collect();
+            busy.sort_unstable();
+            let mut offset = 0u64;
+            for (start, stop) in busy {
+                if offset + size <= start {
+                    break;
+                }
+                offset = offset.max(round(stop));
+            }
+            if offset + size <= max_buffer.max(size) {
+                chosen = Some((bi, offset));
+                break;
+            }
+        }
+        let (bi, offset) = chosen.unwrap_or_else(|| {
+            buffers.push(Vec::new());
+            (buffers.len() - 1, 0)
+        });
+        buffers[bi].push((offset, size, t.first, t.last));
+        buffer_of[i] = bi;
+        placement[i] = Some((bi, offset));
+    }
+    let buffer_sizes = buffers
+        .iter()
+        .map(|p| p.iter().map(|q| q.0 + q.1).max().unwrap_or(0))
+        .collect();
+    let steps = tensors
+        .iter()
+        .flatten()
+        .map(|t| t.last + 1)
+        .max()
+        .unwrap_or(0);
+    let mut live = vec![0u64; steps];
+    for t in tensors.iter().flatten() {
+        for l in &mut live[t.first..=t.last] {
+            *l += t.bytes;
+        }
+    }
+    ArenaPlan {
+        placement,
+        buffer_sizes,
+        peak_live_bytes: live.into_iter().max().unwrap_or(0),
+    }
+}
+
+impl ProgramBuilder {
+    /// A builder planning for a device with `limits`.
+    pub fn new(limits: &wgpu::Limits) -> Self {
         ProgramBuilder {
-            gpu,
-            cache,
+            limits: limits.clone(),
             tensors: Vec::new(),
             steps: Vec::new(),
         }
-    }
-
-    pub fn gpu(&self) -> &Gpu {
-        self.gpu
     }
 
     /// An activation of `elems` 4-byte elements (f32 or u32).
@@ -127,33 +239,19 @@ impl<'a> ProgramBuilder<'a> {
         self.push(label.into(), (elems.max(1) * 4) as u64, Storage::Arena)
     }
 
-    /// A constant uploaded once at plan time.
+    /// A constant uploaded once when the program is made.
     pub fn constant<T: bytemuck::Pod>(&mut self, label: impl Into<String>, data: &[T]) -> TensorId {
-        let label = label.into();
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        let padded;
-        let contents = if bytes.is_empty() {
-            padded = vec![0u8; 4];
-            &padded[..]
-        } else {
-            bytes
-        };
-        let buffer = self
-            .gpu
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(&label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            });
-        let size = contents.len() as u64;
-        self.push(label, size, Storage::Owned(buffer))
+        let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
+        if bytes.is_empty() {
+            bytes = vec![0u8; 4];
+        }
+        let size = bytes.len() as u64;
+        self.push(label.into(), size, Storage::Constant(bytes))
     }
 
-    /// A buffer owned by the caller (inputs, outputs).
-    pub fn external(&mut self, label: impl Into<String>, buffer: &wgpu::Buffer) -> TensorId {
-        let size = buffer.size();
-        self.push(label.into(), size, Storage::Owned(buffer.clone()))
+    /// A buffer of `bytes` the caller owns and hands to [`ProgramBuilder::finish`].
+    pub fn external(&mut self, label: impl Into<String>, bytes: u64) -> TensorId {
+        self.push(label.into(), bytes, Storage::External)
     }
 
     /// Keep an activation alive to the end of the program (outputs read after it, traces).
@@ -203,7 +301,7 @@ impl<'a> ProgramBuilder<'a> {
     /// `gid.x + gid.y * num_workgroups.x * size`.
     pub fn grid(&self, items: usize, size: u32) -> [u32; 3] {
         let groups = items.div_ceil(size as usize).max(1) as u64;
-        let max = self.gpu.limits.max_compute_workgroups_per_dimension as u64;
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
         if groups <= max {
             [groups as u32, 1, 1]
         } else {
@@ -212,8 +310,56 @@ impl<'a> ProgramBuilder<'a> {
         }
     }
 
-    pub fn finish(self) -> Result<Program> {
-        let limit = self.gpu.limits.max_storage_buffer_binding_size as u64;
+    /// Where every activation would go, and the arena's size: the memory plan, without a device.
+    pub fn arena_plan(&self) -> ArenaPlan {
+        let end = self.steps.len();
+        let mut conflicts: Vec<(TensorId, TensorId)> = Vec::new();
+        // A dispatch may not bind one buffer both writable and read-only (WebGPU usage rules),
+        // so a tensor written by a dispatch must not share a buffer with one it reads.
+        for step in &self.steps {
+            let writes = step.key.shader.writable_bindings();
+            let (w, r): (Vec<(usize, TensorId)>, Vec<(usize, TensorId)>) = step
+                .bindings
+                .iter()
+                .copied()
+                .enumerate()
+                .partition(|(i, _)| writes.contains(&(*i as u32 + 1)));
+            for &(_, a) in &w {
+                for &(_, b) in &r {
+                    if a != b {
+                        conflicts.push((a, b));
+                    }
+                }
+            }
+        }
+        pack_arena(
+            &self
+                .tensors
+                .iter()
+                .map(|t| match t.storage {
+                    Storage::Arena if t.first != usize::MAX => Some(Interval {
+                        bytes: t.bytes,
+                        first: t.first,
+                        last: if t.pinned { end } else { t.last },
+                    }),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            &conflicts,
+            self.limits.min_storage_buffer_offset_alignment as u64,
+            self.limits.max_buffer_size,
+        )
+    }
+
+    /// Make the program on `gpu`: arena buffers, constants, uniforms, pipelines and bind groups.
+    /// `externals` gives the buffer of every tensor declared with [`ProgramBuilder::external`].
+    pub fn finish(
+        self,
+        gpu: &Gpu,
+        cache: &PipelineCache,
+        externals: &[(TensorId, &wgpu::Buffer)],
+    ) -> Result<Program> {
+        let limit = self.limits.max_storage_buffer_binding_size as u64;
         for t in &self.tensors {
             if t.bytes > limit {
                 return Err(Error::Gpu {
@@ -225,55 +371,16 @@ impl<'a> ProgramBuilder<'a> {
                 });
             }
         }
-        let end = self.steps.len();
-        // Arena tensors in order of first use; each takes the smallest dead buffer that fits, or
-        // grows the largest dead one, or opens a new buffer.
-        let mut order: Vec<TensorId> = (0..self.tensors.len())
-            .filter(|&t| {
-                matches!(self.tensors[t].storage, Storage::Arena)
-                    && self.tensors[t].first != usize::MAX
-            })
-            .collect();
-        order.sort_by_key(|&t| self.tensors[t].first);
-        let mut sizes: Vec<u64> = Vec::new();
-        let mut busy_until: Vec<usize> = Vec::new();
-        let mut slot_of = vec![usize::MAX; self.tensors.len()];
-        for &t in &order {
-            let info = &self.tensors[t];
-            let last = if info.pinned { end } else { info.last };
-            let free: Vec<usize> = (0..sizes.len())
-                .filter(|&b| busy_until[b] < info.first)
-                .collect();
-            let fit = free
-                .iter()
-                .copied()
-                .filter(|&b| sizes[b] >= info.bytes)
-                .min_by_key(|&b| sizes[b]);
-            let chosen = match fit {
-                Some(b) => b,
-                None => match free.iter().copied().max_by_key(|&b| sizes[b]) {
-                    Some(b) => {
-                        sizes[b] = info.bytes;
-                        b
-                    }
-                    None => {
-                        sizes.push(info.bytes);
-                        busy_until.push(0);
-                        sizes.len() - 1
-                    }
-                },
-            };
-            busy_until[chosen] = last;
-            slot_of[t] = chosen;
-        }
-        let device = &self.gpu.device;
-        let arena: Vec<wgpu::Buffer> = sizes
+        let plan = self.arena_plan();
+        let device = &gpu.device;
+        let arena: Vec<wgpu::Buffer> = plan
+            .buffer_sizes
             .iter()
             .enumerate()
             .map(|(i, &size)| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("arena {i}")),
-                    size,
+                    size: size.max(4),
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
@@ -281,29 +388,58 @@ impl<'a> ProgramBuilder<'a> {
                 })
             })
             .collect();
-        let arena_bytes = sizes.iter().sum();
+        let arena_bytes = plan.buffer_sizes.iter().sum();
+        let peak_live_bytes = plan.peak_live_bytes;
         let mut tensor_bytes = Vec::with_capacity(self.tensors.len());
-        let homes: Vec<Home> = self
-            .tensors
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| {
-                tensor_bytes.push((t.label, t.bytes));
-                match t.storage {
-                    Storage::Owned(b) => Home::Owned(b),
-                    Storage::Arena => Home::Arena(slot_of[i]),
+        let mut homes: Vec<Home> = Vec::with_capacity(self.tensors.len());
+        for (i, t) in self.tensors.into_iter().enumerate() {
+            let home = match t.storage {
+                Storage::Constant(bytes) => Home::Owned(device.create_buffer_init(
+                    &wgpu::util::BufferInitDescriptor {
+                        label: Some(&t.label),
+                        contents: &bytes,
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                    },
+                )),
+                Storage::External => {
+                    let buffer = externals
+                        .iter()
+                        .find(|(id, _)| *id == i)
+                        .map(|(_, b)| (*b).clone())
+                        .ok_or_else(|| Error::Gpu {
+                            during: "planning".into(),
+                            why: format!("no buffer given for external tensor '{}'", t.label),
+                        })?;
+                    if buffer.size() < t.bytes {
+                        return Err(Error::Gpu {
+                            during: "planning".into(),
+                            why: format!(
+                                "buffer for '{}' has {} bytes, needs {}",
+                                t.label,
+                                buffer.size(),
+                                t.bytes
+                            ),
+                        });
+                    }
+                    Home::Owned(buffer)
                 }
-            })
-            .collect();
-        let buffer_of = |t: TensorId| -> Option<&wgpu::Buffer> {
+                Storage::Arena => {
+                    let (buffer, offset) = plan.placement[i].unwrap_or((0, 0));
+                    Home::Arena { buffer, offset }
+                }
+            };
+            tensor_bytes.push((t.label, t.bytes));
+            homes.push(home);
+        }
+        let place = |t: TensorId| -> Option<(&wgpu::Buffer, u64)> {
             match &homes[t] {
-                Home::Owned(b) => Some(b),
-                Home::Arena(s) => arena.get(*s),
+                Home::Owned(b) => Some((b, 0)),
+                Home::Arena { buffer, offset } => arena.get(*buffer).map(|b| (b, *offset)),
             }
         };
         let mut dispatches = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
-            let pipeline = self.cache.get(device, step.key);
+            let pipeline = cache.get(device, step.key);
             let mut params = step.params.clone();
             if params.is_empty() {
                 params.push(0);
@@ -318,7 +454,7 @@ impl<'a> ProgramBuilder<'a> {
                 resource: uniform.as_entire_binding(),
             }];
             for (i, &t) in step.bindings.iter().enumerate() {
-                let buffer = buffer_of(t).ok_or_else(|| Error::Gpu {
+                let (buffer, offset) = place(t).ok_or_else(|| Error::Gpu {
                     during: "planning".into(),
                     why: format!("tensor {t} has no buffer"),
                 })?;
@@ -326,7 +462,7 @@ impl<'a> ProgramBuilder<'a> {
                     binding: i as u32 + 1,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer,
-                        offset: 0,
+                        offset,
                         size: wgpu::BufferSize::new(tensor_bytes[t].1),
                     }),
                 });
@@ -349,6 +485,7 @@ impl<'a> ProgramBuilder<'a> {
             arena,
             homes,
             arena_bytes,
+            peak_live_bytes,
             tensor_bytes,
         })
     }
@@ -365,11 +502,11 @@ impl Program {
         }
     }
 
-    /// The device buffer holding tensor `t` (shared with other tensors if it is an activation).
-    pub fn buffer(&self, t: TensorId) -> &wgpu::Buffer {
+    /// The device buffer and byte offset holding tensor `t` (activations share buffers).
+    pub fn location(&self, t: TensorId) -> (&wgpu::Buffer, u64) {
         match &self.homes[t] {
-            Home::Owned(b) => b,
-            Home::Arena(s) => &self.arena[*s],
+            Home::Owned(b) => (b, 0),
+            Home::Arena { buffer, offset } => (&self.arena[*buffer], *offset),
         }
     }
 
@@ -385,5 +522,66 @@ impl Program {
     /// Bytes actually allocated for the arena, read back from the buffers (cross-check of `arena_bytes`).
     pub fn allocated_arena_bytes(&self) -> u64 {
         self.arena.iter().map(|b| b.size()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iv(bytes: u64, first: usize, last: usize) -> Option<Interval> {
+        Some(Interval { bytes, first, last })
+    }
+
+    #[test]
+    fn packing_reuses_dead_space_and_never_overlaps_live_tensors() {
+        // A chain a -> b -> c -> d where each tensor dies after the next is made.
+        let t = [
+            iv(1000, 0, 1),
+            iv(600, 1, 2),
+            iv(1000, 2, 3),
+            iv(300, 3, 4),
+            None,
+        ];
+        let p = pack_arena(&t, &[], 256, u64::MAX);
+        assert_eq!(p.peak_live_bytes, 1600);
+        let total: u64 = p.buffer_sizes.iter().sum();
+        assert!(total >= p.peak_live_bytes && total <= 2048, "arena {total}");
+        for i in 0..t.len() {
+            for j in 0..i {
+                let (Some(a), Some(b)) = (t[i], t[j]) else {
+                    continue;
+                };
+                let (Some((ba, oa)), Some((bb, ob))) = (p.placement[i], p.placement[j]) else {
+                    panic!()
+                };
+                let live_together = !(a.last < b.first || b.last < a.first);
+                let overlap = ba == bb && oa < ob + b.bytes && ob < oa + a.bytes;
+                assert!(
+                    !(live_together && overlap),
+                    "tensors {i} and {j} overlap while both live"
+                );
+                assert_eq!(oa % 256, 0);
+            }
+        }
+        assert!(p.placement[4].is_none());
+    }
+
+    #[test]
+    fn conflicting_tensors_get_different_buffers() {
+        let t = [iv(100, 0, 0), iv(100, 0, 0), iv(100, 1, 1)];
+        let p = pack_arena(&t, &[(0, 1)], 4, u64::MAX);
+        assert_ne!(p.placement[0].unwrap().0, p.placement[1].unwrap().0);
+        // And a buffer never grows past the device's maximum.
+        let q = pack_arena(&[iv(100, 0, 0), iv(100, 0, 0)], &[], 4, 150);
+        assert_eq!(q.buffer_sizes, vec![100, 100]);
+    }
+
+    #[test]
+    fn writable_bindings_are_read_from_the_shaders() {
+        use crate::gpu::Shader;
+        assert_eq!(Shader::Linear.writable_bindings(), vec![4]);
+        assert_eq!(Shader::TomeMerge.writable_bindings(), vec![5, 6]);
+        assert_eq!(Shader::TomeMatch.writable_bindings(), vec![2, 3]);
     }
 }

@@ -74,6 +74,18 @@ impl Shader {
         }
     }
 
+    /// The `@binding` indices the shader declares `read_write` (it may write them).
+    pub fn writable_bindings(self) -> Vec<u32> {
+        self.source()
+            .lines()
+            .filter(|l| l.contains("var<storage, read_write>"))
+            .filter_map(|l| {
+                let at = l.find("@binding(")? + "@binding(".len();
+                l[at..].split(')').next()?.trim().parse().ok()
+            })
+            .collect()
+    }
+
     /// Whether the source declares the substitutable `HEAD_DIM` constant.
     pub fn has_head_dim(self) -> bool {
         self.source().contains(HEAD_DIM_LINE)

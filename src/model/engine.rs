@@ -117,6 +117,37 @@ pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
     ((limits.max_storage_buffer_binding_size as usize) / per_image).max(1)
 }
 
+/// How a batch runs: `(micro-batches, images per micro-batch)`, the fewest micro-batches whose
+/// tensors all fit the device's storage-binding limit, as even as possible.
+pub fn split_batch(cfg: &ModelConfig, limits: &wgpu::Limits, batch: usize) -> (usize, usize) {
+    let chunks = batch.max(1).div_ceil(max_micro_batch(cfg, limits));
+    (chunks, batch.max(1).div_ceil(chunks))
+}
+
+/// The memory plan of a forward at `spec.batch` images, computed without a device: the
+/// micro-batch it would run as and where its activations would go (`arena.buffer_sizes` sum to
+/// the peak activation memory).
+pub fn memory_plan(
+    cfg: &ModelConfig,
+    weights: &ModelWeights,
+    spec: &EngineSpec,
+    limits: &wgpu::Limits,
+) -> (usize, crate::gpu::program::ArenaPlan) {
+    let (_, mb) = split_batch(cfg, limits, spec.batch);
+    let plan_spec = PlanSpec {
+        batch: mb,
+        safe_r: spec.safe_r.clone(),
+        perms: spec.perms.clone(),
+        trace: spec.trace,
+    };
+    (
+        mb,
+        plan::record(cfg, weights, &plan_spec, limits)
+            .builder
+            .arena_plan(),
+    )
+}
+
 fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -137,9 +168,7 @@ impl Engine {
         if spec.batch == 0 {
             return Err(Error::arg("batch", 0, "must be at least 1"));
         }
-        let mb_max = max_micro_batch(cfg, &gpu.limits);
-        let chunks = spec.batch.div_ceil(mb_max);
-        let mb = spec.batch.div_ceil(chunks);
+        let (chunks, mb) = split_batch(cfg, &gpu.limits, spec.batch);
         if chunks > 1 {
             log::info!(
                 "batch {} runs as {chunks} micro-batches of {mb} (device binding limit {} bytes)",
@@ -267,9 +296,15 @@ impl Engine {
                 cls_bytes,
             );
             for (i, &t) in tracing.iter().enumerate() {
-                let buf = self.plan.program.buffer(t as usize);
+                let (buf, offset) = self.plan.program.location(t as usize);
                 let size = self.plan.program.tensor_size(t as usize);
-                enc.copy_buffer_to_buffer(buf, 0, &self.trace_readback[i], c as u64 * size, size);
+                enc.copy_buffer_to_buffer(
+                    buf,
+                    offset,
+                    &self.trace_readback[i],
+                    c as u64 * size,
+                    size,
+                );
             }
         }
     }

@@ -137,8 +137,17 @@ fn record_mlp(
     );
 }
 
-/// Record the whole forward for `spec`. `images` is `[batch, 3, H, W]` and `logits`
-/// `[batch, classes]`, both caller-owned buffers.
+/// A recorded forward, not yet on a device.
+pub struct Recorded {
+    pub builder: ProgramBuilder,
+    /// `[batch, 3, H, W]`, external.
+    pub images: TensorId,
+    /// `[batch, classes]`, external.
+    pub logits: TensorId,
+    pub trace: TraceTensors,
+}
+
+/// Make the recorded forward on `gpu`, reading `images` and writing `logits` (caller-owned).
 pub fn build(
     gpu: &Gpu,
     cache: &PipelineCache,
@@ -148,10 +157,30 @@ pub fn build(
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
-    let mut b = ProgramBuilder::new(gpu, cache);
+    let r = record(cfg, w, spec, &gpu.limits);
+    Ok(ModelProgram {
+        program: r
+            .builder
+            .finish(gpu, cache, &[(r.images, images), (r.logits, logits)])?,
+        batch: spec.batch,
+        trace: r.trace,
+    })
+}
+
+/// Record every dispatch of the forward for `spec` on a device with `limits`.
+pub fn record(
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &PlanSpec,
+    limits: &wgpu::Limits,
+) -> Recorded {
+    let mut b = ProgramBuilder::new(limits);
     let bt = spec.batch;
-    let img = b.external("images", images);
-    let out = b.external("logits", logits);
+    let img = b.external(
+        "images",
+        (bt * 3 * cfg.image_size * cfg.image_size * 4) as u64,
+    );
+    let out = b.external("logits", (bt * cfg.num_classes * 4) as u64);
     let mut trace = TraceTensors::default();
 
     // Stem: three stride-2 convolutions; the last writes tokens with the positional embedding.
@@ -425,9 +454,10 @@ pub fn build(
         out,
     );
 
-    Ok(ModelProgram {
-        program: b.finish()?,
-        batch: bt,
+    Recorded {
+        builder: b,
+        images: img,
+        logits: out,
         trace,
-    })
+    }
 }

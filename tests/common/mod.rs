@@ -40,16 +40,16 @@ pub fn run_opts(
     build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>,
 ) -> Vec<Vec<u32>> {
     let g = gpu();
-    let mut b = ProgramBuilder::new(g, cache());
+    let mut b = ProgramBuilder::new(&g.limits);
     let outs = build(&mut b);
     for &o in &outs {
         b.pin(o);
     }
-    let program = b.finish().expect("plan");
+    let program = b.finish(g, cache(), &[]).expect("plan");
     for &o in outs.iter().filter(|_| poison) {
         let size = program.tensor_size(o) as usize;
-        g.queue
-            .write_buffer(program.buffer(o), 0, &vec![0xFFu8; size]);
+        let (buf, offset) = program.location(o);
+        g.queue.write_buffer(buf, offset, &vec![0xFFu8; size]);
     }
     let mut enc = g.device.create_command_encoder(&Default::default());
     {
@@ -66,7 +66,8 @@ pub fn run_opts(
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            enc.copy_buffer_to_buffer(program.buffer(o), 0, &s, 0, size);
+            let (buf, offset) = program.location(o);
+            enc.copy_buffer_to_buffer(buf, offset, &s, 0, size);
             s
         })
         .collect();

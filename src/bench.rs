@@ -1,0 +1,91 @@
+//! Measuring a configuration the way the paper's Table 1 does: median time of a forward over
+//! timed iterations after a warm-up, peak activation memory from the plan, FLOPs and parameters
+//! from the static trajectory. Shared by `bench`, `sweep` and `cargo bench`.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::{Gpu, PipelineCache};
+use crate::model::cost;
+use crate::model::engine::Timer;
+use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::tome::Schedule;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchRow {
+    pub schedule: String,
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub throughput_img_s: f64,
+    pub latency_ms: f64,
+    pub pam_bytes: u64,
+    pub flops_thop: u64,
+    pub flops_total: u64,
+    pub params: u64,
+    pub iters: usize,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// How long to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Untimed forwards first (at least one: it also tells how fast the configuration is).
+    pub warmup: usize,
+    /// Timed forwards; `None`: as many as fit in `budget_secs`, between 3 and 100.
+    pub iters: Option<usize>,
+    pub budget_secs: f64,
+}
+
+/// Plan, build and time one (schedule, batch) on `images` (`[batch, 3, 224, 224]`).
+#[allow(clippy::too_many_arguments)]
+pub fn bench_one(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &Model,
+    schedule: &Schedule,
+    batch: usize,
+    images: &[f32],
+    opts: &BenchOptions,
+    timer: Option<&Timer>,
+) -> Result<BenchRow> {
+    let plan = ForwardPlan::new(&model.cfg, schedule, DEFAULT_SEED)?;
+    let engine = build_engine(gpu, cache, model, &plan, batch, false)?;
+    engine.set_input(images)?;
+    let mut first = 0.0;
+    for i in 0..opts.warmup.max(1) {
+        let t = engine.time_forward(timer)?;
+        if i == 0 {
+            first = t.gpu.unwrap_or(t.wall);
+        }
+    }
+    let iters = opts
+        .iters
+        .unwrap_or_else(|| ((opts.budget_secs / first.max(1e-6)) as usize).clamp(3, 100));
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = engine.time_forward(timer)?;
+        times.push(t.gpu.unwrap_or(t.wall));
+    }
+    let secs = median(times);
+    Ok(BenchRow {
+        schedule: schedule.to_string(),
+        batch,
+        micro_batch: engine.micro_batch(),
+        throughput_img_s: batch as f64 / secs,
+        latency_ms: secs * 1e3,
+        pam_bytes: engine.activation_bytes(),
+        flops_thop: cost::flops_thop(&model.cfg, &plan.trajectory),
+        flops_total: cost::flops_total(&model.cfg, &plan.trajectory),
+        params: cost::params(&model.cfg),
+        iters,
+    })
+}
