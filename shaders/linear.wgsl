@@ -1,14 +1,19 @@
-// y = x W^T + b for x [m, k], W [n, k] (PyTorch's nn.Linear layout), with a fused epilogue:
+// y = x W^T + b for x [m, k] and nn.Linear weights, with a fused epilogue:
 //   mode 0: y = acc + b
 //   mode 1: y = gelu(acc + b)              (exact GELU through an erfc with 1.2e-7 relative error)
 //   mode 2: y = ca * y + cb * (acc + b)    (residual with SReT's learnable coefficients, in place)
-// Each invocation computes a 4 x 4 tile of y from registers; no shared memory, so the kernel is
-// portable and its per-value arithmetic is 4x its loads.
+// The weights are stored transposed and padded, W^T [k, n_pad] with n_pad a multiple of 8, so
+// the 8 output columns of a tile are two aligned vec4 loads per k. Each invocation keeps an
+// 8 x 8 tile of y in registers: per k it loads 8 values of x and 2 vec4 of W for 64 multiply-adds.
+// No shared memory or barriers: the kernel is portable, and on drivers where every load is
+// expensive (software Vulkan) the ratio of arithmetic to loads is what counts. Consecutive
+// invocations take consecutive column tiles, so their W loads are contiguous.
 
 struct Params {
     m: u32,
     k: u32,
     n: u32,
+    n_pad: u32,
     mode: u32,
     ca: f32,
     cb: f32,
@@ -16,13 +21,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
 
 // Complementary error function, Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
 fn erfc_pos(z: f32) -> f32 {
@@ -42,53 +45,109 @@ fn gelu(v: f32) -> f32 {
     return 0.5 * v * (2.0 - e);
 }
 
+fn store(row: u32, col: u32, acc: f32, b: f32) {
+    if (col >= p.n) {
+        return;
+    }
+    let v = acc + b;
+    let o = row * p.n + col;
+    if (p.mode == 1u) {
+        y[o] = gelu(v);
+    } else if (p.mode == 2u) {
+        y[o] = p.ca * y[o] + p.cb * v;
+    } else {
+        y[o] = v;
+    }
+}
+
+fn store_row(row: u32, n0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    let b0 = bias[n0 / 4u];
+    let b1 = bias[n0 / 4u + 1u];
+    store(row, n0, lo.x, b0.x);
+    store(row, n0 + 1u, lo.y, b0.y);
+    store(row, n0 + 2u, lo.z, b0.z);
+    store(row, n0 + 3u, lo.w, b0.w);
+    store(row, n0 + 4u, hi.x, b1.x);
+    store(row, n0 + 5u, hi.y, b1.y);
+    store(row, n0 + 6u, hi.z, b1.z);
+    store(row, n0 + 7u, hi.w, b1.w);
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let tiles_n = (p.n + TN - 1u) / TN;
-    let tiles_m = (p.m + TM - 1u) / TM;
+    let tiles_n = p.n_pad / 8u;
+    let tiles_m = (p.m + 7u) / 8u;
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= tiles_n * tiles_m) {
         return;
     }
-    let n0 = (i % tiles_n) * TN;
-    let m0 = (i / tiles_n) * TM;
-    // Rows and columns past the edge are clamped for loading and skipped when storing.
-    var xr: array<u32, 4>;
-    var wr: array<u32, 4>;
-    for (var t = 0u; t < 4u; t++) {
-        xr[t] = min(m0 + t, p.m - 1u) * p.k;
-        wr[t] = min(n0 + t, p.n - 1u) * p.k;
-    }
-    var acc: array<array<f32, 4>, 4>;
+    let n0 = (i % tiles_n) * 8u;
+    let m0 = (i / tiles_n) * 8u;
+    // Rows past the edge are clamped for loading and skipped when storing.
+    let r0 = min(m0 + 0u, p.m - 1u) * p.k;
+    let r1 = min(m0 + 1u, p.m - 1u) * p.k;
+    let r2 = min(m0 + 2u, p.m - 1u) * p.k;
+    let r3 = min(m0 + 3u, p.m - 1u) * p.k;
+    let r4 = min(m0 + 4u, p.m - 1u) * p.k;
+    let r5 = min(m0 + 5u, p.m - 1u) * p.k;
+    let r6 = min(m0 + 6u, p.m - 1u) * p.k;
+    let r7 = min(m0 + 7u, p.m - 1u) * p.k;
+    var a0 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var b2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var b3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var b5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var b6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    var b7 = vec4<f32>(0.0);
+    let stride = p.n_pad / 4u;
+    var wi = n0 / 4u;
     for (var kk = 0u; kk < p.k; kk++) {
-        let a = vec4<f32>(x[xr[0] + kk], x[xr[1] + kk], x[xr[2] + kk], x[xr[3] + kk]);
-        let w = vec4<f32>(wt[wr[0] + kk], wt[wr[1] + kk], wt[wr[2] + kk], wt[wr[3] + kk]);
-        for (var r = 0u; r < 4u; r++) {
-            acc[r][0] += a[r] * w[0];
-            acc[r][1] += a[r] * w[1];
-            acc[r][2] += a[r] * w[2];
-            acc[r][3] += a[r] * w[3];
-        }
+        let w0 = wt[wi];
+        let w1 = wt[wi + 1u];
+        wi += stride;
+        let x0 = x[r0 + kk];
+        a0 += x0 * w0;
+        b0 += x0 * w1;
+        let x1 = x[r1 + kk];
+        a1 += x1 * w0;
+        b1 += x1 * w1;
+        let x2 = x[r2 + kk];
+        a2 += x2 * w0;
+        b2 += x2 * w1;
+        let x3 = x[r3 + kk];
+        a3 += x3 * w0;
+        b3 += x3 * w1;
+        let x4 = x[r4 + kk];
+        a4 += x4 * w0;
+        b4 += x4 * w1;
+        let x5 = x[r5 + kk];
+        a5 += x5 * w0;
+        b5 += x5 * w1;
+        let x6 = x[r6 + kk];
+        a6 += x6 * w0;
+        b6 += x6 * w1;
+        let x7 = x[r7 + kk];
+        a7 += x7 * w0;
+        b7 += x7 * w1;
     }
-    for (var r = 0u; r < TM; r++) {
-        let row = m0 + r;
-        if (row >= p.m) {
-            break;
-        }
-        for (var c = 0u; c < TN; c++) {
-            let col = n0 + c;
-            if (col >= p.n) {
-                break;
-            }
-            let v = acc[r][c] + bias[col];
-            let o = row * p.n + col;
-            if (p.mode == 1u) {
-                y[o] = gelu(v);
-            } else if (p.mode == 2u) {
-                y[o] = p.ca * y[o] + p.cb * v;
-            } else {
-                y[o] = v;
-            }
-        }
-    }
+    store_row(m0 + 0u, n0, a0, b0);
+    store_row(m0 + 1u, n0, a1, b1);
+    store_row(m0 + 2u, n0, a2, b2);
+    store_row(m0 + 3u, n0, a3, b3);
+    store_row(m0 + 4u, n0, a4, b4);
+    store_row(m0 + 5u, n0, a5, b5);
+    store_row(m0 + 6u, n0, a6, b6);
+    store_row(m0 + 7u, n0, a7, b7);
 }

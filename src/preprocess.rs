@@ -98,6 +98,9 @@ pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
         Ok(reader)
     };
 
+    if let Some((w, h)) = png_header_size(path) {
+        check_dimensions(w, h).map_err(bad)?;
+    }
     let (w, h) = open()?
         .into_dimensions()
         .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
@@ -136,6 +139,19 @@ pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
         )));
     }
     Ok(to_rgb8_like_pil(img))
+}
+
+/// The size a PNG's IHDR declares (read directly so that a zero size gets a clear message
+/// rather than the decoder's), or `None` for anything else.
+fn png_header_size(path: &Path) -> Option<(u32, u32)> {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[..8] != b"\x89PNG\r\n\x1a\n" || &head[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    Some((be(&head[16..20]), be(&head[20..24])))
 }
 
 fn check_dimensions(w: u32, h: u32) -> std::result::Result<(), String> {
@@ -231,7 +247,7 @@ pub fn resize_output_size(w: u32, h: u32, size: u32) -> (u32, u32) {
 pub fn center_crop_offset(len: u32, crop: u32) -> u32 {
     let d = len - crop;
     let q = d / 2;
-    if d % 2 == 0 || q % 2 == 0 {
+    if d.is_multiple_of(2) || q.is_multiple_of(2) {
         q
     } else {
         q + 1
@@ -813,7 +829,7 @@ mod jpeg {
                     let seg = &data[pos + 2..pos + len];
                     pos += len;
                     match marker {
-                        0xC0 | 0xC1 | 0xC2 => {
+                        0xC0..=0xC2 => {
                             if frame.is_some() {
                                 return Err(Unsupported("more than one frame".into()));
                             }
@@ -829,15 +845,9 @@ mod jpeg {
                         0xDB => parse_dqt(seg, &mut qts)?,
                         0xDD => restart_interval = be16(seg, 0)?,
                         0xDC => return Err(Unsupported("DNL marker".into())),
-                        0xE0 => {
-                            if seg.len() >= 14 && seg.starts_with(b"JFIF\0") {
-                                saw_jfif = true;
-                            }
-                        }
-                        0xEE => {
-                            if seg.len() >= 12 && seg.starts_with(b"Adobe") {
-                                adobe = Some(seg[11]);
-                            }
+                        0xE0 if seg.len() >= 14 && seg.starts_with(b"JFIF\0") => saw_jfif = true,
+                        0xEE if seg.len() >= 12 && seg.starts_with(b"Adobe") => {
+                            adobe = Some(seg[11])
                         }
                         0xDA => {
                             let f = frame
@@ -1006,10 +1016,10 @@ mod jpeg {
         let ah = (seg[3 + 2 * ns] >> 4) as u32;
         let al = (seg[3 + 2 * ns] & 15) as u32;
         // (Sequential scans with other Ss/Se/Ah/Al only draw a warning from libjpeg.)
-        if f.progressive {
-            if se > 63 || ss > se || (ss == 0 && se != 0) || (ss > 0 && ns != 1) || al > 13 {
-                return Err(Corrupt("bad progressive scan parameters".into()));
-            }
+        if f.progressive
+            && (se > 63 || ss > se || (ss == 0 && se != 0) || (ss > 0 && ns != 1) || al > 13)
+        {
+            return Err(Corrupt("bad progressive scan parameters".into()));
         }
         // Latch quantisation tables at the first scan of each component, like libjpeg.
         for &(ci, _, _) in &sc {
@@ -1420,7 +1430,7 @@ mod jpeg {
                 }
                 out[y * w..(y + 1) * w].copy_from_slice(&tmp[..w]);
             }
-        } else if f.hmax % c.h == 0 && f.vmax % c.v == 0 {
+        } else if f.hmax.is_multiple_of(c.h) && f.vmax.is_multiple_of(c.v) {
             let (he, ve) = (f.hmax / c.h, f.vmax / c.v);
             for y in 0..h {
                 let r = &plane[(y / ve) * stride..];

@@ -228,14 +228,13 @@ fn linear_matches_cpu_for_every_epilogue() {
             let residual = matches!(ep, Epilogue::Residual { .. });
             let got = run_opts(!residual, |b| {
                 let xt = b.constant("x", &x);
-                let w = b.constant("w", &lin.weight);
-                let bias = b.constant("b", &lin.bias);
+                let w = linear::upload(b, "w", &lin);
                 let y = if residual {
                     b.constant("y0", &y0)
                 } else {
                     b.activation("y", m * n)
                 };
-                linear::record(b, Family::Mlp, m, k, n, ep, xt, w, bias, y);
+                linear::record(b, Family::Mlp, m, &w, ep, xt, y);
                 vec![y]
             });
             let err = max_rel_err(&as_f32(&got[0]), &want);

@@ -11,7 +11,7 @@ use crate::bench::{bench_one, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::engine::Timer;
-use crate::model::session::Model;
+use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
 use crate::reference::synthetic_images;
 use crate::tome::Schedule;
 
@@ -46,6 +46,10 @@ pub struct BenchArgs {
     pub iters: Option<usize>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also time each kernel family (stem, attention, MLP, matching, merge, unmerge, pooling,
+    /// head) with a timestamped pass per dispatch, and print where the time goes.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub csv: Option<PathBuf>,
     #[command(flatten)]
@@ -93,6 +97,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let cache = PipelineCache::default();
     let mut rows = Vec::new();
+    let mut profiles: Vec<String> = Vec::new();
     for &batch in &batches {
         let images = synthetic_images(&model.cfg, batch, 1);
         for sched in &schedules {
@@ -111,6 +116,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 &opts,
                 timer.as_ref(),
             )?;
+            if a.profile {
+                let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
+                let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
+                engine.set_input(&images)?;
+                let families = engine.profile()?;
+                let total: f64 = families.iter().map(|f| f.1).sum();
+                let parts: Vec<String> = families
+                    .iter()
+                    .filter(|f| f.1 > 0.0)
+                    .map(|(f, t)| {
+                        format!("{} {:.1} ms ({:.0}%)", f.name(), t * 1e3, 100.0 * t / total)
+                    })
+                    .collect();
+                profiles.push(format!(
+                    "{} batch {batch} (micro-batch {}): {}",
+                    row.schedule,
+                    row.micro_batch,
+                    parts.join(", ")
+                ));
+            }
             eprintln!(
                 "  {} batch {}: {:.2} img/s",
                 row.schedule, batch, row.throughput_img_s
@@ -152,6 +177,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             r.pam_bytes as f64 / (1024.0 * 1024.0),
             pct(r.pam_bytes as f64, base.pam_bytes as f64),
         );
+    }
+    for p in &profiles {
+        println!("profile {p}");
     }
     if let Some(path) = &a.json {
         let v = serde_json::json!({

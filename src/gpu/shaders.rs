@@ -14,6 +14,7 @@ pub enum Shader {
     LayerNorm,
     Linear,
     Attention,
+    AttentionVec4,
     MeanTokens,
     TomeMetric,
     TomeMatch,
@@ -25,11 +26,12 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Conv,
         Shader::LayerNorm,
         Shader::Linear,
         Shader::Attention,
+        Shader::AttentionVec4,
         Shader::MeanTokens,
         Shader::TomeMetric,
         Shader::TomeMatch,
@@ -46,6 +48,7 @@ impl Shader {
             Shader::LayerNorm => "layernorm",
             Shader::Linear => "linear",
             Shader::Attention => "attention",
+            Shader::AttentionVec4 => "attention_vec4",
             Shader::MeanTokens => "mean_tokens",
             Shader::TomeMetric => "tome_metric",
             Shader::TomeMatch => "tome_match",
@@ -63,6 +66,7 @@ impl Shader {
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
             Shader::TomeMetric => include_str!("../../shaders/tome_metric.wgsl"),
             Shader::TomeMatch => include_str!("../../shaders/tome_match.wgsl"),

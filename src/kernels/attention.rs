@@ -27,7 +27,15 @@ pub fn record(
     let grid = b.grid(s.batch * s.heads * s.n, 64);
     b.dispatch(
         Family::Attention,
-        KernelKey::with_head_dim(Shader::Attention, hd),
+        // Vector loads where the head and model widths allow them.
+        KernelKey::with_head_dim(
+            if hd % 4 == 0 && s.dim % 4 == 0 {
+                Shader::AttentionVec4
+            } else {
+                Shader::Attention
+            },
+            hd,
+        ),
         &[
             s.batch as u32,
             s.n as u32,

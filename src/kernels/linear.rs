@@ -1,6 +1,11 @@
 //! `nn.Linear` as a register-tiled matrix multiply with its epilogue fused.
+//!
+//! The GPU keeps the weights transposed and padded (`W^T` as `[in, out_pad]`, `out_pad` a
+//! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
+//! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::model::weights::Linear;
 
 /// What happens to `x W^T + b` before it is stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -13,25 +18,62 @@ pub enum Epilogue {
     Residual { ca: f32, cb: f32 },
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Output columns rounded up to the kernel's tile width.
+pub fn padded(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// `(W^T [in, out_pad], bias [out_pad])`, zero padded.
+pub fn gpu_layout(l: &Linear) -> (Vec<f32>, Vec<f32>) {
+    let (n, k) = (l.out_features, l.in_features);
+    let np = padded(n);
+    let mut wt = vec![0.0f32; k * np];
+    for o in 0..n {
+        for i in 0..k {
+            wt[i * np + o] = l.weight[o * k + i];
+        }
+    }
+    let mut bias = vec![0.0f32; np];
+    bias[..n].copy_from_slice(&l.bias);
+    (wt, bias)
+}
+
+/// Weights of a linear layer once uploaded in the GPU layout.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearWeights {
+    pub wt: TensorId,
+    pub bias: TensorId,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+pub fn upload(b: &mut ProgramBuilder, name: &str, l: &Linear) -> LinearWeights {
+    let (wt, bias) = gpu_layout(l);
+    LinearWeights {
+        wt: b.constant(format!("{name}.weight^T"), &wt),
+        bias: b.constant(format!("{name}.bias"), &bias),
+        in_features: l.in_features,
+        out_features: l.out_features,
+    }
+}
+
+/// `y[m, out] = epilogue(x[m, in] W^T + b)`.
 pub fn record(
     b: &mut ProgramBuilder,
     family: Family,
     m: usize,
-    k: usize,
-    n: usize,
+    w: &LinearWeights,
     epilogue: Epilogue,
     x: TensorId,
-    weight: TensorId,
-    bias: TensorId,
     y: TensorId,
 ) {
+    let (k, n) = (w.in_features, w.out_features);
     let (mode, ca, cb) = match epilogue {
         Epilogue::Bias => (0, 0.0f32, 0.0f32),
         Epilogue::Gelu => (1, 0.0, 0.0),
         Epilogue::Residual { ca, cb } => (2, ca, cb),
     };
-    let tiles = m.div_ceil(4) * n.div_ceil(4);
+    let tiles = m.div_ceil(8) * padded(n) / 8;
     let grid = b.grid(tiles, 64);
     b.dispatch(
         family,
@@ -40,11 +82,12 @@ pub fn record(
             m as u32,
             k as u32,
             n as u32,
+            padded(n) as u32,
             mode,
             ca.to_bits(),
             cb.to_bits(),
         ],
-        &[x, weight, bias, y],
+        &[x, w.wt, w.bias, y],
         grid,
     );
 }

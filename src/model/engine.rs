@@ -390,6 +390,68 @@ impl Engine {
         Ok(Timing { wall, gpu })
     }
 
+    /// Time every dispatch of one forward (first micro-batch) in its own timestamped pass and
+    /// sum per kernel family. Each pass adds the driver's per-pass overhead, so the families'
+    /// total exceeds a normal forward; the split is what this is for. Needs TIMESTAMP_QUERY.
+    pub fn profile(&self) -> Result<Vec<(crate::gpu::Family, f64)>> {
+        if !self.gpu.has_timestamps() {
+            return Err(Error::MissingCapability {
+                what: "TIMESTAMP_QUERY (needed by --profile)".into(),
+            });
+        }
+        let dispatches = &self.plan.program.dispatches;
+        let count = (2 * dispatches.len()) as u32;
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = 8 * count as u64;
+        let resolve = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = staging(&self.gpu, "profile readback", bytes);
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("profile"),
+            });
+        let len = self.images.size().min(self.input.size());
+        enc.copy_buffer_to_buffer(&self.input, 0, &self.images, 0, len);
+        for (i, d) in dispatches.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.key.shader.name()),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            let [x, y, z] = d.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        enc.resolve_query_set(&queries, 0..count, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        self.gpu.queue.submit(Some(enc.finish()));
+        let ticks: Vec<u64> = read_buffer(&self.gpu, &readback)?;
+        let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut per_family: Vec<(crate::gpu::Family, f64)> =
+            crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect();
+        for (i, d) in dispatches.iter().enumerate() {
+            let t = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            if let Some(e) = per_family.iter_mut().find(|(f, _)| *f == d.family) {
+                e.1 += t;
+            }
+        }
+        Ok(per_family)
+    }
+
     fn read_trace(&self) -> Result<Trace> {
         let mut bufs = self.trace_readback.iter();
         let mut next_u32 = |keep: usize| -> Result<Vec<u32>> {

@@ -2,12 +2,12 @@
 //! merge trajectory, permutations, micro-batch), recorded once into a [`Program`].
 
 use super::config::ModelConfig;
-use super::weights::{Conv, LayerNorm, Linear, ModelWeights};
+use super::weights::{Conv, LayerNorm, ModelWeights};
 use crate::error::Result;
 use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
-use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
 
@@ -47,12 +47,6 @@ struct Uploaded {
     bias: TensorId,
 }
 
-fn up_linear(b: &mut ProgramBuilder, name: &str, l: &Linear) -> Uploaded {
-    Uploaded {
-        weight: b.constant(format!("{name}.weight"), &l.weight),
-        bias: b.constant(format!("{name}.bias"), &l.bias),
-    }
-}
 fn up_ln(b: &mut ProgramBuilder, name: &str, l: &LayerNorm) -> Uploaded {
     Uploaded {
         weight: b.constant(format!("{name}.weight"), &l.weight),
@@ -68,17 +62,17 @@ fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
 
 struct BlockTensors {
     norm1: Uploaded,
-    qkv: Uploaded,
-    proj: Uploaded,
+    qkv: LinearWeights,
+    proj: LinearWeights,
     norm2: Uploaded,
-    fc1: Uploaded,
-    fc2: Uploaded,
+    fc1: LinearWeights,
+    fc2: LinearWeights,
 }
 
 struct NonProjTensors {
     norm1: Uploaded,
-    fc1: Uploaded,
-    fc2: Uploaded,
+    fc1: LinearWeights,
+    fc2: LinearWeights,
 }
 
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds.
@@ -90,8 +84,8 @@ fn record_mlp(
     hidden: usize,
     x: TensorId,
     norm: &Uploaded,
-    fc1: &Uploaded,
-    fc2: &Uploaded,
+    fc1: &LinearWeights,
+    fc2: &LinearWeights,
     coef: (f32, f32),
     label: &str,
 ) {
@@ -108,31 +102,17 @@ fn record_mlp(
         y,
     );
     let h = b.activation(format!("{label} hidden"), rows * hidden);
+    linear::record(b, Family::Mlp, rows, fc1, Epilogue::Gelu, y, h);
     linear::record(
         b,
         Family::Mlp,
         rows,
-        dim,
-        hidden,
-        Epilogue::Gelu,
-        y,
-        fc1.weight,
-        fc1.bias,
-        h,
-    );
-    linear::record(
-        b,
-        Family::Mlp,
-        rows,
-        hidden,
-        dim,
+        &fc2,
         Epilogue::Residual {
             ca: coef.0,
             cb: coef.1,
         },
         h,
-        fc2.weight,
-        fc2.bias,
         x,
     );
 }
@@ -236,11 +216,11 @@ pub fn record(
                 let p = format!("transformers.{s}.block{i}");
                 BlockTensors {
                     norm1: up_ln(&mut b, &format!("{p}.norm1"), &bw.norm1),
-                    qkv: up_linear(&mut b, &format!("{p}.qkv"), &bw.qkv),
-                    proj: up_linear(&mut b, &format!("{p}.proj"), &bw.proj),
+                    qkv: linear::upload(&mut b, &format!("{p}.qkv"), &bw.qkv),
+                    proj: linear::upload(&mut b, &format!("{p}.proj"), &bw.proj),
                     norm2: up_ln(&mut b, &format!("{p}.norm2"), &bw.norm2),
-                    fc1: up_linear(&mut b, &format!("{p}.fc1"), &bw.fc1),
-                    fc2: up_linear(&mut b, &format!("{p}.fc2"), &bw.fc2),
+                    fc1: linear::upload(&mut b, &format!("{p}.fc1"), &bw.fc1),
+                    fc2: linear::upload(&mut b, &format!("{p}.fc2"), &bw.fc2),
                 }
             })
             .collect();
@@ -273,12 +253,9 @@ pub fn record(
                 &mut b,
                 Family::Attention,
                 rows,
-                dim,
-                3 * dim,
+                &blk.qkv,
                 Epilogue::Bias,
                 y,
-                blk.qkv.weight,
-                blk.qkv.bias,
                 qkv,
             );
             let perm = spec.perms[s][exec]
@@ -303,15 +280,12 @@ pub fn record(
                 &mut b,
                 Family::Attention,
                 rows,
-                dim,
-                dim,
+                &blk.proj,
                 Epilogue::Residual {
                     ca: coef[0],
                     cb: coef[1],
                 },
                 att,
-                blk.proj.weight,
-                blk.proj.bias,
                 x,
             );
             // Token merging between attention and MLP.
@@ -362,8 +336,8 @@ pub fn record(
             let np = &sw.non_projs[exec];
             let npt = NonProjTensors {
                 norm1: up_ln(&mut b, &format!("{label}.np.norm1"), &np.norm1),
-                fc1: up_linear(&mut b, &format!("{label}.np.fc1"), &np.fc1),
-                fc2: up_linear(&mut b, &format!("{label}.np.fc2"), &np.fc2),
+                fc1: linear::upload(&mut b, &format!("{label}.np.fc1"), &np.fc1),
+                fc2: linear::upload(&mut b, &format!("{label}.np.fc2"), &np.fc2),
             };
             record_mlp(
                 &mut b,
@@ -440,19 +414,8 @@ pub fn record(
         nw.bias,
         normed,
     );
-    let hw = up_linear(&mut b, "head", &w.head);
-    linear::record(
-        &mut b,
-        Family::Head,
-        bt,
-        dim,
-        cfg.num_classes,
-        Epilogue::Bias,
-        normed,
-        hw.weight,
-        hw.bias,
-        out,
-    );
+    let hw = linear::upload(&mut b, "head", &w.head);
+    linear::record(&mut b, Family::Head, bt, &hw, Epilogue::Bias, normed, out);
 
     Recorded {
         builder: b,
