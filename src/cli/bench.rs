@@ -98,9 +98,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let cache = PipelineCache::default();
     let mut rows = Vec::new();
     let mut profiles: Vec<String> = Vec::new();
+    // On stderr; indicatif hides it when stderr is not a terminal.
+    let progress = indicatif::ProgressBar::new((batches.len() * schedules.len()) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for &batch in &batches {
         let images = synthetic_images(&model.cfg, batch, 1);
         for sched in &schedules {
+            progress.set_message(format!("measuring {sched} at batch {batch}"));
             let opts = BenchOptions {
                 warmup,
                 iters: a.iters,
@@ -136,10 +143,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     parts.join(", ")
                 ));
             }
-            eprintln!(
-                "  {} batch {}: {:.2} img/s",
+            progress.set_message(format!(
+                "{} batch {}: {:.2} img/s",
                 row.schedule, batch, row.throughput_img_s
-            );
+            ));
+            progress.inc(1);
             rows.push(row);
         }
     }
@@ -178,6 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             pct(r.pam_bytes as f64, base.pam_bytes as f64),
         );
     }
+    progress.finish_and_clear();
     for p in &profiles {
         println!("profile {p}");
     }

@@ -1,0 +1,48 @@
+//! `cargo bench`: the project's own measurement (`sret_tome::bench`, as `sret-tome bench` runs it)
+//! on a small set: SReT-T without merging and with the paper's best schedule, at batch 1 and 8.
+//! Throughput is the median of timed forwards (GPU timestamps where the adapter has them).
+
+use sret_tome::bench::{bench_one, BenchOptions};
+use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::model::engine::Timer;
+use sret_tome::model::session::Model;
+use sret_tome::reference::synthetic_images;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Gpu::new(&AdapterChoice::default())?;
+    let cache = PipelineCache::default();
+    let model = Model::load("sret_t_distill", None)?;
+    let timer = Timer::new(&gpu);
+    let opts = BenchOptions {
+        warmup: 2,
+        iters: None,
+        budget_secs: 5.0,
+    };
+    println!("{} on {}", model.cfg.name, gpu.describe());
+    for batch in [1, 8] {
+        let images = synthetic_images(&model.cfg, batch, 1);
+        let mut base = None;
+        for schedule in ["none", "exp:0.25,0"] {
+            let row = bench_one(
+                &gpu,
+                &cache,
+                &model,
+                &schedule.parse()?,
+                batch,
+                &images,
+                &opts,
+                timer.as_ref(),
+            )?;
+            let b = *base.get_or_insert(row.throughput_img_s);
+            println!(
+                "{schedule:<12} batch {batch:>3}: {:>8.2} img/s ({:+.1}%), {:>7.2} ms, PAM {:.2} MB, {} iters",
+                row.throughput_img_s,
+                100.0 * (row.throughput_img_s / b - 1.0),
+                row.latency_ms,
+                row.pam_bytes as f64 / 1048576.0,
+                row.iters
+            );
+        }
+    }
+    Ok(())
+}
