@@ -2,6 +2,10 @@
 // embedding. One invocation computes 4 consecutive output channels of one output pixel, so an
 // input value loaded once feeds 4 accumulators when groups == 1 (the stem).
 // Layouts: NCHW, or "tokens" [batch, h*w, channels] for the transformer side.
+// Bands: a dispatch may compute only output rows [oy0, oy0 + oh_run), and either buffer may hold
+// only a band of rows (input rows from iy_off, h_buf of them; output rows from oy_off, oh_buf of
+// them). Padding is decided on the full logical image. The stem uses this to run conv1 and conv2
+// band by band, so conv1's large output never exists whole.
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
@@ -10,6 +14,9 @@ struct Params {
     // bit 0: ReLU; bit 1: input in token layout; bit 2: output in token layout;
     // bit 3: add pos[cout, oh, ow] after the activation.
     flags: u32,
+    h_buf: u32, iy_off: u32,
+    oy0: u32, oh_run: u32,
+    oh_buf: u32, oy_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,16 +29,18 @@ struct Params {
 const WG: u32 = 64u;
 const CT: u32 = 4u;
 
+// iy is a logical row; the buffer holds rows from iy_off.
 fn x_at(b: u32, c: u32, iy: u32, ix: u32) -> f32 {
+    let r = iy - p.iy_off;
     if ((p.flags & 2u) != 0u) {
-        return x[(b * p.h * p.w + iy * p.w + ix) * p.cin + c];
+        return x[(b * p.h_buf * p.w + r * p.w + ix) * p.cin + c];
     }
-    return x[((b * p.cin + c) * p.h + iy) * p.w + ix];
+    return x[((b * p.cin + c) * p.h_buf + r) * p.w + ix];
 }
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let pixels = p.batch * p.oh * p.ow;
+    let pixels = p.batch * p.oh_run * p.ow;
     let tiles = (p.cout + CT - 1u) / CT;
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= pixels * tiles) {
@@ -41,8 +50,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let pix = i % pixels;
     let co0 = (i / pixels) * CT;
     let ox = pix % p.ow;
-    let oy = (pix / p.ow) % p.oh;
-    let b = pix / (p.ow * p.oh);
+    let oy = p.oy0 + (pix / p.ow) % p.oh_run;
+    let b = pix / (p.ow * p.oh_run);
     let cin_g = p.cin / p.groups;
     let cout_g = p.cout / p.groups;
     let kk = p.k * p.k;
@@ -91,10 +100,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if ((p.flags & 8u) != 0u) {
             v += pos[(co * p.oh + oy) * p.ow + ox];
         }
+        let r = oy - p.oy_off;
         if ((p.flags & 4u) != 0u) {
-            y[(b * p.oh * p.ow + oy * p.ow + ox) * p.cout + co] = v;
+            y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = v;
         } else {
-            y[((b * p.cout + co) * p.oh + oy) * p.ow + ox] = v;
+            y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = v;
         }
     }
 }

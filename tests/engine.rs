@@ -21,10 +21,19 @@ fn micro_batches_give_the_same_logits() {
     let want = whole.forward(&images).unwrap().logits;
 
     // The same device, planned as if a binding could hold only two images' largest tensor.
+    // The smallest binding limit that still holds two images (the split is monotone in it).
     let mut small: Gpu = gpu().clone();
-    let per_image = gpu().limits.max_storage_buffer_binding_size as usize
-        / max_micro_batch(&model.cfg, &gpu().limits);
-    small.limits.max_storage_buffer_binding_size = (2 * per_image + 64) as u64;
+    let (mut lo, mut hi) = (1u64, gpu().limits.max_storage_buffer_binding_size as u64);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        small.limits.max_storage_buffer_binding_size = mid as _;
+        if max_micro_batch(&model.cfg, &small.limits) >= 2 {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    small.limits.max_storage_buffer_binding_size = lo as _;
     assert_eq!(max_micro_batch(&model.cfg, &small.limits), 2);
     let split = build_engine(&small, cache(), &model, &plan, batch, false).unwrap();
     assert_eq!(

@@ -401,3 +401,106 @@ fn merge_pipeline_matches_cpu() {
     check_merges(51, 3, 49, 256, 8, 10, 19);
     check_merges(52, 1, 24, 126, 3, 12, 1);
 }
+
+/// conv1 -> conv2 band by band (as the stem runs them) equals the two whole convolutions.
+#[test]
+fn banded_convolutions_match_cpu() {
+    use sret_tome::kernels::conv::Band;
+    let (batch, h, c0, c1, c2) = (2usize, 23usize, 3usize, 5usize, 6usize);
+    let mk = |seed: u64, cout: usize, cin: usize| Conv {
+        weight: random(seed, cout * cin * 9, 0.5),
+        bias: random(seed + 1, cout, 0.1),
+        out_channels: cout,
+        in_channels: cin,
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+        groups: 1,
+    };
+    let (k1, k2) = (mk(60, c1, c0), mk(62, c2, c1));
+    let x = random(64, batch * c0 * h * h, 1.0);
+    let (mut y1, h1, _) = cpu::conv2d(&x, batch, h, h, &k1);
+    cpu::relu(&mut y1);
+    let (mut want, h2, _) = cpu::conv2d(&y1, batch, h1, h1, &k2);
+    cpu::relu(&mut want);
+    let s1 = ConvShape {
+        batch,
+        cin: c0,
+        h,
+        w: h,
+        cout: c1,
+        k: 3,
+        stride: 2,
+        pad: 1,
+        groups: 1,
+    };
+    let s2 = ConvShape {
+        batch,
+        cin: c1,
+        h: h1,
+        w: h1,
+        cout: c2,
+        k: 3,
+        stride: 2,
+        pad: 1,
+        groups: 1,
+    };
+    for band_rows in [1usize, 2, 3, h2] {
+        let got = run(|b| {
+            let xt = b.constant("x", &x);
+            let (w1, b1) = (b.constant("w1", &k1.weight), b.constant("b1", &k1.bias));
+            let (w2, b2) = (b.constant("w2", &k2.weight), b.constant("b2", &k2.bias));
+            let y = b.activation("y", batch * c2 * h2 * h2);
+            for first in (0..h2).step_by(band_rows) {
+                let rows = (first, (first + band_rows).min(h2));
+                let (r0, r1) = s2.input_rows(rows);
+                let t = b.activation("band", batch * c1 * (r1 - r0) * h1);
+                let io1 = ConvIo {
+                    x: xt,
+                    weight: w1,
+                    bias: b1,
+                    pos: None,
+                    y: t,
+                    input: Layout::Nchw,
+                    output: Layout::Nchw,
+                    relu: true,
+                };
+                conv::record_band(
+                    b,
+                    Family::Stem,
+                    s1,
+                    io1,
+                    Band {
+                        out_rows: (r0, r1),
+                        in_buf: (0, h),
+                        out_buf: (r0, r1 - r0),
+                    },
+                );
+                let io2 = ConvIo {
+                    x: t,
+                    weight: w2,
+                    bias: b2,
+                    pos: None,
+                    y,
+                    input: Layout::Nchw,
+                    output: Layout::Nchw,
+                    relu: true,
+                };
+                conv::record_band(
+                    b,
+                    Family::Stem,
+                    s2,
+                    io2,
+                    Band {
+                        out_rows: rows,
+                        in_buf: (r0, r1 - r0),
+                        out_buf: (0, h2),
+                    },
+                );
+            }
+            vec![y]
+        });
+        let err = max_rel_err(&as_f32(&got[0]), &want);
+        assert!(err <= TOL, "bands of {band_rows} rows: {err}");
+    }
+}

@@ -14,6 +14,9 @@ Writes into tests/fixtures/preprocess/ (or --out):
   and, for the exact resize test,
     - ``resize.NAME.WxH`` u8 [H, W, 3]: ``Image.open(path).convert("RGB").resize((W, H),
       Image.BILINEAR)`` for the lossless (PNG) sources;
+    - ``decoded.NAME`` u8 [H, W, 3]: ``Image.open(path).convert("RGB")`` of small JPEGs covering
+      the JPEG decoder (progressive, 4:2:2, restart markers, optimised tables, grayscale, CMYK,
+      images narrower than a chroma block);
 * manifest.json: the list of images and resize cases with their sizes and PIL modes.
 
 Usage: tools/.venv/bin/python tools/make_preprocess_fixtures.py [--out DIR]
@@ -110,6 +113,11 @@ def make_images(out: Path):
     coffee.resize((150, 100), Image.BICUBIC).convert("CMYK").save(out / "cmyk.jpg", quality=95)
     add("cmyk", "cmyk.jpg")
 
+    # Portrait taller than 2:1 in the resize sense: 270x600 -> 256x568, where Pillow 13 runs the
+    # vertical pass first (height shrinks by 32 > 2 * 14 pixels). Palette PNG to keep it small.
+    astronaut.crop((120, 0, 390, 512)).resize((270, 600), Image.BICUBIC).quantize(colors=256).save(out / "tall.png")
+    add("tall", "tall.png")
+
     # Extreme aspect ratio: 1000x3 -> 85333x256, lossless.
     Image.fromarray(np.asarray(coffee.resize((1000, 3), Image.BILINEAR))).save(out / "wide.png")
     add("wide", "wide.png")
@@ -119,11 +127,34 @@ def make_images(out: Path):
 
 RESIZE_CASES = {
     # lossless sources only: name -> list of (w, h)
-    "small": [(37, 23), (250, 61), (100, 200), (7, 80), (160, 40)],
-    "rgba": [(60, 149), (224, 100), (113, 75), (300, 20)],
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
+    # pixels as the width: (160, 40), (90, 30), (300, 20) below.
+    "small": [(37, 23), (100, 200), (7, 80), (160, 40), (90, 30)],
+    "rgba": [(60, 149), (113, 75), (300, 20)],
     "palette": [(33, 250)],
 }
 NORMALIZED = ["landscape"]
+
+
+def make_jpeg_variants(out: Path):
+    """Small JPEGs covering the decoder's paths; returns [(name, file)]."""
+    coffee = Image.open(SKIMAGE_DATA / "coffee.png").convert("RGB")
+    chelsea = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
+    cases = [
+        ("prog420", coffee.crop((211, 90, 368, 183)), dict(quality=83, progressive=True)),
+        ("seq422_restart", chelsea.crop((150, 60, 281, 137)), dict(quality=71, subsampling=1, restart_marker_blocks=3)),
+        ("prog444_optimized", coffee.crop((31, 200, 108, 251)), dict(quality=95, subsampling=0, progressive=True, optimize=True)),
+        ("gray_prog_restart", chelsea.crop((0, 0, 90, 61)).convert("L"), dict(quality=60, progressive=True, restart_marker_rows=1)),
+        ("cmyk_prog", coffee.crop((300, 150, 364, 195)).convert("CMYK"), dict(quality=90, progressive=True)),
+        ("tiny420", coffee.crop((100, 100, 103, 105)), dict(quality=50)),
+        ("single_pixel", coffee.crop((10, 10, 11, 11)), dict(quality=75, progressive=True)),
+    ]
+    files = []
+    for name, im, kw in cases:
+        fname = f"jpeg_{name}.jpg"
+        im.save(out / fname, **kw)
+        files.append((name, fname))
+    return files
 
 
 def main():
@@ -170,6 +201,16 @@ def main():
             tensors[f"resize.{name}.{w}x{h}"] = np.ascontiguousarray(r)
             manifest["resize"].append({"name": name, "file": fname, "size": [w, h]})
         print(f"{name:10s} {fname:12s} {mode:5s} {size[0]}x{size[1]}")
+
+    manifest["decode"] = []
+    for name, fname in make_jpeg_variants(out):
+        with open(out / fname, "rb") as f:
+            src = Image.open(f)
+            mode, size = src.mode, src.size
+            rgb = np.asarray(src.convert("RGB"), dtype=np.uint8)
+        tensors[f"decoded.{name}"] = np.ascontiguousarray(rgb)
+        manifest["decode"].append({"name": name, "file": fname, "pil_mode": mode, "size": list(size)})
+        print(f"{name:18s} {fname:28s} {mode:5s} {size[0]}x{size[1]} (decode only)")
 
     save_file(tensors, str(out / "expected.safetensors"))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

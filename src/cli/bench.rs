@@ -34,10 +34,10 @@ pub struct BenchArgs {
     /// Schedules to measure (repeatable); default: the rows of the paper's Table 1.
     #[arg(long)]
     pub schedule: Vec<String>,
-    /// Batch sizes, comma separated. Default 1,128 (1,16 on a CPU adapter such as lavapipe).
+    /// Batch sizes, comma separated. Default 1,128 (1,4 on a CPU adapter such as lavapipe).
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
-    /// Untimed forwards before measuring. Default 20 (2 on a CPU adapter).
+    /// Untimed forwards before measuring. Default 20 (1 on a CPU adapter).
     #[arg(long)]
     pub warmup: Option<usize>,
     /// Timed forwards; the median is reported. Default 100 (on a CPU adapter: as many as fit in
@@ -78,14 +78,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let batches = if !a.batch.is_empty() {
         a.batch.clone()
     } else if cpu_adapter {
-        vec![1, 16]
+        vec![1, 4]
     } else {
         vec![1, 128]
     };
     if let Some(&0) = batches.iter().find(|&&b| b == 0) {
         return Err(Error::arg("batch", 0, "must be at least 1"));
     }
-    let warmup = a.warmup.unwrap_or(if cpu_adapter { 2 } else { 20 });
+    let warmup = a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 });
     let timer = Timer::new(&gpu);
     let method = if timer.is_some() {
         "GPU timestamps around the whole forward (one submission)"
@@ -93,7 +93,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "wall clock from submission to device idle (no TIMESTAMP_QUERY)"
     };
     if cpu_adapter && (a.batch.is_empty() || a.iters.is_none()) {
-        eprintln!("note: {} is a CPU adapter: default batches 1,16, 2 warm-up forwards and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
+        eprintln!("note: {} is a CPU adapter: default batches 1,4, 1 warm-up forward and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
     }
     let cache = PipelineCache::default();
     let mut rows = Vec::new();

@@ -45,7 +45,44 @@ pub struct ConvIo {
     pub relu: bool,
 }
 
+/// Rows a banded convolution computes and the rows its buffers hold (all logical rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Band {
+    /// Output rows computed: `out_rows.0 .. out_rows.1`.
+    pub out_rows: (usize, usize),
+    /// First logical row held by the input buffer, and how many it holds.
+    pub in_buf: (usize, usize),
+    /// First logical row held by the output buffer, and how many it holds.
+    pub out_buf: (usize, usize),
+}
+
+impl ConvShape {
+    /// Input rows needed for output rows `rows` (clipped to the image; padding covers the rest).
+    pub fn input_rows(&self, rows: (usize, usize)) -> (usize, usize) {
+        let first = (rows.0 * self.stride).saturating_sub(self.pad);
+        let last = ((rows.1 - 1) * self.stride + self.k - 1).saturating_sub(self.pad);
+        (first, (last + 1).min(self.h))
+    }
+}
+
+/// A whole-image convolution.
 pub fn record(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo) {
+    let (oh, _) = s.out_hw();
+    record_band(
+        b,
+        family,
+        s,
+        io,
+        Band {
+            out_rows: (0, oh),
+            in_buf: (0, s.h),
+            out_buf: (0, oh),
+        },
+    );
+}
+
+/// The rows `band.out_rows` of a convolution, between row-banded buffers.
+pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo, band: Band) {
     let (oh, ow) = s.out_hw();
     let flags = (io.relu as u32)
         | ((io.input == Layout::Tokens) as u32) << 1
@@ -57,7 +94,19 @@ pub fn record(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo) 
     .map(|v| v as u32);
     let mut p = params.to_vec();
     p.push(flags);
-    let items = s.batch * oh * ow * s.cout.div_ceil(4);
+    let rows = band.out_rows.1 - band.out_rows.0;
+    p.extend(
+        [
+            band.in_buf.1,
+            band.in_buf.0,
+            band.out_rows.0,
+            rows,
+            band.out_buf.1,
+            band.out_buf.0,
+        ]
+        .map(|v| v as u32),
+    );
+    let items = s.batch * rows * ow * s.cout.div_ceil(4);
     let grid = b.grid(items, 64);
     b.dispatch(
         family,

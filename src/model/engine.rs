@@ -93,16 +93,24 @@ fn image_elems(cfg: &ModelConfig) -> usize {
     3 * cfg.image_size * cfg.image_size
 }
 
-/// Largest number of images whose biggest activation still fits one storage binding.
+/// Images per micro-batch at most: enough rows (64 x 784 tokens) to fill a large GPU, while
+/// the activations of a forward stay bounded whatever the batch.
+pub const MAX_MICRO_BATCH: usize = 64;
+
+/// Largest number of images whose biggest tensor still fits one storage binding (at most
+/// [`MAX_MICRO_BATCH`]).
 pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
     let s0 = &cfg.stages[0];
     let half = cfg.image_size / 2;
+    let quarter = cfg.image_size / 4;
     let n0 = cfg.tokens(0);
+    // conv1 runs in bands of about 1/STEM_BANDS of its rows, plus a halo.
+    let band_rows = 2 * quarter.div_ceil(plan::STEM_BANDS) + 1;
     let per_image = [
         image_elems(cfg),
-        cfg.stem_mid * half * half,
+        cfg.stem_mid * band_rows * half,
+        s0.dim * quarter * quarter,
         n0 * 3 * s0.dim,
-        n0 * s0.mlp_hidden.max(s0.np_hidden),
     ]
     .into_iter()
     .chain(
@@ -114,7 +122,7 @@ pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
     .max()
     .unwrap_or(1)
         * 4;
-    ((limits.max_storage_buffer_binding_size as usize) / per_image).max(1)
+    ((limits.max_storage_buffer_binding_size as usize) / per_image).clamp(1, MAX_MICRO_BATCH)
 }
 
 /// How a batch runs: `(micro-batches, images per micro-batch)`, the fewest micro-batches whose

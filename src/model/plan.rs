@@ -6,10 +6,13 @@ use super::weights::{Conv, LayerNorm, ModelWeights};
 use crate::error::Result;
 use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::kernels::attention::{self, AttentionShape};
-use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
+use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
+
+/// Bands the stem's first two convolutions run in (see `record`).
+pub const STEM_BANDS: usize = 8;
 
 /// LayerNorm epsilon of every SReT norm layer.
 pub const LN_EPS: f32 = 1e-6;
@@ -163,46 +166,88 @@ pub fn record(
     let out = b.external("logits", (bt * cfg.num_classes * 4) as u64);
     let mut trace = TraceTensors::default();
 
-    // Stem: three stride-2 convolutions; the last writes tokens with the positional embedding.
-    let side = cfg.image_size;
-    let mut x_in = img;
-    let (mut h, mut wd, mut cin) = (side, side, 3usize);
-    let mut x = img;
-    for (i, c) in w.stem.iter().enumerate() {
-        let up = up_conv(&mut b, &format!("patch_embed.conv{}", i + 1), c);
+    // Stem: three stride-2 convolutions (BN folded, ReLU). conv1 and conv2 run band by band over
+    // conv2's output rows, each band's conv1 rows (with their halo) in a small buffer, so conv1's
+    // output, the largest activation of the model, never exists whole. conv3 reads conv2's
+    // output and writes tokens with the positional embedding added.
+    let mut shapes = Vec::with_capacity(3);
+    let (mut h, mut cin) = (cfg.image_size, 3usize);
+    for c in &w.stem {
         let shape = ConvShape {
             batch: bt,
             cin,
             h,
-            w: wd,
+            w: h,
             cout: c.out_channels,
             k: c.kernel,
             stride: c.stride,
             pad: c.padding,
             groups: c.groups,
         };
-        let (oh, ow) = shape.out_hw();
-        let last = i == 2;
-        let pos = last.then(|| b.constant("pos_embed", &w.pos_embed));
-        x = b.activation(format!("stem{}", i + 1), bt * c.out_channels * oh * ow);
-        conv::record(
+        shapes.push(shape);
+        (h, cin) = (shape.out_hw().0, c.out_channels);
+    }
+    let ups: Vec<Uploaded> = w
+        .stem
+        .iter()
+        .enumerate()
+        .map(|(i, c)| up_conv(&mut b, &format!("patch_embed.conv{}", i + 1), c))
+        .collect();
+    let io =
+        |x: TensorId, up: &Uploaded, y: TensorId, output: Layout, pos: Option<TensorId>| ConvIo {
+            x,
+            weight: up.weight,
+            bias: up.bias,
+            pos,
+            y,
+            input: Layout::Nchw,
+            output,
+            relu: true,
+        };
+    let (oh1, ow1) = shapes[0].out_hw();
+    let (oh2, ow2) = shapes[1].out_hw();
+    let stem2 = b.activation("stem2", bt * shapes[1].cout * oh2 * ow2);
+    let band_rows = oh2.div_ceil(STEM_BANDS);
+    for first in (0..oh2).step_by(band_rows) {
+        let rows = (first, (first + band_rows).min(oh2));
+        let (r0, r1) = shapes[1].input_rows(rows);
+        let band1 = b.activation(
+            format!("stem1 rows {r0}..{r1}"),
+            bt * shapes[0].cout * (r1 - r0) * ow1,
+        );
+        conv::record_band(
             &mut b,
             Family::Stem,
-            shape,
-            ConvIo {
-                x: x_in,
-                weight: up.weight,
-                bias: up.bias,
-                pos,
-                y: x,
-                input: Layout::Nchw,
-                output: if last { Layout::Tokens } else { Layout::Nchw },
-                relu: true,
+            shapes[0],
+            io(img, &ups[0], band1, Layout::Nchw, None),
+            Band {
+                out_rows: (r0, r1),
+                in_buf: (0, shapes[0].h),
+                out_buf: (r0, r1 - r0),
             },
         );
-        x_in = x;
-        (h, wd, cin) = (oh, ow, c.out_channels);
+        conv::record_band(
+            &mut b,
+            Family::Stem,
+            shapes[1],
+            io(band1, &ups[1], stem2, Layout::Nchw, None),
+            Band {
+                out_rows: rows,
+                in_buf: (r0, r1 - r0),
+                out_buf: (0, oh2),
+            },
+        );
     }
+    debug_assert_eq!(oh1, shapes[1].h);
+    let (oh3, ow3) = shapes[2].out_hw();
+    let pos = b.constant("pos_embed", &w.pos_embed);
+    let mut x = b.activation("tokens", bt * oh3 * ow3 * shapes[2].cout);
+    conv::record(
+        &mut b,
+        Family::Stem,
+        shapes[2],
+        io(stem2, &ups[2], x, Layout::Tokens, Some(pos)),
+    );
 
     for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
         let n_grid = cfg.tokens(s);
