@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod reference;
+pub mod rng;
 pub mod tome;
 
 pub use error::{Error, Result};

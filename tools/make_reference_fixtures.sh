@@ -19,5 +19,5 @@ for s in none constant:10 linear:10 exp:0.25,0 exp:0.10,0.6 exp:0.40,0.2; do
   "$bin" infer --images "$work/x.safetensors" --schedule "$s" --seed 0 --trace --out "$work/ours.safetensors" >/dev/null
   "$py" "$here/tools/reference_logits.py" --reference-repo "$ref_repo" --model sret_t_distill \
     --weights "$work/w.safetensors" --images "$work/x.safetensors" --trace "$work/ours.safetensors" \
-    --schedule "$s" --out "$here/tests/fixtures/reference/sret_t_distill_$name.safetensors"
+    --schedule "$s" --decisions --out "$here/tests/fixtures/reference/sret_t_distill_$name.safetensors"
 done

@@ -252,9 +252,46 @@ def replaced_randperm(replay):
         torch.randperm = original
 
 
-def run(model, images, perms, trace_path):
+class DecisionRecorder:
+    """Wraps the reference's bipartite matching to record, for every merge in call order, the
+    decisions it takes: the A tokens ordered by their best similarity (descending, torch's
+    argsort) and each A token's best B token. The wrapper recomputes them with the same torch
+    operations on the same inputs (bitwise the same on CPU) and leaves the merge untouched."""
+
+    def __init__(self, merge_module):
+        self.module = merge_module
+        self.original = merge_module.bipartite_soft_matching
+        self.calls = []
+
+    def __call__(self, metric, r, *args, **kwargs):
+        with torch.no_grad():
+            m = metric / metric.norm(dim=-1, keepdim=True)
+            scores = m[..., ::2, :] @ m[..., 1::2, :].transpose(-1, -2)
+            row_max, dst = scores.max(dim=-1)
+            order = row_max.argsort(dim=-1, descending=True)
+            self.calls.append((int(r), order.clone(), dst.clone(), row_max.clone()))
+        return self.original(metric, r, *args, **kwargs)
+
+    def __enter__(self):
+        self.module.bipartite_soft_matching = self
+        return self
+
+    def __exit__(self, *exc):
+        self.module.bipartite_soft_matching = self.original
+
+    def tensors(self):
+        out = {}
+        for k, (r, order, dst, row_max) in enumerate(self.calls):
+            out[f"match.{k}.order"] = order.to(torch.int64).contiguous()
+            out[f"match.{k}.dst"] = dst.to(torch.int64).contiguous()
+            out[f"match.{k}.row_max"] = row_max.to(torch.float32).contiguous()
+            out[f"match.{k}.r"] = torch.tensor([r], dtype=torch.int64)
+        return out
+
+
+def run(model, images, perms, trace_path, recorder=None):
     replay = PermutationReplay(perms, trace_path)
-    with torch.no_grad(), replaced_randperm(replay):
+    with torch.no_grad(), replaced_randperm(replay), (recorder or contextlib.nullcontext()):
         logits = model(images)
     replay.check_all_used()
     return logits
@@ -273,6 +310,11 @@ def main(argv=None):
     ap.add_argument("--model", default="sret_t_distill", help="reference constructor, e.g. sret_t_distill")
     ap.add_argument("--out", required=True, type=Path, help="output .safetensors with tensor 'logits'")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--decisions",
+        action="store_true",
+        help="also write every merge's decisions: match.<k>.order / .dst / .row_max / .r (k = merge in call order)",
+    )
     ap.add_argument(
         "--none-tolerance",
         type=float,
@@ -298,7 +340,8 @@ def main(argv=None):
 
         model = build_model(tome_mod, args.model, **kwargs)
         filled = load_weights(model, sd, args.weights)
-        logits = run(model, images, perms, args.trace)
+        recorder = DecisionRecorder(sys.modules["tome.merge"]) if args.decisions else None
+        logits = run(model, images, perms, args.trace, recorder)
         print(
             f"{args.model} {canonical}: {images.shape[0]} image(s), {len(perms)} permutation(s) replayed, "
             f"{filled} shared alias(es) filled"
@@ -317,8 +360,11 @@ def main(argv=None):
                 )
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        outputs = {"logits": logits.to(torch.float32).contiguous()}
+        if recorder is not None:
+            outputs.update(recorder.tensors())
         save_file(
-            {"logits": logits.to(torch.float32).contiguous()},
+            outputs,
             str(args.out),
             metadata={
                 "model": args.model,

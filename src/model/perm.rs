@@ -5,34 +5,11 @@
 //! every image of the batch, and report them in the trace, so a run can be repeated exactly and
 //! replayed in the reference code.
 
-/// SplitMix64: tiny, fast, and good enough to shuffle token indices.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for n < 2^24).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 11) as u128 * n as u128 >> 53) as usize
-    }
-}
+pub use crate::rng::SplitMix64;
 
 /// A uniformly random permutation of `0..n`, torch semantics: `x_perm = x[perm]`.
 pub fn random_permutation(rng: &mut SplitMix64, n: usize) -> Vec<u32> {
-    let mut p: Vec<u32> = (0..n as u32).collect();
-    for i in (1..n).rev() {
-        let j = rng.below(i + 1);
-        p.swap(i, j);
-    }
-    p
+    rng.permutation(n)
 }
 
 /// Permutations for every permuted execution: `perms[stage][exec]`, drawn in execution order

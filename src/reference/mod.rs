@@ -22,11 +22,12 @@ pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
+pub use crate::rng::SplitMix64;
 pub use attention::{grouped_attention, head_mean_keys};
 pub use forward::{forward, ForwardSpec, ReferenceOutput};
 pub use merging::{bipartite_matching, merge, merge_slot_map, Matching};
 pub use ops::{conv2d, gelu, layer_norm, linear, mean_tokens, relu};
-pub use synthetic::{synthetic_images, synthetic_weights, SplitMix64};
+pub use synthetic::{synthetic_images, synthetic_weights};
 
 /// LayerNorm epsilon used by every norm in SReT.
 pub const LN_EPS: f32 = 1e-6;

@@ -10,61 +10,28 @@ use crate::model::weights::{
 };
 use crate::model::ModelConfig;
 
-/// SplitMix64: a tiny, well-mixed 64-bit generator (Steele, Lea and Flood, 2014).
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
+use crate::rng::SplitMix64;
 
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1), on a 2^-23 lattice.
-    pub fn symmetric(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32) * (1.0 / (1u32 << 23) as f32) - 1.0
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32) * (1.0 / (1u32 << 24) as f32)
-    }
-    /// Uniform index in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-    /// A uniformly random permutation of `0..n` (Fisher-Yates).
-    pub fn permutation(&mut self, n: usize) -> Vec<u32> {
-        let mut p: Vec<u32> = (0..n as u32).collect();
-        for i in (1..n).rev() {
-            let j = self.below(i + 1);
-            p.swap(i, j);
-        }
-        p
-    }
-    /// `len` values uniform in `[-scale, scale)`.
-    fn fill(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.symmetric() * scale).collect()
-    }
-    /// `len` values uniform in `[center - spread, center + spread)`.
-    fn around(&mut self, len: usize, center: f32, spread: f32) -> Vec<f32> {
-        (0..len)
-            .map(|_| center + self.symmetric() * spread)
-            .collect()
-    }
+/// Bias values are uniform in +-BIAS.
+const BIAS: f32 = 0.02;
+
+/// `len` values uniform in `[-scale, scale)`.
+fn fill(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.symmetric() * scale).collect()
 }
 
-const BIAS: f32 = 0.02;
+/// `len` values uniform in `[center - spread, center + spread)`.
+fn around(rng: &mut SplitMix64, len: usize, center: f32, spread: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| center + rng.symmetric() * spread)
+        .collect()
+}
 
 fn linear(rng: &mut SplitMix64, in_features: usize, out_features: usize) -> Linear {
     let bound = (3.0 / in_features as f32).sqrt();
     Linear {
-        weight: rng.fill(out_features * in_features, bound),
-        bias: rng.fill(out_features, BIAS),
+        weight: fill(rng, out_features * in_features, bound),
+        bias: fill(rng, out_features, BIAS),
         out_features,
         in_features,
     }
@@ -72,8 +39,8 @@ fn linear(rng: &mut SplitMix64, in_features: usize, out_features: usize) -> Line
 
 fn layer_norm(rng: &mut SplitMix64, dim: usize) -> LayerNorm {
     LayerNorm {
-        weight: rng.around(dim, 1.0, 0.1),
-        bias: rng.fill(dim, 0.05),
+        weight: around(rng, dim, 1.0, 0.1),
+        bias: fill(rng, dim, 0.05),
     }
 }
 
@@ -91,8 +58,8 @@ fn conv(
     let fan_in = in_channels / groups * kernel * kernel;
     let bound = (gain / fan_in as f32).sqrt();
     Conv {
-        weight: rng.fill(out_channels * fan_in, bound),
-        bias: rng.fill(out_channels, BIAS),
+        weight: fill(rng, out_channels * fan_in, bound),
+        bias: fill(rng, out_channels, BIAS),
         out_channels,
         in_channels,
         kernel,
@@ -119,7 +86,7 @@ pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
         conv(&mut rng, dim0, dim0, 3, 2, 1, 1, 6.0),
     ];
     let side = cfg.grid_side(0);
-    let pos_embed = rng.fill(dim0 * side * side, 0.02);
+    let pos_embed = fill(&mut rng, dim0 * side * side, 0.02);
 
     let mut stages = Vec::with_capacity(cfg.stages.len());
     for (s, st) in cfg.stages.iter().enumerate() {

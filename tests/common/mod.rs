@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
 use sret_tome::model::engine::read_buffer;
-use sret_tome::reference::SplitMix64;
+use sret_tome::reference::{Matching, SplitMix64};
 
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
@@ -104,4 +104,58 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
         den += (w as f64).powi(2);
     }
     (num / den.max(1e-30)).sqrt()
+}
+
+/// A matching that reproduces a merge's slot map (the rank order among merged tokens only
+/// changes the order of a float sum).
+pub fn matching_from_slots(slots: &[u32], n: usize, r: usize) -> Matching {
+    let na = n.div_ceil(2);
+    let unmerged = (na - r) as u32;
+    let mut rank = vec![0u32; na];
+    let mut dst = vec![0u32; na];
+    let mut next_merged = 0u32;
+    for a in 0..na {
+        let s = slots[2 * a];
+        if s < unmerged {
+            rank[a] = s + r as u32;
+        } else {
+            rank[a] = next_merged;
+            next_merged += 1;
+            dst[a] = s - unmerged;
+        }
+    }
+    Matching {
+        rank,
+        dst,
+        row_max: vec![0.0; na],
+    }
+}
+
+/// The GPU's order of A tokens may differ from the twin's only among row maxima that agree to
+/// 1e-5 (the twin's f64 similarities rounded to f32 against the GPU's f32 dot products).
+pub fn assert_near_tie(
+    gpu_slots: &[u32],
+    twin: &Matching,
+    n: usize,
+    r: usize,
+    at: (usize, usize, usize),
+) {
+    let na = n.div_ceil(2);
+    let unmerged = (na - r) as u32;
+    let mut by_rank = vec![0.0f32; na];
+    for a in 0..na {
+        by_rank[twin.rank[a] as usize] = twin.row_max[a];
+    }
+    for a in 0..na {
+        let s = gpu_slots[2 * a];
+        let t = twin.rank[a] as usize;
+        // Where the GPU put this token: an exact rank if unmerged, somewhere below r if merged.
+        let gpu_rank = if s >= unmerged {
+            t.min(r - 1)
+        } else {
+            s as usize + r
+        };
+        let gap = (twin.row_max[a] - by_rank[gpu_rank]).abs();
+        assert!(gap <= 1e-5, "{at:?}: A token {a} ranked {gpu_rank} on the GPU and {t} on the CPU, row maxima differ by {gap}");
+    }
 }
