@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use sret_tome::gpu::program::subgroup8_capable;
 use sret_tome::gpu::Family;
 use sret_tome::kernels::attention::{self, AttentionShape};
 use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
@@ -226,19 +227,28 @@ fn linear_matches_cpu_for_every_epilogue() {
             };
             // The in-place residual's output starts as the residual stream, so it is not poisoned.
             let residual = matches!(ep, Epilogue::Residual { .. });
-            let got = run_opts(!residual, |b| {
-                let xt = b.constant("x", &x);
-                let w = linear::upload(b, "w", &lin);
-                let y = if residual {
-                    b.constant("y0", &y0)
-                } else {
-                    b.activation("y", m * n)
-                };
-                linear::record(b, Family::Mlp, m, &w, ep, xt, y);
-                vec![y]
-            });
-            let err = max_rel_err(&as_f32(&got[0]), &want);
-            assert!(err <= TOL, "linear {m}x{k}x{n} {ep:?}: {err}");
+            for subgroup8 in [false, true]
+                .into_iter()
+                .filter(|&s| !s || subgroup8_capable(gpu()))
+            {
+                let got = run_opts(!residual, |b| {
+                    b.set_subgroup8(subgroup8);
+                    let xt = b.constant("x", &x);
+                    let w = linear::upload(b, "w", &lin);
+                    let y = if residual {
+                        b.constant("y0", &y0)
+                    } else {
+                        b.activation("y", m * n)
+                    };
+                    linear::record(b, Family::Mlp, m, &w, ep, xt, y);
+                    vec![y]
+                });
+                let err = max_rel_err(&as_f32(&got[0]), &want);
+                assert!(
+                    err <= TOL,
+                    "linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}): {err}"
+                );
+            }
         }
     }
 }

@@ -7,12 +7,17 @@ fn validate(key: KernelKey) {
     let src = key.wgsl();
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{key:?} does not parse:\n{}", e.emit_to_string(&src)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{key:?} does not validate: {e:?}"));
+    // Subgroup kernels are only used on devices with Features::SUBGROUP.
+    let caps = if key.shader.needs_subgroups() {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{key:?} does not validate: {e:?}"));
 }
 
 #[test]

@@ -69,6 +69,7 @@ pub fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
         | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
 }
 
 impl Gpu {

@@ -81,6 +81,9 @@ struct StepDecl {
 /// [`ProgramBuilder::finish`] makes it real on a device.
 pub struct ProgramBuilder {
     limits: wgpu::Limits,
+    /// The device runs 8-lane subgroups with `Features::SUBGROUP`: kernels may pick variants
+    /// that share loads through subgroup broadcasts.
+    subgroup8: bool,
     tensors: Vec<TensorInfo>,
     steps: Vec<StepDecl>,
 }
@@ -111,6 +114,14 @@ pub struct Program {
 enum Home {
     Arena { buffer: usize, offset: u64 },
     Owned(wgpu::Buffer),
+}
+
+/// Whether `gpu` has subgroups of exactly 8 lanes and the feature enabled (Mesa's lavapipe on
+/// 256-bit CPUs): then a workgroup of 8 is one subgroup and broadcast-based kernels apply.
+pub fn subgroup8_capable(gpu: &Gpu) -> bool {
+    gpu.features.contains(wgpu::Features::SUBGROUP)
+        && gpu.info.subgroup_min_size == 8
+        && gpu.info.subgroup_max_size == 8
 }
 
 /// An activation's size and live range (steps, inclusive).
@@ -229,6 +240,7 @@ impl ProgramBuilder {
     pub fn new(limits: &wgpu::Limits) -> Self {
         ProgramBuilder {
             limits: limits.clone(),
+            subgroup8: false,
             tensors: Vec::new(),
             steps: Vec::new(),
         }
@@ -237,6 +249,15 @@ impl ProgramBuilder {
     /// An activation of `elems` 4-byte elements (f32 or u32).
     pub fn activation(&mut self, label: impl Into<String>, elems: usize) -> TensorId {
         self.push(label.into(), (elems.max(1) * 4) as u64, Storage::Arena)
+    }
+
+    /// Allow kernel variants for 8-lane subgroups (see [`subgroup8_capable`]).
+    pub fn set_subgroup8(&mut self, on: bool) {
+        self.subgroup8 = on;
+    }
+
+    pub fn subgroup8(&self) -> bool {
+        self.subgroup8
     }
 
     /// A constant uploaded once when the program is made.

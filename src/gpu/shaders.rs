@@ -13,6 +13,7 @@ pub enum Shader {
     Conv,
     LayerNorm,
     Linear,
+    LinearSg8,
     Attention,
     AttentionVec4,
     MeanTokens,
@@ -26,10 +27,11 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Conv,
         Shader::LayerNorm,
         Shader::Linear,
+        Shader::LinearSg8,
         Shader::Attention,
         Shader::AttentionVec4,
         Shader::MeanTokens,
@@ -47,6 +49,7 @@ impl Shader {
             Shader::Conv => "conv",
             Shader::LayerNorm => "layernorm",
             Shader::Linear => "linear",
+            Shader::LinearSg8 => "linear_sg8",
             Shader::Attention => "attention",
             Shader::AttentionVec4 => "attention_vec4",
             Shader::MeanTokens => "mean_tokens",
@@ -65,6 +68,7 @@ impl Shader {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
+            Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
@@ -88,6 +92,11 @@ impl Shader {
                 l[at..].split(')').next()?.trim().parse().ok()
             })
             .collect()
+    }
+
+    /// Whether the shader uses subgroup operations (needs `Features::SUBGROUP`).
+    pub fn needs_subgroups(self) -> bool {
+        self.source().contains("subgroupBroadcast")
     }
 
     /// Whether the source declares the substitutable `HEAD_DIM` constant.

@@ -73,11 +73,16 @@ pub fn record(
         Epilogue::Gelu => (1, 0.0, 0.0),
         Epilogue::Residual { ca, cb } => (2, ca, cb),
     };
-    let tiles = m.div_ceil(8) * padded(n) / 8;
-    let grid = b.grid(tiles, 64);
+    // 32 x 64 tiles per 8-lane workgroup where subgroups allow, else 8 x 8 per invocation.
+    let (shader, grid) = if b.subgroup8() {
+        let tiles = m.div_ceil(32) * padded(n).div_ceil(64);
+        (Shader::LinearSg8, b.grid(tiles * 8, 8))
+    } else {
+        (Shader::Linear, b.grid(m.div_ceil(8) * padded(n) / 8, 64))
+    };
     b.dispatch(
         family,
-        KernelKey::plain(Shader::Linear),
+        KernelKey::plain(shader),
         &[
             m as u32,
             k as u32,

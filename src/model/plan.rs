@@ -140,7 +140,9 @@ pub fn build(
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
-    let r = record(cfg, w, spec, &gpu.limits);
+    let mut r = record(cfg, w, spec, &gpu.limits);
+    r.builder
+        .set_subgroup8(crate::gpu::program::subgroup8_capable(gpu));
     Ok(ModelProgram {
         program: r
             .builder
