@@ -44,15 +44,15 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 
 pub fn run(a: InferArgs) -> Result<()> {
     let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let schedule: Schedule = a.schedule.parse()?;
+    let plan = ForwardPlan::new(&model.cfg, &schedule, a.seed)?;
+    let (images, batch) = load_images(&a.images, &model.cfg)?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (the classes printed are meaningless)",
             model.cfg.name
         );
     }
-    let schedule: Schedule = a.schedule.parse()?;
-    let plan = ForwardPlan::new(&model.cfg, &schedule, a.seed)?;
-    let (images, batch) = load_images(&a.images, &model.cfg)?;
     let gpu = Gpu::new(&a.gpu.choice())?;
     let engine = build_engine(
         &gpu,
