@@ -283,32 +283,32 @@ fn check_attention(
         permuted.then_some(&perm[..]),
         &mass,
     );
-    let got = run(|b| {
-        let q = b.constant("qkv", &qkv);
-        let p = permuted.then(|| b.constant("perm", &perm));
-        let m = with_mass.then(|| b.constant("mass", &mass));
-        let out = b.activation("out", batch * n * dim);
-        attention::record(
-            b,
-            AttentionShape {
+    for subgroup8 in [false, true]
+        .into_iter()
+        .filter(|&s| !s || subgroup8_capable(gpu()))
+    {
+        let got = run(|b| {
+            b.set_subgroup8(subgroup8);
+            let q = b.constant("qkv", &qkv);
+            let p = permuted.then(|| b.constant("perm", &perm));
+            let m = with_mass.then(|| b.constant("mass", &mass));
+            let out = b.activation("out", batch * n * dim);
+            let shape = AttentionShape {
                 batch,
                 n,
                 dim,
                 heads,
                 groups,
-            },
-            q,
-            p,
-            m,
-            out,
+            };
+            attention::record(b, shape, q, p, m, out);
+            vec![out]
+        });
+        let err = max_rel_err(&as_f32(&got[0]), &want);
+        assert!(
+            err <= TOL,
+            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroups {subgroup8}: {err}"
         );
-        vec![out]
-    });
-    let err = max_rel_err(&as_f32(&got[0]), &want);
-    assert!(
-        err <= TOL,
-        "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass}: {err}"
-    );
+    }
 }
 
 #[test]
@@ -316,6 +316,9 @@ fn attention_matches_cpu() {
     check_attention(40, 2, 24, 64, 2, 4, false, false);
     check_attention(41, 2, 24, 64, 2, 2, true, true);
     check_attention(42, 1, 49, 256, 8, 1, false, true);
+    // Groups of 49 and 98 queries: not multiples of the subgroup kernel's 8-query blocks.
+    check_attention(44, 2, 98, 64, 2, 2, true, true);
+    check_attention(45, 1, 196, 128, 4, 4, false, false);
     // SReT-S head size 42, odd token count in one group.
     check_attention(43, 3, 15, 126, 3, 1, true, true);
 }

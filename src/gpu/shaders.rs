@@ -16,6 +16,7 @@ pub enum Shader {
     LinearSg8,
     Attention,
     AttentionVec4,
+    AttentionSg8,
     MeanTokens,
     TomeMetric,
     TomeMatch,
@@ -27,13 +28,14 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 14] = [
+    pub const ALL: [Shader; 15] = [
         Shader::Conv,
         Shader::LayerNorm,
         Shader::Linear,
         Shader::LinearSg8,
         Shader::Attention,
         Shader::AttentionVec4,
+        Shader::AttentionSg8,
         Shader::MeanTokens,
         Shader::TomeMetric,
         Shader::TomeMatch,
@@ -52,6 +54,7 @@ impl Shader {
             Shader::LinearSg8 => "linear_sg8",
             Shader::Attention => "attention",
             Shader::AttentionVec4 => "attention_vec4",
+            Shader::AttentionSg8 => "attention_sg8",
             Shader::MeanTokens => "mean_tokens",
             Shader::TomeMetric => "tome_metric",
             Shader::TomeMatch => "tome_match",
@@ -71,6 +74,7 @@ impl Shader {
             Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
+            Shader::AttentionSg8 => include_str!("../../shaders/attention_sg8.wgsl"),
             Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
             Shader::TomeMetric => include_str!("../../shaders/tome_metric.wgsl"),
             Shader::TomeMatch => include_str!("../../shaders/tome_match.wgsl"),

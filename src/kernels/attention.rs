@@ -24,18 +24,26 @@ pub fn record(
     let hd = s.dim / s.heads;
     let flags = perm.is_some() as u32 | (mass.is_some() as u32) << 1;
     let scale = (hd as f32).powf(-0.5);
-    let grid = b.grid(s.batch * s.heads * s.n, 64);
+    // One query per invocation, vector loads where the widths allow; with 8-lane subgroups
+    // and heads of 32, 8 queries share every key through subgroup broadcasts.
+    let (key, grid) = if b.subgroup8() && hd == 32 && s.dim % 4 == 0 {
+        let blocks = (s.n / s.groups).div_ceil(8);
+        let tiles = s.batch * s.heads * s.groups * blocks;
+        (KernelKey::plain(Shader::AttentionSg8), b.grid(tiles * 8, 8))
+    } else if hd % 4 == 0 && s.dim % 4 == 0 {
+        (
+            KernelKey::with_head_dim(Shader::AttentionVec4, hd),
+            b.grid(s.batch * s.heads * s.n, 64),
+        )
+    } else {
+        (
+            KernelKey::with_head_dim(Shader::Attention, hd),
+            b.grid(s.batch * s.heads * s.n, 64),
+        )
+    };
     b.dispatch(
         Family::Attention,
-        // Vector loads where the head and model widths allow them.
-        KernelKey::with_head_dim(
-            if hd % 4 == 0 && s.dim % 4 == 0 {
-                Shader::AttentionVec4
-            } else {
-                Shader::Attention
-            },
-            hd,
-        ),
+        key,
         &[
             s.batch as u32,
             s.n as u32,
