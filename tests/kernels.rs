@@ -76,8 +76,7 @@ fn check_conv(
     };
     let got = run(|b| {
         let x = b.constant("x", &x_in);
-        let w = b.constant("w", &conv.weight);
-        let bias = b.constant("b", &conv.bias);
+        let (w, bias) = conv::upload(b, "conv", &conv);
         let p = pos.then(|| b.constant("pos", &pos_data));
         let y = b.activation("y", batch * cout * oh * ow);
         let shape = ConvShape {
@@ -461,8 +460,8 @@ fn banded_convolutions_match_cpu() {
     for band_rows in [1usize, 2, 3, h2] {
         let got = run(|b| {
             let xt = b.constant("x", &x);
-            let (w1, b1) = (b.constant("w1", &k1.weight), b.constant("b1", &k1.bias));
-            let (w2, b2) = (b.constant("w2", &k2.weight), b.constant("b2", &k2.bias));
+            let (w1, b1) = conv::upload(b, "conv1", &k1);
+            let (w2, b2) = conv::upload(b, "conv2", &k2);
             let y = b.activation("y", batch * c2 * h2 * h2);
             for first in (0..h2).step_by(band_rows) {
                 let rows = (first, (first + band_rows).min(h2));

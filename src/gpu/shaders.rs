@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     Conv,
+    ConvDense,
     LayerNorm,
     Linear,
     LinearSg8,
@@ -28,8 +29,9 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 15] = [
+    pub const ALL: [Shader; 16] = [
         Shader::Conv,
+        Shader::ConvDense,
         Shader::LayerNorm,
         Shader::Linear,
         Shader::LinearSg8,
@@ -49,6 +51,7 @@ impl Shader {
     pub fn name(self) -> &'static str {
         match self {
             Shader::Conv => "conv",
+            Shader::ConvDense => "conv_dense",
             Shader::LayerNorm => "layernorm",
             Shader::Linear => "linear",
             Shader::LinearSg8 => "linear_sg8",
@@ -69,6 +72,7 @@ impl Shader {
     pub fn source(self) -> &'static str {
         match self {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
+            Shader::ConvDense => include_str!("../../shaders/conv_dense.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),

@@ -2,6 +2,30 @@
 //! last) and the grouped pooling between stages.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::model::weights::Conv;
+
+/// Output channels of the dense kernel's tile.
+const DENSE_TILE: usize = 16;
+
+/// Upload a convolution's weights and bias in the layout its kernel reads: dense convolutions
+/// (groups = 1, the stem) as `W^T [cin * k * k, cout_pad]` for `conv_dense.wgsl`, grouped ones
+/// as PyTorch's `[cout, cin / groups, k, k]` for `conv.wgsl`.
+pub fn upload(b: &mut ProgramBuilder, name: &str, c: &Conv) -> (TensorId, TensorId) {
+    let weight = if c.groups == 1 {
+        let taps = c.in_channels * c.kernel * c.kernel;
+        let pad = c.out_channels.div_ceil(DENSE_TILE) * DENSE_TILE;
+        let mut wt = vec![0.0f32; taps * pad];
+        for o in 0..c.out_channels {
+            for t in 0..taps {
+                wt[t * pad + o] = c.weight[o * taps + t];
+            }
+        }
+        b.constant(format!("{name}.weight^T"), &wt)
+    } else {
+        b.constant(format!("{name}.weight"), &c.weight)
+    };
+    (weight, b.constant(format!("{name}.bias"), &c.bias))
+}
 
 /// Tensor layout on either side of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +57,7 @@ impl ConvShape {
     }
 }
 
+/// The tensors of one convolution; `weight` and `bias` as [`upload`] lays them out.
 pub struct ConvIo {
     pub x: TensorId,
     pub weight: TensorId,
@@ -106,11 +131,18 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         ]
         .map(|v| v as u32),
     );
-    let items = s.batch * rows * ow * s.cout.div_ceil(4);
+    // Dense convolutions from NCHW (the stem) take 16 output channels per invocation.
+    let dense = s.groups == 1 && io.input == Layout::Nchw;
+    let (shader, tile) = if dense {
+        (Shader::ConvDense, DENSE_TILE)
+    } else {
+        (Shader::Conv, 4)
+    };
+    let items = s.batch * rows * ow * s.cout.div_ceil(tile);
     let grid = b.grid(items, 64);
     b.dispatch(
         family,
-        KernelKey::plain(Shader::Conv),
+        KernelKey::plain(shader),
         &p,
         &[io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y],
         grid,

@@ -57,10 +57,8 @@ fn up_ln(b: &mut ProgramBuilder, name: &str, l: &LayerNorm) -> Uploaded {
     }
 }
 fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
-    Uploaded {
-        weight: b.constant(format!("{name}.weight"), &c.weight),
-        bias: b.constant(format!("{name}.bias"), &c.bias),
-    }
+    let (weight, bias) = conv::upload(b, name, c);
+    Uploaded { weight, bias }
 }
 
 struct BlockTensors {
