@@ -1,5 +1,6 @@
 //! Model configurations, weights, the CPU reference twin and the GPU plan.
 
+pub mod checkpoint;
 pub mod config;
 
 pub use config::{ModelConfig, StageConfig, DEFAULT_MODEL, MODEL_NAMES};

@@ -26,12 +26,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load `weights` for model `name`, or make deterministic synthetic weights when `None`.
+    /// Load `weights` (safetensors or a `torch.save` checkpoint) for model `name`, or make
+    /// deterministic synthetic weights when `None`.
     pub fn load(name: &str, weights: Option<&Path>) -> Result<Model> {
         let cfg = ModelConfig::by_name(name)?;
         match weights {
             Some(path) => Ok(Model {
-                weights: super::load::load_safetensors(path, &cfg)?,
+                weights: super::checkpoint::load_weights(path, &cfg)?,
                 cfg,
                 synthetic: false,
             }),

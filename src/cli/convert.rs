@@ -1,0 +1,34 @@
+//! `sret-tome convert IN.pth OUT.safetensors`: a PyTorch checkpoint to safetensors (F32).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::model::{checkpoint, load::load_safetensors_bytes, ModelConfig};
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// torch.save checkpoint (PyTorch >= 1.6); the state dict at the top level or under
+    /// `model`, `state_dict` or `model_state`.
+    pub input: PathBuf,
+    /// Safetensors file to write (F32, the state dict's names; integer buffers are dropped).
+    pub output: PathBuf,
+    /// Also check that the result loads as this model.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
+    let tensors = checkpoint::read_state_dict(&a.input)?;
+    let bytes = checkpoint::to_safetensors_bytes(&tensors)?;
+    if let Some(name) = &a.model {
+        load_safetensors_bytes(&bytes, &a.input, &ModelConfig::by_name(name)?)?;
+    }
+    std::fs::write(&a.output, &bytes).map_err(|e| Error::Write {
+        path: a.output.clone(),
+        why: e.to_string(),
+    })?;
+    eprintln!("wrote {} tensors to {}", tensors.len(), a.output.display());
+    Ok(())
+}
