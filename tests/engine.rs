@@ -23,7 +23,7 @@ fn micro_batches_give_the_same_logits() {
     // The same device, planned as if a binding could hold only two images' largest tensor.
     // The smallest binding limit that still holds two images (the split is monotone in it).
     let mut small: Gpu = gpu().clone();
-    let (mut lo, mut hi) = (1u64, gpu().limits.max_storage_buffer_binding_size as u64);
+    let (mut lo, mut hi) = (1u64, gpu().limits.max_storage_buffer_binding_size);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         small.limits.max_storage_buffer_binding_size = mid as _;

@@ -252,6 +252,7 @@ fn linear_matches_cpu_for_every_epilogue() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_attention(
     seed: u64,
     batch: usize,

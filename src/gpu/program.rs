@@ -339,7 +339,8 @@ impl ProgramBuilder {
         // so a tensor written by a dispatch must not share a buffer with one it reads.
         for step in &self.steps {
             let writes = step.key.shader.writable_bindings();
-            let (w, r): (Vec<(usize, TensorId)>, Vec<(usize, TensorId)>) = step
+            type Bound = Vec<(usize, TensorId)>;
+            let (w, r): (Bound, Bound) = step
                 .bindings
                 .iter()
                 .copied()
@@ -380,7 +381,7 @@ impl ProgramBuilder {
         cache: &PipelineCache,
         externals: &[(TensorId, &wgpu::Buffer)],
     ) -> Result<Program> {
-        let limit = self.limits.max_storage_buffer_binding_size as u64;
+        let limit = self.limits.max_storage_buffer_binding_size;
         for t in &self.tensors {
             if t.bytes > limit {
                 return Err(Error::Gpu {

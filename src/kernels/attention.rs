@@ -26,11 +26,11 @@ pub fn record(
     let scale = (hd as f32).powf(-0.5);
     // One query per invocation, vector loads where the widths allow; with 8-lane subgroups
     // and heads of 32, 8 queries share every key through subgroup broadcasts.
-    let (key, grid) = if b.subgroup8() && hd == 32 && s.dim % 4 == 0 {
+    let (key, grid) = if b.subgroup8() && hd == 32 && s.dim.is_multiple_of(4) {
         let blocks = (s.n / s.groups).div_ceil(8);
         let tiles = s.batch * s.heads * s.groups * blocks;
         (KernelKey::plain(Shader::AttentionSg8), b.grid(tiles * 8, 8))
-    } else if hd % 4 == 0 && s.dim % 4 == 0 {
+    } else if hd.is_multiple_of(4) && s.dim.is_multiple_of(4) {
         (
             KernelKey::with_head_dim(Shader::AttentionVec4, hd),
             b.grid(s.batch * s.heads * s.n, 64),

@@ -41,7 +41,7 @@ impl StageConfig {
     /// Execution `exec` (0-based among the stage's `Transformer_Block` runs) is a recursive pass
     /// (groups2, permuted when groups2 > 1) when it is not the first loop of its block.
     pub fn is_recursive(&self, exec: usize) -> bool {
-        exec % self.loops() != 0
+        !exec.is_multiple_of(self.loops())
     }
     pub fn groups_of(&self, exec: usize) -> usize {
         if self.is_recursive(exec) {

@@ -108,7 +108,7 @@ fn record_mlp(
         b,
         Family::Mlp,
         rows,
-        &fc2,
+        fc2,
         Epilogue::Residual {
             ca: coef.0,
             cb: coef.1,
