@@ -2,6 +2,7 @@
 //! on the GPU through wgpu.
 
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

@@ -1,10 +1,15 @@
 //! The `sret-tome` command line.
 
 pub mod bench;
+pub mod convert;
+pub mod eval;
 pub mod infer;
 pub mod io;
+pub mod merge_results;
 pub mod plan;
+pub mod sweep;
 pub mod synthetic;
+pub mod visualize;
 
 use std::path::PathBuf;
 
@@ -32,10 +37,21 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Print the static token trajectory of a schedule, with FLOPs and parameters.
     Plan(plan::PlanArgs),
+    /// Convert a PyTorch checkpoint (.pth) to safetensors.
+    Convert(convert::ConvertArgs),
     /// List the GPU adapters `--adapter` can choose from.
     Adapters(GpuArgs),
     /// Write the synthetic weights (and images) used when no weight file is given.
     Synthetic(synthetic::SyntheticArgs),
+    /// Top-1/top-5 on an image folder, and each schedule's fidelity to the uncompressed model.
+    Eval(eval::EvalArgs),
+    /// Sweep the exponential schedule's (r_init, alpha) grid: quality, throughput, PAM, Pareto
+    /// frontier, CSV/JSON and figures.
+    Sweep(sweep::SweepArgs),
+    /// Join the shards (--shard K/N) of an eval or sweep run.
+    MergeResults(merge_results::MergeArgs),
+    /// Draw, per stage, which merged token every patch of an image ended in.
+    Visualize(visualize::VisualizeArgs),
 }
 
 /// Choice of GPU, shared by every command that runs the model.
@@ -64,7 +80,8 @@ pub struct ModelArgs {
     /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill.
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
-    /// Weights as safetensors with the reference's state_dict names; synthetic when absent.
+    /// Weights: safetensors or a PyTorch checkpoint (`torch.save` .pth) with the reference's
+    /// state_dict names; synthetic when absent.
     #[arg(long)]
     pub weights: Option<PathBuf>,
 }
@@ -74,7 +91,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Infer(a) => infer::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Synthetic(a) => synthetic::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::MergeResults(a) => merge_results::run(a),
+        Command::Visualize(a) => visualize::run(a),
         Command::Adapters(g) => {
             let list = crate::gpu::context::list_adapters(&g.choice())?;
             if list.is_empty() {
@@ -82,8 +104,14 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             for (i, a) in list.iter().enumerate() {
                 println!(
-                    "{i}: {} ({:?}, {:?}, {} {})",
-                    a.name, a.backend, a.device_type, a.driver, a.driver_info
+                    "{i}: {} ({:?}, {:?}, {} {}), subgroups of {}..{} lanes",
+                    a.name,
+                    a.backend,
+                    a.device_type,
+                    a.driver,
+                    a.driver_info,
+                    a.subgroup_min_size,
+                    a.subgroup_max_size
                 );
             }
             Ok(())

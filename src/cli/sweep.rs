@@ -1,0 +1,233 @@
+//! `sret-tome sweep`: every `(r_init, alpha)` point of the exponential schedule (paper section
+//! 5.3): quality (accuracy with labels, fidelity always), throughput and PAM per batch, FLOPs, the
+//! Pareto frontier, CSV/JSON and the figures (frontier, effect of alpha, trajectories).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use super::eval::{default_eval_batch, print_problems, weights_name, DataArgs};
+use super::{GpuArgs, ModelArgs};
+use crate::bench::BenchOptions;
+use crate::error::{Error, Result};
+use crate::eval::evaluate::EvalOptions;
+use crate::eval::grid::parse_values;
+use crate::eval::plots::sweep_figures;
+use crate::eval::results::{QualityMetric, ResultsFile, ShardUnit};
+use crate::eval::shard::Shard;
+use crate::eval::sweep::{run_sweep, trajectory_defaults, RunInfo, SweepConfig};
+use crate::gpu::{Gpu, PipelineCache};
+use crate::model::session::{Model, DEFAULT_SEED};
+use crate::model::ModelConfig;
+use crate::tome::Schedule;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShardBy {
+    /// Each shard runs its grid points over all images.
+    Grid,
+    /// Each shard runs all grid points over its images (shard 1 also measures throughput).
+    Images,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// r_init values: START:STOP:STEP (inclusive) or V1,V2,...
+    #[arg(long, default_value = "0.05:0.5:0.05")]
+    pub rinit: String,
+    /// alpha values: START:STOP:STEP (inclusive) or V1,V2,...
+    #[arg(long, default_value = "0:1:0.1")]
+    pub alpha: String,
+    /// Other schedules to measure alongside the grid (repeatable), e.g. constant:10, linear:10.
+    #[arg(long)]
+    pub schedule: Vec<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Images per forward for quality (default 32; 4 on a CPU adapter).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Distinct schedules resident on the GPU at once during the quality passes.
+    #[arg(long, default_value_t = 8)]
+    pub resident: usize,
+    /// Batches to time, comma separated (default 1,128; 1,4 on a CPU adapter). Fig. 6 is the
+    /// large batch, Fig. 8 batch 1.
+    #[arg(long, value_delimiter = ',')]
+    pub bench_batch: Vec<usize>,
+    /// Do not time anything (the frontier then uses FLOPs).
+    #[arg(long)]
+    pub no_bench: bool,
+    /// Untimed forwards before timing. Default 20 (1 on a CPU adapter).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Timed forwards (median reported). Default: as many as fit in ~5 s on a CPU adapter, else 100.
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Batch whose throughput and PAM the frontier uses (default: the largest timed).
+    #[arg(long)]
+    pub pareto_batch: Option<usize>,
+    /// Quality axis of the frontier and figures: top1, top5, agreement (with the uncompressed
+    /// model) or kl (mean KL to it, lower is better). Default: top1 with labels, else agreement.
+    #[arg(long, value_enum)]
+    pub quality: Option<QualityMetric>,
+    /// Schedules drawn in the trajectory figure (default: constant:10, linear:10, exp:0.1,0.6 and
+    /// up to three Pareto-optimal points).
+    #[arg(long)]
+    pub trajectory: Vec<String>,
+    /// Seed of the recursive passes' token permutations.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Run slice K of N (K from 1) of the grid (or of the images with --shard-by images); join
+    /// the slices with merge-results.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    #[arg(long, value_enum, default_value = "grid")]
+    pub shard_by: ShardBy,
+    /// Directory for sweep.json, sweep.csv and the figures (PNG and SVG).
+    #[arg(long, default_value = "sweep-results")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+/// Draw the figures of a (whole) sweep and say where they went.
+pub fn write_figures(
+    res: &ResultsFile,
+    cfg: &ModelConfig,
+    trajectory: &[String],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let schedules: Vec<Schedule> = if trajectory.is_empty() {
+        trajectory_defaults(res)
+    } else {
+        trajectory
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_>>()?
+    };
+    let files = sweep_figures(res, cfg, &schedules, dir)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    Ok(files)
+}
+
+pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
+    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    if model.synthetic {
+        eprintln!(
+            "note: no --weights given; using deterministic synthetic weights for {} (accuracy is meaningless; fidelity still compares schedules)",
+            model.cfg.name
+        );
+    }
+    let r_init = parse_values(&a.rinit)?;
+    let alpha = parse_values(&a.alpha)?;
+    let extra = a
+        .schedule
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<Vec<Schedule>>>()?;
+    for s in &a.trajectory {
+        s.parse::<Schedule>()?;
+    }
+    let dataset = a.data.open(model.cfg.num_classes)?;
+    let gpu = Gpu::new(&a.gpu.choice())?;
+    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let bench_batches = if a.no_bench {
+        Vec::new()
+    } else if !a.bench_batch.is_empty() {
+        a.bench_batch.clone()
+    } else if cpu_adapter {
+        vec![1, 4]
+    } else {
+        vec![1, 128]
+    };
+    if bench_batches.contains(&0) {
+        return Err(Error::arg("bench-batch", 0, "must be at least 1"));
+    }
+    let shard = a.shard.unwrap_or_default();
+    let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
+    let cfg = SweepConfig {
+        r_init,
+        alpha,
+        extra,
+        bench_batches,
+        bench: BenchOptions {
+            warmup: a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 }),
+            iters: a.iters,
+            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
+        },
+        eval: EvalOptions {
+            batch,
+            workers: a.data.workers(),
+            resident: a.resident,
+            seed: a.seed,
+        },
+        shard,
+        shard_by: match a.shard_by {
+            ShardBy::Grid => ShardUnit::Grid,
+            ShardBy::Images => ShardUnit::Images,
+        },
+        pareto_batch: a.pareto_batch,
+        quality: a.quality,
+    };
+    eprintln!(
+        "sweep: {} r_init x {} alpha{} on {} ({} images{}), {} on {}",
+        cfg.r_init.len(),
+        cfg.alpha.len(),
+        if cfg.extra.is_empty() {
+            String::new()
+        } else {
+            format!(" + {} schedules", cfg.extra.len())
+        },
+        dataset.source,
+        dataset.samples.len(),
+        if shard.is_whole() {
+            String::new()
+        } else {
+            format!(", shard {shard} by {:?}", a.shard_by).to_lowercase()
+        },
+        model.cfg.name,
+        gpu.describe()
+    );
+    let info = RunInfo {
+        weights: weights_name(&a.model),
+        limit: a.data.limit,
+    };
+    let res = run_sweep(
+        &gpu,
+        &PipelineCache::default(),
+        &model,
+        &dataset,
+        &info,
+        &cfg,
+    )?;
+    print!("{}", res.render_table());
+    println!("pareto (*): {}", res.pareto_objectives.join("; "));
+    print_problems("unreadable images (not counted)", &res.failures);
+    print_problems("skipped files (not images)", &res.skipped);
+    let stem = if shard.is_whole() {
+        "sweep".to_string()
+    } else {
+        format!("sweep.{}", shard.tag())
+    };
+    let json = a.out_dir.join(format!("{stem}.json"));
+    let csv = a.out_dir.join(format!("{stem}.csv"));
+    res.write_json(&json)?;
+    res.write_csv(&csv)?;
+    println!("wrote {}\nwrote {}", json.display(), csv.display());
+    if shard.is_whole() {
+        write_figures(&res, &model.cfg, &a.trajectory, &a.out_dir)?;
+    } else {
+        println!(
+            "figures are drawn once all shards are joined: sret-tome merge-results {}/sweep.shard-*-of-{}.json --out-dir DIR",
+            a.out_dir.display(),
+            shard.count
+        );
+    }
+    Ok(res)
+}
+
+pub fn run(a: SweepArgs) -> Result<()> {
+    run_sweep_cmd(a).map(|_| ())
+}

@@ -1,0 +1,130 @@
+//! `sret-tome visualize`: for each stage, the input with every original patch coloured by the
+//! merged token it ended in, token and group borders drawn (see [`crate::eval::visualize`]).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{GpuArgs, ModelArgs};
+use crate::error::{Error, Result};
+use crate::eval::metrics::log_softmax;
+use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
+use crate::gpu::{Gpu, PipelineCache};
+use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::tome::Schedule;
+
+#[derive(Args, Debug)]
+pub struct VisualizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The image (JPEG or PNG), preprocessed as for evaluation (resize 256, centre crop 224).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Token merging schedule.
+    #[arg(long, default_value = "exp:0.25,0")]
+    pub schedule: String,
+    /// Seed of the recursive passes' token permutations.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// mean: patches take their token's mean colour (ToMe); random: one colour per token.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub style: Style,
+    /// Output pixels per input pixel (panels are 224 x scale wide).
+    #[arg(long, default_value_t = 2)]
+    pub scale: u32,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
+    let is_png = a
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(Error::arg(
+            "out",
+            a.out.display(),
+            "visualize writes PNG: give a file name ending in .png",
+        ));
+    }
+    if !(1..=8).contains(&a.scale) {
+        return Err(Error::arg("scale", a.scale, "must be between 1 and 8"));
+    }
+    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    if model.synthetic {
+        eprintln!(
+            "note: no --weights given; using deterministic synthetic weights for {} (which tokens merge is then not what a trained model does)",
+            model.cfg.name
+        );
+    }
+    let schedule: Schedule = a.schedule.parse()?;
+    let plan = ForwardPlan::new(&model.cfg, &schedule, a.seed)?;
+    let input = crate::preprocess::load_image(&a.image)?;
+    let crop = denormalize(&input, model.cfg.image_size);
+    let gpu = Gpu::new(&a.gpu.choice())?;
+    let engine = build_engine(&gpu, &PipelineCache::default(), &model, &plan, 1, true)?;
+    let out = engine.forward(&input)?;
+    let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
+    let maps = stage_maps(&model.cfg, &plan.trajectory, &trace_maps, 0)?;
+    let name = a
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let title = format!(
+        "{name}: {} with {} ({} tokens merged){}",
+        model.cfg.name,
+        schedule,
+        plan.trajectory.removed_total(),
+        if model.synthetic {
+            ", synthetic weights"
+        } else {
+            ""
+        }
+    );
+    let picture = render(&crop, &maps, a.style, a.scale, &title)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
+    picture
+        .save_with_format(&a.out, image::ImageFormat::Png)
+        .map_err(|e| Error::Write {
+            path: a.out.clone(),
+            why: e.to_string(),
+        })?;
+    println!("{title}");
+    for m in &maps {
+        let (tokens, largest, single) = m.token_stats();
+        println!(
+            "stage {}: {}x{} grid, {} -> {tokens} tokens, largest token {largest} patches, {single} tokens of one patch, {} attention groups on the first execution",
+            m.stage,
+            m.side,
+            m.side,
+            m.tokens_in,
+            m.groups
+        );
+    }
+    let lp = log_softmax(&out.logits);
+    let mut idx: Vec<usize> = (0..lp.len()).collect();
+    idx.sort_by(|&x, &y| lp[y].total_cmp(&lp[x]));
+    for &c in idx.iter().take(3) {
+        println!(
+            "  {:5.1}%  {c:4}  {}",
+            100.0 * (lp[c] as f64).exp(),
+            crate::preprocess::imagenet_class(c).unwrap_or("?")
+        );
+    }
+    println!("wrote {}", a.out.display());
+    Ok(maps)
+}
+
+pub fn run(a: VisualizeArgs) -> Result<()> {
+    run_visualize(a).map(|_| ())
+}

@@ -1,0 +1,726 @@
+//! The results file of `eval` and `sweep` (JSON, the source of truth, and a CSV view), and the
+//! merging of shards by `merge-results`.
+//!
+//! Quality is stored as plain counts ([`QualityStats`]) so that shards of a data set add up
+//! exactly; percentages, the mean KL and the Pareto flags are derived by [`ResultsFile::finalize`]
+//! (run after every merge).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{ClassMap, Problem};
+use super::metrics::QualityStats;
+use super::pareto::{pareto_front, Sense};
+use super::shard::Shard;
+use crate::bench::BenchRow;
+use crate::error::{Error, Result};
+use crate::model::{cost, ModelConfig};
+use crate::tome::{self, Schedule};
+
+pub const FORMAT: &str = "sret-tome-results";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Eval,
+    Sweep,
+}
+
+/// What a shard is a slice of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardUnit {
+    /// Shards hold disjoint images; their counts add up.
+    Images,
+    /// Shards hold disjoint grid points, each over all images.
+    Grid,
+}
+
+/// Why a schedule is in the results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The uncompressed model: the fidelity reference, never on the frontier.
+    Baseline,
+    /// A point of the sweep's `(r_init, alpha)` grid.
+    Grid,
+    /// A schedule asked for by name (`--schedule`).
+    Extra,
+}
+
+/// One measured `(schedule, batch)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchPoint {
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub throughput_img_s: f64,
+    pub latency_ms: f64,
+    /// Peak activation memory: the planned arena of one forward.
+    pub pam_bytes: u64,
+    pub iters: usize,
+}
+
+impl From<&BenchRow> for BenchPoint {
+    fn from(r: &BenchRow) -> Self {
+        BenchPoint {
+            batch: r.batch,
+            micro_batch: r.micro_batch,
+            throughput_img_s: r.throughput_img_s,
+            latency_ms: r.latency_ms,
+            pam_bytes: r.pam_bytes,
+            iters: r.iters,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleResult {
+    /// Canonical spec (`exp:0.25,0`).
+    pub schedule: String,
+    pub role: Role,
+    pub r_init: Option<f64>,
+    pub alpha: Option<f64>,
+    /// Tokens merged over the network (static).
+    pub removed_tokens: usize,
+    pub flops_thop: u64,
+    pub flops_total: u64,
+    pub params: u64,
+    /// An earlier schedule with the same merged counts everywhere (same program, same results).
+    #[serde(default)]
+    pub same_as: Option<String>,
+    #[serde(default)]
+    pub quality: Option<QualityStats>,
+    #[serde(default)]
+    pub bench: Vec<BenchPoint>,
+    // Derived by `finalize`.
+    #[serde(default)]
+    pub top1: Option<f64>,
+    #[serde(default)]
+    pub top5: Option<f64>,
+    #[serde(default)]
+    pub agreement: Option<f64>,
+    #[serde(default)]
+    pub mean_kl: Option<f64>,
+    #[serde(default)]
+    pub pareto: bool,
+}
+
+impl ScheduleResult {
+    /// A row with the static numbers of `schedule` filled in.
+    pub fn new(cfg: &ModelConfig, schedule: &Schedule, role: Role) -> Result<ScheduleResult> {
+        let traj = tome::plan(cfg, schedule)?;
+        let (r_init, alpha) = match schedule {
+            Schedule::Exp { r_init, alpha } => (Some(*r_init), Some(*alpha)),
+            _ => (None, None),
+        };
+        Ok(ScheduleResult {
+            schedule: schedule.to_string(),
+            role,
+            r_init,
+            alpha,
+            removed_tokens: traj.removed_total(),
+            flops_thop: cost::flops_thop(cfg, &traj),
+            flops_total: cost::flops_total(cfg, &traj),
+            params: cost::params(cfg),
+            same_as: None,
+            quality: None,
+            bench: Vec::new(),
+            top1: None,
+            top5: None,
+            agreement: None,
+            mean_kl: None,
+            pareto: false,
+        })
+    }
+
+    pub fn bench_at(&self, batch: usize) -> Option<&BenchPoint> {
+        self.bench.iter().find(|b| b.batch == batch)
+    }
+
+    /// The value of a quality metric (derived by [`ResultsFile::finalize`]).
+    pub fn quality_value(&self, metric: QualityMetric) -> Option<f64> {
+        match metric {
+            QualityMetric::Top1 => self.top1,
+            QualityMetric::Top5 => self.top5,
+            QualityMetric::Agreement => self.agreement,
+            QualityMetric::Kl => self.mean_kl,
+        }
+    }
+}
+
+/// The quality axis of the frontier and the figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QualityMetric {
+    /// Top-1 accuracy against labels (%).
+    Top1,
+    /// Top-5 accuracy against labels (%).
+    Top5,
+    /// Top-1 agreement with the uncompressed model (%).
+    Agreement,
+    /// Mean KL divergence from the uncompressed model's softmax (nats; lower is better).
+    Kl,
+}
+
+impl QualityMetric {
+    pub fn label(&self) -> &'static str {
+        match self {
+            QualityMetric::Top1 => "top-1 accuracy (%)",
+            QualityMetric::Top5 => "top-5 accuracy (%)",
+            QualityMetric::Agreement => "top-1 agreement with uncompressed (%)",
+            QualityMetric::Kl => "mean KL to uncompressed (nats)",
+        }
+    }
+    /// Better is higher, except for KL.
+    pub fn sense(&self) -> Sense {
+        match self {
+            QualityMetric::Kl => Sense::Minimize,
+            _ => Sense::Maximize,
+        }
+    }
+    pub fn is_percent(&self) -> bool {
+        *self != QualityMetric::Kl
+    }
+    pub fn needs_labels(&self) -> bool {
+        matches!(self, QualityMetric::Top1 | QualityMetric::Top5)
+    }
+    /// Top-1 with labels, else agreement.
+    pub fn default_for(labelled: bool) -> QualityMetric {
+        if labelled {
+            QualityMetric::Top1
+        } else {
+            QualityMetric::Agreement
+        }
+    }
+}
+
+fn verb(s: Sense) -> &'static str {
+    match s {
+        Sense::Maximize => "maximise",
+        Sense::Minimize => "minimise",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// `folder DIR` or `synthetic N images (seed S)`.
+    pub source: String,
+    pub labelled: bool,
+    pub class_map: Option<ClassMap>,
+    pub classes: usize,
+    /// Samples in the whole data set.
+    pub images_total: usize,
+    /// Samples evaluated over all shards (after `--limit`).
+    pub images_selected: usize,
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    pub device_type: String,
+}
+
+impl AdapterInfo {
+    pub fn of(gpu: &crate::gpu::Gpu) -> AdapterInfo {
+        AdapterInfo {
+            name: gpu.info.name.clone(),
+            backend: format!("{:?}", gpu.info.backend),
+            driver: format!("{} {}", gpu.info.driver, gpu.info.driver_info),
+            device_type: format!("{:?}", gpu.info.device_type),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GridInfo {
+    pub r_init: Vec<f64>,
+    pub alpha: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsFile {
+    pub format: String,
+    pub version: u32,
+    pub kind: Kind,
+    pub model: String,
+    /// Weight file, or `synthetic`.
+    pub weights: String,
+    /// Seed of the recursive passes' permutations.
+    pub seed: u64,
+    pub adapter: Option<AdapterInfo>,
+    pub data: DataInfo,
+    /// Images per forward in the quality evaluation.
+    pub eval_batch: usize,
+    /// Batch sizes measured for throughput and PAM.
+    pub bench_batches: Vec<usize>,
+    /// Shards contained in this file (`[1/1]` for a whole run).
+    pub shards: Vec<Shard>,
+    pub shard_unit: ShardUnit,
+    pub grid: Option<GridInfo>,
+    pub quality_metric: QualityMetric,
+    /// Batch whose throughput and PAM the frontier uses (`None`: FLOPs instead).
+    pub pareto_batch: Option<usize>,
+    /// The frontier's objectives, for readers.
+    #[serde(default)]
+    pub pareto_objectives: Vec<String>,
+    /// Samples that could not be loaded (counted out of every schedule's images).
+    pub failures: Vec<Problem>,
+    /// Files that are not samples.
+    pub skipped: Vec<Problem>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+    pub results: Vec<ScheduleResult>,
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// KL values span many decades: 4 significant digits.
+fn fmt_kl(k: f64) -> String {
+    if k == 0.0 {
+        "0".into()
+    } else if k.abs() < 0.01 {
+        format!("{k:.3e}")
+    } else {
+        format!("{k:.4}")
+    }
+}
+
+fn fmt_f64(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+impl ResultsFile {
+    /// Recompute the derived percentages, mean KL and the Pareto frontier.
+    pub fn finalize(&mut self) {
+        for r in &mut self.results {
+            let q = r.quality.clone().unwrap_or_default();
+            r.top1 = q.top1();
+            r.top5 = q.top5();
+            r.agreement = q.agreement();
+            r.mean_kl = q.mean_kl();
+        }
+        if self.quality_metric.needs_labels() && !self.data.labelled {
+            self.quality_metric = QualityMetric::Agreement;
+        }
+        for r in &mut self.results {
+            r.pareto = false;
+        }
+        if self.kind != Kind::Sweep {
+            self.pareto_objectives.clear();
+            return;
+        }
+        // The frontier: the pareto batch if every candidate has it (largest measured batch by
+        // default, as the paper's Fig. 7 at batch 128), else FLOPs.
+        let candidates: Vec<usize> = (0..self.results.len())
+            .filter(|&i| self.results[i].role != Role::Baseline)
+            .collect();
+        if self.pareto_batch.is_none()
+            || !candidates.iter().all(|&i| {
+                self.results[i]
+                    .bench_at(self.pareto_batch.unwrap_or(0))
+                    .is_some()
+            })
+        {
+            self.pareto_batch = self.bench_batches.iter().copied().max().filter(|&b| {
+                candidates
+                    .iter()
+                    .all(|&i| self.results[i].bench_at(b).is_some())
+            });
+        }
+        let metric = self.quality_metric;
+        let (senses, names, points): (Vec<Sense>, Vec<String>, Vec<Vec<f64>>) =
+            match self.pareto_batch {
+                Some(b) => (
+                    vec![metric.sense(), Sense::Maximize, Sense::Minimize],
+                    vec![
+                        format!("{} {}", verb(metric.sense()), metric.label()),
+                        format!("maximise throughput at batch {b} (img/s)"),
+                        format!("minimise peak activation memory at batch {b}"),
+                    ],
+                    candidates
+                        .iter()
+                        .map(|&i| {
+                            let r = &self.results[i];
+                            let bp = r.bench_at(b);
+                            vec![
+                                r.quality_value(metric).unwrap_or(f64::NAN),
+                                bp.map_or(f64::NAN, |p| p.throughput_img_s),
+                                bp.map_or(f64::NAN, |p| p.pam_bytes as f64),
+                            ]
+                        })
+                        .collect(),
+                ),
+                None => (
+                    vec![metric.sense(), Sense::Minimize],
+                    vec![
+                        format!("{} {}", verb(metric.sense()), metric.label()),
+                        "minimise FLOPs (no throughput measured)".into(),
+                    ],
+                    candidates
+                        .iter()
+                        .map(|&i| {
+                            let r = &self.results[i];
+                            vec![
+                                r.quality_value(metric).unwrap_or(f64::NAN),
+                                r.flops_thop as f64,
+                            ]
+                        })
+                        .collect(),
+                ),
+            };
+        let front = pareto_front(&points, &senses);
+        for (k, &i) in candidates.iter().enumerate() {
+            self.results[i].pareto = front[k];
+        }
+        self.pareto_objectives = names;
+    }
+
+    pub fn baseline(&self) -> Option<&ScheduleResult> {
+        self.results.iter().find(|r| r.role == Role::Baseline)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        write_text(path, &(self.to_json() + "\n"))
+    }
+
+    pub fn read_json(path: &Path) -> Result<ResultsFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let f: ResultsFile = serde_json::from_str(&text).map_err(|e| {
+            Error::arg(
+                "results file",
+                path.display(),
+                format!("not a sret-tome results file: {e}"),
+            )
+        })?;
+        if f.format != FORMAT || f.version != VERSION {
+            return Err(Error::arg(
+                "results file",
+                path.display(),
+                format!(
+                    "format '{}' version {}, expected '{FORMAT}' version {VERSION}",
+                    f.format, f.version
+                ),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// One line per schedule: static numbers, quality, then per bench batch throughput, latency,
+    /// PAM (MiB) and the micro-batch it ran as.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from(
+            "schedule,role,r_init,alpha,removed_tokens,flops_thop_g,flops_total_g,params_m,images,labelled,top1,top5,agreement,mean_kl,same_as,pareto",
+        );
+        for b in &self.bench_batches {
+            s += &format!(
+                ",throughput_img_s_bs{b},latency_ms_bs{b},pam_mib_bs{b},micro_batch_bs{b}"
+            );
+        }
+        s.push('\n');
+        for r in &self.results {
+            let q = r.quality.clone().unwrap_or_default();
+            s += &format!(
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{}",
+                r.schedule.replace(',', ";"),
+                format!("{:?}", r.role).to_lowercase(),
+                fmt_f64(r.r_init),
+                fmt_f64(r.alpha),
+                r.removed_tokens,
+                r.flops_thop as f64 / 1e9,
+                r.flops_total as f64 / 1e9,
+                r.params as f64 / 1e6,
+                q.images,
+                q.labelled,
+                fmt_opt(r.top1, 4),
+                fmt_opt(r.top5, 4),
+                fmt_opt(r.agreement, 4),
+                fmt_f64(r.mean_kl),
+                r.same_as.clone().unwrap_or_default().replace(',', ";"),
+                r.pareto
+            );
+            for b in &self.bench_batches {
+                match r.bench_at(*b) {
+                    Some(p) => {
+                        s += &format!(
+                            ",{:.4},{:.4},{:.4},{}",
+                            p.throughput_img_s,
+                            p.latency_ms,
+                            p.pam_bytes as f64 / (1024.0 * 1024.0),
+                            p.micro_batch
+                        )
+                    }
+                    None => s += ",,,,",
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        write_text(path, &self.to_csv())
+    }
+
+    /// The human-readable table printed by `eval`, `sweep` and `merge-results`.
+    pub fn render_table(&self) -> String {
+        let base = self.baseline();
+        let mut s = String::new();
+        let mut head = format!(
+            "{:<16} {:>7} {:>8} {:>15} {:>8} {:>9} {:>9}",
+            "schedule", "removed", "FLOPs G", "top-1 % (vs)", "top-5 %", "agree %", "KL"
+        );
+        for b in &self.bench_batches {
+            head += &format!(" {:>11} {:>9}", format!("img/s@{b}"), format!("PAM@{b}"));
+        }
+        if self.kind == Kind::Sweep {
+            head += "  pareto";
+        }
+        s += &head;
+        s.push('\n');
+        for r in &self.results {
+            let rel = |v: Option<f64>, b: Option<f64>| match (v, b) {
+                (Some(v), Some(b)) if r.role != Role::Baseline => format!("{v:.2} ({:+.2})", v - b),
+                (Some(v), _) => format!("{v:.2}"),
+                _ => "-".into(),
+            };
+            let mut line = format!(
+                "{:<16} {:>7} {:>8.3} {:>15} {:>8} {:>9} {:>9}",
+                r.schedule,
+                r.removed_tokens,
+                r.flops_thop as f64 / 1e9,
+                rel(r.top1, base.and_then(|b| b.top1)),
+                r.top5.map_or("-".into(), |v| format!("{v:.2}")),
+                r.agreement.map_or("-".into(), |v| format!("{v:.2}")),
+                r.mean_kl.map(fmt_kl).unwrap_or_else(|| "-".into()),
+            );
+            for b in &self.bench_batches {
+                match r.bench_at(*b) {
+                    Some(p) => {
+                        line += &format!(
+                            " {:>11.2} {:>9.1}",
+                            p.throughput_img_s,
+                            p.pam_bytes as f64 / (1024.0 * 1024.0)
+                        )
+                    }
+                    None => line += &format!(" {:>11} {:>9}", "-", "-"),
+                }
+            }
+            line += if r.pareto { "  *" } else { "" };
+            if let Some(o) = &r.same_as {
+                line += &format!("  (= {o})");
+            }
+            s += line.trim_end();
+            s.push('\n');
+        }
+        s
+    }
+}
+
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::Write {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+fn dedup_problems(v: &mut Vec<Problem>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|p| seen.insert(p.path.clone()));
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+}
+
+/// Join the shards of one `eval` or `sweep` run: image shards add their counts per schedule,
+/// grid shards contribute their grid points. Every shard `1..N` must be present exactly once,
+/// unless `allow_partial` (then the missing ones are listed in `notes`).
+pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile> {
+    let Some(first) = files.first().cloned() else {
+        return Err(Error::arg("results", "(none)", "no results files to merge"));
+    };
+    let mismatch = |what: &str, a: String, b: String| {
+        Error::arg(
+            "results",
+            what.to_string(),
+            format!("shards disagree on {what}: '{a}' vs '{b}' (not shards of one run)"),
+        )
+    };
+    let count = first.shards.first().map_or(1, |s| s.count);
+    for f in &files[1..] {
+        let checks: [(&str, String, String); 9] = [
+            ("kind", format!("{:?}", first.kind), format!("{:?}", f.kind)),
+            ("model", first.model.clone(), f.model.clone()),
+            ("weights", first.weights.clone(), f.weights.clone()),
+            ("seed", first.seed.to_string(), f.seed.to_string()),
+            ("data", first.data.source.clone(), f.data.source.clone()),
+            (
+                "limit",
+                format!("{:?}", first.data.limit),
+                format!("{:?}", f.data.limit),
+            ),
+            (
+                "eval batch",
+                first.eval_batch.to_string(),
+                f.eval_batch.to_string(),
+            ),
+            (
+                "shard unit",
+                format!("{:?}", first.shard_unit),
+                format!("{:?}", f.shard_unit),
+            ),
+            ("grid", format!("{:?}", first.grid), format!("{:?}", f.grid)),
+        ];
+        for (what, a, b) in checks {
+            if a != b {
+                return Err(mismatch(what, a, b));
+            }
+        }
+        if let Some(s) = f.shards.iter().find(|s| s.count != count) {
+            return Err(mismatch(
+                "shard count",
+                count.to_string(),
+                s.count.to_string(),
+            ));
+        }
+    }
+    let mut have: BTreeMap<usize, usize> = BTreeMap::new();
+    for f in &files {
+        for s in &f.shards {
+            *have.entry(s.index).or_default() += 1;
+        }
+    }
+    let dup: Vec<String> = have
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(k, _)| format!("{k}/{count}"))
+        .collect();
+    if !dup.is_empty() {
+        return Err(Error::arg(
+            "results",
+            dup.join(", "),
+            "these shards are given more than once",
+        ));
+    }
+    let missing: Vec<String> = (1..=count)
+        .filter(|k| !have.contains_key(k))
+        .map(|k| format!("{k}/{count}"))
+        .collect();
+    let mut out = first.clone();
+    out.notes.clear();
+    if !missing.is_empty() {
+        if !allow_partial {
+            return Err(Error::arg(
+                "results",
+                missing.join(", "),
+                "these shards are missing (pass --allow-partial to merge what is there)",
+            ));
+        }
+        out.notes.push(format!(
+            "partial merge: shards {} missing",
+            missing.join(", ")
+        ));
+    }
+    out.shards = have.keys().map(|&k| Shard { index: k, count }).collect();
+    out.bench_batches.clear();
+    out.failures.clear();
+    out.skipped.clear();
+    out.results.clear();
+    out.data.images_selected = 0;
+    for f in &files {
+        if f.adapter != first.adapter {
+            out.notes.push(format!(
+                "shards {} ran on a different adapter ({}) than shards {} ({}): throughput is not comparable across them",
+                f.shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                f.adapter.as_ref().map_or("?".into(), |a| a.name.clone()),
+                first.shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                first.adapter.as_ref().map_or("?".into(), |a| a.name.clone()),
+            ));
+        }
+        for b in &f.bench_batches {
+            if !out.bench_batches.contains(b) {
+                out.bench_batches.push(*b);
+            }
+        }
+        out.failures.extend(f.failures.iter().cloned());
+        out.skipped.extend(f.skipped.iter().cloned());
+        match first.shard_unit {
+            ShardUnit::Images => out.data.images_selected += f.data.images_selected,
+            ShardUnit::Grid => out.data.images_selected = f.data.images_selected,
+        }
+        for r in &f.results {
+            match out.results.iter_mut().find(|o| o.schedule == r.schedule) {
+                None => out.results.push(r.clone()),
+                Some(o) => {
+                    if first.shard_unit == ShardUnit::Images {
+                        match (&mut o.quality, &r.quality) {
+                            (Some(a), Some(b)) => a.merge(b),
+                            (None, Some(b)) => o.quality = Some(b.clone()),
+                            _ => {}
+                        }
+                    } else if o.quality != r.quality {
+                        out.notes.push(format!(
+                            "{} appears in several grid shards with different quality counts; the first is kept",
+                            r.schedule
+                        ));
+                    }
+                    if o.bench.is_empty() {
+                        o.bench = r.bench.clone();
+                    }
+                }
+            }
+        }
+    }
+    if first.shard_unit == ShardUnit::Images {
+        // Every image shard evaluates every schedule: a schedule missing somewhere means the
+        // files are not of one run.
+        for r in &out.results {
+            let n = files
+                .iter()
+                .filter(|f| f.results.iter().any(|x| x.schedule == r.schedule))
+                .count();
+            if n != files.len() {
+                return Err(Error::arg(
+                    "results",
+                    r.schedule.clone(),
+                    format!("schedule present in {n} of {} image shards", files.len()),
+                ));
+            }
+        }
+    }
+    out.bench_batches.sort_unstable();
+    dedup_problems(&mut out.failures);
+    dedup_problems(&mut out.skipped);
+    sort_results(&mut out.results);
+    out.finalize();
+    Ok(out)
+}
+
+/// Baseline first, then the grid by `(r_init, alpha)`, then the others in their order.
+pub fn sort_results(results: &mut [ScheduleResult]) {
+    results.sort_by(|a, b| {
+        a.role.cmp(&b.role).then_with(|| match a.role {
+            Role::Grid => a
+                .r_init
+                .unwrap_or(0.0)
+                .total_cmp(&b.r_init.unwrap_or(0.0))
+                .then(a.alpha.unwrap_or(0.0).total_cmp(&b.alpha.unwrap_or(0.0))),
+            _ => std::cmp::Ordering::Equal,
+        })
+    });
+}
