@@ -360,7 +360,7 @@ impl Coeffs {
         Coeffs { ksize, bounds, kk }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bounds.len()
     }
 
@@ -371,7 +371,7 @@ impl Coeffs {
         first..end.max(first)
     }
 
-    fn taps(&self, i: usize) -> (usize, &[i32]) {
+    pub(crate) fn taps(&self, i: usize) -> (usize, &[i32]) {
         let (xmin, count) = self.bounds[i];
         (xmin, &self.kk[i * self.ksize..i * self.ksize + count])
     }

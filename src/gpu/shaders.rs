@@ -26,10 +26,12 @@ pub enum Shader {
     TomeMerge,
     TomeMapUpdate,
     Gather,
+    /// The ImageNet evaluation transform from a texture (its own pipeline, outside programs).
+    Preprocess,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 16] = [
+    pub const ALL: [Shader; 17] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::LayerNorm,
@@ -46,6 +48,7 @@ impl Shader {
         Shader::TomeMerge,
         Shader::TomeMapUpdate,
         Shader::Gather,
+        Shader::Preprocess,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Shader {
             Shader::TomeMerge => "tome_merge",
             Shader::TomeMapUpdate => "tome_map_update",
             Shader::Gather => "gather",
+            Shader::Preprocess => "preprocess",
         }
     }
 
@@ -87,6 +91,7 @@ impl Shader {
             Shader::TomeMerge => include_str!("../../shaders/tome_merge.wgsl"),
             Shader::TomeMapUpdate => include_str!("../../shaders/tome_map_update.wgsl"),
             Shader::Gather => include_str!("../../shaders/gather.wgsl"),
+            Shader::Preprocess => include_str!("../../shaders/preprocess.wgsl"),
         }
     }
 

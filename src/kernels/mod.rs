@@ -6,4 +6,5 @@ pub mod attention;
 pub mod conv;
 pub mod linear;
 pub mod norm;
+pub mod preprocess;
 pub mod tome;

@@ -71,6 +71,19 @@ pub struct EngineSpec {
     pub trace: bool,
 }
 
+/// Where a forward reads its batch of normalised images (`[batch, 3, H, W]` f32) from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// The engine's own input buffer ([`Engine::input_buffer`]), filled by
+    /// [`Engine::set_input`] or by preprocessing into [`Engine::preprocess_target`].
+    Input,
+    /// A buffer of the caller's (`BufferUsages::COPY_SRC`), from a byte offset (a multiple of 4).
+    Buffer(&'a wgpu::Buffer, wgpu::BufferAddress),
+    /// The images are already in the program's image buffer (only with one micro-batch; see
+    /// [`Engine::preprocess_target`]).
+    InPlace,
+}
+
 pub struct Engine {
     gpu: Gpu,
     cfg: ModelConfig,
@@ -83,7 +96,10 @@ pub struct Engine {
     images: wgpu::Buffer,
     /// One micro-batch of logits, written by the program.
     logits: wgpu::Buffer,
-    /// All logits of the batch, gathered per chunk, then mapped.
+    /// All logits of the batch, `[batch, classes]`: `logits` itself when the batch runs as one
+    /// micro-batch, otherwise a buffer each micro-batch's logits are copied into.
+    output: wgpu::Buffer,
+    /// `output`, mapped by [`Engine::forward`].
     readback: wgpu::Buffer,
     /// Trace tensors gathered per chunk (one readback buffer each).
     trace_readback: Vec<wgpu::Buffer>,
@@ -187,10 +203,13 @@ impl Engine {
         let img_bytes = (image_elems(cfg) * 4) as u64;
         let cls_bytes = (cfg.num_classes * 4) as u64;
         let dev = &gpu.device;
+        // STORAGE: GPU preprocessing may write it (one image per binding).
         let input = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("input batch"),
             size: img_bytes * spec.batch as u64,
-            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
         let images = dev.create_buffer(&wgpu::BufferDescriptor {
@@ -205,7 +224,19 @@ impl Engine {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let readback = staging(gpu, "logits readback", cls_bytes * (chunks * mb) as u64);
+        let output = if chunks == 1 {
+            logits.clone()
+        } else {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("logits (whole batch)"),
+                size: cls_bytes * spec.batch as u64,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let readback = staging(gpu, "logits readback", cls_bytes * spec.batch as u64);
         let plan_spec = PlanSpec {
             batch: mb,
             safe_r: spec.safe_r.clone(),
@@ -234,6 +265,7 @@ impl Engine {
             input,
             images,
             logits,
+            output,
             readback,
             trace_readback,
         })
@@ -253,12 +285,105 @@ impl Engine {
         self.plan.program.arena_bytes
     }
 
-    /// Record a whole forward (all micro-batches) into `enc`, reading `self.input` and leaving
-    /// the logits in the readback buffer.
-    fn encode(&self, enc: &mut wgpu::CommandEncoder, timer: Option<&wgpu::QuerySet>) {
+    /// The device the engine runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    /// Number of micro-batches a forward runs as.
+    pub fn micro_batches(&self) -> usize {
+        self.chunks
+    }
+    /// Bytes of one normalised image, `[3, H, W]` f32.
+    pub fn image_bytes(&self) -> u64 {
+        (image_elems(&self.cfg) * 4) as u64
+    }
+    /// The engine's input buffer, `[batch, 3, H, W]` f32 (`COPY_DST | COPY_SRC | STORAGE`):
+    /// what [`Source::Input`] reads.
+    pub fn input_buffer(&self) -> &wgpu::Buffer {
+        &self.input
+    }
+    /// The logits of the last forward recorded, `[batch, classes]` f32 from byte 0
+    /// (`STORAGE | COPY_SRC`; the buffer may be longer than `batch * classes * 4` bytes).
+    pub fn logits_buffer(&self) -> &wgpu::Buffer {
+        &self.output
+    }
+    /// Where to write a whole batch of preprocessed images, and the [`Source`] that reads it
+    /// from there: the program's own image buffer when the batch runs as one micro-batch (no
+    /// copy), otherwise the input buffer.
+    pub fn preprocess_target(&self) -> (&wgpu::Buffer, Source<'static>) {
+        if self.chunks == 1 {
+            (&self.images, Source::InPlace)
+        } else {
+            (&self.input, Source::Input)
+        }
+    }
+
+    /// Check that `source` holds a whole batch.
+    pub fn check_source(&self, source: Source<'_>) -> Result<()> {
+        match source {
+            Source::Input => Ok(()),
+            Source::InPlace if self.chunks == 1 => Ok(()),
+            Source::InPlace => Err(Error::arg(
+                "input",
+                "in place",
+                format!(
+                    "this engine runs its batch of {} as {} micro-batches; use its input buffer",
+                    self.batch, self.chunks
+                ),
+            )),
+            Source::Buffer(buf, offset) => {
+                let need = self.input.size();
+                if !buf.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                    return Err(Error::arg(
+                        "input buffer",
+                        format!("usage {:?}", buf.usage()),
+                        "needs BufferUsages::COPY_SRC",
+                    ));
+                }
+                if offset % 4 != 0 || offset + need > buf.size() {
+                    return Err(Error::arg(
+                        "input buffer",
+                        format!("{} bytes, read from offset {offset}", buf.size()),
+                        format!(
+                            "needs {need} bytes ([{}, 3, {s}, {s}] f32) from an offset that is a multiple of 4",
+                            self.batch,
+                            s = self.cfg.image_size
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Record a whole forward into `enc`: images from `source`, logits left in
+    /// [`Engine::logits_buffer`]. Nothing is submitted or written through the queue.
+    pub fn encode_forward(&self, enc: &mut wgpu::CommandEncoder, source: Source<'_>) -> Result<()> {
+        self.check_source(source)?;
+        self.encode(enc, source, None);
+        Ok(())
+    }
+
+    /// Record a whole forward (all micro-batches) into `enc`, reading `source` (checked) and
+    /// leaving the logits in `self.output` (and the trace in its readback buffers).
+    fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        source: Source<'_>,
+        timer: Option<&wgpu::QuerySet>,
+    ) {
         let img_bytes = self.images.size();
         let total_in = self.input.size();
         let cls_bytes = self.logits.size();
+        let out_bytes = (self.batch * self.cfg.num_classes * 4) as u64;
+        let (src, src_offset) = match source {
+            Source::Input => (Some(&self.input), 0),
+            Source::Buffer(b, o) => (Some(b), o),
+            Source::InPlace => (None, 0),
+        };
         let tracing: Vec<wgpu::BufferAddress> = self
             .plan
             .trace
@@ -275,8 +400,8 @@ impl Engine {
             // The last micro-batch may be partial; the rest of `images` keeps stale data whose
             // logits are never read.
             let len = img_bytes.min(total_in - offset.min(total_in));
-            if len > 0 {
-                enc.copy_buffer_to_buffer(&self.input, offset, &self.images, 0, len);
+            if let Some(src) = src.filter(|_| len > 0) {
+                enc.copy_buffer_to_buffer(src, src_offset + offset, &self.images, 0, len);
             }
             {
                 // With a timer, the first pass stamps its start and the last its end.
@@ -296,13 +421,14 @@ impl Engine {
                 });
                 self.plan.program.record(&mut pass);
             }
-            enc.copy_buffer_to_buffer(
-                &self.logits,
-                0,
-                &self.readback,
-                c as u64 * cls_bytes,
-                cls_bytes,
-            );
+            if self.chunks > 1 {
+                // The last micro-batch may be partial: copy only the batch's rows.
+                let at = c as u64 * cls_bytes;
+                let len = cls_bytes.min(out_bytes - at.min(out_bytes));
+                if len > 0 {
+                    enc.copy_buffer_to_buffer(&self.logits, 0, &self.output, at, len);
+                }
+            }
             for (i, &t) in tracing.iter().enumerate() {
                 let (buf, offset) = self.plan.program.location(t as usize);
                 let size = self.plan.program.tensor_size(t as usize);
@@ -341,7 +467,8 @@ impl Engine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("forward"),
             });
-        self.encode(&mut enc, None);
+        self.encode(&mut enc, Source::Input, None);
+        enc.copy_buffer_to_buffer(&self.output, 0, &self.readback, 0, self.readback.size());
         self.gpu.queue.submit(Some(enc.finish()));
         let all: Vec<f32> = read_buffer(&self.gpu, &self.readback)?;
         let logits = all[..self.batch * self.cfg.num_classes].to_vec();
@@ -378,7 +505,7 @@ impl Engine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("timed forward"),
             });
-        self.encode(&mut enc, timer.map(|t| &t.queries));
+        self.encode(&mut enc, Source::Input, timer.map(|t| &t.queries));
         if let Some(t) = timer {
             enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
