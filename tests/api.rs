@@ -580,9 +580,11 @@ fn several_engines_share_one_device_and_one_encoder() {
             std::thread::current().id()
         })
     };
-    let (got1, callback_thread) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    // The callback runs on whichever thread polls the device first (here the poll loop, or
+    // another test's poll of a shared device); that it runs without our blocking is the point.
+    let (got1, _callback_thread) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
     let got1 = got1.unwrap();
-    assert_eq!(callback_thread, poll_loop.join().unwrap());
+    poll_loop.join().unwrap();
     // ...polling without blocking, and blocking.
     let deadline = Instant::now() + Duration::from_secs(120);
     let got2 = loop {
