@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// Schedules to measure (repeatable); default: the rows of the paper's Table 1.
     #[arg(long)]
     pub schedule: Vec<String>,
-    /// Batch sizes, comma separated. Default 1,128 (1,4 on a CPU adapter such as lavapipe).
+    /// Batch sizes, comma separated. Default 1,128 (1,2 on a CPU adapter such as lavapipe).
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
     /// Untimed forwards before measuring. Default 20 (1 on a CPU adapter).
@@ -78,7 +78,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let batches = if !a.batch.is_empty() {
         a.batch.clone()
     } else if cpu_adapter {
-        vec![1, 4]
+        vec![1, 2]
     } else {
         vec![1, 128]
     };
@@ -93,7 +93,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "wall clock from submission to device idle (no TIMESTAMP_QUERY)"
     };
     if cpu_adapter && (a.batch.is_empty() || a.iters.is_none()) {
-        eprintln!("note: {} is a CPU adapter: default batches 1,4, 1 warm-up forward and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
+        eprintln!("note: {} is a CPU adapter: default batches 1,2, 1 warm-up forward and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
     }
     let cache = PipelineCache::default();
     let mut rows = Vec::new();
