@@ -74,44 +74,51 @@ fn check_conv(
     } else {
         x_nchw
     };
-    let got = run(|b| {
-        let x = b.constant("x", &x_in);
-        let (w, bias) = conv::upload(b, "conv", &conv);
-        let p = pos.then(|| b.constant("pos", &pos_data));
-        let y = b.activation("y", batch * cout * oh * ow);
-        let shape = ConvShape {
-            batch,
-            cin,
-            h,
-            w: h,
-            cout,
-            k,
-            stride: 2,
-            pad: 1,
-            groups,
-        };
-        conv::record(
-            b,
-            Family::Stem,
-            shape,
-            ConvIo {
-                x,
-                weight: w,
-                bias,
-                pos: p,
-                y,
-                input,
-                output,
-                relu,
-            },
+    // Dense convolutions also have an 8-lane subgroup variant; check both where it can run.
+    for subgroup8 in [false, true]
+        .into_iter()
+        .filter(|&s| !s || subgroup8_capable(gpu()))
+    {
+        let got = run(|b| {
+            b.set_subgroup8(subgroup8);
+            let x = b.constant("x", &x_in);
+            let (w, bias) = conv::upload(b, "conv", &conv);
+            let p = pos.then(|| b.constant("pos", &pos_data));
+            let y = b.activation("y", batch * cout * oh * ow);
+            let shape = ConvShape {
+                batch,
+                cin,
+                h,
+                w: h,
+                cout,
+                k,
+                stride: 2,
+                pad: 1,
+                groups,
+            };
+            conv::record(
+                b,
+                Family::Stem,
+                shape,
+                ConvIo {
+                    x,
+                    weight: w,
+                    bias,
+                    pos: p,
+                    y,
+                    input,
+                    output,
+                    relu,
+                },
+            );
+            vec![y]
+        });
+        let err = max_rel_err(&as_f32(&got[0]), &want);
+        assert!(
+            err <= TOL,
+            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup kernel: {subgroup8}): error {err}"
         );
-        vec![y]
-    });
-    let err = max_rel_err(&as_f32(&got[0]), &want);
-    assert!(
-        err <= TOL,
-        "conv {cin}->{cout} g{groups} {h}x{h}: error {err}"
-    );
+    }
 }
 
 #[test]
@@ -120,6 +127,9 @@ fn conv_stem_layers_match_cpu() {
     check_conv(1, 2, 3, 17, 6, 1, Layout::Nchw, Layout::Nchw, true, false);
     check_conv(2, 1, 5, 12, 8, 1, Layout::Nchw, Layout::Nchw, true, false);
     check_conv(3, 3, 4, 14, 7, 1, Layout::Nchw, Layout::Tokens, true, true);
+    // Several pixel and channel tiles of the subgroup kernel, ragged in both.
+    check_conv(5, 2, 6, 33, 70, 1, Layout::Nchw, Layout::Nchw, false, false);
+    check_conv(6, 1, 9, 20, 64, 1, Layout::Nchw, Layout::Tokens, true, true);
 }
 
 #[test]
@@ -458,8 +468,12 @@ fn banded_convolutions_match_cpu() {
         pad: 1,
         groups: 1,
     };
-    for band_rows in [1usize, 2, 3, h2] {
+    let variants = [false, true]
+        .into_iter()
+        .filter(|&s| !s || subgroup8_capable(gpu()));
+    for (subgroup8, band_rows) in variants.flat_map(|s| [1usize, 2, 3, h2].map(|r| (s, r))) {
         let got = run(|b| {
+            b.set_subgroup8(subgroup8);
             let xt = b.constant("x", &x);
             let (w1, b1) = conv::upload(b, "conv1", &k1);
             let (w2, b2) = conv::upload(b, "conv2", &k2);
@@ -514,6 +528,9 @@ fn banded_convolutions_match_cpu() {
             vec![y]
         });
         let err = max_rel_err(&as_f32(&got[0]), &want);
-        assert!(err <= TOL, "bands of {band_rows} rows: {err}");
+        assert!(
+            err <= TOL,
+            "bands of {band_rows} rows (subgroup kernel: {subgroup8}): {err}"
+        );
     }
 }

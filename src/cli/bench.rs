@@ -127,20 +127,27 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
                 let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
                 engine.set_input(&images)?;
-                let families = engine.profile()?;
-                let total: f64 = families.iter().map(|f| f.1).sum();
-                let parts: Vec<String> = families
+                let profile = engine.profile()?;
+                let total: f64 = profile.families.iter().map(|f| f.1).sum();
+                let parts: Vec<String> = profile
+                    .families
                     .iter()
                     .filter(|f| f.1 > 0.0)
                     .map(|(f, t)| {
                         format!("{} {:.1} ms ({:.0}%)", f.name(), t * 1e3, 100.0 * t / total)
                     })
                     .collect();
+                let kernels: Vec<String> = profile
+                    .kernels
+                    .iter()
+                    .map(|(k, t, n)| format!("{k} {:.1} ms ({n}x)", t * 1e3))
+                    .collect();
                 profiles.push(format!(
-                    "{} batch {batch} (micro-batch {}): {}",
+                    "{} batch {batch} (micro-batch {}): {}\n    kernels: {}",
                     row.schedule,
                     row.micro_batch,
-                    parts.join(", ")
+                    parts.join(", "),
+                    kernels.join(", ")
                 ));
             }
             progress.set_message(format!(
@@ -151,6 +158,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
             rows.push(row);
         }
     }
+
+    // The matrix-multiply ceiling at the largest batch's micro-batch, for the efficiency lines.
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    let micro = rows
+        .iter()
+        .find(|r| r.batch == largest)
+        .map_or(largest, |r| r.micro_batch);
+    progress.set_message(format!("matmul ceiling at micro-batch {micro}"));
+    let ceiling = crate::bench::ceiling::measure(&gpu, &cache, &model.cfg, micro, 3)?;
+    let best = ceiling
+        .iter()
+        .max_by(|a, b| a.gflops.total_cmp(&b.gflops))
+        .cloned();
 
     println!("{} on {}", model.cfg.name, gpu.describe());
     println!("timing: {method}; median of timed forwards after warm-up; PAM = planned activation arena of one forward");
@@ -187,6 +207,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     progress.finish_and_clear();
+    if let Some(best) = &best {
+        let worst = ceiling
+            .iter()
+            .map(|c| c.gflops)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "matmul ceiling: the linear kernel alone on the model's {} linear shapes at micro-batch {micro}: best {:.2} GFLOP/s ({}x{}x{}), worst {:.2}",
+            ceiling.len(),
+            best.gflops,
+            best.m,
+            best.k,
+            best.n,
+            worst
+        );
+        for r in rows.iter().filter(|r| r.batch == largest) {
+            let rate = r.flops_total as f64 * r.throughput_img_s * 1e-9;
+            let thop = r.flops_thop as f64 * r.throughput_img_s * 1e-9;
+            println!(
+                "efficiency {:<14} batch {largest}: {:.2} GFLOP/s all ops ({:.0}% of the ceiling), {:.2} GFLOP/s thop ({:.0}%)",
+                r.schedule,
+                rate,
+                100.0 * rate / best.gflops,
+                thop,
+                100.0 * thop / best.gflops
+            );
+        }
+    }
     for p in &profiles {
         println!("profile {p}");
     }
@@ -196,6 +243,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "adapter": { "name": gpu.info.name, "backend": format!("{:?}", gpu.info.backend), "driver": gpu.info.driver, "driver_info": gpu.info.driver_info, "device_type": format!("{:?}", gpu.info.device_type) },
             "timing": method,
             "results": rows,
+            "matmul_ceiling": { "micro_batch": micro, "shapes": ceiling },
         });
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(
             |e| Error::Write {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 pub enum Shader {
     Conv,
     ConvDense,
+    ConvSg8,
     LayerNorm,
     Linear,
     LinearSg8,
@@ -31,9 +32,10 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 18] = [
         Shader::Conv,
         Shader::ConvDense,
+        Shader::ConvSg8,
         Shader::LayerNorm,
         Shader::Linear,
         Shader::LinearSg8,
@@ -55,6 +57,7 @@ impl Shader {
         match self {
             Shader::Conv => "conv",
             Shader::ConvDense => "conv_dense",
+            Shader::ConvSg8 => "conv_sg8",
             Shader::LayerNorm => "layernorm",
             Shader::Linear => "linear",
             Shader::LinearSg8 => "linear_sg8",
@@ -77,6 +80,7 @@ impl Shader {
         match self {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
             Shader::ConvDense => include_str!("../../shaders/conv_dense.wgsl"),
+            Shader::ConvSg8 => include_str!("../../shaders/conv_sg8.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),

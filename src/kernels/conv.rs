@@ -131,15 +131,21 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         ]
         .map(|v| v as u32),
     );
-    // Dense convolutions from NCHW (the stem) take 16 output channels per invocation.
+    // Dense convolutions from NCHW (the stem) take 16 output channels per invocation, or a
+    // 32-pixel x 64-channel tile per 8-lane workgroup where subgroups allow.
     let dense = s.groups == 1 && io.input == Layout::Nchw;
-    let (shader, tile) = if dense {
-        (Shader::ConvDense, DENSE_TILE)
+    let pixels = s.batch * rows * ow;
+    let (shader, grid) = if dense && b.subgroup8() {
+        let tiles = pixels.div_ceil(32) * s.cout.div_ceil(DENSE_TILE * 4);
+        (Shader::ConvSg8, b.grid(tiles * 8, 8))
+    } else if dense {
+        (
+            Shader::ConvDense,
+            b.grid(pixels * s.cout.div_ceil(DENSE_TILE), 64),
+        )
     } else {
-        (Shader::Conv, 4)
+        (Shader::Conv, b.grid(pixels * s.cout.div_ceil(4), 64))
     };
-    let items = s.batch * rows * ow * s.cout.div_ceil(tile);
-    let grid = b.grid(items, 64);
     b.dispatch(
         family,
         KernelKey::plain(shader),

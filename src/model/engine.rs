@@ -61,6 +61,14 @@ pub struct ForwardOutput {
     pub trace: Option<Trace>,
 }
 
+/// Where one forward's time goes: seconds per kernel family, and per kernel (shader) with the
+/// number of dispatches, slowest first.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub families: Vec<(crate::gpu::Family, f64)>,
+    pub kernels: Vec<(&'static str, f64, usize)>,
+}
+
 /// What to plan besides model and weights.
 #[derive(Clone, Debug)]
 pub struct EngineSpec {
@@ -166,7 +174,7 @@ pub fn memory_plan(
     };
     (
         mb,
-        plan::record(cfg, weights, &plan_spec, limits)
+        plan::record(cfg, weights, &plan_spec, limits, false)
             .builder
             .arena_plan(),
     )
@@ -528,7 +536,7 @@ impl Engine {
     /// Time every dispatch of one forward (first micro-batch) in its own timestamped pass and
     /// sum per kernel family. Each pass adds the driver's per-pass overhead, so the families'
     /// total exceeds a normal forward; the split is what this is for. Needs TIMESTAMP_QUERY.
-    pub fn profile(&self) -> Result<Vec<(crate::gpu::Family, f64)>> {
+    pub fn profile(&self) -> Result<Profile> {
         if !self.gpu.has_timestamps() {
             return Err(Error::MissingCapability {
                 what: "TIMESTAMP_QUERY (needed by --profile)".into(),
@@ -576,15 +584,26 @@ impl Engine {
         self.gpu.queue.submit(Some(enc.finish()));
         let ticks: Vec<u64> = read_buffer(&self.gpu, &readback)?;
         let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
-        let mut per_family: Vec<(crate::gpu::Family, f64)> =
-            crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect();
+        let mut profile = Profile {
+            families: crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect(),
+            kernels: Vec::new(),
+        };
         for (i, d) in dispatches.iter().enumerate() {
             let t = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
-            if let Some(e) = per_family.iter_mut().find(|(f, _)| *f == d.family) {
+            if let Some(e) = profile.families.iter_mut().find(|(f, _)| *f == d.family) {
                 e.1 += t;
             }
+            let name = d.key.shader.name();
+            match profile.kernels.iter_mut().find(|k| k.0 == name) {
+                Some(k) => {
+                    k.1 += t;
+                    k.2 += 1;
+                }
+                None => profile.kernels.push((name, t, 1)),
+            }
         }
-        Ok(per_family)
+        profile.kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(profile)
     }
 
     fn read_trace(&self) -> Result<Trace> {

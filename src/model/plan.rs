@@ -138,9 +138,8 @@ pub fn build(
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
-    let mut r = record(cfg, w, spec, &gpu.limits);
-    r.builder
-        .set_subgroup8(crate::gpu::program::subgroup8_capable(gpu));
+    let subgroup8 = crate::gpu::program::subgroup8_capable(gpu);
+    let r = record(cfg, w, spec, &gpu.limits, subgroup8);
     Ok(ModelProgram {
         program: r
             .builder
@@ -150,14 +149,17 @@ pub fn build(
     })
 }
 
-/// Record every dispatch of the forward for `spec` on a device with `limits`.
+/// Record every dispatch of the forward for `spec` on a device with `limits`; `subgroup8`
+/// lets kernels pick their 8-lane-subgroup variants (the choice is made while recording).
 pub fn record(
     cfg: &ModelConfig,
     w: &ModelWeights,
     spec: &PlanSpec,
     limits: &wgpu::Limits,
+    subgroup8: bool,
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
+    b.set_subgroup8(subgroup8);
     let bt = spec.batch;
     let img = b.external(
         "images",

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+pub mod ceiling;
+
 use crate::error::Result;
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::cost;
