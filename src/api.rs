@@ -16,8 +16,10 @@
 //!   each kernel once. There is no global state.
 //! * **Own command stream.** [`Engine::encode_forward`] records the forward into the
 //!   application's `CommandEncoder`, next to its own passes. In that mode the engine never
-//!   submits and never writes through the queue: host data is staged in a buffer created
-//!   initialised, preprocessing tables likewise. Recording is ordered like any other command, so
+//!   submits and never writes through the queue: host data is staged in a mappable buffer
+//!   from a small pool (the submission that uses it maps it again for the next forward, so
+//!   steady-state forwards allocate nothing), preprocessing tables are made once per image
+//!   size. Recording is ordered like any other command, so
 //!   several forwards (of one engine or several) may go into one encoder, each followed by what
 //!   consumes its logits.
 //! * **GPU-resident data.** An input can be a `wgpu::Buffer` of normalised f32 or textures
@@ -40,8 +42,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-
-use wgpu::util::DeviceExt;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterChoice, Gpu, PipelineCache};
@@ -282,6 +283,7 @@ impl EngineBuilder {
             cache,
             preprocessor,
             readbacks: Arc::new(Mutex::new(Vec::new())),
+            uploads: Arc::new(Mutex::new(Vec::new())),
             model_name: model.cfg.name,
             synthetic: model.synthetic,
             schedule: self.schedule,
@@ -418,6 +420,8 @@ enum State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Signalled when the state becomes `Ready`.
+    arrived: std::sync::Condvar,
 }
 
 impl Shared {
@@ -437,6 +441,7 @@ impl Shared {
             State::Waiting { waker, .. } => {
                 *st = State::Ready(result);
                 drop(st);
+                self.arrived.notify_all();
                 if let Some(w) = waker {
                     w.wake();
                 }
@@ -531,21 +536,39 @@ impl PendingLogits {
     /// Block until the logits arrive, polling the device. Returns an error if the commands that
     /// copy them were never submitted.
     pub fn wait(mut self) -> Result<Logits> {
-        if let Some(r) = self.try_take() {
-            return r;
+        // Another thread's poll may have collected the mapping callback and be running it just
+        // as our own poll returns; the queue being idle is then not yet the logits being here.
+        const GRACE: Duration = Duration::from_secs(2);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(r) = self.try_take() {
+                return r;
+            }
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu {
+                    during: "waiting for the logits".into(),
+                    why: e.to_string(),
+                })?;
+            let st = self.shared.lock();
+            drop(
+                self.shared
+                    .arrived
+                    .wait_timeout_while(st, Duration::from_millis(20), |s| {
+                        matches!(s, State::Waiting { .. })
+                    })
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if let Some(r) = self.try_take() {
+                return r;
+            }
+            if start.elapsed() > GRACE {
+                return Err(Error::Gpu {
+                    during: "waiting for the logits".into(),
+                    why: "the device is idle and the logits never arrived: submit the encoder the readback was recorded in first".into(),
+                });
+            }
         }
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                during: "waiting for the logits".into(),
-                why: e.to_string(),
-            })?;
-        self.try_take().unwrap_or_else(|| {
-            Err(Error::Gpu {
-                during: "waiting for the logits".into(),
-                why: "the device is idle and the logits never arrived: submit the encoder the readback was recorded in first".into(),
-            })
-        })
     }
 }
 
@@ -597,6 +620,8 @@ pub struct Engine {
     cache: PipelineCache,
     preprocessor: Preprocessor,
     readbacks: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    /// Host-input staging buffers, each mapped for writing while in the pool.
+    uploads: Arc<Mutex<Vec<wgpu::Buffer>>>,
     model_name: &'static str,
     synthetic: bool,
     schedule: Schedule,
@@ -761,13 +786,7 @@ impl Engine {
         let source = match input {
             Input::Host(values) => {
                 self.check_host(values)?;
-                staged = self
-                    .device()
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("host input"),
-                        contents: bytemuck::cast_slice(values),
-                        usage: wgpu::BufferUsages::COPY_SRC,
-                    });
+                staged = self.stage_host(encoder, values)?;
                 Source::Buffer(&staged, 0)
             }
             Input::Buffer { buffer, offset } => Source::Buffer(buffer, offset),
@@ -775,6 +794,47 @@ impl Engine {
             Input::Textures(ts) => self.preprocess(encoder, ts)?,
         };
         self.inner.encode_forward(encoder, source)
+    }
+
+    /// Copy host images into a pooled staging buffer (mapped for writing while pooled) and
+    /// have the submission of `encoder` map it again and return it to the pool once its copy
+    /// has run. Concurrent forwards each take their own buffer.
+    fn stage_host(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        values: &[f32],
+    ) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let buffer = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| {
+                self.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("host input"),
+                    size: bytes.len() as u64,
+                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: true,
+                })
+            });
+        buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::Gpu {
+                during: "staging host images".into(),
+                why: e.to_string(),
+            })?
+            .copy_from_slice(bytes);
+        buffer.unmap();
+        let pool = self.uploads.clone();
+        let remapped = buffer.clone();
+        encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Write, .., move |r| {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_ok() && pool.len() < MAX_POOLED_READBACKS {
+                pool.push(remapped);
+            }
+        });
+        Ok(buffer)
     }
 
     fn check_host(&self, values: &[f32]) -> Result<()> {
@@ -835,6 +895,7 @@ impl Engine {
                 waker: None,
                 callback: None,
             }),
+            arrived: std::sync::Condvar::new(),
         });
         let (batch, classes) = (self.batch(), self.classes());
         let done = shared.clone();

@@ -40,7 +40,8 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
         .collect();
     let mut diverged = vec![false; batch];
     let mut total = 0;
-    for (s, e, slots, _, n_in, _) in &trace.merges {
+    for m in &trace.merges {
+        let (s, e, slots, n_in) = (&m.stage, &m.exec, &m.slots, &m.n_in);
         let r = safe_r[*s][*e];
         for i in 0..batch {
             total += 1;

@@ -145,9 +145,8 @@ fn logits_match_the_papers_pytorch_code() {
         let out = engine.forward(&images).unwrap();
         let trace = out.trace.unwrap_or_default();
         let mut same = vec![true; batch];
-        for ((e, m), (_, _, slots, _, n_in, _)) in
-            merges.iter().zip(&fx.matchings).zip(&trace.merges)
-        {
+        for ((e, m), t) in merges.iter().zip(&fx.matchings).zip(&trace.merges) {
+            let (slots, n_in) = (&t.slots, &t.n_in);
             for i in 0..batch {
                 let gpu_slots = &slots[i * n_in..(i + 1) * n_in];
                 if same[i] && gpu_slots != &cpu::merge_slot_map(*n_in, e.safe_r, &m[i])[..] {

@@ -42,7 +42,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub struct BenchOptions {
     /// Untimed forwards first (at least one: it also tells how fast the configuration is).
     pub warmup: usize,
-    /// Timed forwards; `None`: as many as fit in `budget_secs`, between 3 and 100.
+    /// Timed forwards (of each configuration); `None`: as many as fit in `budget_secs` (per
+    /// configuration), between 3 and 100.
     pub iters: Option<usize>,
     pub budget_secs: f64,
 }
@@ -59,35 +60,74 @@ pub fn bench_one(
     opts: &BenchOptions,
     timer: Option<&Timer>,
 ) -> Result<BenchRow> {
-    let plan = ForwardPlan::new(&model.cfg, schedule, DEFAULT_SEED)?;
-    let engine = build_engine(gpu, cache, model, &plan, batch, false)?;
-    engine.set_input(images)?;
-    let mut first = 0.0;
-    for i in 0..opts.warmup.max(1) {
-        let t = engine.time_forward(timer)?;
-        if i == 0 {
-            first = t.gpu.unwrap_or(t.wall);
+    let mut rows = bench_many(
+        gpu,
+        cache,
+        model,
+        std::slice::from_ref(schedule),
+        batch,
+        images,
+        opts,
+        timer,
+    )?;
+    Ok(rows.remove(0))
+}
+
+/// Plan, build and time several schedules at one batch size, their timed forwards interleaved
+/// (one forward of each in turn, round after round), so that whatever else the machine does
+/// during the measurement falls on every configuration alike and their ratios stay fair.
+/// The number of rounds is `opts.iters`, or what fits the slowest configuration in
+/// `opts.budget_secs`.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_many(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &Model,
+    schedules: &[Schedule],
+    batch: usize,
+    images: &[f32],
+    opts: &BenchOptions,
+    timer: Option<&Timer>,
+) -> Result<Vec<BenchRow>> {
+    let mut runs = Vec::with_capacity(schedules.len());
+    let mut slowest = 0.0f64;
+    for schedule in schedules {
+        let plan = ForwardPlan::new(&model.cfg, schedule, DEFAULT_SEED)?;
+        let engine = build_engine(gpu, cache, model, &plan, batch, false)?;
+        engine.set_input(images)?;
+        for i in 0..opts.warmup.max(1) {
+            let t = engine.time_forward(timer)?;
+            if i == 0 {
+                slowest = slowest.max(t.gpu.unwrap_or(t.wall));
+            }
         }
+        runs.push((schedule, plan, engine, Vec::new()));
     }
     let iters = opts
         .iters
-        .unwrap_or_else(|| ((opts.budget_secs / first.max(1e-6)) as usize).clamp(3, 100));
-    let mut times = Vec::with_capacity(iters);
+        .unwrap_or_else(|| ((opts.budget_secs / slowest.max(1e-6)) as usize).clamp(3, 100));
     for _ in 0..iters {
-        let t = engine.time_forward(timer)?;
-        times.push(t.gpu.unwrap_or(t.wall));
+        for (_, _, engine, times) in runs.iter_mut() {
+            let t = engine.time_forward(timer)?;
+            times.push(t.gpu.unwrap_or(t.wall));
+        }
     }
-    let secs = median(times);
-    Ok(BenchRow {
-        schedule: schedule.to_string(),
-        batch,
-        micro_batch: engine.micro_batch(),
-        throughput_img_s: batch as f64 / secs,
-        latency_ms: secs * 1e3,
-        pam_bytes: engine.activation_bytes(),
-        flops_thop: cost::flops_thop(&model.cfg, &plan.trajectory),
-        flops_total: cost::flops_total(&model.cfg, &plan.trajectory),
-        params: cost::params(&model.cfg),
-        iters,
-    })
+    Ok(runs
+        .into_iter()
+        .map(|(schedule, plan, engine, times)| {
+            let secs = median(times);
+            BenchRow {
+                schedule: schedule.to_string(),
+                batch,
+                micro_batch: engine.micro_batch(),
+                throughput_img_s: batch as f64 / secs,
+                latency_ms: secs * 1e3,
+                pam_bytes: engine.activation_bytes(),
+                flops_thop: cost::flops_thop(&model.cfg, &plan.trajectory),
+                flops_total: cost::flops_total(&model.cfg, &plan.trajectory),
+                params: cost::params(&model.cfg),
+                iters,
+            }
+        })
+        .collect())
 }

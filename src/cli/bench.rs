@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
-use crate::bench::{bench_one, BenchOptions};
+use crate::bench::{bench_many, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::engine::Timer;
@@ -106,24 +106,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     for &batch in &batches {
         let images = synthetic_images(&model.cfg, batch, 1);
-        for sched in &schedules {
-            progress.set_message(format!("measuring {sched} at batch {batch}"));
-            let opts = BenchOptions {
-                warmup,
-                iters: a.iters,
-                budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
-            };
-            let row = bench_one(
-                &gpu,
-                &cache,
-                &model,
-                sched,
-                batch,
-                &images,
-                &opts,
-                timer.as_ref(),
-            )?;
+        progress.set_message(format!("measuring at batch {batch}"));
+        let opts = BenchOptions {
+            warmup,
+            iters: a.iters,
+            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
+        };
+        let measured = bench_many(
+            &gpu,
+            &cache,
+            &model,
+            &schedules,
+            batch,
+            &images,
+            &opts,
+            timer.as_ref(),
+        )?;
+        for (sched, row) in schedules.iter().zip(measured) {
             if a.profile {
+                progress.set_message(format!("profiling {sched} at batch {batch}"));
                 let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
                 let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
                 engine.set_input(&images)?;
@@ -150,10 +151,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     kernels.join(", ")
                 ));
             }
-            progress.set_message(format!(
-                "{} batch {}: {:.2} img/s",
-                row.schedule, batch, row.throughput_img_s
-            ));
             progress.inc(1);
             rows.push(row);
         }
@@ -173,7 +170,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .cloned();
 
     println!("{} on {}", model.cfg.name, gpu.describe());
-    println!("timing: {method}; median of timed forwards after warm-up; PAM = planned activation arena of one forward");
+    println!("timing: {method}; median of timed forwards after warm-up, the schedules of a batch taking turns; PAM = planned activation arena of one forward");
     println!(
         "{:<14} {:>5} {:>8} {:>9} {:>13} {:>8} {:>11} {:>8} {:>10} {:>8}",
         "schedule",

@@ -77,16 +77,17 @@ pub fn run(a: InferArgs) -> Result<()> {
             }
         }
         if let Some(t) = &out.trace {
-            for (s, e, slots, mass, n_in, n_out) in &t.merges {
+            for m in &t.merges {
+                let (s, e) = (m.stage, m.exec);
                 tensors.push(OutTensor::i64(
                     format!("merge.{s}.{e}.map"),
-                    vec![batch, *n_in],
-                    slots,
+                    vec![batch, m.n_in],
+                    &m.slots,
                 ));
                 tensors.push(OutTensor::f32(
                     format!("merge.{s}.{e}.mass"),
-                    vec![batch, *n_out],
-                    mass,
+                    vec![batch, m.n_out],
+                    &m.masses,
                 ));
             }
             for (s, map, n_grid) in &t.stage_maps {

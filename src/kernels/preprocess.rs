@@ -134,6 +134,21 @@ pub struct Preprocessor {
     pipeline: wgpu::ComputePipeline,
     alignment: u64,
     tables: Mutex<HashMap<(u32, u32, bool), Arc<Tables>>>,
+    /// Bind groups of recently seen (texture, output buffer, offset), most recent last, so
+    /// that a frame loop over a few textures (a swap chain's, say) binds nothing new per frame.
+    /// An entry keeps its texture alive until it falls out ([`Preprocessor::forget_textures`]
+    /// drops them all).
+    bind_groups: Mutex<Vec<BoundTexture>>,
+}
+
+/// Textures whose bind groups are kept (see `Preprocessor::bind_groups`).
+const MAX_BOUND_TEXTURES: usize = 16;
+
+struct BoundTexture {
+    texture: wgpu::Texture,
+    dst: wgpu::Buffer,
+    offset: wgpu::BufferAddress,
+    group: wgpu::BindGroup,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -155,7 +170,82 @@ impl Preprocessor {
             pipeline: cache.get(device, KernelKey::plain(Shader::Preprocess)),
             alignment: device.limits().min_storage_buffer_offset_alignment as u64,
             tables: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Drop the cached bind groups, and with them the references they hold to the textures
+    /// preprocessed so far.
+    pub fn forget_textures(&self) {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The bind group reading `t` and writing `dst` at `offset`: cached, or made and cached.
+    fn bind_group(
+        &self,
+        t: &wgpu::Texture,
+        dst: &wgpu::Buffer,
+        offset: wgpu::BufferAddress,
+    ) -> wgpu::BindGroup {
+        let mut cached = self.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = cached
+            .iter()
+            .position(|b| &b.texture == t && &b.dst == dst && b.offset == offset)
+        {
+            let hit = cached.remove(i);
+            let group = hit.group.clone();
+            cached.push(hit);
+            return group;
+        }
+        let tables = self.tables(t.width(), t.height(), t.format().is_srgb());
+        let view = t.create_view(&wgpu::TextureViewDescriptor {
+            label: Some("preprocess input"),
+            dimension: Some(wgpu::TextureViewDimension::D2),
+            base_mip_level: 0,
+            mip_level_count: Some(1),
+            base_array_layer: 0,
+            array_layer_count: Some(1),
+            ..Default::default()
+        });
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("preprocess"),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: tables.params.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: tables.coeffs.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: dst,
+                        offset,
+                        size: wgpu::BufferSize::new(IMAGE_BYTES),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: wgpu::BindingResource::TextureView(&view),
+                },
+            ],
+        });
+        if cached.len() >= MAX_BOUND_TEXTURES {
+            cached.remove(0);
+        }
+        cached.push(BoundTexture {
+            texture: t.clone(),
+            dst: dst.clone(),
+            offset,
+            group: group.clone(),
+        });
+        group
     }
 
     /// Whether the kernel can read `texture`; the error says what is wrong with it.
@@ -256,53 +346,17 @@ impl Preprocessor {
         for t in textures {
             Preprocessor::check(t)?;
         }
-        let layout = self.pipeline.get_bind_group_layout(0);
         // Whatever the checks above cannot see (a texture or buffer of another device) fails
         // here, before anything is recorded.
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let groups: Vec<wgpu::BindGroup> = textures
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let tables = self.tables(t.width(), t.height(), t.format().is_srgb());
-                let view = t.create_view(&wgpu::TextureViewDescriptor {
-                    label: Some("preprocess input"),
-                    dimension: Some(wgpu::TextureViewDimension::D2),
-                    base_mip_level: 0,
-                    mip_level_count: Some(1),
-                    base_array_layer: 0,
-                    array_layer_count: Some(1),
-                    ..Default::default()
-                });
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("preprocess"),
-                    layout: &layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: tables.params.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: tables.coeffs.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: dst,
-                                offset: dst_offset + i as u64 * IMAGE_BYTES,
-                                size: wgpu::BufferSize::new(IMAGE_BYTES),
-                            }),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 3,
-                            resource: wgpu::BindingResource::TextureView(&view),
-                        },
-                    ],
-                })
-            })
+            .map(|(i, t)| self.bind_group(t, dst, dst_offset + i as u64 * IMAGE_BYTES))
             .collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
+            // An invalid bind group may have been cached: start afresh.
+            self.forget_textures();
             return Err(Error::Gpu {
                 during: "binding the preprocessing's input and output".into(),
                 why: e.to_string(),

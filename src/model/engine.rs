@@ -7,11 +7,23 @@ use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 
+/// One merge of a traced forward.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MergeTrace {
+    pub stage: usize,
+    pub exec: usize,
+    /// `[batch * n_in]`: incoming position -> outgoing slot.
+    pub slots: Vec<u32>,
+    /// `[batch * n_out]`: the outgoing tokens' masses.
+    pub masses: Vec<f32>,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
 /// Per-merge and per-stage maps read back with `--trace`.
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
-    /// `(stage, exec, slot map [batch * n_in], masses [batch * n_out], n_in, n_out)`
-    pub merges: Vec<(usize, usize, Vec<u32>, Vec<f32>, usize, usize)>,
+    pub merges: Vec<MergeTrace>,
     /// `(stage, map [batch * n_grid], n_grid)`: original grid position -> final merged slot.
     pub stage_maps: Vec<(usize, Vec<u32>, usize)>,
 }
@@ -69,6 +81,14 @@ pub struct Profile {
     pub kernels: Vec<(&'static str, f64, usize)>,
 }
 
+/// Counts of what an engine has asked of the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub submissions: u64,
+    /// Buffer mappings for reading results back (a traced forward maps its trace buffers too).
+    pub readbacks: u64,
+}
+
 /// What to plan besides model and weights.
 #[derive(Clone, Debug)]
 pub struct EngineSpec {
@@ -109,6 +129,17 @@ pub struct Engine {
     output: wgpu::Buffer,
     /// `output`, mapped by [`Engine::forward`].
     readback: wgpu::Buffer,
+    /// Host images for [`Engine::forward`]: mappable, kept mapped for writing between forwards
+    /// (re-mapped by the forward's own submission), so uploading allocates nothing, where
+    /// `Queue::write_buffer` would stage through a new buffer every call.
+    upload: wgpu::Buffer,
+    /// Whether `upload` is mapped (set by the mapping callback).
+    upload_mapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Serialises [`Engine::forward`]: `upload` and `readback` are one per engine.
+    forward_lock: std::sync::Mutex<()>,
+    /// Submissions and readbacks made so far (see [`Engine::stats`]).
+    submissions: std::sync::atomic::AtomicU64,
+    readbacks: std::sync::atomic::AtomicU64,
     /// Trace tensors gathered per chunk (one readback buffer each).
     trace_readback: Vec<wgpu::Buffer>,
 }
@@ -245,6 +276,12 @@ impl Engine {
             })
         };
         let readback = staging(gpu, "logits readback", cls_bytes * spec.batch as u64);
+        let upload = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("host images"),
+            size: input.size(),
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
         let plan_spec = PlanSpec {
             batch: mb,
             safe_r: spec.safe_r.clone(),
@@ -275,8 +312,68 @@ impl Engine {
             logits,
             output,
             readback,
+            upload,
+            upload_mapped: std::sync::Arc::new(true.into()),
+            forward_lock: std::sync::Mutex::new(()),
+            submissions: Default::default(),
+            readbacks: Default::default(),
             trace_readback,
         })
+    }
+
+    /// Submissions and readbacks this engine has made (forwards, timed forwards, profiles).
+    pub fn stats(&self) -> EngineStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        EngineStats {
+            submissions: self.submissions.load(Relaxed),
+            readbacks: self.readbacks.load(Relaxed),
+        }
+    }
+
+    fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.gpu.queue.submit(Some(enc.finish()));
+        self.submissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer) -> Result<Vec<T>> {
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        read_buffer(&self.gpu, buf)
+    }
+
+    /// Write `images` into the mapped upload buffer and unmap it for the copy. The buffer is
+    /// normally mapped already (the previous forward's submission re-mapped it); after a forward
+    /// that failed before submitting it is mapped again here.
+    fn stage_upload(&self, images: &[f32]) -> Result<()> {
+        let gpu_err = |why: String| Error::Gpu {
+            during: "uploading the images".into(),
+            why,
+        };
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.upload_mapped.load(SeqCst) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.upload
+                .slice(..)
+                .map_async(wgpu::MapMode::Write, move |r| {
+                    let _ = tx.send(r);
+                });
+            self.gpu.wait()?;
+            rx.recv()
+                .map_err(|e| gpu_err(e.to_string()))?
+                .map_err(|e| gpu_err(e.to_string()))?;
+        }
+        {
+            let bytes: &[u8] = bytemuck::cast_slice(images);
+            let mut view = self
+                .upload
+                .get_mapped_range_mut(..bytes.len() as u64)
+                .map_err(|e| gpu_err(e.to_string()))?;
+            view.copy_from_slice(bytes);
+        }
+        self.upload.unmap();
+        self.upload_mapped.store(false, SeqCst);
+        Ok(())
     }
 
     pub fn batch(&self) -> usize {
@@ -466,19 +563,24 @@ impl Engine {
                 ),
             ));
         }
-        self.gpu
-            .queue
-            .write_buffer(&self.input, 0, bytemuck::cast_slice(images));
+        let _one_at_a_time = self.forward_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.stage_upload(images)?;
         let mut enc = self
             .gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("forward"),
             });
+        enc.copy_buffer_to_buffer(&self.upload, 0, &self.input, 0, self.input.size());
         self.encode(&mut enc, Source::Input, None);
         enc.copy_buffer_to_buffer(&self.output, 0, &self.readback, 0, self.readback.size());
-        self.gpu.queue.submit(Some(enc.finish()));
-        let all: Vec<f32> = read_buffer(&self.gpu, &self.readback)?;
+        // Ready for the next forward's images once this one's copy has run.
+        let mapped = self.upload_mapped.clone();
+        enc.map_buffer_on_submit(&self.upload, wgpu::MapMode::Write, .., move |r| {
+            mapped.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst);
+        });
+        self.submit(enc);
+        let all: Vec<f32> = self.read(&self.readback)?;
         let logits = all[..self.batch * self.cfg.num_classes].to_vec();
         let trace = if self.plan.trace.merges.is_empty() && self.plan.trace.stage_maps.is_empty() {
             None
@@ -519,12 +621,12 @@ impl Engine {
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
         }
         let start = std::time::Instant::now();
-        self.gpu.queue.submit(Some(enc.finish()));
+        self.submit(enc);
         self.gpu.wait()?;
         let wall = start.elapsed().as_secs_f64();
         let gpu = match timer {
             Some(t) => {
-                let ticks: Vec<u64> = read_buffer(&self.gpu, &t.readback)?;
+                let ticks: Vec<u64> = self.read(&t.readback)?;
                 let period = self.gpu.queue.get_timestamp_period() as f64;
                 Some(ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9)
             }
@@ -581,8 +683,8 @@ impl Engine {
         }
         enc.resolve_query_set(&queries, 0..count, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
-        self.gpu.queue.submit(Some(enc.finish()));
-        let ticks: Vec<u64> = read_buffer(&self.gpu, &readback)?;
+        self.submit(enc);
+        let ticks: Vec<u64> = self.read(&readback)?;
         let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
         let mut profile = Profile {
             families: crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect(),
@@ -624,7 +726,14 @@ impl Engine {
                 .into_iter()
                 .map(f32::from_bits)
                 .collect();
-            trace.merges.push((s, e, slots, mass, n_in, n_out));
+            trace.merges.push(MergeTrace {
+                stage: s,
+                exec: e,
+                slots,
+                masses: mass,
+                n_in,
+                n_out,
+            });
         }
         for &(s, _, n_grid) in &self.plan.trace.stage_maps {
             trace
