@@ -102,3 +102,24 @@ fn peak_activation_memory_is_what_is_allocated() {
         );
     }
 }
+
+/// The whole forward with shader modules built without runtime bounds checks gives the same
+/// logits, bit for bit, as with them (the kernel tests check each kernel the same way).
+#[test]
+fn trusted_modules_give_identical_logits() {
+    let model = Model::load("sret_t_distill", None).unwrap();
+    for spec in ["none", "exp:0.25,0", "constant:10"] {
+        let plan = ForwardPlan::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 5).unwrap();
+        let images = cpu::synthetic_images(&model.cfg, 2, 4);
+        let checked = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let trusted = build_engine(gpu(), trusted_cache(), &model, &plan, 2, false).unwrap();
+        let want = checked.forward(&images).unwrap().logits;
+        let got = trusted.forward(&images).unwrap().logits;
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{spec}: logits differ with and without runtime checks"
+        );
+    }
+}

@@ -372,48 +372,61 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
         want_map.extend(map);
     }
 
-    let got = run(|b| {
-        let q1 = b.constant("qkv1", &qkv1);
-        let q2 = b.constant("qkv2", &qkv2);
-        let x = b.constant("x", &x1);
-        let map = b.activation("map", batch * n);
-        let shape = tome::MergeShape {
-            batch,
-            n,
-            r: r1,
-            c: dim,
-            dim,
-            heads,
-            n_grid: n,
-        };
-        let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
-        b.pin(a.x);
-        b.pin(a.mass);
-        b.pin(a.slot);
-        let shape = tome::MergeShape {
-            n: n2,
-            r: r2,
-            ..shape
-        };
-        let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
-        let full = b.activation("full", batch * n * dim);
-        tome::record_unmerge(b, batch, n, n3, dim, c.x, map, full);
-        vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
-    });
-    assert_eq!(got[2], want_slot1, "first merge's slot map");
-    assert_eq!(got[5], want_map, "composed unmerge map");
-    for (i, (g, w, what)) in [
-        (&got[0], &want_x2, "x after merge 1"),
-        (&got[1], &want_m2, "mass after merge 1"),
-        (&got[3], &want_x3, "x after merge 2"),
-        (&got[4], &want_m3, "mass after merge 2"),
-        (&got[6], &want_full, "restored grid"),
-    ]
-    .into_iter()
-    .enumerate()
+    // The matching has an 8-lane subgroup variant for 32-channel heads; check both.
+    for subgroup8 in [false, true]
+        .into_iter()
+        .filter(|&s| !s || subgroup8_capable(gpu()))
     {
-        let err = max_rel_err(&as_f32(g), w);
-        assert!(err <= TOL, "{i}: {what} (n {n}, r {r1}/{r2}): {err}");
+        let got = run(|b| {
+            b.set_subgroup8(subgroup8);
+            let q1 = b.constant("qkv1", &qkv1);
+            let q2 = b.constant("qkv2", &qkv2);
+            let x = b.constant("x", &x1);
+            let map = b.activation("map", batch * n);
+            let shape = tome::MergeShape {
+                batch,
+                n,
+                r: r1,
+                c: dim,
+                dim,
+                heads,
+                n_grid: n,
+            };
+            let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
+            b.pin(a.x);
+            b.pin(a.mass);
+            b.pin(a.slot);
+            let shape = tome::MergeShape {
+                n: n2,
+                r: r2,
+                ..shape
+            };
+            let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
+            let full = b.activation("full", batch * n * dim);
+            tome::record_unmerge(b, batch, n, n3, dim, c.x, map, full);
+            vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
+        });
+        assert_eq!(
+            got[2], want_slot1,
+            "first merge's slot map (subgroup kernels: {subgroup8})"
+        );
+        assert_eq!(got[5], want_map, "composed unmerge map");
+        for (i, (g, w, what)) in [
+            (&got[0], &want_x2, "x after merge 1"),
+            (&got[1], &want_m2, "mass after merge 1"),
+            (&got[3], &want_x3, "x after merge 2"),
+            (&got[4], &want_m3, "mass after merge 2"),
+            (&got[6], &want_full, "restored grid"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let err = max_rel_err(&as_f32(g), w);
+            assert!(
+                err <= TOL,
+                "{i}: {what} (n {n}, r {r1}/{r2}, subgroup kernels: {subgroup8}): {err}"
+            );
+        }
     }
 }
 

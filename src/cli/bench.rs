@@ -9,7 +9,7 @@ use clap::Args;
 use super::{GpuArgs, ModelArgs};
 use crate::bench::{bench_many, BenchOptions};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
 use crate::model::engine::Timer;
 use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
 use crate::reference::synthetic_images;
@@ -95,7 +95,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if cpu_adapter && (a.batch.is_empty() || a.iters.is_none()) {
         eprintln!("note: {} is a CPU adapter: default batches 1,2, 1 warm-up forward and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
     }
-    let cache = PipelineCache::default();
+    let cache = a.gpu.pipeline_cache();
     let mut rows = Vec::new();
     let mut profiles: Vec<String> = Vec::new();
     // On stderr; indicatif hides it when stderr is not a terminal.

@@ -13,7 +13,7 @@ use crate::eval::evaluate::{default_workers, evaluate, EvalOptions};
 use crate::eval::results::{Kind, ResultsFile, Role, ScheduleResult, ShardUnit};
 use crate::eval::shard::Shard;
 use crate::eval::sweep::{progress_bar, results_header, RunInfo};
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
 use crate::model::session::{Model, DEFAULT_SEED};
 use crate::tome::Schedule;
 
@@ -218,7 +218,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
         let bar = progress_bar(samples.len() as u64, "eval");
         let out = evaluate(
             &gpu,
-            &PipelineCache::default(),
+            &a.gpu.pipeline_cache(),
             &model,
             &schedules,
             &samples,

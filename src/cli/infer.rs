@@ -8,7 +8,7 @@ use clap::Args;
 use super::io::{load_images, write_safetensors, OutTensor};
 use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
 use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
 use crate::tome::Schedule;
 
@@ -54,14 +54,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = build_engine(
-        &gpu,
-        &PipelineCache::default(),
-        &model,
-        &plan,
-        batch,
-        a.trace,
-    )?;
+    let engine = build_engine(&gpu, &a.gpu.pipeline_cache(), &model, &plan, batch, a.trace)?;
     let out = engine.forward(&images)?;
 
     let classes = model.cfg.num_classes;

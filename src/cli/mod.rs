@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
-use crate::gpu::AdapterChoice;
+use crate::gpu::{AdapterChoice, PipelineCache};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,9 +63,22 @@ pub struct GpuArgs {
     /// Adapter index as listed by `sret-tome adapters`; default: the high-performance one.
     #[arg(long)]
     pub adapter: Option<usize>,
+    /// Build the kernels without wgpu's runtime bounds checks (their indexing is verified by
+    /// the test suite, which runs every kernel both ways).
+    #[arg(long)]
+    pub trusted_shaders: bool,
 }
 
 impl GpuArgs {
+    /// The pipeline cache the command's plans share.
+    pub fn pipeline_cache(&self) -> PipelineCache {
+        if self.trusted_shaders {
+            PipelineCache::trusted()
+        } else {
+            PipelineCache::default()
+        }
+    }
+
     pub fn choice(&self) -> AdapterChoice {
         AdapterChoice {
             backends: self.backend.clone(),

@@ -16,7 +16,7 @@ use crate::eval::plots::sweep_figures;
 use crate::eval::results::{QualityMetric, ResultsFile, ShardUnit};
 use crate::eval::shard::Shard;
 use crate::eval::sweep::{run_sweep, trajectory_defaults, RunInfo, SweepConfig};
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
 use crate::model::session::{Model, DEFAULT_SEED};
 use crate::model::ModelConfig;
 use crate::tome::Schedule;
@@ -194,14 +194,7 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
         weights: weights_name(&a.model),
         limit: a.data.limit,
     };
-    let res = run_sweep(
-        &gpu,
-        &PipelineCache::default(),
-        &model,
-        &dataset,
-        &info,
-        &cfg,
-    )?;
+    let res = run_sweep(&gpu, &a.gpu.pipeline_cache(), &model, &dataset, &info, &cfg)?;
     print!("{}", res.render_table());
     println!("pareto (*): {}", res.pareto_objectives.join("; "));
     print_problems("unreadable images (not counted)", &res.failures);

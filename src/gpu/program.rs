@@ -51,6 +51,7 @@ impl Family {
     }
 }
 
+#[derive(Clone)]
 enum Storage {
     /// An activation: lives in the arena between its first and last use.
     Arena,
@@ -60,6 +61,7 @@ enum Storage {
     External,
 }
 
+#[derive(Clone)]
 struct TensorInfo {
     label: String,
     bytes: u64,
@@ -69,6 +71,7 @@ struct TensorInfo {
     pinned: bool,
 }
 
+#[derive(Clone)]
 struct StepDecl {
     key: KernelKey,
     family: Family,
@@ -79,6 +82,7 @@ struct StepDecl {
 
 /// Records a program without a device, so its memory plan can be read for any batch size;
 /// [`ProgramBuilder::finish`] makes it real on a device.
+#[derive(Clone)]
 pub struct ProgramBuilder {
     limits: wgpu::Limits,
     /// The device runs 8-lane subgroups with `Features::SUBGROUP`: kernels may pick variants

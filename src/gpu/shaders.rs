@@ -22,6 +22,7 @@ pub enum Shader {
     MeanTokens,
     TomeMetric,
     TomeMatch,
+    TomeMatchSg8,
     TomeRank,
     TomeSlots,
     TomeMerge,
@@ -32,7 +33,7 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 18] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg8,
@@ -45,6 +46,7 @@ impl Shader {
         Shader::MeanTokens,
         Shader::TomeMetric,
         Shader::TomeMatch,
+        Shader::TomeMatchSg8,
         Shader::TomeRank,
         Shader::TomeSlots,
         Shader::TomeMerge,
@@ -67,6 +69,7 @@ impl Shader {
             Shader::MeanTokens => "mean_tokens",
             Shader::TomeMetric => "tome_metric",
             Shader::TomeMatch => "tome_match",
+            Shader::TomeMatchSg8 => "tome_match_sg8",
             Shader::TomeRank => "tome_rank",
             Shader::TomeSlots => "tome_slots",
             Shader::TomeMerge => "tome_merge",
@@ -90,6 +93,7 @@ impl Shader {
             Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
             Shader::TomeMetric => include_str!("../../shaders/tome_metric.wgsl"),
             Shader::TomeMatch => include_str!("../../shaders/tome_match.wgsl"),
+            Shader::TomeMatchSg8 => include_str!("../../shaders/tome_match_sg8.wgsl"),
             Shader::TomeRank => include_str!("../../shaders/tome_rank.wgsl"),
             Shader::TomeSlots => include_str!("../../shaders/tome_slots.wgsl"),
             Shader::TomeMerge => include_str!("../../shaders/tome_merge.wgsl"),
@@ -165,21 +169,57 @@ impl KernelKey {
 }
 
 /// Compiled pipelines, shared by every plan built on one device.
+///
+/// By default shader modules keep wgpu's runtime checks (every array index clamped or
+/// checked). [`PipelineCache::trusted`] builds them without: the kernels' index arithmetic is
+/// what the kernel tests exercise, on ragged shapes and with every output poisoned, and each of
+/// them runs both ways there with bitwise-identical results required.
 #[derive(Clone, Default)]
 pub struct PipelineCache {
     map: Arc<Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>>,
+    trusted: bool,
 }
 
 impl PipelineCache {
+    /// A cache whose modules are created without runtime bounds checks
+    /// (`Device::create_shader_module_trusted` with `ShaderRuntimeChecks::unchecked()`): faster
+    /// kernels, and the project's promise that its shaders index only within their bindings for
+    /// every shape a plan accepts. Only this crate's own WGSL ever goes through a cache.
+    pub fn trusted() -> Self {
+        PipelineCache {
+            map: Default::default(),
+            trusted: true,
+        }
+    }
+
+    /// Whether modules are built without runtime checks.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
+    }
+
     pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
             .or_insert_with(|| {
                 let label = format!("{}:{}", key.shader.name(), key.head_dim);
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
                     source: wgpu::ShaderSource::Wgsl(key.wgsl().into()),
-                });
+                };
+                let module = if self.trusted {
+                    // SAFETY: the source is one of this crate's kernels (never user input), whose
+                    // indexing stays within the bindings for every shape the planner emits;
+                    // tests/kernels.rs runs each kernel with and without checks on ragged
+                    // shapes and requires bitwise-identical outputs.
+                    unsafe {
+                        device.create_shader_module_trusted(
+                            desc,
+                            wgpu::ShaderRuntimeChecks::unchecked(),
+                        )
+                    }
+                } else {
+                    device.create_shader_module(desc)
+                };
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(&label),
                     layout: None,

@@ -63,14 +63,25 @@ pub fn record_merge(
         &[qkv, metric],
         g,
     );
-    let g = b.grid(s.batch * na, 64);
+    // 8 A tokens per 8-lane workgroup sharing the B keys where subgroups allow (32-channel
+    // heads), else one A token per invocation.
+    let (matcher, g_match) = if b.subgroup8() && hd == 32 {
+        let tiles = s.batch * na.div_ceil(8);
+        (KernelKey::plain(Shader::TomeMatchSg8), b.grid(tiles * 8, 8))
+    } else {
+        (
+            KernelKey::with_head_dim(Shader::TomeMatch, hd),
+            b.grid(s.batch * na, 64),
+        )
+    };
     b.dispatch(
         Family::Matching,
-        KernelKey::with_head_dim(Shader::TomeMatch, hd),
+        matcher,
         &[bt, n],
         &[metric, row_max, dst],
-        g,
+        g_match,
     );
+    let g = b.grid(s.batch * na, 64);
     b.dispatch(
         Family::Matching,
         KernelKey::plain(Shader::TomeRank),

@@ -21,6 +21,12 @@ pub fn cache() -> &'static PipelineCache {
     CACHE.get_or_init(PipelineCache::default)
 }
 
+/// Pipelines built without runtime bounds checks ([`PipelineCache::trusted`]).
+pub fn trusted_cache() -> &'static PipelineCache {
+    static CACHE: OnceLock<PipelineCache> = OnceLock::new();
+    CACHE.get_or_init(PipelineCache::trusted)
+}
+
 /// Uniform values in [-scale, scale], never all zero.
 pub fn random(seed: u64, len: usize, scale: f32) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
@@ -45,7 +51,26 @@ pub fn run_opts(
     for &o in &outs {
         b.pin(o);
     }
-    let program = b.finish(g, cache(), &[]).expect("plan");
+    // Every kernel runs twice: with wgpu's runtime bounds checks and without (trusted
+    // modules). Checks only change what out-of-bounds accesses do, so the two must agree bit
+    // for bit; a difference means some index left its binding.
+    let checked = run_program(b.clone(), cache(), &outs, poison);
+    let trusted = run_program(b, trusted_cache(), &outs, poison);
+    assert!(
+        checked == trusted,
+        "outputs differ with and without runtime bounds checks: an index leaves its binding"
+    );
+    checked
+}
+
+fn run_program(
+    b: ProgramBuilder,
+    cache: &PipelineCache,
+    outs: &[TensorId],
+    poison: bool,
+) -> Vec<Vec<u32>> {
+    let g = gpu();
+    let program = b.finish(g, cache, &[]).expect("plan");
     for &o in outs.iter().filter(|_| poison) {
         let size = program.tensor_size(o) as usize;
         let (buf, offset) = program.location(o);
