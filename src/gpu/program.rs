@@ -146,12 +146,13 @@ pub struct ArenaPlan {
     pub peak_live_bytes: u64,
 }
 
-/// Greedy-by-size packing: the largest tensors first, each at the lowest aligned offset where it
-/// overlaps no already placed tensor that is live at the same time. This is the classic
-/// offset-planning heuristic of mobile inference runtimes; it typically lands within a few
-/// percent of the peak of simultaneously live bytes. Tensors in `conflicts` (written and read
-/// by one dispatch) go to different buffers; a tensor that would push a buffer past
-/// `max_buffer` opens another buffer.
+/// Offset planning: tensors are placed one by one, each at the lowest aligned offset where it
+/// overlaps no already placed tensor that is live at the same time, in the buffer it makes grow
+/// least (or a new one). Tensors in `conflicts` (written and read by one dispatch) go to
+/// different buffers; a tensor that would push a buffer past `max_buffer` goes elsewhere.
+/// The placement order matters, so several classic orders are tried (largest first, earliest
+/// first, longest-lived first, largest area first: the greedy heuristics of mobile inference
+/// runtimes) and the smallest total kept.
 pub fn pack_arena(
     tensors: &[Option<Interval>],
     conflicts: &[(usize, usize)],
@@ -166,26 +167,67 @@ pub fn pack_arena(
         }
     }
     let align = align.max(4);
-    let round = |b: u64| b.div_ceil(align) * align;
-    let mut order: Vec<usize> = (0..tensors.len())
-        .filter(|&i| tensors[i].is_some())
+    let present: Vec<(usize, Interval)> = tensors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.map(|t| (i, t)))
         .collect();
-    order.sort_by_key(|&i| {
-        let t = tensors[i].unwrap_or(Interval {
-            bytes: 0,
-            first: 0,
-            last: 0,
-        });
-        (std::cmp::Reverse(t.bytes), t.first, i)
-    });
-    let mut placement = vec![None; tensors.len()];
-    // Per buffer: placed (offset, size, first, last).
+    type Key = fn(&Interval) -> (u64, u64);
+    let keys: [Key; 4] = [
+        |t| (u64::MAX - t.bytes, t.first as u64),
+        |t| (t.first as u64, u64::MAX - t.bytes),
+        |t| {
+            (
+                usize::MAX as u64 - (t.last - t.first) as u64,
+                u64::MAX - t.bytes,
+            )
+        },
+        |t| {
+            let area = t.bytes.saturating_mul((t.last - t.first + 1) as u64);
+            (u64::MAX - area, t.first as u64)
+        },
+    ];
+    let (placement, buffer_sizes) = keys
+        .iter()
+        .map(|key| {
+            let mut order = present.clone();
+            order.sort_by_key(|(i, t)| (key(t), *i));
+            place(tensors.len(), &order, &conflict_with, align, max_buffer)
+        })
+        .min_by_key(|(_, sizes)| sizes.iter().sum::<u64>())
+        .unwrap_or_default();
+    let steps = present.iter().map(|(_, t)| t.last + 1).max().unwrap_or(0);
+    let mut live = vec![0u64; steps];
+    for (_, t) in &present {
+        for l in &mut live[t.first..=t.last] {
+            *l += t.bytes;
+        }
+    }
+    ArenaPlan {
+        placement,
+        buffer_sizes,
+        peak_live_bytes: live.into_iter().max().unwrap_or(0),
+    }
+}
+
+/// One greedy pass of [`pack_arena`] in `order`: placements and buffer sizes.
+fn place(
+    count: usize,
+    order: &[(usize, Interval)],
+    conflict_with: &[Vec<usize>],
+    align: u64,
+    max_buffer: u64,
+) -> (Vec<Option<(usize, u64)>>, Vec<u64>) {
+    let round = |b: u64| b.div_ceil(align) * align;
+    let mut placement = vec![None; count];
+    // Per buffer: placed (offset, size, first, last), and the buffer's size so far.
     let mut buffers: Vec<Vec<(u64, u64, usize, usize)>> = Vec::new();
-    let mut buffer_of = vec![usize::MAX; tensors.len()];
-    for &i in &order {
-        let Some(t) = tensors[i] else { continue };
+    let mut sizes: Vec<u64> = Vec::new();
+    let mut buffer_of = vec![usize::MAX; count];
+    for &(i, t) in order {
         let size = round(t.bytes);
-        let mut chosen = None;
+        // (growth, buffer, offset) of the best existing buffer.
+        let mut chosen: Option<(u64, usize, u64)> = None;
         for (bi, placed) in buffers.iter().enumerate() {
             if conflict_with[i].iter().any(|&c| buffer_of[c] == bi) {
                 continue;
@@ -203,40 +245,29 @@ pub fn pack_arena(
                 }
                 offset = offset.max(round(stop));
             }
-            if offset + size <= max_buffer.max(size) {
-                chosen = Some((bi, offset));
-                break;
+            if offset + size > max_buffer.max(size) {
+                continue;
+            }
+            let growth = (offset + size).saturating_sub(sizes[bi]);
+            if chosen.is_none_or(|c| growth < c.0) {
+                chosen = Some((growth, bi, offset));
             }
         }
-        let (bi, offset) = chosen.unwrap_or_else(|| {
-            buffers.push(Vec::new());
-            (buffers.len() - 1, 0)
-        });
+        // A new buffer grows the total by the whole tensor.
+        let (bi, offset) = match chosen {
+            Some((growth, bi, offset)) if growth < size || buffers.is_empty() => (bi, offset),
+            _ => {
+                buffers.push(Vec::new());
+                sizes.push(0);
+                (buffers.len() - 1, 0)
+            }
+        };
         buffers[bi].push((offset, size, t.first, t.last));
+        sizes[bi] = sizes[bi].max(offset + size);
         buffer_of[i] = bi;
         placement[i] = Some((bi, offset));
     }
-    let buffer_sizes = buffers
-        .iter()
-        .map(|p| p.iter().map(|q| q.0 + q.1).max().unwrap_or(0))
-        .collect();
-    let steps = tensors
-        .iter()
-        .flatten()
-        .map(|t| t.last + 1)
-        .max()
-        .unwrap_or(0);
-    let mut live = vec![0u64; steps];
-    for t in tensors.iter().flatten() {
-        for l in &mut live[t.first..=t.last] {
-            *l += t.bytes;
-        }
-    }
-    ArenaPlan {
-        placement,
-        buffer_sizes,
-        peak_live_bytes: live.into_iter().max().unwrap_or(0),
-    }
+    (placement, sizes)
 }
 
 impl ProgramBuilder {
