@@ -2,6 +2,9 @@
 //   mode 0: y = acc + b
 //   mode 1: y = gelu(acc + b)              (exact GELU through an erfc with 1.2e-7 relative error)
 //   mode 2: y = ca * y + cb * (acc + b)    (residual with SReT's learnable coefficients, in place)
+// With `norm` set, every row of x is normalised as it is loaded, (x - mean) * rstd with the
+// row's statistics from ln_stats.wgsl: LayerNorm fused into its consumer, its affine part folded
+// into W and b at upload.
 // The weights are stored transposed and padded, W^T [k, n_pad] with n_pad a multiple of 8, so
 // the 8 output columns of a tile are two aligned vec4 loads per k. Each invocation keeps an
 // 8 x 8 tile of y in registers: per k it loads 8 values of x and 2 vec4 of W for 64 multiply-adds.
@@ -17,6 +20,7 @@ struct Params {
     mode: u32,
     ca: f32,
     cb: f32,
+    norm: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +28,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
 const WG: u32 = 64u;
 
@@ -95,6 +100,25 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let r5 = min(m0 + 5u, p.m - 1u) * p.k;
     let r6 = min(m0 + 6u, p.m - 1u) * p.k;
     let r7 = min(m0 + 7u, p.m - 1u) * p.k;
+    // (mean, 1 / std) of each row, or the identity (0, 1) without normalisation.
+    var s0 = vec2<f32>(0.0, 1.0);
+    var s1 = s0;
+    var s2 = s0;
+    var s3 = s0;
+    var s4 = s0;
+    var s5 = s0;
+    var s6 = s0;
+    var s7 = s0;
+    if (p.norm != 0u) {
+        s0 = stats[min(m0 + 0u, p.m - 1u)];
+        s1 = stats[min(m0 + 1u, p.m - 1u)];
+        s2 = stats[min(m0 + 2u, p.m - 1u)];
+        s3 = stats[min(m0 + 3u, p.m - 1u)];
+        s4 = stats[min(m0 + 4u, p.m - 1u)];
+        s5 = stats[min(m0 + 5u, p.m - 1u)];
+        s6 = stats[min(m0 + 6u, p.m - 1u)];
+        s7 = stats[min(m0 + 7u, p.m - 1u)];
+    }
     var a0 = vec4<f32>(0.0);
     var b0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
@@ -117,28 +141,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let w0 = wt[wi];
         let w1 = wt[wi + 1u];
         wi += stride;
-        let x0 = x[r0 + kk];
+        let x0 = (x[r0 + kk] - s0.x) * s0.y;
         a0 += x0 * w0;
         b0 += x0 * w1;
-        let x1 = x[r1 + kk];
+        let x1 = (x[r1 + kk] - s1.x) * s1.y;
         a1 += x1 * w0;
         b1 += x1 * w1;
-        let x2 = x[r2 + kk];
+        let x2 = (x[r2 + kk] - s2.x) * s2.y;
         a2 += x2 * w0;
         b2 += x2 * w1;
-        let x3 = x[r3 + kk];
+        let x3 = (x[r3 + kk] - s3.x) * s3.y;
         a3 += x3 * w0;
         b3 += x3 * w1;
-        let x4 = x[r4 + kk];
+        let x4 = (x[r4 + kk] - s4.x) * s4.y;
         a4 += x4 * w0;
         b4 += x4 * w1;
-        let x5 = x[r5 + kk];
+        let x5 = (x[r5 + kk] - s5.x) * s5.y;
         a5 += x5 * w0;
         b5 += x5 * w1;
-        let x6 = x[r6 + kk];
+        let x6 = (x[r6 + kk] - s6.x) * s6.y;
         a6 += x6 * w0;
         b6 += x6 * w1;
-        let x7 = x[r7 + kk];
+        let x7 = (x[r7 + kk] - s7.x) * s7.y;
         a7 += x7 * w0;
         b7 += x7 * w1;
     }

@@ -6,7 +6,8 @@
 // Per k, each lane loads 4 values of x (one per 8 rows) and shares them with
 // subgroupBroadcast, so a value of x is loaded once per workgroup instead of once per lane;
 // loads, not arithmetic, are what a software rasteriser pays for. On other adapters the
-// portable linear.wgsl runs.
+// portable linear.wgsl runs. With `norm` set, rows of x are normalised as they are loaded
+// (LayerNorm fused into its consumer; see linear.wgsl).
 
 struct Params {
     m: u32,
@@ -16,6 +17,7 @@ struct Params {
     mode: u32,
     ca: f32,
     cb: f32,
+    norm: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,6 +25,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
 // Complementary error function, Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
 fn erfc_pos(z: f32) -> f32 {
@@ -85,6 +88,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // Lanes past the last column still load (clamped) so that every lane broadcasts its x.
     var wi = min(col0, p.n_pad - 8u) / 4u;
     let stride = p.n_pad / 4u;
+    // Each lane's rows (clamped past the edge) and their (mean, 1 / std), or (0, 1).
+    let row0 = min(m0 + 0u + lane, p.m - 1u);
+    var st0 = vec2<f32>(0.0, 1.0);
+    if (p.norm != 0u) {
+        st0 = stats[row0];
+    }
+    let row1 = min(m0 + 8u + lane, p.m - 1u);
+    var st1 = vec2<f32>(0.0, 1.0);
+    if (p.norm != 0u) {
+        st1 = stats[row1];
+    }
+    let row2 = min(m0 + 16u + lane, p.m - 1u);
+    var st2 = vec2<f32>(0.0, 1.0);
+    if (p.norm != 0u) {
+        st2 = stats[row2];
+    }
+    let row3 = min(m0 + 24u + lane, p.m - 1u);
+    var st3 = vec2<f32>(0.0, 1.0);
+    if (p.norm != 0u) {
+        st3 = stats[row3];
+    }
     var a0_0 = vec4<f32>(0.0);
     var a0_1 = vec4<f32>(0.0);
     var a1_0 = vec4<f32>(0.0);
@@ -150,10 +174,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var a31_0 = vec4<f32>(0.0);
     var a31_1 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        let xs0 = x[min(m0 + 0u + lane, p.m - 1u) * p.k + kk];
-        let xs1 = x[min(m0 + 8u + lane, p.m - 1u) * p.k + kk];
-        let xs2 = x[min(m0 + 16u + lane, p.m - 1u) * p.k + kk];
-        let xs3 = x[min(m0 + 24u + lane, p.m - 1u) * p.k + kk];
+        let xs0 = (x[row0 * p.k + kk] - st0.x) * st0.y;
+        let xs1 = (x[row1 * p.k + kk] - st1.x) * st1.y;
+        let xs2 = (x[row2 * p.k + kk] - st2.x) * st2.y;
+        let xs3 = (x[row3 * p.k + kk] - st3.x) * st3.y;
         let w0 = wt[wi];
         let w1 = wt[wi + 1u];
         wi += stride;

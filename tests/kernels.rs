@@ -262,6 +262,63 @@ fn linear_matches_cpu_for_every_epilogue() {
     }
 }
 
+/// LayerNorm folded into the linear layer after it (`ln_stats` + a linear that normalises rows
+/// as it loads them, gamma and beta in its weights) against LayerNorm then Linear on the CPU,
+/// for rows whose mean is far from zero, both kernels and two epilogues.
+#[test]
+fn layer_norm_folded_into_linear_matches_cpu() {
+    for (seed, m, k, n) in [
+        (70u64, 37usize, 64usize, 192usize),
+        (71, 9, 230, 64),
+        (72, 66, 128, 460),
+    ] {
+        let x: Vec<f32> = random(seed, m * k, 2.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 3.0 * ((i / k) % 5) as f32 - 4.0)
+            .collect();
+        let ln = LayerNorm {
+            weight: random(seed + 1, k, 1.0),
+            bias: random(seed + 2, k, 0.5),
+        };
+        let lin = Linear {
+            weight: random(seed + 3, n * k, (3.0 / k as f32).sqrt()),
+            bias: random(seed + 4, n, 0.1),
+            out_features: n,
+            in_features: k,
+        };
+        let normed = cpu::layer_norm(&x, m, &ln, 1e-6);
+        let base = cpu::linear(&normed, m, &lin);
+        let folded = linear::fold_layer_norm(&lin, &ln);
+        for ep in [Epilogue::Bias, Epilogue::Gelu] {
+            let mut want = base.clone();
+            if ep == Epilogue::Gelu {
+                cpu::gelu(&mut want);
+            }
+            for subgroup8 in [false, true]
+                .into_iter()
+                .filter(|&s| !s || subgroup8_capable(gpu()))
+            {
+                let got = run(|b| {
+                    b.set_subgroup8(subgroup8);
+                    let xt = b.constant("x", &x);
+                    let stats = b.activation("stats", m * 2);
+                    norm::ln_stats(b, Family::Mlp, m, k, 1e-6, xt, stats);
+                    let w = linear::upload(b, "w", &folded);
+                    let y = b.activation("y", m * n);
+                    linear::record_normalized(b, Family::Mlp, m, &w, ep, xt, stats, y);
+                    vec![y]
+                });
+                let err = max_rel_err(&as_f32(&got[0]), &want);
+                assert!(
+                    err <= TOL,
+                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}): {err}"
+                );
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_attention(
     seed: u64,

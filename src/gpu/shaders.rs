@@ -14,6 +14,7 @@ pub enum Shader {
     ConvDense,
     ConvSg8,
     LayerNorm,
+    LnStats,
     Linear,
     LinearSg8,
     Attention,
@@ -33,11 +34,12 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 19] = [
+    pub const ALL: [Shader; 20] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg8,
         Shader::LayerNorm,
+        Shader::LnStats,
         Shader::Linear,
         Shader::LinearSg8,
         Shader::Attention,
@@ -61,6 +63,7 @@ impl Shader {
             Shader::ConvDense => "conv_dense",
             Shader::ConvSg8 => "conv_sg8",
             Shader::LayerNorm => "layernorm",
+            Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
             Shader::LinearSg8 => "linear_sg8",
             Shader::Attention => "attention",
@@ -85,6 +88,7 @@ impl Shader {
             Shader::ConvDense => include_str!("../../shaders/conv_dense.wgsl"),
             Shader::ConvSg8 => include_str!("../../shaders/conv_sg8.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
+            Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),

@@ -5,7 +5,7 @@
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
-use crate::model::weights::Linear;
+use crate::model::weights::{LayerNorm, Linear};
 
 /// What happens to `x W^T + b` before it is stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +57,24 @@ pub fn upload(b: &mut ProgramBuilder, name: &str, l: &Linear) -> LinearWeights {
     }
 }
 
+/// `Linear(LayerNorm(x))` as one linear layer on normalised rows: `W' = W diag(gamma)` and
+/// `b' = b + W beta` (accumulated in f64), so the kernel needs only each row's mean and
+/// 1 / std ([`crate::kernels::norm::ln_stats`]) and [`record_normalized`].
+pub fn fold_layer_norm(l: &Linear, ln: &LayerNorm) -> Linear {
+    let k = l.in_features;
+    let mut folded = l.clone();
+    for (o, row) in folded.weight.chunks_exact_mut(k).enumerate() {
+        let shift: f64 = (0..k)
+            .map(|i| l.weight[o * k + i] as f64 * ln.bias[i] as f64)
+            .sum();
+        folded.bias[o] = (l.bias[o] as f64 + shift) as f32;
+        for (w, g) in row.iter_mut().zip(&ln.weight) {
+            *w *= g;
+        }
+    }
+    folded
+}
+
 /// `y[m, out] = epilogue(x[m, in] W^T + b)`.
 pub fn record(
     b: &mut ProgramBuilder,
@@ -65,6 +83,37 @@ pub fn record(
     w: &LinearWeights,
     epilogue: Epilogue,
     x: TensorId,
+    y: TensorId,
+) {
+    record_with(b, family, m, w, epilogue, x, None, y);
+}
+
+/// `y = epilogue(x' W^T + b)` with every row of x normalised as it is loaded,
+/// `x' = (x - mean) / std` from `stats [m, 2]` ([`crate::kernels::norm::ln_stats`]): with
+/// weights from [`fold_layer_norm`], `Linear(LayerNorm(x))` without the normalised tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn record_normalized(
+    b: &mut ProgramBuilder,
+    family: Family,
+    m: usize,
+    w: &LinearWeights,
+    epilogue: Epilogue,
+    x: TensorId,
+    stats: TensorId,
+    y: TensorId,
+) {
+    record_with(b, family, m, w, epilogue, x, Some(stats), y);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_with(
+    b: &mut ProgramBuilder,
+    family: Family,
+    m: usize,
+    w: &LinearWeights,
+    epilogue: Epilogue,
+    x: TensorId,
+    stats: Option<TensorId>,
     y: TensorId,
 ) {
     let (k, n) = (w.in_features, w.out_features);
@@ -91,8 +140,10 @@ pub fn record(
             mode,
             ca.to_bits(),
             cb.to_bits(),
+            stats.is_some() as u32,
         ],
-        &[x, w.wt, w.bias, y],
+        // Without statistics the kernel never reads binding 5; the bias stands in for it.
+        &[x, w.wt, w.bias, y, stats.unwrap_or(w.bias)],
         grid,
     );
 }

@@ -24,6 +24,28 @@ pub fn layer_norm(
     );
 }
 
+/// Per row of `x [rows, c]` the LayerNorm statistics `(mean, 1 / sqrt(var + eps))` into
+/// `stats [rows, 2]`, for a linear layer that normalises its input as it loads it
+/// ([`crate::kernels::linear::record_normalized`]).
+pub fn ln_stats(
+    b: &mut ProgramBuilder,
+    family: Family,
+    rows: usize,
+    c: usize,
+    eps: f32,
+    x: TensorId,
+    stats: TensorId,
+) {
+    let grid = b.grid(rows, 64);
+    b.dispatch(
+        family,
+        KernelKey::plain(Shader::LnStats),
+        &[rows as u32, c as u32, eps.to_bits()],
+        &[x, stats],
+        grid,
+    );
+}
+
 /// `[batch, n, c] -> [batch, c]`, the mean over tokens.
 pub fn mean_tokens(
     b: &mut ProgramBuilder,

@@ -61,22 +61,32 @@ fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
     Uploaded { weight, bias }
 }
 
+/// A shared block's weights; its LayerNorms are folded into the linear layers that consume them
+/// (`qkv`, `fc1`), which normalise their input rows as they load them.
 struct BlockTensors {
-    norm1: Uploaded,
     qkv: LinearWeights,
     proj: LinearWeights,
-    norm2: Uploaded,
     fc1: LinearWeights,
     fc2: LinearWeights,
 }
 
 struct NonProjTensors {
-    norm1: Uploaded,
     fc1: LinearWeights,
     fc2: LinearWeights,
 }
 
-/// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds.
+/// Upload `lin` with the LayerNorm before it folded in ([`linear::fold_layer_norm`]).
+fn up_normalized(
+    b: &mut ProgramBuilder,
+    name: &str,
+    lin: &crate::model::weights::Linear,
+    ln: &LayerNorm,
+) -> LinearWeights {
+    linear::upload(b, name, &linear::fold_layer_norm(lin, ln))
+}
+
+/// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
+/// LayerNorm folded into `fc1` (only each row's statistics are computed).
 #[allow(clippy::too_many_arguments)]
 fn record_mlp(
     b: &mut ProgramBuilder,
@@ -84,26 +94,15 @@ fn record_mlp(
     dim: usize,
     hidden: usize,
     x: TensorId,
-    norm: &Uploaded,
     fc1: &LinearWeights,
     fc2: &LinearWeights,
     coef: (f32, f32),
     label: &str,
 ) {
-    let y = b.activation(format!("{label} ln"), rows * dim);
-    norm::layer_norm(
-        b,
-        Family::Mlp,
-        rows,
-        dim,
-        LN_EPS,
-        x,
-        norm.weight,
-        norm.bias,
-        y,
-    );
+    let stats = b.activation(format!("{label} ln stats"), rows * 2);
+    norm::ln_stats(b, Family::Mlp, rows, dim, LN_EPS, x, stats);
     let h = b.activation(format!("{label} hidden"), rows * hidden);
-    linear::record(b, Family::Mlp, rows, fc1, Epilogue::Gelu, y, h);
+    linear::record_normalized(b, Family::Mlp, rows, fc1, Epilogue::Gelu, x, stats, h);
     linear::record(
         b,
         Family::Mlp,
@@ -262,11 +261,9 @@ pub fn record(
             .map(|(i, bw)| {
                 let p = format!("transformers.{s}.block{i}");
                 BlockTensors {
-                    norm1: up_ln(&mut b, &format!("{p}.norm1"), &bw.norm1),
-                    qkv: linear::upload(&mut b, &format!("{p}.qkv"), &bw.qkv),
+                    qkv: up_normalized(&mut b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
                     proj: linear::upload(&mut b, &format!("{p}.proj"), &bw.proj),
-                    norm2: up_ln(&mut b, &format!("{p}.norm2"), &bw.norm2),
-                    fc1: linear::upload(&mut b, &format!("{p}.fc1"), &bw.fc1),
+                    fc1: up_normalized(&mut b, &format!("{p}.fc1"), &bw.fc1, &bw.norm2),
                     fc2: linear::upload(&mut b, &format!("{p}.fc2"), &bw.fc2),
                 }
             })
@@ -282,27 +279,18 @@ pub fn record(
             let blk = &blocks[sc.block_of(exec)];
             let coef = sw.blocks[sc.block_of(exec)].coef;
             let rows = bt * n;
-            // Attention half.
-            let y = b.activation(format!("{label} ln1"), rows * dim);
-            norm::layer_norm(
-                &mut b,
-                Family::Attention,
-                rows,
-                dim,
-                LN_EPS,
-                x,
-                blk.norm1.weight,
-                blk.norm1.bias,
-                y,
-            );
+            // Attention half (norm1 folded into qkv).
+            let stats = b.activation(format!("{label} ln1 stats"), rows * 2);
+            norm::ln_stats(&mut b, Family::Attention, rows, dim, LN_EPS, x, stats);
             let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
-            linear::record(
+            linear::record_normalized(
                 &mut b,
                 Family::Attention,
                 rows,
                 &blk.qkv,
                 Epilogue::Bias,
-                y,
+                x,
+                stats,
                 qkv,
             );
             let perm = spec.perms[s][exec]
@@ -373,7 +361,6 @@ pub fn record(
                 dim,
                 sc.mlp_hidden,
                 x,
-                &blk.norm2,
                 &blk.fc1,
                 &blk.fc2,
                 (coef[2], coef[3]),
@@ -382,8 +369,7 @@ pub fn record(
             // The loop's own Non_proj MLP.
             let np = &sw.non_projs[exec];
             let npt = NonProjTensors {
-                norm1: up_ln(&mut b, &format!("{label}.np.norm1"), &np.norm1),
-                fc1: linear::upload(&mut b, &format!("{label}.np.fc1"), &np.fc1),
+                fc1: up_normalized(&mut b, &format!("{label}.np.fc1"), &np.fc1, &np.norm1),
                 fc2: linear::upload(&mut b, &format!("{label}.np.fc2"), &np.fc2),
             };
             record_mlp(
@@ -392,7 +378,6 @@ pub fn record(
                 dim,
                 sc.np_hidden,
                 x,
-                &npt.norm1,
                 &npt.fc1,
                 &npt.fc2,
                 (np.coef[0], np.coef[1]),

@@ -1,0 +1,36 @@
+// The statistics of LayerNorm over the last dimension, for a linear layer that normalises its
+// input as it loads it (LayerNorm fused into its consumer, the affine part folded into the
+// consumer's weights): per row the mean and 1 / sqrt(var + eps), biased variance as torch, two
+// passes over the row as layernorm.wgsl. One invocation per row.
+
+struct Params {
+    rows: u32,
+    c: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<vec2<f32>>;
+
+const WG: u32 = 64u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.c;
+    var sum = 0.0;
+    for (var i = 0u; i < p.c; i++) {
+        sum += x[base + i];
+    }
+    let mean = sum / f32(p.c);
+    var sq = 0.0;
+    for (var i = 0u; i < p.c; i++) {
+        let d = x[base + i] - mean;
+        sq += d * d;
+    }
+    stats[row] = vec2<f32>(mean, inverseSqrt(sq / f32(p.c) + p.eps));
+}
