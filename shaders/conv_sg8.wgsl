@@ -30,11 +30,9 @@ struct Params {
 
 var<private> col0: u32;
 
-// x at (plane row 0 = `plane`, iy, ix), zero outside the image (the padding).
-fn tap(plane: u32, iy: i32, ix: i32) -> f32 {
-    let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-    let i = select(0u, (plane + u32(iy) - p.iy_off) * p.w + u32(ix), inside);
-    return select(0.0, x[i], inside);
+// Whether input position (iy, ix) is inside the image (else it is padding: zero).
+fn inside(iy: i32, ix: i32) -> bool {
+    return iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
 }
 
 fn emit(b: u32, co: u32, oy: u32, ox: u32, acc: f32) {
@@ -86,8 +84,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     col0 = (tile % tiles_n) * 64u + lane * 8u;
     // Lanes past the last channel still load (clamped) so that every lane broadcasts its x.
-    var wi = min(col0, cout_pad - 8u) / 4u;
+    let wcol = min(col0, cout_pad - 8u) / 4u;
     let stride = cout_pad / 4u;
+    // Input channels are the innermost loop: per kernel tap the positions, the padding test
+    // and the weight row are worked out once, then each channel is one plane further on.
+    let plane = p.h_buf * p.w;
+    let wstep = p.k * p.k * stride;
     let q0 = min(m0 + 0u + lane, pixels - 1u);
     let base0 = (q0 / (p.ow * p.oh_run)) * p.cin * p.h_buf;
     let iy0 = i32((p.oy0 + (q0 / p.ow) % p.oh_run) * p.stride) - i32(p.pad);
@@ -168,16 +170,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var a30_1 = vec4<f32>(0.0);
     var a31_0 = vec4<f32>(0.0);
     var a31_1 = vec4<f32>(0.0);
-    for (var ci = 0u; ci < p.cin; ci++) {
-        for (var ky = 0u; ky < p.k; ky++) {
-            for (var kx = 0u; kx < p.k; kx++) {
-                let xs0 = tap(base0 + ci * p.h_buf, iy0 + i32(ky), ix0 + i32(kx));
-                let xs1 = tap(base1 + ci * p.h_buf, iy1 + i32(ky), ix1 + i32(kx));
-                let xs2 = tap(base2 + ci * p.h_buf, iy2 + i32(ky), ix2 + i32(kx));
-                let xs3 = tap(base3 + ci * p.h_buf, iy3 + i32(ky), ix3 + i32(kx));
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let in0 = inside(iy0 + i32(ky), ix0 + i32(kx));
+            let i0 = select(0u, (base0 + u32(iy0 + i32(ky)) - p.iy_off) * p.w + u32(ix0 + i32(kx)), in0);
+            let in1 = inside(iy1 + i32(ky), ix1 + i32(kx));
+            let i1 = select(0u, (base1 + u32(iy1 + i32(ky)) - p.iy_off) * p.w + u32(ix1 + i32(kx)), in1);
+            let in2 = inside(iy2 + i32(ky), ix2 + i32(kx));
+            let i2 = select(0u, (base2 + u32(iy2 + i32(ky)) - p.iy_off) * p.w + u32(ix2 + i32(kx)), in2);
+            let in3 = inside(iy3 + i32(ky), ix3 + i32(kx));
+            let i3 = select(0u, (base3 + u32(iy3 + i32(ky)) - p.iy_off) * p.w + u32(ix3 + i32(kx)), in3);
+            var wi = wcol + (ky * p.k + kx) * stride;
+            for (var ci = 0u; ci < p.cin; ci++) {
+                let xs0 = select(0.0, x[i0 + ci * plane], in0);
+                let xs1 = select(0.0, x[i1 + ci * plane], in1);
+                let xs2 = select(0.0, x[i2 + ci * plane], in2);
+                let xs3 = select(0.0, x[i3 + ci * plane], in3);
                 let w0 = wt[wi];
                 let w1 = wt[wi + 1u];
-                wi += stride;
+                wi += wstep;
                 let b0 = subgroupBroadcast(xs0, 0u);
                 a0_0 += b0 * w0;
                 a0_1 += b0 * w1;

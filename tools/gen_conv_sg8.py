@@ -15,9 +15,13 @@ setup = "\n".join(
     let ix{g} = i32((q{g} % p.ow) * p.stride) - i32(p.pad);"""
     for g in range(GROUPS)
 )
-loads = "\n".join(
-    f"                let xs{g} = tap(base{g} + ci * p.h_buf, iy{g} + i32(ky), ix{g} + i32(kx));"
+taps = "\n".join(
+    f"""            let in{g} = inside(iy{g} + i32(ky), ix{g} + i32(kx));
+            let i{g} = select(0u, (base{g} + u32(iy{g} + i32(ky)) - p.iy_off) * p.w + u32(ix{g} + i32(kx)), in{g});"""
     for g in range(GROUPS)
+)
+loads = "\n".join(
+    f"                let xs{g} = select(0.0, x[i{g} + ci * plane], in{g});" for g in range(GROUPS)
 )
 accs = "\n".join(
     f"    var a{r}_0 = vec4<f32>(0.0);\n    var a{r}_1 = vec4<f32>(0.0);" for r in range(ROWS)
@@ -61,11 +65,9 @@ struct Params {{
 
 var<private> col0: u32;
 
-// x at (plane row 0 = `plane`, iy, ix), zero outside the image (the padding).
-fn tap(plane: u32, iy: i32, ix: i32) -> f32 {{
-    let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-    let i = select(0u, (plane + u32(iy) - p.iy_off) * p.w + u32(ix), inside);
-    return select(0.0, x[i], inside);
+// Whether input position (iy, ix) is inside the image (else it is padding: zero).
+fn inside(iy: i32, ix: i32) -> bool {{
+    return iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
 }}
 
 fn emit(b: u32, co: u32, oy: u32, ox: u32, acc: f32) {{
@@ -117,17 +119,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }}
     col0 = (tile % tiles_n) * 64u + lane * 8u;
     // Lanes past the last channel still load (clamped) so that every lane broadcasts its x.
-    var wi = min(col0, cout_pad - 8u) / 4u;
+    let wcol = min(col0, cout_pad - 8u) / 4u;
     let stride = cout_pad / 4u;
+    // Input channels are the innermost loop: per kernel tap the positions, the padding test
+    // and the weight row are worked out once, then each channel is one plane further on.
+    let plane = p.h_buf * p.w;
+    let wstep = p.k * p.k * stride;
 {setup}
 {accs}
-    for (var ci = 0u; ci < p.cin; ci++) {{
-        for (var ky = 0u; ky < p.k; ky++) {{
-            for (var kx = 0u; kx < p.k; kx++) {{
+    for (var ky = 0u; ky < p.k; ky++) {{
+        for (var kx = 0u; kx < p.k; kx++) {{
+{taps}
+            var wi = wcol + (ky * p.k + kx) * stride;
+            for (var ci = 0u; ci < p.cin; ci++) {{
 {loads}
                 let w0 = wt[wi];
                 let w1 = wt[wi + 1u];
-                wi += stride;
+                wi += wstep;
 {body}
             }}
         }}
