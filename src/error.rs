@@ -78,6 +78,9 @@ pub enum Error {
     #[error("GPU error during {during}: {why}")]
     Gpu { during: String, why: String },
 
+    #[error("the GPU device was lost during {during}{detail}")]
+    DeviceLost { during: String, detail: String },
+
     #[error("cannot write {path}: {why}")]
     Write { path: PathBuf, why: String },
 }

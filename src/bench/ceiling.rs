@@ -58,6 +58,18 @@ pub fn measure(
     batch: usize,
     iters: usize,
 ) -> Result<Vec<MatmulRate>> {
+    gpu.scoped("measuring the matmul ceiling", || {
+        measure_unscoped(gpu, cache, cfg, batch, iters)
+    })
+}
+
+fn measure_unscoped(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    cfg: &ModelConfig,
+    batch: usize,
+    iters: usize,
+) -> Result<Vec<MatmulRate>> {
     const TARGET_FLOPS: f64 = 2e8;
     let mut rng = SplitMix64::new(0x5eed_ce11);
     let mut rates = Vec::new();

@@ -23,6 +23,9 @@ pub struct Gpu {
     /// Features enabled on `device` (what the planner may use).
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Set when the device is lost (for devices this crate created; a borrowed device keeps
+    /// its application's lost-device callback), so errors can say so.
+    lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn parse_backends(spec: &str) -> Result<wgpu::Backends> {
@@ -114,7 +117,27 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        // wgpu's default handler panics on an error nobody captured. Everything the engine does
+        // runs inside error scopes (`Gpu::scoped`), so what reaches this handler escaped them:
+        // it is logged, never a panic. (A borrowed device keeps its application's handler.)
+        device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
+            log::error!("uncaptured GPU error: {e}");
+        }));
+        let lost = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                log::error!("GPU device lost ({reason:?}): {message}");
+            }
+            let why = if message.is_empty() {
+                format!("{reason:?}")
+            } else {
+                format!("{reason:?}: {message}")
+            };
+            *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        });
         Ok(Gpu {
+            lost,
             device,
             queue,
             info,
@@ -127,6 +150,7 @@ impl Gpu {
     /// device was created with.
     pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
         Gpu {
+            lost: Default::default(),
             features: device.features(),
             limits: device.limits(),
             device: device.clone(),
@@ -145,6 +169,40 @@ impl Gpu {
             "{} ({:?}, {} {})",
             self.info.name, self.info.backend, self.info.driver, self.info.driver_info
         )
+    }
+
+    /// Run `f` with the device's validation and out-of-memory errors captured (error scopes on
+    /// this thread): the first error becomes [`Error::Gpu`] naming `during`, instead of reaching
+    /// the device's uncaptured-error handler (wgpu's default one panics).
+    pub fn scoped<T>(&self, during: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let invalid = pollster::block_on(validation.pop());
+        let out_of_memory = pollster::block_on(oom.pop());
+        if let Some(detail) = self.lost_reason().filter(|_| out.is_err()) {
+            return Err(Error::DeviceLost {
+                during: during.into(),
+                detail: format!(" ({detail})"),
+            });
+        }
+        let out = out?;
+        match (out_of_memory, invalid) {
+            (Some(e), _) => Err(Error::Gpu {
+                during: during.into(),
+                why: format!("out of GPU memory ({e}); try a smaller batch"),
+            }),
+            (None, Some(e)) => Err(Error::Gpu {
+                during: during.into(),
+                why: e.to_string(),
+            }),
+            (None, None) => Ok(out),
+        }
+    }
+
+    /// Why the device was lost, if it was (devices this crate created).
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Block until the queue is idle, turning a lost device into an error instead of a hang.

@@ -228,6 +228,18 @@ impl Engine {
         weights: &ModelWeights,
         spec: &EngineSpec,
     ) -> Result<Engine> {
+        gpu.scoped("building the forward", || {
+            Engine::build(gpu, cache, cfg, weights, spec)
+        })
+    }
+
+    fn build(
+        gpu: &Gpu,
+        cache: &PipelineCache,
+        cfg: &ModelConfig,
+        weights: &ModelWeights,
+        spec: &EngineSpec,
+    ) -> Result<Engine> {
         if spec.batch == 0 {
             return Err(Error::arg("batch", 0, "must be at least 1"));
         }
@@ -550,6 +562,10 @@ impl Engine {
 
     /// Run a forward on `images` (`[batch, 3, 224, 224]`, normalised): one submission, one wait.
     pub fn forward(&self, images: &[f32]) -> Result<ForwardOutput> {
+        self.gpu.scoped("a forward", || self.run_forward(images))
+    }
+
+    fn run_forward(&self, images: &[f32]) -> Result<ForwardOutput> {
         let expected = self.batch * image_elems(&self.cfg);
         if images.len() != expected {
             return Err(Error::arg(
@@ -609,6 +625,11 @@ impl Engine {
     /// Run one forward on the uploaded input and time it: GPU time from timestamp queries around
     /// the whole forward where `timer` is given, and wall time of submit-to-idle.
     pub fn time_forward(&self, timer: Option<&Timer>) -> Result<Timing> {
+        self.gpu
+            .scoped("a timed forward", || self.run_timed_forward(timer))
+    }
+
+    fn run_timed_forward(&self, timer: Option<&Timer>) -> Result<Timing> {
         let mut enc = self
             .gpu
             .device
@@ -639,6 +660,10 @@ impl Engine {
     /// sum per kernel family. Each pass adds the driver's per-pass overhead, so the families'
     /// total exceeds a normal forward; the split is what this is for. Needs TIMESTAMP_QUERY.
     pub fn profile(&self) -> Result<Profile> {
+        self.gpu.scoped("profiling", || self.run_profile())
+    }
+
+    fn run_profile(&self) -> Result<Profile> {
         if !self.gpu.has_timestamps() {
             return Err(Error::MissingCapability {
                 what: "TIMESTAMP_QUERY (needed by --profile)".into(),

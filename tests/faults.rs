@@ -1,0 +1,66 @@
+//! The GPU as a source of faults: a validation error is captured by the engine's error scopes
+//! and returned as an error naming what was being done (wgpu's default handler would panic),
+//! and a device lost between forwards gives an error, not a hang or a panic.
+
+use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use sret_tome::reference::synthetic_images;
+use sret_tome::{Error, Schedule};
+
+#[test]
+fn validation_errors_are_returned_not_raised() {
+    let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
+    let err = gpu
+        .scoped("making a bad buffer", || {
+            // MAP_READ may only be combined with COPY_DST: a validation error.
+            let _ = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bad"),
+                size: 64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            Ok(())
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Gpu { .. }) && msg.contains("making a bad buffer"),
+        "{msg}"
+    );
+    // The device is still usable afterwards.
+    gpu.scoped("a good buffer", || {
+        let _ = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("good"),
+            size: 64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_lost_device_is_an_error_not_a_hang() {
+    let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
+    let model = Model::load("sret_t_distill", None).unwrap();
+    let schedule: Schedule = "exp:0.25,0".parse().unwrap();
+    let plan = ForwardPlan::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
+    let engine = build_engine(&gpu, &PipelineCache::default(), &model, &plan, 1, false).unwrap();
+    let images = synthetic_images(&model.cfg, 1, 1);
+    engine.forward(&images).unwrap();
+    gpu.device.destroy();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(engine.forward(&images).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a forward on a lost device must return, not hang");
+    let err = result.expect_err("a forward on a destroyed device must fail");
+    eprintln!("forward after device loss: {err}");
+    assert!(
+        matches!(err, Error::DeviceLost { .. }) && err.to_string().contains("device was lost"),
+        "{err}"
+    );
+}
