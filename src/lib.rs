@@ -33,6 +33,7 @@
 pub mod api;
 pub mod error;
 pub mod eval;
+pub mod fuzzing;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

@@ -1,0 +1,48 @@
+//! Entry points for fuzzers: each takes arbitrary bytes, feeds them to one loader the way a user's
+//! file would reach it, and returns nothing. Whatever the bytes, the loaders must return an
+//! error or a value, never panic, hang or allocate without bound. `fuzz/` runs them under
+//! libFuzzer (`cargo +nightly fuzz run weights`), and `tests/fuzz_corpus.rs` replays the
+//! committed corpora plus random mutations of them on every test run.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use crate::model::checkpoint::{load_checkpoint_bytes, read_state_dict_bytes};
+use crate::model::load::load_safetensors_bytes;
+use crate::model::ModelConfig;
+use crate::tome::{plan, Schedule};
+
+fn sret_t() -> &'static ModelConfig {
+    static CFG: OnceLock<ModelConfig> = OnceLock::new();
+    CFG.get_or_init(|| ModelConfig::by_name("sret_t").expect("a built-in model"))
+}
+
+/// A safetensors weight file for `sret_t`.
+pub fn weights(data: &[u8]) {
+    let _ = load_safetensors_bytes(data, Path::new("fuzz.safetensors"), sret_t());
+}
+
+/// A PyTorch checkpoint (`torch.save` zip with a pickle): the raw state dict, then as `sret_t`
+/// weights.
+pub fn checkpoint(data: &[u8]) {
+    let path = Path::new("fuzz.pth");
+    if read_state_dict_bytes(data, path).is_ok() {
+        let _ = load_checkpoint_bytes(data, path, sret_t());
+    }
+}
+
+/// A `--schedule` value: parsed, printed and parsed again (the same schedule), and planned for
+/// `sret_t` (the merging constraints applied to whatever it asks for).
+pub fn schedule(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(s) = text.parse::<Schedule>() {
+        let again: Schedule = s
+            .to_string()
+            .parse()
+            .expect("a printed schedule parses again");
+        assert_eq!(again, s, "printing and parsing {text:?} changed it");
+        let _ = plan(sret_t(), &s);
+    }
+}
