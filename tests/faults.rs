@@ -64,3 +64,25 @@ fn a_lost_device_is_an_error_not_a_hang() {
         "{err}"
     );
 }
+
+#[test]
+fn a_batch_too_large_for_the_device_says_how_large_it_can_be() {
+    let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
+    let model = Model::load("sret_t_distill", None).unwrap();
+    let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), DEFAULT_SEED).unwrap();
+    let Err(err) = build_engine(
+        &gpu,
+        &PipelineCache::default(),
+        &model,
+        &plan,
+        100_000,
+        false,
+    ) else {
+        panic!("100,000 images do not fit one buffer");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("batch") && msg.contains("max_buffer_size") && msg.contains("at most"),
+        "{msg}"
+    );
+}

@@ -253,6 +253,19 @@ impl Engine {
         }
         let img_bytes = (image_elems(cfg) * 4) as u64;
         let cls_bytes = (cfg.num_classes * 4) as u64;
+        // The whole batch's images live in one buffer (micro-batches copy from it).
+        let max_images = gpu.limits.max_buffer_size / img_bytes;
+        if spec.batch as u64 > max_images {
+            return Err(Error::arg(
+                "batch",
+                spec.batch,
+                format!(
+                    "its images need {} bytes in one buffer, over the device's max_buffer_size of {} bytes: at most {max_images} images per forward (run larger sets as several forwards)",
+                    img_bytes * spec.batch as u64,
+                    gpu.limits.max_buffer_size
+                ),
+            ));
+        }
         let dev = &gpu.device;
         // STORAGE: GPU preprocessing may write it (one image per binding).
         let input = dev.create_buffer(&wgpu::BufferDescriptor {
