@@ -1022,3 +1022,40 @@ fn saving_refuses_weights_of_another_shape() {
     let lt = ModelConfig::by_name("sret_lt").unwrap();
     assert!(to_safetensors_bytes(&random_weights(&sret_t(), 1), &lt).is_err());
 }
+
+/// A header naming one tensor twice (JSON allows it; a map keeps one of the two) is refused.
+#[test]
+fn duplicate_tensor_names_are_refused() {
+    let (cfg, _, bytes) = sample();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let text = std::str::from_utf8(&bytes[8..8 + header])
+        .unwrap()
+        .trim_end();
+    // Repeat the first entry at the end, pointing at the same data.
+    let body = text.strip_prefix('{').unwrap().strip_suffix('}').unwrap();
+    // Top-level entries: split at commas outside any bracket.
+    let mut entries = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                entries.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&body[start..]);
+    let first = entries
+        .iter()
+        .find(|e| e.contains("data_offsets"))
+        .expect("a tensor entry");
+    let doubled = format!("{{{body},{first}}}");
+    let mut out = (doubled.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(doubled.as_bytes());
+    out.extend_from_slice(&bytes[8 + header..]);
+    let (_, msg) = load_err(&out, &cfg);
+    assert!(msg.contains("duplicate") || msg.contains("twice"), "{msg}");
+}

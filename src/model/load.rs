@@ -262,12 +262,48 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> 
     load_safetensors_bytes(&bytes, path, cfg)
 }
 
+/// The first name a safetensors header lists twice. JSON allows repeated keys and a map keeps
+/// only one of them, so a file could otherwise carry two tensors under one name unnoticed.
+/// `None` also when the header is unreadable (the safetensors parser then says why).
+fn repeated_name(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstRepeat(Option<String>);
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = FirstRepeat;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FirstRepeat, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeat = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) && repeat.is_none() {
+                    repeat = Some(key);
+                }
+            }
+            Ok(FirstRepeat(repeat))
+        }
+    }
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    de.deserialize_map(Keys).ok()?.0
+}
+
 /// [`load_safetensors`] from the file's bytes; `path` is used only in messages.
 pub fn load_safetensors_bytes(
     bytes: &[u8],
     path: &Path,
     cfg: &ModelConfig,
 ) -> Result<ModelWeights> {
+    if let Some(name) = repeated_name(bytes) {
+        return Err(Error::BadSafetensors {
+            path: path.to_path_buf(),
+            why: format!("the header lists tensor '{name}' twice (duplicate names)"),
+        });
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::BadSafetensors {
         path: path.to_path_buf(),
         why: e.to_string(),
