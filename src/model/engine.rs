@@ -753,7 +753,7 @@ impl Engine {
                 during: "trace".into(),
                 why: "missing readback buffer".into(),
             })?;
-            let mut v: Vec<u32> = read_buffer(&self.gpu, buf)?;
+            let mut v: Vec<u32> = self.read(buf)?;
             v.truncate(keep);
             Ok(v)
         };
