@@ -86,3 +86,23 @@ fn a_batch_too_large_for_the_device_says_how_large_it_can_be() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_missing_adapter_or_backend_is_a_clear_error() {
+    let err = Gpu::new(&AdapterChoice {
+        backends: None,
+        index: Some(999),
+    })
+    .expect_err("there is no adapter 999");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::NoAdapter { .. }) && msg.contains("999") && msg.contains("adapters"),
+        "{msg}"
+    );
+    let err = Gpu::new(&AdapterChoice {
+        backends: Some("glide".into()),
+        index: None,
+    })
+    .expect_err("no such backend");
+    assert!(err.to_string().contains("glide"), "{err}");
+}
