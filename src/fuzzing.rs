@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use crate::model::checkpoint::{load_checkpoint_bytes, read_state_dict_bytes};
 use crate::model::load::load_safetensors_bytes;
 use crate::model::ModelConfig;
+use crate::preprocess::{decode_rgb8_bytes, preprocess_rgb8};
 use crate::tome::{plan, Schedule};
 
 fn sret_t() -> &'static ModelConfig {
@@ -44,5 +45,14 @@ pub fn schedule(data: &[u8]) {
             .expect("a printed schedule parses again");
         assert_eq!(again, s, "printing and parsing {text:?} changed it");
         let _ = plan(sret_t(), &s);
+    }
+}
+
+/// An image file (JPEG, PNG, whatever the `image` crate recognises): decoded to RGB8 and, when
+/// that succeeds, preprocessed to the model's input.
+pub fn image(data: &[u8]) {
+    if let Ok(img) = decode_rgb8_bytes(data, Path::new("fuzz.img")) {
+        let x = preprocess_rgb8(&img);
+        assert_eq!(x.len(), 3 * 224 * 224, "preprocessed input size");
     }
 }

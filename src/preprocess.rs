@@ -20,7 +20,7 @@
 //! ratios (a 1x50M image would otherwise resize to 256x12.8G).
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -83,34 +83,52 @@ pub fn load_image(path: &Path) -> Result<Vec<f32>> {
 ///
 /// Refuses images of zero size or more than [`MAX_PIXELS`] pixels before decoding them.
 pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb8_from(BufReader::new(file), path)
+}
+
+/// [`decode_rgb8`] of an image already in memory; `name` is the path its errors name.
+pub fn decode_rgb8_bytes(data: &[u8], name: &Path) -> Result<RgbImage> {
+    decode_rgb8_from(Cursor::new(data), name)
+}
+
+/// A reader of `input` from its start, with its format guessed from its content.
+fn open_image<'a, R: BufRead + Seek>(
+    input: &'a mut R,
+    path: &Path,
+) -> Result<ImageReader<&'a mut R>> {
+    input.rewind().map_err(|e| Error::io(path, e))?;
+    let reader = ImageReader::new(input)
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(Error::BadImage {
+            path: path.to_path_buf(),
+            why: "not a recognised image format (supported: JPEG, PNG)".to_string(),
+        });
+    }
+    Ok(reader)
+}
+
+/// [`decode_rgb8`] of whatever `input` reads (from its start), naming `path` in errors.
+fn decode_rgb8_from<R: BufRead + Seek>(mut input: R, path: &Path) -> Result<RgbImage> {
     let bad = |why: String| Error::BadImage {
         path: path.to_path_buf(),
         why,
     };
-    let open = || -> Result<ImageReader<BufReader<File>>> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = ImageReader::new(BufReader::new(file))
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?;
-        if reader.format().is_none() {
-            return Err(bad(
-                "not a recognised image format (supported: JPEG, PNG)".to_string()
-            ));
-        }
-        Ok(reader)
-    };
-
-    if let Some((w, h)) = png_header_size(path) {
+    let io = |e| Error::io(path, e);
+    if let Some((w, h)) = png_header_size(&mut input) {
         check_dimensions(w, h).map_err(bad)?;
     }
-    let (w, h) = open()?
+    let (w, h) = open_image(&mut input, path)?
         .into_dimensions()
         .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
     check_dimensions(w, h).map_err(bad)?;
 
-    let mut reader = open()?;
-    if reader.format() == Some(ImageFormat::Jpeg) {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if open_image(&mut input, path)?.format() == Some(ImageFormat::Jpeg) {
+        let mut bytes = Vec::new();
+        input.rewind().map_err(io)?;
+        input.read_to_end(&mut bytes).map_err(io)?;
         match jpeg::decode(&bytes) {
             Ok(img) if img.dimensions() == (w, h) => return Ok(img),
             Ok(img) => {
@@ -127,6 +145,7 @@ pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
             ),
         }
     }
+    let mut reader = open_image(&mut input, path)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
@@ -145,14 +164,14 @@ pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
 
 /// The size a PNG's IHDR declares (read directly so that a zero size gets a clear message
 /// rather than the decoder's), or `None` for anything else.
-fn png_header_size(path: &Path) -> Option<(u32, u32)> {
-    use std::io::Read;
+fn png_header_size(input: &mut (impl Read + Seek)) -> Option<(u32, u32)> {
     let mut head = [0u8; 24];
-    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    input.rewind().ok()?;
+    input.read_exact(&mut head).ok()?;
     if &head[..8] != b"\x89PNG\r\n\x1a\n" || &head[12..16] != b"IHDR" {
         return None;
     }
-    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     Some((be(&head[16..20]), be(&head[20..24])))
 }
 

@@ -12,6 +12,7 @@ use sret_tome::reference::{synthetic_images, synthetic_weights};
 fn tiny() -> ModelConfig {
     ModelConfig {
         name: "tiny",
+        arch: sret_tome::model::Arch::Sret,
         image_size: 32,
         stem_mid: 8,
         stages: vec![StageConfig {

@@ -80,7 +80,7 @@ fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
     let mut r = Rng(seed);
     let d0 = cfg.stages[0].dim;
     let side = cfg.grid_side(0);
-    let stem = [
+    let stem = vec![
         r.conv(cfg.stem_mid, 3, 1),
         r.conv(d0, cfg.stem_mid, 1),
         r.conv(d0, d0, 1),
@@ -113,6 +113,7 @@ fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
                     })
                     .collect(),
                 pool: cfg.stages.get(s + 1).map(|next| r.conv(next.dim, d, d)),
+                pool_fc: None,
             }
         })
         .collect();
@@ -123,6 +124,8 @@ fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
         stages,
         norm: r.norm(fd),
         head: r.linear(cfg.num_classes, fd),
+        lead_tokens: Vec::new(),
+        head_dist: None,
     }
 }
 

@@ -45,6 +45,8 @@ use super::weights::{
 };
 use crate::error::{Error, Result};
 
+mod vit;
+
 /// `nn.BatchNorm2d`'s default eps, used by the reference's stem.
 pub const BN_EPS: f64 = 1e-5;
 
@@ -136,6 +138,9 @@ struct Layout {
     slots: Vec<Slot>,
     items: Vec<Item>,
     by_first_name: HashMap<String, usize>,
+    /// Other accepted names of a tensor that a saved file does not use (PiT's original
+    /// `pools.{s}` beside timm's `transformers.{s+1}.pool`).
+    aliases: Vec<String>,
 }
 
 impl Layout {
@@ -144,7 +149,12 @@ impl Layout {
             slots: Vec::new(),
             items: Vec::new(),
             by_first_name: HashMap::new(),
+            aliases: Vec::new(),
         };
+        if let Some(v) = cfg.vit() {
+            vit::layout(&mut l, cfg, v);
+            return l;
+        }
         let side = cfg.grid_side(0);
         l.tensor(
             "pos_embed".into(),
@@ -224,12 +234,20 @@ impl Layout {
         self.items.push(Item::Tensor { name, slot });
     }
 
+    /// Accepts `alias` on load as another name of the tensor first registered as `first`.
+    fn alias(&mut self, alias: String, first: &str) {
+        let slot = self.by_first_name[first];
+        self.slots[slot].names.push(alias.clone());
+        self.aliases.push(alias);
+    }
+
     fn known_names(&self) -> HashSet<&str> {
         self.items
             .iter()
             .map(|item| match item {
                 Item::Tensor { name, .. } | Item::Counter { name } => name.as_str(),
             })
+            .chain(self.aliases.iter().map(String::as_str))
             .collect()
     }
 }
@@ -570,6 +588,9 @@ fn assemble(
     path: &Path,
     cfg: &ModelConfig,
 ) -> Result<ModelWeights> {
+    if let Some(v) = cfg.vit() {
+        return Ok(vit::assemble(values, cfg, v));
+    }
     let pos_embed = take(values, "pos_embed");
 
     let stem = stem_channels(cfg)
@@ -601,7 +622,6 @@ fn assemble(
             }
         })
         .collect::<Vec<_>>();
-    let stem: [Conv; 3] = stem.try_into().expect("three stem convolutions");
 
     let mut stages = Vec::with_capacity(cfg.stages.len());
     for (s, st) in cfg.stages.iter().enumerate() {
@@ -649,6 +669,7 @@ fn assemble(
             blocks,
             non_projs,
             pool,
+            pool_fc: None,
         });
     }
 
@@ -658,9 +679,11 @@ fn assemble(
     Ok(ModelWeights {
         stem,
         pos_embed,
+        lead_tokens: Vec::new(),
         stages,
         norm,
         head,
+        head_dist: None,
     })
 }
 
@@ -756,6 +779,9 @@ fn conv_template(out: usize, inp: usize, groups: usize) -> Conv {
 
 /// The weights' tensors keyed by first name, after checking the structure against `cfg`.
 fn collect<'w>(w: &'w ModelWeights, cfg: &ModelConfig) -> Result<HashMap<String, Cow<'w, [f32]>>> {
+    if let Some(v) = cfg.vit() {
+        return vit::collect(w, cfg, v);
+    }
     let mut m: HashMap<String, Cow<'w, [f32]>> = HashMap::new();
     let mut put = |name: String, data: &'w [f32]| {
         m.insert(name, Cow::Borrowed(data));

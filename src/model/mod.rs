@@ -3,7 +3,10 @@
 pub mod checkpoint;
 pub mod config;
 
-pub use config::{ModelConfig, StageConfig, DEFAULT_MODEL, MODEL_NAMES};
+pub use config::{
+    Arch, LeadMerging, ModelConfig, StageConfig, VitConfig, DEFAULT_MODEL, MODEL_NAMES,
+    SRET_MODEL_NAMES, VIT_MODEL_NAMES,
+};
 pub mod cost;
 pub mod engine;
 pub mod load;

@@ -64,15 +64,24 @@ pub struct StageWeights {
     pub non_projs: Vec<NonProjWeights>,
     /// Pooling to the next stage (depthwise-style grouped 3x3 conv, stride 2); `None` for the last.
     pub pool: Option<Conv>,
+    /// PiT: the linear map of the lead tokens that goes with `pool` (`pool.fc`).
+    pub pool_fc: Option<Linear>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelWeights {
-    /// `patch_embed.conv{1,2,3}` with `bn{1,2,3}` folded in.
-    pub stem: [Conv; 3],
-    /// `pos_embed`, `[dim0, side, side]` (the leading 1 dropped).
+    /// SReT: `patch_embed.conv{1,2,3}` with `bn{1,2,3}` folded in. DeiT/PiT: the one patch
+    /// convolution.
+    pub stem: Vec<Conv>,
+    /// `pos_embed` of the patch grid, `[dim0, side, side]` (the leading 1 dropped; DeiT's
+    /// token-major table is transposed to this layout).
     pub pos_embed: Vec<f32>,
+    /// DeiT/PiT: the lead tokens as they enter the first block, `[lead, dim0]` (class, then
+    /// distillation token; DeiT's position embedding already added). Empty for SReT.
+    pub lead_tokens: Vec<f32>,
     pub stages: Vec<StageWeights>,
     pub norm: LayerNorm,
     pub head: Linear,
+    /// Distilled DeiT/PiT: the distillation head; the logits are the mean of both heads.
+    pub head_dist: Option<Linear>,
 }

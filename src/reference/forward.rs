@@ -1,11 +1,13 @@
-//! The whole SReT + ToMe forward pass on the CPU, one image at a time.
+//! The whole SReT + ToMe forward pass on the CPU, one image at a time (and that of the DeiT
+//! and PiT baselines, whose blocks are the same without recursion, slicing or `Non_proj`).
 
 use super::attention::{check_permutation, grouped_attention, head_mean_keys};
-use super::merging::{bipartite_matching, merge, Matching};
+use super::merging::{bipartite_matching_split, merge_split, Matching};
 use super::ops::{conv2d, gelu, layer_norm, linear, mean_tokens, relu};
 use super::LN_EPS;
 use crate::model::weights::{BlockWeights, LayerNorm, Linear, ModelWeights, NonProjWeights};
 use crate::model::ModelConfig;
+use crate::tome::Split;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Everything a forward needs beyond weights and images, all static per plan.
@@ -271,12 +273,15 @@ fn forward_image(
     index: usize,
     spec: &ForwardSpec,
 ) -> ImageOutput {
-    // Stem: three stride-2 convolutions (BatchNorm folded), each followed by ReLU.
+    // Stem: SReT's three stride-2 convolutions (BatchNorm folded), each followed by ReLU, or
+    // the transformers' one patch convolution.
     let (mut h, mut wd) = (cfg.image_size, cfg.image_size);
     let mut grid = image.to_vec();
     for conv in &w.stem {
         let (mut y, oh, ow) = conv2d(&grid, 1, h, wd, conv);
-        relu(&mut y);
+        if cfg.vit().is_none() {
+            relu(&mut y);
+        }
         grid = y;
         h = oh;
         wd = ow;
@@ -295,6 +300,15 @@ fn forward_image(
     for (g, &p) in grid.iter_mut().zip(&w.pos_embed) {
         *g += p;
     }
+    // Class and distillation tokens (none for SReT), `[lead, c]`.
+    let split = Split::of(cfg);
+    let lead = split.lead;
+    let mut lead_x = w.lead_tokens.clone();
+    assert_eq!(
+        lead_x.len(),
+        lead * dim0,
+        "lead tokens are not [{lead}, {dim0}]"
+    );
 
     let stages = cfg.stages.len();
     let mut out = ImageOutput {
@@ -313,11 +327,13 @@ fn forward_image(
             c * tokens,
             "stage {s} input is not [{c}, {h}, {wd}]"
         );
-        // NCHW grid -> tokens [n, c], token t = row * side + col.
-        let mut x = transpose(&grid, c, tokens);
-        let mut n = tokens;
+        // Lead tokens, then the NCHW grid as tokens [n, c], token t = row * side + col.
+        let mut x = lead_x.clone();
+        x.extend(transpose(&grid, c, tokens));
+        let mut n = lead + tokens;
         let mut mass = vec![1.0f32; n];
-        let mut map: Vec<u32> = (0..tokens as u32).collect();
+        // Grid position -> position in the current sequence.
+        let mut map: Vec<u32> = (lead as u32..n as u32).collect();
         let mut stage_matchings = Vec::with_capacity(st.depth);
         let mut stage_masses = Vec::with_capacity(st.depth);
 
@@ -345,9 +361,9 @@ fn forward_image(
                     .and_then(|m| m.clone());
                 let m = forced.unwrap_or_else(|| {
                     let metric = head_mean_keys(&qkv, 1, n, c, st.heads);
-                    bipartite_matching(&metric, n, st.head_dim())
+                    bipartite_matching_split(&metric, n, st.head_dim(), split)
                 });
-                let (x_new, mass_new, slot_map) = merge(&x, &mass, n, c, r, &m);
+                let (x_new, mass_new, slot_map) = merge_split(&x, &mass, n, c, r, &m, split);
                 for slot in map.iter_mut() {
                     *slot = slot_map[*slot as usize];
                 }
@@ -364,10 +380,12 @@ fn forward_image(
             let m = mlp(&x, n, &blk.norm2, &blk.fc1, &blk.fc2);
             residual(&mut x, c3, &m, c4);
 
-            // The execution's own Non_proj MLP (never merges).
-            let np: &NonProjWeights = &sw.non_projs[e];
-            let m = mlp(&x, n, &np.norm1, &np.fc1, &np.fc2);
-            residual(&mut x, np.coef[0], &m, np.coef[1]);
+            // SReT: the execution's own Non_proj MLP (never merges).
+            if let Some(np) = sw.non_projs.get(e) {
+                let np: &NonProjWeights = np;
+                let m = mlp(&x, n, &np.norm1, &np.fc1, &np.fc2);
+                residual(&mut x, np.coef[0], &m, np.coef[1]);
+            }
         }
 
         // Restore the full grid: every original position takes its final slot's features.
@@ -376,6 +394,7 @@ fn forward_image(
             let slot = slot as usize;
             full[t * c..(t + 1) * c].copy_from_slice(&x[slot * c..(slot + 1) * c]);
         }
+        lead_x = x[..lead * c].to_vec();
         out.matchings.push(stage_matchings);
         out.masses.push(stage_masses);
         out.maps.push(map);
@@ -387,11 +406,30 @@ fn forward_image(
                 grid = y;
                 h = oh;
                 wd = ow;
+                if let Some(fc) = &sw.pool_fc {
+                    lead_x = linear(&lead_x, lead, fc);
+                }
             }
-            None if s + 1 == stages => {
+            None if s + 1 == stages && lead == 0 => {
                 let pooled = mean_tokens(&full, 1, tokens, c);
                 let normed = layer_norm(&pooled, 1, &w.norm, LN_EPS);
                 out.logits = linear(&normed, 1, &w.head);
+            }
+            None if s + 1 == stages => {
+                // Classification from the lead tokens: the class token's head, averaged with
+                // the distillation token's head when there is one.
+                let normed = layer_norm(&lead_x, lead, &w.norm, LN_EPS);
+                let cls = linear(&normed[..c], 1, &w.head);
+                out.logits = match &w.head_dist {
+                    Some(hd) => {
+                        let dist = linear(&normed[c..2 * c], 1, hd);
+                        cls.iter()
+                            .zip(&dist)
+                            .map(|(&a, &b)| ((f64::from(a) + f64::from(b)) / 2.0) as f32)
+                            .collect()
+                    }
+                    None => cls,
+                };
             }
             _ => panic!("stage {s}: pooling conv must be present exactly for non-final stages"),
         }

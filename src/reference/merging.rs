@@ -5,6 +5,7 @@
 //! token; the `r` A tokens with the highest similarity are folded into their B partner.
 
 use super::ops::dot;
+use crate::tome::Split;
 use std::cmp::Ordering;
 
 /// Bipartite soft matching decision for ONE image.
@@ -36,17 +37,23 @@ impl Matching {
 /// f32 in `row_max`. The ranking sorts A tokens by `row_max` (the stored f32 values)
 /// descending, exact ties broken by lower A index, so `rank` is a function of `row_max` alone.
 pub fn bipartite_matching(metric: &[f32], n: usize, hd: usize) -> Matching {
+    bipartite_matching_split(metric, n, hd, Split::default())
+}
+
+/// [`bipartite_matching`] over the sets `split` defines (A token `a` at `split.a_pos(a)`, B
+/// token `b` at `split.b_pos(b)`); lead tokens take no part.
+pub fn bipartite_matching_split(metric: &[f32], n: usize, hd: usize, split: Split) -> Matching {
     assert_eq!(
         metric.len(),
         n * hd,
         "bipartite_matching: metric is not [{n}, {hd}]"
     );
     assert!(
-        n >= 2,
-        "bipartite_matching: needs at least 2 tokens, got {n}"
+        split.na(n) >= 1 && split.nb(n) >= 1,
+        "bipartite_matching: needs a token in each set, got {n} tokens ({split:?})"
     );
-    let na = n.div_ceil(2);
-    let nb = n / 2;
+    let na = split.na(n);
+    let nb = split.nb(n);
 
     let mut unit = vec![0.0f32; n * hd];
     for (src, dst) in metric
@@ -62,11 +69,13 @@ pub fn bipartite_matching(metric: &[f32], n: usize, hd: usize) -> Matching {
     let mut dst = vec![0u32; na];
     let mut row_max = vec![0.0f32; na];
     for a in 0..na {
-        let ar = &unit[2 * a * hd..(2 * a + 1) * hd];
+        let ap = split.a_pos(a);
+        let ar = &unit[ap * hd..(ap + 1) * hd];
         let mut best = f64::NEG_INFINITY;
         let mut best_b = 0usize;
         for b in 0..nb {
-            let br = &unit[(2 * b + 1) * hd..(2 * b + 2) * hd];
+            let bp = split.b_pos(b);
+            let br = &unit[bp * hd..(bp + 1) * hd];
             let s = dot(ar, br);
             if s > best {
                 best = s;
@@ -98,8 +107,14 @@ pub fn bipartite_matching(metric: &[f32], n: usize, hd: usize) -> Matching {
 /// Unmerged A tokens take slots `0 .. na - r` in rank order; B token `b` takes slot
 /// `na - r + b`; a merged A token maps to its destination B token's slot.
 pub fn merge_slot_map(n: usize, r: usize, m: &Matching) -> Vec<u32> {
-    let na = n.div_ceil(2);
-    let nb = n / 2;
+    merge_slot_map_split(n, r, m, Split::default())
+}
+
+/// [`merge_slot_map`] for `split`: lead tokens keep slots `0..lead`, the unmerged A tokens
+/// follow (in rank order, or in position order when `split.sorted`), then the B tokens.
+pub fn merge_slot_map_split(n: usize, r: usize, m: &Matching, split: Split) -> Vec<u32> {
+    let na = split.na(n);
+    let nb = split.nb(n);
     assert_eq!(
         m.rank.len(),
         na,
@@ -122,19 +137,28 @@ pub fn merge_slot_map(n: usize, r: usize, m: &Matching) -> Vec<u32> {
         );
         seen[rank] = true;
     }
+    assert!(r <= na, "cannot merge {r} of {na} A tokens");
+    let lead = split.lead;
     let mut map = vec![0u32; n];
+    for (p, slot) in map.iter_mut().enumerate().take(lead) {
+        *slot = p as u32;
+    }
+    let mut kept_before = 0;
     for a in 0..na {
         let rank = m.rank[a] as usize;
-        map[2 * a] = if rank < r {
+        map[split.a_pos(a)] = if rank < r {
             let d = m.dst[a] as usize;
             assert!(d < nb, "dst {d} out of range for {nb} B tokens");
-            (na - r + d) as u32
+            (lead + na - r + d) as u32
+        } else if split.sorted {
+            kept_before += 1;
+            (lead + kept_before - 1) as u32
         } else {
-            (rank - r) as u32
+            (lead + rank - r) as u32
         };
     }
     for b in 0..nb {
-        map[2 * b + 1] = (na - r + b) as u32;
+        map[split.b_pos(b)] = (lead + na - r + b) as u32;
     }
     map
 }
@@ -152,9 +176,22 @@ pub fn merge(
     r: usize,
     m: &Matching,
 ) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    merge_split(x, mass, n, c, r, m, Split::default())
+}
+
+/// [`merge`] for `split` (see [`merge_slot_map_split`]).
+pub fn merge_split(
+    x: &[f32],
+    mass: &[f32],
+    n: usize,
+    c: usize,
+    r: usize,
+    m: &Matching,
+    split: Split,
+) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
     assert_eq!(x.len(), n * c, "merge: x is not [{n}, {c}]");
     assert_eq!(mass.len(), n, "merge: mass is not [{n}]");
-    let slot_map = merge_slot_map(n, r, m);
+    let slot_map = merge_slot_map_split(n, r, m, split);
     let n_new = n - r;
     let mut acc = vec![0.0f64; n_new * c];
     let mut acc_mass = vec![0.0f64; n_new];

@@ -25,7 +25,10 @@ mod tests;
 pub use crate::rng::SplitMix64;
 pub use attention::{grouped_attention, head_mean_keys};
 pub use forward::{forward, ForwardSpec, ReferenceOutput};
-pub use merging::{bipartite_matching, merge, merge_slot_map, Matching};
+pub use merging::{
+    bipartite_matching, bipartite_matching_split, merge, merge_slot_map, merge_slot_map_split,
+    merge_split, Matching,
+};
 pub use ops::{conv2d, gelu, layer_norm, linear, mean_tokens, relu};
 pub use synthetic::{synthetic_images, synthetic_weights};
 

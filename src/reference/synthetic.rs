@@ -8,7 +8,7 @@
 use crate::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, VitConfig};
 
 use crate::rng::SplitMix64;
 
@@ -76,11 +76,14 @@ fn coef_pair(rng: &mut SplitMix64) -> [f32; 2] {
 
 /// Deterministic synthetic weights with the shapes of `cfg`; a pure function of (cfg, seed).
 pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
+    if let Some(vit) = cfg.vit() {
+        return synthetic_vit_weights(cfg, vit, seed);
+    }
     let mut rng = SplitMix64::new(seed ^ 0x5EE7_70E5_0000_0001);
     let dim0 = cfg.stages[0].dim;
     let mid = cfg.stem_mid;
     // He scaling (gain 6) for the convolutions followed by ReLU.
-    let stem = [
+    let stem = vec![
         conv(&mut rng, 3, mid, 3, 2, 1, 1, 6.0),
         conv(&mut rng, mid, dim0, 3, 2, 1, 1, 6.0),
         conv(&mut rng, dim0, dim0, 3, 2, 1, 1, 6.0),
@@ -133,6 +136,7 @@ pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
             blocks,
             non_projs,
             pool,
+            pool_fc: None,
         });
     }
     let final_dim = cfg.final_dim();
@@ -141,9 +145,59 @@ pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
     ModelWeights {
         stem,
         pos_embed,
+        lead_tokens: Vec::new(),
         stages,
         norm,
         head,
+        head_dist: None,
+    }
+}
+
+/// DeiT / PiT: plain blocks (residual coefficients exactly 1, as the architecture has none),
+/// the patch convolution, lead tokens, PiT's pooling with its lead-token map, distillation head.
+fn synthetic_vit_weights(cfg: &ModelConfig, vit: &VitConfig, seed: u64) -> ModelWeights {
+    let mut rng = SplitMix64::new(seed ^ 0x5EE7_70E5_0000_0002);
+    let dim0 = cfg.stages[0].dim;
+    let stem = vec![conv(&mut rng, 3, dim0, vit.patch, vit.stride, 0, 1, 3.0)];
+    let side = cfg.grid_side(0);
+    let pos_embed = fill(&mut rng, dim0 * side * side, 0.02);
+    let lead_tokens = fill(&mut rng, vit.lead() * dim0, 0.5);
+    let mut stages = Vec::with_capacity(cfg.stages.len());
+    for (s, st) in cfg.stages.iter().enumerate() {
+        let d = st.dim;
+        let blocks = (0..st.recursive_num)
+            .map(|_| BlockWeights {
+                norm1: layer_norm(&mut rng, d),
+                qkv: linear(&mut rng, d, 3 * d),
+                proj: linear(&mut rng, d, d),
+                norm2: layer_norm(&mut rng, d),
+                fc1: linear(&mut rng, d, st.mlp_hidden),
+                fc2: linear(&mut rng, st.mlp_hidden, d),
+                coef: [1.0; 4],
+            })
+            .collect();
+        let next = cfg.stages.get(s + 1);
+        stages.push(StageWeights {
+            blocks,
+            non_projs: Vec::new(),
+            pool: next.map(|n| conv(&mut rng, d, n.dim, 3, 2, 1, d, 3.0)),
+            pool_fc: next.map(|n| linear(&mut rng, d, n.dim)),
+        });
+    }
+    let final_dim = cfg.final_dim();
+    let norm = layer_norm(&mut rng, final_dim);
+    let head = linear(&mut rng, final_dim, cfg.num_classes);
+    let head_dist = vit
+        .distilled
+        .then(|| linear(&mut rng, final_dim, cfg.num_classes));
+    ModelWeights {
+        stem,
+        pos_embed,
+        lead_tokens,
+        stages,
+        norm,
+        head,
+        head_dist,
     }
 }
 

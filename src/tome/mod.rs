@@ -7,8 +7,10 @@
 
 pub mod constraints;
 pub mod schedule;
+pub mod split;
 pub mod trajectory;
 
 pub use constraints::safe_r;
 pub use schedule::Schedule;
+pub use split::Split;
 pub use trajectory::{plan, render_table, Execution, Trajectory};

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `none` | no merging |
 //! | `constant:R` | target `R` at every execution (ToMe's constant schedule) |
+//! | `tome:R,INFLECT` | ToMe's `(r, inflection)` form over all `L` executions: `m = trunc(R (1 - INFLECT))`, `M = 2R - m`, then `trunc(m + (M - m) / (L - 1) * d)` at global execution `d`; `INFLECT` in `[-1, 1]` (0 is constant, -1 ToMe's decreasing schedule, +1 increasing) |
 //! | `linear:R` | one ramp over all `L` executions of the network: `floor(max(0, 2R - d * 2R / (L - 1)))` at global execution `d` (ToMe's decreasing schedule) |
 //! | `exp:RINIT,ALPHA` | per stage (paper Eq. 4): `r0 = floor(N_stage * RINIT)` with `N_stage` the tokens entering the stage, then `floor(r0 * ALPHA^d)` at the stage's execution `d` (`0^0 = 1`); `RINIT` in `[0, 1)`, `ALPHA` in `[0, 1]` |
 //! | `list:r1,r2,...` | explicit targets, one per execution of the whole network |
@@ -22,7 +23,7 @@ use crate::model::ModelConfig;
 
 const WHAT: &str = "schedule";
 const SYNTAX: &str =
-    "expected one of none, constant:R, linear:R, exp:RINIT,ALPHA or list:R1,R2,... (R non-negative integers)";
+    "expected one of none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA or list:R1,R2,... (R non-negative integers)";
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Schedule {
@@ -30,6 +31,11 @@ pub enum Schedule {
     None,
     Constant(usize),
     Linear(usize),
+    /// ToMe's `(r, inflection)` schedule (`tome.utils.parse_r`).
+    Tome {
+        r: usize,
+        inflect: f64,
+    },
     Exp {
         r_init: f64,
         alpha: f64,
@@ -41,10 +47,15 @@ impl Schedule {
     /// Checks the parameters of a schedule built in code rather than parsed (parsing already
     /// checks them).
     pub fn validate(&self) -> Result<()> {
-        if let Schedule::Exp { r_init, alpha } = *self {
-            check_exp(r_init, alpha).map_err(|why| Error::arg(WHAT, self, why))?;
+        match *self {
+            Schedule::Exp { r_init, alpha } => {
+                check_exp(r_init, alpha).map_err(|why| Error::arg(WHAT, self, why))
+            }
+            Schedule::Tome { inflect, .. } => {
+                check_inflect(inflect).map_err(|why| Error::arg(WHAT, self, why))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The target reduction of every `Transformer_Block` execution, grouped by stage
@@ -57,6 +68,7 @@ impl Schedule {
             Schedule::None => vec![0; total],
             Schedule::Constant(r) => vec![*r; total],
             Schedule::Linear(r) => linear_ramp(*r, total),
+            Schedule::Tome { r, inflect } => tome_ramp(*r, *inflect, total),
             Schedule::List(list) => {
                 if list.len() != total {
                     return Err(Error::arg(
@@ -110,6 +122,31 @@ fn linear_ramp(r: usize, total: usize) -> Vec<usize> {
     (0..total)
         .map(|d| (start - step * d as f64).max(0.0).floor() as usize)
         .collect()
+}
+
+/// ToMe's `parse_r(L, (r, inflect))`, in `f64` as Python computes it (`int()` truncates; every
+/// value is non-negative for `inflect` in `[-1, 1]`). One layer gets `m`.
+fn tome_ramp(r: usize, inflect: f64, total: usize) -> Vec<usize> {
+    let min = (r as f64 * (1.0 - inflect)).trunc();
+    let max = 2.0 * r as f64 - min;
+    let step = if total > 1 {
+        (max - min) / (total - 1) as f64
+    } else {
+        0.0
+    };
+    (0..total)
+        .map(|d| (min + step * d as f64).trunc().max(0.0) as usize)
+        .collect()
+}
+
+fn check_inflect(inflect: f64) -> std::result::Result<(), String> {
+    if inflect.is_finite() && (-1.0..=1.0).contains(&inflect) {
+        Ok(())
+    } else {
+        Err(format!(
+            "INFLECT must be in [-1, 1] (0 constant, -1 decreasing, +1 increasing), got {inflect}"
+        ))
+    }
 }
 
 /// The paper's Eq. 4 for one stage (0-based `d`, so `alpha^d` starts at `alpha^0 = 1`).
@@ -205,6 +242,20 @@ impl FromStr for Schedule {
                 check_exp(r_init, alpha).map_err(err)?;
                 Ok(Schedule::Exp { r_init, alpha })
             }
+            ("tome", Some(a)) => {
+                let parts: Vec<&str> = a.split(',').collect();
+                let [r, inflect] = parts.as_slice() else {
+                    return Err(err(format!(
+                        "expected tome:R,INFLECT (such as tome:8,-1), got {} value{}",
+                        parts.len(),
+                        if parts.len() == 1 { "" } else { "s" }
+                    )));
+                };
+                let r = parse_count(r, "R").map_err(|w| err(format!("tome:R,INFLECT: {w}")))?;
+                let inflect = parse_fraction(inflect, "INFLECT").map_err(err)?;
+                check_inflect(inflect).map_err(err)?;
+                Ok(Schedule::Tome { r, inflect })
+            }
             ("list", Some(a)) => {
                 if a.trim().is_empty() {
                     return Err(err(
@@ -220,9 +271,9 @@ impl FromStr for Schedule {
                     .map_err(|w| err(format!("list: {w}")))?;
                 Ok(Schedule::List(list))
             }
-            ("constant" | "linear" | "exp" | "exponential" | "list", None) => Err(err(format!(
-                "'{kind}' needs parameters after a colon; {SYNTAX}"
-            ))),
+            ("constant" | "linear" | "tome" | "exp" | "exponential" | "list", None) => Err(err(
+                format!("'{kind}' needs parameters after a colon; {SYNTAX}"),
+            )),
             _ => Err(err(format!("unknown schedule kind '{kind}'; {SYNTAX}"))),
         }
     }
@@ -235,6 +286,7 @@ impl fmt::Display for Schedule {
             Schedule::None => write!(f, "none"),
             Schedule::Constant(r) => write!(f, "constant:{r}"),
             Schedule::Linear(r) => write!(f, "linear:{r}"),
+            Schedule::Tome { r, inflect } => write!(f, "tome:{r},{inflect}"),
             // `{}` on f64 prints the shortest text that parses back to the same value.
             Schedule::Exp { r_init, alpha } => write!(f, "exp:{r_init},{alpha}"),
             Schedule::List(list) => {
@@ -261,6 +313,31 @@ mod tests {
 
     fn parse(s: &str) -> Schedule {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn tome_form_matches_parse_r() {
+        // parse_r(12, (16, -1)), parse_r(12, (13, -0.5)), parse_r(12, (8, 0)) in Python.
+        assert_eq!(
+            tome_ramp(16, -1.0, 12),
+            [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
+        );
+        assert_eq!(
+            tome_ramp(13, -0.5, 12),
+            [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
+        );
+        assert_eq!(tome_ramp(8, 0.0, 12), [8; 12]);
+        assert_eq!(
+            parse("tome:16,-1"),
+            Schedule::Tome {
+                r: 16,
+                inflect: -1.0
+            }
+        );
+        assert_eq!(parse("tome:16,-1").to_string(), "tome:16,-1");
+        for bad in ["tome:16", "tome:16,-2", "tome:-1,0", "tome:4,nan"] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        }
     }
 
     #[test]
