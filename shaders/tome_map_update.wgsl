@@ -1,6 +1,7 @@
 // Composes the stage's unmerge map with one merge: map[orig] <- slot[map[orig]], so after the
 // stage's last merge map[orig] is the merged token that original grid position ended in.
 // Replaying the reference's unmerge stack in reverse copies exactly that token back to `orig`.
+// Grid position `orig` starts at sequence position lead + orig (after the class tokens).
 
 struct Params {
     batch: u32,
@@ -10,6 +11,7 @@ struct Params {
     n: u32,
     // bit 0: first merge of the stage (map is the identity before it)
     flags: u32,
+    lead: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,7 +28,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let orig = i % p.n_grid;
     let b = i / p.n_grid;
-    var cur = orig;
+    var cur = p.lead + orig;
     if ((p.flags & 1u) == 0u) {
         cur = stage_map[i];
     }

@@ -1,7 +1,9 @@
 // Bipartite soft matching, step 4: the mass-weighted merge. Every output token is produced by
 // one invocation that gathers its sources (no float atomics, so the result is deterministic):
-// an unmerged A token is copied; a B token becomes (x_b s_b + sum x_a s_a) / (s_b + sum s_a) over
-// the A tokens merged into it, visited in rank order. Masses are summed alongside.
+// a lead token or an unmerged A token is copied; a B token becomes
+// (x_b s_b + sum x_a s_a) / (s_b + sum s_a) over the A tokens merged into it, visited in rank
+// order. Masses are summed alongside. order[r + u] is the A token of unmerged slot u
+// (tome_slots.wgsl), order[k < r] the merged A tokens.
 
 struct Params {
     batch: u32,
@@ -10,6 +12,8 @@ struct Params {
     c: u32,
     // bit 0: masses are in `mass`; otherwise every token has mass 1 (the stage's first merge).
     flags: u32,
+    lead: u32,
+    a_odd: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,9 +33,18 @@ fn mass_of(b: u32, t: u32) -> f32 {
     return 1.0;
 }
 
+fn copy_token(b: u32, t: u32, i: u32) {
+    let ibase = (b * p.n + t) * p.c;
+    let obase = i * p.c;
+    for (var ch = 0u; ch < p.c; ch++) {
+        x_out[obase + ch] = x[ibase + ch];
+    }
+    mass_out[i] = mass_of(b, t);
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let na = (p.n + 1u) / 2u;
+    let na = (p.n - p.lead + 1u - p.a_odd) / 2u;
     let unmerged = na - p.r;
     let n_out = p.n - p.r;
     let i = gid.x + gid.y * nwg.x * WG;
@@ -40,18 +53,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let s = i % n_out;
     let b = i / n_out;
-    let obase = i * p.c;
-    if (s < unmerged) {
-        let t = 2u * order[b * na + p.r + s];
-        let ibase = (b * p.n + t) * p.c;
-        for (var ch = 0u; ch < p.c; ch++) {
-            x_out[obase + ch] = x[ibase + ch];
-        }
-        mass_out[i] = mass_of(b, t);
+    if (s < p.lead) {
+        copy_token(b, s, i);
         return;
     }
-    let jb = s - unmerged;
-    let t = 2u * jb + 1u;
+    if (s < p.lead + unmerged) {
+        let a = order[b * na + p.r + s - p.lead];
+        copy_token(b, p.lead + 2u * a + p.a_odd, i);
+        return;
+    }
+    let obase = i * p.c;
+    let jb = s - p.lead - unmerged;
+    let t = p.lead + 2u * jb + 1u - p.a_odd;
     let ibase = (b * p.n + t) * p.c;
     let sb = mass_of(b, t);
     var total = sb;
@@ -61,7 +74,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var k = 0u; k < p.r; k++) {
         let a = order[b * na + k];
         if (dst[b * na + a] == jb) {
-            let ta = 2u * a;
+            let ta = p.lead + 2u * a + p.a_odd;
             let sa = mass_of(b, ta);
             total += sa;
             let abase = (b * p.n + ta) * p.c;

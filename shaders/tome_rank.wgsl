@@ -7,6 +7,8 @@
 struct Params {
     batch: u32,
     n: u32,
+    lead: u32,
+    a_odd: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -18,7 +20,7 @@ const WG: u32 = 64u;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let na = (p.n + 1u) / 2u;
+    let na = (p.n - p.lead + 1u - p.a_odd) / 2u;
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= p.batch * na) {
         return;

@@ -14,6 +14,7 @@ use sret_tome::kernels::linear::{self, Epilogue};
 use sret_tome::kernels::{norm, tome};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
+use sret_tome::tome::Split;
 
 const TOL: f32 = 2e-5;
 
@@ -392,8 +393,20 @@ fn attention_matches_cpu() {
 
 /// One merge on the GPU (metric, matching, ranking, slots, weighted merge, map update) against
 /// the CPU twin, then a second merge and the one-gather unmerge.
-fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1: usize, r2: usize) {
+#[allow(clippy::too_many_arguments)]
+fn check_merges(
+    seed: u64,
+    batch: usize,
+    n: usize,
+    dim: usize,
+    heads: usize,
+    r1: usize,
+    r2: usize,
+    split: Split,
+) {
     let hd = dim / heads;
+    let lead = split.lead;
+    let n_grid = n - lead;
     let qkv1 = random(seed, batch * n * 3 * dim, 1.0);
     let x1 = random(seed + 1, batch * n * dim, 1.0);
     let n2 = n - r1;
@@ -406,18 +419,20 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
     let (mut want_x2, mut want_m2, mut want_slot1) = (vec![], vec![], vec![]);
     let (mut want_x3, mut want_m3, mut want_map, mut want_full) = (vec![], vec![], vec![], vec![]);
     for i in 0..batch {
-        let m1 = cpu::bipartite_matching(&keys1[i * n * hd..(i + 1) * n * hd], n, hd);
-        let (xa, ma, sa) = cpu::merge(
+        let m1 = cpu::bipartite_matching_split(&keys1[i * n * hd..(i + 1) * n * hd], n, hd, split);
+        let (xa, ma, sa) = cpu::merge_split(
             &x1[i * n * dim..(i + 1) * n * dim],
             &vec![1.0; n],
             n,
             dim,
             r1,
             &m1,
+            split,
         );
-        let m2 = cpu::bipartite_matching(&keys2[i * n2 * hd..(i + 1) * n2 * hd], n2, hd);
-        let (xb, mb, sb) = cpu::merge(&xa, &ma, n2, dim, r2, &m2);
-        let map: Vec<u32> = (0..n).map(|o| sb[sa[o] as usize]).collect();
+        let m2 =
+            cpu::bipartite_matching_split(&keys2[i * n2 * hd..(i + 1) * n2 * hd], n2, hd, split);
+        let (xb, mb, sb) = cpu::merge_split(&xa, &ma, n2, dim, r2, &m2, split);
+        let map: Vec<u32> = (0..n_grid).map(|o| sb[sa[lead + o] as usize]).collect();
         for &slot in &map {
             want_full.extend_from_slice(&xb[slot as usize * dim..(slot as usize + 1) * dim]);
         }
@@ -439,7 +454,7 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
             let q1 = b.constant("qkv1", &qkv1);
             let q2 = b.constant("qkv2", &qkv2);
             let x = b.constant("x", &x1);
-            let map = b.activation("map", batch * n);
+            let map = b.activation("map", batch * n_grid);
             let shape = tome::MergeShape {
                 batch,
                 n,
@@ -447,7 +462,8 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
                 c: dim,
                 dim,
                 heads,
-                n_grid: n,
+                n_grid,
+                split,
             };
             let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
             b.pin(a.x);
@@ -459,8 +475,8 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
                 ..shape
             };
             let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
-            let full = b.activation("full", batch * n * dim);
-            tome::record_unmerge(b, batch, n, n3, dim, c.x, map, full);
+            let full = b.activation("full", batch * n_grid * dim);
+            tome::record_unmerge(b, batch, n_grid, n3, dim, c.x, map, full);
             vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
         });
         assert_eq!(
@@ -481,7 +497,7 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
             let err = max_rel_err(&as_f32(g), w);
             assert!(
                 err <= TOL,
-                "{i}: {what} (n {n}, r {r1}/{r2}, subgroup kernels: {subgroup8}): {err}"
+                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup kernels: {subgroup8}): {err}"
             );
         }
     }
@@ -489,10 +505,29 @@ fn check_merges(seed: u64, batch: usize, n: usize, dim: usize, heads: usize, r1:
 
 #[test]
 fn merge_pipeline_matches_cpu() {
-    check_merges(50, 2, 64, 64, 2, 16, 8);
+    let whole = Split::default();
+    check_merges(50, 2, 64, 64, 2, 16, 8, whole);
     // Odd length (the A set is one larger), the half bound, and a larger head count.
-    check_merges(51, 3, 49, 256, 8, 10, 19);
-    check_merges(52, 1, 24, 126, 3, 12, 1);
+    check_merges(51, 3, 49, 256, 8, 10, 19, whole);
+    check_merges(52, 1, 24, 126, 3, 12, 1, whole);
+}
+
+/// Lead tokens (class, distillation) as DeiT's official ToMe and the paper's PiT treat them:
+/// never merged, A set by global parity or by patch parity, unmerged tokens sorted or ranked.
+#[test]
+fn merges_with_lead_tokens_match_cpu() {
+    let split = |lead, a_odd, sorted| Split {
+        lead,
+        a_odd,
+        sorted,
+    };
+    // DeiT (class token only): A = odd window positions, sorted.
+    check_merges(53, 2, 197, 192, 3, 60, 20, split(1, true, true));
+    // DeiT-Distill: two lead tokens, A = even window positions, sorted.
+    check_merges(54, 2, 198, 192, 3, 8, 98 - 8 - 1, split(2, false, true));
+    // PiT-Distill: lead tokens split off, rank order, 32-channel heads (subgroup matcher).
+    check_merges(55, 3, 51, 64, 2, 24, 5, split(2, false, false));
+    check_merges(56, 1, 30, 64, 2, 3, 3, split(1, true, false));
 }
 
 /// conv1 -> conv2 band by band (as the stem runs them) equals the two whole convolutions.

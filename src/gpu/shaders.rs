@@ -29,12 +29,13 @@ pub enum Shader {
     TomeMerge,
     TomeMapUpdate,
     Gather,
+    CopyTokens,
     /// The ImageNet evaluation transform from a texture (its own pipeline, outside programs).
     Preprocess,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 20] = [
+    pub const ALL: [Shader; 21] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg8,
@@ -54,6 +55,7 @@ impl Shader {
         Shader::TomeMerge,
         Shader::TomeMapUpdate,
         Shader::Gather,
+        Shader::CopyTokens,
         Shader::Preprocess,
     ];
 
@@ -78,6 +80,7 @@ impl Shader {
             Shader::TomeMerge => "tome_merge",
             Shader::TomeMapUpdate => "tome_map_update",
             Shader::Gather => "gather",
+            Shader::CopyTokens => "copy_tokens",
             Shader::Preprocess => "preprocess",
         }
     }
@@ -103,6 +106,7 @@ impl Shader {
             Shader::TomeMerge => include_str!("../../shaders/tome_merge.wgsl"),
             Shader::TomeMapUpdate => include_str!("../../shaders/tome_map_update.wgsl"),
             Shader::Gather => include_str!("../../shaders/gather.wgsl"),
+            Shader::CopyTokens => include_str!("../../shaders/copy_tokens.wgsl"),
             Shader::Preprocess => include_str!("../../shaders/preprocess.wgsl"),
         }
     }

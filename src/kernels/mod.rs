@@ -7,4 +7,5 @@ pub mod conv;
 pub mod linear;
 pub mod norm;
 pub mod preprocess;
+pub mod tokens;
 pub mod tome;

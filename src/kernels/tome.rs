@@ -3,6 +3,7 @@
 //! the choice of tokens depends on the data, and it never leaves the GPU.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::tome::Split;
 
 /// Buffers one merge writes; kept apart so a trace can read each merge's map and masses.
 pub struct MergeOutputs {
@@ -27,6 +28,8 @@ pub struct MergeShape {
     pub heads: usize,
     /// Tokens of the stage's grid (length of the unmerge map).
     pub n_grid: usize,
+    /// Lead tokens and how the rest is split into the two sets.
+    pub split: Split,
 }
 
 /// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
@@ -44,8 +47,9 @@ pub fn record_merge(
     label: &str,
 ) -> MergeOutputs {
     let hd = s.dim / s.heads;
-    let na = s.n.div_ceil(2);
+    let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
+    let [lead, a_odd, sorted] = s.split.params();
     let metric = b.activation(format!("{label} metric"), s.batch * s.n * hd);
     let row_max = b.activation(format!("{label} row max"), s.batch * na);
     let dst = b.activation(format!("{label} dst"), s.batch * na);
@@ -77,7 +81,7 @@ pub fn record_merge(
     b.dispatch(
         Family::Matching,
         matcher,
-        &[bt, n],
+        &[bt, n, lead, a_odd],
         &[metric, row_max, dst],
         g_match,
     );
@@ -85,7 +89,7 @@ pub fn record_merge(
     b.dispatch(
         Family::Matching,
         KernelKey::plain(Shader::TomeRank),
-        &[bt, n],
+        &[bt, n, lead, a_odd],
         &[row_max, rank, order],
         g,
     );
@@ -93,15 +97,23 @@ pub fn record_merge(
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeSlots),
-        &[bt, n, s.r as u32],
-        &[rank, dst, slot],
+        &[bt, n, s.r as u32, lead, a_odd, sorted],
+        &[rank, dst, slot, order],
         g,
     );
     let g = b.grid(s.batch * (s.n - s.r), 64);
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeMerge),
-        &[bt, n, s.r as u32, s.c as u32, mass.is_some() as u32],
+        &[
+            bt,
+            n,
+            s.r as u32,
+            s.c as u32,
+            mass.is_some() as u32,
+            lead,
+            a_odd,
+        ],
         &[x, mass.unwrap_or(x), order, dst, x_out, mass_out],
         g,
     );
@@ -109,7 +121,7 @@ pub fn record_merge(
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeMapUpdate),
-        &[bt, s.n_grid as u32, n, first as u32],
+        &[bt, s.n_grid as u32, n, first as u32, lead],
         &[slot, map],
         g,
     );

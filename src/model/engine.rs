@@ -155,6 +155,20 @@ pub const MAX_MICRO_BATCH: usize = 64;
 /// Largest number of images whose biggest tensor still fits one storage binding (at most
 /// [`MAX_MICRO_BATCH`]).
 pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
+    if cfg.vit().is_some() {
+        // No banded stem: the image, the sequences' widest tensors (qkv or the MLP's hidden).
+        let per_image = cfg
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(s, st)| (cfg.lead() + cfg.tokens(s)) * (3 * st.dim).max(st.mlp_hidden))
+            .chain([image_elems(cfg)])
+            .max()
+            .unwrap_or(1)
+            * 4;
+        return ((limits.max_storage_buffer_binding_size as usize) / per_image)
+            .clamp(1, MAX_MICRO_BATCH);
+    }
     let s0 = &cfg.stages[0];
     let half = cfg.image_size / 2;
     let quarter = cfg.image_size / 4;

@@ -10,6 +10,9 @@ use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
+use crate::tome::Split;
+
+mod vit;
 
 /// Bands the stem's first two convolutions run in (see `record`).
 pub const STEM_BANDS: usize = 8;
@@ -117,6 +120,66 @@ fn record_mlp(
     );
 }
 
+/// `x = ca * x + cb * proj(attention(qkv(LN(x))))`, the attention half of every block (sliced,
+/// permuted and proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into
+/// `qkv`. Returns `qkv`, whose keys the matching reads.
+#[allow(clippy::too_many_arguments)]
+fn record_attention_half(
+    b: &mut ProgramBuilder,
+    shape: AttentionShape,
+    blk: &BlockTensors,
+    coef: [f32; 4],
+    x: TensorId,
+    perm: Option<TensorId>,
+    mass: Option<TensorId>,
+    label: &str,
+) -> TensorId {
+    let rows = shape.batch * shape.n;
+    let dim = shape.dim;
+    let stats = b.activation(format!("{label} ln1 stats"), rows * 2);
+    norm::ln_stats(b, Family::Attention, rows, dim, LN_EPS, x, stats);
+    let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
+    linear::record_normalized(
+        b,
+        Family::Attention,
+        rows,
+        &blk.qkv,
+        Epilogue::Bias,
+        x,
+        stats,
+        qkv,
+    );
+    let att = b.activation(format!("{label} attn"), rows * dim);
+    attention::record(b, shape, qkv, perm, mass, att);
+    linear::record(
+        b,
+        Family::Attention,
+        rows,
+        &blk.proj,
+        Epilogue::Residual {
+            ca: coef[0],
+            cb: coef[1],
+        },
+        att,
+        x,
+    );
+    qkv
+}
+
+/// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`).
+fn up_block(
+    b: &mut ProgramBuilder,
+    p: &str,
+    bw: &crate::model::weights::BlockWeights,
+) -> BlockTensors {
+    BlockTensors {
+        qkv: up_normalized(b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
+        proj: linear::upload(b, &format!("{p}.proj"), &bw.proj),
+        fc1: up_normalized(b, &format!("{p}.fc1"), &bw.fc1, &bw.norm2),
+        fc2: linear::upload(b, &format!("{p}.fc2"), &bw.fc2),
+    }
+}
+
 /// A recorded forward, not yet on a device.
 pub struct Recorded {
     pub builder: ProgramBuilder,
@@ -159,6 +222,9 @@ pub fn record(
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
     b.set_subgroup8(subgroup8);
+    if let Some(v) = cfg.vit() {
+        return vit::record(b, cfg, v, w, spec);
+    }
     let bt = spec.batch;
     let img = b.external(
         "images",
@@ -258,15 +324,7 @@ pub fn record(
             .blocks
             .iter()
             .enumerate()
-            .map(|(i, bw)| {
-                let p = format!("transformers.{s}.block{i}");
-                BlockTensors {
-                    qkv: up_normalized(&mut b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
-                    proj: linear::upload(&mut b, &format!("{p}.proj"), &bw.proj),
-                    fc1: up_normalized(&mut b, &format!("{p}.fc1"), &bw.fc1, &bw.norm2),
-                    fc2: linear::upload(&mut b, &format!("{p}.fc2"), &bw.fc2),
-                }
-            })
+            .map(|(i, bw)| up_block(&mut b, &format!("transformers.{s}.block{i}"), bw))
             .collect();
         let map = b.activation(format!("stage{s} unmerge map"), bt * n_grid);
         if spec.trace {
@@ -278,51 +336,17 @@ pub fn record(
             let label = format!("s{s}e{exec}");
             let blk = &blocks[sc.block_of(exec)];
             let coef = sw.blocks[sc.block_of(exec)].coef;
-            let rows = bt * n;
-            // Attention half (norm1 folded into qkv).
-            let stats = b.activation(format!("{label} ln1 stats"), rows * 2);
-            norm::ln_stats(&mut b, Family::Attention, rows, dim, LN_EPS, x, stats);
-            let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
-            linear::record_normalized(
-                &mut b,
-                Family::Attention,
-                rows,
-                &blk.qkv,
-                Epilogue::Bias,
-                x,
-                stats,
-                qkv,
-            );
             let perm = spec.perms[s][exec]
                 .as_ref()
                 .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
-            let att = b.activation(format!("{label} attn"), rows * dim);
-            attention::record(
-                &mut b,
-                AttentionShape {
-                    batch: bt,
-                    n,
-                    dim,
-                    heads: sc.heads,
-                    groups: sc.groups_of(exec),
-                },
-                qkv,
-                perm,
-                mass,
-                att,
-            );
-            linear::record(
-                &mut b,
-                Family::Attention,
-                rows,
-                &blk.proj,
-                Epilogue::Residual {
-                    ca: coef[0],
-                    cb: coef[1],
-                },
-                att,
-                x,
-            );
+            let shape = AttentionShape {
+                batch: bt,
+                n,
+                dim,
+                heads: sc.heads,
+                groups: sc.groups_of(exec),
+            };
+            let qkv = record_attention_half(&mut b, shape, blk, coef, x, perm, mass, &label);
             // Token merging between attention and MLP.
             let r = spec.safe_r[s][exec];
             if r > 0 {
@@ -336,6 +360,7 @@ pub fn record(
                         dim,
                         heads: sc.heads,
                         n_grid,
+                        split: Split::default(),
                     },
                     qkv,
                     x,

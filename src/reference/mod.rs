@@ -29,7 +29,7 @@ pub use merging::{
     bipartite_matching, bipartite_matching_split, merge, merge_slot_map, merge_slot_map_split,
     merge_split, Matching,
 };
-pub use ops::{conv2d, gelu, layer_norm, linear, mean_tokens, relu};
+pub use ops::{conv2d, copy_tokens, gelu, layer_norm, linear, mean_tokens, relu};
 pub use synthetic::{synthetic_images, synthetic_weights};
 
 /// LayerNorm epsilon used by every norm in SReT.

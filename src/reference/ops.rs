@@ -336,3 +336,27 @@ pub fn mean_tokens(x: &[f32], batch: usize, n: usize, c: usize) -> Vec<f32> {
     }
     out
 }
+
+/// The twin of `kernels::tokens::record_copy`: copies `count` tokens of `c` channels of every
+/// image from `x` (at token `in_off` of `in_tokens` per image, or of one shared sequence when
+/// `in_tokens` is 0) into `out` (at token `out_off` of `out_tokens` per image).
+#[allow(clippy::too_many_arguments)]
+pub fn copy_tokens(
+    x: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    count: usize,
+    c: usize,
+    in_tokens: usize,
+    in_off: usize,
+    out_tokens: usize,
+    out_off: usize,
+) {
+    for b in 0..batch {
+        for t in 0..count {
+            let src = (b * in_tokens + in_off + t) * c;
+            let dst = (b * out_tokens + out_off + t) * c;
+            out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Moving runs of tokens between sequences: the lead (class, distillation) tokens of DeiT and
+//! PiT go in front of the patch tokens and come out again for pooling and the heads. CPU twin:
+//! [`crate::reference::copy_tokens`].
+
+use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+
+/// `out[b, out_off + t] = x[b, in_off + t]` for `t < count`, rows of `c` channels.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenCopy {
+    pub batch: usize,
+    pub count: usize,
+    pub c: usize,
+    /// Tokens per image of `x`; 0 when `x` is one sequence shared by all images.
+    pub in_tokens: usize,
+    pub in_off: usize,
+    /// Tokens per image of `out`.
+    pub out_tokens: usize,
+    pub out_off: usize,
+}
+
+pub fn record_copy(
+    b: &mut ProgramBuilder,
+    family: Family,
+    s: TokenCopy,
+    x: TensorId,
+    out: TensorId,
+) {
+    let g = b.grid(s.batch * s.count * s.c, 64);
+    b.dispatch(
+        family,
+        KernelKey::plain(Shader::CopyTokens),
+        &[
+            s.batch,
+            s.count,
+            s.c,
+            s.in_tokens,
+            s.in_off,
+            s.out_tokens,
+            s.out_off,
+        ]
+        .map(|v| v as u32),
+        &[x, out],
+        g,
+    );
+}
