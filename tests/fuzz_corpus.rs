@@ -103,3 +103,8 @@ fn checkpoint_reader_survives_its_corpus_and_mutations() {
 fn schedule_parser_survives_its_corpus_and_mutations() {
     exercise("schedule", sret_tome::fuzzing::schedule, 50_000);
 }
+
+#[test]
+fn image_decoder_survives_its_corpus_and_mutations() {
+    exercise("image", sret_tome::fuzzing::image, 20_000);
+}

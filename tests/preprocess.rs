@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use sret_tome::preprocess::{
-    decode_rgb8, imagenet_class, load_image, preprocess_rgb8, resize_bilinear_antialias,
-    IMAGENET_MEAN, IMAGENET_STD,
+    decode_rgb8, decode_rgb8_bytes, imagenet_class, load_image, preprocess_rgb8,
+    resize_bilinear_antialias, IMAGENET_MEAN, IMAGENET_STD,
 };
 use sret_tome::Error;
 
@@ -218,6 +218,35 @@ fn sample_asset_loads() {
     assert!(x.iter().all(|v| v.is_finite() && v.abs() < 3.0));
     // Same as preprocessing the decoded image directly.
     assert_eq!(x, preprocess_rgb8(&decode_rgb8(&path).unwrap()));
+}
+
+/// An image in memory decodes exactly as the same bytes in a file, and its errors name the
+/// given path.
+#[test]
+fn bytes_decode_like_files() {
+    for file in [
+        "landscape.jpg",
+        "jpeg_cmyk_prog.jpg",
+        "palette.png",
+        "gray16.png",
+    ] {
+        let path = fixtures().join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            decode_rgb8_bytes(&bytes, &path).unwrap(),
+            decode_rgb8(&path).unwrap(),
+            "{file}"
+        );
+    }
+    let name = Path::new("in-memory.jpg");
+    match decode_rgb8_bytes(b"\xFF\xD8\xFF", name) {
+        Err(Error::BadImage { path, why }) => {
+            assert_eq!(path, name);
+            println!("{why}");
+        }
+        Err(e) => panic!("expected BadImage, got {e}"),
+        Ok(_) => panic!("three bytes decoded"),
+    }
 }
 
 #[test]
