@@ -114,3 +114,41 @@ fn engine_matches_timm_and_tome() {
         assert_eq!(top1(&got, c), top1(&want, c), "{name} {schedule}: top-1");
     }
 }
+
+/// Checkpoints in the layouts the baselines' authors published (`tools/make_official_checkpoints.py`:
+/// DeiT's `{'model': state_dict}`, PiT's bare state_dict with `pools.{s}` names; every tensor a
+/// strided f32 or f16 view of a small pool) run without conversion and give timm's logits; the
+/// converted safetensors file loads to the very same weights.
+#[test]
+fn official_checkpoints_run_as_published() {
+    use sret_tome::model::checkpoint::{convert_to_safetensors, load_weights};
+    let dir = format!("{}/tests/fixtures/checkpoint", env!("CARGO_MANIFEST_DIR"));
+    for name in ["deit_tiny_distill", "pit_ti_distill"] {
+        let pth = std::path::PathBuf::from(format!("{dir}/{name}_official.pth"));
+        let model = Model::load(name, Some(&pth)).unwrap();
+        let converted = std::env::temp_dir().join(format!("{name}_official.safetensors"));
+        convert_to_safetensors(&pth, &converted).unwrap();
+        let again = load_weights(&converted, &model.cfg).unwrap();
+        std::fs::remove_file(&converted).ok();
+        assert!(again == model.weights, "{name}: converted weights differ");
+
+        let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
+        let images = synthetic_images(&model.cfg, 2, 5);
+        let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let got = engine.forward(&images).unwrap().logits;
+        let path = format!("{dir}/{name}_official.logits.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let want: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let err = rel_l2(&got, &want);
+        eprintln!("{name} official checkpoint: engine rel L2 {err:.2e}");
+        assert!(err <= 1e-3, "{name}: rel L2 {err:.3e}");
+        assert_eq!(top1(&got, 1000), top1(&want, 1000), "{name}: top-1");
+    }
+}
