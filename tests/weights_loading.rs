@@ -12,7 +12,7 @@ use sret_tome::model::load::{
 use sret_tome::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
-use sret_tome::model::{ModelConfig, MODEL_NAMES};
+use sret_tome::model::{ModelConfig, SRET_MODEL_NAMES, VIT_MODEL_NAMES};
 use sret_tome::Error;
 
 const PATH: &str = "test-weights.safetensors";
@@ -345,7 +345,7 @@ fn shared_copy(cfg: &ModelConfig, name: &str) -> Option<(usize, usize, usize, St
 
 #[test]
 fn every_model_round_trips_exactly() {
-    for (i, name) in MODEL_NAMES.iter().enumerate() {
+    for (i, name) in SRET_MODEL_NAMES.iter().enumerate() {
         let cfg = ModelConfig::by_name(name).unwrap();
         let w = random_weights(&cfg, 1000 + i as u64);
         let bytes = to_safetensors_bytes(&w, &cfg).unwrap();
@@ -1061,4 +1061,55 @@ fn duplicate_tensor_names_are_refused() {
     out.extend_from_slice(&bytes[8 + header..]);
     let (_, msg) = load_err(&out, &cfg);
     assert!(msg.contains("duplicate") || msg.contains("twice"), "{msg}");
+}
+
+/// DeiT and PiT: saving writes timm's state_dict exactly (names, shapes, nothing else) and
+/// loading gives the same weights; PiT's original `pools.{s}` names load too, and a file
+/// holding both spellings must agree.
+#[test]
+fn baselines_round_trip_in_timm_layout() {
+    for name in VIT_MODEL_NAMES {
+        let cfg = ModelConfig::by_name(name).unwrap();
+        let w = sret_tome::reference::synthetic_weights(&cfg, 77);
+        let bytes = to_safetensors_bytes(&w, &cfg).unwrap();
+        let t = parse(&bytes);
+        let expected = expected_tensors(&cfg);
+        assert_eq!(t.len(), expected.len(), "{name}");
+        for (n, shape) in &expected {
+            assert_eq!(&t[n].shape, shape, "{name}: {n}");
+        }
+        let path = std::path::Path::new("mem.safetensors");
+        let back = load_safetensors_bytes(&bytes, path, &cfg).unwrap();
+        assert!(back == w, "{name}: round trip changed the weights");
+        if name.starts_with("pit") {
+            assert!(t.contains_key("transformers.1.pool.conv.weight"));
+            // The original layout: pools.{s}.
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let renamed: Vec<(String, safetensors::tensor::TensorView)> = st
+                .iter()
+                .map(|(n, v)| {
+                    let n = n
+                        .replace("transformers.1.pool.", "pools.0.")
+                        .replace("transformers.2.pool.", "pools.1.");
+                    (n, v)
+                })
+                .collect();
+            let original = safetensors::serialize(renamed, None).unwrap();
+            let back = load_safetensors_bytes(&original, path, &cfg).unwrap();
+            assert!(back == w, "{name}: pools.N names load to the same weights");
+            // Both spellings present and different: refused, naming both.
+            let mut both: Vec<(String, safetensors::tensor::TensorView)> =
+                st.iter().map(|(n, v)| (n.to_string(), v)).collect();
+            // The conv's bias has the fc bias's shape but other values.
+            both.push((
+                "pools.0.fc.bias".into(),
+                st.tensor("transformers.1.pool.conv.bias").unwrap(),
+            ));
+            let bytes = safetensors::serialize(both, None).unwrap();
+            let err = load_safetensors_bytes(&bytes, path, &cfg)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("pools.0.fc.bias"), "{err}");
+        }
+    }
 }
