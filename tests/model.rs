@@ -12,7 +12,7 @@ use common::*;
 use sret_tome::model::session::{build_engine, ForwardPlan, Model};
 use sret_tome::model::MODEL_NAMES;
 use sret_tome::reference::{self as cpu, ForwardSpec, Matching};
-use sret_tome::tome::Schedule;
+use sret_tome::tome::{Schedule, Split};
 
 fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     let cfg = &model.cfg;
@@ -38,6 +38,7 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
         .iter()
         .map(|s| vec![vec![None; batch]; s.len()])
         .collect();
+    let split = Split::of(cfg);
     let mut diverged = vec![false; batch];
     let mut total = 0;
     for m in &trace.merges {
@@ -47,11 +48,11 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
             total += 1;
             let gpu_slots = &slots[i * n_in..(i + 1) * n_in];
             let twin = &want.matchings[*s][*e][i];
-            if !diverged[i] && gpu_slots != &cpu::merge_slot_map(*n_in, r, twin)[..] {
+            if !diverged[i] && gpu_slots != &cpu::merge_slot_map_split(*n_in, r, twin, split)[..] {
                 diverged[i] = true;
-                assert_near_tie(gpu_slots, twin, *n_in, r, (*s, *e, i));
+                assert_near_tie(gpu_slots, twin, *n_in, r, split, (*s, *e, i));
             }
-            forced[*s][*e][i] = Some(matching_from_slots(gpu_slots, *n_in, r));
+            forced[*s][*e][i] = Some(matching_from_slots(gpu_slots, *n_in, r, split));
         }
     }
     assert_eq!(
@@ -103,6 +104,21 @@ fn sret_t_with_every_schedule_matches_the_cpu_twin() {
     ] {
         for batch in [1, 3] {
             check(&model, schedule, batch, 11);
+        }
+    }
+}
+
+#[test]
+fn baselines_with_merging_match_the_cpu_twin() {
+    for (name, schedules) in [
+        ("deit_tiny", &["constant:8", "tome:16,-1"][..]),
+        ("deit_tiny_distill", &["constant:16", "tome:13,-0.5"][..]),
+        ("pit_ti", &["exp:0.25,0"][..]),
+        ("pit_ti_distill", &["exp:0.4,0.5", "constant:16"][..]),
+    ] {
+        let model = Model::load(name, None).unwrap();
+        for schedule in schedules {
+            check(&model, schedule, 3, 12);
         }
     }
 }

@@ -17,6 +17,7 @@ mod common;
 use common::*;
 use sret_tome::model::session::{build_engine, ForwardPlan, Model};
 use sret_tome::reference::{self as cpu, synthetic_images, ForwardSpec, Matching};
+use sret_tome::tome::Split;
 
 struct Fixture {
     logits: Vec<f32>,
@@ -151,7 +152,14 @@ fn logits_match_the_papers_pytorch_code() {
                 let gpu_slots = &slots[i * n_in..(i + 1) * n_in];
                 if same[i] && gpu_slots != &cpu::merge_slot_map(*n_in, e.safe_r, &m[i])[..] {
                     same[i] = false;
-                    assert_near_tie(gpu_slots, &m[i], *n_in, e.safe_r, (e.stage, e.exec, i));
+                    assert_near_tie(
+                        gpu_slots,
+                        &m[i],
+                        *n_in,
+                        e.safe_r,
+                        Split::default(),
+                        (e.stage, e.exec, i),
+                    );
                 }
             }
         }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
 use sret_tome::model::engine::read_buffer;
 use sret_tome::reference::{Matching, SplitMix64};
+use sret_tome::tome::Split;
 
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
@@ -131,16 +132,18 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-/// A matching that reproduces a merge's slot map (the rank order among merged tokens only
-/// changes the order of a float sum).
-pub fn matching_from_slots(slots: &[u32], n: usize, r: usize) -> Matching {
-    let na = n.div_ceil(2);
+/// A matching that reproduces a merge's slot map under `split` (the rank order among merged
+/// tokens only changes the order of a float sum; a sorted split's slots keep no rank, and any
+/// ranks that put the same tokens below `r` give the same map).
+pub fn matching_from_slots(slots: &[u32], n: usize, r: usize, split: Split) -> Matching {
+    let na = split.na(n);
     let unmerged = (na - r) as u32;
+    let lead = split.lead as u32;
     let mut rank = vec![0u32; na];
     let mut dst = vec![0u32; na];
     let mut next_merged = 0u32;
     for a in 0..na {
-        let s = slots[2 * a];
+        let s = slots[split.a_pos(a)] - lead;
         if s < unmerged {
             rank[a] = s + r as u32;
         } else {
@@ -157,26 +160,34 @@ pub fn matching_from_slots(slots: &[u32], n: usize, r: usize) -> Matching {
 }
 
 /// The GPU's order of A tokens may differ from the twin's only among row maxima that agree to
-/// 1e-5 (the twin's f64 similarities rounded to f32 against the GPU's f32 dot products).
+/// 1e-5 (the twin's f64 similarities rounded to f32 against the GPU's f32 dot products). With
+/// a sorted split only the merged set is visible: a token merged by one side only must sit at
+/// the twin's boundary between merged and kept.
 pub fn assert_near_tie(
     gpu_slots: &[u32],
     twin: &Matching,
     n: usize,
     r: usize,
+    split: Split,
     at: (usize, usize, usize),
 ) {
-    let na = n.div_ceil(2);
+    let na = split.na(n);
     let unmerged = (na - r) as u32;
+    let lead = split.lead as u32;
     let mut by_rank = vec![0.0f32; na];
     for a in 0..na {
         by_rank[twin.rank[a] as usize] = twin.row_max[a];
     }
     for a in 0..na {
-        let s = gpu_slots[2 * a];
+        let s = gpu_slots[split.a_pos(a)] - lead;
         let t = twin.rank[a] as usize;
-        // Where the GPU put this token: an exact rank if unmerged, somewhere below r if merged.
-        let gpu_rank = if s >= unmerged {
+        let gpu_merged = s >= unmerged;
+        // Where the GPU put this token: an exact rank if unmerged (rank order), somewhere below
+        // r if merged; with a sorted split, just on its side of the boundary.
+        let gpu_rank = if gpu_merged {
             t.min(r - 1)
+        } else if split.sorted {
+            t.max(r)
         } else {
             s as usize + r
         };
