@@ -31,7 +31,7 @@ pub struct MatmulRate {
 pub fn linear_shapes(cfg: &ModelConfig, batch: usize) -> Vec<(usize, usize, usize)> {
     let mut shapes = Vec::new();
     for (s, st) in cfg.stages.iter().enumerate() {
-        let m = batch * cfg.tokens(s);
+        let m = batch * (cfg.lead() + cfg.tokens(s));
         let d = st.dim;
         for (k, n) in [
             (d, 3 * d),
@@ -41,7 +41,8 @@ pub fn linear_shapes(cfg: &ModelConfig, batch: usize) -> Vec<(usize, usize, usiz
             (d, st.np_hidden),
             (st.np_hidden, d),
         ] {
-            if !shapes.contains(&(m, k, n)) {
+            // Models without `Non_proj` (DeiT, PiT) have a zero-width one: skip it.
+            if k > 0 && n > 0 && !shapes.contains(&(m, k, n)) {
                 shapes.push((m, k, n));
             }
         }

@@ -27,11 +27,41 @@ pub const TABLE1_SCHEDULES: [&str; 8] = [
     "exp:0.40,0.2",
 ];
 
+/// Default rows for the baselines: DeiT with ToMe's constant and `(r, inflection)` schedules,
+/// PiT with the paper's exponential schedules (as its `PiT_ToMe.py` runs them).
+pub const DEIT_SCHEDULES: [&str; 5] = [
+    "none",
+    "constant:8",
+    "constant:13",
+    "tome:16,-1",
+    "tome:13,-0.5",
+];
+pub const PIT_SCHEDULES: [&str; 5] = [
+    "none",
+    "constant:16",
+    "exp:0.10,0.6",
+    "exp:0.25,0",
+    "exp:0.40,0.2",
+];
+
+/// The schedules `bench` (and `sweep`'s baseline rows) measure by default for a model.
+pub fn default_schedules(cfg: &crate::model::ModelConfig) -> &'static [&'static str] {
+    if cfg.name.starts_with("deit") {
+        &DEIT_SCHEDULES
+    } else if cfg.name.starts_with("pit") {
+        &PIT_SCHEDULES
+    } else {
+        &TABLE1_SCHEDULES
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Schedules to measure (repeatable); default: the rows of the paper's Table 1.
+    /// Schedules to measure (repeatable); default: the rows of the paper's Table 1 (for DeiT:
+    /// none, constant:8, constant:13, tome:16,-1, tome:13,-0.5; for PiT: none, constant:16 and
+    /// the three exponential schedules).
     #[arg(long)]
     pub schedule: Vec<String>,
     /// Batch sizes, comma separated. Default 1,128 (1,2 on a CPU adapter such as lavapipe).
@@ -63,7 +93,7 @@ fn pct(v: f64, base: f64) -> String {
 pub fn run(a: BenchArgs) -> Result<()> {
     let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
     let schedules: Vec<Schedule> = if a.schedule.is_empty() {
-        TABLE1_SCHEDULES
+        default_schedules(&model.cfg)
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_>>()?

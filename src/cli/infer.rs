@@ -19,7 +19,8 @@ pub struct InferArgs {
     /// A safetensors file with `images` f32 [B,3,224,224] (normalised), or image files.
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
-    /// Token merging schedule: none, constant:R, linear:R, exp:RINIT,ALPHA, list:r1,...
+    /// Token merging schedule: none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA,
+    /// list:r1,...
     #[arg(long, default_value = "none")]
     pub schedule: String,
     /// Seed of the recursive passes' token permutations.

@@ -90,11 +90,13 @@ impl GpuArgs {
 /// Model and weights, shared by every command that runs the model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill.
+    /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill, and the paper's
+    /// baselines deit_tiny, deit_tiny_distill, pit_ti, pit_ti_distill (timm layouts).
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
-    /// Weights: safetensors or a PyTorch checkpoint (`torch.save` .pth) with the reference's
-    /// state_dict names; synthetic when absent.
+    /// Weights: safetensors or a PyTorch checkpoint (`torch.save` .pth, as published) with the
+    /// reference's (SReT) or timm's (DeiT, PiT; also PiT's original `pools.N`) state_dict names;
+    /// synthetic when absent.
     #[arg(long)]
     pub weights: Option<PathBuf>,
 }

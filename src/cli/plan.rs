@@ -14,7 +14,8 @@ use crate::tome::{self, Schedule};
 pub struct PlanArgs {
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
-    /// Token merging schedule: none, constant:R, linear:R, exp:RINIT,ALPHA, list:r1,...
+    /// Token merging schedule: none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA,
+    /// list:r1,...
     #[arg(long, default_value = "none")]
     pub schedule: String,
     /// Print JSON instead of the table.
