@@ -386,3 +386,29 @@ fn truncated_image_is_an_error() {
         load_image(&fixtures().join("portrait.jpg")).unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inputs found by fuzzing (`cargo +nightly fuzz run image`, minimised with `cargo fuzz tmin`)
+// that once made the decoder panic: each is now refused with an error saying what is wrong.
+
+/// `tests/fixtures/fuzz/<file>` through `load_image` (and from memory) is a `BadImage` whose
+/// message contains `expected`.
+fn fuzz_input_is_refused(file: &str, expected: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(file);
+    let why = bad_image_why(load_image(&path), &path);
+    assert!(why.contains(expected), "{file}: {why}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(decode_rgb8_bytes(&bytes, &path).is_err(), "{file}");
+}
+
+/// A DHT segment declaring more codes of one length than that many bits can hold (4 of length
+/// 2, then 2 of length 3) overran the 9-bit lookahead table while it was being built.
+#[test]
+fn jpeg_huffman_table_with_too_many_codes() {
+    fuzz_input_is_refused(
+        "jpeg_huffman_overfull.jpg",
+        "bad Huffman table: more codes of length 3 than fit in 3 bits",
+    );
+}

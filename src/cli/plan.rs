@@ -64,6 +64,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
             "flops_thop": flops_thop,
             "flops_total": flops_total,
             "params": params,
+            "lead_tokens": cfg.lead(),
         });
         let mut v = v;
         if let Some((batch, mb, pam, live)) = memory {
@@ -76,6 +77,14 @@ pub fn run(a: PlanArgs) -> Result<()> {
     } else {
         println!("{} under {}", cfg.name, schedule);
         print!("{}", tome::render_table(&traj));
+        if cfg.lead() > 0 {
+            println!(
+                "token counts are patch tokens; {} class/distillation token{} ride{} in front, never merged",
+                cfg.lead(),
+                if cfg.lead() == 1 { "" } else { "s" },
+                if cfg.lead() == 1 { "s" } else { "" }
+            );
+        }
         println!(
             "FLOPs per image: {:.2} G (thop convention), {:.2} G (all ops); parameters {:.2} M",
             flops_thop as f64 / 1e9,

@@ -53,6 +53,13 @@ impl Huffman {
         let mut k = 0usize;
         for l in 1..=16 {
             let n = counts[l - 1] as usize;
+            // libjpeg's check (`jpeg_make_d_derived_tbl`), made before the codes are entered in
+            // the lookahead table, which they would overrun.
+            if code + n as i32 > 1 << l {
+                return Err(Corrupt(format!(
+                    "bad Huffman table: more codes of length {l} than fit in {l} bits"
+                )));
+            }
             valoffset[l] = k as i32 - code;
             for _ in 0..n {
                 if l <= 9 {
@@ -67,9 +74,6 @@ impl Huffman {
             }
             if n > 0 {
                 maxcode[l] = code - 1;
-            }
-            if code > (1 << l) {
-                return Err(Corrupt("bad Huffman table".into()));
             }
             code <<= 1;
         }
