@@ -95,7 +95,7 @@ mod tests {
                     assert_eq!(seen, (lead..n).collect::<Vec<_>>(), "{s:?} n {n}");
                     // A is the even global positions when ToMe splits the whole sequence.
                     if a_odd == (lead % 2 == 1) {
-                        assert!((0..s.na(n)).all(|a| s.a_pos(a) % 2 == 0));
+                        assert!((0..s.na(n)).all(|a| s.a_pos(a).is_multiple_of(2)));
                     }
                 }
             }
