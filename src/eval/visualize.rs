@@ -151,17 +151,24 @@ pub const TOKEN_BORDER: [u8; 3] = [25, 25, 25];
 /// Colour of group borders.
 pub const GROUP_BORDER: [u8; 3] = [255, 214, 0];
 
+/// First pixel of cell `i` when `size` pixels are cut into `side` cells: the exact patch
+/// pitch where it divides (SReT, DeiT), an even partition where it does not (PiT's 27x27 grid
+/// of overlapping 16-pixel patches at stride 8 over 224 pixels).
+fn edge(i: u32, side: u32, size: u32) -> u32 {
+    i * size / side
+}
+
 /// The mean input colour over each token's patches.
 pub fn token_means(img: &RgbImage, map: &StageMap) -> HashMap<u32, [u8; 3]> {
-    let side = map.side;
-    let p = img.width() as usize / side;
+    let side = map.side as u32;
+    let size = img.width();
     let mut sums: HashMap<u32, ([u64; 3], u64)> = HashMap::new();
     for (pos, &slot) in map.slots.iter().enumerate() {
-        let (r, c) = (pos / side, pos % side);
+        let (r, c) = (pos as u32 / side, pos as u32 % side);
         let e = sums.entry(slot).or_insert(([0; 3], 0));
-        for y in r * p..(r + 1) * p {
-            for x in c * p..(c + 1) * p {
-                let px = img.get_pixel(x as u32, y as u32).0;
+        for y in edge(r, side, size)..edge(r + 1, side, size) {
+            for x in edge(c, side, size)..edge(c + 1, side, size) {
+                let px = img.get_pixel(x, y).0;
                 for (acc, &v) in e.0.iter_mut().zip(&px) {
                     *acc += v as u64;
                 }
@@ -196,23 +203,24 @@ fn fill(out: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, c: [u8; 3]) {
 pub fn render_stage(img: &RgbImage, map: &StageMap, style: Style, scale: u32) -> RgbImage {
     let size = img.width();
     let side = map.side as u32;
-    let p = size / side; // input pixels per patch
-    let ps = p * scale; // output pixels per patch
+    // Output pixels where cell `i` starts.
+    let at = |i: u32| edge(i, side, size) * scale;
     let mut out = RgbImage::new(size * scale, size * scale);
     let means = token_means(img, map);
     let slot_at = |r: u32, c: u32| map.slots[(r * side + c) as usize];
     for r in 0..side {
         for c in 0..side {
             let slot = slot_at(r, c);
+            let (x0, y0, w, h) = (at(c), at(r), at(c + 1) - at(c), at(r + 1) - at(r));
             match style {
-                Style::Mean => fill(&mut out, c * ps, r * ps, ps, ps, means[&slot]),
+                Style::Mean => fill(&mut out, x0, y0, w, h, means[&slot]),
                 Style::Random => {
                     let tc = token_colour(slot);
-                    for y in 0..ps {
-                        for x in 0..ps {
-                            let src = img.get_pixel((c * ps + x) / scale, (r * ps + y) / scale).0;
+                    for y in y0..y0 + h {
+                        for x in x0..x0 + w {
+                            let src = img.get_pixel(x / scale, y / scale).0;
                             let mix = |k: usize| ((src[k] as u16 + tc[k] as u16) / 2) as u8;
-                            out.put_pixel(c * ps + x, r * ps + y, Rgb([mix(0), mix(1), mix(2)]));
+                            out.put_pixel(x, y, Rgb([mix(0), mix(1), mix(2)]));
                         }
                     }
                 }
@@ -225,22 +233,23 @@ pub fn render_stage(img: &RgbImage, map: &StageMap, style: Style, scale: u32) ->
     let group_at = |r: u32, c: u32| groups[(r * side + c) as usize];
     for r in 0..side {
         for c in 0..side {
+            let (w, h) = (at(c + 1) - at(c), at(r + 1) - at(r));
             if c + 1 < side && slot_at(r, c) != slot_at(r, c + 1) {
                 fill(
                     &mut out,
-                    (c + 1) * ps - tw / 2 - tw % 2,
-                    r * ps,
+                    at(c + 1) - tw / 2 - tw % 2,
+                    at(r),
                     tw,
-                    ps,
+                    h,
                     TOKEN_BORDER,
                 );
             }
             if r + 1 < side && slot_at(r, c) != slot_at(r + 1, c) {
                 fill(
                     &mut out,
-                    c * ps,
-                    (r + 1) * ps - tw / 2 - tw % 2,
-                    ps,
+                    at(c),
+                    at(r + 1) - tw / 2 - tw % 2,
+                    w,
                     tw,
                     TOKEN_BORDER,
                 );
@@ -251,25 +260,12 @@ pub fn render_stage(img: &RgbImage, map: &StageMap, style: Style, scale: u32) ->
     let gw = (scale * 3 / 2).max(2);
     for r in 0..side {
         for c in 0..side {
+            let (w, h) = (at(c + 1) - at(c), at(r + 1) - at(r));
             if c + 1 < side && group_at(r, c) != group_at(r, c + 1) {
-                fill(
-                    &mut out,
-                    (c + 1) * ps - gw / 2,
-                    r * ps,
-                    gw,
-                    ps,
-                    GROUP_BORDER,
-                );
+                fill(&mut out, at(c + 1) - gw / 2, at(r), gw, h, GROUP_BORDER);
             }
             if r + 1 < side && group_at(r, c) != group_at(r + 1, c) {
-                fill(
-                    &mut out,
-                    c * ps,
-                    (r + 1) * ps - gw / 2,
-                    ps,
-                    gw,
-                    GROUP_BORDER,
-                );
+                fill(&mut out, at(c), at(r + 1) - gw / 2, w, gw, GROUP_BORDER);
             }
         }
     }
@@ -338,13 +334,23 @@ pub fn render(
             };
             caption(
                 i as u32 + 1,
-                format!(
-                    "stage {}: {}x{} patches of {} px{groups}",
-                    m.stage,
-                    m.side,
-                    m.side,
-                    px as usize / m.side
-                ),
+                if (px as usize).is_multiple_of(m.side) {
+                    format!(
+                        "stage {}: {}x{} patches of {} px{groups}",
+                        m.stage,
+                        m.side,
+                        m.side,
+                        px as usize / m.side
+                    )
+                } else {
+                    format!(
+                        "stage {}: {}x{} patches (~{:.1} px pitch){groups}",
+                        m.stage,
+                        m.side,
+                        m.side,
+                        px as f64 / m.side as f64
+                    )
+                },
                 format!(
                     "{} -> {} tokens; largest token {} patches",
                     m.tokens_in, tokens, largest
