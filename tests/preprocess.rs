@@ -412,3 +412,22 @@ fn jpeg_huffman_table_with_too_many_codes() {
         "bad Huffman table: more codes of length 3 than fit in 3 bits",
     );
 }
+
+/// A JPEG with a restart interval of one MCU whose entropy-coded data stops after 40 bytes
+/// (then EOI, no more restart markers): libjpeg leaves every MCU after the data runs out empty
+/// (mid-grey) instead of decoding zero bits into each, and stops visiting them, which also keeps
+/// a tiny file that claims 50 megapixels cheap. Pixels as PIL's (`.pil.rgb`, made by Pillow 13).
+#[test]
+fn jpeg_missing_restart_markers_decode_like_pil() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let ours = decode_rgb8(&dir.join("jpeg_missing_restart_markers.jpg")).unwrap();
+    let pil = std::fs::read(dir.join("jpeg_missing_restart_markers.pil.rgb")).unwrap();
+    assert_eq!(ours.dimensions(), (48, 32));
+    let differing = ours
+        .as_raw()
+        .iter()
+        .zip(&pil)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "pixels differ from PIL's");
+}

@@ -209,16 +209,19 @@ impl<'a> Bits<'a> {
     }
 
     /// libjpeg's `process_restart`: drop the buffered bits, find and skip the RSTn marker.
-    fn restart(&mut self) {
+    /// Returns whether it found one; if another marker (or the end of the data) comes first, it
+    /// is left where it is, as libjpeg's `jpeg_resync_to_restart` leaves it.
+    fn restart(&mut self) -> bool {
         self.acc = 0;
         self.n = 0;
         self.used_bits = self.real_bits;
+        self.marker_hit = false;
         let d = self.data;
         let mut p = self.pos;
         while p + 1 < d.len() {
             if d[p] == 0xFF && (0xD0..=0xD7).contains(&d[p + 1]) {
-                p += 2;
-                break;
+                self.pos = p + 2;
+                return true;
             }
             if d[p] == 0xFF && d[p + 1] != 0 && d[p + 1] != 0xFF {
                 break; // some other marker: leave it (libjpeg resyncs the same way)
@@ -226,7 +229,7 @@ impl<'a> Bits<'a> {
             p += 1;
         }
         self.pos = p;
-        self.marker_hit = false;
+        false
     }
 }
 
@@ -546,18 +549,27 @@ fn decode_scan(
     for unit in 0..total {
         if restart_interval > 0 {
             if restarts_to_go == 0 {
-                bits.restart();
+                // libjpeg clears its out-of-data flag only when it finds the restart marker.
+                // Without one, every later restart fails the same way: if the data has run
+                // out, the rest of the scan stays empty and need not be visited.
+                if bits.restart() {
+                    insufficient = false;
+                } else if insufficient {
+                    break;
+                }
                 for &(ci, _, _) in &sc {
                     f.comps[ci].dc_pred = 0;
                 }
                 eobrun = 0;
-                insufficient = false;
                 restarts_to_go = restart_interval;
             }
             restarts_to_go -= 1;
         }
         if insufficient {
-            continue;
+            if restart_interval > 0 {
+                continue; // empty until the next restart marker
+            }
+            break; // empty to the end of the scan
         }
         let (ux, uy) = (unit % units_x, unit / units_x);
         for &(ci, td, ta) in &sc {
