@@ -197,7 +197,9 @@ impl<'a> Bits<'a> {
         for l in 1..=16 {
             code = code << 1 | self.bits(1) as i32;
             if code <= t.maxcode[l] {
-                return t.values[(t.valoffset[l] + code) as usize];
+                // In range for any table `Huffman::new` accepts; a miss reads as a bad code.
+                let i = usize::try_from(t.valoffset[l] + code).unwrap_or(usize::MAX);
+                return t.values.get(i).copied().unwrap_or(0);
             }
         }
         0 // libjpeg: "Corrupt JPEG data: bad Huffman code", use 0
@@ -369,6 +371,9 @@ fn parse_sof(seg: &[u8], progressive: bool) -> R<Frame> {
     if width == 0 || height == 0 {
         return Err(Unsupported("zero or DNL-defined size".into()));
     }
+    // The caller checked the size the `image` crate reads from the header; this is the size the
+    // allocations below follow, so it is checked too.
+    super::check_dimensions(width as u32, height as u32).map_err(Corrupt)?;
     if !matches!(nc, 1 | 3 | 4) || seg.len() < 6 + 3 * nc {
         return Err(Unsupported(format!("{nc} components")));
     }
@@ -464,6 +469,14 @@ fn parse_dqt(mut seg: &[u8], qts: &mut [Option<[u16; 64]>; 4]) -> R<()> {
     Ok(())
 }
 
+/// Huffman table `i` of `tables` (the DC or AC ones, named by `class`), which a scan uses.
+fn table<'t>(tables: &'t [Option<Huffman>; 4], i: usize, class: &str) -> R<&'t Huffman> {
+    tables
+        .get(i)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Corrupt(format!("{class} Huffman table {i} missing")))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn decode_scan(
     data: &[u8],
@@ -513,11 +526,11 @@ fn decode_scan(
     let need_dc = !f.progressive || (ss == 0 && ah == 0);
     let need_ac = !f.progressive || ss > 0;
     for &(_, td, ta) in &sc {
-        if need_dc && dc_tables[td].is_none() {
-            return Err(Corrupt(format!("DC Huffman table {td} missing")));
+        if need_dc {
+            table(dc_tables, td, "DC")?;
         }
-        if need_ac && ac_tables[ta].is_none() {
-            return Err(Corrupt(format!("AC Huffman table {ta} missing")));
+        if need_ac {
+            table(ac_tables, ta, "AC")?;
         }
     }
     // coef_bits bookkeeping (used to detect incomplete progressive files).
@@ -589,8 +602,8 @@ fn decode_scan(
                     let off = (row * c.bw + col) * 64;
                     let block = &mut c.coefs[off..off + 64];
                     if !f.progressive {
-                        let dc = dc_tables[td].as_ref().unwrap();
-                        let ac = ac_tables[ta].as_ref().unwrap();
+                        let dc = table(dc_tables, td, "DC")?;
+                        let ac = table(ac_tables, ta, "AC")?;
                         let s = bits.huff(dc) as u32;
                         let diff = bits.receive_extend(s);
                         c.dc_pred = c.dc_pred.wrapping_add(diff);
@@ -611,7 +624,7 @@ fn decode_scan(
                         }
                     } else if ss == 0 {
                         if ah == 0 {
-                            let s = bits.huff(dc_tables[td].as_ref().unwrap()) as u32;
+                            let s = bits.huff(table(dc_tables, td, "DC")?) as u32;
                             let diff = bits.receive_extend(s);
                             c.dc_pred = c.dc_pred.wrapping_add(diff);
                             block[0] = (c.dc_pred << al) as i16;
@@ -621,7 +634,7 @@ fn decode_scan(
                     } else if ah == 0 {
                         ac_first(
                             &mut bits,
-                            ac_tables[ta].as_ref().unwrap(),
+                            table(ac_tables, ta, "AC")?,
                             block,
                             ss,
                             se,
@@ -631,7 +644,7 @@ fn decode_scan(
                     } else {
                         ac_refine(
                             &mut bits,
-                            ac_tables[ta].as_ref().unwrap(),
+                            table(ac_tables, ta, "AC")?,
                             block,
                             ss,
                             se,
