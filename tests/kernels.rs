@@ -209,6 +209,9 @@ fn linear_matches_cpu_for_every_epilogue() {
         (31, 64, 64, 192),
         (32, 5, 230, 64),
         (33, 1, 256, 1000),
+        // 32 + 13 rows (a 16-row tail) and 64 + 8 (an 8-row tail).
+        (34, 45, 64, 128),
+        (35, 72, 96, 70),
     ] {
         let lin = Linear {
             weight: random(seed, n * k, (3.0 / k as f32).sqrt()),

@@ -17,6 +17,9 @@ pub enum Shader {
     LnStats,
     Linear,
     LinearSg8,
+    /// Tails of 16 and 8 rows of the 32-row `LinearSg8` tiles.
+    LinearSg8R16,
+    LinearSg8R8,
     Attention,
     AttentionVec4,
     AttentionSg8,
@@ -35,7 +38,7 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 21] = [
+    pub const ALL: [Shader; 23] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg8,
@@ -43,6 +46,8 @@ impl Shader {
         Shader::LnStats,
         Shader::Linear,
         Shader::LinearSg8,
+        Shader::LinearSg8R16,
+        Shader::LinearSg8R8,
         Shader::Attention,
         Shader::AttentionVec4,
         Shader::AttentionSg8,
@@ -68,6 +73,8 @@ impl Shader {
             Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
             Shader::LinearSg8 => "linear_sg8",
+            Shader::LinearSg8R16 => "linear_sg8_r16",
+            Shader::LinearSg8R8 => "linear_sg8_r8",
             Shader::Attention => "attention",
             Shader::AttentionVec4 => "attention_vec4",
             Shader::AttentionSg8 => "attention_sg8",
@@ -94,6 +101,8 @@ impl Shader {
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),
+            Shader::LinearSg8R16 => include_str!("../../shaders/linear_sg8_r16.wgsl"),
+            Shader::LinearSg8R8 => include_str!("../../shaders/linear_sg8_r8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::AttentionSg8 => include_str!("../../shaders/attention_sg8.wgsl"),

@@ -122,28 +122,48 @@ fn record_with(
         Epilogue::Gelu => (1, 0.0, 0.0),
         Epilogue::Residual { ca, cb } => (2, ca, cb),
     };
-    // 32 x 64 tiles per 8-lane workgroup where subgroups allow, else 8 x 8 per invocation.
-    let (shader, grid) = if b.subgroup8() {
-        let tiles = m.div_ceil(32) * padded(n).div_ceil(64);
-        (Shader::LinearSg8, b.grid(tiles * 8, 8))
-    } else {
-        (Shader::Linear, b.grid(m.div_ceil(8) * padded(n) / 8, 64))
+    let params = [
+        m as u32,
+        k as u32,
+        n as u32,
+        padded(n) as u32,
+        mode,
+        ca.to_bits(),
+        cb.to_bits(),
+        stats.is_some() as u32,
+    ];
+    // Without statistics the kernel never reads binding 5; the bias stands in for it.
+    let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
+    if !b.subgroup8() {
+        // 8 x 8 outputs per invocation.
+        let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
+        b.dispatch(
+            family,
+            KernelKey::plain(Shader::Linear),
+            &params,
+            &tensors,
+            grid,
+        );
+        return;
+    }
+    // 32 x 64 tiles per 8-lane workgroup; a last partial tile of at most 16 rows runs as a
+    // 16- or 8-row tile instead (fewer rows computed for nothing, at a lower rate per row).
+    let tiles_n = padded(n).div_ceil(64);
+    let (full, tail) = match m % 32 {
+        1..=8 => (m / 32, Some(Shader::LinearSg8R8)),
+        9..=16 => (m / 32, Some(Shader::LinearSg8R16)),
+        _ => (m.div_ceil(32), None),
     };
-    b.dispatch(
-        family,
-        KernelKey::plain(shader),
-        &[
-            m as u32,
-            k as u32,
-            n as u32,
-            padded(n) as u32,
-            mode,
-            ca.to_bits(),
-            cb.to_bits(),
-            stats.is_some() as u32,
-        ],
-        // Without statistics the kernel never reads binding 5; the bias stands in for it.
-        &[x, w.wt, w.bias, y, stats.unwrap_or(w.bias)],
-        grid,
-    );
+    let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
+        let mut p = params.to_vec();
+        p.push(base as u32);
+        let grid = b.grid(tiles * tiles_n * 8, 8);
+        b.dispatch(family, KernelKey::plain(shader), &p, &tensors, grid);
+    };
+    if full > 0 {
+        with_base(b, Shader::LinearSg8, full, 0);
+    }
+    if let Some(shader) = tail {
+        with_base(b, shader, 1, 32 * full);
+    }
 }
