@@ -156,8 +156,8 @@ impl EngineBuilder {
         Self::default()
     }
 
-    /// The architecture: `sret_t`, `sret_lt`, `sret_s` or their `_distill` twins
-    /// ([`crate::model::MODEL_NAMES`]).
+    /// The architecture: `sret_t`, `sret_lt`, `sret_s` or their `_distill` twins, or the
+    /// baselines `deit_tiny[_distill]`, `pit_ti[_distill]` ([`crate::model::MODEL_NAMES`]).
     pub fn model(mut self, name: impl Into<String>) -> Self {
         self.model = name.into();
         self
