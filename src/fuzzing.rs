@@ -18,17 +18,33 @@ fn sret_t() -> &'static ModelConfig {
     CFG.get_or_init(|| ModelConfig::by_name("sret_t").expect("a built-in model"))
 }
 
-/// A safetensors weight file for `sret_t`.
-pub fn weights(data: &[u8]) {
-    let _ = load_safetensors_bytes(data, Path::new("fuzz.safetensors"), sret_t());
+/// The layouts a weight file is read against: SReT's and the two timm layouts (DeiT with
+/// class and distillation tokens, PiT with its pooling under two spellings).
+fn layouts() -> &'static [ModelConfig] {
+    static CFGS: OnceLock<Vec<ModelConfig>> = OnceLock::new();
+    CFGS.get_or_init(|| {
+        ["sret_t", "deit_tiny_distill", "pit_ti_distill"]
+            .iter()
+            .map(|n| ModelConfig::by_name(n).expect("a built-in model"))
+            .collect()
+    })
 }
 
-/// A PyTorch checkpoint (`torch.save` zip with a pickle): the raw state dict, then as `sret_t`
-/// weights.
+/// A safetensors weight file for `sret_t`, DeiT-Tiny-Distill and PiT-Ti-Distill.
+pub fn weights(data: &[u8]) {
+    for cfg in layouts() {
+        let _ = load_safetensors_bytes(data, Path::new("fuzz.safetensors"), cfg);
+    }
+}
+
+/// A PyTorch checkpoint (`torch.save` zip with a pickle): the raw state dict, then as weights
+/// of each layout.
 pub fn checkpoint(data: &[u8]) {
     let path = Path::new("fuzz.pth");
     if read_state_dict_bytes(data, path).is_ok() {
-        let _ = load_checkpoint_bytes(data, path, sret_t());
+        for cfg in layouts() {
+            let _ = load_checkpoint_bytes(data, path, cfg);
+        }
     }
 }
 
