@@ -112,8 +112,11 @@ pub fn run(
         device.poll(wgpu::PollType::Poll)?;
         collect(&mut pending, &mut done)?;
     }
-    device.poll(wgpu::PollType::wait_indefinitely())?;
-    collect(&mut pending, &mut done)?;
+    // The rest: `wait` polls until each has arrived (with a device shared between threads,
+    // another thread's poll may be delivering a frame just as ours returns).
+    for (i, p) in pending.drain(..) {
+        done[i] = Some(p.wait()?);
+    }
     Ok(done
         .into_iter()
         .map(|l| l.expect("every frame's logits"))
