@@ -166,6 +166,105 @@ fn record_attention_half(
     qkv
 }
 
+/// A stage's sequence while token merging shortens it: the tokens, their masses (`None` while
+/// all are 1), the length, whether anything merged yet, and the stage's unmerge map, composed
+/// with every merge. SReT and the baselines merge alike between attention and MLP.
+pub(super) struct StageTokens {
+    pub x: TensorId,
+    pub mass: Option<TensorId>,
+    pub n: usize,
+    pub merged: bool,
+    pub map: TensorId,
+    stage: usize,
+    batch: usize,
+    dim: usize,
+    heads: usize,
+    n_grid: usize,
+    split: Split,
+}
+
+impl StageTokens {
+    /// Stage `stage`'s `x` of `n` tokens (`n_grid` of them patches, `split.lead` in front).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start(
+        b: &mut ProgramBuilder,
+        spec: &PlanSpec,
+        stage: usize,
+        x: TensorId,
+        n: usize,
+        n_grid: usize,
+        dim: usize,
+        heads: usize,
+        split: Split,
+    ) -> StageTokens {
+        let map = b.activation(format!("stage{stage} unmerge map"), spec.batch * n_grid);
+        if spec.trace {
+            b.pin(map);
+        }
+        StageTokens {
+            x,
+            mass: None,
+            n,
+            merged: false,
+            map,
+            stage,
+            batch: spec.batch,
+            dim,
+            heads,
+            n_grid,
+            split,
+        }
+    }
+
+    /// ToMe between execution `exec`'s attention and its MLP: merges `spec.safe_r[stage][exec]`
+    /// tokens matched on the keys in `qkv`, keeping the slot map and masses for a trace.
+    pub(super) fn merge(
+        &mut self,
+        b: &mut ProgramBuilder,
+        spec: &PlanSpec,
+        trace: &mut TraceTensors,
+        exec: usize,
+        qkv: TensorId,
+        label: &str,
+    ) {
+        let r = spec.safe_r[self.stage][exec];
+        if r == 0 {
+            return;
+        }
+        let shape = MergeShape {
+            batch: self.batch,
+            n: self.n,
+            r,
+            c: self.dim,
+            dim: self.dim,
+            heads: self.heads,
+            n_grid: self.n_grid,
+            split: self.split,
+        };
+        let m = tome_k::record_merge(
+            b,
+            shape,
+            qkv,
+            self.x,
+            self.mass,
+            self.map,
+            !self.merged,
+            label,
+        );
+        if spec.trace {
+            b.pin(m.slot);
+            b.pin(m.mass);
+            trace
+                .merges
+                .push((self.stage, exec, m.slot, m.mass, self.n, self.n - r));
+        }
+        self.merged = true;
+        self.x = m.x;
+        self.mass = Some(m.mass);
+        self.n -= r;
+    }
+}
+
 /// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`).
 fn up_block(
     b: &mut ProgramBuilder,
@@ -319,19 +418,23 @@ pub fn record(
     for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
         let n_grid = cfg.tokens(s);
         let dim = sc.dim;
-        let mut n = n_grid;
         let blocks: Vec<BlockTensors> = sw
             .blocks
             .iter()
             .enumerate()
             .map(|(i, bw)| up_block(&mut b, &format!("transformers.{s}.block{i}"), bw))
             .collect();
-        let map = b.activation(format!("stage{s} unmerge map"), bt * n_grid);
-        if spec.trace {
-            b.pin(map);
-        }
-        let mut mass: Option<TensorId> = None;
-        let mut merged = false;
+        let mut seq = StageTokens::start(
+            &mut b,
+            spec,
+            s,
+            x,
+            n_grid,
+            n_grid,
+            dim,
+            sc.heads,
+            Split::default(),
+        );
         for exec in 0..sc.depth {
             let label = format!("s{s}e{exec}");
             let blk = &blocks[sc.block_of(exec)];
@@ -341,45 +444,17 @@ pub fn record(
                 .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
             let shape = AttentionShape {
                 batch: bt,
-                n,
+                n: seq.n,
                 dim,
                 heads: sc.heads,
                 groups: sc.groups_of(exec),
             };
-            let qkv = record_attention_half(&mut b, shape, blk, coef, x, perm, mass, &label);
+            let qkv =
+                record_attention_half(&mut b, shape, blk, coef, seq.x, perm, seq.mass, &label);
             // Token merging between attention and MLP.
-            let r = spec.safe_r[s][exec];
-            if r > 0 {
-                let m = tome_k::record_merge(
-                    &mut b,
-                    MergeShape {
-                        batch: bt,
-                        n,
-                        r,
-                        c: dim,
-                        dim,
-                        heads: sc.heads,
-                        n_grid,
-                        split: Split::default(),
-                    },
-                    qkv,
-                    x,
-                    mass,
-                    map,
-                    !merged,
-                    &label,
-                );
-                if spec.trace {
-                    b.pin(m.slot);
-                    b.pin(m.mass);
-                    trace.merges.push((s, exec, m.slot, m.mass, n, n - r));
-                }
-                merged = true;
-                x = m.x;
-                mass = Some(m.mass);
-                n -= r;
-            }
-            let rows = bt * n;
+            seq.merge(&mut b, spec, &mut trace, exec, qkv, &label);
+            let x = seq.x;
+            let rows = bt * seq.n;
             record_mlp(
                 &mut b,
                 rows,
@@ -410,12 +485,13 @@ pub fn record(
             );
         }
         // Restore the grid (the unmerge stack, composed into one map).
-        if merged {
+        x = seq.x;
+        if seq.merged {
             let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
-            tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, map, full);
+            tome_k::record_unmerge(&mut b, bt, n_grid, seq.n, dim, x, seq.map, full);
             x = full;
             if spec.trace {
-                trace.stage_maps.push((s, map, n_grid));
+                trace.stage_maps.push((s, seq.map, n_grid));
             }
         }
         if let Some(pool) = &sw.pool {

@@ -2,8 +2,8 @@
 //! PiT's unmerge-then-pool between stages, and the heads on the lead tokens.
 
 use super::{
-    record_attention_half, record_mlp, up_block, up_conv, BlockTensors, Recorded, TraceTensors,
-    LN_EPS,
+    record_attention_half, record_mlp, up_block, up_conv, BlockTensors, Recorded, StageTokens,
+    TraceTensors, LN_EPS,
 };
 use crate::gpu::{Family, ProgramBuilder, TensorId};
 use crate::kernels::attention::AttentionShape;
@@ -11,7 +11,7 @@ use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
 use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
-use crate::kernels::tome::{self as tome_k, MergeShape};
+use crate::kernels::tome as tome_k;
 use crate::model::config::{ModelConfig, VitConfig};
 use crate::model::plan::PlanSpec;
 use crate::model::weights::{Linear, ModelWeights};
@@ -170,75 +170,52 @@ pub(super) fn record(
     for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
         let n_grid = cfg.tokens(s);
         let dim = sc.dim;
-        let mut n = lead + n_grid;
         let blocks: Vec<BlockTensors> = sw
             .blocks
             .iter()
             .enumerate()
             .map(|(i, bw)| up_block(&mut b, &format!("stage{s}.block{i}"), bw))
             .collect();
-        let map = b.activation(format!("stage{s} unmerge map"), bt * n_grid);
-        if spec.trace {
-            b.pin(map);
-        }
-        let mut mass: Option<TensorId> = None;
-        let mut merged = false;
+        let mut seq = StageTokens::start(
+            &mut b,
+            spec,
+            s,
+            x,
+            lead + n_grid,
+            n_grid,
+            dim,
+            sc.heads,
+            split,
+        );
         for (exec, blk) in blocks.iter().enumerate() {
             let label = format!("s{s}e{exec}");
             let shape = AttentionShape {
                 batch: bt,
-                n,
+                n: seq.n,
                 dim,
                 heads: sc.heads,
                 groups: 1,
             };
-            let qkv = record_attention_half(&mut b, shape, blk, [1.0; 4], x, None, mass, &label);
-            let r = spec.safe_r[s][exec];
-            if r > 0 {
-                let m = tome_k::record_merge(
-                    &mut b,
-                    MergeShape {
-                        batch: bt,
-                        n,
-                        r,
-                        c: dim,
-                        dim,
-                        heads: sc.heads,
-                        n_grid,
-                        split,
-                    },
-                    qkv,
-                    x,
-                    mass,
-                    map,
-                    !merged,
-                    &label,
-                );
-                if spec.trace {
-                    b.pin(m.slot);
-                    b.pin(m.mass);
-                    trace.merges.push((s, exec, m.slot, m.mass, n, n - r));
-                }
-                merged = true;
-                x = m.x;
-                mass = Some(m.mass);
-                n -= r;
-            }
+            let qkv =
+                record_attention_half(&mut b, shape, blk, [1.0; 4], seq.x, None, seq.mass, &label);
+            seq.merge(&mut b, spec, &mut trace, exec, qkv, &label);
             record_mlp(
                 &mut b,
-                bt * n,
+                bt * seq.n,
                 dim,
                 sc.mlp_hidden,
-                x,
+                seq.x,
                 &blk.fc1,
                 &blk.fc2,
                 (1.0, 1.0),
                 &label,
             );
         }
-        if merged && spec.trace {
-            trace.stage_maps.push((s, map, n_grid));
+        if seq.merged && spec.trace {
+            trace.stage_maps.push((s, seq.map, n_grid));
         }
+        let n = seq.n;
+        x = seq.x;
         let lead_x = take_tokens(
             &mut b,
             Family::Head,
@@ -271,9 +248,9 @@ pub(super) fn record(
             break;
         }
         // PiT: restore the grid (the unmerge stack as one gather), pool it, map the lead tokens.
-        let grid = if merged {
+        let grid = if seq.merged {
             let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
-            tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, map, full);
+            tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, seq.map, full);
             full
         } else {
             take_tokens(
