@@ -106,3 +106,46 @@ fn a_missing_adapter_or_backend_is_a_clear_error() {
     .expect_err("no such backend");
     assert!(err.to_string().contains("glide"), "{err}");
 }
+
+/// Weights built in code (the library's `EngineBuilder::with_model`) that do not fit their
+/// model are refused with the tensor named, never a panic while planning.
+#[test]
+fn weights_that_do_not_fit_the_model_are_an_error() {
+    let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
+    let cache = PipelineCache::default();
+    type Breakage = fn(&mut Model);
+    let cases: [(&str, Breakage, &str); 4] = [
+        (
+            "sret_t",
+            |m| {
+                m.weights.stages[1].blocks[0].qkv.weight.pop();
+            },
+            "transformers.1.blocks.0.attn.qkv.weight",
+        ),
+        (
+            "sret_t",
+            |m| m.weights.stages[2].blocks.truncate(1),
+            "stage 2",
+        ),
+        (
+            "deit_tiny_distill",
+            |m| m.weights.lead_tokens.clear(),
+            "lead tokens",
+        ),
+        (
+            "pit_ti_distill",
+            |m| m.weights.stages[0].pool_fc = None,
+            "stage 0 pool",
+        ),
+    ];
+    for (name, break_it, needle) in cases {
+        let mut model = Model::load(name, None).unwrap();
+        break_it(&mut model);
+        let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
+        let err = match build_engine(&gpu, &cache, &model, &plan, 1, false) {
+            Ok(_) => panic!("{name}: mismatched weights were accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}

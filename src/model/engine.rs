@@ -257,6 +257,27 @@ impl Engine {
         if spec.batch == 0 {
             return Err(Error::arg("batch", 0, "must be at least 1"));
         }
+        // Weights may come from code (`EngineBuilder::with_model`), not only from a checked file.
+        super::load::check_weights(weights, cfg)?;
+        if spec.safe_r.len() != cfg.stages.len()
+            || spec
+                .safe_r
+                .iter()
+                .zip(&cfg.stages)
+                .any(|(r, st)| r.len() != st.depth)
+            || spec.perms.len() != cfg.stages.len()
+            || spec
+                .perms
+                .iter()
+                .zip(&cfg.stages)
+                .any(|(p, st)| p.len() != st.depth)
+        {
+            return Err(Error::arg(
+                "plan",
+                cfg.name,
+                "the merge counts and permutations were not planned for this model",
+            ));
+        }
         let (chunks, mb) = split_batch(cfg, &gpu.limits, spec.batch);
         if chunks > 1 {
             log::info!(

@@ -901,14 +901,19 @@ fn collect<'w>(w: &'w ModelWeights, cfg: &ModelConfig) -> Result<HashMap<String,
     Ok(m)
 }
 
-fn out_tensors(w: &ModelWeights, cfg: &ModelConfig) -> Result<Vec<(String, OutTensor)>> {
-    let layout = Layout::new(cfg);
-    let values = collect(w, cfg)?;
-    let mut bytes: Vec<Arc<[u8]>> = Vec::with_capacity(layout.slots.len());
+/// Every tensor of the layout with its value, in layout order, once the weights' structure
+/// and every tensor's length have been checked against `cfg`.
+fn checked_values<'w>(
+    w: &'w ModelWeights,
+    cfg: &ModelConfig,
+    layout: &Layout,
+) -> Result<Vec<Cow<'w, [f32]>>> {
+    let mut values = collect(w, cfg)?;
+    let mut out = Vec::with_capacity(layout.slots.len());
     for slot in &layout.slots {
         let name = &slot.names[0];
         let data = values
-            .get(name)
+            .remove(name)
             .unwrap_or_else(|| panic!("internal: no value for '{name}'"));
         let numel: usize = slot.shape.iter().product();
         if data.len() != numel {
@@ -921,8 +926,24 @@ fn out_tensors(w: &ModelWeights, cfg: &ModelConfig) -> Result<Vec<(String, OutTe
                 ),
             ));
         }
-        bytes.push(data.iter().flat_map(|v| v.to_le_bytes()).collect());
+        out.push(data);
     }
+    Ok(out)
+}
+
+/// Checks weights built in code (not loaded from a file) against `cfg`: the number of stages,
+/// blocks and heads, every layer's shape and every tensor's length, so that a mismatched model
+/// handed to the engine is an error naming the tensor rather than a panic while planning.
+pub fn check_weights(w: &ModelWeights, cfg: &ModelConfig) -> Result<()> {
+    checked_values(w, cfg, &Layout::new(cfg)).map(|_| ())
+}
+
+fn out_tensors(w: &ModelWeights, cfg: &ModelConfig) -> Result<Vec<(String, OutTensor)>> {
+    let layout = Layout::new(cfg);
+    let bytes: Vec<Arc<[u8]>> = checked_values(w, cfg, &layout)?
+        .iter()
+        .map(|data| data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let zero: Arc<[u8]> = Arc::from(0i64.to_le_bytes().as_slice());
     Ok(layout
         .items
