@@ -11,6 +11,7 @@ use sret_tome::gpu::Family;
 use sret_tome::kernels::attention::{self, AttentionShape};
 use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use sret_tome::kernels::linear::{self, Epilogue};
+use sret_tome::kernels::tokens::{record_copy, TokenCopy};
 use sret_tome::kernels::{norm, tome};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
@@ -531,6 +532,58 @@ fn merges_with_lead_tokens_match_cpu() {
     // PiT-Distill: lead tokens split off, rank order, 32-channel heads (subgroup matcher).
     check_merges(55, 3, 51, 64, 2, 24, 5, split(2, false, false));
     check_merges(56, 1, 30, 64, 2, 3, 3, split(1, true, false));
+}
+
+/// Token copies as the baselines use them (shared lead tokens put in front of every image's
+/// patches, then a run taken out of the middle of each sequence) against the CPU twin, on
+/// poisoned outputs that the copies must fill completely; copies are exact.
+#[test]
+fn token_copies_match_cpu() {
+    let (batch, lead, tokens, c) = (3, 2, 29, 24);
+    let n = lead + tokens;
+    let lead_x = random(80, lead * c, 1.0);
+    let patches = random(81, batch * tokens * c, 1.0);
+    let (off, count) = (5, 11);
+    let mut want_seq = vec![0.0; batch * n * c];
+    cpu::copy_tokens(&lead_x, &mut want_seq, batch, lead, c, 0, 0, n, 0);
+    cpu::copy_tokens(
+        &patches,
+        &mut want_seq,
+        batch,
+        tokens,
+        c,
+        tokens,
+        0,
+        n,
+        lead,
+    );
+    let mut want_run = vec![0.0; batch * count * c];
+    cpu::copy_tokens(&want_seq, &mut want_run, batch, count, c, n, off, count, 0);
+    let got = run(|b| {
+        let l = b.constant("lead", &lead_x);
+        let p = b.constant("patches", &patches);
+        let seq = b.activation("seq", batch * n * c);
+        let copy = |count, in_tokens, in_off, out_tokens, out_off| TokenCopy {
+            batch,
+            count,
+            c,
+            in_tokens,
+            in_off,
+            out_tokens,
+            out_off,
+        };
+        record_copy(b, Family::Stem, copy(lead, 0, 0, n, 0), l, seq);
+        record_copy(b, Family::Stem, copy(tokens, tokens, 0, n, lead), p, seq);
+        let part = b.activation("run", batch * count * c);
+        record_copy(b, Family::Head, copy(count, n, off, count, 0), seq, part);
+        vec![seq, part]
+    });
+    assert_eq!(
+        as_f32(&got[0]),
+        want_seq,
+        "lead tokens in front of the patches"
+    );
+    assert_eq!(as_f32(&got[1]), want_run, "a run of tokens taken out");
 }
 
 /// conv1 -> conv2 band by band (as the stem runs them) equals the two whole convolutions.
