@@ -265,6 +265,48 @@ impl StageTokens {
     }
 }
 
+/// The pooling convolution after stage `s` on its restored `side` x `side` grid of tokens
+/// (tokens in, tokens out); returns the next stage's tokens.
+fn record_pool(
+    b: &mut ProgramBuilder,
+    batch: usize,
+    s: usize,
+    side: usize,
+    pool: &Conv,
+    grid: TensorId,
+) -> TensorId {
+    let up = up_conv(b, &format!("pools.{s}.conv"), pool);
+    let shape = ConvShape {
+        batch,
+        cin: pool.in_channels,
+        h: side,
+        w: side,
+        cout: pool.out_channels,
+        k: pool.kernel,
+        stride: pool.stride,
+        pad: pool.padding,
+        groups: pool.groups,
+    };
+    let (oh, ow) = shape.out_hw();
+    let next = b.activation(format!("pool{s}"), batch * oh * ow * pool.out_channels);
+    conv::record(
+        b,
+        Family::Pooling,
+        shape,
+        ConvIo {
+            x: grid,
+            weight: up.weight,
+            bias: up.bias,
+            pos: None,
+            y: next,
+            input: Layout::Tokens,
+            output: Layout::Tokens,
+            relu: false,
+        },
+    );
+    next
+}
+
 /// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`).
 fn up_block(
     b: &mut ProgramBuilder,
@@ -495,37 +537,7 @@ pub fn record(
             }
         }
         if let Some(pool) = &sw.pool {
-            let up = up_conv(&mut b, &format!("pools.{s}.conv"), pool);
-            let g = cfg.grid_side(s);
-            let shape = ConvShape {
-                batch: bt,
-                cin: dim,
-                h: g,
-                w: g,
-                cout: pool.out_channels,
-                k: pool.kernel,
-                stride: pool.stride,
-                pad: pool.padding,
-                groups: pool.groups,
-            };
-            let (oh, ow) = shape.out_hw();
-            let next = b.activation(format!("pool{s}"), bt * oh * ow * pool.out_channels);
-            conv::record(
-                &mut b,
-                Family::Pooling,
-                shape,
-                ConvIo {
-                    x,
-                    weight: up.weight,
-                    bias: up.bias,
-                    pos: None,
-                    y: next,
-                    input: Layout::Tokens,
-                    output: Layout::Tokens,
-                    relu: false,
-                },
-            );
-            x = next;
+            x = record_pool(&mut b, bt, s, cfg.grid_side(s), pool, x);
         }
     }
 

@@ -18,40 +18,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{
-    check_conv, check_linear, structure_error, take, take_linear, take_norm, Layout, Result,
+    block_params, check_conv, check_linear, conv_template, structure_error, take, take_linear,
+    take_norm, Layout, Result,
 };
 use crate::model::config::{ModelConfig, VitConfig};
 use crate::model::weights::{BlockWeights, Conv, Linear, ModelWeights, StageWeights};
-
-const BLOCK: [(&str, usize, usize); 12] = [
-    // (suffix, rows in units of dim or hidden: see `block_shapes`)
-    ("norm1.weight", 0, 0),
-    ("norm1.bias", 0, 0),
-    ("attn.qkv.weight", 3, 1),
-    ("attn.qkv.bias", 3, 0),
-    ("attn.proj.weight", 1, 1),
-    ("attn.proj.bias", 1, 0),
-    ("norm2.weight", 0, 0),
-    ("norm2.bias", 0, 0),
-    ("mlp.fc1.weight", 9, 1),
-    ("mlp.fc1.bias", 9, 0),
-    ("mlp.fc2.weight", 1, 9),
-    ("mlp.fc2.bias", 1, 0),
-];
-
-/// Shape of a block tensor: rows/cols coded as 0 = `[dim]` vector, 1 = dim, 3 = 3 dim,
-/// 9 = hidden.
-fn block_shape(rows: usize, cols: usize, dim: usize, hidden: usize) -> Vec<usize> {
-    let size = |k: usize| match k {
-        9 => hidden,
-        k => k * dim,
-    };
-    match (rows, cols) {
-        (0, _) => vec![dim],
-        (r, 0) => vec![size(r)],
-        (r, c) => vec![size(r), size(c)],
-    }
-}
 
 fn is_deit(cfg: &ModelConfig) -> bool {
     cfg.name.starts_with("deit")
@@ -118,12 +89,11 @@ pub(super) fn layout(l: &mut Layout, cfg: &ModelConfig, v: &VitConfig) {
         }
         for i in 0..st.depth {
             let p = block(cfg, s, i);
-            for (suffix, r, c) in BLOCK {
-                l.tensor(
-                    format!("{p}.{suffix}"),
-                    None,
-                    block_shape(r, c, st.dim, st.mlp_hidden),
-                );
+            // SReT's Transformer_Block without its residual coefficients: timm's Block.
+            for (suffix, shape) in block_params(st.dim, st.mlp_hidden) {
+                if !suffix.starts_with("coefficient") {
+                    l.tensor(format!("{p}.{suffix}"), None, shape);
+                }
             }
         }
     }
@@ -136,16 +106,13 @@ pub(super) fn layout(l: &mut Layout, cfg: &ModelConfig, v: &VitConfig) {
     }
 }
 
-fn pool_conv(weight: Vec<f32>, bias: Vec<f32>, cin: usize, cout: usize) -> Conv {
+/// The patch convolution's geometry (no weights): `patch` x `patch`, stride `stride`, no padding.
+fn patch_template(v: &VitConfig, d0: usize) -> Conv {
     Conv {
-        weight,
-        bias,
-        out_channels: cout,
-        in_channels: cin,
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-        groups: cin,
+        kernel: v.patch,
+        stride: v.stride,
+        padding: 0,
+        ..conv_template(d0, 3, 1)
     }
 }
 
@@ -181,12 +148,7 @@ pub(super) fn assemble(
     let stem = vec![Conv {
         weight: take(values, &format!("{pc}.weight")),
         bias: take(values, &format!("{pc}.bias")),
-        out_channels: d0,
-        in_channels: 3,
-        kernel: v.patch,
-        stride: v.stride,
-        padding: 0,
-        groups: 1,
+        ..patch_template(v, d0)
     }];
     let mut stages = Vec::with_capacity(cfg.stages.len());
     for (s, st) in cfg.stages.iter().enumerate() {
@@ -208,12 +170,11 @@ pub(super) fn assemble(
         let next = cfg.stages.get(s + 1);
         let pool = next.map(|n| {
             let (conv, _) = pool_name(s, "conv");
-            pool_conv(
-                take(values, &format!("{conv}.weight")),
-                take(values, &format!("{conv}.bias")),
-                d,
-                n.dim,
-            )
+            Conv {
+                weight: take(values, &format!("{conv}.weight")),
+                bias: take(values, &format!("{conv}.bias")),
+                ..conv_template(n.dim, d, d)
+            }
         });
         let pool_fc = next.map(|n| take_linear(values, &pool_name(s, "fc").0, n.dim, d));
         stages.push(StageWeights {
@@ -291,14 +252,7 @@ pub(super) fn collect<'w>(
             format!("{} convolutions, model {} has one", w.stem.len(), cfg.name),
         ));
     };
-    let mut expected = pool_conv(Vec::new(), Vec::new(), 3, d0);
-    (
-        expected.kernel,
-        expected.stride,
-        expected.padding,
-        expected.groups,
-    ) = (v.patch, v.stride, 0, 1);
-    check_conv(pc, patch, &expected)?;
+    check_conv(pc, patch, &patch_template(v, d0))?;
     m.insert(format!("{pc}.weight"), Cow::Borrowed(&patch.weight));
     m.insert(format!("{pc}.bias"), Cow::Borrowed(&patch.bias));
     if w.stages.len() != cfg.stages.len() {
@@ -343,11 +297,7 @@ pub(super) fn collect<'w>(
         match (&sw.pool, &sw.pool_fc, cfg.stages.get(s + 1)) {
             (Some(conv), Some(fc), Some(next)) => {
                 let (cname, _) = pool_name(s, "conv");
-                check_conv(
-                    &cname,
-                    conv,
-                    &pool_conv(Vec::new(), Vec::new(), d, next.dim),
-                )?;
+                check_conv(&cname, conv, &conv_template(next.dim, d, d))?;
                 m.insert(format!("{cname}.weight"), Cow::Borrowed(&conv.weight));
                 m.insert(format!("{cname}.bias"), Cow::Borrowed(&conv.bias));
                 let (fname, _) = pool_name(s, "fc");

@@ -2,8 +2,8 @@
 //! PiT's unmerge-then-pool between stages, and the heads on the lead tokens.
 
 use super::{
-    record_attention_half, record_mlp, up_block, up_conv, BlockTensors, Recorded, StageTokens,
-    TraceTensors, LN_EPS,
+    record_attention_half, record_mlp, record_pool, up_block, up_conv, BlockTensors, Recorded,
+    StageTokens, TraceTensors, LN_EPS,
 };
 use crate::gpu::{Family, ProgramBuilder, TensorId};
 use crate::kernels::attention::AttentionShape;
@@ -216,9 +216,15 @@ pub(super) fn record(
         }
         let n = seq.n;
         x = seq.x;
+        // For the heads after the last stage, for the pooling's linear map before the others.
+        let family = if s == last {
+            Family::Head
+        } else {
+            Family::Pooling
+        };
         let lead_x = take_tokens(
             &mut b,
-            Family::Head,
+            family,
             bt,
             x,
             n,
@@ -268,36 +274,8 @@ pub(super) fn record(
         let (Some(pool), Some(fc)) = (&sw.pool, &sw.pool_fc) else {
             unreachable!("load checks that PiT pools after every stage but the last")
         };
-        let g = cfg.grid_side(s);
-        let shape = ConvShape {
-            batch: bt,
-            cin: dim,
-            h: g,
-            w: g,
-            cout: pool.out_channels,
-            k: pool.kernel,
-            stride: pool.stride,
-            pad: pool.padding,
-            groups: pool.groups,
-        };
-        let up = up_conv(&mut b, &format!("pools.{s}.conv"), pool);
+        let pooled = record_pool(&mut b, bt, s, cfg.grid_side(s), pool, grid);
         let next_tokens = cfg.tokens(s + 1);
-        let pooled = b.activation(format!("pool{s}"), bt * next_tokens * pool.out_channels);
-        conv::record(
-            &mut b,
-            Family::Pooling,
-            shape,
-            ConvIo {
-                x: grid,
-                weight: up.weight,
-                bias: up.bias,
-                pos: None,
-                y: pooled,
-                input: Layout::Tokens,
-                output: Layout::Tokens,
-                relu: false,
-            },
-        );
         let fcw = linear::upload(&mut b, &format!("pools.{s}.fc"), fc);
         let lead_next = b.activation(format!("pool{s} lead"), bt * lead * fc.out_features);
         linear::record(
