@@ -5,6 +5,9 @@
 // `groups` contiguous groups; the result for a token is written at that token's original row,
 // which is the reference's inverse permutation without a copy.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -17,10 +20,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<elem>;
 @group(0) @binding(2) var<storage, read> perm: array<u32>;
 @group(0) @binding(3) var<storage, read> mass: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<elem>;
 
 const WG: u32 = 64u;
 const HEAD_DIM: u32 = 32u;
@@ -49,7 +52,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
     var q: array<f32, HEAD_DIM>;
     for (var d = 0u; d < HEAD_DIM; d++) {
-        q[d] = qkv[qbase + d] * p.scale;
+        q[d] = f32(qkv[qbase + d]) * p.scale;
     }
     var acc: array<f32, HEAD_DIM>;
     var mx = -3.4e38;
@@ -59,7 +62,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let kbase = (b * p.n + u) * row3 + p.dim + h * HEAD_DIM;
         var s = 0.0;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            s += q[d] * qkv[kbase + d];
+            s += q[d] * f32(qkv[kbase + d]);
         }
         if ((p.flags & 2u) != 0u) {
             s += log(mass[b * p.n + u]);
@@ -70,13 +73,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         l = l * correction + e;
         let vbase = kbase + p.dim;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            acc[d] = acc[d] * correction + e * qkv[vbase + d];
+            acc[d] = acc[d] * correction + e * f32(qkv[vbase + d]);
         }
         mx = m_new;
     }
     let obase = (b * p.n + token(j)) * p.dim + h * HEAD_DIM;
     let inv = 1.0 / l;
     for (var d = 0u; d < HEAD_DIM; d++) {
-        out[obase + d] = acc[d] * inv;
+        out[obase + d] = elem(acc[d] * inv);
     }
 }

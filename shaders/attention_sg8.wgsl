@@ -8,6 +8,9 @@
 // subgroupBroadcast, so each key is read once per 8 queries instead of once per query. The
 // online softmax rescales once per block, so a key costs one exp (and an eighth of a log).
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -20,10 +23,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4<elem>>;
 @group(0) @binding(2) var<storage, read> perm: array<u32>;
 @group(0) @binding(3) var<storage, read> mass: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<elem>>;
 
 fn token(j: u32) -> u32 {
     if ((p.flags & 1u) != 0u) {
@@ -55,7 +58,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var q: array<vec4<f32>, 8>;
     for (var d = 0u; d < 8u; d++) {
-        q[d] = qkv[qbase + d] * p.scale;
+        q[d] = vec4<f32>(qkv[qbase + d]) * p.scale;
     }
     var acc: array<vec4<f32>, 8>;
     var mx = -3.4e38;
@@ -70,7 +73,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         let u0 = subgroupBroadcast(ul, 0u);
         let k0 = (b * p.n + u0) * row3 + d4 + h * 8u;
-        let kv0 = qkv[k0 + lane];
+        let kv0 = vec4<f32>(qkv[k0 + lane]);
         var t0 = q[0u] * subgroupBroadcast(kv0, 0u);
         t0 += q[1u] * subgroupBroadcast(kv0, 1u);
         t0 += q[2u] * subgroupBroadcast(kv0, 2u);
@@ -82,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s0 = select(-3.4e38, t0.x + t0.y + t0.z + t0.w + subgroupBroadcast(lm, 0u), 0u < count);
         let u1 = subgroupBroadcast(ul, 1u);
         let k1 = (b * p.n + u1) * row3 + d4 + h * 8u;
-        let kv1 = qkv[k1 + lane];
+        let kv1 = vec4<f32>(qkv[k1 + lane]);
         var t1 = q[0u] * subgroupBroadcast(kv1, 0u);
         t1 += q[1u] * subgroupBroadcast(kv1, 1u);
         t1 += q[2u] * subgroupBroadcast(kv1, 2u);
@@ -94,7 +97,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s1 = select(-3.4e38, t1.x + t1.y + t1.z + t1.w + subgroupBroadcast(lm, 1u), 1u < count);
         let u2 = subgroupBroadcast(ul, 2u);
         let k2 = (b * p.n + u2) * row3 + d4 + h * 8u;
-        let kv2 = qkv[k2 + lane];
+        let kv2 = vec4<f32>(qkv[k2 + lane]);
         var t2 = q[0u] * subgroupBroadcast(kv2, 0u);
         t2 += q[1u] * subgroupBroadcast(kv2, 1u);
         t2 += q[2u] * subgroupBroadcast(kv2, 2u);
@@ -106,7 +109,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s2 = select(-3.4e38, t2.x + t2.y + t2.z + t2.w + subgroupBroadcast(lm, 2u), 2u < count);
         let u3 = subgroupBroadcast(ul, 3u);
         let k3 = (b * p.n + u3) * row3 + d4 + h * 8u;
-        let kv3 = qkv[k3 + lane];
+        let kv3 = vec4<f32>(qkv[k3 + lane]);
         var t3 = q[0u] * subgroupBroadcast(kv3, 0u);
         t3 += q[1u] * subgroupBroadcast(kv3, 1u);
         t3 += q[2u] * subgroupBroadcast(kv3, 2u);
@@ -118,7 +121,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s3 = select(-3.4e38, t3.x + t3.y + t3.z + t3.w + subgroupBroadcast(lm, 3u), 3u < count);
         let u4 = subgroupBroadcast(ul, 4u);
         let k4 = (b * p.n + u4) * row3 + d4 + h * 8u;
-        let kv4 = qkv[k4 + lane];
+        let kv4 = vec4<f32>(qkv[k4 + lane]);
         var t4 = q[0u] * subgroupBroadcast(kv4, 0u);
         t4 += q[1u] * subgroupBroadcast(kv4, 1u);
         t4 += q[2u] * subgroupBroadcast(kv4, 2u);
@@ -130,7 +133,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s4 = select(-3.4e38, t4.x + t4.y + t4.z + t4.w + subgroupBroadcast(lm, 4u), 4u < count);
         let u5 = subgroupBroadcast(ul, 5u);
         let k5 = (b * p.n + u5) * row3 + d4 + h * 8u;
-        let kv5 = qkv[k5 + lane];
+        let kv5 = vec4<f32>(qkv[k5 + lane]);
         var t5 = q[0u] * subgroupBroadcast(kv5, 0u);
         t5 += q[1u] * subgroupBroadcast(kv5, 1u);
         t5 += q[2u] * subgroupBroadcast(kv5, 2u);
@@ -142,7 +145,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s5 = select(-3.4e38, t5.x + t5.y + t5.z + t5.w + subgroupBroadcast(lm, 5u), 5u < count);
         let u6 = subgroupBroadcast(ul, 6u);
         let k6 = (b * p.n + u6) * row3 + d4 + h * 8u;
-        let kv6 = qkv[k6 + lane];
+        let kv6 = vec4<f32>(qkv[k6 + lane]);
         var t6 = q[0u] * subgroupBroadcast(kv6, 0u);
         t6 += q[1u] * subgroupBroadcast(kv6, 1u);
         t6 += q[2u] * subgroupBroadcast(kv6, 2u);
@@ -154,7 +157,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let s6 = select(-3.4e38, t6.x + t6.y + t6.z + t6.w + subgroupBroadcast(lm, 6u), 6u < count);
         let u7 = subgroupBroadcast(ul, 7u);
         let k7 = (b * p.n + u7) * row3 + d4 + h * 8u;
-        let kv7 = qkv[k7 + lane];
+        let kv7 = vec4<f32>(qkv[k7 + lane]);
         var t7 = q[0u] * subgroupBroadcast(kv7, 0u);
         t7 += q[1u] * subgroupBroadcast(kv7, 1u);
         t7 += q[2u] * subgroupBroadcast(kv7, 2u);
@@ -172,7 +175,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             acc[d] *= correction;
         }
         let e0 = exp(s0 - m_new);
-        let vv0 = qkv[k0 + d4 + lane];
+        let vv0 = vec4<f32>(qkv[k0 + d4 + lane]);
         l += e0;
         acc[0u] += e0 * subgroupBroadcast(vv0, 0u);
         acc[1u] += e0 * subgroupBroadcast(vv0, 1u);
@@ -183,7 +186,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e0 * subgroupBroadcast(vv0, 6u);
         acc[7u] += e0 * subgroupBroadcast(vv0, 7u);
         let e1 = exp(s1 - m_new);
-        let vv1 = qkv[k1 + d4 + lane];
+        let vv1 = vec4<f32>(qkv[k1 + d4 + lane]);
         l += e1;
         acc[0u] += e1 * subgroupBroadcast(vv1, 0u);
         acc[1u] += e1 * subgroupBroadcast(vv1, 1u);
@@ -194,7 +197,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e1 * subgroupBroadcast(vv1, 6u);
         acc[7u] += e1 * subgroupBroadcast(vv1, 7u);
         let e2 = exp(s2 - m_new);
-        let vv2 = qkv[k2 + d4 + lane];
+        let vv2 = vec4<f32>(qkv[k2 + d4 + lane]);
         l += e2;
         acc[0u] += e2 * subgroupBroadcast(vv2, 0u);
         acc[1u] += e2 * subgroupBroadcast(vv2, 1u);
@@ -205,7 +208,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e2 * subgroupBroadcast(vv2, 6u);
         acc[7u] += e2 * subgroupBroadcast(vv2, 7u);
         let e3 = exp(s3 - m_new);
-        let vv3 = qkv[k3 + d4 + lane];
+        let vv3 = vec4<f32>(qkv[k3 + d4 + lane]);
         l += e3;
         acc[0u] += e3 * subgroupBroadcast(vv3, 0u);
         acc[1u] += e3 * subgroupBroadcast(vv3, 1u);
@@ -216,7 +219,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e3 * subgroupBroadcast(vv3, 6u);
         acc[7u] += e3 * subgroupBroadcast(vv3, 7u);
         let e4 = exp(s4 - m_new);
-        let vv4 = qkv[k4 + d4 + lane];
+        let vv4 = vec4<f32>(qkv[k4 + d4 + lane]);
         l += e4;
         acc[0u] += e4 * subgroupBroadcast(vv4, 0u);
         acc[1u] += e4 * subgroupBroadcast(vv4, 1u);
@@ -227,7 +230,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e4 * subgroupBroadcast(vv4, 6u);
         acc[7u] += e4 * subgroupBroadcast(vv4, 7u);
         let e5 = exp(s5 - m_new);
-        let vv5 = qkv[k5 + d4 + lane];
+        let vv5 = vec4<f32>(qkv[k5 + d4 + lane]);
         l += e5;
         acc[0u] += e5 * subgroupBroadcast(vv5, 0u);
         acc[1u] += e5 * subgroupBroadcast(vv5, 1u);
@@ -238,7 +241,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e5 * subgroupBroadcast(vv5, 6u);
         acc[7u] += e5 * subgroupBroadcast(vv5, 7u);
         let e6 = exp(s6 - m_new);
-        let vv6 = qkv[k6 + d4 + lane];
+        let vv6 = vec4<f32>(qkv[k6 + d4 + lane]);
         l += e6;
         acc[0u] += e6 * subgroupBroadcast(vv6, 0u);
         acc[1u] += e6 * subgroupBroadcast(vv6, 1u);
@@ -249,7 +252,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         acc[6u] += e6 * subgroupBroadcast(vv6, 6u);
         acc[7u] += e6 * subgroupBroadcast(vv6, 7u);
         let e7 = exp(s7 - m_new);
-        let vv7 = qkv[k7 + d4 + lane];
+        let vv7 = vec4<f32>(qkv[k7 + d4 + lane]);
         l += e7;
         acc[0u] += e7 * subgroupBroadcast(vv7, 0u);
         acc[1u] += e7 * subgroupBroadcast(vv7, 1u);
@@ -267,6 +270,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let obase = (b * p.n + qtok) * d4 + h * 8u;
     let inv = 1.0 / l;
     for (var d = 0u; d < 8u; d++) {
-        out[obase + d] = acc[d] * inv;
+        out[obase + d] = vec4<elem>(acc[d] * inv);
     }
 }

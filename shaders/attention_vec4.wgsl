@@ -2,6 +2,9 @@
 // sizes that are a multiple of 4: q, k, v are read as vec4 and the running output stays in
 // vec4 registers. Same parameters and bindings as attention.wgsl, with qkv viewed as vec4.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -14,10 +17,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4<elem>>;
 @group(0) @binding(2) var<storage, read> perm: array<u32>;
 @group(0) @binding(3) var<storage, read> mass: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<elem>>;
 
 const WG: u32 = 64u;
 const HEAD_DIM: u32 = 32u;
@@ -48,7 +51,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
     var q: array<vec4<f32>, HD4>;
     for (var d = 0u; d < HD4; d++) {
-        q[d] = qkv[qbase + d] * p.scale;
+        q[d] = vec4<f32>(qkv[qbase + d]) * p.scale;
     }
     var acc: array<vec4<f32>, HD4>;
     var mx = -3.4e38;
@@ -58,7 +61,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let kbase = (b * p.n + u) * row3 + d4 + h * HD4;
         var s4 = vec4<f32>(0.0);
         for (var d = 0u; d < HD4; d++) {
-            s4 += q[d] * qkv[kbase + d];
+            s4 += q[d] * vec4<f32>(qkv[kbase + d]);
         }
         var s = s4.x + s4.y + s4.z + s4.w;
         if ((p.flags & 2u) != 0u) {
@@ -70,13 +73,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         l = l * correction + e;
         let vbase = kbase + d4;
         for (var d = 0u; d < HD4; d++) {
-            acc[d] = acc[d] * correction + e * qkv[vbase + d];
+            acc[d] = acc[d] * correction + e * vec4<f32>(qkv[vbase + d]);
         }
         mx = m_new;
     }
     let obase = (b * p.n + token(j)) * d4 + h * HD4;
     let inv = 1.0 / l;
     for (var d = 0u; d < HD4; d++) {
-        out[obase + d] = acc[d] * inv;
+        out[obase + d] = vec4<elem>(acc[d] * inv);
     }
 }

@@ -7,6 +7,9 @@
 // them). Padding is decided on the full logical image. The stem uses this to run conv1 and conv2
 // band by band, so conv1's large output never exists whole.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, k: u32,
@@ -20,11 +23,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> pos: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<elem>;
+@group(0) @binding(3) var<storage, read> bias: array<elem>;
+@group(0) @binding(4) var<storage, read> pos: array<elem>;
+@group(0) @binding(5) var<storage, read_write> y: array<elem>;
 
 const WG: u32 = 64u;
 const CT: u32 = 4u;
@@ -33,9 +36,9 @@ const CT: u32 = 4u;
 fn x_at(b: u32, c: u32, iy: u32, ix: u32) -> f32 {
     let r = iy - p.iy_off;
     if ((p.flags & 2u) != 0u) {
-        return x[(b * p.h_buf * p.w + r * p.w + ix) * p.cin + c];
+        return f32(x[(b * p.h_buf * p.w + r * p.w + ix) * p.cin + c]);
     }
-    return x[((b * p.cin + c) * p.h_buf + r) * p.w + ix];
+    return f32(x[((b * p.cin + c) * p.h_buf + r) * p.w + ix]);
 }
 
 @compute @workgroup_size(64)
@@ -73,7 +76,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                     let v = x_at(b, ci, u32(iy), u32(ix));
                     for (var j = 0u; j < CT; j++) {
                         let co = min(co0 + j, p.cout - 1u);
-                        acc[j] += v * wt[(co * cin_g + ci) * kk + tap];
+                        acc[j] += v * f32(wt[(co * cin_g + ci) * kk + tap]);
                     }
                 }
             } else {
@@ -82,7 +85,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                     let g = co / cout_g;
                     for (var cl = 0u; cl < cin_g; cl++) {
                         let v = x_at(b, g * cin_g + cl, u32(iy), u32(ix));
-                        acc[j] += v * wt[(co * cin_g + cl) * kk + tap];
+                        acc[j] += v * f32(wt[(co * cin_g + cl) * kk + tap]);
                     }
                 }
             }
@@ -93,18 +96,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if (co >= p.cout) {
             break;
         }
-        var v = acc[j] + bias[co];
+        var v = acc[j] + f32(bias[co]);
         if ((p.flags & 1u) != 0u) {
             v = max(v, 0.0);
         }
         if ((p.flags & 8u) != 0u) {
-            v += pos[(co * p.oh + oy) * p.ow + ox];
+            v += f32(pos[(co * p.oh + oy) * p.ow + ox]);
         }
         let r = oy - p.oy_off;
         if ((p.flags & 4u) != 0u) {
-            y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = v;
+            y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = elem(v);
         } else {
-            y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = v;
+            y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = elem(v);
         }
     }
 }

@@ -4,6 +4,9 @@
 // per input value it loads 4 vec4 of weights for 16 multiply-adds. Input NCHW; output NCHW or
 // tokens [batch, h*w, cout]. Row bands as in conv.wgsl (same parameter block).
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, k: u32,
@@ -17,11 +20,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> pos: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<elem>;
+@group(0) @binding(4) var<storage, read> pos: array<elem>;
+@group(0) @binding(5) var<storage, read_write> y: array<elem>;
 
 const WG: u32 = 64u;
 
@@ -29,18 +32,18 @@ fn emit(b: u32, co: u32, oy: u32, ox: u32, acc: f32) {
     if (co >= p.cout) {
         return;
     }
-    var v = acc + bias[co];
+    var v = acc + f32(bias[co]);
     if ((p.flags & 1u) != 0u) {
         v = max(v, 0.0);
     }
     if ((p.flags & 8u) != 0u) {
-        v += pos[(co * p.oh + oy) * p.ow + ox];
+        v += f32(pos[(co * p.oh + oy) * p.ow + ox]);
     }
     let r = oy - p.oy_off;
     if ((p.flags & 4u) != 0u) {
-        y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = v;
+        y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = elem(v);
     } else {
-        y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = v;
+        y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = elem(v);
     }
 }
 
@@ -83,12 +86,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (ix < 0 || ix >= i32(p.w)) {
                     continue;
                 }
-                let v = x[rowbase + u32(ix)];
+                let v = f32(x[rowbase + u32(ix)]);
                 let wi = ((ci * p.k + ky) * p.k + kx) * row_vec4 + co0 / 4u;
-                a0 += v * wt[wi];
-                a1 += v * wt[wi + 1u];
-                a2 += v * wt[wi + 2u];
-                a3 += v * wt[wi + 3u];
+                a0 += v * vec4<f32>(wt[wi]);
+                a1 += v * vec4<f32>(wt[wi + 1u]);
+                a2 += v * vec4<f32>(wt[wi + 2u]);
+                a3 += v * vec4<f32>(wt[wi + 3u]);
             }
         }
     }

@@ -9,6 +9,9 @@
 // with subgroupBroadcast, so an input value is loaded once per workgroup, not once per lane.
 // On other adapters the portable conv_dense.wgsl runs.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, k: u32,
@@ -22,11 +25,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> pos: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<elem>;
+@group(0) @binding(4) var<storage, read> pos: array<elem>;
+@group(0) @binding(5) var<storage, read_write> y: array<elem>;
 
 var<private> col0: u32;
 
@@ -39,18 +42,18 @@ fn emit(b: u32, co: u32, oy: u32, ox: u32, acc: f32) {
     if (co >= p.cout) {
         return;
     }
-    var v = acc + bias[co];
+    var v = acc + f32(bias[co]);
     if ((p.flags & 1u) != 0u) {
         v = max(v, 0.0);
     }
     if ((p.flags & 8u) != 0u) {
-        v += pos[(co * p.oh + oy) * p.ow + ox];
+        v += f32(pos[(co * p.oh + oy) * p.ow + ox]);
     }
     let r = oy - p.oy_off;
     if ((p.flags & 4u) != 0u) {
-        y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = v;
+        y[(b * p.oh_buf * p.ow + r * p.ow + ox) * p.cout + co] = elem(v);
     } else {
-        y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = v;
+        y[((b * p.cout + co) * p.oh_buf + r) * p.ow + ox] = elem(v);
     }
 }
 
@@ -182,12 +185,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let i3 = select(0u, (base3 + u32(iy3 + i32(ky)) - p.iy_off) * p.w + u32(ix3 + i32(kx)), in3);
             var wi = wcol + (ky * p.k + kx) * stride;
             for (var ci = 0u; ci < p.cin; ci++) {
-                let xs0 = select(0.0, x[i0 + ci * plane], in0);
-                let xs1 = select(0.0, x[i1 + ci * plane], in1);
-                let xs2 = select(0.0, x[i2 + ci * plane], in2);
-                let xs3 = select(0.0, x[i3 + ci * plane], in3);
-                let w0 = wt[wi];
-                let w1 = wt[wi + 1u];
+                let xs0 = select(0.0, f32(x[i0 + ci * plane]), in0);
+                let xs1 = select(0.0, f32(x[i1 + ci * plane]), in1);
+                let xs2 = select(0.0, f32(x[i2 + ci * plane]), in2);
+                let xs3 = select(0.0, f32(x[i3 + ci * plane]), in3);
+                let w0 = vec4<f32>(wt[wi]);
+                let w1 = vec4<f32>(wt[wi + 1u]);
                 wi += wstep;
                 let b0 = subgroupBroadcast(xs0, 0u);
                 a0_0 += b0 * w0;

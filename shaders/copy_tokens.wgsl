@@ -4,6 +4,9 @@
 // 0 (the learned tokens). Used to put the lead tokens in front of the patch tokens, to take
 // them out again, and to take the patch tokens of a stage that merged nothing.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     count: u32,
@@ -15,8 +18,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read_write> out: array<elem>;
 
 const WG: u32 = 64u;
 

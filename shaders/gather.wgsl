@@ -1,6 +1,9 @@
 // Restores the token grid before pooling (the unmerge stack in one step):
 // out[b, orig, :] = x[b, map[b, orig], :].
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n_grid: u32,
@@ -9,9 +12,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
 @group(0) @binding(2) var<storage, read> stage_map: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<elem>;
 
 const WG: u32 = 64u;
 

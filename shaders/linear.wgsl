@@ -12,6 +12,9 @@
 // expensive (software Vulkan) the ratio of arithmetic to loads is what counts. Consecutive
 // invocations take consecutive column tiles, so their W loads are contiguous.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     m: u32,
     k: u32,
@@ -24,10 +27,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
+@group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
 const WG: u32 = 64u;
@@ -57,11 +60,11 @@ fn store(row: u32, col: u32, acc: f32, b: f32) {
     let v = acc + b;
     let o = row * p.n + col;
     if (p.mode == 1u) {
-        y[o] = gelu(v);
+        y[o] = elem(gelu(v));
     } else if (p.mode == 2u) {
-        y[o] = p.ca * y[o] + p.cb * v;
+        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
     } else {
-        y[o] = v;
+        y[o] = elem(v);
     }
 }
 
@@ -69,8 +72,8 @@ fn store_row(row: u32, n0: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (row >= p.m) {
         return;
     }
-    let b0 = bias[n0 / 4u];
-    let b1 = bias[n0 / 4u + 1u];
+    let b0 = vec4<f32>(bias[n0 / 4u]);
+    let b1 = vec4<f32>(bias[n0 / 4u + 1u]);
     store(row, n0, lo.x, b0.x);
     store(row, n0 + 1u, lo.y, b0.y);
     store(row, n0 + 2u, lo.z, b0.z);
@@ -138,31 +141,31 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let stride = p.n_pad / 4u;
     var wi = n0 / 4u;
     for (var kk = 0u; kk < p.k; kk++) {
-        let w0 = wt[wi];
-        let w1 = wt[wi + 1u];
+        let w0 = vec4<f32>(wt[wi]);
+        let w1 = vec4<f32>(wt[wi + 1u]);
         wi += stride;
-        let x0 = (x[r0 + kk] - s0.x) * s0.y;
+        let x0 = (f32(x[r0 + kk]) - s0.x) * s0.y;
         a0 += x0 * w0;
         b0 += x0 * w1;
-        let x1 = (x[r1 + kk] - s1.x) * s1.y;
+        let x1 = (f32(x[r1 + kk]) - s1.x) * s1.y;
         a1 += x1 * w0;
         b1 += x1 * w1;
-        let x2 = (x[r2 + kk] - s2.x) * s2.y;
+        let x2 = (f32(x[r2 + kk]) - s2.x) * s2.y;
         a2 += x2 * w0;
         b2 += x2 * w1;
-        let x3 = (x[r3 + kk] - s3.x) * s3.y;
+        let x3 = (f32(x[r3 + kk]) - s3.x) * s3.y;
         a3 += x3 * w0;
         b3 += x3 * w1;
-        let x4 = (x[r4 + kk] - s4.x) * s4.y;
+        let x4 = (f32(x[r4 + kk]) - s4.x) * s4.y;
         a4 += x4 * w0;
         b4 += x4 * w1;
-        let x5 = (x[r5 + kk] - s5.x) * s5.y;
+        let x5 = (f32(x[r5 + kk]) - s5.x) * s5.y;
         a5 += x5 * w0;
         b5 += x5 * w1;
-        let x6 = (x[r6 + kk] - s6.x) * s6.y;
+        let x6 = (f32(x[r6 + kk]) - s6.x) * s6.y;
         a6 += x6 * w0;
         b6 += x6 * w1;
-        let x7 = (x[r7 + kk] - s7.x) * s7.y;
+        let x7 = (f32(x[r7 + kk]) - s7.x) * s7.y;
         a7 += x7 * w0;
         b7 += x7 * w1;
     }

@@ -9,6 +9,9 @@
 // portable linear.wgsl runs. With `norm` set, rows of x are normalised as they are loaded
 // (LayerNorm fused into its consumer; see linear.wgsl).
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     m: u32,
     k: u32,
@@ -23,10 +26,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
+@group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
 // Complementary error function, Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
@@ -55,11 +58,11 @@ fn store(row: u32, c: u32, v: f32) {
     }
     let o = row * p.n + col;
     if (p.mode == 1u) {
-        y[o] = gelu(v);
+        y[o] = elem(gelu(v));
     } else if (p.mode == 2u) {
-        y[o] = p.ca * y[o] + p.cb * v;
+        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
     } else {
-        y[o] = v;
+        y[o] = elem(v);
     }
 }
 
@@ -134,10 +137,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var a15_0 = vec4<f32>(0.0);
     var a15_1 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        let xs0 = (x[row0 * p.k + kk] - st0.x) * st0.y;
-        let xs1 = (x[row1 * p.k + kk] - st1.x) * st1.y;
-        let w0 = wt[wi];
-        let w1 = wt[wi + 1u];
+        let xs0 = (f32(x[row0 * p.k + kk]) - st0.x) * st0.y;
+        let xs1 = (f32(x[row1 * p.k + kk]) - st1.x) * st1.y;
+        let w0 = vec4<f32>(wt[wi]);
+        let w1 = vec4<f32>(wt[wi + 1u]);
         wi += stride;
         let b0 = subgroupBroadcast(xs0, 0u);
         a0_0 += b0 * w0;
@@ -191,8 +194,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (col0 >= p.n_pad) {
         return;
     }
-    let b0 = bias[col0 / 4u];
-    let b1 = bias[col0 / 4u + 1u];
+    let b0 = vec4<f32>(bias[col0 / 4u]);
+    let b1 = vec4<f32>(bias[col0 / 4u + 1u]);
     store_row(m0 + 0u, a0_0 + b0, a0_1 + b1);
     store_row(m0 + 1u, a1_0 + b0, a1_1 + b1);
     store_row(m0 + 2u, a2_0 + b0, a2_1 + b1);

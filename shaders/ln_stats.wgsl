@@ -3,6 +3,9 @@
 // consumer's weights): per row the mean and 1 / sqrt(var + eps), biased variance as torch, two
 // passes over the row as layernorm.wgsl. One invocation per row.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     rows: u32,
     c: u32,
@@ -10,7 +13,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
 @group(0) @binding(2) var<storage, read_write> stats: array<vec2<f32>>;
 
 const WG: u32 = 64u;
@@ -24,12 +27,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let base = row * p.c;
     var sum = 0.0;
     for (var i = 0u; i < p.c; i++) {
-        sum += x[base + i];
+        sum += f32(x[base + i]);
     }
     let mean = sum / f32(p.c);
     var sq = 0.0;
     for (var i = 0u; i < p.c; i++) {
-        let d = x[base + i] - mean;
+        let d = f32(x[base + i]) - mean;
         sq += d * d;
     }
     stats[row] = vec2<f32>(mean, inverseSqrt(sq / f32(p.c) + p.eps));

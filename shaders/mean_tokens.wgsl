@@ -1,5 +1,8 @@
 // Global average pooling over tokens: [batch, n, c] -> [batch, c]. One invocation per output.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -7,8 +10,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read_write> y: array<elem>;
 
 const WG: u32 = 64u;
 
@@ -22,7 +25,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let b = i / p.c;
     var s = 0.0;
     for (var t = 0u; t < p.n; t++) {
-        s += x[(b * p.n + t) * p.c + c];
+        s += f32(x[(b * p.n + t) * p.c + c]);
     }
-    y[i] = s / f32(p.n);
+    y[i] = elem(s / f32(p.n));
 }

@@ -14,6 +14,9 @@
 // need nothing special: textureLoad returns (r, g, b, a) whatever the memory order. Alpha is
 // dropped, as PIL's convert("RGB") drops it.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     // Word offset and stride (2 + taps) of the horizontal table: per output column x,
     // coeffs[h_off + x * h_stride] = first input column, [+1] = tap count, [+2..] = weights.
@@ -30,7 +33,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> coeffs: array<i32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<elem>;
 @group(0) @binding(3) var src: texture_2d<f32>;
 
 const SIZE: u32 = 224u;
@@ -94,7 +97,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let v = (vec3<f32>(clip8(acc)) / 255.0 - MEAN) / STD;
     let plane = SIZE * SIZE;
     let o = y * SIZE + x;
-    out[o] = v.x;
-    out[plane + o] = v.y;
-    out[2u * plane + o] = v.z;
+    out[o] = elem(v.x);
+    out[plane + o] = elem(v.y);
+    out[2u * plane + o] = elem(v.z);
 }

@@ -5,6 +5,9 @@
 // order. Masses are summed alongside. order[r + u] is the A token of unmerged slot u
 // (tome_slots.wgsl), order[k < r] the merged A tokens.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -17,14 +20,16 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
 @group(0) @binding(2) var<storage, read> mass: array<f32>;
 @group(0) @binding(3) var<storage, read> order: array<u32>;
 @group(0) @binding(4) var<storage, read> dst: array<u32>;
-@group(0) @binding(5) var<storage, read_write> x_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> x_out: array<elem>;
 @group(0) @binding(6) var<storage, read_write> mass_out: array<f32>;
 
 const WG: u32 = 64u;
+// Channels whose weighted sums are held in f32 registers at a time (stored once each).
+const CHUNK: u32 = 32u;
 
 fn mass_of(b: u32, t: u32) -> f32 {
     if ((p.flags & 1u) != 0u) {
@@ -68,24 +73,35 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let ibase = (b * p.n + t) * p.c;
     let sb = mass_of(b, t);
     var total = sb;
-    for (var ch = 0u; ch < p.c; ch++) {
-        x_out[obase + ch] = x[ibase + ch] * sb;
-    }
     for (var k = 0u; k < p.r; k++) {
         let a = order[b * na + k];
         if (dst[b * na + a] == jb) {
-            let ta = p.lead + 2u * a + p.a_odd;
-            let sa = mass_of(b, ta);
-            total += sa;
-            let abase = (b * p.n + ta) * p.c;
-            for (var ch = 0u; ch < p.c; ch++) {
-                x_out[obase + ch] += x[abase + ch] * sa;
-            }
+            total += mass_of(b, p.lead + 2u * a + p.a_odd);
         }
     }
     let inv = 1.0 / total;
-    for (var ch = 0u; ch < p.c; ch++) {
-        x_out[obase + ch] = x_out[obase + ch] * inv;
+    // Each channel's sum is accumulated in f32 (x_b s_b, then + x_a s_a in rank order, then
+    // times 1 / total) and stored once, so an f16 x_out never holds a partial sum.
+    for (var c0 = 0u; c0 < p.c; c0 += CHUNK) {
+        let nc = min(CHUNK, p.c - c0);
+        var acc: array<f32, CHUNK>;
+        for (var ch = 0u; ch < nc; ch++) {
+            acc[ch] = f32(x[ibase + c0 + ch]) * sb;
+        }
+        for (var k = 0u; k < p.r; k++) {
+            let a = order[b * na + k];
+            if (dst[b * na + a] == jb) {
+                let ta = p.lead + 2u * a + p.a_odd;
+                let sa = mass_of(b, ta);
+                let abase = (b * p.n + ta) * p.c + c0;
+                for (var ch = 0u; ch < nc; ch++) {
+                    acc[ch] += f32(x[abase + ch]) * sa;
+                }
+            }
+        }
+        for (var ch = 0u; ch < nc; ch++) {
+            x_out[obase + c0 + ch] = elem(acc[ch] * inv);
+        }
     }
     mass_out[i] = total;
 }

@@ -2,6 +2,9 @@
 // qkv [batch, n, 3 * dim] -> metric [batch, n, HEAD_DIM]. Independent of any permutation: a
 // token's keys are its own whatever group it sat in.
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {
     batch: u32,
     n: u32,
@@ -10,7 +13,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<elem>;
 @group(0) @binding(2) var<storage, read_write> metric: array<f32>;
 
 const WG: u32 = 64u;
@@ -29,7 +32,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var d = 0u; d < HEAD_DIM; d++) {
         var s = 0.0;
         for (var h = 0u; h < p.heads; h++) {
-            s += qkv[kbase + h * HEAD_DIM + d];
+            s += f32(qkv[kbase + h * HEAD_DIM + d]);
         }
         m[d] = s * inv_heads;
         norm2 += m[d] * m[d];

@@ -8,11 +8,14 @@ fn validate(key: KernelKey) {
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{key:?} does not parse:\n{}", e.emit_to_string(&src)));
     // Subgroup kernels are only used on devices with Features::SUBGROUP.
-    let caps = if key.shader.needs_subgroups() {
-        naga::valid::Capabilities::SUBGROUP
-    } else {
-        naga::valid::Capabilities::empty()
-    };
+    let mut caps = naga::valid::Capabilities::empty();
+    if key.shader.needs_subgroups() {
+        caps |= naga::valid::Capabilities::SUBGROUP;
+    }
+    // f16 variants are only used on devices with Features::SHADER_F16.
+    if key.f16 {
+        caps |= naga::valid::Capabilities::SHADER_FLOAT16;
+    }
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(naga::valid::SubgroupOperationSet::all())
@@ -44,5 +47,36 @@ fn every_head_dim_substitution_validates() {
     assert!(
         substituted >= 15,
         "expected several shaders to take HEAD_DIM"
+    );
+}
+
+#[test]
+fn every_f16_variant_validates() {
+    // Every shader that moves activations or weights has an f16 variant; the matching and
+    // index kernels (32-bit scores, masses and indices only) have none.
+    let mut variants = 0;
+    for s in Shader::ALL {
+        let key = KernelKey::plain(s).with_f16(true);
+        if !key.f16 {
+            assert!(
+                !s.source().contains("array<f32>") || s.name().starts_with("tome_"),
+                "{} stores f32 activations but has no `alias elem = f32;` line",
+                s.name()
+            );
+            continue;
+        }
+        let src = key.wgsl();
+        assert!(src.contains("enable f16;") && src.contains("alias elem = f16;"));
+        validate(key);
+        if s.has_head_dim() {
+            for hd in [8, 42, 64] {
+                validate(KernelKey::with_head_dim(s, hd).with_f16(true));
+            }
+        }
+        variants += 1;
+    }
+    assert!(
+        variants >= 17,
+        "only {variants} shaders have an f16 variant"
     );
 }

@@ -12,7 +12,7 @@ starting at row `m_base`; src/kernels/linear.rs decides."""
 def generate(ROWS):
     """The kernel with ROWS rows per workgroup tile (8 lanes x 8 columns = 64 columns)."""
     xl = "\n".join(
-        f"        let xs{g} = (x[row{g} * p.k + kk] - st{g}.x) * st{g}.y;" for g in range(ROWS // 8)
+        f"        let xs{g} = (f32(x[row{g} * p.k + kk]) - st{g}.x) * st{g}.y;" for g in range(ROWS // 8)
     )
     rows = "\n".join(
         f"    let row{g} = min(m0 + {8 * g}u + lane, p.m - 1u);\n"
@@ -39,6 +39,9 @@ def generate(ROWS):
 // portable linear.wgsl runs. With `norm` set, rows of x are normalised as they are loaded
 // (LayerNorm fused into its consumer; see linear.wgsl).
 
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+alias elem = f32;
+
 struct Params {{
     m: u32,
     k: u32,
@@ -53,10 +56,10 @@ struct Params {{
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
+@group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
 // Complementary error function, Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
@@ -85,11 +88,11 @@ fn store(row: u32, c: u32, v: f32) {{
     }}
     let o = row * p.n + col;
     if (p.mode == 1u) {{
-        y[o] = gelu(v);
+        y[o] = elem(gelu(v));
     }} else if (p.mode == 2u) {{
-        y[o] = p.ca * y[o] + p.cb * v;
+        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
     }} else {{
-        y[o] = v;
+        y[o] = elem(v);
     }}
 }}
 
@@ -125,16 +128,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 {accs}
     for (var kk = 0u; kk < p.k; kk++) {{
 {xl}
-        let w0 = wt[wi];
-        let w1 = wt[wi + 1u];
+        let w0 = vec4<f32>(wt[wi]);
+        let w1 = vec4<f32>(wt[wi + 1u]);
         wi += stride;
 {body}
     }}
     if (col0 >= p.n_pad) {{
         return;
     }}
-    let b0 = bias[col0 / 4u];
-    let b1 = bias[col0 / 4u + 1u];
+    let b0 = vec4<f32>(bias[col0 / 4u]);
+    let b1 = vec4<f32>(bias[col0 / 4u + 1u]);
 {stores}
 }}
 """

@@ -1,8 +1,15 @@
 //! The WGSL kernels and their pipeline cache.
 //!
-//! Shaders are plain `.wgsl` files under `shaders/`. The only substitution is the attention
-//! head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that needs another
-//! size gets that one line rewritten. The substituted value is part of the cache key.
+//! Shaders are plain `.wgsl` files under `shaders/`. Two one-line substitutions exist, both part
+//! of the cache key:
+//! - the attention head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that
+//!   needs another size gets that line rewritten;
+//! - the storage element type: a file whose first declaration is `alias elem = f32;` keeps its
+//!   activations and weights in `array<elem>` / `array<vec4<elem>>`, converts every load to f32
+//!   and every store back to `elem`. The f16 variant rewrites that line to
+//!   `enable f16; alias elem = f16;` (half the bytes moved and stored; arithmetic, accumulation
+//!   and workgroup memory stay f32). Token masses, LayerNorm statistics, matching scores and
+//!   indices are always 32-bit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -141,7 +148,18 @@ impl Shader {
     pub fn has_head_dim(self) -> bool {
         self.source().contains(HEAD_DIM_LINE)
     }
+
+    /// Whether the source stores activations as the substitutable `elem` type.
+    pub fn has_elem(self) -> bool {
+        self.source().contains(ELEM_LINE)
+    }
 }
+
+/// The element-type line a plan may rewrite to f16.
+pub const ELEM_LINE: &str = "alias elem = f32;";
+/// What [`ELEM_LINE`] becomes in the f16 variant (`enable` must precede every declaration, which
+/// is why the alias is each file's first declaration).
+pub const ELEM_LINE_F16: &str = "enable f16; alias elem = f16;";
 
 /// The line a plan may rewrite, exactly as it stands in the `.wgsl` files.
 pub const HEAD_DIM_LINE: &str = "const HEAD_DIM: u32 = 32u;";
@@ -152,6 +170,8 @@ pub struct KernelKey {
     pub shader: Shader,
     /// Head size for shaders that declare `HEAD_DIM`; 0 otherwise.
     pub head_dim: u32,
+    /// Activations and weights stored as f16 (only for shaders with [`ELEM_LINE`]).
+    pub f16: bool,
 }
 
 impl KernelKey {
@@ -159,6 +179,7 @@ impl KernelKey {
         KernelKey {
             shader,
             head_dim: 0,
+            f16: false,
         }
     }
     pub fn with_head_dim(shader: Shader, head_dim: usize) -> Self {
@@ -169,19 +190,29 @@ impl KernelKey {
             } else {
                 0
             },
+            f16: false,
+        }
+    }
+    /// This key with f16 storage when `on` and the shader has an element type to substitute.
+    pub fn with_f16(self, on: bool) -> Self {
+        KernelKey {
+            f16: on && self.shader.has_elem(),
+            ..self
         }
     }
     /// The WGSL text after substitution.
     pub fn wgsl(&self) -> String {
-        let src = self.shader.source();
-        if self.head_dim == 0 {
-            src.to_string()
-        } else {
-            src.replace(
+        let mut src = self.shader.source().to_string();
+        if self.head_dim != 0 {
+            src = src.replace(
                 HEAD_DIM_LINE,
                 &format!("const HEAD_DIM: u32 = {}u;", self.head_dim),
-            )
+            );
         }
+        if self.f16 {
+            src = src.replace(ELEM_LINE, ELEM_LINE_F16);
+        }
+        src
     }
 }
 
@@ -218,7 +249,12 @@ impl PipelineCache {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
             .or_insert_with(|| {
-                let label = format!("{}:{}", key.shader.name(), key.head_dim);
+                let label = format!(
+                    "{}:{}{}",
+                    key.shader.name(),
+                    key.head_dim,
+                    if key.f16 { ":f16" } else { "" }
+                );
                 let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
                     source: wgpu::ShaderSource::Wgsl(key.wgsl().into()),
