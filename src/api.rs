@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{AdapterChoice, Gpu, PipelineCache};
 use crate::kernels::preprocess::Preprocessor;
 use crate::model::engine::{Engine as PlannedForward, Source};
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
 use crate::model::DEFAULT_MODEL;
 use crate::tome::Schedule;
 
@@ -61,13 +61,37 @@ pub fn useful_features() -> wgpu::Features {
     crate::gpu::context::wanted_features()
 }
 
-/// Arithmetic precision of the forward.
+/// Storage precision of the forward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Precision {
-    /// f32 storage and arithmetic everywhere (the only precision implemented so far).
+    /// f32 storage and arithmetic everywhere.
     #[default]
     F32,
+    /// Activations, weights, images and logits stored as f16 (half the memory and the bytes
+    /// moved); arithmetic, accumulation, softmax and LayerNorm statistics stay f32, and so do
+    /// token masses and the matching scores. Needs `Features::SHADER_F16` on the device.
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(Error::arg("precision", s, "expected f32 or f16")),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -243,7 +267,6 @@ impl EngineBuilder {
     /// device (e.g. a kernel it cannot run) are returned, not left to the device's uncaptured
     /// error handler.
     pub fn build(self) -> Result<Engine> {
-        let Precision::F32 = self.precision;
         let model = match self.weights {
             Weights::Loaded(m) => m,
             Weights::Synthetic => Arc::new(Model::load(&self.model, None)?),
@@ -265,8 +288,17 @@ impl EngineBuilder {
         let plan = ForwardPlan::new(&model.cfg, &self.schedule, self.seed)?;
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = build_engine(&gpu, &cache, &model, &plan, self.batch, false);
-        let preprocessor = Preprocessor::with_cache(&gpu.device, &cache);
+        let f16 = self.precision == Precision::F16;
+        let built = build_engine_with(
+            &gpu,
+            &cache,
+            &model,
+            &plan,
+            self.batch,
+            false,
+            self.precision,
+        );
+        let preprocessor = Preprocessor::with_precision(&gpu.device, &cache, f16);
         let errors = [
             pollster::block_on(oom.pop()),
             pollster::block_on(validation.pop()),
@@ -685,7 +717,11 @@ impl Engine {
         self.seed
     }
     pub fn precision(&self) -> Precision {
-        Precision::F32
+        if self.inner.is_f16() {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
     }
     /// Tokens the schedule removes over the whole forward (per image).
     pub fn tokens_removed(&self) -> usize {
@@ -711,16 +747,18 @@ impl Engine {
     pub fn input_len(&self) -> usize {
         self.batch() * 3 * self.image_size() * self.image_size()
     }
-    /// Bytes of the logits, `batch * classes * 4`.
+    /// Bytes of the logits, `batch * classes * 4` (`* 2` in f16).
     pub fn logits_bytes(&self) -> u64 {
-        (self.batch() * self.classes() * 4) as u64
+        let size = if self.inner.is_f16() { 2 } else { 4 };
+        (self.batch() * self.classes() * size) as u64
     }
     /// Peak activation memory of a forward (the planned arena).
     pub fn activation_bytes(&self) -> u64 {
         self.inner.activation_bytes()
     }
 
-    /// The logits of the last forward recorded, `[batch, classes]` f32 from byte 0
+    /// The logits of the last forward recorded, `[batch, classes]` f32 (f16 for an
+    /// [`Precision::F16`] engine) from byte 0
     /// (`BufferUsages::STORAGE | COPY_SRC`), for the application's own kernels or copies. The
     /// next forward of this engine overwrites them (commands run in recording order, so
     /// whatever is recorded in between reads this forward's).
@@ -804,7 +842,8 @@ impl Engine {
         encoder: &mut wgpu::CommandEncoder,
         values: &[f32],
     ) -> Result<wgpu::Buffer> {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let encoded = crate::model::engine::encode_elems(values, self.inner.is_f16());
+        let bytes: &[u8] = &encoded;
         let buffer = self
             .uploads
             .lock()
@@ -898,13 +937,16 @@ impl Engine {
             arrived: std::sync::Condvar::new(),
         });
         let (batch, classes) = (self.batch(), self.classes());
+        let f16 = self.inner.is_f16();
         let done = shared.clone();
         let pool = self.readbacks.clone();
         let mapped = buffer.clone();
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| {
             let read = r.map_err(|e| e.to_string()).and_then(|()| {
                 let view = mapped.get_mapped_range(..).map_err(|e| e.to_string())?;
-                Ok(bytemuck::cast_slice::<u8, f32>(&view).to_vec())
+                let mut values = crate::model::engine::decode_elems(&view, f16);
+                values.truncate(batch * classes);
+                Ok(values)
             });
             if read.is_ok() {
                 mapped.unmap();

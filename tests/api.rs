@@ -172,6 +172,16 @@ fn texture(w: u32, h: u32, format: wgpu::TextureFormat, texels: &[u8]) -> wgpu::
 
 fn read(buffer: &wgpu::Buffer, offset: u64, size: u64) -> Vec<u8> {
     let App { device, queue, .. } = app();
+    read_on(device, queue, buffer, offset, size)
+}
+
+fn read_on(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Vec<u8> {
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("test readback"),
         size,
@@ -803,5 +813,139 @@ fn example_throughput_with_double_buffered_inputs() {
             .run(&throughput_example::frame_images(engine, i))
             .unwrap();
         assert_eq!(got[i], want, "frame {i}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// f16 storage.
+
+/// An engine in f16 (`Precision::F16`) on its own device (which enables `SHADER_F16` where the
+/// adapter has it): host data, a GPU buffer of f16 images and textures all work, its logits
+/// agree with the f32 engine's (relative L2 <= 3e-2, same top-1), its buffers are half the size,
+/// and the application's device without `SHADER_F16` gets a clear error instead.
+#[test]
+fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
+    use sret_tome::Precision;
+    let build = |p: Precision| {
+        EngineBuilder::new()
+            .model("sret_t_distill")
+            .schedule("exp:0.10,0.6".parse().unwrap())
+            .seed(7)
+            .batch(2)
+            .precision(p)
+    };
+    let half = match build(Precision::F16).build() {
+        Ok(e) => e,
+        Err(e) => {
+            // Only an adapter without f16 support may refuse, and it must say so.
+            assert!(e.to_string().contains("SHADER_F16"), "{e}");
+            eprintln!("note: no SHADER_F16 on this adapter; f16 engine not tested");
+            return;
+        }
+    };
+    assert_eq!(half.precision(), Precision::F16);
+    let full = build(Precision::F32)
+        .device(half.device(), half.queue())
+        .pipeline_cache(half.pipeline_cache())
+        .build()
+        .unwrap();
+    assert_eq!(half.logits_bytes() * 2, full.logits_bytes());
+    assert!(half.activation_bytes() * 10 < full.activation_bytes() * 6);
+
+    let shapes = [
+        (640, 480, wgpu::TextureFormat::Rgba8Unorm),
+        (333, 500, wgpu::TextureFormat::Bgra8UnormSrgb),
+    ];
+    let (device, queue) = (half.device(), half.queue());
+    let mut textures = Vec::new();
+    let mut host = Vec::new();
+    for (i, &(w, h, f)) in shapes.iter().enumerate() {
+        let texels = picture(w, h, 7 + i as u64);
+        let t = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("picture"),
+            size: wgpu::Extent3d {
+                width: w,
+                height: h,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: f,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        queue.write_texture(
+            t.as_image_copy(),
+            &texels,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(4 * w),
+                rows_per_image: None,
+            },
+            t.size(),
+        );
+        textures.push(t);
+        host.extend(preprocess_rgb8(&rgb_of(&texels, w, h, f)));
+    }
+    let from_host = half.run(&host).unwrap();
+    let reference = full.run(&host).unwrap();
+    let err = rel_l2(from_host.as_slice(), reference.as_slice());
+    println!("f16 vs f32 engine, host input: relative L2 {err:.2e}");
+    // The bound of tests/model.rs for a merging schedule: f16 keys may resolve a near-tie of
+    // the matching differently, which moves a whole token.
+    assert!(err <= 3e-2, "f16 logits: relative L2 {err} against f32");
+    for i in 0..2 {
+        assert_eq!(
+            from_host.argmax(i),
+            reference.argmax(i),
+            "top-1 of image {i}"
+        );
+    }
+
+    // Textures through the f16 preprocessing kernel: the same images as the host path up to the
+    // last bit of an f16 (the GPU's f32 normalisation may round apart by 1e-6 before that).
+    let refs: Vec<&wgpu::Texture> = textures.iter().collect();
+    let from_textures = half.run(&refs).unwrap();
+    let err = rel_l2(from_textures.as_slice(), from_host.as_slice());
+    println!("f16 engine, texture vs host input: relative L2 {err:.2e}");
+    assert!(err <= 1e-3, "f16 texture input: relative L2 {err}");
+
+    // A buffer of the application's holding f16 images.
+    let halves: Vec<u8> = host
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("f16 images"),
+        size: 512 + halves.len() as u64,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buffer, 512, &halves);
+    let from_buffer = half
+        .run(Input::Buffer {
+            buffer: &buffer,
+            offset: 512,
+        })
+        .unwrap();
+    assert_eq!(from_buffer.as_slice(), from_host.as_slice());
+    // The logits buffer holds f16 values: exactly what the readback decoded.
+    let raw = read_on(device, queue, half.logits_buffer(), 0, half.logits_bytes());
+    let decoded: Vec<f32> = raw
+        .chunks_exact(2)
+        .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+        .collect();
+    assert_eq!(decoded, from_buffer.as_slice());
+
+    // The application's device was created without SHADER_F16.
+    if !app().device.features().contains(wgpu::Features::SHADER_F16) {
+        let Err(err) = build(Precision::F16)
+            .device(&app().device, &app().queue)
+            .build()
+        else {
+            panic!("an f16 engine on a device without SHADER_F16 was built");
+        };
+        assert!(err.to_string().contains("SHADER_F16"), "{err}");
     }
 }

@@ -2,6 +2,9 @@
 //! several shapes including ragged ones, with outputs poisoned (NaN) before the run.
 //! Tolerance: max |gpu - cpu| / max(1, |cpu|) <= 2e-5 unless a test says otherwise (f32 on the
 //! GPU against f64 accumulation on the CPU; the sums here are at most a few hundred terms).
+//! Every kernel also runs in its f16-storage variant where the adapter has `SHADER_F16`: inputs
+//! and weights rounded to f16 for both sides (and intermediate tensors where the GPU stores
+//! them), tolerance 2e-3 (see `common::tol`).
 
 mod common;
 
@@ -16,8 +19,6 @@ use sret_tome::kernels::{norm, tome};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
 use sret_tome::tome::Split;
-
-const TOL: f32 = 2e-5;
 
 fn nchw_to_tokens(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
@@ -45,7 +46,7 @@ fn check_conv(
     pos: bool,
 ) {
     let k = 3;
-    let conv = Conv {
+    let conv0 = Conv {
         weight: random(seed, cout * (cin / groups) * k * k, 0.5),
         bias: random(seed + 1, cout, 0.1),
         out_channels: cout,
@@ -55,12 +56,44 @@ fn check_conv(
         padding: 1,
         groups,
     };
-    let x_nchw = random(seed + 2, batch * cin * h * h, 1.0);
+    let x0 = random(seed + 2, batch * cin * h * h, 1.0);
+    // A prefix of it is the positional embedding (oh * ow <= h * h).
+    let pos0 = random(seed + 3, cout * h * h, 0.2);
+    for f16 in precisions() {
+        check_conv_in(
+            f16, &conv0, &x0, &pos0, batch, cin, h, cout, groups, input, output, relu, pos,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_conv_in(
+    f16: bool,
+    conv0: &Conv,
+    x0: &[f32],
+    pos0: &[f32],
+    batch: usize,
+    cin: usize,
+    h: usize,
+    cout: usize,
+    groups: usize,
+    input: Layout,
+    output: Layout,
+    relu: bool,
+    pos: bool,
+) {
+    let k = conv0.kernel;
+    let conv = Conv {
+        weight: rounded(&conv0.weight, f16),
+        bias: rounded(&conv0.bias, f16),
+        ..conv0.clone()
+    };
+    let x_nchw = rounded(x0, f16);
     let (mut want, oh, ow) = cpu::conv2d(&x_nchw, batch, h, h, &conv);
     if relu {
         cpu::relu(&mut want);
     }
-    let pos_data = random(seed + 3, cout * oh * ow, 0.2);
+    let pos_data = rounded(&pos0[..cout * oh * ow], f16);
     if pos {
         for i in 0..batch {
             for (j, p) in pos_data.iter().enumerate() {
@@ -83,9 +116,10 @@ fn check_conv(
     {
         let got = run(|b| {
             b.set_subgroup8(subgroup8);
-            let x = b.constant("x", &x_in);
+            b.set_f16(f16);
+            let x = b.weights("x", &x_in);
             let (w, bias) = conv::upload(b, "conv", &conv);
-            let p = pos.then(|| b.constant("pos", &pos_data));
+            let p = pos.then(|| b.weights("pos", &pos_data));
             let y = b.activation("y", batch * cout * oh * ow);
             let shape = ConvShape {
                 batch,
@@ -115,10 +149,10 @@ fn check_conv(
             );
             vec![y]
         });
-        let err = max_rel_err(&as_f32(&got[0]), &want);
+        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
         assert!(
-            err <= TOL,
-            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup kernel: {subgroup8}): error {err}"
+            err <= tol(f16),
+            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup kernel: {subgroup8}, f16: {f16}): error {err}"
         );
     }
 }
@@ -174,33 +208,46 @@ fn layer_norm_matches_cpu() {
             weight: random(seed + 1, c, 1.0),
             bias: random(seed + 2, c, 0.5),
         };
-        let want = cpu::layer_norm(&x, rows, &ln, 1e-6);
-        let got = run(|b| {
-            let xt = b.constant("x", &x);
-            let g = b.constant("g", &ln.weight);
-            let be = b.constant("b", &ln.bias);
-            let y = b.activation("y", rows * c);
-            norm::layer_norm(b, Family::Mlp, rows, c, 1e-6, xt, g, be, y);
-            vec![y]
-        });
-        let err = max_rel_err(&as_f32(&got[0]), &want);
-        assert!(err <= TOL, "layernorm {rows}x{c}: {err}");
+        for f16 in precisions() {
+            let (x, ln) = (
+                rounded(&x, f16),
+                LayerNorm {
+                    weight: rounded(&ln.weight, f16),
+                    bias: rounded(&ln.bias, f16),
+                },
+            );
+            let want = cpu::layer_norm(&x, rows, &ln, 1e-6);
+            let got = run(|b| {
+                b.set_f16(f16);
+                let xt = b.weights("x", &x);
+                let g = b.weights("g", &ln.weight);
+                let be = b.weights("b", &ln.bias);
+                let y = b.activation("y", rows * c);
+                norm::layer_norm(b, Family::Mlp, rows, c, 1e-6, xt, g, be, y);
+                vec![y]
+            });
+            let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+            assert!(err <= tol(f16), "layernorm {rows}x{c} (f16: {f16}): {err}");
+        }
     }
 }
 
 #[test]
 fn mean_tokens_matches_cpu() {
     let (batch, n, c) = (3, 49, 21);
-    let x = random(20, batch * n * c, 1.0);
-    let want = cpu::mean_tokens(&x, batch, n, c);
-    let got = run(|b| {
-        let xt = b.constant("x", &x);
-        let y = b.activation("y", batch * c);
-        norm::mean_tokens(b, Family::Head, batch, n, c, xt, y);
-        vec![y]
-    });
-    let err = max_rel_err(&as_f32(&got[0]), &want);
-    assert!(err <= TOL, "mean tokens: {err}");
+    for f16 in precisions() {
+        let x = rounded(&random(20, batch * n * c, 1.0), f16);
+        let want = cpu::mean_tokens(&x, batch, n, c);
+        let got = run(|b| {
+            b.set_f16(f16);
+            let xt = b.weights("x", &x);
+            let y = b.activation("y", batch * c);
+            norm::mean_tokens(b, Family::Head, batch, n, c, xt, y);
+            vec![y]
+        });
+        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+        assert!(err <= tol(f16), "mean tokens (f16: {f16}): {err}");
+    }
 }
 
 #[test]
@@ -214,54 +261,57 @@ fn linear_matches_cpu_for_every_epilogue() {
         (34, 45, 64, 128),
         (35, 72, 96, 70),
     ] {
-        let lin = Linear {
-            weight: random(seed, n * k, (3.0 / k as f32).sqrt()),
-            bias: random(seed + 1, n, 0.1),
-            out_features: n,
-            in_features: k,
-        };
-        let x = random(seed + 2, m * k, 1.0);
-        let y0 = random(seed + 3, m * n, 1.0);
-        let base = cpu::linear(&x, m, &lin);
-        for ep in [
-            Epilogue::Bias,
-            Epilogue::Gelu,
-            Epilogue::Residual { ca: 0.9, cb: 0.7 },
-        ] {
-            let want: Vec<f32> = match ep {
-                Epilogue::Bias => base.clone(),
-                Epilogue::Gelu => {
-                    let mut v = base.clone();
-                    cpu::gelu(&mut v);
-                    v
-                }
-                Epilogue::Residual { ca, cb } => {
-                    y0.iter().zip(&base).map(|(r, v)| ca * r + cb * v).collect()
-                }
+        for f16 in precisions() {
+            let lin = Linear {
+                weight: rounded(&random(seed, n * k, (3.0 / k as f32).sqrt()), f16),
+                bias: rounded(&random(seed + 1, n, 0.1), f16),
+                out_features: n,
+                in_features: k,
             };
-            // The in-place residual's output starts as the residual stream, so it is not poisoned.
-            let residual = matches!(ep, Epilogue::Residual { .. });
-            for subgroup8 in [false, true]
-                .into_iter()
-                .filter(|&s| !s || subgroup8_capable(gpu()))
-            {
-                let got = run_opts(!residual, |b| {
-                    b.set_subgroup8(subgroup8);
-                    let xt = b.constant("x", &x);
-                    let w = linear::upload(b, "w", &lin);
-                    let y = if residual {
-                        b.constant("y0", &y0)
-                    } else {
-                        b.activation("y", m * n)
-                    };
-                    linear::record(b, Family::Mlp, m, &w, ep, xt, y);
-                    vec![y]
-                });
-                let err = max_rel_err(&as_f32(&got[0]), &want);
-                assert!(
-                    err <= TOL,
-                    "linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}): {err}"
+            let x = rounded(&random(seed + 2, m * k, 1.0), f16);
+            let y0 = rounded(&random(seed + 3, m * n, 1.0), f16);
+            let base = cpu::linear(&x, m, &lin);
+            for ep in [
+                Epilogue::Bias,
+                Epilogue::Gelu,
+                Epilogue::Residual { ca: 0.9, cb: 0.7 },
+            ] {
+                let want: Vec<f32> = match ep {
+                    Epilogue::Bias => base.clone(),
+                    Epilogue::Gelu => {
+                        let mut v = base.clone();
+                        cpu::gelu(&mut v);
+                        v
+                    }
+                    Epilogue::Residual { ca, cb } => {
+                        y0.iter().zip(&base).map(|(r, v)| ca * r + cb * v).collect()
+                    }
+                };
+                // The in-place residual's output starts as the residual stream, so it is not poisoned.
+                let residual = matches!(ep, Epilogue::Residual { .. });
+                for subgroup8 in [false, true]
+                    .into_iter()
+                    .filter(|&s| !s || subgroup8_capable(gpu()))
+                {
+                    let got = run_opts(!residual, |b| {
+                        b.set_subgroup8(subgroup8);
+                        b.set_f16(f16);
+                        let xt = b.weights("x", &x);
+                        let w = linear::upload(b, "w", &lin);
+                        let y = if residual {
+                            b.weights("y0", &y0)
+                        } else {
+                            b.activation("y", m * n)
+                        };
+                        linear::record(b, Family::Mlp, m, &w, ep, xt, y);
+                        vec![y]
+                    });
+                    let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+                    assert!(
+                    err <= tol(f16),
+                    "linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
                 );
+                }
             }
         }
     }
@@ -292,33 +342,51 @@ fn layer_norm_folded_into_linear_matches_cpu() {
             out_features: n,
             in_features: k,
         };
-        let normed = cpu::layer_norm(&x, m, &ln, 1e-6);
-        let base = cpu::linear(&normed, m, &lin);
-        let folded = linear::fold_layer_norm(&lin, &ln);
-        for ep in [Epilogue::Bias, Epilogue::Gelu] {
-            let mut want = base.clone();
-            if ep == Epilogue::Gelu {
-                cpu::gelu(&mut want);
-            }
-            for subgroup8 in [false, true]
-                .into_iter()
-                .filter(|&s| !s || subgroup8_capable(gpu()))
-            {
-                let got = run(|b| {
-                    b.set_subgroup8(subgroup8);
-                    let xt = b.constant("x", &x);
-                    let stats = b.activation("stats", m * 2);
-                    norm::ln_stats(b, Family::Mlp, m, k, 1e-6, xt, stats);
-                    let w = linear::upload(b, "w", &folded);
-                    let y = b.activation("y", m * n);
-                    linear::record_normalized(b, Family::Mlp, m, &w, ep, xt, stats, y);
-                    vec![y]
-                });
-                let err = max_rel_err(&as_f32(&got[0]), &want);
-                assert!(
-                    err <= TOL,
-                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}): {err}"
+        for f16 in precisions() {
+            let x = rounded(&x, f16);
+            let folded = linear::fold_layer_norm(&lin, &ln);
+            // f32: LayerNorm then Linear, the module pair itself. f16: the folded weights are what
+            // is stored (rounded), so the twin is LayerNorm without affine then the rounded fold.
+            let base = if f16 {
+                let plain = LayerNorm {
+                    weight: vec![1.0; k],
+                    bias: vec![0.0; k],
+                };
+                let stored = Linear {
+                    weight: rounded(&folded.weight, true),
+                    bias: rounded(&folded.bias, true),
+                    ..folded.clone()
+                };
+                cpu::linear(&cpu::layer_norm(&x, m, &plain, 1e-6), m, &stored)
+            } else {
+                cpu::linear(&cpu::layer_norm(&x, m, &ln, 1e-6), m, &lin)
+            };
+            for ep in [Epilogue::Bias, Epilogue::Gelu] {
+                let mut want = base.clone();
+                if ep == Epilogue::Gelu {
+                    cpu::gelu(&mut want);
+                }
+                for subgroup8 in [false, true]
+                    .into_iter()
+                    .filter(|&s| !s || subgroup8_capable(gpu()))
+                {
+                    let got = run(|b| {
+                        b.set_subgroup8(subgroup8);
+                        b.set_f16(f16);
+                        let xt = b.weights("x", &x);
+                        let stats = b.activation_words("stats", m * 2);
+                        norm::ln_stats(b, Family::Mlp, m, k, 1e-6, xt, stats);
+                        let w = linear::upload(b, "w", &folded);
+                        let y = b.activation("y", m * n);
+                        linear::record_normalized(b, Family::Mlp, m, &w, ep, xt, stats, y);
+                        vec![y]
+                    });
+                    let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+                    assert!(
+                    err <= tol(f16),
+                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
                 );
+                }
             }
         }
     }
@@ -335,7 +403,24 @@ fn check_attention(
     permuted: bool,
     with_mass: bool,
 ) {
-    let qkv = random(seed, batch * n * 3 * dim, 1.5);
+    for f16 in precisions() {
+        check_attention_in(f16, seed, batch, n, dim, heads, groups, permuted, with_mass);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_attention_in(
+    f16: bool,
+    seed: u64,
+    batch: usize,
+    n: usize,
+    dim: usize,
+    heads: usize,
+    groups: usize,
+    permuted: bool,
+    with_mass: bool,
+) {
+    let qkv = rounded(&random(seed, batch * n * 3 * dim, 1.5), f16);
     let mut rng = cpu::SplitMix64::new(seed + 1);
     let perm = rng.permutation(n);
     let mass: Vec<f32> = if with_mass {
@@ -361,9 +446,10 @@ fn check_attention(
     {
         let got = run(|b| {
             b.set_subgroup8(subgroup8);
-            let q = b.constant("qkv", &qkv);
+            b.set_f16(f16);
+            let q = b.weights("qkv", &qkv);
             let p = permuted.then(|| b.constant("perm", &perm));
-            let m = with_mass.then(|| b.constant("mass", &mass));
+            let m = with_mass.then(|| b.constant("mass", &mass)); // f32 whatever the precision
             let out = b.activation("out", batch * n * dim);
             let shape = AttentionShape {
                 batch,
@@ -375,10 +461,10 @@ fn check_attention(
             attention::record(b, shape, q, p, m, out);
             vec![out]
         });
-        let err = max_rel_err(&as_f32(&got[0]), &want);
+        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
         assert!(
-            err <= TOL,
-            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroups {subgroup8}: {err}"
+            err <= tol(f16),
+            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroups {subgroup8} f16 {f16}: {err}"
         );
     }
 }
@@ -408,13 +494,30 @@ fn check_merges(
     r2: usize,
     split: Split,
 ) {
+    for f16 in precisions() {
+        check_merges_in(f16, seed, batch, n, dim, heads, r1, r2, split);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_merges_in(
+    f16: bool,
+    seed: u64,
+    batch: usize,
+    n: usize,
+    dim: usize,
+    heads: usize,
+    r1: usize,
+    r2: usize,
+    split: Split,
+) {
     let hd = dim / heads;
     let lead = split.lead;
     let n_grid = n - lead;
-    let qkv1 = random(seed, batch * n * 3 * dim, 1.0);
-    let x1 = random(seed + 1, batch * n * dim, 1.0);
+    let qkv1 = rounded(&random(seed, batch * n * 3 * dim, 1.0), f16);
+    let x1 = rounded(&random(seed + 1, batch * n * dim, 1.0), f16);
     let n2 = n - r1;
-    let qkv2 = random(seed + 2, batch * n2 * 3 * dim, 1.0);
+    let qkv2 = rounded(&random(seed + 2, batch * n2 * 3 * dim, 1.0), f16);
     let n3 = n2 - r2;
 
     // CPU: per image, two merges and the composed map.
@@ -435,6 +538,8 @@ fn check_merges(
         );
         let m2 =
             cpu::bipartite_matching_split(&keys2[i * n2 * hd..(i + 1) * n2 * hd], n2, hd, split);
+        // The GPU stores the first merge's tokens (as f16 in an f16 program).
+        let xa = rounded(&xa, f16);
         let (xb, mb, sb) = cpu::merge_split(&xa, &ma, n2, dim, r2, &m2, split);
         let map: Vec<u32> = (0..n_grid).map(|o| sb[sa[lead + o] as usize]).collect();
         for &slot in &map {
@@ -455,10 +560,11 @@ fn check_merges(
     {
         let got = run(|b| {
             b.set_subgroup8(subgroup8);
-            let q1 = b.constant("qkv1", &qkv1);
-            let q2 = b.constant("qkv2", &qkv2);
-            let x = b.constant("x", &x1);
-            let map = b.activation("map", batch * n_grid);
+            b.set_f16(f16);
+            let q1 = b.weights("qkv1", &qkv1);
+            let q2 = b.weights("qkv2", &qkv2);
+            let x = b.weights("x", &x1);
+            let map = b.activation_words("map", batch * n_grid);
             let shape = tome::MergeShape {
                 batch,
                 n,
@@ -485,23 +591,25 @@ fn check_merges(
         });
         assert_eq!(
             got[2], want_slot1,
-            "first merge's slot map (subgroup kernels: {subgroup8})"
+            "first merge's slot map (subgroup kernels: {subgroup8}, f16: {f16})"
         );
-        assert_eq!(got[5], want_map, "composed unmerge map");
-        for (i, (g, w, what)) in [
-            (&got[0], &want_x2, "x after merge 1"),
-            (&got[1], &want_m2, "mass after merge 1"),
-            (&got[3], &want_x3, "x after merge 2"),
-            (&got[4], &want_m3, "mass after merge 2"),
-            (&got[6], &want_full, "restored grid"),
+        assert_eq!(got[5], want_map, "composed unmerge map (f16: {f16})");
+        // Tokens are in storage precision, masses always f32.
+        let tokens = |g: &[u32], w: &[f32]| decode(g, f16, w.len());
+        for (i, (got, w, what)) in [
+            (tokens(&got[0], &want_x2), &want_x2, "x after merge 1"),
+            (as_f32(&got[1]), &want_m2, "mass after merge 1"),
+            (tokens(&got[3], &want_x3), &want_x3, "x after merge 2"),
+            (as_f32(&got[4]), &want_m3, "mass after merge 2"),
+            (tokens(&got[6], &want_full), &want_full, "restored grid"),
         ]
         .into_iter()
         .enumerate()
         {
-            let err = max_rel_err(&as_f32(g), w);
+            let err = max_rel_err(&got, w);
             assert!(
-                err <= TOL,
-                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup kernels: {subgroup8}): {err}"
+                err <= tol(f16),
+                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup kernels: {subgroup8}, f16: {f16}): {err}"
             );
         }
     }
@@ -539,10 +647,16 @@ fn merges_with_lead_tokens_match_cpu() {
 /// poisoned outputs that the copies must fill completely; copies are exact.
 #[test]
 fn token_copies_match_cpu() {
+    for f16 in precisions() {
+        check_token_copies(f16);
+    }
+}
+
+fn check_token_copies(f16: bool) {
     let (batch, lead, tokens, c) = (3, 2, 29, 24);
     let n = lead + tokens;
-    let lead_x = random(80, lead * c, 1.0);
-    let patches = random(81, batch * tokens * c, 1.0);
+    let lead_x = rounded(&random(80, lead * c, 1.0), f16);
+    let patches = rounded(&random(81, batch * tokens * c, 1.0), f16);
     let (off, count) = (5, 11);
     let mut want_seq = vec![0.0; batch * n * c];
     cpu::copy_tokens(&lead_x, &mut want_seq, batch, lead, c, 0, 0, n, 0);
@@ -560,8 +674,9 @@ fn token_copies_match_cpu() {
     let mut want_run = vec![0.0; batch * count * c];
     cpu::copy_tokens(&want_seq, &mut want_run, batch, count, c, n, off, count, 0);
     let got = run(|b| {
-        let l = b.constant("lead", &lead_x);
-        let p = b.constant("patches", &patches);
+        b.set_f16(f16);
+        let l = b.weights("lead", &lead_x);
+        let p = b.weights("patches", &patches);
         let seq = b.activation("seq", batch * n * c);
         let copy = |count, in_tokens, in_off, out_tokens, out_off| TokenCopy {
             batch,
@@ -579,11 +694,15 @@ fn token_copies_match_cpu() {
         vec![seq, part]
     });
     assert_eq!(
-        as_f32(&got[0]),
+        decode(&got[0], f16, want_seq.len()),
         want_seq,
-        "lead tokens in front of the patches"
+        "lead tokens in front of the patches (f16: {f16})"
     );
-    assert_eq!(as_f32(&got[1]), want_run, "a run of tokens taken out");
+    assert_eq!(
+        decode(&got[1], f16, want_run.len()),
+        want_run,
+        "a run of tokens taken out (f16: {f16})"
+    );
 }
 
 /// conv1 -> conv2 band by band (as the stem runs them) equals the two whole convolutions.
@@ -601,97 +720,107 @@ fn banded_convolutions_match_cpu() {
         padding: 1,
         groups: 1,
     };
-    let (k1, k2) = (mk(60, c1, c0), mk(62, c2, c1));
-    let x = random(64, batch * c0 * h * h, 1.0);
-    let (mut y1, h1, _) = cpu::conv2d(&x, batch, h, h, &k1);
-    cpu::relu(&mut y1);
-    let (mut want, h2, _) = cpu::conv2d(&y1, batch, h1, h1, &k2);
-    cpu::relu(&mut want);
-    let s1 = ConvShape {
-        batch,
-        cin: c0,
-        h,
-        w: h,
-        cout: c1,
-        k: 3,
-        stride: 2,
-        pad: 1,
-        groups: 1,
-    };
-    let s2 = ConvShape {
-        batch,
-        cin: c1,
-        h: h1,
-        w: h1,
-        cout: c2,
-        k: 3,
-        stride: 2,
-        pad: 1,
-        groups: 1,
-    };
-    let variants = [false, true]
-        .into_iter()
-        .filter(|&s| !s || subgroup8_capable(gpu()));
-    for (subgroup8, band_rows) in variants.flat_map(|s| [1usize, 2, 3, h2].map(|r| (s, r))) {
-        let got = run(|b| {
-            b.set_subgroup8(subgroup8);
-            let xt = b.constant("x", &x);
-            let (w1, b1) = conv::upload(b, "conv1", &k1);
-            let (w2, b2) = conv::upload(b, "conv2", &k2);
-            let y = b.activation("y", batch * c2 * h2 * h2);
-            for first in (0..h2).step_by(band_rows) {
-                let rows = (first, (first + band_rows).min(h2));
-                let (r0, r1) = s2.input_rows(rows);
-                let t = b.activation("band", batch * c1 * (r1 - r0) * h1);
-                let io1 = ConvIo {
-                    x: xt,
-                    weight: w1,
-                    bias: b1,
-                    pos: None,
-                    y: t,
-                    input: Layout::Nchw,
-                    output: Layout::Nchw,
-                    relu: true,
-                };
-                conv::record_band(
-                    b,
-                    Family::Stem,
-                    s1,
-                    io1,
-                    Band {
-                        out_rows: (r0, r1),
-                        in_buf: (0, h),
-                        out_buf: (r0, r1 - r0),
-                    },
-                );
-                let io2 = ConvIo {
-                    x: t,
-                    weight: w2,
-                    bias: b2,
-                    pos: None,
-                    y,
-                    input: Layout::Nchw,
-                    output: Layout::Nchw,
-                    relu: true,
-                };
-                conv::record_band(
-                    b,
-                    Family::Stem,
-                    s2,
-                    io2,
-                    Band {
-                        out_rows: rows,
-                        in_buf: (r0, r1 - r0),
-                        out_buf: (0, h2),
-                    },
-                );
-            }
-            vec![y]
-        });
-        let err = max_rel_err(&as_f32(&got[0]), &want);
-        assert!(
-            err <= TOL,
-            "bands of {band_rows} rows (subgroup kernel: {subgroup8}): {err}"
-        );
+    for f16 in precisions() {
+        let round_conv = |c: Conv| Conv {
+            weight: rounded(&c.weight, f16),
+            bias: rounded(&c.bias, f16),
+            ..c
+        };
+        let (k1, k2) = (round_conv(mk(60, c1, c0)), round_conv(mk(62, c2, c1)));
+        let x = rounded(&random(64, batch * c0 * h * h, 1.0), f16);
+        let (mut y1, h1, _) = cpu::conv2d(&x, batch, h, h, &k1);
+        cpu::relu(&mut y1);
+        // conv1's bands are stored between the two kernels (as f16 in an f16 program).
+        let y1 = rounded(&y1, f16);
+        let (mut want, h2, _) = cpu::conv2d(&y1, batch, h1, h1, &k2);
+        cpu::relu(&mut want);
+        let s1 = ConvShape {
+            batch,
+            cin: c0,
+            h,
+            w: h,
+            cout: c1,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 1,
+        };
+        let s2 = ConvShape {
+            batch,
+            cin: c1,
+            h: h1,
+            w: h1,
+            cout: c2,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 1,
+        };
+        let variants = [false, true]
+            .into_iter()
+            .filter(|&s| !s || subgroup8_capable(gpu()));
+        for (subgroup8, band_rows) in variants.flat_map(|s| [1usize, 2, 3, h2].map(|r| (s, r))) {
+            let got = run(|b| {
+                b.set_subgroup8(subgroup8);
+                b.set_f16(f16);
+                let xt = b.weights("x", &x);
+                let (w1, b1) = conv::upload(b, "conv1", &k1);
+                let (w2, b2) = conv::upload(b, "conv2", &k2);
+                let y = b.activation("y", batch * c2 * h2 * h2);
+                for first in (0..h2).step_by(band_rows) {
+                    let rows = (first, (first + band_rows).min(h2));
+                    let (r0, r1) = s2.input_rows(rows);
+                    let t = b.activation("band", batch * c1 * (r1 - r0) * h1);
+                    let io1 = ConvIo {
+                        x: xt,
+                        weight: w1,
+                        bias: b1,
+                        pos: None,
+                        y: t,
+                        input: Layout::Nchw,
+                        output: Layout::Nchw,
+                        relu: true,
+                    };
+                    conv::record_band(
+                        b,
+                        Family::Stem,
+                        s1,
+                        io1,
+                        Band {
+                            out_rows: (r0, r1),
+                            in_buf: (0, h),
+                            out_buf: (r0, r1 - r0),
+                        },
+                    );
+                    let io2 = ConvIo {
+                        x: t,
+                        weight: w2,
+                        bias: b2,
+                        pos: None,
+                        y,
+                        input: Layout::Nchw,
+                        output: Layout::Nchw,
+                        relu: true,
+                    };
+                    conv::record_band(
+                        b,
+                        Family::Stem,
+                        s2,
+                        io2,
+                        Band {
+                            out_rows: rows,
+                            in_buf: (r0, r1 - r0),
+                            out_buf: (0, h2),
+                        },
+                    );
+                }
+                vec![y]
+            });
+            let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+            assert!(
+                err <= tol(f16),
+                "bands of {band_rows} rows (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
+            );
+        }
     }
 }

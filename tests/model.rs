@@ -122,3 +122,60 @@ fn baselines_with_merging_match_the_cpu_twin() {
         }
     }
 }
+
+/// The f16 storage path (`Precision::F16`: activations, weights, images and logits stored as
+/// f16, arithmetic in f32) against the f32 engine on the same images: relative L2 error of the
+/// logits and top-1 agreement, printed, for SReT-T and both baselines, with and without merging.
+/// Bounds: rel L2 <= 1e-2 without merging (a few f16 roundings per layer, ~2^-11 each, over
+/// ~40 stored tensors) and <= 3e-2 with it (f16 keys may also resolve a near-tie of the matching
+/// differently, which moves a whole token); top-1 equal for every image.
+#[test]
+fn f16_forward_agrees_with_f32() {
+    use sret_tome::model::session::build_engine_with;
+    use sret_tome::Precision;
+    if !precisions().contains(&true) {
+        return;
+    }
+    let batch = 4;
+    for (name, schedule) in [
+        ("sret_t_distill", "none"),
+        ("sret_t_distill", "exp:0.25,0"),
+        ("deit_tiny_distill", "constant:13"),
+        ("pit_ti", "exp:0.25,0"),
+    ] {
+        let model = Model::load(name, None).unwrap();
+        let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), 5).unwrap();
+        let images = cpu::synthetic_images(&model.cfg, batch, 321);
+        let run = |p| {
+            build_engine_with(gpu(), cache(), &model, &plan, batch, false, p)
+                .unwrap()
+                .forward(&images)
+                .unwrap()
+                .logits
+        };
+        let (full, half) = (run(Precision::F32), run(Precision::F16));
+        let err = rel_l2(&half, &full);
+        let classes = model.cfg.num_classes;
+        let top1 = |v: &[f32], i: usize| {
+            let row = &v[i * classes..(i + 1) * classes];
+            (0..classes)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap()
+        };
+        let agree = (0..batch)
+            .filter(|&i| top1(&half, i) == top1(&full, i))
+            .count();
+        eprintln!(
+            "{name} {schedule} f16 vs f32: rel L2 {err:.2e}, top-1 agreement {agree}/{batch}"
+        );
+        let bound = if schedule == "none" { 1e-2 } else { 3e-2 };
+        assert!(
+            err <= bound,
+            "{name} {schedule}: f16 logits rel L2 {err} > {bound}"
+        );
+        assert_eq!(
+            agree, batch,
+            "{name} {schedule}: f16 changes the top-1 class"
+        );
+    }
+}

@@ -61,6 +61,7 @@ fn ten_thousand_forwards_in_flat_memory() {
         safe_r: vec![vec![4, 0]],
         perms: vec![vec![None, None]],
         trace: false,
+        f16: false,
     };
     let engine = Engine::new(&gpu, &PipelineCache::default(), &cfg, &weights, &spec).unwrap();
     let images = [synthetic_images(&cfg, 2, 1), synthetic_images(&cfg, 2, 2)];

@@ -88,6 +88,9 @@ pub struct ProgramBuilder {
     /// The device runs 8-lane subgroups with `Features::SUBGROUP`: kernels may pick variants
     /// that share loads through subgroup broadcasts.
     subgroup8: bool,
+    /// Activations and weights are stored as f16 (the kernels' `elem` type; see
+    /// [`crate::gpu::shaders`]); masses, statistics, scores and indices stay 32-bit.
+    f16: bool,
     tensors: Vec<TensorInfo>,
     steps: Vec<StepDecl>,
 }
@@ -276,14 +279,53 @@ impl ProgramBuilder {
         ProgramBuilder {
             limits: limits.clone(),
             subgroup8: false,
+            f16: false,
             tensors: Vec::new(),
             steps: Vec::new(),
         }
     }
 
-    /// An activation of `elems` 4-byte elements (f32 or u32).
+    /// An activation of `elems` storage elements (the kernels' `elem`: f32, or f16 in an f16
+    /// program), rounded up to whole 4-byte words as bindings require.
     pub fn activation(&mut self, label: impl Into<String>, elems: usize) -> TensorId {
+        let bytes = self.elem_bytes(elems);
+        self.push(label.into(), bytes, Storage::Arena)
+    }
+
+    /// An activation of `elems` 32-bit words whatever the precision: token masses, LayerNorm
+    /// statistics, matching scores and indices.
+    pub fn activation_words(&mut self, label: impl Into<String>, elems: usize) -> TensorId {
         self.push(label.into(), (elems.max(1) * 4) as u64, Storage::Arena)
+    }
+
+    /// Store activations and weights as f16 (the device must have `Features::SHADER_F16`);
+    /// every dispatch then uses its kernel's f16 variant where it has one.
+    pub fn set_f16(&mut self, on: bool) {
+        self.f16 = on;
+    }
+
+    pub fn f16(&self) -> bool {
+        self.f16
+    }
+
+    /// Bytes of `elems` storage elements, whole words.
+    pub fn elem_bytes(&self, elems: usize) -> u64 {
+        let size = if self.f16 { 2 } else { 4 };
+        (elems.max(1) * size).div_ceil(4) as u64 * 4
+    }
+
+    /// Weights (or any constant the kernels read as `elem`), converted to the storage precision
+    /// and uploaded once when the program is made.
+    pub fn weights(&mut self, label: impl Into<String>, data: &[f32]) -> TensorId {
+        if self.f16 {
+            let mut halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            if halves.len() % 2 == 1 {
+                halves.push(half::f16::ZERO);
+            }
+            self.constant(label, &halves)
+        } else {
+            self.constant(label, data)
+        }
     }
 
     /// Allow kernel variants for 8-lane subgroups (see [`subgroup8_capable`]).
@@ -344,7 +386,7 @@ impl ProgramBuilder {
             info.last = info.last.max(step);
         }
         self.steps.push(StepDecl {
-            key,
+            key: key.with_f16(self.f16),
             family,
             params: params.to_vec(),
             bindings: bindings.to_vec(),

@@ -20,11 +20,11 @@ pub fn upload(b: &mut ProgramBuilder, name: &str, c: &Conv) -> (TensorId, Tensor
                 wt[t * pad + o] = c.weight[o * taps + t];
             }
         }
-        b.constant(format!("{name}.weight^T"), &wt)
+        b.weights(format!("{name}.weight^T"), &wt)
     } else {
-        b.constant(format!("{name}.weight"), &c.weight)
+        b.weights(format!("{name}.weight"), &c.weight)
     };
-    (weight, b.constant(format!("{name}.bias"), &c.bias))
+    (weight, b.weights(format!("{name}.bias"), &c.bias))
 }
 
 /// Tensor layout on either side of a convolution.

@@ -50,8 +50,8 @@ pub struct LinearWeights {
 pub fn upload(b: &mut ProgramBuilder, name: &str, l: &Linear) -> LinearWeights {
     let (wt, bias) = gpu_layout(l);
     LinearWeights {
-        wt: b.constant(format!("{name}.weight^T"), &wt),
-        bias: b.constant(format!("{name}.bias"), &bias),
+        wt: b.weights(format!("{name}.weight^T"), &wt),
+        bias: b.weights(format!("{name}.bias"), &bias),
         in_features: l.in_features,
         out_features: l.out_features,
     }

@@ -133,6 +133,8 @@ pub struct Preprocessor {
     device: wgpu::Device,
     pipeline: wgpu::ComputePipeline,
     alignment: u64,
+    /// Bytes of one output image: [`IMAGE_BYTES`], or half that for f16 output.
+    image_bytes: u64,
     tables: Mutex<HashMap<(u32, u32, bool), Arc<Tables>>>,
     /// Bind groups of recently seen (texture, output buffer, offset), most recent last, so
     /// that a frame loop over a few textures (a swap chain's, say) binds nothing new per frame.
@@ -165,10 +167,18 @@ impl Preprocessor {
 
     /// As [`Preprocessor::new`], taking the pipeline from (and leaving it in) `cache`.
     pub fn with_cache(device: &wgpu::Device, cache: &PipelineCache) -> Preprocessor {
+        Preprocessor::with_precision(device, cache, false)
+    }
+
+    /// As [`Preprocessor::with_cache`]; with `f16` the images are written as f16 (for an f16
+    /// engine; `[3, 224, 224]` f16, [`IMAGE_BYTES`] / 2 bytes each; the device needs
+    /// `SHADER_F16`).
+    pub fn with_precision(device: &wgpu::Device, cache: &PipelineCache, f16: bool) -> Preprocessor {
         Preprocessor {
             device: device.clone(),
-            pipeline: cache.get(device, KernelKey::plain(Shader::Preprocess)),
+            pipeline: cache.get(device, KernelKey::plain(Shader::Preprocess).with_f16(f16)),
             alignment: device.limits().min_storage_buffer_offset_alignment as u64,
+            image_bytes: if f16 { IMAGE_BYTES / 2 } else { IMAGE_BYTES },
             tables: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(Vec::new()),
         }
@@ -227,7 +237,7 @@ impl Preprocessor {
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: dst,
                         offset,
-                        size: wgpu::BufferSize::new(IMAGE_BYTES),
+                        size: wgpu::BufferSize::new(self.image_bytes),
                     }),
                 },
                 wgpu::BindGroupEntry {
@@ -304,7 +314,8 @@ impl Preprocessor {
     }
 
     /// Record the preprocessing of `textures` into `dst`: image `i` goes to bytes
-    /// `dst_offset + i * IMAGE_BYTES ..` as `[3, 224, 224]` f32. `dst` needs
+    /// `dst_offset + i * IMAGE_BYTES ..` as `[3, 224, 224]` f32 (f16 and half the bytes for a
+    /// [`Preprocessor::with_precision`] one). `dst` needs
     /// `BufferUsages::STORAGE`, and every image's offset must be a multiple of the device's
     /// `min_storage_buffer_offset_alignment` (any multiple of 256 bytes is).
     pub fn encode(
@@ -321,7 +332,7 @@ impl Preprocessor {
                 "needs BufferUsages::STORAGE",
             ));
         }
-        let end = dst_offset + textures.len() as u64 * IMAGE_BYTES;
+        let end = dst_offset + textures.len() as u64 * self.image_bytes;
         if end > dst.size() {
             return Err(Error::arg(
                 "preprocessing output",
@@ -332,7 +343,8 @@ impl Preprocessor {
                 ),
             ));
         }
-        if !dst_offset.is_multiple_of(self.alignment) || !IMAGE_BYTES.is_multiple_of(self.alignment)
+        if !dst_offset.is_multiple_of(self.alignment)
+            || !self.image_bytes.is_multiple_of(self.alignment)
         {
             return Err(Error::arg(
                 "preprocessing offset",
@@ -352,7 +364,7 @@ impl Preprocessor {
         let groups: Vec<wgpu::BindGroup> = textures
             .iter()
             .enumerate()
-            .map(|(i, t)| self.bind_group(t, dst, dst_offset + i as u64 * IMAGE_BYTES))
+            .map(|(i, t)| self.bind_group(t, dst, dst_offset + i as u64 * self.image_bytes))
             .collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
             // An invalid bind group may have been cached: start afresh.

@@ -50,14 +50,14 @@ pub fn record_merge(
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
-    let metric = b.activation(format!("{label} metric"), s.batch * s.n * hd);
-    let row_max = b.activation(format!("{label} row max"), s.batch * na);
-    let dst = b.activation(format!("{label} dst"), s.batch * na);
-    let rank = b.activation(format!("{label} rank"), s.batch * na);
-    let order = b.activation(format!("{label} order"), s.batch * na);
-    let slot = b.activation(format!("{label} slot"), s.batch * s.n);
+    let metric = b.activation_words(format!("{label} metric"), s.batch * s.n * hd);
+    let row_max = b.activation_words(format!("{label} row max"), s.batch * na);
+    let dst = b.activation_words(format!("{label} dst"), s.batch * na);
+    let rank = b.activation_words(format!("{label} rank"), s.batch * na);
+    let order = b.activation_words(format!("{label} order"), s.batch * na);
+    let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
     let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
-    let mass_out = b.activation(format!("{label} mass"), s.batch * (s.n - s.r));
+    let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
 
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(

@@ -97,6 +97,9 @@ pub struct EngineSpec {
     pub safe_r: Vec<Vec<usize>>,
     pub perms: Vec<Vec<Option<Vec<u32>>>>,
     pub trace: bool,
+    /// Store activations, weights, images and logits as f16 (needs `Features::SHADER_F16`);
+    /// arithmetic stays f32.
+    pub f16: bool,
 }
 
 /// Where a forward reads its batch of normalised images (`[batch, 3, H, W]` f32) from.
@@ -142,6 +145,44 @@ pub struct Engine {
     readbacks: std::sync::atomic::AtomicU64,
     /// Trace tensors gathered per chunk (one readback buffer each).
     trace_readback: Vec<wgpu::Buffer>,
+    /// Images and logits are f16 on the device (see [`EngineSpec::f16`]).
+    f16: bool,
+}
+
+/// Host values in the device's storage precision: f32 as is, or rounded to f16.
+pub fn encode_elems(values: &[f32], f16: bool) -> Vec<u8> {
+    if f16 {
+        values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect()
+    } else {
+        bytemuck::cast_slice(values).to_vec()
+    }
+}
+
+/// Device values in storage precision back to f32 (a trailing odd byte is ignored).
+pub fn decode_elems(bytes: &[u8], f16: bool) -> Vec<f32> {
+    if f16 {
+        bytes
+            .chunks_exact(2)
+            .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+            .collect()
+    } else {
+        bytes
+            .chunks_exact(4)
+            .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
+    }
+}
+
+/// Bytes per stored activation element.
+fn elem_size(f16: bool) -> usize {
+    if f16 {
+        2
+    } else {
+        4
+    }
 }
 
 fn image_elems(cfg: &ModelConfig) -> usize {
@@ -216,6 +257,7 @@ pub fn memory_plan(
         safe_r: spec.safe_r.clone(),
         perms: spec.perms.clone(),
         trace: spec.trace,
+        f16: spec.f16,
     };
     (
         mb,
@@ -286,8 +328,27 @@ impl Engine {
                 gpu.limits.max_storage_buffer_binding_size
             );
         }
-        let img_bytes = (image_elems(cfg) * 4) as u64;
-        let cls_bytes = (cfg.num_classes * 4) as u64;
+        if spec.f16 && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::MissingCapability {
+                what: format!(
+                    "SHADER_F16 on {} (needed for f16 precision; use f32)",
+                    gpu.info.name
+                ),
+            });
+        }
+        let es = elem_size(spec.f16);
+        if !(cfg.num_classes * es).is_multiple_of(4) {
+            return Err(Error::arg(
+                "precision",
+                "f16",
+                format!(
+                    "{} classes: f16 logits need an even number of classes",
+                    cfg.num_classes
+                ),
+            ));
+        }
+        let img_bytes = (image_elems(cfg) * es) as u64;
+        let cls_bytes = (cfg.num_classes * es) as u64;
         // The whole batch's images live in one buffer (micro-batches copy from it).
         let max_images = gpu.limits.max_buffer_size / img_bytes;
         if spec.batch as u64 > max_images {
@@ -347,6 +408,7 @@ impl Engine {
             safe_r: spec.safe_r.clone(),
             perms: spec.perms.clone(),
             trace: spec.trace,
+            f16: spec.f16,
         };
         let plan = plan::build(gpu, cache, cfg, weights, &plan_spec, &images, &logits)?;
         let trace_tensors: Vec<u64> = plan
@@ -378,7 +440,20 @@ impl Engine {
             submissions: Default::default(),
             readbacks: Default::default(),
             trace_readback,
+            f16: spec.f16,
         })
+    }
+
+    /// Whether images and logits (and every activation) are f16 on the device.
+    pub fn is_f16(&self) -> bool {
+        self.f16
+    }
+
+    /// Logits read back from the device (storage precision) as f32, `batch * classes` of them.
+    pub fn decode_logits(&self, bytes: &[u8]) -> Vec<f32> {
+        let mut v = decode_elems(bytes, self.f16);
+        v.truncate(self.batch * self.cfg.num_classes);
+        v
     }
 
     /// Submissions and readbacks this engine has made (forwards, timed forwards, profiles).
@@ -424,7 +499,8 @@ impl Engine {
                 .map_err(|e| gpu_err(e.to_string()))?;
         }
         {
-            let bytes: &[u8] = bytemuck::cast_slice(images);
+            let encoded = encode_elems(images, self.f16);
+            let bytes: &[u8] = &encoded;
             let mut view = self
                 .upload
                 .get_mapped_range_mut(..bytes.len() as u64)
@@ -461,16 +537,17 @@ impl Engine {
     pub fn micro_batches(&self) -> usize {
         self.chunks
     }
-    /// Bytes of one normalised image, `[3, H, W]` f32.
+    /// Bytes of one normalised image, `[3, H, W]` in storage precision (f32, or f16).
     pub fn image_bytes(&self) -> u64 {
-        (image_elems(&self.cfg) * 4) as u64
+        (image_elems(&self.cfg) * elem_size(self.f16)) as u64
     }
-    /// The engine's input buffer, `[batch, 3, H, W]` f32 (`COPY_DST | COPY_SRC | STORAGE`):
-    /// what [`Source::Input`] reads.
+    /// The engine's input buffer, `[batch, 3, H, W]` in storage precision (f32, or f16 for an
+    /// f16 engine; `COPY_DST | COPY_SRC | STORAGE`): what [`Source::Input`] reads.
     pub fn input_buffer(&self) -> &wgpu::Buffer {
         &self.input
     }
-    /// The logits of the last forward recorded, `[batch, classes]` f32 from byte 0
+    /// The logits of the last forward recorded, `[batch, classes]` in storage precision (f32,
+    /// or f16 for an f16 engine) from byte 0
     /// (`STORAGE | COPY_SRC`; the buffer may be longer than `batch * classes * 4` bytes).
     pub fn logits_buffer(&self) -> &wgpu::Buffer {
         &self.output
@@ -513,8 +590,9 @@ impl Engine {
                         "input buffer",
                         format!("{} bytes, read from offset {offset}", buf.size()),
                         format!(
-                            "needs {need} bytes ([{}, 3, {s}, {s}] f32) from an offset that is a multiple of 4",
+                            "needs {need} bytes ([{}, 3, {s}, {s}] {}) from an offset that is a multiple of 4",
                             self.batch,
+                            if self.f16 { "f16" } else { "f32" },
                             s = self.cfg.image_size
                         ),
                     ));
@@ -543,7 +621,7 @@ impl Engine {
         let img_bytes = self.images.size();
         let total_in = self.input.size();
         let cls_bytes = self.logits.size();
-        let out_bytes = (self.batch * self.cfg.num_classes * 4) as u64;
+        let out_bytes = (self.batch * self.cfg.num_classes * elem_size(self.f16)) as u64;
         let (src, src_offset) = match source {
             Source::Input => (Some(&self.input), 0),
             Source::Buffer(b, o) => (Some(b), o),
@@ -644,8 +722,8 @@ impl Engine {
             mapped.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst);
         });
         self.submit(enc);
-        let all: Vec<f32> = self.read(&self.readback)?;
-        let logits = all[..self.batch * self.cfg.num_classes].to_vec();
+        let all: Vec<u8> = self.read(&self.readback)?;
+        let logits = self.decode_logits(&all);
         let trace = if self.plan.trace.merges.is_empty() && self.plan.trace.stage_maps.is_empty() {
             None
         } else {
@@ -666,7 +744,7 @@ impl Engine {
         }
         self.gpu
             .queue
-            .write_buffer(&self.input, 0, bytemuck::cast_slice(images));
+            .write_buffer(&self.input, 0, &encode_elems(images, self.f16));
         Ok(())
     }
 

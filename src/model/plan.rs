@@ -31,6 +31,8 @@ pub struct PlanSpec {
     pub perms: Vec<Vec<Option<Vec<u32>>>>,
     /// Keep every merge's slot map and masses and every stage's unmerge map for readback.
     pub trace: bool,
+    /// Activations and weights stored as f16 ([`ProgramBuilder::set_f16`]).
+    pub f16: bool,
 }
 
 /// Tensors a trace reads back after a run.
@@ -55,8 +57,8 @@ struct Uploaded {
 
 fn up_ln(b: &mut ProgramBuilder, name: &str, l: &LayerNorm) -> Uploaded {
     Uploaded {
-        weight: b.constant(format!("{name}.weight"), &l.weight),
-        bias: b.constant(format!("{name}.bias"), &l.bias),
+        weight: b.weights(format!("{name}.weight"), &l.weight),
+        bias: b.weights(format!("{name}.bias"), &l.bias),
     }
 }
 fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
@@ -102,7 +104,7 @@ fn record_mlp(
     coef: (f32, f32),
     label: &str,
 ) {
-    let stats = b.activation(format!("{label} ln stats"), rows * 2);
+    let stats = b.activation_words(format!("{label} ln stats"), rows * 2);
     norm::ln_stats(b, Family::Mlp, rows, dim, LN_EPS, x, stats);
     let h = b.activation(format!("{label} hidden"), rows * hidden);
     linear::record_normalized(b, Family::Mlp, rows, fc1, Epilogue::Gelu, x, stats, h);
@@ -136,7 +138,7 @@ fn record_attention_half(
 ) -> TensorId {
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
-    let stats = b.activation(format!("{label} ln1 stats"), rows * 2);
+    let stats = b.activation_words(format!("{label} ln1 stats"), rows * 2);
     norm::ln_stats(b, Family::Attention, rows, dim, LN_EPS, x, stats);
     let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
     linear::record_normalized(
@@ -197,7 +199,7 @@ impl StageTokens {
         heads: usize,
         split: Split,
     ) -> StageTokens {
-        let map = b.activation(format!("stage{stage} unmerge map"), spec.batch * n_grid);
+        let map = b.activation_words(format!("stage{stage} unmerge map"), spec.batch * n_grid);
         if spec.trace {
             b.pin(map);
         }
@@ -363,15 +365,15 @@ pub fn record(
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
     b.set_subgroup8(subgroup8);
+    b.set_f16(spec.f16);
     if let Some(v) = cfg.vit() {
         return vit::record(b, cfg, v, w, spec);
     }
     let bt = spec.batch;
-    let img = b.external(
-        "images",
-        (bt * 3 * cfg.image_size * cfg.image_size * 4) as u64,
-    );
-    let out = b.external("logits", (bt * cfg.num_classes * 4) as u64);
+    let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
+    let img = b.external("images", img_bytes);
+    let logit_bytes = b.elem_bytes(bt * cfg.num_classes);
+    let out = b.external("logits", logit_bytes);
     let mut trace = TraceTensors::default();
 
     // Stem: three stride-2 convolutions (BN folded, ReLU). conv1 and conv2 run band by band over
@@ -448,7 +450,7 @@ pub fn record(
     }
     debug_assert_eq!(oh1, shapes[1].h);
     let (oh3, ow3) = shapes[2].out_hw();
-    let pos = b.constant("pos_embed", &w.pos_embed);
+    let pos = b.weights("pos_embed", &w.pos_embed);
     let mut x = b.activation("tokens", bt * oh3 * ow3 * shapes[2].cout);
     conv::record(
         &mut b,

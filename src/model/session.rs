@@ -7,6 +7,7 @@ use super::config::ModelConfig;
 use super::engine::{Engine, EngineSpec};
 use super::perm::draw_permutations;
 use super::weights::ModelWeights;
+use crate::api::Precision;
 use crate::error::Result;
 use crate::gpu::{Gpu, PipelineCache};
 use crate::tome::{self, Schedule, Trajectory};
@@ -79,11 +80,12 @@ impl ForwardPlan {
             safe_r: self.trajectory.per_stage_safe_r(),
             perms: self.perms.clone(),
             trace,
+            f16: false,
         }
     }
 }
 
-/// Plan and build an engine for `model` under `plan` at `batch` images per forward.
+/// Plan and build an f32 engine for `model` under `plan` at `batch` images per forward.
 pub fn build_engine(
     gpu: &Gpu,
     cache: &PipelineCache,
@@ -92,11 +94,20 @@ pub fn build_engine(
     batch: usize,
     trace: bool,
 ) -> Result<Engine> {
-    Engine::new(
-        gpu,
-        cache,
-        &model.cfg,
-        &model.weights,
-        &plan.engine_spec(batch, trace),
-    )
+    build_engine_with(gpu, cache, model, plan, batch, trace, Precision::F32)
+}
+
+/// As [`build_engine`], in the storage `precision` given.
+pub fn build_engine_with(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &Model,
+    plan: &ForwardPlan,
+    batch: usize,
+    trace: bool,
+    precision: Precision,
+) -> Result<Engine> {
+    let mut spec = plan.engine_spec(batch, trace);
+    spec.f16 = precision == Precision::F16;
+    Engine::new(gpu, cache, &model.cfg, &model.weights, &spec)
 }

@@ -195,3 +195,50 @@ pub fn assert_near_tie(
         assert!(gap <= 1e-5, "{at:?}: A token {a} ranked {gpu_rank} on the GPU and {t} on the CPU, row maxima differ by {gap}");
     }
 }
+
+/// Storage precisions to test kernels in: f32, and f16 where the device has `SHADER_F16`.
+pub fn precisions() -> Vec<bool> {
+    let f16 = gpu().features.contains(wgpu::Features::SHADER_F16);
+    if !f16 {
+        eprintln!("note: the adapter has no SHADER_F16; f16 kernel variants not run here");
+    }
+    if f16 {
+        vec![false, true]
+    } else {
+        vec![false]
+    }
+}
+
+/// Tolerance of [`max_rel_err`] for a kernel in the storage precision: f32 against f64
+/// accumulation on the CPU (2e-5), or with f16 storage 2e-3: the CPU twin runs on the same
+/// f16-rounded inputs, so what remains is the output's own rounding to f16 (WGSL lets it round
+/// either way: up to one ulp, 2^-10 relative in [1, 2)) plus f32 accumulation.
+pub fn tol(f16: bool) -> f32 {
+    if f16 {
+        2e-3
+    } else {
+        2e-5
+    }
+}
+
+/// `v` rounded to f16 and back (the values an f16 program stores), or `v` itself.
+pub fn rounded(v: &[f32], f16: bool) -> Vec<f32> {
+    if f16 {
+        v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+    } else {
+        v.to_vec()
+    }
+}
+
+/// A readback of `len` storage elements (32-bit words of two f16 each in an f16 program).
+pub fn decode(words: &[u32], f16: bool, len: usize) -> Vec<f32> {
+    let bytes: &[u8] = bytemuck::cast_slice(words);
+    let mut v = sret_tome::model::engine::decode_elems(bytes, f16);
+    assert!(
+        v.len() >= len,
+        "readback of {} values, {len} expected",
+        v.len()
+    );
+    v.truncate(len);
+    v
+}

@@ -114,11 +114,10 @@ pub(super) fn record(
     let bt = spec.batch;
     let split = Split::of(cfg);
     let lead = split.lead;
-    let img = b.external(
-        "images",
-        (bt * 3 * cfg.image_size * cfg.image_size * 4) as u64,
-    );
-    let out = b.external("logits", (bt * cfg.num_classes * 4) as u64);
+    let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
+    let img = b.external("images", img_bytes);
+    let logit_bytes = b.elem_bytes(bt * cfg.num_classes);
+    let out = b.external("logits", logit_bytes);
     let mut trace = TraceTensors::default();
 
     // Patch convolution with the grid's position embedding, then the lead tokens in front.
@@ -136,7 +135,7 @@ pub(super) fn record(
         groups: 1,
     };
     let up = up_conv(&mut b, "patch_embed", patch);
-    let pos = b.constant("pos_embed", &w.pos_embed);
+    let pos = b.weights("pos_embed", &w.pos_embed);
     let patches = b.activation("patches", bt * cfg.tokens(0) * d0);
     conv::record(
         &mut b,
@@ -153,7 +152,7 @@ pub(super) fn record(
             relu: false,
         },
     );
-    let lead_tokens = b.constant("lead tokens", &w.lead_tokens);
+    let lead_tokens = b.weights("lead tokens", &w.lead_tokens);
     let mut x = prepend(
         &mut b,
         bt,
@@ -236,8 +235,8 @@ pub(super) fn record(
         if s == last {
             // The heads read the normalised lead tokens.
             let normed = b.activation("lead ln", bt * lead * dim);
-            let nw_w = b.constant("norm.weight", &w.norm.weight);
-            let nw_b = b.constant("norm.bias", &w.norm.bias);
+            let nw_w = b.weights("norm.weight", &w.norm.weight);
+            let nw_b = b.weights("norm.bias", &w.norm.bias);
             norm::layer_norm(
                 &mut b,
                 Family::Head,
