@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cache,
                 &model,
                 &schedule.parse()?,
+                sret_tome::Precision::F32,
                 batch,
                 &images,
                 &opts,

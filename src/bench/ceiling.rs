@@ -58,9 +58,10 @@ pub fn measure(
     cfg: &ModelConfig,
     batch: usize,
     iters: usize,
+    precision: crate::api::Precision,
 ) -> Result<Vec<MatmulRate>> {
     gpu.scoped("measuring the matmul ceiling", || {
-        measure_unscoped(gpu, cache, cfg, batch, iters)
+        measure_unscoped(gpu, cache, cfg, batch, iters, precision)
     })
 }
 
@@ -70,6 +71,7 @@ fn measure_unscoped(
     cfg: &ModelConfig,
     batch: usize,
     iters: usize,
+    precision: crate::api::Precision,
 ) -> Result<Vec<MatmulRate>> {
     const TARGET_FLOPS: f64 = 2e8;
     let mut rng = SplitMix64::new(0x5eed_ce11);
@@ -79,6 +81,7 @@ fn measure_unscoped(
         let reps = ((TARGET_FLOPS / flops).ceil() as usize).clamp(1, 16);
         let mut b = ProgramBuilder::new(&gpu.limits);
         b.set_subgroup8(subgroup8_capable(gpu));
+        b.set_f16(precision == crate::api::Precision::F16);
         let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric()).collect();
         let lin = Linear {
             weight: (0..n * k).map(|_| 0.1 * rng.symmetric()).collect(),
@@ -86,7 +89,7 @@ fn measure_unscoped(
             in_features: k,
             out_features: n,
         };
-        let xt = b.constant("x", &x);
+        let xt = b.weights("x", &x);
         let w = linear::upload(&mut b, "w", &lin);
         let y = b.activation("y", m * n);
         b.pin(y);

@@ -6,16 +6,19 @@ use serde::Serialize;
 
 pub mod ceiling;
 
+use crate::api::Precision;
 use crate::error::Result;
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::cost;
 use crate::model::engine::Timer;
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
 use crate::tome::Schedule;
 
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchRow {
     pub schedule: String,
+    /// Storage precision, `f32` or `f16`.
+    pub precision: &'static str,
     pub batch: usize,
     pub micro_batch: usize,
     pub throughput_img_s: f64,
@@ -48,13 +51,15 @@ pub struct BenchOptions {
     pub budget_secs: f64,
 }
 
-/// Plan, build and time one (schedule, batch) on `images` (`[batch, 3, 224, 224]`).
+/// Plan, build and time one (schedule, batch) in `precision` on `images`
+/// (`[batch, 3, 224, 224]`).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_one(
     gpu: &Gpu,
     cache: &PipelineCache,
     model: &Model,
     schedule: &Schedule,
+    precision: Precision,
     batch: usize,
     images: &[f32],
     opts: &BenchOptions,
@@ -64,7 +69,7 @@ pub fn bench_one(
         gpu,
         cache,
         model,
-        std::slice::from_ref(schedule),
+        &[(schedule.clone(), precision)],
         batch,
         images,
         opts,
@@ -73,7 +78,8 @@ pub fn bench_one(
     Ok(rows.remove(0))
 }
 
-/// Plan, build and time several schedules at one batch size, their timed forwards interleaved
+/// Plan, build and time several (schedule, precision) configurations at one batch size, their
+/// timed forwards interleaved
 /// (one forward of each in turn, round after round), so that whatever else the machine does
 /// during the measurement falls on every configuration alike and their ratios stay fair.
 /// The number of rounds is `opts.iters`, or what fits the slowest configuration in
@@ -83,17 +89,17 @@ pub fn bench_many(
     gpu: &Gpu,
     cache: &PipelineCache,
     model: &Model,
-    schedules: &[Schedule],
+    configs: &[(Schedule, Precision)],
     batch: usize,
     images: &[f32],
     opts: &BenchOptions,
     timer: Option<&Timer>,
 ) -> Result<Vec<BenchRow>> {
-    let mut runs = Vec::with_capacity(schedules.len());
+    let mut runs = Vec::with_capacity(configs.len());
     let mut slowest = 0.0f64;
-    for schedule in schedules {
+    for (schedule, precision) in configs {
         let plan = ForwardPlan::new(&model.cfg, schedule, DEFAULT_SEED)?;
-        let engine = build_engine(gpu, cache, model, &plan, batch, false)?;
+        let engine = build_engine_with(gpu, cache, model, &plan, batch, false, *precision)?;
         engine.set_input(images)?;
         for i in 0..opts.warmup.max(1) {
             let t = engine.time_forward(timer)?;
@@ -101,7 +107,7 @@ pub fn bench_many(
                 slowest = slowest.max(t.gpu.unwrap_or(t.wall));
             }
         }
-        runs.push((schedule, plan, engine, Vec::new()));
+        runs.push(((schedule, *precision), plan, engine, Vec::new()));
     }
     let iters = opts
         .iters
@@ -114,10 +120,11 @@ pub fn bench_many(
     }
     Ok(runs
         .into_iter()
-        .map(|(schedule, plan, engine, times)| {
+        .map(|((schedule, precision), plan, engine, times)| {
             let secs = median(times);
             BenchRow {
                 schedule: schedule.to_string(),
+                precision: precision.name(),
                 batch,
                 micro_batch: engine.micro_batch(),
                 throughput_img_s: batch as f64 / secs,

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
+use crate::api::Precision;
 use crate::bench::{bench_many, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::engine::Timer;
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
 use crate::reference::synthetic_images;
 use crate::tome::Schedule;
 
@@ -82,6 +83,10 @@ pub struct BenchArgs {
     pub profile: bool,
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Measure every schedule in both f32 and f16 storage (interleaved in one run), instead of
+    /// only the `--precision` given.
+    #[arg(long)]
+    pub both_precisions: bool,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -126,10 +131,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         eprintln!("note: {} is a CPU adapter: default batches 1,2, 1 warm-up forward and as many timed forwards as fit in ~5 s (at least 3); pass --batch/--warmup/--iters to override", gpu.info.name);
     }
     let cache = a.gpu.pipeline_cache();
+    let precisions = if a.both_precisions {
+        vec![Precision::F32, Precision::F16]
+    } else {
+        vec![a.gpu.precision]
+    };
+    let configs: Vec<(Schedule, Precision)> = schedules
+        .iter()
+        .flat_map(|s| precisions.iter().map(move |&p| (s.clone(), p)))
+        .collect();
     let mut rows = Vec::new();
     let mut profiles: Vec<String> = Vec::new();
     // On stderr; indicatif hides it when stderr is not a terminal.
-    let progress = indicatif::ProgressBar::new((batches.len() * schedules.len()) as u64);
+    let progress = indicatif::ProgressBar::new((batches.len() * configs.len()) as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -146,17 +160,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             &gpu,
             &cache,
             &model,
-            &schedules,
+            &configs,
             batch,
             &images,
             &opts,
             timer.as_ref(),
         )?;
-        for (sched, row) in schedules.iter().zip(measured) {
+        for ((sched, precision), row) in configs.iter().zip(measured) {
             if a.profile {
                 progress.set_message(format!("profiling {sched} at batch {batch}"));
                 let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
-                let engine = build_engine(&gpu, &cache, &model, &plan, batch, false)?;
+                let engine =
+                    build_engine_with(&gpu, &cache, &model, &plan, batch, false, *precision)?;
                 engine.set_input(&images)?;
                 let profile = engine.profile()?;
                 let total: f64 = profile.families.iter().map(|f| f.1).sum();
@@ -174,8 +189,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     .map(|(k, t, n)| format!("{k} {:.1} ms ({n}x)", t * 1e3))
                     .collect();
                 profiles.push(format!(
-                    "{} batch {batch} (micro-batch {}): {}\n    kernels: {}",
+                    "{} {} batch {batch} (micro-batch {}): {}\n    kernels: {}",
                     row.schedule,
+                    row.precision,
                     row.micro_batch,
                     parts.join(", "),
                     kernels.join(", ")
@@ -193,7 +209,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .find(|r| r.batch == largest)
         .map_or(largest, |r| r.micro_batch);
     progress.set_message(format!("matmul ceiling at micro-batch {micro}"));
-    let ceiling = crate::bench::ceiling::measure(&gpu, &cache, &model.cfg, micro, 3)?;
+    let ceiling =
+        crate::bench::ceiling::measure(&gpu, &cache, &model.cfg, micro, 3, precisions[0])?;
     let best = ceiling
         .iter()
         .max_by(|a, b| a.gflops.total_cmp(&b.gflops))
@@ -202,8 +219,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("{} on {}", model.cfg.name, gpu.describe());
     println!("timing: {method}; median of timed forwards after warm-up, the schedules of a batch taking turns; PAM = planned activation arena of one forward");
     println!(
-        "{:<14} {:>5} {:>8} {:>9} {:>13} {:>8} {:>11} {:>8} {:>10} {:>8}",
+        "{:<14} {:>4} {:>5} {:>8} {:>9} {:>13} {:>8} {:>11} {:>8} {:>10} {:>8}",
         "schedule",
+        "prec",
         "batch",
         "params M",
         "FLOPs G",
@@ -217,11 +235,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for r in &rows {
         let base = rows
             .iter()
-            .find(|b| b.batch == r.batch && b.schedule == "none")
+            .find(|b| b.batch == r.batch && b.schedule == "none" && b.precision == r.precision)
             .unwrap_or(r);
         println!(
-            "{:<14} {:>5} {:>8.2} {:>9.2} {:>13} {:>8.2} {:>11.2} {:>8} {:>10.2} {:>8}",
+            "{:<14} {:>4} {:>5} {:>8.2} {:>9.2} {:>13} {:>8.2} {:>11.2} {:>8} {:>10.2} {:>8}",
             r.schedule,
+            r.precision,
             r.batch,
             r.params as f64 / 1e6,
             r.flops_thop as f64 / 1e9,
@@ -234,6 +253,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     progress.finish_and_clear();
+    if a.both_precisions {
+        for r in rows.iter().filter(|r| r.precision == "f16") {
+            if let Some(f32_row) = rows
+                .iter()
+                .find(|b| b.batch == r.batch && b.schedule == r.schedule && b.precision == "f32")
+            {
+                println!(
+                    "f16 vs f32 {:<14} batch {:>3}: throughput {}, PAM {}",
+                    r.schedule,
+                    r.batch,
+                    pct(r.throughput_img_s, f32_row.throughput_img_s),
+                    pct(r.pam_bytes as f64, f32_row.pam_bytes as f64)
+                );
+            }
+        }
+    }
     if let Some(best) = &best {
         let worst = ceiling
             .iter()
@@ -248,12 +283,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             best.n,
             worst
         );
-        for r in rows.iter().filter(|r| r.batch == largest) {
+        for r in rows
+            .iter()
+            .filter(|r| r.batch == largest && r.precision == precisions[0].name())
+        {
             let rate = r.flops_total as f64 * r.throughput_img_s * 1e-9;
             let thop = r.flops_thop as f64 * r.throughput_img_s * 1e-9;
             println!(
-                "efficiency {:<14} batch {largest}: {:.2} GFLOP/s all ops ({:.0}% of the ceiling), {:.2} GFLOP/s thop ({:.0}%)",
+                "efficiency {:<14} {} batch {largest}: {:.2} GFLOP/s all ops ({:.0}% of the ceiling), {:.2} GFLOP/s thop ({:.0}%)",
                 r.schedule,
+                r.precision,
                 rate,
                 100.0 * rate / best.gflops,
                 thop,
@@ -280,11 +319,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )?;
     }
     if let Some(path) = &a.csv {
-        let mut s = String::from("schedule,batch,micro_batch,throughput_img_s,latency_ms,pam_bytes,flops_thop,flops_total,params,iters\n");
+        let mut s = String::from("schedule,precision,batch,micro_batch,throughput_img_s,latency_ms,pam_bytes,flops_thop,flops_total,params,iters\n");
         for r in &rows {
             s += &format!(
-                "{},{},{},{:.4},{:.4},{},{},{},{},{}\n",
+                "{},{},{},{},{:.4},{:.4},{},{},{},{},{}\n",
                 r.schedule,
+                r.precision,
                 r.batch,
                 r.micro_batch,
                 r.throughput_img_s,

@@ -189,6 +189,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
         workers: a.data.workers(),
         resident: a.resident,
         seed: a.seed,
+        precision: a.gpu.precision,
     };
     let info = RunInfo {
         weights: weights_name(&a.model),

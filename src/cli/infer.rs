@@ -9,7 +9,7 @@ use super::io::{load_images, write_safetensors, OutTensor};
 use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
 use crate::tome::Schedule;
 
 #[derive(Args, Debug)]
@@ -55,7 +55,15 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = build_engine(&gpu, &a.gpu.pipeline_cache(), &model, &plan, batch, a.trace)?;
+    let engine = build_engine_with(
+        &gpu,
+        &a.gpu.pipeline_cache(),
+        &model,
+        &plan,
+        batch,
+        a.trace,
+        a.gpu.precision,
+    )?;
     let out = engine.forward(&images)?;
 
     let classes = model.cfg.num_classes;

@@ -67,6 +67,10 @@ pub struct GpuArgs {
     /// the test suite, which runs every kernel both ways).
     #[arg(long)]
     pub trusted_shaders: bool,
+    /// Storage precision: f32, or f16 (activations, weights, images and logits stored as f16,
+    /// arithmetic in f32; needs an adapter with SHADER_F16).
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::api::Precision,
 }
 
 impl GpuArgs {

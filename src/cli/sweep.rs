@@ -162,6 +162,7 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
             workers: a.data.workers(),
             resident: a.resident,
             seed: a.seed,
+            precision: a.gpu.precision,
         },
         shard,
         shard_by: match a.shard_by {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::log_softmax;
 use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
 use crate::gpu::Gpu;
-use crate::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
 use crate::tome::Schedule;
 
 #[derive(Args, Debug)]
@@ -66,7 +66,15 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     let input = crate::preprocess::load_image(&a.image)?;
     let crop = denormalize(&input, model.cfg.image_size);
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = build_engine(&gpu, &a.gpu.pipeline_cache(), &model, &plan, 1, true)?;
+    let engine = build_engine_with(
+        &gpu,
+        &a.gpu.pipeline_cache(),
+        &model,
+        &plan,
+        1,
+        true,
+        a.gpu.precision,
+    )?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
     let maps = stage_maps(&model.cfg, &plan.trajectory, &trace_maps, 0)?;

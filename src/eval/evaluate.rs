@@ -16,9 +16,10 @@ use std::time::Instant;
 use super::dataset::{Problem, Sample};
 use super::loader::Loader;
 use super::metrics::{QualityStats, Reference};
+use crate::api::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
-use crate::model::session::{build_engine, ForwardPlan, Model};
+use crate::model::session::{build_engine, build_engine_with, ForwardPlan, Model};
 use crate::tome::Schedule;
 
 #[derive(Clone, Debug)]
@@ -31,6 +32,9 @@ pub struct EvalOptions {
     pub resident: usize,
     /// Seed of the recursive passes' token permutations.
     pub seed: u64,
+    /// Storage precision of the schedules' engines. The reference (the uncompressed model) is
+    /// always f32, so with f16 every schedule, `none` included, is measured against it.
+    pub precision: Precision,
 }
 
 impl Default for EvalOptions {
@@ -40,6 +44,7 @@ impl Default for EvalOptions {
             workers: default_workers(),
             resident: 8,
             seed: crate::model::session::DEFAULT_SEED,
+            precision: Precision::F32,
         }
     }
 }
@@ -105,7 +110,7 @@ pub fn evaluate(
     for (i, s) in schedules.iter().enumerate() {
         let plan = ForwardPlan::new(cfg, s, opts.seed)?;
         let key = plan.trajectory.per_stage_safe_r();
-        if key == base_key {
+        if key == base_key && opts.precision == Precision::F32 {
             owner.push(None);
             same_as.push((*s != Schedule::None).then(|| "none".to_string()));
         } else if let Some(k) = keys.iter().position(|k| *k == key) {
@@ -149,7 +154,7 @@ pub fn evaluate(
         };
         let engines = wave
             .iter()
-            .map(|&k| build_engine(gpu, cache, model, &plans[k], batch, false))
+            .map(|&k| build_engine_with(gpu, cache, model, &plans[k], batch, false, opts.precision))
             .collect::<Result<Vec<_>>>()?;
         let loader = Loader::new(samples.to_vec(), cfg, batch, opts.workers);
         for b in loader {

@@ -237,6 +237,7 @@ pub fn run_sweep(
                             cache,
                             model,
                             &sched,
+                            cfg.eval.precision,
                             b,
                             &images,
                             &cfg.bench,
