@@ -912,10 +912,7 @@ fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
     assert!(err <= 1e-3, "f16 texture input: relative L2 {err}");
 
     // A buffer of the application's holding f16 images.
-    let halves: Vec<u8> = host
-        .iter()
-        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-        .collect();
+    let halves = sret_tome::model::engine::encode_elems(&host, true);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("f16 images"),
         size: 512 + halves.len() as u64,
@@ -932,10 +929,7 @@ fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
     assert_eq!(from_buffer.as_slice(), from_host.as_slice());
     // The logits buffer holds f16 values: exactly what the readback decoded.
     let raw = read_on(device, queue, half.logits_buffer(), 0, half.logits_bytes());
-    let decoded: Vec<f32> = raw
-        .chunks_exact(2)
-        .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
-        .collect();
+    let decoded = sret_tome::model::engine::decode_elems(&raw, true);
     assert_eq!(decoded, from_buffer.as_slice());
 
     // The application's device was created without SHADER_F16.

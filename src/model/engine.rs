@@ -149,15 +149,16 @@ pub struct Engine {
     f16: bool,
 }
 
-/// Host values in the device's storage precision: f32 as is, or rounded to f16.
-pub fn encode_elems(values: &[f32], f16: bool) -> Vec<u8> {
+/// Host values in the device's storage precision: f32 as they are (no copy), or rounded to f16.
+pub fn encode_elems(values: &[f32], f16: bool) -> std::borrow::Cow<'_, [u8]> {
     if f16 {
         values
             .iter()
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect()
+            .collect::<Vec<u8>>()
+            .into()
     } else {
-        bytemuck::cast_slice(values).to_vec()
+        bytemuck::cast_slice(values).into()
     }
 }
 
