@@ -4,14 +4,14 @@
 
 use sret_tome::bench::{bench_one, BenchOptions};
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
-use sret_tome::model::engine::Timer;
-use sret_tome::model::session::Model;
-use sret_tome::reference::synthetic_images;
+use sret_tome::model::synthetic_images;
+use sret_tome::model::Model;
+use sret_tome::runtime::forward::Timer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = Gpu::new(&AdapterChoice::default())?;
     let cache = PipelineCache::default();
-    let model = Model::load("sret_t_distill", None)?;
+    let model = Model::synthetic("sret_t_distill")?;
     let timer = Timer::new(&gpu);
     let opts = BenchOptions {
         warmup: 2,

@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// (decoding, preprocessing, ...), here synthetic.
 pub fn frame_images(engine: &Engine, i: usize) -> Vec<f32> {
     let cfg = ModelConfig::by_name(engine.model_name()).expect("the engine's model");
-    sret_tome::reference::synthetic_images(&cfg, engine.batch(), 1000 + i as u64)
+    sret_tome::model::synthetic_images(&cfg, engine.batch(), 1000 + i as u64)
 }
 
 struct Slot {

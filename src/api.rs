@@ -47,10 +47,13 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterChoice, Gpu, PipelineCache};
 use crate::kernels::preprocess::Preprocessor;
-use crate::model::engine::{Engine as PlannedForward, Source};
-use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::Model;
+use crate::model::Precision;
 use crate::model::DEFAULT_MODEL;
+use crate::runtime::ForwardSpec;
+use crate::runtime::{PlannedForward, Source};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 /// Optional device features the engine uses when the device it is given has them enabled:
 /// `SUBGROUP` (kernels for 8-lane subgroups, where the adapter has them: several times faster on
@@ -59,39 +62,6 @@ use crate::tome::Schedule;
 /// `adapter.features() & sret_tome::api::useful_features()`.
 pub fn useful_features() -> wgpu::Features {
     crate::gpu::context::wanted_features()
-}
-
-/// Storage precision of the forward.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Precision {
-    /// f32 storage and arithmetic everywhere.
-    #[default]
-    F32,
-    /// Activations, weights, images and logits stored as f16 (half the memory and the bytes
-    /// moved); arithmetic, accumulation, softmax and LayerNorm statistics stay f32, and so do
-    /// token masses and the matching scores. Needs `Features::SHADER_F16` on the device.
-    F16,
-}
-
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Precision> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "f16" => Ok(Precision::F16),
-            _ => Err(Error::arg("precision", s, "expected f32 or f16")),
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -201,7 +171,7 @@ impl EngineBuilder {
         self
     }
 
-    /// A model already loaded (with [`Model::load`]): several engines can share one load.
+    /// A model already loaded (with [`crate::io::load_model`] or [`Model::synthetic`]): several engines can share one load.
     /// Sets the architecture too.
     pub fn with_model(mut self, model: impl Into<Arc<Model>>) -> Self {
         let model = model.into();
@@ -269,8 +239,8 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine> {
         let model = match self.weights {
             Weights::Loaded(m) => m,
-            Weights::Synthetic => Arc::new(Model::load(&self.model, None)?),
-            Weights::File(p) => Arc::new(Model::load(&self.model, Some(&p))?),
+            Weights::Synthetic => Arc::new(Model::synthetic(&self.model)?),
+            Weights::File(p) => Arc::new(crate::io::load_model(&self.model, &p)?),
         };
         if model.cfg.image_size != crate::kernels::preprocess::OUT_SIDE as usize {
             return Err(Error::arg(
@@ -285,18 +255,18 @@ impl EngineBuilder {
             DeviceChoice::Shared(gpu) => *gpu,
         };
         let cache = self.cache.unwrap_or_default();
-        let plan = ForwardPlan::new(&model.cfg, &self.schedule, self.seed)?;
+        let plan = ForwardSpec::new(&model.cfg, &self.schedule, self.seed)?;
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let f16 = self.precision == Precision::F16;
-        let built = build_engine_with(
+        let built = PlannedForward::new(
             &gpu,
             &cache,
             &model,
-            &plan,
-            self.batch,
-            false,
-            self.precision,
+            &plan
+                .clone()
+                .with_batch(self.batch)
+                .with_precision(self.precision),
         );
         let preprocessor = Preprocessor::with_precision(&gpu.device, &cache, f16);
         let errors = [
@@ -332,7 +302,7 @@ impl EngineBuilder {
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
     /// Normalised images on the host, `[batch, 3, 224, 224]` f32 (e.g. from
-    /// [`crate::preprocess::load_image`]).
+    /// [`crate::io::load_image`]).
     Host(&'a [f32]),
     /// Normalised images in a GPU buffer, `[batch, 3, 224, 224]` f32 from byte `offset` (a
     /// multiple of 4). The buffer needs `BufferUsages::COPY_SRC`; it is copied when the forward
@@ -842,7 +812,7 @@ impl Engine {
         encoder: &mut wgpu::CommandEncoder,
         values: &[f32],
     ) -> Result<wgpu::Buffer> {
-        let encoded = crate::model::engine::encode_elems(values, self.inner.is_f16());
+        let encoded = crate::runtime::forward::encode_elems(values, self.inner.is_f16());
         let bytes: &[u8] = &encoded;
         let buffer = self
             .uploads
@@ -944,7 +914,7 @@ impl Engine {
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| {
             let read = r.map_err(|e| e.to_string()).and_then(|()| {
                 let view = mapped.get_mapped_range(..).map_err(|e| e.to_string())?;
-                let mut values = crate::model::engine::decode_elems(&view, f16);
+                let mut values = crate::runtime::forward::decode_elems(&view, f16);
                 values.truncate(batch * classes);
                 Ok(values)
             });

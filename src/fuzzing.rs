@@ -7,10 +7,11 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::model::checkpoint::{load_checkpoint_bytes, read_state_dict_bytes};
-use crate::model::load::load_safetensors_bytes;
+use crate::io::checkpoint::{load_checkpoint_bytes, read_state_dict_bytes};
+use crate::io::decode_rgb8_bytes;
+use crate::io::safetensors::load_safetensors_bytes;
 use crate::model::ModelConfig;
-use crate::preprocess::{decode_rgb8_bytes, preprocess_rgb8};
+use crate::preprocess::preprocess_rgb8;
 use crate::tome::{plan, Schedule};
 
 fn sret_t() -> &'static ModelConfig {

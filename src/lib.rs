@@ -30,27 +30,48 @@
 //! renderer that classifies its own frames without leaving the GPU, a throughput loop with
 //! double-buffered inputs, and a 20-line image classifier.
 
-pub mod api;
+// Layers, lowest first; a module uses only those above it in this list:
+// error, rng -> model (leaf types) -> tome (schedules, trajectory, permutations) ->
+// preprocess (the ImageNet transform) -> io (files) and reference (the CPU twin) ->
+// gpu (device, recorder, pipeline cache) -> kernels -> runtime (planned forward) -> api;
+// bench, eval and cli (the `cli` feature) use the public API like any application.
 pub mod error;
-pub mod eval;
-pub mod fuzzing;
+pub mod rng;
+
+pub mod model;
+pub mod tome;
+
+pub mod preprocess;
+
+pub mod io;
+pub mod reference;
+
 pub mod gpu;
 pub mod kernels;
-pub mod model;
-pub mod preprocess;
-pub mod reference;
-pub mod rng;
-pub mod tome;
+pub mod runtime;
+
+pub mod api;
+
+#[cfg(feature = "cli")]
+pub mod bench;
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "cli")]
+pub mod eval;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 pub use error::{Error, Result};
 
-pub use api::{Engine, EngineBuilder, Input, Logits, PendingLogits, Precision};
+pub use api::{Engine, EngineBuilder, Input, Logits, PendingLogits};
 pub use gpu::{AdapterChoice, PipelineCache};
+/// The `image` crate this crate decodes with ([`io::decode_rgb8`] returns its `RgbImage`).
+#[cfg(feature = "images")]
+pub use image;
+#[cfg(feature = "images")]
+pub use io::load_image;
 pub use kernels::preprocess::Preprocessor;
-pub use model::session::Model;
-pub use preprocess::{imagenet_class, load_image};
+pub use model::{imagenet_class, Model, Precision};
 pub use tome::Schedule;
 /// The wgpu this crate is built against, so applications can name the same types.
 pub use wgpu;
-pub mod bench;
-pub mod cli;

@@ -379,7 +379,7 @@ fn texture_input_gives_the_logits_of_the_cpu_preprocessed_buffer() {
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         small.limits.max_storage_buffer_binding_size = mid;
-        if sret_tome::model::engine::max_micro_batch(&model, &small.limits) >= 2 {
+        if sret_tome::runtime::forward::max_micro_batch(&model, &small.limits) >= 2 {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -564,9 +564,9 @@ fn several_engines_share_one_device_and_one_encoder() {
     let (t1, d2) = (engine_t1(), engine_d2());
     let App { device, queue, .. } = app();
     assert!(t1.device() == device && d2.device() == device);
-    let x1 = sret_tome::reference::synthetic_images(&cfg("sret_t"), 1, 1);
-    let x2 = sret_tome::reference::synthetic_images(&cfg("sret_t"), 1, 2);
-    let y = sret_tome::reference::synthetic_images(&cfg("sret_t_distill"), 2, 3);
+    let x1 = sret_tome::model::synthetic_images(&cfg("sret_t"), 1, 1);
+    let x2 = sret_tome::model::synthetic_images(&cfg("sret_t"), 1, 2);
+    let y = sret_tome::model::synthetic_images(&cfg("sret_t_distill"), 2, 3);
 
     // Three forwards in one command buffer: the same engine twice (each readback recorded right
     // after its forward), then the other engine.
@@ -912,7 +912,7 @@ fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
     assert!(err <= 1e-3, "f16 texture input: relative L2 {err}");
 
     // A buffer of the application's holding f16 images.
-    let halves = sret_tome::model::engine::encode_elems(&host, true);
+    let halves = sret_tome::runtime::forward::encode_elems(&host, true);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("f16 images"),
         size: 512 + halves.len() as u64,
@@ -929,7 +929,7 @@ fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
     assert_eq!(from_buffer.as_slice(), from_host.as_slice());
     // The logits buffer holds f16 values: exactly what the readback decoded.
     let raw = read_on(device, queue, half.logits_buffer(), 0, half.logits_bytes());
-    let decoded = sret_tome::model::engine::decode_elems(&raw, true);
+    let decoded = sret_tome::runtime::forward::decode_elems(&raw, true);
     assert_eq!(decoded, from_buffer.as_slice());
 
     // The application's device was created without SHADER_F16.

@@ -9,8 +9,10 @@
 mod common;
 
 use common::*;
-use sret_tome::model::session::{build_engine, ForwardPlan, Model};
-use sret_tome::reference::{self as cpu, synthetic_images, ForwardSpec};
+use sret_tome::model::synthetic_images;
+use sret_tome::model::Model;
+use sret_tome::reference::{self as cpu, ReferenceSpec};
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
 
 const CASES: [(&str, &str); 12] = [
     ("deit_tiny", "none"),
@@ -54,14 +56,14 @@ fn top1(logits: &[f32], classes: usize) -> Vec<usize> {
         .collect()
 }
 
-fn cpu_logits(model: &Model, plan: &ForwardPlan, images: &[f32], batch: usize) -> Vec<f32> {
+fn cpu_logits(model: &Model, plan: &ForwardSpec, images: &[f32], batch: usize) -> Vec<f32> {
     let safe_r = plan.trajectory.per_stage_safe_r();
     cpu::forward(
         &model.cfg,
         &model.weights,
         images,
         batch,
-        &ForwardSpec {
+        &ReferenceSpec {
             safe_r: &safe_r,
             perms: &plan.perms,
             forced: None,
@@ -73,8 +75,8 @@ fn cpu_logits(model: &Model, plan: &ForwardPlan, images: &[f32], batch: usize) -
 #[test]
 fn cpu_twin_matches_timm_and_tome() {
     for (name, schedule) in CASES {
-        let model = Model::load(name, None).unwrap();
-        let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
+        let model = Model::synthetic(name).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
         let got = cpu_logits(&model, &plan, &images, 2);
         let want = fixture(name, schedule);
@@ -96,10 +98,11 @@ fn cpu_twin_matches_timm_and_tome() {
 #[test]
 fn engine_matches_timm_and_tome() {
     for (name, schedule) in CASES {
-        let model = Model::load(name, None).unwrap();
-        let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
+        let model = Model::synthetic(name).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
-        let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let engine =
+            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let want = fixture(name, schedule);
         let twin = cpu_logits(&model, &plan, &images, 2);
@@ -121,20 +124,21 @@ fn engine_matches_timm_and_tome() {
 /// converted safetensors file loads to the very same weights.
 #[test]
 fn official_checkpoints_run_as_published() {
-    use sret_tome::model::checkpoint::{convert_to_safetensors, load_weights};
+    use sret_tome::io::checkpoint::{convert_to_safetensors, load_weights};
     let dir = format!("{}/tests/fixtures/checkpoint", env!("CARGO_MANIFEST_DIR"));
     for name in ["deit_tiny_distill", "pit_ti_distill"] {
         let pth = std::path::PathBuf::from(format!("{dir}/{name}_official.pth"));
-        let model = Model::load(name, Some(&pth)).unwrap();
+        let model = sret_tome::io::load_model(name, &pth).unwrap();
         let converted = std::env::temp_dir().join(format!("{name}_official.safetensors"));
         convert_to_safetensors(&pth, &converted).unwrap();
         let again = load_weights(&converted, &model.cfg).unwrap();
         std::fs::remove_file(&converted).ok();
         assert!(again == model.weights, "{name}: converted weights differ");
 
-        let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
-        let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let engine =
+            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let path = format!("{dir}/{name}_official.logits.safetensors");
         let bytes = std::fs::read(&path).unwrap();

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
-use sret_tome::model::checkpoint::{
+use sret_tome::io::checkpoint::{
     convert_to_safetensors, detect_format, load_checkpoint, load_checkpoint_bytes, load_weights,
     read_state_dict, read_state_dict_bytes, to_safetensors_bytes, NamedTensor, WeightFormat,
 };
-use sret_tome::model::load::{load_safetensors, load_safetensors_bytes};
+use sret_tome::io::safetensors::{load_safetensors, load_safetensors_bytes};
 use sret_tome::model::ModelConfig;
 use sret_tome::Error;
 use zip::write::SimpleFileOptions;

@@ -5,18 +5,19 @@ mod common;
 
 use common::*;
 use sret_tome::gpu::Gpu;
-use sret_tome::model::engine::max_micro_batch;
-use sret_tome::model::session::{build_engine, ForwardPlan, Model};
-use sret_tome::reference as cpu;
+use sret_tome::model::Model;
+use sret_tome::runtime::forward::max_micro_batch;
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
 use sret_tome::tome::Schedule;
 
 #[test]
 fn micro_batches_give_the_same_logits() {
-    let model = Model::load("sret_t_distill", None).unwrap();
-    let plan = ForwardPlan::new(&model.cfg, &"exp:0.25,0".parse::<Schedule>().unwrap(), 3).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &"exp:0.25,0".parse::<Schedule>().unwrap(), 3).unwrap();
     let batch = 5;
-    let images = cpu::synthetic_images(&model.cfg, batch, 9);
-    let whole = build_engine(gpu(), cache(), &model, &plan, batch, false).unwrap();
+    let images = sret_tome::model::synthetic_images(&model.cfg, batch, 9);
+    let whole =
+        PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(batch)).unwrap();
     assert_eq!(whole.micro_batch(), batch);
     let want = whole.forward(&images).unwrap().logits;
 
@@ -35,7 +36,8 @@ fn micro_batches_give_the_same_logits() {
     }
     small.limits.max_storage_buffer_binding_size = lo as _;
     assert_eq!(max_micro_batch(&model.cfg, &small.limits), 2);
-    let split = build_engine(&small, cache(), &model, &plan, batch, false).unwrap();
+    let split =
+        PlannedForward::new(&small, cache(), &model, &plan.clone().with_batch(batch)).unwrap();
     assert_eq!(
         split.micro_batch(),
         2,
@@ -50,14 +52,14 @@ fn micro_batches_give_the_same_logits() {
 
 #[test]
 fn bad_batch_sizes_are_errors() {
-    let model = Model::load("sret_t", None).unwrap();
-    let plan = ForwardPlan::new(&model.cfg, &Schedule::None, 0).unwrap();
-    let e = build_engine(gpu(), cache(), &model, &plan, 0, false)
+    let model = Model::synthetic("sret_t").unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &Schedule::None, 0).unwrap();
+    let e = PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(0))
         .err()
         .expect("batch 0 must fail")
         .to_string();
     assert!(e.contains("batch"), "{e}");
-    let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+    let engine = PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
     let e = engine
         .forward(&vec![0.5; 3 * 224 * 224])
         .err()
@@ -68,18 +70,19 @@ fn bad_batch_sizes_are_errors() {
 
 #[test]
 fn peak_activation_memory_is_what_is_allocated() {
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     for schedule in ["none", "exp:0.25,0"] {
-        let plan = ForwardPlan::new(&model.cfg, &schedule.parse::<Schedule>().unwrap(), 0).unwrap();
-        let engine = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &schedule.parse::<Schedule>().unwrap(), 0).unwrap();
+        let engine =
+            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let program = engine.program();
         // The figure reported is the bytes of the arena buffers actually created...
         assert_eq!(engine.activation_bytes(), program.allocated_arena_bytes());
         // ...the device-free memory plan predicts it exactly...
-        let (mb, arena) = sret_tome::model::engine::memory_plan(
+        let (mb, arena) = sret_tome::runtime::forward::memory_plan(
             &model.cfg,
             &model.weights,
-            &plan.engine_spec(2, false),
+            &plan.clone().with_batch(2),
             &gpu().limits,
         );
         assert_eq!(mb, 2);
@@ -107,12 +110,15 @@ fn peak_activation_memory_is_what_is_allocated() {
 /// logits, bit for bit, as with them (the kernel tests check each kernel the same way).
 #[test]
 fn trusted_modules_give_identical_logits() {
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     for spec in ["none", "exp:0.25,0", "constant:10"] {
-        let plan = ForwardPlan::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 5).unwrap();
-        let images = cpu::synthetic_images(&model.cfg, 2, 4);
-        let checked = build_engine(gpu(), cache(), &model, &plan, 2, false).unwrap();
-        let trusted = build_engine(gpu(), trusted_cache(), &model, &plan, 2, false).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 5).unwrap();
+        let images = sret_tome::model::synthetic_images(&model.cfg, 2, 4);
+        let checked =
+            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let trusted =
+            PlannedForward::new(gpu(), trusted_cache(), &model, &plan.clone().with_batch(2))
+                .unwrap();
         let want = checked.forward(&images).unwrap().logits;
         let got = trusted.forward(&images).unwrap().logits;
         assert!(
@@ -129,20 +135,20 @@ fn trusted_modules_give_identical_logits() {
 /// 120 MB with `exp:0.25,0`, 1.5 MB at batch 1.
 #[test]
 fn activation_arena_is_tightly_packed_and_within_budget() {
-    use sret_tome::model::engine::memory_plan;
-    let model = Model::load("sret_t_distill", None).unwrap();
+    use sret_tome::runtime::forward::memory_plan;
+    let model = Model::synthetic("sret_t_distill").unwrap();
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     for (spec, budget_128) in [
         ("none", 160.0),
         ("exp:0.25,0", 120.0),
         ("constant:10", 120.0),
     ] {
-        let plan = ForwardPlan::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 1).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 1).unwrap();
         for (batch, budget) in [(128, budget_128), (1, 1.5)] {
             let (_, arena) = memory_plan(
                 &model.cfg,
                 &model.weights,
-                &plan.engine_spec(batch, false),
+                &plan.clone().with_batch(batch),
                 &wgpu::Limits::default(),
             );
             let total: u64 = arena.buffer_sizes.iter().sum();

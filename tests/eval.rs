@@ -23,9 +23,11 @@ use sret_tome::eval::shard::Shard;
 use sret_tome::eval::visualize::{
     group_labels, render, render_stage, StageMap, Style, GROUP_BORDER, TOKEN_BORDER,
 };
-use sret_tome::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
+use sret_tome::model::Model;
 use sret_tome::model::ModelConfig;
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
 use sret_tome::tome::Schedule;
+use sret_tome::tome::DEFAULT_SEED;
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.jpg");
 
@@ -202,7 +204,7 @@ fn loader_keeps_order_pads_and_reports_unreadable_files() {
     let per = 3 * 224 * 224;
     let want: Vec<Vec<f32>> = good
         .iter()
-        .map(|p| sret_tome::preprocess::load_image(p).unwrap())
+        .map(|p| sret_tome::io::load_image(p).unwrap())
         .collect();
     for workers in [1, 3] {
         let batches: Vec<_> = Loader::new(samples.clone(), &cfg(), 3, workers).collect();
@@ -243,7 +245,7 @@ fn loader_keeps_order_pads_and_reports_unreadable_files() {
         .unwrap();
     let b: Vec<_> = Loader::new(syn.samples, &cfg(), 2, 2).collect();
     assert_eq!(b.len(), 2);
-    assert!(b[0].images[per..2 * per] == sret_tome::reference::synthetic_images(&cfg(), 1, 8)[..]);
+    assert!(b[0].images[per..2 * per] == sret_tome::model::synthetic_images(&cfg(), 1, 8)[..]);
     // Dropping a loader part way stops its threads.
     let mut early = Loader::new(samples, &cfg(), 1, 2);
     assert!(early.next().is_some());
@@ -692,7 +694,7 @@ fn figures_of_a_hand_made_sweep() {
     let one = TrajectoryFigure {
         schedules: vec![(
             "exp:0.25,0".into(),
-            sret_tome::tome::plan(&cfg(), &traj[2]).unwrap(),
+            sret_tome::tome::Trajectory::new(&cfg(), &traj[2]).unwrap(),
         )],
     };
     assert_eq!(render_rgb(&one).unwrap().dimensions(), (1200, 310));
@@ -800,8 +802,14 @@ fn direct_logits(
     images: &[Vec<f32>],
     batch: usize,
 ) -> Vec<Vec<f32>> {
-    let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), DEFAULT_SEED).unwrap();
-    let engine = build_engine(common::gpu(), common::cache(), model, &plan, batch, false).unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), DEFAULT_SEED).unwrap();
+    let engine = PlannedForward::new(
+        common::gpu(),
+        common::cache(),
+        model,
+        &plan.clone().with_batch(batch),
+    )
+    .unwrap();
     let per = 3 * 224 * 224;
     let mut out = Vec::new();
     for chunk in images.chunks(batch) {
@@ -878,10 +886,10 @@ fn eval_on_a_labelled_folder_end_to_end_and_by_shards() {
 
     // The same numbers from direct forwards of the same images, one per forward (the
     // evaluation ran them together, padded to a batch of 3).
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     let images: Vec<Vec<f32>> = [&good[0], &good[2]]
         .iter()
-        .map(|p| sret_tome::preprocess::load_image(p).unwrap())
+        .map(|p| sret_tome::io::load_image(p).unwrap())
         .collect();
     let labels = [285usize, 281]; // Egyptian cat, tabby
     let base_l = direct_logits(&model, "none", &images, 1);
@@ -995,7 +1003,7 @@ fn sweep_on_synthetic_images_end_to_end_and_by_shards() {
     assert_eq!(res.quality_metric, QualityMetric::Agreement);
     let c = cfg();
     for r in &res.results {
-        let traj = sret_tome::tome::plan(&c, &r.schedule.parse().unwrap()).unwrap();
+        let traj = sret_tome::tome::Trajectory::new(&c, &r.schedule.parse().unwrap()).unwrap();
         assert_eq!(r.removed_tokens, traj.removed_total());
         let q = r.quality.as_ref().unwrap();
         assert_eq!((q.images, q.compared), (1, 1));
@@ -1110,7 +1118,7 @@ fn visualize_end_to_end() {
         Command::Visualize(a) => sret_tome::cli::visualize::run_visualize(a).unwrap(),
         other => panic!("{other:?}"),
     };
-    let traj = sret_tome::tome::plan(&cfg(), &"exp:0.25,0".parse().unwrap()).unwrap();
+    let traj = sret_tome::tome::Trajectory::new(&cfg(), &"exp:0.25,0".parse().unwrap()).unwrap();
     assert_eq!(maps.len(), 3);
     for m in &maps {
         // Every patch is in one of the stage's final tokens, and every final token holds a patch.

@@ -3,8 +3,10 @@
 //! and a device lost between forwards gives an error, not a hang or a panic.
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
-use sret_tome::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
-use sret_tome::reference::synthetic_images;
+use sret_tome::model::synthetic_images;
+use sret_tome::model::Model;
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::tome::DEFAULT_SEED;
 use sret_tome::{Error, Schedule};
 
 #[test]
@@ -43,10 +45,16 @@ fn validation_errors_are_returned_not_raised() {
 #[test]
 fn a_lost_device_is_an_error_not_a_hang() {
     let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     let schedule: Schedule = "exp:0.25,0".parse().unwrap();
-    let plan = ForwardPlan::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
-    let engine = build_engine(&gpu, &PipelineCache::default(), &model, &plan, 1, false).unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
+    let engine = PlannedForward::new(
+        &gpu,
+        &PipelineCache::default(),
+        &model,
+        &plan.clone().with_batch(1),
+    )
+    .unwrap();
     let images = synthetic_images(&model.cfg, 1, 1);
     engine.forward(&images).unwrap();
     gpu.device.destroy();
@@ -68,15 +76,13 @@ fn a_lost_device_is_an_error_not_a_hang() {
 #[test]
 fn a_batch_too_large_for_the_device_says_how_large_it_can_be() {
     let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
-    let model = Model::load("sret_t_distill", None).unwrap();
-    let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), DEFAULT_SEED).unwrap();
-    let Err(err) = build_engine(
+    let model = Model::synthetic("sret_t_distill").unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), DEFAULT_SEED).unwrap();
+    let Err(err) = PlannedForward::new(
         &gpu,
         &PipelineCache::default(),
         &model,
-        &plan,
-        100_000,
-        false,
+        &plan.clone().with_batch(100_000),
     ) else {
         panic!("100,000 images do not fit one buffer");
     };
@@ -139,10 +145,10 @@ fn weights_that_do_not_fit_the_model_are_an_error() {
         ),
     ];
     for (name, break_it, needle) in cases {
-        let mut model = Model::load(name, None).unwrap();
+        let mut model = Model::synthetic(name).unwrap();
         break_it(&mut model);
-        let plan = ForwardPlan::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
-        let err = match build_engine(&gpu, &cache, &model, &plan, 1, false) {
+        let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
+        let err = match PlannedForward::new(&gpu, &cache, &model, &plan.clone().with_batch(1)) {
             Ok(_) => panic!("{name}: mismatched weights were accepted"),
             Err(e) => e.to_string(),
         };

@@ -9,20 +9,27 @@
 mod common;
 
 use common::*;
-use sret_tome::model::session::{build_engine, ForwardPlan, Model};
+use sret_tome::model::Model;
 use sret_tome::model::MODEL_NAMES;
-use sret_tome::reference::{self as cpu, ForwardSpec, Matching};
+use sret_tome::reference::{self as cpu, Matching, ReferenceSpec};
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
 use sret_tome::tome::{Schedule, Split};
 
 fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     let cfg = &model.cfg;
     let sched: Schedule = schedule.parse().unwrap();
-    let plan = ForwardPlan::new(cfg, &sched, seed).unwrap();
-    let engine = build_engine(gpu(), cache(), model, &plan, batch, true).unwrap();
-    let images = cpu::synthetic_images(cfg, batch, seed + 100);
+    let plan = ForwardSpec::new(cfg, &sched, seed).unwrap();
+    let engine = PlannedForward::new(
+        gpu(),
+        cache(),
+        model,
+        &plan.clone().with_batch(batch).with_trace(true),
+    )
+    .unwrap();
+    let images = sret_tome::model::synthetic_images(cfg, batch, seed + 100);
     let out = engine.forward(&images).unwrap();
     let safe_r = plan.trajectory.per_stage_safe_r();
-    let spec = ForwardSpec {
+    let spec = ReferenceSpec {
         safe_r: &safe_r,
         perms: &plan.perms,
         forced: None,
@@ -62,7 +69,7 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     );
     let differing = diverged.iter().filter(|&&d| d).count();
     if differing > 0 {
-        let spec = ForwardSpec {
+        let spec = ReferenceSpec {
             forced: Some(&forced),
             ..spec
         };
@@ -84,7 +91,7 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
 #[test]
 fn every_variant_matches_the_cpu_twin() {
     for name in MODEL_NAMES {
-        let model = Model::load(name, None).unwrap();
+        let model = Model::synthetic(name).unwrap();
         for batch in [1, 3] {
             check(&model, "none", batch, 7);
         }
@@ -93,7 +100,7 @@ fn every_variant_matches_the_cpu_twin() {
 
 #[test]
 fn sret_t_with_every_schedule_matches_the_cpu_twin() {
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     for schedule in [
         "constant:10",
         "linear:10",
@@ -116,7 +123,7 @@ fn baselines_with_merging_match_the_cpu_twin() {
         ("pit_ti", &["exp:0.25,0"][..]),
         ("pit_ti_distill", &["exp:0.4,0.5", "constant:16"][..]),
     ] {
-        let model = Model::load(name, None).unwrap();
+        let model = Model::synthetic(name).unwrap();
         for schedule in schedules {
             check(&model, schedule, 3, 12);
         }
@@ -131,7 +138,7 @@ fn baselines_with_merging_match_the_cpu_twin() {
 /// differently, which moves a whole token); top-1 equal for every image.
 #[test]
 fn f16_forward_agrees_with_f32() {
-    use sret_tome::model::session::build_engine_with;
+    use sret_tome::runtime::PlannedForward;
     use sret_tome::Precision;
     if !precisions().contains(&true) {
         return;
@@ -143,15 +150,20 @@ fn f16_forward_agrees_with_f32() {
         ("deit_tiny_distill", "constant:13"),
         ("pit_ti", "exp:0.25,0"),
     ] {
-        let model = Model::load(name, None).unwrap();
-        let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), 5).unwrap();
-        let images = cpu::synthetic_images(&model.cfg, batch, 321);
+        let model = Model::synthetic(name).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 5).unwrap();
+        let images = sret_tome::model::synthetic_images(&model.cfg, batch, 321);
         let run = |p| {
-            build_engine_with(gpu(), cache(), &model, &plan, batch, false, p)
-                .unwrap()
-                .forward(&images)
-                .unwrap()
-                .logits
+            PlannedForward::new(
+                gpu(),
+                cache(),
+                &model,
+                &plan.clone().with_batch(batch).with_precision(p),
+            )
+            .unwrap()
+            .forward(&images)
+            .unwrap()
+            .logits
         };
         let (full, half) = (run(Precision::F32), run(Precision::F16));
         let err = rel_l2(&half, &full);

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use sret_tome::imagenet_class;
+use sret_tome::io::{decode_rgb8, decode_rgb8_bytes, load_image};
 use sret_tome::preprocess::{
-    decode_rgb8, decode_rgb8_bytes, imagenet_class, load_image, preprocess_rgb8,
-    resize_bilinear_antialias, IMAGENET_MEAN, IMAGENET_STD,
+    preprocess_rgb8, resize_bilinear_antialias, IMAGENET_MEAN, IMAGENET_STD,
 };
 use sret_tome::Error;
 

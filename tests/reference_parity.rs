@@ -15,8 +15,10 @@
 mod common;
 
 use common::*;
-use sret_tome::model::session::{build_engine, ForwardPlan, Model};
-use sret_tome::reference::{self as cpu, synthetic_images, ForwardSpec, Matching};
+use sret_tome::model::synthetic_images;
+use sret_tome::model::Model;
+use sret_tome::reference::{self as cpu, Matching, ReferenceSpec};
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
 use sret_tome::tome::Split;
 
 struct Fixture {
@@ -93,7 +95,7 @@ fn argmax(v: &[f32]) -> usize {
 
 #[test]
 fn logits_match_the_papers_pytorch_code() {
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     let batch = 2;
     let classes = model.cfg.num_classes;
     let images = synthetic_images(&model.cfg, batch, 5);
@@ -107,7 +109,7 @@ fn logits_match_the_papers_pytorch_code() {
         "exp:0.40,0.2",
     ] {
         let fx = fixture(schedule, batch);
-        let plan = ForwardPlan::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
+        let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
         let merges: Vec<_> = plan
             .trajectory
             .executions
@@ -129,7 +131,7 @@ fn logits_match_the_papers_pytorch_code() {
         for (e, m) in merges.iter().zip(&fx.matchings) {
             forced[e.stage][e.exec] = m.iter().cloned().map(Some).collect();
         }
-        let spec = ForwardSpec {
+        let spec = ReferenceSpec {
             safe_r: &safe_r,
             perms: &plan.perms,
             forced: Some(&forced),
@@ -142,7 +144,13 @@ fn logits_match_the_papers_pytorch_code() {
         );
 
         // 2. The engine on the GPU.
-        let engine = build_engine(gpu(), cache(), &model, &plan, batch, true).unwrap();
+        let engine = PlannedForward::new(
+            gpu(),
+            cache(),
+            &model,
+            &plan.clone().with_batch(batch).with_trace(true),
+        )
+        .unwrap();
         let out = engine.forward(&images).unwrap();
         let trace = out.trace.unwrap_or_default();
         let mut same = vec![true; batch];

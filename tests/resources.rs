@@ -5,8 +5,10 @@
 //! while a forward is in flight (where a staging buffer would show).
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
-use sret_tome::model::session::{build_engine, ForwardPlan, Model, DEFAULT_SEED};
-use sret_tome::reference::synthetic_images;
+use sret_tome::model::synthetic_images;
+use sret_tome::model::Model;
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::tome::DEFAULT_SEED;
 use sret_tome::{Engine, Schedule};
 
 /// Live objects of the kinds a forward must not create.
@@ -42,11 +44,11 @@ fn steady_state_forwards_create_nothing() {
     );
 
     // The planned engine: one submission and one readback per forward.
-    let model = Model::load("sret_t_distill", None).unwrap();
+    let model = Model::synthetic("sret_t_distill").unwrap();
     let schedule: Schedule = "exp:0.25,0".parse().unwrap();
-    let plan = ForwardPlan::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
+    let plan = ForwardSpec::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
     let cache = PipelineCache::default();
-    let engine = build_engine(&gpu, &cache, &model, &plan, 1, false).unwrap();
+    let engine = PlannedForward::new(&gpu, &cache, &model, &plan.clone().with_batch(1)).unwrap();
     let built = live(&gpu.device);
     assert!(
         built.buffers > before.buffers && built.bind_groups > before.bind_groups,

@@ -5,9 +5,11 @@
 //! merging — ten thousand times in well under a minute even on a software rasteriser.
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
-use sret_tome::model::engine::{Engine, EngineSpec};
+use sret_tome::model::Model;
+use sret_tome::model::{synthetic_images, synthetic_weights};
 use sret_tome::model::{ModelConfig, StageConfig};
-use sret_tome::reference::{synthetic_images, synthetic_weights};
+use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::Schedule;
 
 fn tiny() -> ModelConfig {
     ModelConfig {
@@ -54,16 +56,17 @@ fn live(device: &wgpu::Device) -> [isize; 5] {
 fn ten_thousand_forwards_in_flat_memory() {
     let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
     let cfg = tiny();
-    let weights = synthetic_weights(&cfg, 7);
-    let spec = EngineSpec {
-        batch: 2,
-        // 16 tokens: the first execution merges 4 (a multiple of both group counts).
-        safe_r: vec![vec![4, 0]],
-        perms: vec![vec![None, None]],
-        trace: false,
-        f16: false,
+    let model = Model {
+        weights: synthetic_weights(&cfg, 7),
+        cfg: cfg.clone(),
+        synthetic: true,
     };
-    let engine = Engine::new(&gpu, &PipelineCache::default(), &cfg, &weights, &spec).unwrap();
+    // 16 tokens: the first execution merges 4 (a multiple of both group counts).
+    let spec = ForwardSpec::new(&cfg, &Schedule::List(vec![4, 0]), 0)
+        .unwrap()
+        .with_batch(2);
+    assert_eq!(spec.safe_r, vec![vec![4, 0]]);
+    let engine = PlannedForward::new(&gpu, &PipelineCache::default(), &model, &spec).unwrap();
     let images = [synthetic_images(&cfg, 2, 1), synthetic_images(&cfg, 2, 2)];
     let first = [
         engine.forward(&images[0]).unwrap().logits,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
-use sret_tome::model::load::{
+use sret_tome::io::safetensors::{
     expected_tensors, load_safetensors, load_safetensors_bytes, save_safetensors,
     to_safetensors_bytes,
 };
@@ -1070,7 +1070,7 @@ fn duplicate_tensor_names_are_refused() {
 fn baselines_round_trip_in_timm_layout() {
     for name in VIT_MODEL_NAMES {
         let cfg = ModelConfig::by_name(name).unwrap();
-        let w = sret_tome::reference::synthetic_weights(&cfg, 77);
+        let w = sret_tome::model::synthetic_weights(&cfg, 77);
         let bytes = to_safetensors_bytes(&w, &cfg).unwrap();
         let t = parse(&bytes);
         let expected = expected_tensors(&cfg);

@@ -9,10 +9,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::{program::subgroup8_capable, Family, Gpu, PipelineCache, Program, ProgramBuilder};
 use crate::kernels::linear::{self, Epilogue};
-use crate::model::engine::read_buffer;
 use crate::model::weights::Linear;
 use crate::model::ModelConfig;
 use crate::rng::SplitMix64;
+use crate::runtime::forward::read_buffer;
 
 /// One linear-layer shape and the rate the linear kernel reaches on it.
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -58,7 +58,7 @@ pub fn measure(
     cfg: &ModelConfig,
     batch: usize,
     iters: usize,
-    precision: crate::api::Precision,
+    precision: crate::model::Precision,
 ) -> Result<Vec<MatmulRate>> {
     gpu.scoped("measuring the matmul ceiling", || {
         measure_unscoped(gpu, cache, cfg, batch, iters, precision)
@@ -71,7 +71,7 @@ fn measure_unscoped(
     cfg: &ModelConfig,
     batch: usize,
     iters: usize,
-    precision: crate::api::Precision,
+    precision: crate::model::Precision,
 ) -> Result<Vec<MatmulRate>> {
     const TARGET_FLOPS: f64 = 2e8;
     let mut rng = SplitMix64::new(0x5eed_ce11);
@@ -81,7 +81,7 @@ fn measure_unscoped(
         let reps = ((TARGET_FLOPS / flops).ceil() as usize).clamp(1, 16);
         let mut b = ProgramBuilder::new(&gpu.limits);
         b.set_subgroup8(subgroup8_capable(gpu));
-        b.set_f16(precision == crate::api::Precision::F16);
+        b.set_f16(precision == crate::model::Precision::F16);
         let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric()).collect();
         let lin = Linear {
             weight: (0..n * k).map(|_| 0.1 * rng.symmetric()).collect(),

@@ -6,13 +6,15 @@ use serde::Serialize;
 
 pub mod ceiling;
 
-use crate::api::Precision;
 use crate::error::Result;
 use crate::gpu::{Gpu, PipelineCache};
-use crate::model::cost;
-use crate::model::engine::Timer;
-use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
+use crate::model::Model;
+use crate::model::Precision;
+use crate::runtime::cost;
+use crate::runtime::forward::Timer;
+use crate::runtime::{ForwardSpec, PlannedForward};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchRow {
@@ -98,8 +100,13 @@ pub fn bench_many(
     let mut runs = Vec::with_capacity(configs.len());
     let mut slowest = 0.0f64;
     for (schedule, precision) in configs {
-        let plan = ForwardPlan::new(&model.cfg, schedule, DEFAULT_SEED)?;
-        let engine = build_engine_with(gpu, cache, model, &plan, batch, false, *precision)?;
+        let plan = ForwardSpec::new(&model.cfg, schedule, DEFAULT_SEED)?;
+        let engine = PlannedForward::new(
+            gpu,
+            cache,
+            model,
+            &plan.clone().with_batch(batch).with_precision(*precision),
+        )?;
         engine.set_input(images)?;
         for i in 0..opts.warmup.max(1) {
             let t = engine.time_forward(timer)?;

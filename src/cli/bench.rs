@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
-use crate::api::Precision;
 use crate::bench::{bench_many, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::engine::Timer;
-use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
-use crate::reference::synthetic_images;
+use crate::model::synthetic_images;
+use crate::model::Precision;
+use crate::runtime::forward::Timer;
+use crate::runtime::{ForwardSpec, PlannedForward};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 /// The rows of the paper's Table 1.
 pub const TABLE1_SCHEDULES: [&str; 8] = [
@@ -96,7 +97,7 @@ fn pct(v: f64, base: f64) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let model = a.model.load()?;
     let schedules: Vec<Schedule> = if a.schedule.is_empty() {
         default_schedules(&model.cfg)
             .iter()
@@ -169,9 +170,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for ((sched, precision), row) in configs.iter().zip(measured) {
             if a.profile {
                 progress.set_message(format!("profiling {sched} at batch {batch}"));
-                let plan = ForwardPlan::new(&model.cfg, sched, DEFAULT_SEED)?;
-                let engine =
-                    build_engine_with(&gpu, &cache, &model, &plan, batch, false, *precision)?;
+                let plan = ForwardSpec::new(&model.cfg, sched, DEFAULT_SEED)?;
+                let engine = PlannedForward::new(
+                    &gpu,
+                    &cache,
+                    &model,
+                    &plan.clone().with_batch(batch).with_precision(*precision),
+                )?;
                 engine.set_input(&images)?;
                 let profile = engine.profile()?;
                 let total: f64 = profile.families.iter().map(|f| f.1).sum();

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::model::{checkpoint, load::load_safetensors_bytes, ModelConfig};
+use crate::io::{checkpoint, safetensors::load_safetensors_bytes};
+use crate::model::ModelConfig;
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {

@@ -14,8 +14,8 @@ use crate::eval::results::{Kind, ResultsFile, Role, ScheduleResult, ShardUnit};
 use crate::eval::shard::Shard;
 use crate::eval::sweep::{progress_bar, results_header, RunInfo};
 use crate::gpu::Gpu;
-use crate::model::session::{Model, DEFAULT_SEED};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 /// What to evaluate on; shared by `eval` and `sweep`.
 #[derive(Args, Debug, Clone, Default)]
@@ -165,7 +165,7 @@ pub fn weights_name(m: &ModelArgs) -> String {
 
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
-    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let model = a.model.load()?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (accuracy is meaningless; fidelity still compares schedules)",

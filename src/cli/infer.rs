@@ -9,8 +9,9 @@ use super::io::{load_images, write_safetensors, OutTensor};
 use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
+use crate::runtime::{ForwardSpec, PlannedForward};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
@@ -44,9 +45,9 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let model = a.model.load()?;
     let schedule: Schedule = a.schedule.parse()?;
-    let plan = ForwardPlan::new(&model.cfg, &schedule, a.seed)?;
+    let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
     let (images, batch) = load_images(&a.images, &model.cfg)?;
     if model.synthetic {
         eprintln!(
@@ -55,14 +56,15 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = build_engine_with(
+    let engine = PlannedForward::new(
         &gpu,
         &a.gpu.pipeline_cache(),
         &model,
-        &plan,
-        batch,
-        a.trace,
-        a.gpu.precision,
+        &plan
+            .clone()
+            .with_batch(batch)
+            .with_trace(a.trace)
+            .with_precision(a.gpu.precision),
     )?;
     let out = engine.forward(&images)?;
 
@@ -122,7 +124,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             .unwrap_or_else(|| format!("image {i}"));
         println!("{name}:");
         for &c in idx.iter().take(5) {
-            let label = crate::preprocess::imagenet_class(c).unwrap_or("?");
+            let label = crate::model::imagenet_class(c).unwrap_or("?");
             println!("  {:5.1}%  {c:4}  {label}", 100.0 * p[c]);
         }
     }

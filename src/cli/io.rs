@@ -51,7 +51,7 @@ pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<(Vec<f32>, us
     }
     let mut data = Vec::with_capacity(paths.len() * per);
     for p in paths {
-        data.extend(crate::preprocess::load_image(p)?);
+        data.extend(crate::io::load_image(p)?);
     }
     Ok((data, paths.len()))
 }

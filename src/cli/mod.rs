@@ -70,7 +70,7 @@ pub struct GpuArgs {
     /// Storage precision: f32, or f16 (activations, weights, images and logits stored as f16,
     /// arithmetic in f32; needs an adapter with SHADER_F16).
     #[arg(long, default_value = "f32")]
-    pub precision: crate::api::Precision,
+    pub precision: crate::model::Precision,
 }
 
 impl GpuArgs {
@@ -103,6 +103,16 @@ pub struct ModelArgs {
     /// synthetic when absent.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model with its weights file, or with synthetic weights (said on stderr).
+    pub fn load(&self) -> Result<crate::model::Model> {
+        match &self.weights {
+            Some(path) => crate::io::load_model(&self.model, path),
+            None => crate::model::Model::synthetic(&self.model),
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -4,10 +4,12 @@
 use clap::Args;
 
 use crate::error::Result;
-use crate::model::engine::memory_plan;
-use crate::model::session::{ForwardPlan, DEFAULT_SEED};
-use crate::model::{cost, ModelConfig};
-use crate::reference::synthetic_weights;
+use crate::model::synthetic_weights;
+use crate::model::ModelConfig;
+use crate::runtime::cost;
+use crate::runtime::forward::memory_plan;
+use crate::runtime::ForwardSpec;
+use crate::tome::DEFAULT_SEED;
 use crate::tome::{self, Schedule};
 
 #[derive(Args, Debug)]
@@ -30,19 +32,19 @@ pub struct PlanArgs {
 pub fn run(a: PlanArgs) -> Result<()> {
     let cfg = ModelConfig::by_name(&a.model)?;
     let schedule: Schedule = a.schedule.parse()?;
-    let traj = tome::plan(&cfg, &schedule)?;
+    let traj = tome::Trajectory::new(&cfg, &schedule)?;
     let flops_thop = cost::flops_thop(&cfg, &traj);
     let flops_total = cost::flops_total(&cfg, &traj);
     let params = cost::params(&cfg);
     let memory = match a.batch {
         Some(0) => return Err(crate::error::Error::arg("batch", 0, "must be at least 1")),
         Some(batch) => {
-            let plan = ForwardPlan::new(&cfg, &schedule, DEFAULT_SEED)?;
+            let plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
             let weights = synthetic_weights(&cfg, 0);
             let (mb, arena) = memory_plan(
                 &cfg,
                 &weights,
-                &plan.engine_spec(batch, false),
+                &plan.clone().with_batch(batch),
                 &wgpu::Limits::default(),
             );
             Some((

@@ -17,9 +17,9 @@ use crate::eval::results::{QualityMetric, ResultsFile, ShardUnit};
 use crate::eval::shard::Shard;
 use crate::eval::sweep::{run_sweep, trajectory_defaults, RunInfo, SweepConfig};
 use crate::gpu::Gpu;
-use crate::model::session::{Model, DEFAULT_SEED};
 use crate::model::ModelConfig;
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ShardBy {
@@ -113,7 +113,7 @@ pub fn write_figures(
 }
 
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
-    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let model = a.model.load()?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (accuracy is meaningless; fidelity still compares schedules)",

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::io::{write_safetensors, OutTensor};
 use crate::error::Result;
-use crate::model::session::Model;
+use crate::model::Model;
 
 #[derive(Args, Debug)]
 pub struct SyntheticArgs {
@@ -28,11 +28,11 @@ pub struct SyntheticArgs {
 }
 
 pub fn run(a: SyntheticArgs) -> Result<()> {
-    let model = Model::load(&a.model, None)?;
-    crate::model::load::save_safetensors(&model.weights, &model.cfg, &a.weights_out)?;
+    let model = Model::synthetic(&a.model)?;
+    crate::io::safetensors::save_safetensors(&model.weights, &model.cfg, &a.weights_out)?;
     if let Some(path) = &a.images_out {
         let s = model.cfg.image_size;
-        let images = crate::reference::synthetic_images(&model.cfg, a.batch, a.seed);
+        let images = crate::model::synthetic_images(&model.cfg, a.batch, a.seed);
         write_safetensors(
             path,
             &[OutTensor::f32("images", vec![a.batch, 3, s, s], &images)],

@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::log_softmax;
 use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
 use crate::gpu::Gpu;
-use crate::model::session::{build_engine_with, ForwardPlan, Model, DEFAULT_SEED};
+use crate::runtime::{ForwardSpec, PlannedForward};
 use crate::tome::Schedule;
+use crate::tome::DEFAULT_SEED;
 
 #[derive(Args, Debug)]
 pub struct VisualizeArgs {
@@ -54,7 +55,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     if !(1..=8).contains(&a.scale) {
         return Err(Error::arg("scale", a.scale, "must be between 1 and 8"));
     }
-    let model = Model::load(&a.model.model, a.model.weights.as_deref())?;
+    let model = a.model.load()?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (which tokens merge is then not what a trained model does)",
@@ -62,18 +63,19 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         );
     }
     let schedule: Schedule = a.schedule.parse()?;
-    let plan = ForwardPlan::new(&model.cfg, &schedule, a.seed)?;
-    let input = crate::preprocess::load_image(&a.image)?;
+    let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
+    let input = crate::io::load_image(&a.image)?;
     let crop = denormalize(&input, model.cfg.image_size);
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = build_engine_with(
+    let engine = PlannedForward::new(
         &gpu,
         &a.gpu.pipeline_cache(),
         &model,
-        &plan,
-        1,
-        true,
-        a.gpu.precision,
+        &plan
+            .clone()
+            .with_batch(1)
+            .with_trace(true)
+            .with_precision(a.gpu.precision),
     )?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
@@ -126,7 +128,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         println!(
             "  {:5.1}%  {c:4}  {}",
             100.0 * (lp[c] as f64).exp(),
-            crate::preprocess::imagenet_class(c).unwrap_or("?")
+            crate::model::imagenet_class(c).unwrap_or("?")
         );
     }
     println!("wrote {}", a.out.display());

@@ -45,7 +45,7 @@ pub struct Problem {
 pub enum SampleItem {
     /// An image file, decoded and preprocessed as torchvision's ImageNet evaluation transform.
     File(PathBuf),
-    /// [`crate::reference::synthetic_images`] of one image with this seed.
+    /// [`crate::model::synthetic_images`] of one image with this seed.
     Synthetic { seed: u64 },
 }
 
@@ -249,7 +249,7 @@ pub fn imagenet_label_of(folder: &str, num_classes: usize) -> Option<usize> {
     }
     let want = norm_name(t);
     (0..num_classes)
-        .find(|&i| crate::preprocess::imagenet_class(i).is_some_and(|n| norm_name(n) == want))
+        .find(|&i| crate::model::imagenet_class(i).is_some_and(|n| norm_name(n) == want))
 }
 
 fn scan_folder(

@@ -16,10 +16,11 @@ use std::time::Instant;
 use super::dataset::{Problem, Sample};
 use super::loader::Loader;
 use super::metrics::{QualityStats, Reference};
-use crate::api::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
-use crate::model::session::{build_engine, build_engine_with, ForwardPlan, Model};
+use crate::model::Model;
+use crate::model::Precision;
+use crate::runtime::{ForwardSpec, PlannedForward};
 use crate::tome::Schedule;
 
 #[derive(Clone, Debug)]
@@ -43,7 +44,7 @@ impl Default for EvalOptions {
             batch: 32,
             workers: default_workers(),
             resident: 8,
-            seed: crate::model::session::DEFAULT_SEED,
+            seed: crate::tome::DEFAULT_SEED,
             precision: Precision::F32,
         }
     }
@@ -100,15 +101,15 @@ pub fn evaluate(
     let start = Instant::now();
     let cfg = &model.cfg;
     let classes = cfg.num_classes;
-    let base_plan = ForwardPlan::new(cfg, &Schedule::None, opts.seed)?;
+    let base_plan = ForwardSpec::new(cfg, &Schedule::None, opts.seed)?;
     // Distinct programs: key = merged counts per execution.
-    let mut plans: Vec<ForwardPlan> = Vec::new();
+    let mut plans: Vec<ForwardSpec> = Vec::new();
     let mut keys: Vec<Vec<Vec<usize>>> = Vec::new();
     let mut owner: Vec<Option<usize>> = Vec::with_capacity(schedules.len());
     let mut same_as = Vec::with_capacity(schedules.len());
     let base_key = base_plan.trajectory.per_stage_safe_r();
     for (i, s) in schedules.iter().enumerate() {
-        let plan = ForwardPlan::new(cfg, s, opts.seed)?;
+        let plan = ForwardSpec::new(cfg, s, opts.seed)?;
         let key = plan.trajectory.per_stage_safe_r();
         if key == base_key && opts.precision == Precision::F32 {
             owner.push(None);
@@ -148,13 +149,28 @@ pub fn evaluate(
         let first = w == 0;
         let keep_refs = waves.len() > 1;
         let base_engine = if first {
-            Some(build_engine(gpu, cache, model, &base_plan, batch, false)?)
+            Some(PlannedForward::new(
+                gpu,
+                cache,
+                model,
+                &base_plan.clone().with_batch(batch),
+            )?)
         } else {
             None
         };
         let engines = wave
             .iter()
-            .map(|&k| build_engine_with(gpu, cache, model, &plans[k], batch, false, opts.precision))
+            .map(|&k| {
+                PlannedForward::new(
+                    gpu,
+                    cache,
+                    model,
+                    &plans[k]
+                        .clone()
+                        .with_batch(batch)
+                        .with_precision(opts.precision),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let loader = Loader::new(samples.to_vec(), cfg, batch, opts.workers);
         for b in loader {

@@ -2,7 +2,7 @@
 //! the previous batch.
 //!
 //! Workers take samples in order from a shared counter, decode and preprocess them
-//! ([`crate::preprocess::load_image`]: PIL-exact resize to 256, centre crop 224, ImageNet
+//! ([`crate::io::load_image`]: PIL-exact resize to 256, centre crop 224, ImageNet
 //! normalisation) and send them through a bounded channel, which caps how far they run ahead
 //! (about two batches). The consumer puts results back in sample order, so batches are the same
 //! whatever the number of workers. A sample that cannot be read or decoded (or whose decoder
@@ -57,13 +57,13 @@ pub fn load_sample(sample: &Sample, cfg: &ModelConfig) -> Result<Vec<f32>, Strin
     let per = 3 * cfg.image_size * cfg.image_size;
     let out = match &sample.item {
         SampleItem::File(path) => {
-            match catch_unwind(AssertUnwindSafe(|| crate::preprocess::load_image(path))) {
+            match catch_unwind(AssertUnwindSafe(|| crate::io::load_image(path))) {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(reason(&e)),
                 Err(_) => return Err("the image decoder panicked on this file".into()),
             }
         }
-        SampleItem::Synthetic { seed } => crate::reference::synthetic_images(cfg, 1, *seed),
+        SampleItem::Synthetic { seed } => crate::model::synthetic_images(cfg, 1, *seed),
     };
     if out.len() != per {
         return Err(format!(

@@ -817,7 +817,7 @@ pub fn sweep_figures(
     if !trajectory_schedules.is_empty() {
         let schedules = trajectory_schedules
             .iter()
-            .map(|s| Ok((s.to_string(), crate::tome::plan(cfg, s)?)))
+            .map(|s| Ok((s.to_string(), crate::tome::Trajectory::new(cfg, s)?)))
             .collect::<Result<Vec<_>>>()?;
         out.extend(save(
             &TrajectoryFigure { schedules },

@@ -16,7 +16,8 @@ use super::pareto::{pareto_front, Sense};
 use super::shard::Shard;
 use crate::bench::BenchRow;
 use crate::error::{Error, Result};
-use crate::model::{cost, ModelConfig};
+use crate::model::ModelConfig;
+use crate::runtime::cost;
 use crate::tome::{self, Schedule};
 
 pub const FORMAT: &str = "sret-tome-results";
@@ -111,7 +112,7 @@ pub struct ScheduleResult {
 impl ScheduleResult {
     /// A row with the static numbers of `schedule` filled in.
     pub fn new(cfg: &ModelConfig, schedule: &Schedule, role: Role) -> Result<ScheduleResult> {
-        let traj = tome::plan(cfg, schedule)?;
+        let traj = tome::Trajectory::new(cfg, schedule)?;
         let (r_init, alpha) = match schedule {
             Schedule::Exp { r_init, alpha } => (Some(*r_init), Some(*alpha)),
             _ => (None, None),

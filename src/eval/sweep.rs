@@ -19,9 +19,9 @@ use super::shard::Shard;
 use crate::bench::{bench_one, BenchOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
-use crate::model::engine::Timer;
-use crate::model::session::Model;
-use crate::reference::synthetic_images;
+use crate::model::synthetic_images;
+use crate::model::Model;
+use crate::runtime::forward::Timer;
 use crate::tome::Schedule;
 
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Everything a forward needs beyond weights and images, all static per plan.
 #[derive(Clone, Copy, Debug)]
-pub struct ForwardSpec<'a> {
+pub struct ReferenceSpec<'a> {
     /// `safe_r[stage][exec]`: tokens merged in each `Transformer_Block` execution (0 = no
     /// merge). Already constrained.
     pub safe_r: &'a [Vec<usize>],
@@ -56,7 +56,7 @@ pub fn forward(
     w: &ModelWeights,
     images: &[f32],
     batch: usize,
-    spec: &ForwardSpec,
+    spec: &ReferenceSpec,
 ) -> ReferenceOutput {
     let side = cfg.image_size;
     let per_image = 3 * side * side;
@@ -152,7 +152,7 @@ pub fn forward(
 }
 
 /// Validates the spec's shapes and the token counts its merges produce, with readable panics.
-fn check_spec(cfg: &ModelConfig, w: &ModelWeights, batch: usize, spec: &ForwardSpec) {
+fn check_spec(cfg: &ModelConfig, w: &ModelWeights, batch: usize, spec: &ReferenceSpec) {
     let stages = cfg.stages.len();
     assert_eq!(
         w.stages.len(),
@@ -271,7 +271,7 @@ fn forward_image(
     w: &ModelWeights,
     image: &[f32],
     index: usize,
-    spec: &ForwardSpec,
+    spec: &ReferenceSpec,
 ) -> ImageOutput {
     // Stem: SReT's three stride-2 convolutions (BatchNorm folded), each followed by ReLU, or
     // the transformers' one patch convolution.

@@ -17,20 +17,18 @@ mod attention;
 mod forward;
 mod merging;
 mod ops;
-pub mod synthetic;
 
 #[cfg(test)]
 mod tests;
 
 pub use crate::rng::SplitMix64;
 pub use attention::{grouped_attention, head_mean_keys};
-pub use forward::{forward, ForwardSpec, ReferenceOutput};
+pub use forward::{forward, ReferenceOutput, ReferenceSpec};
 pub use merging::{
     bipartite_matching, bipartite_matching_split, merge, merge_slot_map, merge_slot_map_split,
     merge_split, Matching,
 };
 pub use ops::{conv2d, copy_tokens, gelu, layer_norm, linear, mean_tokens, relu};
-pub use synthetic::{synthetic_images, synthetic_weights};
 
 /// LayerNorm epsilon used by every norm in SReT.
 pub const LN_EPS: f32 = 1e-6;

@@ -6,6 +6,7 @@
 use super::*;
 use crate::model::weights::{Conv, LayerNorm, Linear};
 use crate::model::ModelConfig;
+use crate::model::{synthetic_images, synthetic_weights};
 
 fn rand_vec(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.symmetric() * scale).collect()
@@ -664,7 +665,7 @@ fn whole_model_smoke_sret_t_with_merging() {
     let perms = perms_for(&cfg, &safe_r, 9);
     assert!(perms[0][1].as_ref().is_some_and(|p| p.len() == 768));
     assert!(perms[0][3].as_ref().is_some_and(|p| p.len() == 736));
-    let spec = ForwardSpec {
+    let spec = ReferenceSpec {
         safe_r: &safe_r,
         perms: &perms,
         forced: None,
@@ -749,7 +750,7 @@ fn whole_model_smoke_sret_t_with_merging() {
         &w,
         &images,
         2,
-        &ForwardSpec {
+        &ReferenceSpec {
             forced: Some(&forced),
             ..spec
         },
@@ -766,7 +767,7 @@ fn whole_model_smoke_sret_t_with_merging() {
         &w,
         &images,
         2,
-        &ForwardSpec {
+        &ReferenceSpec {
             forced: Some(&forced),
             ..spec
         },
@@ -791,7 +792,7 @@ fn whole_model_without_merging_has_identity_maps() {
         &w,
         &images,
         1,
-        &ForwardSpec {
+        &ReferenceSpec {
             safe_r: &safe_r,
             perms: &perms,
             forced: None,
@@ -821,7 +822,7 @@ fn timing_sret_s_batch3() {
         vec![12, 0, 0, 0, 0, 0],
     ];
     let perms = perms_for(&cfg, &safe_r, 3);
-    let spec = ForwardSpec {
+    let spec = ReferenceSpec {
         safe_r: &safe_r,
         perms: &perms,
         forced: None,
@@ -838,7 +839,7 @@ fn timing_sret_s_batch3() {
         &w,
         &images[..3 * 224 * 224],
         1,
-        &ForwardSpec {
+        &ReferenceSpec {
             safe_r: &safe_r,
             perms: &perms,
             forced: None,

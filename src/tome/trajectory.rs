@@ -49,47 +49,47 @@ pub struct Trajectory {
     pub executions: Vec<Execution>,
 }
 
-/// Plans the token counts of every execution of `cfg` under `schedule`.
-///
-/// Errors when the schedule's parameters are invalid, when a `list:` schedule does not have one
-/// entry per execution, or when a stage's grid is not a multiple of its group counts (no
-/// published variant has that problem).
-pub fn plan(cfg: &ModelConfig, schedule: &Schedule) -> Result<Trajectory> {
-    let targets = schedule.targets(cfg)?;
-    let mut executions = Vec::with_capacity(cfg.total_executions());
-    for (s, (stage, stage_targets)) in cfg.stages.iter().zip(&targets).enumerate() {
-        let g = stage.group_lcm();
-        let mut n = cfg.tokens(s);
-        if g == 0 || !n.is_multiple_of(g) {
-            return Err(Error::arg(
-                "model",
-                cfg.name,
-                format!(
-                    "stage {s} starts with {n} tokens, not a multiple of its group counts' lcm {g} ({} and {})",
-                    stage.groups1, stage.groups2
-                ),
-            ));
-        }
-        for (e, &target_r) in stage_targets.iter().enumerate() {
-            let r = safe_r(n, target_r, g);
-            let out = n - r;
-            executions.push(Execution {
-                stage: s,
-                exec: e,
-                tokens_in: n,
-                target_r,
-                safe_r: r,
-                tokens_out: out,
-                groups: stage.groups_of(e),
-                permuted: stage.permutes(e),
-            });
-            n = out;
-        }
-    }
-    Ok(Trajectory { executions })
-}
-
 impl Trajectory {
+    /// Plans the token counts of every execution of `cfg` under `schedule`.
+    ///
+    /// Errors when the schedule's parameters are invalid, when a `list:` schedule does not have one
+    /// entry per execution, or when a stage's grid is not a multiple of its group counts (no
+    /// published variant has that problem).
+    pub fn new(cfg: &ModelConfig, schedule: &Schedule) -> Result<Trajectory> {
+        let targets = schedule.targets(cfg)?;
+        let mut executions = Vec::with_capacity(cfg.total_executions());
+        for (s, (stage, stage_targets)) in cfg.stages.iter().zip(&targets).enumerate() {
+            let g = stage.group_lcm();
+            let mut n = cfg.tokens(s);
+            if g == 0 || !n.is_multiple_of(g) {
+                return Err(Error::arg(
+                    "model",
+                    cfg.name,
+                    format!(
+                        "stage {s} starts with {n} tokens, not a multiple of its group counts' lcm {g} ({} and {})",
+                        stage.groups1, stage.groups2
+                    ),
+                ));
+            }
+            for (e, &target_r) in stage_targets.iter().enumerate() {
+                let r = safe_r(n, target_r, g);
+                let out = n - r;
+                executions.push(Execution {
+                    stage: s,
+                    exec: e,
+                    tokens_in: n,
+                    target_r,
+                    safe_r: r,
+                    tokens_out: out,
+                    groups: stage.groups_of(e),
+                    permuted: stage.permutes(e),
+                });
+                n = out;
+            }
+        }
+        Ok(Trajectory { executions })
+    }
+
     /// The executions of one stage, in order.
     pub fn stage(&self, stage: usize) -> impl Iterator<Item = &Execution> + '_ {
         self.executions.iter().filter(move |e| e.stage == stage)
@@ -201,7 +201,7 @@ mod tests {
     }
 
     fn plan_spec(spec: &str) -> Trajectory {
-        plan(&sret_t(), &spec.parse().unwrap()).unwrap()
+        Trajectory::new(&sret_t(), &spec.parse().unwrap()).unwrap()
     }
 
     #[test]
@@ -281,7 +281,7 @@ mod tests {
         for name in MODEL_NAMES {
             let cfg = ModelConfig::by_name(name).unwrap();
             for spec in &specs {
-                let t = plan(&cfg, &spec.parse().unwrap()).unwrap();
+                let t = Trajectory::new(&cfg, &spec.parse().unwrap()).unwrap();
                 assert_eq!(t.executions.len(), cfg.total_executions());
                 for e in &t.executions {
                     let st = &cfg.stages[e.stage];
@@ -310,11 +310,11 @@ mod tests {
         let mut list = vec![0usize; 20];
         list[0] = 10;
         list[19] = 3;
-        let t = plan(&cfg, &Schedule::List(list)).unwrap();
+        let t = Trajectory::new(&cfg, &Schedule::List(list)).unwrap();
         assert_eq!(t.executions[0].safe_r, 16);
         assert_eq!(t.executions[19].safe_r, 3);
         assert_eq!(t.removed_total(), 19);
-        assert!(plan(&cfg, &Schedule::List(vec![1; 19])).is_err());
+        assert!(Trajectory::new(&cfg, &Schedule::List(vec![1; 19])).is_err());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
-use sret_tome::model::engine::read_buffer;
 use sret_tome::reference::{Matching, SplitMix64};
+use sret_tome::runtime::forward::read_buffer;
 use sret_tome::tome::Split;
 
 pub fn gpu() -> &'static Gpu {
@@ -233,7 +233,7 @@ pub fn rounded(v: &[f32], f16: bool) -> Vec<f32> {
 /// A readback of `len` storage elements (32-bit words of two f16 each in an f16 program).
 pub fn decode(words: &[u32], f16: bool, len: usize) -> Vec<f32> {
     let bytes: &[u8] = bytemuck::cast_slice(words);
-    let mut v = sret_tome::model::engine::decode_elems(bytes, f16);
+    let mut v = sret_tome::runtime::forward::decode_elems(bytes, f16);
     assert!(
         v.len() >= len,
         "readback of {} values, {len} expected",

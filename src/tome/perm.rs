@@ -7,6 +7,9 @@
 
 pub use crate::rng::SplitMix64;
 
+/// Default seed of the recursive passes' token permutations.
+pub const DEFAULT_SEED: u64 = 0;
+
 /// A uniformly random permutation of `0..n`, torch semantics: `x_perm = x[perm]`.
 pub fn random_permutation(rng: &mut SplitMix64, n: usize) -> Vec<u32> {
     rng.permutation(n)

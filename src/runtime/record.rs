@@ -1,8 +1,7 @@
-//! The static plan of one forward pass: every dispatch of the model for a fixed (model,
+//! Recording one forward pass: every dispatch of the model for a fixed (model,
 //! merge trajectory, permutations, micro-batch), recorded once into a [`Program`].
 
-use super::config::ModelConfig;
-use super::weights::{Conv, LayerNorm, ModelWeights};
+use super::spec::ForwardSpec;
 use crate::error::Result;
 use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::kernels::attention::{self, AttentionShape};
@@ -10,6 +9,8 @@ use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
+use crate::model::config::ModelConfig;
+use crate::model::weights::{Conv, LayerNorm, ModelWeights};
 use crate::tome::Split;
 
 mod vit;
@@ -19,21 +20,6 @@ pub const STEM_BANDS: usize = 8;
 
 /// LayerNorm epsilon of every SReT norm layer.
 pub const LN_EPS: f32 = 1e-6;
-
-/// What a plan is specialised for, besides the model.
-#[derive(Clone, Debug)]
-pub struct PlanSpec {
-    /// Images per run of the program (a micro-batch of the user's batch).
-    pub batch: usize,
-    /// `safe_r[stage][exec]`: tokens merged by each `Transformer_Block` execution.
-    pub safe_r: Vec<Vec<usize>>,
-    /// `perms[stage][exec]` for the permuted executions.
-    pub perms: Vec<Vec<Option<Vec<u32>>>>,
-    /// Keep every merge's slot map and masses and every stage's unmerge map for readback.
-    pub trace: bool,
-    /// Activations and weights stored as f16 ([`ProgramBuilder::set_f16`]).
-    pub f16: bool,
-}
 
 /// Tensors a trace reads back after a run.
 #[derive(Clone, Debug, Default)]
@@ -190,7 +176,7 @@ impl StageTokens {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         b: &mut ProgramBuilder,
-        spec: &PlanSpec,
+        spec: &ForwardSpec,
         stage: usize,
         x: TensorId,
         n: usize,
@@ -223,7 +209,7 @@ impl StageTokens {
     pub(super) fn merge(
         &mut self,
         b: &mut ProgramBuilder,
-        spec: &PlanSpec,
+        spec: &ForwardSpec,
         trace: &mut TraceTensors,
         exec: usize,
         qkv: TensorId,
@@ -339,7 +325,7 @@ pub fn build(
     cache: &PipelineCache,
     cfg: &ModelConfig,
     w: &ModelWeights,
-    spec: &PlanSpec,
+    spec: &ForwardSpec,
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
@@ -359,13 +345,13 @@ pub fn build(
 pub fn record(
     cfg: &ModelConfig,
     w: &ModelWeights,
-    spec: &PlanSpec,
+    spec: &ForwardSpec,
     limits: &wgpu::Limits,
     subgroup8: bool,
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
     b.set_subgroup8(subgroup8);
-    b.set_f16(spec.f16);
+    b.set_f16(spec.f16());
     if let Some(v) = cfg.vit() {
         return vit::record(b, cfg, v, w, spec);
     }

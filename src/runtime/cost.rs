@@ -373,10 +373,10 @@ pub fn flops_total(cfg: &ModelConfig, traj: &Trajectory) -> u64 {
 mod tests {
     use super::*;
     use crate::model::SRET_MODEL_NAMES;
-    use crate::tome::{plan, Schedule};
+    use crate::tome::Schedule;
 
     fn traj(cfg: &ModelConfig, spec: &str) -> Trajectory {
-        plan(cfg, &spec.parse::<Schedule>().unwrap()).unwrap()
+        Trajectory::new(cfg, &spec.parse::<Schedule>().unwrap()).unwrap()
     }
 
     fn giga(x: u64) -> String {

@@ -373,7 +373,7 @@ fn parse_sof(seg: &[u8], progressive: bool) -> R<Frame> {
     }
     // The caller checked the size the `image` crate reads from the header; this is the size the
     // allocations below follow, so it is checked too.
-    super::check_dimensions(width as u32, height as u32).map_err(Corrupt)?;
+    super::image::check_dimensions(width as u32, height as u32).map_err(Corrupt)?;
     if !matches!(nc, 1 | 3 | 4) || seg.len() < 6 + 3 * nc {
         return Err(Unsupported(format!("{nc} components")));
     }

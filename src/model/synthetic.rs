@@ -12,6 +12,9 @@ use crate::model::{ModelConfig, VitConfig};
 
 use crate::rng::SplitMix64;
 
+/// Seed of the synthetic weights used when no weight file is given.
+pub const SYNTHETIC_WEIGHT_SEED: u64 = 0x5E7_70E;
+
 /// Bias values are uniform in +-BIAS.
 const BIAS: f32 = 0.02;
 

@@ -1,11 +1,11 @@
 //! A planned, resident forward pass: buffers, pipelines and bind groups are made once; each
 //! forward is one command buffer, one submission and one readback.
 
-use super::config::ModelConfig;
-use super::plan::{self, ModelProgram, PlanSpec};
-use super::weights::ModelWeights;
+use super::record::{self, ModelProgram};
+use super::spec::ForwardSpec;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
+use crate::model::{Model, ModelConfig, ModelWeights};
 
 /// One merge of a traced forward.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,7 +37,7 @@ pub struct Timing {
     pub gpu: Option<f64>,
 }
 
-/// Timestamp queries for [`Engine::time_forward`]; made once, reused for every forward.
+/// Timestamp queries for [`PlannedForward::time_forward`]; made once, reused for every forward.
 pub struct Timer {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
@@ -89,33 +89,20 @@ pub struct EngineStats {
     pub readbacks: u64,
 }
 
-/// What to plan besides model and weights.
-#[derive(Clone, Debug)]
-pub struct EngineSpec {
-    /// Images per forward.
-    pub batch: usize,
-    pub safe_r: Vec<Vec<usize>>,
-    pub perms: Vec<Vec<Option<Vec<u32>>>>,
-    pub trace: bool,
-    /// Store activations, weights, images and logits as f16 (needs `Features::SHADER_F16`);
-    /// arithmetic stays f32.
-    pub f16: bool,
-}
-
 /// Where a forward reads its batch of normalised images (`[batch, 3, H, W]` f32) from.
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {
-    /// The engine's own input buffer ([`Engine::input_buffer`]), filled by
-    /// [`Engine::set_input`] or by preprocessing into [`Engine::preprocess_target`].
+    /// The engine's own input buffer ([`PlannedForward::input_buffer`]), filled by
+    /// [`PlannedForward::set_input`] or by preprocessing into [`PlannedForward::preprocess_target`].
     Input,
     /// A buffer of the caller's (`BufferUsages::COPY_SRC`), from a byte offset (a multiple of 4).
     Buffer(&'a wgpu::Buffer, wgpu::BufferAddress),
     /// The images are already in the program's image buffer (only with one micro-batch; see
-    /// [`Engine::preprocess_target`]).
+    /// [`PlannedForward::preprocess_target`]).
     InPlace,
 }
 
-pub struct Engine {
+pub struct PlannedForward {
     gpu: Gpu,
     cfg: ModelConfig,
     plan: ModelProgram,
@@ -130,22 +117,22 @@ pub struct Engine {
     /// All logits of the batch, `[batch, classes]`: `logits` itself when the batch runs as one
     /// micro-batch, otherwise a buffer each micro-batch's logits are copied into.
     output: wgpu::Buffer,
-    /// `output`, mapped by [`Engine::forward`].
+    /// `output`, mapped by [`PlannedForward::forward`].
     readback: wgpu::Buffer,
-    /// Host images for [`Engine::forward`]: mappable, kept mapped for writing between forwards
+    /// Host images for [`PlannedForward::forward`]: mappable, kept mapped for writing between forwards
     /// (re-mapped by the forward's own submission), so uploading allocates nothing, where
     /// `Queue::write_buffer` would stage through a new buffer every call.
     upload: wgpu::Buffer,
     /// Whether `upload` is mapped (set by the mapping callback).
     upload_mapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Serialises [`Engine::forward`]: `upload` and `readback` are one per engine.
+    /// Serialises [`PlannedForward::forward`]: `upload` and `readback` are one per engine.
     forward_lock: std::sync::Mutex<()>,
-    /// Submissions and readbacks made so far (see [`Engine::stats`]).
+    /// Submissions and readbacks made so far (see [`PlannedForward::stats`]).
     submissions: std::sync::atomic::AtomicU64,
     readbacks: std::sync::atomic::AtomicU64,
     /// Trace tensors gathered per chunk (one readback buffer each).
     trace_readback: Vec<wgpu::Buffer>,
-    /// Images and logits are f16 on the device (see [`EngineSpec::f16`]).
+    /// Images and logits are f16 on the device (see [`ForwardSpec::f16`]).
     f16: bool,
 }
 
@@ -216,7 +203,7 @@ pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
     let quarter = cfg.image_size / 4;
     let n0 = cfg.tokens(0);
     // conv1 runs in bands of about 1/STEM_BANDS of its rows, plus a halo.
-    let band_rows = 2 * quarter.div_ceil(plan::STEM_BANDS) + 1;
+    let band_rows = 2 * quarter.div_ceil(record::STEM_BANDS) + 1;
     let per_image = [
         image_elems(cfg),
         cfg.stem_mid * band_rows * half,
@@ -249,20 +236,17 @@ pub fn split_batch(cfg: &ModelConfig, limits: &wgpu::Limits, batch: usize) -> (u
 pub fn memory_plan(
     cfg: &ModelConfig,
     weights: &ModelWeights,
-    spec: &EngineSpec,
+    spec: &ForwardSpec,
     limits: &wgpu::Limits,
 ) -> (usize, crate::gpu::program::ArenaPlan) {
     let (_, mb) = split_batch(cfg, limits, spec.batch);
-    let plan_spec = PlanSpec {
+    let micro = ForwardSpec {
         batch: mb,
-        safe_r: spec.safe_r.clone(),
-        perms: spec.perms.clone(),
-        trace: spec.trace,
-        f16: spec.f16,
+        ..spec.clone()
     };
     (
         mb,
-        plan::record(cfg, weights, &plan_spec, limits, false)
+        record::record(cfg, weights, &micro, limits, false)
             .builder
             .arena_plan(),
     )
@@ -277,16 +261,17 @@ fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
     })
 }
 
-impl Engine {
+impl PlannedForward {
+    /// Plans `model` for `spec` on `gpu`: every buffer, pipeline and bind group of the forward
+    /// is made here.
     pub fn new(
         gpu: &Gpu,
         cache: &PipelineCache,
-        cfg: &ModelConfig,
-        weights: &ModelWeights,
-        spec: &EngineSpec,
-    ) -> Result<Engine> {
+        model: &Model,
+        spec: &ForwardSpec,
+    ) -> Result<PlannedForward> {
         gpu.scoped("building the forward", || {
-            Engine::build(gpu, cache, cfg, weights, spec)
+            PlannedForward::build(gpu, cache, &model.cfg, &model.weights, spec)
         })
     }
 
@@ -295,13 +280,13 @@ impl Engine {
         cache: &PipelineCache,
         cfg: &ModelConfig,
         weights: &ModelWeights,
-        spec: &EngineSpec,
-    ) -> Result<Engine> {
+        spec: &ForwardSpec,
+    ) -> Result<PlannedForward> {
         if spec.batch == 0 {
             return Err(Error::arg("batch", 0, "must be at least 1"));
         }
         // Weights may come from code (`EngineBuilder::with_model`), not only from a checked file.
-        super::load::check_weights(weights, cfg)?;
+        crate::io::safetensors::check_weights(weights, cfg)?;
         if spec.safe_r.len() != cfg.stages.len()
             || spec
                 .safe_r
@@ -329,7 +314,7 @@ impl Engine {
                 gpu.limits.max_storage_buffer_binding_size
             );
         }
-        if spec.f16 && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+        if spec.f16() && !gpu.features.contains(wgpu::Features::SHADER_F16) {
             return Err(Error::MissingCapability {
                 what: format!(
                     "SHADER_F16 on {} (needed for f16 precision; use f32)",
@@ -337,7 +322,7 @@ impl Engine {
                 ),
             });
         }
-        let es = elem_size(spec.f16);
+        let es = elem_size(spec.f16());
         if !(cfg.num_classes * es).is_multiple_of(4) {
             return Err(Error::arg(
                 "precision",
@@ -404,14 +389,11 @@ impl Engine {
             usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
-        let plan_spec = PlanSpec {
+        let micro = ForwardSpec {
             batch: mb,
-            safe_r: spec.safe_r.clone(),
-            perms: spec.perms.clone(),
-            trace: spec.trace,
-            f16: spec.f16,
+            ..spec.clone()
         };
-        let plan = plan::build(gpu, cache, cfg, weights, &plan_spec, &images, &logits)?;
+        let plan = record::build(gpu, cache, cfg, weights, &micro, &images, &logits)?;
         let trace_tensors: Vec<u64> = plan
             .trace
             .merges
@@ -424,7 +406,7 @@ impl Engine {
             .iter()
             .map(|&size| staging(gpu, "trace readback", size * chunks as u64))
             .collect();
-        Ok(Engine {
+        Ok(PlannedForward {
             gpu: gpu.clone(),
             cfg: cfg.clone(),
             plan,
@@ -441,7 +423,7 @@ impl Engine {
             submissions: Default::default(),
             readbacks: Default::default(),
             trace_readback,
-            f16: spec.f16,
+            f16: spec.f16(),
         })
     }
 
@@ -604,7 +586,7 @@ impl Engine {
     }
 
     /// Record a whole forward into `enc`: images from `source`, logits left in
-    /// [`Engine::logits_buffer`]. Nothing is submitted or written through the queue.
+    /// [`PlannedForward::logits_buffer`]. Nothing is submitted or written through the queue.
     pub fn encode_forward(&self, enc: &mut wgpu::CommandEncoder, source: Source<'_>) -> Result<()> {
         self.check_source(source)?;
         self.encode(enc, source, None);
@@ -733,7 +715,7 @@ impl Engine {
         Ok(ForwardOutput { logits, trace })
     }
 
-    /// Upload a batch of images for [`Engine::time_forward`].
+    /// Upload a batch of images for [`PlannedForward::time_forward`].
     pub fn set_input(&self, images: &[f32]) -> Result<()> {
         let expected = self.batch * image_elems(&self.cfg);
         if images.len() != expected {

@@ -13,8 +13,8 @@ use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
 use crate::kernels::tome as tome_k;
 use crate::model::config::{ModelConfig, VitConfig};
-use crate::model::plan::PlanSpec;
 use crate::model::weights::{Linear, ModelWeights};
+use crate::runtime::ForwardSpec;
 use crate::tome::Split;
 
 /// `out[:, 0..count] = x[:, off..off + count]` with `n` tokens per image of `x`.
@@ -109,7 +109,7 @@ pub(super) fn record(
     cfg: &ModelConfig,
     v: &VitConfig,
     w: &ModelWeights,
-    spec: &PlanSpec,
+    spec: &ForwardSpec,
 ) -> Recorded {
     let bt = spec.batch;
     let split = Split::of(cfg);

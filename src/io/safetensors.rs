@@ -39,11 +39,11 @@ use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 
-use super::config::ModelConfig;
-use super::weights::{
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
-use crate::error::{Error, Result};
 
 mod vit;
 
@@ -490,27 +490,14 @@ fn warn_non_finite(path: &Path, name: &str, data: &[f32]) {
     }
 }
 
-/// IEEE binary16 to f32 (exact).
+/// IEEE binary16 to f32 (exact), through `half`.
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let negative = h & 0x8000 != 0;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let mant = u32::from(h & 0x3ff);
-    let magnitude = match exp {
-        // Zero and subnormals: mant * 2^-24, exact in f32.
-        0 => mant as f32 * f32::from_bits(0x3380_0000),
-        0x1f => f32::from_bits(0x7f80_0000 | (mant << 13)),
-        _ => f32::from_bits(((exp + 127 - 15) << 23) | (mant << 13)),
-    };
-    if negative {
-        -magnitude
-    } else {
-        magnitude
-    }
+    half::f16::from_bits(h).to_f32()
 }
 
-/// bfloat16 to f32 (exact: the top half of an f32).
+/// bfloat16 to f32 (exact), through `half`.
 pub(crate) fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits(u32::from(h) << 16)
+    half::bf16::from_bits(h).to_f32()
 }
 
 /// Folds an eval-mode BatchNorm into the preceding convolution (weight `[out, …]`), in f64:
