@@ -277,7 +277,7 @@ impl EngineBuilder {
         if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu {
                 during: "building the engine".into(),
-                why: e.to_string(),
+                why: crate::gpu::context::error_text(&e),
             });
         }
         Ok(Engine {
@@ -783,7 +783,7 @@ impl Engine {
         match error {
             Some(e) => Err(Error::Gpu {
                 during: "recording the forward".into(),
-                why: e.to_string(),
+                why: crate::gpu::context::error_text(&e),
             }),
             None => Ok(()),
         }
@@ -912,12 +912,19 @@ impl Engine {
         let pool = self.readbacks.clone();
         let mapped = buffer.clone();
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| {
-            let read = r.map_err(|e| e.to_string()).and_then(|()| {
-                let view = mapped.get_mapped_range(..).map_err(|e| e.to_string())?;
-                let mut values = crate::runtime::forward::decode_elems(&view, f16);
-                values.truncate(batch * classes);
-                Ok(values)
-            });
+            // The engine never destroys its buffers, so a mapping that fails means the device
+            // was destroyed or lost (a borrowed device keeps its own lost-device callback).
+            let read = r
+                .map_err(crate::gpu::context::lost_in_readback)
+                .and_then(|()| {
+                    let view = mapped.get_mapped_range(..).map_err(|e| Error::Gpu {
+                        during: "readback".into(),
+                        why: e.to_string(),
+                    })?;
+                    let mut values = crate::runtime::forward::decode_elems(&view, f16);
+                    values.truncate(batch * classes);
+                    Ok(values)
+                });
             if read.is_ok() {
                 mapped.unmap();
                 let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -925,13 +932,7 @@ impl Engine {
                     pool.push(mapped);
                 }
             }
-            done.complete(
-                read.map(|values| Logits::new(values, batch, classes))
-                    .map_err(|why| Error::Gpu {
-                        during: "readback".into(),
-                        why,
-                    }),
-            );
+            done.complete(read.map(|values| Logits::new(values, batch, classes)));
         });
         PendingLogits {
             shared,

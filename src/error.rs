@@ -69,8 +69,23 @@ pub enum Error {
     #[error("no GPU adapter found{detail}")]
     NoAdapter { detail: String },
 
-    #[error("the GPU adapter lacks {what}")]
-    MissingCapability { what: String },
+    /// A device feature a requested mode needs is not enabled (`on` says whether the adapter
+    /// lacks it or the application's device was created without it).
+    #[error("{on} lacks {feature}: {hint}")]
+    MissingFeature {
+        feature: &'static str,
+        on: String,
+        hint: String,
+    },
+
+    /// A device limit is below what the planned forward needs.
+    #[error("the GPU device's {limit} is {have}, and this forward needs {needed}: {hint}")]
+    DeviceLimit {
+        limit: &'static str,
+        needed: u64,
+        have: u64,
+        hint: String,
+    },
 
     #[error("GPU device request failed: {0}")]
     RequestDevice(String),

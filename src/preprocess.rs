@@ -19,8 +19,10 @@
 //! the whole image and cropping, and keeps the work and memory bounded even for extreme aspect
 //! ratios (a 1x50M image would otherwise resize to 256x12.8G).
 
+#[cfg(feature = "images")]
 use std::ops::Range;
 
+#[cfg(feature = "images")]
 use image::RgbImage;
 
 /// torchvision's ImageNet channel means (`Normalize(mean=...)`), RGB order.
@@ -56,6 +58,7 @@ pub fn center_crop_offset(len: u32, crop: u32) -> u32 {
     }
 }
 
+#[cfg(feature = "images")]
 /// The ImageNet eval transform of an RGB8 image: `Resize(256)`, `CenterCrop(224)`, `ToTensor`,
 /// `Normalize`; returns [3, 224, 224] f32, channel-major.
 pub fn preprocess_rgb8(img: &RgbImage) -> Vec<f32> {
@@ -69,6 +72,7 @@ pub fn preprocess_rgb8(img: &RgbImage) -> Vec<f32> {
     normalize_chw(&crop)
 }
 
+#[cfg(feature = "images")]
 /// `ToTensor` then `Normalize(IMAGENET_MEAN, IMAGENET_STD)` in f32, as torch computes it:
 /// `(v / 255 - mean) / std`, laid out [3, h, w].
 pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
@@ -83,6 +87,7 @@ pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
     out
 }
 
+#[cfg(feature = "images")]
 /// Resize with PIL-compatible antialiased bilinear: exposed for tests and for a later GPU port.
 ///
 /// Bit-identical to `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image.
@@ -167,7 +172,8 @@ impl Coeffs {
     }
 
     /// The input indices read by any of the outputs.
-    fn span(&self) -> Range<usize> {
+    #[cfg(feature = "images")]
+    fn span(&self) -> std::ops::Range<usize> {
         let first = self.bounds.iter().map(|b| b.0).min().unwrap_or(0);
         let end = self.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(first);
         first..end.max(first)
@@ -179,6 +185,7 @@ impl Coeffs {
     }
 }
 
+#[cfg(feature = "images")]
 #[inline]
 fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
@@ -195,6 +202,7 @@ pub fn pillow_vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bo
     dh > 0 && dh > dw * 2
 }
 
+#[cfg(feature = "images")]
 /// One pass along rows: every row of `rows` of `src` (`src_w` pixels wide, the first column being
 /// input column `col_off`) filtered into `c.len()` pixels.
 fn horizontal_pass(
@@ -225,6 +233,7 @@ fn horizontal_pass(
     out
 }
 
+#[cfg(feature = "images")]
 /// One pass along columns: the columns `cols` of `src` (`src_w` pixels wide, the first row being
 /// input row `row_off`) filtered into `c.len()` rows.
 fn vertical_pass(
@@ -254,6 +263,7 @@ fn vertical_pass(
     out
 }
 
+#[cfg(feature = "images")]
 /// The pixels `rows` x `cols` of `src` (`src_w` pixels wide).
 fn crop(src: &[u8], src_w: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows.len() * cols.len() * 3);
@@ -263,6 +273,7 @@ fn crop(src: &[u8], src_w: usize, rows: Range<usize>, cols: Range<usize>) -> Vec
     out
 }
 
+#[cfg(feature = "images")]
 /// The window `[x0, x0 + w) x [y0, y0 + h)` of the image resized to `out_w`x`out_h` with Pillow's
 /// antialiased bilinear filter: two separable passes (either skipped when that side keeps its
 /// size) in Pillow 13's order ([`pillow_vertical_first`]), with 8-bit rounding after each.
@@ -279,6 +290,7 @@ fn resample_window(
     resample_window_ordered(img, out_w, out_h, (x0, y0, w, h), vertical_first)
 }
 
+#[cfg(feature = "images")]
 fn resample_window_ordered(
     img: &RgbImage,
     out_w: u32,
@@ -325,7 +337,7 @@ fn resample_window_ordered(
     RgbImage::from_raw(w, h, out).expect("buffer size matches dimensions")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "images"))]
 mod tests {
     use super::*;
 

@@ -26,6 +26,8 @@ pub struct Gpu {
     /// Set when the device is lost (for devices this crate created; a borrowed device keeps
     /// its application's lost-device callback), so errors can say so.
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The device is an application's ([`Gpu::from_device`]), not one this crate created.
+    borrowed: bool,
 }
 
 fn parse_backends(spec: &str) -> Result<wgpu::Backends> {
@@ -138,6 +140,7 @@ impl Gpu {
         });
         Ok(Gpu {
             lost,
+            borrowed: false,
             device,
             queue,
             info,
@@ -151,11 +154,42 @@ impl Gpu {
     pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
         Gpu {
             lost: Default::default(),
+            borrowed: true,
             features: device.features(),
             limits: device.limits(),
             device: device.clone(),
             queue: queue.clone(),
             info,
+        }
+    }
+
+    /// Whether the device is an application's ([`Gpu::from_device`]).
+    pub fn is_borrowed(&self) -> bool {
+        self.borrowed
+    }
+
+    /// The error for a feature `feature` that `purpose` needs and the device has not enabled:
+    /// the adapter lacks it (a device this crate made enables every useful feature the adapter
+    /// has), or the application created its device without it.
+    pub fn missing_feature(&self, feature: &'static str, purpose: &str) -> Error {
+        if self.borrowed {
+            Error::MissingFeature {
+                feature,
+                on: format!("the application's GPU device (on {})", self.info.name),
+                hint: format!(
+                    "{purpose}; request wgpu::Features::{feature} in the DeviceDescriptor if the \
+                     adapter has it (adapter.features() & sret_tome::api::useful_features())"
+                ),
+            }
+        } else {
+            Error::MissingFeature {
+                feature,
+                on: format!(
+                    "the GPU adapter {} ({:?})",
+                    self.info.name, self.info.backend
+                ),
+                hint: purpose.to_string(),
+            }
         }
     }
 
@@ -194,7 +228,7 @@ impl Gpu {
             }),
             (None, Some(e)) => Err(Error::Gpu {
                 during: during.into(),
-                why: e.to_string(),
+                why: error_text(&e),
             }),
             (None, None) => Ok(out),
         }
@@ -214,6 +248,26 @@ impl Gpu {
                 during: "wait".into(),
                 why: e.to_string(),
             })
+    }
+}
+
+/// A wgpu error on one line: wgpu writes "Validation Error", then "Caused by:" and the chain
+/// of causes (the call, the object's label, the rule broken), one per line.
+pub fn error_text(e: &wgpu::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The error for a mapping of one of the engine's buffers that failed: the engine never
+/// destroys its buffers while it lives, so the device was destroyed or lost.
+pub fn lost_in_readback(e: wgpu::BufferAsyncError) -> Error {
+    Error::DeviceLost {
+        during: "readback".into(),
+        detail: format!(" (mapping the results failed: {e}; the device was destroyed or lost)"),
     }
 }
 

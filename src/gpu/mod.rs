@@ -1,6 +1,7 @@
 //! GPU plumbing: the device context, the shader/pipeline cache and planned programs.
 
 pub mod context;
+pub mod limits;
 pub mod program;
 pub mod shaders;
 

@@ -399,7 +399,8 @@ impl ProgramBuilder {
     /// `gid.x + gid.y * num_workgroups.x * size`.
     pub fn grid(&self, items: usize, size: u32) -> [u32; 3] {
         let groups = items.div_ceil(size as usize).max(1) as u64;
-        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        // A device without compute (0) is refused by `finish`'s limit check, not here.
+        let max = (self.limits.max_compute_workgroups_per_dimension as u64).max(1);
         if groups <= max {
             [groups as u32, 1, 1]
         } else {
@@ -450,6 +451,49 @@ impl ProgramBuilder {
         )
     }
 
+    /// Every limit of `gpu` this program depends on, checked before anything is made: the
+    /// first one too small is an [`Error::DeviceLimit`] (a tensor over the binding limit is
+    /// named).
+    fn check_limits(&self, gpu: &Gpu, plan: &ArenaPlan) -> Result<()> {
+        let have = &gpu.limits;
+        if let Some(t) = self
+            .tensors
+            .iter()
+            .find(|t| t.bytes > have.max_storage_buffer_binding_size)
+        {
+            log::warn!(
+                "tensor '{}' needs {} bytes in one binding, over the device's {}",
+                t.label,
+                t.bytes,
+                have.max_storage_buffer_binding_size
+            );
+        }
+        let mut sizes = std::collections::HashMap::new();
+        let mut dispatches = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let workgroup = *sizes
+                .entry(step.key)
+                .or_insert_with(|| super::limits::workgroup_size(&step.key.wgsl()));
+            let workgroup = workgroup.ok_or_else(|| Error::Gpu {
+                during: "planning".into(),
+                why: format!(
+                    "kernel {} has no readable @workgroup_size",
+                    step.key.shader.name()
+                ),
+            })?;
+            dispatches.push(super::limits::DispatchNeeds {
+                storage_buffers: step.bindings.len() as u32,
+                uniform_bytes: (4 * step.params.len() as u64).next_multiple_of(16),
+                workgroup,
+                grid: step.workgroups,
+            });
+        }
+        let largest_binding = self.tensors.iter().map(|t| t.bytes).max().unwrap_or(4);
+        let largest_buffer = plan.buffer_sizes.iter().copied().max().unwrap_or(4);
+        let needed = super::limits::needed(dispatches, largest_binding, largest_buffer, have);
+        super::limits::check(&needed, have, gpu.is_borrowed())
+    }
+
     /// Make the program on `gpu`: arena buffers, constants, uniforms, pipelines and bind groups.
     /// `externals` gives the buffer of every tensor declared with [`ProgramBuilder::external`].
     pub fn finish(
@@ -458,19 +502,8 @@ impl ProgramBuilder {
         cache: &PipelineCache,
         externals: &[(TensorId, &wgpu::Buffer)],
     ) -> Result<Program> {
-        let limit = self.limits.max_storage_buffer_binding_size;
-        for t in &self.tensors {
-            if t.bytes > limit {
-                return Err(Error::Gpu {
-                    during: "planning".into(),
-                    why: format!(
-                        "tensor '{}' needs {} bytes, over the device's max_storage_buffer_binding_size of {} bytes; use a smaller batch",
-                        t.label, t.bytes, limit
-                    ),
-                });
-            }
-        }
         let plan = self.arena_plan();
+        self.check_limits(gpu, &plan)?;
         let device = &gpu.device;
         let arena: Vec<wgpu::Buffer> = plan
             .buffer_sizes

@@ -2,16 +2,20 @@
 //! reader that executes nothing) and images (JPEG through our own decoder, PNG). Depends on the
 //! leaf types ([`crate::model`]) and the CPU transform ([`crate::preprocess`]) only.
 
+#[cfg(feature = "pth")]
 pub mod checkpoint;
+#[cfg(feature = "images")]
 pub mod image;
+#[cfg(feature = "images")]
 pub mod jpeg;
 pub mod safetensors;
 
 use std::path::Path;
 
+#[cfg(feature = "images")]
 pub use self::image::{decode_rgb8, decode_rgb8_bytes, load_image, MAX_PIXELS};
 use crate::error::Result;
-use crate::model::{Model, ModelConfig};
+use crate::model::{Model, ModelConfig, ModelWeights};
 
 /// Model `name` with its weights read from `path`: safetensors, or a `torch.save` checkpoint
 /// (the published `SReT_T_distill.pth` and siblings, timm's DeiT and PiT files), told apart by
@@ -19,8 +23,34 @@ use crate::model::{Model, ModelConfig};
 pub fn load_model(name: &str, path: impl AsRef<Path>) -> Result<Model> {
     let cfg = ModelConfig::by_name(name)?;
     Ok(Model {
-        weights: checkpoint::load_weights(path.as_ref(), &cfg)?,
+        weights: load_weights(path.as_ref(), &cfg)?,
         cfg,
         synthetic: false,
     })
+}
+
+#[cfg(feature = "pth")]
+fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
+    checkpoint::load_weights(path, cfg)
+}
+
+/// Without the `pth` feature only safetensors are read; a zip archive (what `torch.save`
+/// writes) is named as such instead of failing as a malformed safetensors file.
+#[cfg(not(feature = "pth"))]
+fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    let zip = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"PK";
+    if zip {
+        return Err(crate::error::Error::arg(
+            "weights",
+            path.display(),
+            "a PyTorch checkpoint; this build reads safetensors only (enable the `pth` feature, \
+             or convert it with `sret-tome convert`)",
+        ));
+    }
+    safetensors::load_safetensors(path, cfg)
 }

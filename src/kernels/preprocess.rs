@@ -371,7 +371,7 @@ impl Preprocessor {
             self.forget_textures();
             return Err(Error::Gpu {
                 during: "binding the preprocessing's input and output".into(),
-                why: e.to_string(),
+                why: crate::gpu::context::error_text(&e),
             });
         }
         if groups.is_empty() {

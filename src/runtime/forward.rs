@@ -315,12 +315,7 @@ impl PlannedForward {
             );
         }
         if spec.f16() && !gpu.features.contains(wgpu::Features::SHADER_F16) {
-            return Err(Error::MissingCapability {
-                what: format!(
-                    "SHADER_F16 on {} (needed for f16 precision; use f32)",
-                    gpu.info.name
-                ),
-            });
+            return Err(gpu.missing_feature("SHADER_F16", "f16 storage needs it; use f32"));
         }
         let es = elem_size(spec.f16());
         if !(cfg.num_classes * es).is_multiple_of(4) {
@@ -774,9 +769,9 @@ impl PlannedForward {
 
     fn run_profile(&self) -> Result<Profile> {
         if !self.gpu.has_timestamps() {
-            return Err(Error::MissingCapability {
-                what: "TIMESTAMP_QUERY (needed by --profile)".into(),
-            });
+            return Err(self
+                .gpu
+                .missing_feature("TIMESTAMP_QUERY", "profiling per kernel needs it"));
         }
         let dispatches = &self.plan.program.dispatches;
         let count = (2 * dispatches.len()) as u32;
@@ -891,10 +886,7 @@ pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Ve
             during: "readback".into(),
             why: e.to_string(),
         })?
-        .map_err(|e| Error::Gpu {
-            during: "readback".into(),
-            why: e.to_string(),
-        })?;
+        .map_err(crate::gpu::context::lost_in_readback)?;
     let data = {
         let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
             during: "readback".into(),
