@@ -31,7 +31,40 @@
 //!   [`PendingLogits::wait`]).
 //!
 //! wgpu delivers mapping callbacks from `Device::poll` (and `Queue::submit`): an application
-//! that submits every frame or polls its device with `PollType::Poll` pumps them.
+//! that submits every frame or polls its device with `PollType::Poll` pumps them. Awaiting a
+//! [`PendingLogits`] (`pollster::block_on(pending)`) while nothing polls the device waits
+//! forever; [`PendingLogits::wait`] polls it itself.
+//!
+//! # What is checked, and what cannot be
+//!
+//! Every limit the planned forward needs is compared with `device.limits()` before anything is
+//! made ([`crate::Error::DeviceLimit`] names the limit, the value needed and the value there);
+//! a feature a mode needs and the device lacks is [`crate::Error::MissingFeature`], worded for
+//! the adapter or for the application's device; a destroyed or lost device makes the next
+//! forward return [`crate::Error::DeviceLost`]. A texture of another device of the same
+//! `wgpu::Instance` is refused when its bind group is made. wgpu gives no way to ask which
+//! device an encoder or a buffer belongs to, so an encoder or an input buffer of another device
+//! is only reported by wgpu when the encoder is finished (through the device's
+//! uncaptured-error handler, which panics unless the application installed one), and a
+//! texture of another `Instance` makes wgpu itself panic.
+//!
+//! # Weights
+//!
+//! The published SReT checkpoints (`SReT_T_distill.pth` and its siblings) are released by the
+//! SReT authors with their code (the `szq0214/SReT` repository on GitHub); DeiT's come with
+//! DeiT and timm, PiT's with NAVER's PiT. [`EngineBuilder::weights`] reads them as published.
+//! Without weights the engine runs deterministic synthetic ones (said with `log::warn!`): the
+//! numbers are exact and merging behaves, but the classes are meaningless.
+//!
+//! # Merge decisions and kernel variants
+//!
+//! Which kernel variant runs is chosen per adapter (subgroup width, features). The variants
+//! compute the same function in a different order, so their f32 results differ by rounding
+//! (about 1e-7 relative). Where two candidate merges score equally up to that rounding (a
+//! near-tie, < 1e-5 apart), variants may take different decisions, and the merged logits then
+//! differ by more (2e-3 to 9e-3 relative in our tests, same top-1). Unmerged forwards are not
+//! affected. For bit-reproducible merged runs, run on the same adapter and driver with the same
+//! variant choice.
 //!
 //! `Engine`, `EngineBuilder`, [`Preprocessor`] and [`PendingLogits`] are `Send + Sync` on native
 //! targets (as wgpu's handles are; on the web wgpu's handles are not `Send`).
@@ -66,6 +99,8 @@ pub fn useful_features() -> wgpu::Features {
 
 #[derive(Clone)]
 enum Weights {
+    /// Nothing said: synthetic, with a warning.
+    Unset,
     Synthetic,
     File(PathBuf),
     Loaded(Arc<Model>),
@@ -111,7 +146,7 @@ pub struct EngineBuilder {
 impl fmt::Debug for EngineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let weights = match &self.weights {
-            Weights::Synthetic => "synthetic".to_string(),
+            Weights::Unset | Weights::Synthetic => "synthetic".to_string(),
             Weights::File(p) => p.display().to_string(),
             Weights::Loaded(m) => format!("loaded {}", m.cfg.name),
         };
@@ -134,7 +169,7 @@ impl Default for EngineBuilder {
     fn default() -> Self {
         EngineBuilder {
             model: DEFAULT_MODEL.to_string(),
-            weights: Weights::Synthetic,
+            weights: Weights::Unset,
             schedule: Schedule::None,
             seed: DEFAULT_SEED,
             batch: 1,
@@ -164,8 +199,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Deterministic synthetic weights (the default): for tests and benchmarks; the classes
-    /// they predict are meaningless.
+    /// Deterministic synthetic weights (the default, with a `log::warn!` unless asked for
+    /// here): for tests, benchmarks and merge pictures; the classes they predict are
+    /// meaningless.
     pub fn synthetic_weights(mut self) -> Self {
         self.weights = Weights::Synthetic;
         self
@@ -198,6 +234,7 @@ impl EngineBuilder {
         self
     }
 
+    /// Storage precision ([`Precision::F16`] needs `SHADER_F16` on the device).
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self
@@ -239,6 +276,15 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine> {
         let model = match self.weights {
             Weights::Loaded(m) => m,
+            Weights::Unset => {
+                log::warn!(
+                    "no weights given: {} runs with deterministic synthetic weights, so its \
+                     classes are meaningless; pass the published checkpoint with \
+                     EngineBuilder::weights (see the crate docs)",
+                    self.model
+                );
+                Arc::new(Model::synthetic(&self.model)?)
+            }
             Weights::Synthetic => Arc::new(Model::synthetic(&self.model)?),
             Weights::File(p) => Arc::new(crate::io::load_model(&self.model, &p)?),
         };
@@ -254,6 +300,15 @@ impl EngineBuilder {
             DeviceChoice::Own(choice) => Gpu::new(&choice)?,
             DeviceChoice::Shared(gpu) => *gpu,
         };
+        let missing = useful_features() - gpu.features;
+        if gpu.is_borrowed() && !missing.is_empty() {
+            log::info!(
+                "the application's device does not enable {missing:?}: without SUBGROUP the \
+                 portable kernels run (several times slower on CPU adapters), without \
+                 TIMESTAMP_QUERY there is no per-kernel profile, without SHADER_F16 no f16; \
+                 request adapter.features() & sret_tome::api::useful_features() to use them"
+            );
+        }
         let cache = self.cache.unwrap_or_default();
         let plan = ForwardSpec::new(&model.cfg, &self.schedule, self.seed)?;
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);

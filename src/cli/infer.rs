@@ -17,7 +17,7 @@ use crate::tome::DEFAULT_SEED;
 pub struct InferArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A safetensors file with `images` f32 [B,3,224,224] (normalised), or image files.
+    /// A safetensors file with `images` f32 `[B,3,224,224]` (normalised), or image files.
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
     /// Token merging schedule: none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA,

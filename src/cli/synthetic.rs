@@ -17,7 +17,7 @@ pub struct SyntheticArgs {
     /// Where to write the weights (safetensors, the reference's state_dict names).
     #[arg(long)]
     pub weights_out: PathBuf,
-    /// Also write `images` f32 [B,3,224,224] of synthetic, normalised-looking inputs.
+    /// Also write `images` f32 `[B,3,224,224]` of synthetic, normalised-looking inputs.
     #[arg(long)]
     pub images_out: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]

@@ -8,13 +8,13 @@
 //!   counted and named instead of stopping the run.
 //! * [`metrics`]: top-1/top-5 against labels, and the label-free *fidelity* of a schedule: top-1
 //!   agreement with the uncompressed model and the mean KL divergence of the two softmaxes.
-//! * [`evaluate`]: running several schedules over a data set (the uncompressed model always
+//! * [`evaluate()`]: running several schedules over a data set (the uncompressed model always
 //!   included, as the fidelity reference).
 //! * [`pareto`]: the Pareto frontier of a set of points under mixed objectives.
 //! * [`shard`]: `K/N` slices of a data set or of a sweep's grid for cluster job arrays.
 //! * [`grid`]: the `START:STOP:STEP` value ranges of `sweep`.
 //! * [`results`]: the results file (JSON and CSV) of `eval` and `sweep`, and merging shards.
-//! * [`sweep`]: every `(r_init, alpha)` point of a grid: quality from [`evaluate`], throughput and
+//! * [`sweep`]: every `(r_init, alpha)` point of a grid: quality from [`evaluate()`], throughput and
 //!   peak activation memory from [`crate::bench`], FLOPs from the static trajectory.
 //! * [`plots`]: the Pareto frontier (paper Fig. 7), the effect of alpha (Fig. 6 and 8) and the
 //!   token trajectories (Fig. 5), as PNG and SVG, with an embedded font (no system fonts).

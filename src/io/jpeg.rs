@@ -10,7 +10,7 @@
 //! some pixels, which survives the resize; this one matches Pillow bit for bit. What it does not
 //! handle (arithmetic coding, lossless or 12-bit JPEG, unusual sampling ratios, progressive
 //! files whose AC bands are incomplete, which libjpeg smooths) is reported as
-//! [`JpegError::Unsupported`] and the caller falls back to the `image` crate.
+//! `JpegError::Unsupported` and the caller falls back to the `image` crate.
 
 use image::RgbImage;
 

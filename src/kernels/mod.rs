@@ -1,5 +1,5 @@
 //! Recording helpers, one per op family: each appends the dispatch(es) of one op to a
-//! [`ProgramBuilder`] with its parameters and grid. The WGSL lives in `shaders/`; the CPU twin of
+//! [`ProgramBuilder`](crate::gpu::ProgramBuilder) with its parameters and grid. The WGSL lives in `shaders/`; the CPU twin of
 //! every op lives in [`crate::reference`], and `tests/kernels.rs` checks one against the other.
 
 pub mod attention;
