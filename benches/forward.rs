@@ -6,13 +6,11 @@ use sret_tome::bench::{bench_one, BenchOptions};
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
-use sret_tome::runtime::forward::Timer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = Gpu::new(&AdapterChoice::default())?;
     let cache = PipelineCache::default();
-    let model = Model::synthetic("sret_t_distill")?;
-    let timer = Timer::new(&gpu);
+    let model = std::sync::Arc::new(Model::synthetic("sret_t_distill")?);
     let opts = BenchOptions {
         warmup: 2,
         iters: None,
@@ -32,7 +30,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 batch,
                 &images,
                 &opts,
-                timer.as_ref(),
             )?;
             let b = *base.get_or_insert(row.throughput_img_s);
             println!(

@@ -85,6 +85,9 @@ use crate::model::Precision;
 use crate::model::DEFAULT_MODEL;
 use crate::runtime::ForwardSpec;
 use crate::runtime::{PlannedForward, Source};
+
+mod host;
+pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, Trace};
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
@@ -139,6 +142,7 @@ pub struct EngineBuilder {
     seed: u64,
     batch: usize,
     precision: Precision,
+    trace: bool,
     device: DeviceChoice,
     cache: Option<PipelineCache>,
 }
@@ -174,6 +178,7 @@ impl Default for EngineBuilder {
             seed: DEFAULT_SEED,
             batch: 1,
             precision: Precision::F32,
+            trace: false,
             device: DeviceChoice::Own(AdapterChoice::default()),
             cache: None,
         }
@@ -234,6 +239,24 @@ impl EngineBuilder {
         self
     }
 
+    /// Schedule, seed, batch, trace and precision of `spec` at once (its model is the
+    /// builder's).
+    pub fn spec(mut self, spec: &ForwardSpec) -> Self {
+        self.schedule = spec.schedule.clone();
+        self.seed = spec.seed;
+        self.batch = spec.batch;
+        self.trace = spec.trace;
+        self.precision = spec.precision;
+        self
+    }
+
+    /// Keep every merge's slot map and masses and every stage's unmerge map of each forward
+    /// for [`Engine::forward`] to read back (what `infer --trace` and `visualize` show).
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
+    }
+
     /// Storage precision ([`Precision::F16`] needs `SHADER_F16` on the device).
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
@@ -288,13 +311,6 @@ impl EngineBuilder {
             Weights::Synthetic => Arc::new(Model::synthetic(&self.model)?),
             Weights::File(p) => Arc::new(crate::io::load_model(&self.model, &p)?),
         };
-        if model.cfg.image_size != crate::kernels::preprocess::OUT_SIDE as usize {
-            return Err(Error::arg(
-                "model",
-                model.cfg.name,
-                "the engine's preprocessing produces 224x224 images",
-            ));
-        }
         self.schedule.validate()?;
         let gpu = match self.device {
             DeviceChoice::Own(choice) => Gpu::new(&choice)?,
@@ -321,6 +337,7 @@ impl EngineBuilder {
             &plan
                 .clone()
                 .with_batch(self.batch)
+                .with_trace(self.trace)
                 .with_precision(self.precision),
         );
         let preprocessor = Preprocessor::with_precision(&gpu.device, &cache, f16);
@@ -336,11 +353,15 @@ impl EngineBuilder {
             });
         }
         Ok(Engine {
+            timer: Timer::new(inner.gpu()),
             inner,
             cache,
             preprocessor,
-            readbacks: Arc::new(Mutex::new(Vec::new())),
-            uploads: Arc::new(Mutex::new(Vec::new())),
+            readback_pool: Arc::new(Mutex::new(Vec::new())),
+            upload_pool: Arc::new(Mutex::new(Vec::new())),
+            trace_lock: Mutex::new(()),
+            submissions: Default::default(),
+            readbacks: Default::default(),
             model_name: model.cfg.name,
             synthetic: model.synthetic,
             schedule: self.schedule,
@@ -676,9 +697,16 @@ pub struct Engine {
     inner: PlannedForward,
     cache: PipelineCache,
     preprocessor: Preprocessor,
-    readbacks: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    readback_pool: Arc<Mutex<Vec<wgpu::Buffer>>>,
     /// Host-input staging buffers, each mapped for writing while in the pool.
-    uploads: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    upload_pool: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    /// Timestamp queries of [`Engine::time_forward`] (where the device has them).
+    timer: Option<Timer>,
+    /// Serialises traced forwards (their trace buffers are one per engine).
+    trace_lock: Mutex<()>,
+    /// Submissions and buffer mappings so far ([`Engine::stats`]).
+    submissions: std::sync::atomic::AtomicU64,
+    readbacks: std::sync::atomic::AtomicU64,
     model_name: &'static str,
     synthetic: bool,
     schedule: Schedule,
@@ -870,7 +898,7 @@ impl Engine {
         let encoded = crate::runtime::forward::encode_elems(values, self.inner.is_f16());
         let bytes: &[u8] = &encoded;
         let buffer = self
-            .uploads
+            .upload_pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
@@ -890,7 +918,7 @@ impl Engine {
             })?
             .copy_from_slice(bytes);
         buffer.unmap();
-        let pool = self.uploads.clone();
+        let pool = self.upload_pool.clone();
         let remapped = buffer.clone();
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Write, .., move |r| {
             let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -901,7 +929,7 @@ impl Engine {
         Ok(buffer)
     }
 
-    fn check_host(&self, values: &[f32]) -> Result<()> {
+    pub(crate) fn check_host(&self, values: &[f32]) -> Result<()> {
         if values.len() != self.input_len() {
             return Err(Error::arg(
                 "images",
@@ -929,6 +957,18 @@ impl Engine {
                 format!("this engine's batch is {}", self.batch()),
             ));
         }
+        if self.image_size() != crate::kernels::preprocess::OUT_SIDE as usize {
+            return Err(Error::arg(
+                "textures",
+                self.model_name,
+                format!(
+                    "the GPU preprocessing makes {s}x{s} images and this model takes {}x{}: pass host or buffer input",
+                    self.image_size(),
+                    self.image_size(),
+                    s = crate::kernels::preprocess::OUT_SIDE
+                ),
+            ));
+        }
         let (dst, source) = self.inner.preprocess_target();
         self.preprocessor.encode(encoder, textures, dst, 0)?;
         Ok(source)
@@ -940,8 +980,10 @@ impl Engine {
     /// logits have been read.
     pub fn encode_readback(&self, encoder: &mut wgpu::CommandEncoder) -> PendingLogits {
         let bytes = self.logits_bytes();
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let buffer = self
-            .readbacks
+            .readback_pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
@@ -964,7 +1006,7 @@ impl Engine {
         let (batch, classes) = (self.batch(), self.classes());
         let f16 = self.inner.is_f16();
         let done = shared.clone();
-        let pool = self.readbacks.clone();
+        let pool = self.readback_pool.clone();
         let mapped = buffer.clone();
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| {
             // The engine never destroys its buffers, so a mapping that fails means the device
@@ -1006,7 +1048,7 @@ impl Engine {
             });
         self.encode_forward(&mut encoder, input)?;
         let pending = self.encode_readback(&mut encoder);
-        self.queue().submit(Some(encoder.finish()));
+        self.submit(encoder);
         Ok(pending)
     }
 

@@ -12,7 +12,7 @@ use common::*;
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
 use sret_tome::reference::{self as cpu, ReferenceSpec};
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 
 const CASES: [(&str, &str); 12] = [
     ("deit_tiny", "none"),
@@ -102,7 +102,7 @@ fn engine_matches_timm_and_tome() {
         let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
         let engine =
-            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let want = fixture(name, schedule);
         let twin = cpu_logits(&model, &plan, &images, 2);
@@ -138,7 +138,7 @@ fn official_checkpoints_run_as_published() {
         let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
         let engine =
-            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let path = format!("{dir}/{name}_official.logits.safetensors");
         let bytes = std::fs::read(&path).unwrap();

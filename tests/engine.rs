@@ -7,7 +7,7 @@ use common::*;
 use sret_tome::gpu::Gpu;
 use sret_tome::model::Model;
 use sret_tome::runtime::forward::max_micro_batch;
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::Schedule;
 
 #[test]
@@ -17,8 +17,8 @@ fn micro_batches_give_the_same_logits() {
     let batch = 5;
     let images = sret_tome::model::synthetic_images(&model.cfg, batch, 9);
     let whole =
-        PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(batch)).unwrap();
-    assert_eq!(whole.micro_batch(), batch);
+        common::engine(gpu(), cache(), &model, &plan.clone().with_batch(batch)).unwrap();
+    assert_eq!(whole.planned().micro_batch(), batch);
     let want = whole.forward(&images).unwrap().logits;
 
     // The same device, planned as if a binding could hold only two images' largest tensor.
@@ -28,18 +28,18 @@ fn micro_batches_give_the_same_logits() {
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         small.limits.max_storage_buffer_binding_size = mid as _;
-        if max_micro_batch(&model.cfg, &small.limits) >= 2 {
+        if max_micro_batch(&model.cfg, &model.weights, &plan, &small.limits) >= 2 {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
     small.limits.max_storage_buffer_binding_size = lo as _;
-    assert_eq!(max_micro_batch(&model.cfg, &small.limits), 2);
+    assert_eq!(max_micro_batch(&model.cfg, &model.weights, &plan, &small.limits), 2);
     let split =
-        PlannedForward::new(&small, cache(), &model, &plan.clone().with_batch(batch)).unwrap();
+        common::engine(&small, cache(), &model, &plan.clone().with_batch(batch)).unwrap();
     assert_eq!(
-        split.micro_batch(),
+        split.planned().micro_batch(),
         2,
         "5 images as 3 micro-batches of 2 (the last one partial)"
     );
@@ -54,12 +54,12 @@ fn micro_batches_give_the_same_logits() {
 fn bad_batch_sizes_are_errors() {
     let model = Model::synthetic("sret_t").unwrap();
     let plan = ForwardSpec::new(&model.cfg, &Schedule::None, 0).unwrap();
-    let e = PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(0))
+    let e = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(0))
         .err()
         .expect("batch 0 must fail")
         .to_string();
     assert!(e.contains("batch"), "{e}");
-    let engine = PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+    let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
     let e = engine
         .forward(&vec![0.5; 3 * 224 * 224])
         .err()
@@ -74,8 +74,8 @@ fn peak_activation_memory_is_what_is_allocated() {
     for schedule in ["none", "exp:0.25,0"] {
         let plan = ForwardSpec::new(&model.cfg, &schedule.parse::<Schedule>().unwrap(), 0).unwrap();
         let engine =
-            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
-        let program = engine.program();
+            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let program = engine.planned().program();
         // The figure reported is the bytes of the arena buffers actually created...
         assert_eq!(engine.activation_bytes(), program.allocated_arena_bytes());
         // ...the device-free memory plan predicts it exactly...
@@ -115,9 +115,9 @@ fn trusted_modules_give_identical_logits() {
         let plan = ForwardSpec::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 5).unwrap();
         let images = sret_tome::model::synthetic_images(&model.cfg, 2, 4);
         let checked =
-            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let trusted =
-            PlannedForward::new(gpu(), trusted_cache(), &model, &plan.clone().with_batch(2))
+            common::engine(gpu(), trusted_cache(), &model, &plan.clone().with_batch(2))
                 .unwrap();
         let want = checked.forward(&images).unwrap().logits;
         let got = trusted.forward(&images).unwrap().logits;

@@ -25,7 +25,7 @@ use sret_tome::eval::visualize::{
 };
 use sret_tome::model::Model;
 use sret_tome::model::ModelConfig;
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::Schedule;
 use sret_tome::tome::DEFAULT_SEED;
 
@@ -803,7 +803,7 @@ fn direct_logits(
     batch: usize,
 ) -> Vec<Vec<f32>> {
     let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), DEFAULT_SEED).unwrap();
-    let engine = PlannedForward::new(
+    let engine = common::engine(
         common::gpu(),
         common::cache(),
         model,

@@ -5,7 +5,7 @@
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::DEFAULT_SEED;
 use sret_tome::{Error, Schedule};
 
@@ -48,7 +48,7 @@ fn a_lost_device_is_an_error_not_a_hang() {
     let model = Model::synthetic("sret_t_distill").unwrap();
     let schedule: Schedule = "exp:0.25,0".parse().unwrap();
     let plan = ForwardSpec::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
-    let engine = PlannedForward::new(
+    let engine = engine(
         &gpu,
         &PipelineCache::default(),
         &model,
@@ -78,7 +78,7 @@ fn a_batch_too_large_for_the_device_says_how_large_it_can_be() {
     let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
     let model = Model::synthetic("sret_t_distill").unwrap();
     let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), DEFAULT_SEED).unwrap();
-    let Err(err) = PlannedForward::new(
+    let Err(err) = engine(
         &gpu,
         &PipelineCache::default(),
         &model,
@@ -148,10 +148,25 @@ fn weights_that_do_not_fit_the_model_are_an_error() {
         let mut model = Model::synthetic(name).unwrap();
         break_it(&mut model);
         let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
-        let err = match PlannedForward::new(&gpu, &cache, &model, &plan.clone().with_batch(1)) {
+        let err = match engine(&gpu, &cache, &model, &plan.clone().with_batch(1)) {
             Ok(_) => panic!("{name}: mismatched weights were accepted"),
             Err(e) => e.to_string(),
         };
         assert!(err.contains(needle), "{name}: {err}");
     }
+}
+
+/// The engine of `model` for `spec` on `gpu`, through the public builder.
+fn engine(
+    gpu: &sret_tome::gpu::Gpu,
+    cache: &sret_tome::PipelineCache,
+    model: &sret_tome::Model,
+    spec: &ForwardSpec,
+) -> sret_tome::Result<sret_tome::Engine> {
+    sret_tome::EngineBuilder::new()
+        .gpu(gpu)
+        .pipeline_cache(cache)
+        .with_model(model.clone())
+        .spec(spec)
+        .build()
 }

@@ -12,14 +12,14 @@ use common::*;
 use sret_tome::model::Model;
 use sret_tome::model::MODEL_NAMES;
 use sret_tome::reference::{self as cpu, Matching, ReferenceSpec};
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::{Schedule, Split};
 
 fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     let cfg = &model.cfg;
     let sched: Schedule = schedule.parse().unwrap();
     let plan = ForwardSpec::new(cfg, &sched, seed).unwrap();
-    let engine = PlannedForward::new(
+    let engine = common::engine(
         gpu(),
         cache(),
         model,
@@ -138,7 +138,6 @@ fn baselines_with_merging_match_the_cpu_twin() {
 /// differently, which moves a whole token); top-1 equal for every image.
 #[test]
 fn f16_forward_agrees_with_f32() {
-    use sret_tome::runtime::PlannedForward;
     use sret_tome::Precision;
     if !precisions().contains(&true) {
         return;
@@ -154,7 +153,7 @@ fn f16_forward_agrees_with_f32() {
         let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 5).unwrap();
         let images = sret_tome::model::synthetic_images(&model.cfg, batch, 321);
         let run = |p| {
-            PlannedForward::new(
+            common::engine(
                 gpu(),
                 cache(),
                 &model,

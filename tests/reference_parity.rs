@@ -18,7 +18,7 @@ use common::*;
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
 use sret_tome::reference::{self as cpu, Matching, ReferenceSpec};
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::Split;
 
 struct Fixture {
@@ -144,7 +144,7 @@ fn logits_match_the_papers_pytorch_code() {
         );
 
         // 2. The engine on the GPU.
-        let engine = PlannedForward::new(
+        let engine = common::engine(
             gpu(),
             cache(),
             &model,

@@ -7,7 +7,7 @@
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::DEFAULT_SEED;
 use sret_tome::{Engine, Schedule};
 
@@ -48,7 +48,7 @@ fn steady_state_forwards_create_nothing() {
     let schedule: Schedule = "exp:0.25,0".parse().unwrap();
     let plan = ForwardSpec::new(&model.cfg, &schedule, DEFAULT_SEED).unwrap();
     let cache = PipelineCache::default();
-    let engine = PlannedForward::new(&gpu, &cache, &model, &plan.clone().with_batch(1)).unwrap();
+    let engine = engine(&gpu, &cache, &model, &plan.clone().with_batch(1)).unwrap();
     let built = live(&gpu.device);
     assert!(
         built.buffers > before.buffers && built.bind_groups > before.bind_groups,
@@ -132,4 +132,19 @@ fn steady_state_forwards_create_nothing() {
         assert_eq!(live(&gpu.device), steady, "texture forward {i} done");
         assert_eq!(got.as_slice(), want.as_slice());
     }
+}
+
+/// The engine of `model` for `spec` on `gpu`, through the public builder.
+fn engine(
+    gpu: &sret_tome::gpu::Gpu,
+    cache: &sret_tome::PipelineCache,
+    model: &sret_tome::Model,
+    spec: &ForwardSpec,
+) -> sret_tome::Result<sret_tome::Engine> {
+    sret_tome::EngineBuilder::new()
+        .gpu(gpu)
+        .pipeline_cache(cache)
+        .with_model(model.clone())
+        .spec(spec)
+        .build()
 }

@@ -8,7 +8,7 @@ use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
 use sret_tome::model::Model;
 use sret_tome::model::{synthetic_images, synthetic_weights};
 use sret_tome::model::{ModelConfig, StageConfig};
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 use sret_tome::Schedule;
 
 fn tiny() -> ModelConfig {
@@ -66,7 +66,7 @@ fn ten_thousand_forwards_in_flat_memory() {
         .unwrap()
         .with_batch(2);
     assert_eq!(spec.safe_r, vec![vec![4, 0]]);
-    let engine = PlannedForward::new(&gpu, &PipelineCache::default(), &model, &spec).unwrap();
+    let engine = engine(&gpu, &PipelineCache::default(), &model, &spec).unwrap();
     let images = [synthetic_images(&cfg, 2, 1), synthetic_images(&cfg, 2, 2)];
     let first = [
         engine.forward(&images[0]).unwrap().logits,
@@ -96,4 +96,19 @@ fn ten_thousand_forwards_in_flat_memory() {
     assert!(grown < 8 << 20, "resident memory grew {grown} bytes");
     assert_eq!(engine.stats().submissions, 10_002);
     assert_eq!(engine.stats().readbacks, 10_002);
+}
+
+/// The engine of `model` for `spec` on `gpu`, through the public builder.
+fn engine(
+    gpu: &sret_tome::gpu::Gpu,
+    cache: &sret_tome::PipelineCache,
+    model: &sret_tome::Model,
+    spec: &ForwardSpec,
+) -> sret_tome::Result<sret_tome::Engine> {
+    sret_tome::EngineBuilder::new()
+        .gpu(gpu)
+        .pipeline_cache(cache)
+        .with_model(model.clone())
+        .spec(spec)
+        .build()
 }

@@ -12,7 +12,7 @@ use crate::kernels::linear::{self, Epilogue};
 use crate::model::weights::Linear;
 use crate::model::ModelConfig;
 use crate::rng::SplitMix64;
-use crate::runtime::forward::read_buffer;
+use crate::gpu::read_buffer;
 
 /// One linear-layer shape and the rate the linear kernel reaches on it.
 #[derive(Serialize, Debug, Clone, PartialEq)]

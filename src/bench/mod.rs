@@ -2,6 +2,8 @@
 //! timed iterations after a warm-up, peak activation memory from the plan, FLOPs and parameters
 //! from the static trajectory. Shared by `bench`, `sweep` and `cargo bench`.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 pub mod ceiling;
@@ -11,8 +13,8 @@ use crate::gpu::{Gpu, PipelineCache};
 use crate::model::Model;
 use crate::model::Precision;
 use crate::runtime::cost;
-use crate::runtime::forward::Timer;
-use crate::runtime::{ForwardSpec, PlannedForward};
+use crate::runtime::ForwardSpec;
+use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
@@ -59,13 +61,12 @@ pub struct BenchOptions {
 pub fn bench_one(
     gpu: &Gpu,
     cache: &PipelineCache,
-    model: &Model,
+    model: &Arc<Model>,
     schedule: &Schedule,
     precision: Precision,
     batch: usize,
     images: &[f32],
     opts: &BenchOptions,
-    timer: Option<&Timer>,
 ) -> Result<BenchRow> {
     let mut rows = bench_many(
         gpu,
@@ -75,7 +76,6 @@ pub fn bench_one(
         batch,
         images,
         opts,
-        timer,
     )?;
     Ok(rows.remove(0))
 }
@@ -90,26 +90,25 @@ pub fn bench_one(
 pub fn bench_many(
     gpu: &Gpu,
     cache: &PipelineCache,
-    model: &Model,
+    model: &Arc<Model>,
     configs: &[(Schedule, Precision)],
     batch: usize,
     images: &[f32],
     opts: &BenchOptions,
-    timer: Option<&Timer>,
 ) -> Result<Vec<BenchRow>> {
     let mut runs = Vec::with_capacity(configs.len());
     let mut slowest = 0.0f64;
     for (schedule, precision) in configs {
         let plan = ForwardSpec::new(&model.cfg, schedule, DEFAULT_SEED)?;
-        let engine = PlannedForward::new(
-            gpu,
-            cache,
-            model,
-            &plan.clone().with_batch(batch).with_precision(*precision),
-        )?;
+        let engine = EngineBuilder::new()
+            .gpu(gpu)
+            .pipeline_cache(cache)
+            .with_model(model.clone())
+            .spec(&plan.clone().with_batch(batch).with_precision(*precision))
+            .build()?;
         engine.set_input(images)?;
         for i in 0..opts.warmup.max(1) {
-            let t = engine.time_forward(timer)?;
+            let t = engine.time_forward()?;
             if i == 0 {
                 slowest = slowest.max(t.gpu.unwrap_or(t.wall));
             }
@@ -121,7 +120,7 @@ pub fn bench_many(
         .unwrap_or_else(|| ((opts.budget_secs / slowest.max(1e-6)) as usize).clamp(3, 100));
     for _ in 0..iters {
         for (_, _, engine, times) in runs.iter_mut() {
-            let t = engine.time_forward(timer)?;
+            let t = engine.time_forward()?;
             times.push(t.gpu.unwrap_or(t.wall));
         }
     }
@@ -133,7 +132,7 @@ pub fn bench_many(
                 schedule: schedule.to_string(),
                 precision: precision.name(),
                 batch,
-                micro_batch: engine.micro_batch(),
+                micro_batch: engine.planned().micro_batch(),
                 throughput_img_s: batch as f64 / secs,
                 latency_ms: secs * 1e3,
                 pam_bytes: engine.activation_bytes(),

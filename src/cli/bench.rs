@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::synthetic_images;
 use crate::model::Precision;
-use crate::runtime::forward::Timer;
-use crate::runtime::{ForwardSpec, PlannedForward};
+use crate::runtime::ForwardSpec;
+use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
@@ -97,7 +97,7 @@ fn pct(v: f64, base: f64) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let model = a.model.load()?;
+    let model = std::sync::Arc::new(a.model.load()?);
     let schedules: Vec<Schedule> = if a.schedule.is_empty() {
         default_schedules(&model.cfg)
             .iter()
@@ -122,8 +122,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Err(Error::arg("batch", 0, "must be at least 1"));
     }
     let warmup = a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 });
-    let timer = Timer::new(&gpu);
-    let method = if timer.is_some() {
+    let method = if gpu.has_timestamps() {
         "GPU timestamps around the whole forward (one submission)"
     } else {
         "wall clock from submission to device idle (no TIMESTAMP_QUERY)"
@@ -165,18 +164,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             batch,
             &images,
             &opts,
-            timer.as_ref(),
         )?;
         for ((sched, precision), row) in configs.iter().zip(measured) {
             if a.profile {
                 progress.set_message(format!("profiling {sched} at batch {batch}"));
                 let plan = ForwardSpec::new(&model.cfg, sched, DEFAULT_SEED)?;
-                let engine = PlannedForward::new(
-                    &gpu,
-                    &cache,
-                    &model,
-                    &plan.clone().with_batch(batch).with_precision(*precision),
-                )?;
+                let engine = EngineBuilder::new()
+                    .gpu(&gpu)
+                    .pipeline_cache(&cache)
+                    .with_model(model.clone())
+                    .spec(&plan.clone().with_batch(batch).with_precision(*precision))
+                    .build()?;
                 engine.set_input(&images)?;
                 let profile = engine.profile()?;
                 let total: f64 = profile.families.iter().map(|f| f.1).sum();

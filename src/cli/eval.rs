@@ -165,7 +165,7 @@ pub fn weights_name(m: &ModelArgs) -> String {
 
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
-    let model = a.model.load()?;
+    let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (accuracy is meaningless; fidelity still compares schedules)",

@@ -9,7 +9,8 @@ use super::io::{load_images, write_safetensors, OutTensor};
 use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::runtime::{ForwardSpec, PlannedForward};
+use crate::runtime::ForwardSpec;
+use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
@@ -45,7 +46,7 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    let model = a.model.load()?;
+    let model = std::sync::Arc::new(a.model.load()?);
     let schedule: Schedule = a.schedule.parse()?;
     let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
     let (images, batch) = load_images(&a.images, &model.cfg)?;
@@ -56,16 +57,16 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = PlannedForward::new(
-        &gpu,
-        &a.gpu.pipeline_cache(),
-        &model,
-        &plan
+    let engine = EngineBuilder::new()
+        .gpu(&gpu)
+        .pipeline_cache(&a.gpu.pipeline_cache())
+        .with_model(model.clone())
+        .spec(&plan
             .clone()
             .with_batch(batch)
             .with_trace(a.trace)
-            .with_precision(a.gpu.precision),
-    )?;
+            .with_precision(a.gpu.precision))
+        .build()?;
     let out = engine.forward(&images)?;
 
     let classes = model.cfg.num_classes;

@@ -113,7 +113,7 @@ pub fn write_figures(
 }
 
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
-    let model = a.model.load()?;
+    let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (accuracy is meaningless; fidelity still compares schedules)",

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::log_softmax;
 use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
 use crate::gpu::Gpu;
-use crate::runtime::{ForwardSpec, PlannedForward};
+use crate::runtime::ForwardSpec;
+use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
@@ -55,7 +56,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     if !(1..=8).contains(&a.scale) {
         return Err(Error::arg("scale", a.scale, "must be between 1 and 8"));
     }
-    let model = a.model.load()?;
+    let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (which tokens merge is then not what a trained model does)",
@@ -67,16 +68,16 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     let input = crate::io::load_image(&a.image)?;
     let crop = denormalize(&input, model.cfg.image_size);
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let engine = PlannedForward::new(
-        &gpu,
-        &a.gpu.pipeline_cache(),
-        &model,
-        &plan
+    let engine = EngineBuilder::new()
+        .gpu(&gpu)
+        .pipeline_cache(&a.gpu.pipeline_cache())
+        .with_model(model.clone())
+        .spec(&plan
             .clone()
             .with_batch(1)
             .with_trace(true)
-            .with_precision(a.gpu.precision),
-    )?;
+            .with_precision(a.gpu.precision))
+        .build()?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
     let maps = stage_maps(&model.cfg, &plan.trajectory, &trace_maps, 0)?;

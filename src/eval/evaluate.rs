@@ -11,6 +11,7 @@
 //! the fidelity of the later passes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::dataset::{Problem, Sample};
@@ -20,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::Model;
 use crate::model::Precision;
-use crate::runtime::{ForwardSpec, PlannedForward};
+use crate::runtime::ForwardSpec;
+use crate::{Engine, EngineBuilder};
 use crate::tome::Schedule;
 
 #[derive(Clone, Debug)]
@@ -89,7 +91,7 @@ fn running(s: &QualityStats) -> String {
 pub fn evaluate(
     gpu: &Gpu,
     cache: &PipelineCache,
-    model: &Model,
+    model: &Arc<Model>,
     schedules: &[Schedule],
     samples: &[Sample],
     opts: &EvalOptions,
@@ -149,19 +151,14 @@ pub fn evaluate(
         let first = w == 0;
         let keep_refs = waves.len() > 1;
         let base_engine = if first {
-            Some(PlannedForward::new(
-                gpu,
-                cache,
-                model,
-                &base_plan.clone().with_batch(batch),
-            )?)
+            Some(engine(gpu, cache, model, &base_plan.clone().with_batch(batch))?)
         } else {
             None
         };
         let engines = wave
             .iter()
             .map(|&k| {
-                PlannedForward::new(
+                engine(
                     gpu,
                     cache,
                     model,
@@ -239,4 +236,19 @@ pub fn evaluate(
         seconds: start.elapsed().as_secs_f64(),
         forwards,
     })
+}
+
+/// The engine of `model` for `spec` on `gpu`, through the public builder.
+fn engine(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &Arc<Model>,
+    spec: &ForwardSpec,
+) -> Result<Engine> {
+    EngineBuilder::new()
+        .gpu(gpu)
+        .pipeline_cache(cache)
+        .with_model(model.clone())
+        .spec(spec)
+        .build()
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::synthetic_images;
 use crate::model::Model;
-use crate::runtime::forward::Timer;
+use std::sync::Arc;
 use crate::tome::Schedule;
 
 #[derive(Clone, Debug)]
@@ -126,7 +126,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
 pub fn run_sweep(
     gpu: &Gpu,
     cache: &PipelineCache,
-    model: &Model,
+    model: &Arc<Model>,
     dataset: &Dataset,
     info: &RunInfo,
     cfg: &SweepConfig,
@@ -212,7 +212,6 @@ pub fn run_sweep(
     // Throughput and PAM.
     if bench_here && !cfg.bench_batches.is_empty() {
         res.bench_batches = cfg.bench_batches.clone();
-        let timer = Timer::new(gpu);
         let bar = progress_bar((cfg.bench_batches.len() * rows.len()) as u64, "timing");
         for &b in &cfg.bench_batches {
             if b == 0 {
@@ -241,7 +240,6 @@ pub fn run_sweep(
                             b,
                             &images,
                             &cfg.bench,
-                            timer.as_ref(),
                         )?;
                         BenchPoint::from(&row)
                     }

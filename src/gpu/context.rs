@@ -271,6 +271,31 @@ pub fn lost_in_readback(e: wgpu::BufferAsyncError) -> Error {
     }
 }
 
+/// Map a staging buffer and copy it out; a lost device is an error, not a hang.
+pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<T>> {
+    let slice = buf.slice(..);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?
+        .map_err(lost_in_readback)?;
+    let data = {
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    buf.unmap();
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

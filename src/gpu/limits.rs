@@ -179,7 +179,19 @@ mod tests {
             &wgpu::Limits::default(),
         );
         assert!(check(&need, &wgpu::Limits::default(), true).is_ok());
-        let e = check(&need, &wgpu::Limits::downlevel_defaults(), true).unwrap_err();
+        let downlevel = wgpu::Limits::downlevel_defaults();
+        let need = needed(
+            [DispatchNeeds {
+                storage_buffers: 5,
+                uniform_bytes: 48,
+                workgroup: [64, 1, 1],
+                grid: [100, 1, 1],
+            }],
+            1 << 20,
+            1 << 21,
+            &downlevel,
+        );
+        let e = check(&need, &downlevel, true).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("max_storage_buffers_per_shader_stage is 4")

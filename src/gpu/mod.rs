@@ -5,6 +5,6 @@ pub mod limits;
 pub mod program;
 pub mod shaders;
 
-pub use context::{AdapterChoice, Gpu};
+pub use context::{read_buffer, AdapterChoice, Gpu};
 pub use program::{Family, Program, ProgramBuilder, TensorId};
 pub use shaders::{KernelKey, PipelineCache, Shader};

@@ -93,6 +93,8 @@ pub struct ProgramBuilder {
     f16: bool,
     tensors: Vec<TensorInfo>,
     steps: Vec<StepDecl>,
+    /// Constants are sized, not stored ([`ProgramBuilder::sizes_only`]).
+    sizes_only: bool,
 }
 
 /// One dispatch, ready to record.
@@ -282,7 +284,26 @@ impl ProgramBuilder {
             f16: false,
             tensors: Vec::new(),
             steps: Vec::new(),
+            sizes_only: false,
         }
+    }
+
+    /// A builder that keeps only the sizes of constants, not their bytes: for sizing a plan
+    /// (micro-batches, memory) without holding a copy of the weights. It cannot be finished.
+    pub fn sizes_only(limits: &wgpu::Limits) -> Self {
+        ProgramBuilder {
+            sizes_only: true,
+            ..ProgramBuilder::new(limits)
+        }
+    }
+
+    /// Bytes of every tensor declared so far, in declaration order, and whether it is an
+    /// activation (or an external input/output) rather than a constant.
+    pub fn tensor_sizes(&self) -> impl Iterator<Item = (&str, u64, bool)> + '_ {
+        self.tensors.iter().map(|t| {
+            let per_batch = !matches!(t.storage, Storage::Constant(_));
+            (t.label.as_str(), t.bytes, per_batch)
+        })
     }
 
     /// An activation of `elems` storage elements (the kernels' `elem`: f32, or f16 in an f16
@@ -339,6 +360,10 @@ impl ProgramBuilder {
 
     /// A constant uploaded once when the program is made.
     pub fn constant<T: bytemuck::Pod>(&mut self, label: impl Into<String>, data: &[T]) -> TensorId {
+        if self.sizes_only {
+            let size = (std::mem::size_of_val(data) as u64).max(4);
+            return self.push(label.into(), size, Storage::Constant(Vec::new()));
+        }
         let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
         if bytes.is_empty() {
             bytes = vec![0u8; 4];
@@ -502,6 +527,12 @@ impl ProgramBuilder {
         cache: &PipelineCache,
         externals: &[(TensorId, &wgpu::Buffer)],
     ) -> Result<Program> {
+        if self.sizes_only {
+            return Err(Error::Gpu {
+                during: "planning".into(),
+                why: "a sizes-only recording cannot be made on a device".into(),
+            });
+        }
         let plan = self.arena_plan();
         self.check_limits(gpu, &plan)?;
         let device = &gpu.device;

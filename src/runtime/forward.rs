@@ -1,93 +1,11 @@
 //! A planned, resident forward pass: buffers, pipelines and bind groups are made once; each
 //! forward is one command buffer, one submission and one readback.
 
-use super::record::{self, ModelProgram};
+use super::record::{self, ModelProgram, TraceTensors};
 use super::spec::ForwardSpec;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::{Model, ModelConfig, ModelWeights};
-
-/// One merge of a traced forward.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MergeTrace {
-    pub stage: usize,
-    pub exec: usize,
-    /// `[batch * n_in]`: incoming position -> outgoing slot.
-    pub slots: Vec<u32>,
-    /// `[batch * n_out]`: the outgoing tokens' masses.
-    pub masses: Vec<f32>,
-    pub n_in: usize,
-    pub n_out: usize,
-}
-
-/// Per-merge and per-stage maps read back with `--trace`.
-#[derive(Clone, Debug, Default)]
-pub struct Trace {
-    pub merges: Vec<MergeTrace>,
-    /// `(stage, map [batch * n_grid], n_grid)`: original grid position -> final merged slot.
-    pub stage_maps: Vec<(usize, Vec<u32>, usize)>,
-}
-
-/// Seconds one forward took.
-#[derive(Clone, Copy, Debug)]
-pub struct Timing {
-    /// Submission to idle, measured on the host.
-    pub wall: f64,
-    /// Between timestamps written at the start and end of the forward, where supported.
-    pub gpu: Option<f64>,
-}
-
-/// Timestamp queries for [`PlannedForward::time_forward`]; made once, reused for every forward.
-pub struct Timer {
-    queries: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    readback: wgpu::Buffer,
-}
-
-impl Timer {
-    /// `None` when the device lacks `TIMESTAMP_QUERY`.
-    pub fn new(gpu: &Gpu) -> Option<Timer> {
-        if !gpu.has_timestamps() {
-            return None;
-        }
-        Some(Timer {
-            queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("forward timer"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            }),
-            resolve: gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timer resolve"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            }),
-            readback: staging(gpu, "timer readback", 16),
-        })
-    }
-}
-
-pub struct ForwardOutput {
-    /// `[batch, classes]`
-    pub logits: Vec<f32>,
-    pub trace: Option<Trace>,
-}
-
-/// Where one forward's time goes: seconds per kernel family, and per kernel (shader) with the
-/// number of dispatches, slowest first.
-#[derive(Clone, Debug)]
-pub struct Profile {
-    pub families: Vec<(crate::gpu::Family, f64)>,
-    pub kernels: Vec<(&'static str, f64, usize)>,
-}
-
-/// Counts of what an engine has asked of the device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    pub submissions: u64,
-    /// Buffer mappings for reading results back (a traced forward maps its trace buffers too).
-    pub readbacks: u64,
-}
 
 /// Where a forward reads its batch of normalised images (`[batch, 3, H, W]` f32) from.
 #[derive(Clone, Copy, Debug)]
@@ -117,19 +35,6 @@ pub struct PlannedForward {
     /// All logits of the batch, `[batch, classes]`: `logits` itself when the batch runs as one
     /// micro-batch, otherwise a buffer each micro-batch's logits are copied into.
     output: wgpu::Buffer,
-    /// `output`, mapped by [`PlannedForward::forward`].
-    readback: wgpu::Buffer,
-    /// Host images for [`PlannedForward::forward`]: mappable, kept mapped for writing between forwards
-    /// (re-mapped by the forward's own submission), so uploading allocates nothing, where
-    /// `Queue::write_buffer` would stage through a new buffer every call.
-    upload: wgpu::Buffer,
-    /// Whether `upload` is mapped (set by the mapping callback).
-    upload_mapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Serialises [`PlannedForward::forward`]: `upload` and `readback` are one per engine.
-    forward_lock: std::sync::Mutex<()>,
-    /// Submissions and readbacks made so far (see [`PlannedForward::stats`]).
-    submissions: std::sync::atomic::AtomicU64,
-    readbacks: std::sync::atomic::AtomicU64,
     /// Trace tensors gathered per chunk (one readback buffer each).
     trace_readback: Vec<wgpu::Buffer>,
     /// Images and logits are f16 on the device (see [`ForwardSpec::f16`]).
@@ -181,53 +86,49 @@ fn image_elems(cfg: &ModelConfig) -> usize {
 /// the activations of a forward stay bounded whatever the batch.
 pub const MAX_MICRO_BATCH: usize = 64;
 
-/// Largest number of images whose biggest tensor still fits one storage binding (at most
-/// [`MAX_MICRO_BATCH`]).
-pub fn max_micro_batch(cfg: &ModelConfig, limits: &wgpu::Limits) -> usize {
-    if cfg.vit().is_some() {
-        // No banded stem: the image, the sequences' widest tensors (qkv or the MLP's hidden).
-        let per_image = cfg
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(s, st)| (cfg.lead() + cfg.tokens(s)) * (3 * st.dim).max(st.mlp_hidden))
-            .chain([image_elems(cfg)])
-            .max()
-            .unwrap_or(1)
-            * 4;
-        return ((limits.max_storage_buffer_binding_size as usize) / per_image)
-            .clamp(1, MAX_MICRO_BATCH);
+/// Largest number of images per micro-batch whose every tensor fits one storage binding (at
+/// most [`MAX_MICRO_BATCH`], at least 1), from two device-free recordings of the forward at one
+/// and two images (every activation is `fixed + per_image * batch` bytes). Weights do not
+/// scale with the batch; one over the limit is refused by the limit check when the forward is
+/// made.
+pub fn max_micro_batch(
+    cfg: &ModelConfig,
+    weights: &ModelWeights,
+    spec: &ForwardSpec,
+    limits: &wgpu::Limits,
+) -> usize {
+    let at = |batch| {
+        let micro = ForwardSpec {
+            batch,
+            ..spec.clone()
+        };
+        record::tensor_sizes(cfg, weights, &micro, limits)
+    };
+    let (one, two) = (at(1), at(2));
+    let limit = limits.max_storage_buffer_binding_size;
+    let mut fit = MAX_MICRO_BATCH as u64;
+    for ((_, b1, per_batch), (_, b2, _)) in one.iter().zip(&two) {
+        let per_image = b2.saturating_sub(*b1);
+        if !per_batch || per_image == 0 {
+            continue;
+        }
+        let fixed = b1.saturating_sub(per_image);
+        fit = fit.min(limit.saturating_sub(fixed) / per_image);
     }
-    let s0 = &cfg.stages[0];
-    let half = cfg.image_size / 2;
-    let quarter = cfg.image_size / 4;
-    let n0 = cfg.tokens(0);
-    // conv1 runs in bands of about 1/STEM_BANDS of its rows, plus a halo.
-    let band_rows = 2 * quarter.div_ceil(record::STEM_BANDS) + 1;
-    let per_image = [
-        image_elems(cfg),
-        cfg.stem_mid * band_rows * half,
-        s0.dim * quarter * quarter,
-        n0 * 3 * s0.dim,
-    ]
-    .into_iter()
-    .chain(
-        cfg.stages
-            .iter()
-            .enumerate()
-            .map(|(s, st)| cfg.tokens(s) * (3 * st.dim).max(st.mlp_hidden).max(st.np_hidden)),
-    )
-    .max()
-    .unwrap_or(1)
-        * 4;
-    ((limits.max_storage_buffer_binding_size as usize) / per_image).clamp(1, MAX_MICRO_BATCH)
+    fit.max(1) as usize
 }
 
 /// How a batch runs: `(micro-batches, images per micro-batch)`, the fewest micro-batches whose
 /// tensors all fit the device's storage-binding limit, as even as possible.
-pub fn split_batch(cfg: &ModelConfig, limits: &wgpu::Limits, batch: usize) -> (usize, usize) {
-    let chunks = batch.max(1).div_ceil(max_micro_batch(cfg, limits));
-    (chunks, batch.max(1).div_ceil(chunks))
+pub fn split_batch(
+    cfg: &ModelConfig,
+    weights: &ModelWeights,
+    spec: &ForwardSpec,
+    limits: &wgpu::Limits,
+) -> (usize, usize) {
+    let batch = spec.batch.max(1);
+    let chunks = batch.div_ceil(max_micro_batch(cfg, weights, spec, limits));
+    (chunks, batch.div_ceil(chunks))
 }
 
 /// The memory plan of a forward at `spec.batch` images, computed without a device: the
@@ -239,7 +140,7 @@ pub fn memory_plan(
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
 ) -> (usize, crate::gpu::program::ArenaPlan) {
-    let (_, mb) = split_batch(cfg, limits, spec.batch);
+    let (_, mb) = split_batch(cfg, weights, spec, limits);
     let micro = ForwardSpec {
         batch: mb,
         ..spec.clone()
@@ -306,7 +207,7 @@ impl PlannedForward {
                 "the merge counts and permutations were not planned for this model",
             ));
         }
-        let (chunks, mb) = split_batch(cfg, &gpu.limits, spec.batch);
+        let (chunks, mb) = split_batch(cfg, weights, spec, &gpu.limits);
         if chunks > 1 {
             log::info!(
                 "batch {} runs as {chunks} micro-batches of {mb} (device binding limit {} bytes)",
@@ -377,13 +278,6 @@ impl PlannedForward {
                 mapped_at_creation: false,
             })
         };
-        let readback = staging(gpu, "logits readback", cls_bytes * spec.batch as u64);
-        let upload = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("host images"),
-            size: input.size(),
-            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
         let micro = ForwardSpec {
             batch: mb,
             ..spec.clone()
@@ -411,12 +305,6 @@ impl PlannedForward {
             images,
             logits,
             output,
-            readback,
-            upload,
-            upload_mapped: std::sync::Arc::new(true.into()),
-            forward_lock: std::sync::Mutex::new(()),
-            submissions: Default::default(),
-            readbacks: Default::default(),
             trace_readback,
             f16: spec.f16(),
         })
@@ -432,62 +320,6 @@ impl PlannedForward {
         let mut v = decode_elems(bytes, self.f16);
         v.truncate(self.batch * self.cfg.num_classes);
         v
-    }
-
-    /// Submissions and readbacks this engine has made (forwards, timed forwards, profiles).
-    pub fn stats(&self) -> EngineStats {
-        use std::sync::atomic::Ordering::Relaxed;
-        EngineStats {
-            submissions: self.submissions.load(Relaxed),
-            readbacks: self.readbacks.load(Relaxed),
-        }
-    }
-
-    fn submit(&self, enc: wgpu::CommandEncoder) {
-        self.gpu.queue.submit(Some(enc.finish()));
-        self.submissions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer) -> Result<Vec<T>> {
-        self.readbacks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        read_buffer(&self.gpu, buf)
-    }
-
-    /// Write `images` into the mapped upload buffer and unmap it for the copy. The buffer is
-    /// normally mapped already (the previous forward's submission re-mapped it); after a forward
-    /// that failed before submitting it is mapped again here.
-    fn stage_upload(&self, images: &[f32]) -> Result<()> {
-        let gpu_err = |why: String| Error::Gpu {
-            during: "uploading the images".into(),
-            why,
-        };
-        use std::sync::atomic::Ordering::SeqCst;
-        if !self.upload_mapped.load(SeqCst) {
-            let (tx, rx) = std::sync::mpsc::channel();
-            self.upload
-                .slice(..)
-                .map_async(wgpu::MapMode::Write, move |r| {
-                    let _ = tx.send(r);
-                });
-            self.gpu.wait()?;
-            rx.recv()
-                .map_err(|e| gpu_err(e.to_string()))?
-                .map_err(|e| gpu_err(e.to_string()))?;
-        }
-        {
-            let encoded = encode_elems(images, self.f16);
-            let bytes: &[u8] = &encoded;
-            let mut view = self
-                .upload
-                .get_mapped_range_mut(..bytes.len() as u64)
-                .map_err(|e| gpu_err(e.to_string()))?;
-            view.copy_from_slice(bytes);
-        }
-        self.upload.unmap();
-        self.upload_mapped.store(false, SeqCst);
-        Ok(())
     }
 
     pub fn batch(&self) -> usize {
@@ -664,143 +496,30 @@ impl PlannedForward {
         }
     }
 
-    /// Run a forward on `images` (`[batch, 3, 224, 224]`, normalised): one submission, one wait.
-    pub fn forward(&self, images: &[f32]) -> Result<ForwardOutput> {
-        self.gpu.scoped("a forward", || self.run_forward(images))
-    }
-
-    fn run_forward(&self, images: &[f32]) -> Result<ForwardOutput> {
-        let expected = self.batch * image_elems(&self.cfg);
-        if images.len() != expected {
-            return Err(Error::arg(
-                "images",
-                format!("{} values", images.len()),
-                format!(
-                    "expected {} ([{}, 3, {s}, {s}])",
-                    expected,
-                    self.batch,
-                    s = self.cfg.image_size
-                ),
-            ));
-        }
-        let _one_at_a_time = self.forward_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.stage_upload(images)?;
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
-        enc.copy_buffer_to_buffer(&self.upload, 0, &self.input, 0, self.input.size());
-        self.encode(&mut enc, Source::Input, None);
-        enc.copy_buffer_to_buffer(&self.output, 0, &self.readback, 0, self.readback.size());
-        // Ready for the next forward's images once this one's copy has run.
-        let mapped = self.upload_mapped.clone();
-        enc.map_buffer_on_submit(&self.upload, wgpu::MapMode::Write, .., move |r| {
-            mapped.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst);
-        });
-        self.submit(enc);
-        let all: Vec<u8> = self.read(&self.readback)?;
-        let logits = self.decode_logits(&all);
-        let trace = if self.plan.trace.merges.is_empty() && self.plan.trace.stage_maps.is_empty() {
-            None
-        } else {
-            Some(self.read_trace()?)
-        };
-        Ok(ForwardOutput { logits, trace })
-    }
-
-    /// Upload a batch of images for [`PlannedForward::time_forward`].
-    pub fn set_input(&self, images: &[f32]) -> Result<()> {
-        let expected = self.batch * image_elems(&self.cfg);
-        if images.len() != expected {
-            return Err(Error::arg(
-                "images",
-                format!("{} values", images.len()),
-                format!("expected {expected}"),
-            ));
-        }
-        self.gpu
-            .queue
-            .write_buffer(&self.input, 0, &encode_elems(images, self.f16));
+    /// Record a forward from `source` whose first pass writes timestamp 0 of `queries` at its
+    /// start and whose last writes timestamp 1 at its end.
+    pub fn encode_timed(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        source: Source<'_>,
+        queries: &wgpu::QuerySet,
+    ) -> Result<()> {
+        self.check_source(source)?;
+        self.encode(enc, source, Some(queries));
         Ok(())
     }
 
-    /// Run one forward on the uploaded input and time it: GPU time from timestamp queries around
-    /// the whole forward where `timer` is given, and wall time of submit-to-idle.
-    pub fn time_forward(&self, timer: Option<&Timer>) -> Result<Timing> {
-        self.gpu
-            .scoped("a timed forward", || self.run_timed_forward(timer))
-    }
-
-    fn run_timed_forward(&self, timer: Option<&Timer>) -> Result<Timing> {
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("timed forward"),
-            });
-        self.encode(&mut enc, Source::Input, timer.map(|t| &t.queries));
-        if let Some(t) = timer {
-            enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
-            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
-        }
-        let start = std::time::Instant::now();
-        self.submit(enc);
-        self.gpu.wait()?;
-        let wall = start.elapsed().as_secs_f64();
-        let gpu = match timer {
-            Some(t) => {
-                let ticks: Vec<u64> = self.read(&t.readback)?;
-                let period = self.gpu.queue.get_timestamp_period() as f64;
-                Some(ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9)
-            }
-            None => None,
-        };
-        Ok(Timing { wall, gpu })
-    }
-
-    /// Time every dispatch of one forward (first micro-batch) in its own timestamped pass and
-    /// sum per kernel family. Each pass adds the driver's per-pass overhead, so the families'
-    /// total exceeds a normal forward; the split is what this is for. Needs TIMESTAMP_QUERY.
-    pub fn profile(&self) -> Result<Profile> {
-        self.gpu.scoped("profiling", || self.run_profile())
-    }
-
-    fn run_profile(&self) -> Result<Profile> {
-        if !self.gpu.has_timestamps() {
-            return Err(self
-                .gpu
-                .missing_feature("TIMESTAMP_QUERY", "profiling per kernel needs it"));
-        }
-        let dispatches = &self.plan.program.dispatches;
-        let count = (2 * dispatches.len()) as u32;
-        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("profile"),
-            ty: wgpu::QueryType::Timestamp,
-            count,
-        });
-        let bytes = 8 * count as u64;
-        let resolve = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("profile resolve"),
-            size: bytes,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let readback = staging(&self.gpu, "profile readback", bytes);
-        let mut enc = self
-            .gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("profile"),
-            });
+    /// Record the first micro-batch of a forward from the input buffer with every dispatch in
+    /// its own pass, timestamps `2i` and `2i + 1` of `queries` around dispatch `i` (of
+    /// [`PlannedForward::dispatch_count`]).
+    pub fn encode_profile(&self, enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
         let len = self.images.size().min(self.input.size());
         enc.copy_buffer_to_buffer(&self.input, 0, &self.images, 0, len);
-        for (i, d) in dispatches.iter().enumerate() {
+        for (i, d) in self.plan.program.dispatches.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(d.key.shader.name()),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &queries,
+                    query_set: queries,
                     beginning_of_pass_write_index: Some(2 * i as u32),
                     end_of_pass_write_index: Some(2 * i as u32 + 1),
                 }),
@@ -810,90 +529,33 @@ impl PlannedForward {
             let [x, y, z] = d.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
-        enc.resolve_query_set(&queries, 0..count, &resolve, 0);
-        enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
-        self.submit(enc);
-        let ticks: Vec<u64> = self.read(&readback)?;
-        let period = self.gpu.queue.get_timestamp_period() as f64 * 1e-9;
-        let mut profile = Profile {
-            families: crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect(),
-            kernels: Vec::new(),
-        };
-        for (i, d) in dispatches.iter().enumerate() {
-            let t = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
-            if let Some(e) = profile.families.iter_mut().find(|(f, _)| *f == d.family) {
-                e.1 += t;
-            }
-            let name = d.key.shader.name();
-            match profile.kernels.iter_mut().find(|k| k.0 == name) {
-                Some(k) => {
-                    k.1 += t;
-                    k.2 += 1;
-                }
-                None => profile.kernels.push((name, t, 1)),
-            }
-        }
-        profile.kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(profile)
     }
 
-    fn read_trace(&self) -> Result<Trace> {
-        let mut bufs = self.trace_readback.iter();
-        let mut next_u32 = |keep: usize| -> Result<Vec<u32>> {
-            let buf = bufs.next().ok_or_else(|| Error::Gpu {
-                during: "trace".into(),
-                why: "missing readback buffer".into(),
-            })?;
-            let mut v: Vec<u32> = self.read(buf)?;
-            v.truncate(keep);
-            Ok(v)
-        };
-        let mut trace = Trace::default();
-        for &(s, e, _, _, n_in, n_out) in &self.plan.trace.merges {
-            let slots = next_u32(self.batch * n_in)?;
-            let mass: Vec<f32> = next_u32(self.batch * n_out)?
-                .into_iter()
-                .map(f32::from_bits)
-                .collect();
-            trace.merges.push(MergeTrace {
-                stage: s,
-                exec: e,
-                slots,
-                masses: mass,
-                n_in,
-                n_out,
-            });
-        }
-        for &(s, _, n_grid) in &self.plan.trace.stage_maps {
-            trace
-                .stage_maps
-                .push((s, next_u32(self.batch * n_grid)?, n_grid));
-        }
-        Ok(trace)
+    /// Dispatches of one micro-batch's forward.
+    pub fn dispatch_count(&self) -> usize {
+        self.plan.program.dispatches.len()
     }
+
+    /// Kernel family and shader name of every dispatch, in order.
+    pub fn dispatch_names(&self) -> impl Iterator<Item = (crate::gpu::Family, &'static str)> + '_ {
+        self.plan
+            .program
+            .dispatches
+            .iter()
+            .map(|d| (d.family, d.key.shader.name()))
+    }
+
+    /// What a traced forward keeps: merges and stage maps, in the order of
+    /// [`PlannedForward::trace_buffers`] (each merge's slot map, then its masses; then the stage
+    /// maps), one micro-batch after another in each buffer.
+    pub fn trace_tensors(&self) -> &TraceTensors {
+        &self.plan.trace
+    }
+
+    /// Mappable buffers every forward of a traced plan copies its trace tensors into.
+    pub fn trace_buffers(&self) -> &[wgpu::Buffer] {
+        &self.trace_readback
+    }
+
 }
 
-/// Map a staging buffer and copy it out; a lost device is an error, not a hang.
-pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<T>> {
-    let slice = buf.slice(..);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait()?;
-    rx.recv()
-        .map_err(|e| Error::Gpu {
-            during: "readback".into(),
-            why: e.to_string(),
-        })?
-        .map_err(crate::gpu::context::lost_in_readback)?;
-    let data = {
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
-            during: "readback".into(),
-            why: e.to_string(),
-        })?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
-    buf.unmap();
-    Ok(data)
-}

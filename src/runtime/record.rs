@@ -351,6 +351,30 @@ pub fn record(
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
     b.set_subgroup8(subgroup8);
+    record_into(b, cfg, w, spec)
+}
+
+/// Every tensor's size in the forward of `spec`, recorded without a device and without copying
+/// the weights ([`ProgramBuilder::sizes_only`]): `(label, bytes, scales with the batch)`.
+pub fn tensor_sizes(
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &ForwardSpec,
+    limits: &wgpu::Limits,
+) -> Vec<(String, u64, bool)> {
+    let r = record_into(ProgramBuilder::sizes_only(limits), cfg, w, spec);
+    r.builder
+        .tensor_sizes()
+        .map(|(l, b, per)| (l.to_string(), b, per))
+        .collect()
+}
+
+fn record_into(
+    mut b: ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &ForwardSpec,
+) -> Recorded {
     b.set_f16(spec.f16());
     if let Some(v) = cfg.vit() {
         return vit::record(b, cfg, v, w, spec);

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
 use sret_tome::reference::{Matching, SplitMix64};
-use sret_tome::runtime::forward::read_buffer;
+use sret_tome::gpu::read_buffer;
 use sret_tome::tome::Split;
 
 pub fn gpu() -> &'static Gpu {
@@ -15,6 +15,22 @@ pub fn gpu() -> &'static Gpu {
         Gpu::new(&AdapterChoice::default())
             .expect("GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers")
     })
+}
+
+/// The engine of `model` for `spec` on `gpu`, made through the public builder as the command
+/// line makes it.
+pub fn engine(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &sret_tome::Model,
+    spec: &sret_tome::runtime::ForwardSpec,
+) -> sret_tome::Result<sret_tome::Engine> {
+    sret_tome::EngineBuilder::new()
+        .gpu(gpu)
+        .pipeline_cache(cache)
+        .with_model(model.clone())
+        .spec(spec)
+        .build()
 }
 
 pub fn cache() -> &'static PipelineCache {
