@@ -142,6 +142,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .collect();
     let mut rows = Vec::new();
     let mut profiles: Vec<String> = Vec::new();
+    let mut profiles_json: Vec<serde_json::Value> = Vec::new();
     // On stderr; indicatif hides it when stderr is not a terminal.
     let progress = indicatif::ProgressBar::new((batches.len() * configs.len()) as u64);
     progress.set_style(
@@ -191,6 +192,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     .iter()
                     .map(|(k, t, n)| format!("{k} {:.1} ms ({n}x)", t * 1e3))
                     .collect();
+                profiles_json.push(serde_json::json!({
+                    "schedule": row.schedule,
+                    "precision": row.precision,
+                    "batch": batch,
+                    "micro_batch": row.micro_batch,
+                    "family_seconds": profile
+                        .families
+                        .iter()
+                        .map(|(f, t)| (f.name().to_string(), serde_json::json!(t)))
+                        .collect::<serde_json::Map<_, _>>(),
+                    "kernels": profile
+                        .kernels
+                        .iter()
+                        .map(|(k, t, n)| serde_json::json!({"kernel": k, "seconds": t, "dispatches": n}))
+                        .collect::<Vec<_>>(),
+                }));
                 profiles.push(format!(
                     "{} {} batch {batch} (micro-batch {}): {}\n    kernels: {}",
                     row.schedule,
@@ -314,6 +331,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "results": rows,
             "matmul_ceiling": { "micro_batch": micro, "shapes": ceiling },
         });
+        let mut v = v;
+        if a.profile {
+            v["profiles"] = profiles_json.into();
+        }
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(
             |e| Error::Write {
                 path: path.clone(),

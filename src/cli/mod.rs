@@ -25,8 +25,82 @@ use crate::gpu::{AdapterChoice, PipelineCache};
     about = "Sliced Recursive Transformers with Token Merging, planned once and run resident on the GPU"
 )]
 pub struct Cli {
+    /// Vector width of Mesa's software Vulkan (llvmpipe/lavapipe), through
+    /// LP_NATIVE_VECTOR_WIDTH, set before any GPU is opened and only when that variable is
+    /// unset: 256, 512, or auto (512 where the CPU has AVX-512). Default: not set (llvmpipe
+    /// picks 256 bits). Other drivers ignore the variable.
+    #[arg(long, global = true, value_enum)]
+    pub vector_width: Option<VectorWidth>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--vector-width`: what the CLI asks llvmpipe for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VectorWidth {
+    /// 512 bits where the CPU has AVX-512F, else leave llvmpipe's default.
+    Auto,
+    #[value(name = "256")]
+    Bits256,
+    #[value(name = "512")]
+    Bits512,
+}
+
+/// Name of the environment variable llvmpipe reads for its vector width.
+pub const LP_VECTOR_WIDTH_VAR: &str = "LP_NATIVE_VECTOR_WIDTH";
+
+/// What `--vector-width` decides: the value to set `LP_NATIVE_VECTOR_WIDTH` to (`None`: leave
+/// the environment alone) and a line saying why. `current` is the variable's value now, if
+/// set; `avx512f` whether the CPU has AVX-512F. Pure, so it can be tested; the binary applies
+/// it before anything creates a wgpu instance (the library never touches the variable).
+pub fn vector_width_decision(
+    choice: Option<VectorWidth>,
+    current: Option<&str>,
+    avx512f: bool,
+) -> (Option<&'static str>, String) {
+    let Some(choice) = choice else {
+        return (
+            None,
+            "vector width: not set (llvmpipe's default, 256 bits)".into(),
+        );
+    };
+    if let Some(v) = current {
+        return (
+            None,
+            format!("vector width: {LP_VECTOR_WIDTH_VAR}={v} already set by the user, kept"),
+        );
+    }
+    match choice {
+        VectorWidth::Bits256 => (
+            Some("256"),
+            format!("vector width: {LP_VECTOR_WIDTH_VAR}=256 (--vector-width 256)"),
+        ),
+        VectorWidth::Bits512 => (
+            Some("512"),
+            format!("vector width: {LP_VECTOR_WIDTH_VAR}=512 (--vector-width 512)"),
+        ),
+        VectorWidth::Auto if avx512f => (
+            Some("512"),
+            format!("vector width: {LP_VECTOR_WIDTH_VAR}=512 (--vector-width auto: the CPU has AVX-512F)"),
+        ),
+        VectorWidth::Auto => (
+            None,
+            "vector width: not set (--vector-width auto: no AVX-512F, llvmpipe's default 256 bits)"
+                .into(),
+        ),
+    }
+}
+
+/// Whether this CPU has AVX-512F.
+pub fn cpu_has_avx512f() -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
+    {
+        false
+    }
 }
 
 #[derive(Subcommand, Debug)]

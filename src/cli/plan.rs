@@ -1,5 +1,7 @@
-//! `sret-tome plan`: the static token trajectory of a schedule, its FLOPs and parameters,
-//! computed without touching a GPU.
+//! `sret-tome plan`: the static token trajectory of a schedule, its FLOPs and parameters, the
+//! hardware-independent cost figures of its recorded forward (dispatches, passes, global-memory
+//! bytes, FLOPs and arithmetic intensity per kernel family) and, for a named device profile, a
+//! roofline estimate; all computed without touching a GPU.
 
 use clap::Args;
 
@@ -7,6 +9,7 @@ use crate::error::Result;
 use crate::model::synthetic_weights;
 use crate::model::ModelConfig;
 use crate::runtime::cost;
+use crate::runtime::figures;
 use crate::runtime::forward::memory_plan;
 use crate::runtime::ForwardSpec;
 use crate::tome::DEFAULT_SEED;
@@ -24,9 +27,14 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
     /// Also plan the memory of a forward at this batch size (for the WebGPU default limits:
-    /// 128 MiB per storage binding), without a device.
+    /// 128 MiB per storage binding), without a device; the cost figures are for this batch
+    /// (default 1).
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Add a roofline estimate (not a measurement) of the forward on a named device profile
+    /// (assets/devices.json: rtx-4060-ti, laptop-igpu, apple-m2, lavapipe-2core).
+    #[arg(long)]
+    pub device_profile: Option<String>,
 }
 
 pub fn run(a: PlanArgs) -> Result<()> {
@@ -36,11 +44,24 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let flops_thop = cost::flops_thop(&cfg, &traj);
     let flops_total = cost::flops_total(&cfg, &traj);
     let params = cost::params(&cfg);
+    if a.batch == Some(0) {
+        return Err(crate::error::Error::arg("batch", 0, "must be at least 1"));
+    }
+    let profile = match &a.device_profile {
+        Some(name) => Some(figures::device_profile(name)?),
+        None => None,
+    };
+    let plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
+    let weights = synthetic_weights(&cfg, 0);
+    let fig = figures::cost_figures(
+        &cfg,
+        &weights,
+        &plan.clone().with_batch(a.batch.unwrap_or(1)),
+        &wgpu::Limits::default(),
+    );
+    let roofline = profile.as_ref().map(|p| figures::roofline(&fig, p));
     let memory = match a.batch {
-        Some(0) => return Err(crate::error::Error::arg("batch", 0, "must be at least 1")),
         Some(batch) => {
-            let plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
-            let weights = synthetic_weights(&cfg, 0);
             let (mb, arena) = memory_plan(
                 &cfg,
                 &weights,
@@ -75,6 +96,14 @@ pub fn run(a: PlanArgs) -> Result<()> {
             v["pam_bytes"] = pam.into();
             v["peak_live_bytes"] = live.into();
         }
+        let costs = figures::figures_json(&fig);
+        v["cost_batch"] = fig.batch.into();
+        v["dispatches"] = costs["dispatches"].clone();
+        v["global_bytes"] = costs["global_bytes"].clone();
+        v["cost"] = costs;
+        if let Some(r) = &roofline {
+            v["roofline"] = figures::roofline_json(r);
+        }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!("{} under {}", cfg.name, schedule);
@@ -99,6 +128,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
                 pam as f64 / 1048576.0,
                 live as f64 / 1048576.0
             );
+        }
+        print!("{}", figures::render_figures(&fig));
+        if let Some(r) = &roofline {
+            print!("{}", figures::render_roofline(r, fig.batch));
         }
     }
     Ok(())

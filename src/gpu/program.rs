@@ -652,6 +652,28 @@ impl ProgramBuilder {
             tensor_bytes,
         })
     }
+
+    /// Number of dispatches recorded so far.
+    pub fn dispatch_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Dispatch `i` as recorded: kernel, family, uniform parameters, bound tensors
+    /// (`bindings[k]` at `@binding(k + 1)`) and workgroup grid.
+    pub fn step(&self, i: usize) -> (KernelKey, Family, &[u32], &[TensorId], [u32; 3]) {
+        let s = &self.steps[i];
+        (s.key, s.family, &s.params, &s.bindings, s.workgroups)
+    }
+
+    /// Bytes of tensor `t` as declared (whole words).
+    pub fn tensor_bytes(&self, t: TensorId) -> u64 {
+        self.tensors[t].bytes
+    }
+
+    /// Whether tensor `t` is a constant uploaded once (weights, permutations).
+    pub fn is_constant(&self, t: TensorId) -> bool {
+        matches!(self.tensors[t].storage, Storage::Constant(_))
+    }
 }
 
 impl Program {

@@ -3,6 +3,7 @@
 //! [`PlannedForward`] that runs it, and the cost model (parameters, FLOPs) of a plan.
 
 pub mod cost;
+pub mod figures;
 pub mod forward;
 pub mod record;
 pub mod spec;

@@ -1,0 +1,567 @@
+//! Hardware-independent cost figures of a planned forward, and roofline estimates from them.
+//!
+//! [`cost_figures`] records the forward for a batch exactly as [`super::forward::memory_plan`]
+//! does (no device: `wgpu::Limits` given, synthetic weights will do, the portable kernel
+//! variants without 8-lane subgroups) and reads every dispatch of the recorded program:
+//!
+//! * **dispatches** and **compute passes**: a forward runs its program once per micro-batch,
+//!   each run in one compute pass (`bench --profile` instead times every dispatch of the first
+//!   micro-batch in a pass of its own); the copies between micro-batches are not counted;
+//! * **global-memory bytes**, the *bound-tensor estimate*: per dispatch, the bytes of every
+//!   distinct tensor bound read-only (read) and of every distinct tensor bound `read_write`
+//!   (written), each counted once per dispatch. It is an upper bound on the traffic where a
+//!   kernel touches only part of a tensor it binds (a band of the stem, the keys of `qkv`) and
+//!   a lower bound where a kernel re-reads (tiles of a matrix product that miss the caches) or
+//!   reads what it writes (a residual read-modify-write is counted as written only). Uniform
+//!   blocks are not counted;
+//! * **FLOPs**, every arithmetic operation the kernel performs, from its parameters: a
+//!   multiply-accumulate is 2, an epilogue (bias, GELU at 10, residual at 3) per output, a
+//!   LayerNorm's statistics 4 and its application 4 per element, a comparison or a move 1 per
+//!   element (the matching's `O(na^2)` rank included, as the kernel does it). This follows
+//!   [`super::cost::FlopBreakdown`]'s conventions, so the total stays close to
+//!   [`super::cost::flops_total`] (a test keeps it within a few per cent);
+//! * **arithmetic intensity**: FLOPs per byte of that estimate.
+//!
+//! [`roofline`] turns the figures into a time on a [`DeviceProfile`] (peak FLOP/s, memory
+//! bandwidth, a fixed cost per dispatch): per dispatch `max(flops / peak, bytes / bandwidth)`,
+//! plus `dispatches x per-dispatch cost`. It is an estimate, never a measurement: real kernels
+//! reach a fraction of either peak, caches change the traffic, and launches overlap.
+
+use serde::{Deserialize, Serialize};
+
+use super::forward::split_batch;
+use super::record;
+use super::ForwardSpec;
+use crate::error::{Error, Result};
+use crate::gpu::program::ProgramBuilder;
+use crate::gpu::{Family, KernelKey, Shader};
+use crate::model::{ModelConfig, ModelWeights};
+
+/// What one dispatch costs, by the conventions of the module docs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DispatchCost {
+    #[serde(serialize_with = "family_name")]
+    pub family: Family,
+    pub kernel: &'static str,
+    pub flops: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl DispatchCost {
+    pub fn bytes(&self) -> u64 {
+        self.bytes_read + self.bytes_written
+    }
+}
+
+fn family_name<S: serde::Serializer>(f: &Family, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(f.name())
+}
+
+/// Sums over a set of dispatches (a family, or the whole forward).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub dispatches: u64,
+    pub flops: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl Totals {
+    pub fn bytes(&self) -> u64 {
+        self.bytes_read + self.bytes_written
+    }
+
+    /// FLOPs per byte of the bound-tensor estimate (0 without bytes).
+    pub fn intensity(&self) -> f64 {
+        if self.bytes() == 0 {
+            0.0
+        } else {
+            self.flops as f64 / self.bytes() as f64
+        }
+    }
+
+    fn add(&mut self, d: &DispatchCost, times: u64) {
+        self.dispatches += times;
+        self.flops += times * d.flops;
+        self.bytes_read += times * d.bytes_read;
+        self.bytes_written += times * d.bytes_written;
+    }
+}
+
+/// The cost figures of one forward of `batch` images (see the module docs).
+#[derive(Clone, Debug)]
+pub struct CostFigures {
+    pub batch: usize,
+    /// Images per run of the program, and runs per forward.
+    pub micro_batch: usize,
+    pub micro_batches: usize,
+    /// Compute passes of a forward (one per micro-batch).
+    pub passes: usize,
+    /// The dispatches of one run of the program, in order.
+    pub program: Vec<DispatchCost>,
+    /// Per family (in [`Family::ALL`] order) and in all, for the whole forward.
+    pub families: Vec<(Family, Totals)>,
+    pub total: Totals,
+}
+
+/// Records the forward of `spec.batch` images for `limits` (as [`super::forward::memory_plan`])
+/// and reads its cost figures.
+pub fn cost_figures(
+    cfg: &ModelConfig,
+    weights: &ModelWeights,
+    spec: &ForwardSpec,
+    limits: &wgpu::Limits,
+) -> CostFigures {
+    let (chunks, mb) = split_batch(cfg, limits, spec.batch);
+    let micro = ForwardSpec {
+        batch: mb,
+        ..spec.clone()
+    };
+    let recorded = record::record(cfg, weights, &micro, limits, false);
+    let program = dispatch_costs(&recorded.builder);
+    let mut families: Vec<(Family, Totals)> = Family::ALL
+        .iter()
+        .map(|&f| (f, Totals::default()))
+        .collect();
+    let mut total = Totals::default();
+    for d in &program {
+        if let Some((_, t)) = families.iter_mut().find(|(f, _)| *f == d.family) {
+            t.add(d, chunks as u64);
+        }
+        total.add(d, chunks as u64);
+    }
+    CostFigures {
+        batch: spec.batch,
+        micro_batch: mb,
+        micro_batches: chunks,
+        passes: chunks,
+        program,
+        families,
+        total,
+    }
+}
+
+/// The cost of every dispatch recorded in `b`.
+pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
+    let mut writable = std::collections::HashMap::new();
+    (0..b.dispatch_count())
+        .map(|i| {
+            let (key, family, params, bindings, grid) = b.step(i);
+            let writes = writable
+                .entry(key.shader)
+                .or_insert_with(|| key.shader.writable_bindings());
+            let mut read: Vec<usize> = Vec::new();
+            let mut written: Vec<usize> = Vec::new();
+            for (k, &t) in bindings.iter().enumerate() {
+                if writes.contains(&(k as u32 + 1)) {
+                    written.push(t);
+                } else {
+                    read.push(t);
+                }
+            }
+            read.sort_unstable();
+            read.dedup();
+            written.sort_unstable();
+            written.dedup();
+            let bytes = |t: usize| b.tensor_bytes(t);
+            let bound: Vec<u64> = bindings.iter().map(|&t| bytes(t)).collect();
+            DispatchCost {
+                family,
+                kernel: key.shader.name(),
+                flops: dispatch_flops(key, params, &bound, grid),
+                bytes_read: read.iter().map(|&t| bytes(t)).sum(),
+                bytes_written: written.iter().map(|&t| bytes(t)).sum(),
+            }
+        })
+        .collect()
+}
+
+/// Arithmetic of one dispatch from its kernel, parameters and bound tensors' bytes
+/// (conventions in the module docs). The parameter layouts are the ones `crate::kernels`
+/// records; a test compares the sum with [`super::cost::flops_total`].
+pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], grid: [u32; 3]) -> u64 {
+    let at = |i: usize| p.get(i).copied().unwrap_or(0) as u64;
+    match key.shader {
+        Shader::Linear | Shader::LinearSg8 | Shader::LinearSg8R16 | Shader::LinearSg8R8 => {
+            // [m, k, n, padded n, mode, ca, cb, stats, (base)]
+            let (m, k, n) = (at(0), at(1), at(2));
+            let rows = match key.shader {
+                Shader::Linear => m,
+                Shader::LinearSg8 => {
+                    let tiles_n = at(3).div_ceil(64).max(1);
+                    let tiles = (grid[0] as u64 * grid[1] as u64 * grid[2] as u64) / tiles_n;
+                    (tiles * 32).min(m.saturating_sub(at(8)))
+                }
+                _ => m.saturating_sub(at(8)),
+            };
+            let epilogue = match at(4) {
+                0 => 1,
+                1 => 11,
+                _ => 3,
+            };
+            let normalise = if at(7) != 0 { 2 * rows * k } else { 0 };
+            rows * n * (2 * k + epilogue) + normalise
+        }
+        Shader::Conv | Shader::ConvDense | Shader::ConvSg8 => {
+            // [batch, cin, h, w, cout, oh, ow, k, stride, pad, groups, flags, .., rows, ..]
+            let (batch, cin, cout, ow, k, groups) = (at(0), at(1), at(4), at(6), at(7), at(10));
+            let rows = at(15);
+            // The bias, the ReLU (flag 1) and the positional embedding (flag 8): 1 each.
+            let flags = at(11);
+            let per_out = 2 * (cin / groups.max(1)) * k * k + 1 + (flags & 1) + (flags >> 3 & 1);
+            batch * rows * ow * cout * per_out
+        }
+        Shader::Attention | Shader::AttentionVec4 | Shader::AttentionSg8 => {
+            // [batch, n, dim, heads, groups, flags, scale]
+            let (batch, n, dim, heads, groups) = (at(0), at(1), at(2), at(3), at(4).max(1));
+            let ng = n / groups;
+            batch * (4 * n * ng * dim + 7 * heads * n * ng + n)
+        }
+        // [rows, c, eps]
+        Shader::LnStats => 4 * at(0) * at(1),
+        Shader::LayerNorm => 8 * at(0) * at(1),
+        // [batch, n, c]
+        Shader::MeanTokens => at(0) * at(2) * (at(1) + 1),
+        Shader::TomeMetric => {
+            // [batch, n, dim, heads]: the head mean, then the key's norm.
+            let hd = at(2) / at(3).max(1);
+            at(0) * at(1) * (at(2) + 3 * hd)
+        }
+        Shader::TomeMatch | Shader::TomeMatchSg8 | Shader::TomeRank => {
+            // [batch, n, lead, a_odd]; matching: the cosine similarity of every A-B pair and the
+            // row maxima; rank: every A token compared with every other.
+            let (batch, n, lead, a_odd) = (at(0), at(1), at(2), at(3));
+            let window = n.saturating_sub(lead);
+            let na = (window + 1).saturating_sub(a_odd) / 2;
+            let nb = window - na;
+            if key.shader == Shader::TomeRank {
+                batch * na * na
+            } else {
+                let hd = match key.head_dim {
+                    0 => 32,
+                    hd => hd as u64,
+                };
+                batch * na * nb * (2 * hd + 1)
+            }
+        }
+        Shader::TomeSlots => {
+            // [batch, n, r, lead, a_odd, sorted]
+            let (batch, n) = (at(0), at(1));
+            let na = n.saturating_sub(at(3)) / 2;
+            batch * n + if at(5) != 0 { batch * na * na / 2 } else { 0 }
+        }
+        Shader::TomeMerge => {
+            // [batch, n, r, c, ..]: weight by size, move every token, scatter-sum, divide.
+            let (batch, n, r, c) = (at(0), at(1), at(2), at(3));
+            batch * (n * c + n * (c + 1) + r * (c + 1) + (n - r.min(n)) * c)
+        }
+        // [batch, n_grid, n, first, lead]
+        Shader::TomeMapUpdate => at(0) * at(1),
+        // [batch, n_grid, n, c]: one move per element.
+        Shader::Gather => at(0) * at(1) * at(3),
+        // Moves: one per element of the output binding.
+        Shader::CopyTokens | Shader::Preprocess => bound_bytes.last().copied().unwrap_or(0) / 4,
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Device profiles and the roofline estimate.
+// ------------------------------------------------------------------------------------------------
+
+/// Named device profiles (`assets/devices.json`), compiled into the binary.
+pub const DEVICES_JSON: &str = include_str!("../../assets/devices.json");
+
+/// A device as the roofline sees it: peak fp32 arithmetic, memory bandwidth and a fixed cost
+/// per dispatch; `note` says where each number comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    pub name: String,
+    pub description: String,
+    /// Global-memory bandwidth, GB/s (10^9 bytes per second).
+    pub bandwidth_gb_s: f64,
+    /// Peak fp32 arithmetic, TFLOP/s (10^12 per second).
+    pub fp32_tflop_s: f64,
+    /// Fixed cost of one dispatch (launch, barrier between dependent dispatches), microseconds.
+    pub dispatch_us: f64,
+    pub note: String,
+}
+
+#[derive(Deserialize)]
+struct DevicesFile {
+    profiles: Vec<DeviceProfile>,
+}
+
+/// The profiles of `assets/devices.json`.
+pub fn device_profiles() -> Vec<DeviceProfile> {
+    serde_json::from_str::<DevicesFile>(DEVICES_JSON)
+        .map(|f| f.profiles)
+        .unwrap_or_default()
+}
+
+/// The profile called `name`; an unknown name is an error listing the known ones.
+pub fn device_profile(name: &str) -> Result<DeviceProfile> {
+    let all = device_profiles();
+    all.iter().find(|p| p.name == name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        Error::arg(
+            "device profile",
+            name,
+            format!("unknown; known profiles: {}", known.join(", ")),
+        )
+    })
+}
+
+/// Which term of the roofline takes most of the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    Compute,
+    Memory,
+    DispatchOverhead,
+}
+
+impl Bound {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Compute => "compute",
+            Bound::Memory => "memory",
+            Bound::DispatchOverhead => "dispatch overhead",
+        }
+    }
+}
+
+/// The roofline time of a set of dispatches, split by what bounds each: the dispatches where
+/// the arithmetic term is larger (`compute_s`), those where the memory term is (`memory_s`),
+/// and the fixed per-dispatch cost (`overhead_s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Estimate {
+    pub seconds: f64,
+    pub compute_s: f64,
+    pub memory_s: f64,
+    pub overhead_s: f64,
+}
+
+impl Estimate {
+    pub fn bound(&self) -> Bound {
+        if self.overhead_s >= self.compute_s && self.overhead_s >= self.memory_s {
+            Bound::DispatchOverhead
+        } else if self.compute_s >= self.memory_s {
+            Bound::Compute
+        } else {
+            Bound::Memory
+        }
+    }
+}
+
+/// The roofline estimate of a forward on a profile.
+#[derive(Clone, Debug)]
+pub struct Roofline {
+    pub profile: DeviceProfile,
+    pub families: Vec<(Family, Estimate)>,
+    pub total: Estimate,
+    pub images_per_s: f64,
+}
+
+/// Always shown with a roofline figure.
+pub const ROOFLINE_LABEL: &str = "estimate (roofline, not a measurement)";
+
+/// Per dispatch `max(flops / peak, bytes / bandwidth)`, plus the per-dispatch cost, summed per
+/// family and over the forward; images/s = batch / time.
+pub fn roofline(fig: &CostFigures, profile: &DeviceProfile) -> Roofline {
+    let peak = profile.fp32_tflop_s * 1e12;
+    let bandwidth = profile.bandwidth_gb_s * 1e9;
+    let overhead = profile.dispatch_us * 1e-6;
+    let runs = fig.micro_batches as f64;
+    let mut families: Vec<(Family, Estimate)> = Family::ALL
+        .iter()
+        .map(|&f| (f, Estimate::default()))
+        .collect();
+    let mut total = Estimate::default();
+    for d in &fig.program {
+        let compute = d.flops as f64 / peak;
+        let memory = d.bytes() as f64 / bandwidth;
+        let mut e = Estimate {
+            seconds: runs * (compute.max(memory) + overhead),
+            compute_s: 0.0,
+            memory_s: 0.0,
+            overhead_s: runs * overhead,
+        };
+        if compute >= memory {
+            e.compute_s = runs * compute;
+        } else {
+            e.memory_s = runs * memory;
+        }
+        for acc in families
+            .iter_mut()
+            .filter(|(f, _)| *f == d.family)
+            .map(|(_, e)| e)
+            .chain([&mut total])
+        {
+            acc.seconds += e.seconds;
+            acc.compute_s += e.compute_s;
+            acc.memory_s += e.memory_s;
+            acc.overhead_s += e.overhead_s;
+        }
+    }
+    let images_per_s = if total.seconds > 0.0 {
+        fig.batch as f64 / total.seconds
+    } else {
+        0.0
+    };
+    Roofline {
+        profile: profile.clone(),
+        families,
+        total,
+        images_per_s,
+    }
+}
+
+/// The figures as JSON: `dispatches`, `passes`, `global_bytes` (`read`, `written`, `total`),
+/// `flops`, `intensity`, and per family the same under `families`.
+pub fn figures_json(fig: &CostFigures) -> serde_json::Value {
+    let totals = |t: &Totals| {
+        serde_json::json!({
+            "dispatches": t.dispatches,
+            "global_bytes": {
+                "read": t.bytes_read,
+                "written": t.bytes_written,
+                "total": t.bytes(),
+            },
+            "flops": t.flops,
+            "intensity": t.intensity(),
+        })
+    };
+    let mut families = serde_json::Map::new();
+    for (f, t) in &fig.families {
+        families.insert(f.name().to_string(), totals(t));
+    }
+    let mut v = totals(&fig.total);
+    v["passes"] = fig.passes.into();
+    v["micro_batch"] = fig.micro_batch.into();
+    v["micro_batches"] = fig.micro_batches.into();
+    v["bytes_convention"] = "bound-tensor estimate: each distinct tensor bound read-only counts as read, each bound read_write as written, once per dispatch".into();
+    v["families"] = families.into();
+    v
+}
+
+/// The roofline as JSON, labelled.
+pub fn roofline_json(r: &Roofline) -> serde_json::Value {
+    let est = |e: &Estimate| {
+        serde_json::json!({
+            "seconds": e.seconds,
+            "compute_bound_s": e.compute_s,
+            "memory_bound_s": e.memory_s,
+            "dispatch_overhead_s": e.overhead_s,
+            "bound": e.bound().name(),
+        })
+    };
+    let mut families = serde_json::Map::new();
+    for (f, e) in &r.families {
+        families.insert(f.name().to_string(), est(e));
+    }
+    let mut v = est(&r.total);
+    v["label"] = ROOFLINE_LABEL.into();
+    v["profile"] = serde_json::to_value(&r.profile).unwrap_or_default();
+    v["images_per_s"] = r.images_per_s.into();
+    v["families"] = families.into();
+    v
+}
+
+fn si(x: f64, unit: &str) -> String {
+    let (v, p) = if x >= 1e12 {
+        (x / 1e12, "T")
+    } else if x >= 1e9 {
+        (x / 1e9, "G")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    format!("{v:.2} {p}{unit}")
+}
+
+/// The figures as a table, one row per family that has dispatches, then the total.
+pub fn render_figures(fig: &CostFigures) -> String {
+    let mut s = format!(
+        "cost figures at batch {} ({} micro-batch{} of {}): {} dispatches in {} compute pass{} \
+         (bench --profile: one pass per dispatch); bytes are the bound-tensor estimate\n",
+        fig.batch,
+        fig.micro_batches,
+        if fig.micro_batches == 1 { "" } else { "es" },
+        fig.micro_batch,
+        fig.total.dispatches,
+        fig.passes,
+        if fig.passes == 1 { "" } else { "es" },
+    );
+    s += &format!(
+        "  {:<10} {:>10} {:>12} {:>12} {:>12} {:>10}\n",
+        "family", "dispatches", "FLOPs", "bytes read", "written", "FLOP/byte"
+    );
+    let row = |name: &str, t: &Totals| {
+        format!(
+            "  {:<10} {:>10} {:>12} {:>12} {:>12} {:>10.2}\n",
+            name,
+            t.dispatches,
+            si(t.flops as f64, ""),
+            si(t.bytes_read as f64, "B"),
+            si(t.bytes_written as f64, "B"),
+            t.intensity()
+        )
+    };
+    for (f, t) in fig.families.iter().filter(|(_, t)| t.dispatches > 0) {
+        s += &row(f.name(), t);
+    }
+    s += &row("total", &fig.total);
+    s
+}
+
+/// The roofline as a table, labelled as an estimate.
+pub fn render_roofline(r: &Roofline, batch: usize) -> String {
+    let p = &r.profile;
+    let mut s = format!(
+        "{ROOFLINE_LABEL} on {} ({}: {} GB/s, {} TFLOP/s fp32, {} us per dispatch)\n",
+        p.name, p.description, p.bandwidth_gb_s, p.fp32_tflop_s, p.dispatch_us
+    );
+    s += &format!(
+        "  {:<10} {:>11} {:>11} {:>11} {:>11}  {}\n",
+        "family", "time ms", "compute ms", "memory ms", "dispatch ms", "bound"
+    );
+    let row = |name: &str, e: &Estimate| {
+        format!(
+            "  {:<10} {:>11.3} {:>11.3} {:>11.3} {:>11.3}  {}\n",
+            name,
+            e.seconds * 1e3,
+            e.compute_s * 1e3,
+            e.memory_s * 1e3,
+            e.overhead_s * 1e3,
+            e.bound().name()
+        )
+    };
+    for (f, e) in r.families.iter().filter(|(_, e)| e.seconds > 0.0) {
+        s += &row(f.name(), e);
+    }
+    s += &row("total", &r.total);
+    s += &format!(
+        "  {:.1} images/s at batch {batch} ({ROOFLINE_LABEL})\n",
+        r.images_per_s
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_parse_and_have_notes() {
+        let all = device_profiles();
+        assert!(all.len() >= 4);
+        for p in &all {
+            assert!(p.bandwidth_gb_s > 0.0 && p.fp32_tflop_s > 0.0 && p.dispatch_us >= 0.0);
+            assert!(!p.note.is_empty(), "{}", p.name);
+        }
+    }
+}
