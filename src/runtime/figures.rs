@@ -113,7 +113,7 @@ pub fn cost_figures(
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
 ) -> CostFigures {
-    let (chunks, mb) = split_batch(cfg, limits, spec.batch);
+    let (chunks, mb) = split_batch(cfg, weights, spec, limits);
     let micro = ForwardSpec {
         batch: mb,
         ..spec.clone()
