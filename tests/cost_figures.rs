@@ -59,11 +59,13 @@ fn dispatch_counts_are_the_recorded_programs() {
         let cfg = ModelConfig::by_name(model).unwrap();
         let s: Schedule = schedule.parse().unwrap();
         let limits = wgpu::Limits::default();
-        let (chunks, mb) = split_batch(&cfg, &limits, batch);
-        let spec = ForwardSpec::new(&cfg, &s, DEFAULT_SEED)
+        let weights = synthetic_weights(&cfg, 0);
+        let whole = ForwardSpec::new(&cfg, &s, DEFAULT_SEED)
             .unwrap()
-            .with_batch(mb);
-        let recorded = record::record(&cfg, &synthetic_weights(&cfg, 0), &spec, &limits, false);
+            .with_batch(batch);
+        let (chunks, mb) = split_batch(&cfg, &weights, &whole, &limits);
+        let spec = whole.with_batch(mb);
+        let recorded = record::record(&cfg, &weights, &spec, &limits, false);
         let fig = figures_for(model, schedule, batch);
         let what = format!("{model} {schedule} batch {batch}");
         assert_eq!(
