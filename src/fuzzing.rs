@@ -12,7 +12,7 @@ use crate::io::decode_rgb8_bytes;
 use crate::io::safetensors::load_safetensors_bytes;
 use crate::model::ModelConfig;
 use crate::preprocess::preprocess_rgb8;
-use crate::tome::{plan, Schedule};
+use crate::tome::{Schedule, Trajectory};
 
 fn sret_t() -> &'static ModelConfig {
     static CFG: OnceLock<ModelConfig> = OnceLock::new();
@@ -61,7 +61,7 @@ pub fn schedule(data: &[u8]) {
             .parse()
             .expect("a printed schedule parses again");
         assert_eq!(again, s, "printing and parsing {text:?} changed it");
-        let _ = plan(sret_t(), &s);
+        let _ = Trajectory::new(sret_t(), &s);
     }
 }
 
