@@ -3,6 +3,7 @@
 //! leaf types ([`crate::model`]) and the CPU transform ([`crate::preprocess`]) only.
 
 pub mod checkpoint;
+pub mod files;
 pub mod image;
 pub mod jpeg;
 pub mod safetensors;
