@@ -107,6 +107,8 @@ fn run_opts(args: &[&str], o: Opts) -> Run {
     }
     let parent_mib = own_hwm_mib();
     let start = Instant::now();
+    // Reaped below with wait4 (for its rusage), not Child::wait.
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("spawn the binary");
     let pid = child.id() as libc::pid_t;
     let mut out = child.stdout.take().unwrap();
@@ -257,8 +259,11 @@ fn int(v: u64) -> Vec<u8> {
     out
 }
 
-/// A state dict pickle: `(name, storage key, storage numel, size, stride)` per tensor.
-fn pickle(tensors: &[(&str, &str, u64, &[u64], &[u64])]) -> Vec<u8> {
+/// `(name, storage key, storage numel, size, stride)` of one tensor.
+type TensorSpec<'a> = (&'a str, &'a str, u64, &'a [u64], &'a [u64]);
+
+/// A state dict pickle of `tensors`.
+fn pickle(tensors: &[TensorSpec]) -> Vec<u8> {
     let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
     for (name, key, numel, size, stride) in tensors {
         p.extend(binunicode(name));
@@ -892,7 +897,8 @@ fn case6_merge_results_refuses_inconsistent_counts() {
     // Whole shards merge.
     let (a, b) = (shard(1, &nothing), shard(2, &nothing));
     run(&["merge-results", s(&a), s(&b), "--out-dir", s(&out)]).ok();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|v| {
                 let q = &mut v["results"][0]["quality"];

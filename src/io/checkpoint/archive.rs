@@ -153,6 +153,15 @@ impl<'p, R: Read + Seek> Archive<'p, R> {
                 continue;
             }
             let nbytes = t.storage.nbytes().unwrap_or(u64::MAX);
+            if nbytes > MAX_STORAGE_BYTES {
+                return Err(bad(
+                    self.path,
+                    format!(
+                        "storage '{}' declares {} elements ({nbytes} bytes), more than the limit of {MAX_STORAGE_BYTES} bytes",
+                        t.storage.key, t.storage.numel
+                    ),
+                ));
+            }
             storages.insert(t.storage.key.as_str(), nbytes);
             let inflated = storages.values().fold(0u64, |a, &b| a.saturating_add(b));
             if inflated > self.budget {
