@@ -1181,3 +1181,32 @@ fn case9_small_ones() {
         "{r:#?}"
     );
 }
+
+#[test]
+fn case3_sigkill_at_any_moment_leaves_the_old_or_the_new_file() {
+    let d = tmpdir("c3d");
+    let w = d.join("w.safetensors");
+    let args = ["synthetic", "--model", "sret_t", "--weights-out", s(&w)];
+    run(&args).ok();
+    let new = digest(&w);
+    let old = (0xdead, 3);
+    for delay_ms in [5u64, 20, 40, 80, 160, 320] {
+        std::fs::write(&w, b"old").unwrap();
+        let old_now = digest(&w);
+        assert_eq!(old_now.1, old.1);
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let got = digest(&w);
+        assert!(
+            got == old_now || got == new,
+            "after SIGKILL at {delay_ms} ms: a damaged file"
+        );
+    }
+}

@@ -171,13 +171,7 @@ pub fn weights_name(m: &ModelArgs) -> String {
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
     for out in a.json.iter().chain(&a.csv) {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Write {
-                path: dir.to_path_buf(),
-                why: e.to_string(),
-            })?;
-        }
-        crate::io::files::check_output(out, &a.model.inputs())?;
+        crate::io::files::check_output_creating(out, &a.model.inputs())?;
     }
     let model = a.model.load()?;
     if model.synthetic {

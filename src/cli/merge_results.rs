@@ -34,9 +34,8 @@ pub struct MergeArgs {
 
 pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
     let inputs: Vec<&std::path::Path> = a.files.iter().map(|p| p.as_path()).collect();
-    crate::io::files::check_output_dir(&a.out_dir, &inputs)?;
     for name in ["eval.json", "eval.csv", "sweep.json", "sweep.csv"] {
-        crate::io::files::check_output(&a.out_dir.join(name), &inputs)?;
+        crate::io::files::check_output_creating(&a.out_dir.join(name), &inputs)?;
     }
     let earlier = super::sweep::earlier_files(&a.out_dir);
     let files = a

@@ -185,10 +185,50 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// [`check_output`], creating the directory first (for commands that write into a folder).
+/// [`check_output`] for an output whose directory is created when it is written (`eval
+/// --json`, `sweep --out-dir`, ...): if the directory is not there yet, its nearest existing
+/// ancestor must be a directory that accepts new entries. Nothing is created, so a scan of a
+/// data folder that contains the output directory does not see it.
+pub fn check_output_creating(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let dir = parent_dir(output);
+    if dir.is_dir() {
+        return check_output(output, inputs);
+    }
+    let mut ancestor = dir.as_path();
+    while !ancestor.exists() {
+        match ancestor.parent() {
+            Some(p) if !p.as_os_str().is_empty() => ancestor = p,
+            _ => {
+                ancestor = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !ancestor.is_dir() {
+        return Err(write_error(
+            output,
+            format!(
+                "cannot create its directory {}: {} is not a directory",
+                dir.display(),
+                ancestor.display()
+            ),
+        ));
+    }
+    check_output(&ancestor.join(".sret-tome-probe"), &[]).map_err(|_| {
+        write_error(
+            output,
+            format!(
+                "cannot create its directory {}: {} does not accept new entries",
+                dir.display(),
+                ancestor.display()
+            ),
+        )
+    })
+}
+
+/// [`check_output_creating`] for a directory the command writes into.
 pub fn check_output_dir(dir: &Path, inputs: &[&Path]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
-    check_output(&dir.join(".sret-tome-probe"), inputs)
+    check_output_creating(&dir.join(".sret-tome-probe"), inputs)
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
