@@ -426,6 +426,24 @@ fn case1_broadcast_view_past_the_budget_is_refused() {
     good_checkpoint(&good, 1000);
     run(&["convert", s(&good), s(&out)]).ok();
     assert_ne!(std::fs::read(&out).unwrap(), b"earlier output");
+    // A 32 MiB checkpoint (stored, as torch.save writes) converts within a few times its size:
+    // the storage, the f32 tensor and its safetensors form.
+    let big = d.join("big.pth");
+    let n: u64 = 8 << 20;
+    zip_file(
+        &big,
+        &[
+            ("a/data.pkl".into(), pickle(&[("w", "0", n, &[n], &[1])])),
+            (format!("a/data/0#zeros={}", n * 4), vec![]),
+        ],
+        false,
+    );
+    let r = run(&["convert", s(&big), s(&out)]);
+    r.ok().under_mib(4.0 * 32.0 + 16.0);
+    eprintln!(
+        "case 1: converting a 32 MiB checkpoint: peak {:.1} MiB (this process: {:.1})",
+        r.peak_mib, r.parent_mib
+    );
 }
 
 // --- 2. A stuck file in the data folder ----------------------------------------------------
@@ -545,6 +563,30 @@ fn case3_a_write_past_the_file_size_limit_keeps_the_earlier_file() {
         r.code,
         r.stderr.trim()
     );
+    // A directory that does not accept the output: refused before the input is read (as
+    // nobody when the tests run as root, to whom every directory is writable).
+    use std::os::unix::fs::PermissionsExt;
+    let ro = d.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("out.safetensors"), b"earlier output").unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let r = run_opts(
+        &["convert", s(&good), s(&ro.join("out.safetensors"))],
+        Opts {
+            uid: root.then_some(65534),
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    );
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    r.refused("cannot create a file in").within_secs(5.0);
+    assert_eq!(
+        std::fs::read(ro.join("out.safetensors")).unwrap(),
+        b"earlier output"
+    );
+    eprintln!("case 3: read-only output directory: {}", r.stderr.trim());
     // synthetic likewise (its weights are megabytes).
     let w = d.join("w.safetensors");
     std::fs::write(&w, b"earlier weights").unwrap();
