@@ -52,7 +52,12 @@
 //! [`MAX_PICKLE_BYTES`], one storage at most [`MAX_STORAGE_BYTES`], all returned tensors
 //! together at most [`MAX_TOTAL_ELEMENTS`] elements, and the unpickler's objects, stack, memo
 //! and container items at most [`MAX_PICKLE_OBJECTS`] each, tensors and storages at most
-//! [`MAX_TENSORS`], dimensions at most [`MAX_DIMS`]. Nothing of `data.pkl` is copied more than
+//! [`MAX_TENSORS`], dimensions at most [`MAX_DIMS`]. Before any storage is inflated, the
+//! storages the float tensors use (as their zip entries declare them) and the f32 tensors
+//! returned must each fit in [`read_budget`] of the file's size (`4 x size + 64 MiB`, at most
+//! 4 GiB), so a small file with deflated or broadcast (stride 0) storages is refused at once;
+//! each storage is dropped after its last use. Only regular files are opened (see
+//! [`crate::io::files`]). Nothing of `data.pkl` is copied more than
 //! once (memoised strings, tuples and globals are shared, not cloned), so a hostile `data.pkl`
 //! can make the reader use at most a few hundred MiB, in time linear in its size. Violations, malformed pickles (unknown opcode, stack
 //! underflow, undefined memo index, truncation, ...) and malformed archives are
