@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    sret_tome::io::files::ignore_file_size_signal();
     let cli = sret_tome::cli::Cli::parse();
     // Before anything opens a GPU (and while this process has one thread): llvmpipe reads its
     // vector width once, when the Vulkan driver loads.

@@ -497,20 +497,23 @@ fn merging_shards_checks_and_adds_up() {
     b.bench_batches.clear();
     for (ra, rb) in a.results.iter_mut().zip(b.results.iter_mut()) {
         let q = ra.quality.clone().unwrap();
+        // Split in proportion to the images, so that each shard's counts are consistent
+        // (merge-results checks that no part exceeds its whole).
+        let part = |n: u64| n * 6 / 10;
         let qa = stats(
             6000,
             6000,
-            q.top1_correct / 2,
-            q.top5_correct / 2,
-            q.agree / 2,
+            part(q.top1_correct),
+            part(q.top5_correct),
+            part(q.agree),
             q.kl_sum * 0.25,
         );
         let qb = stats(
             4000,
             4000,
-            q.top1_correct - q.top1_correct / 2,
-            q.top5_correct - q.top5_correct / 2,
-            q.agree - q.agree / 2,
+            q.top1_correct - part(q.top1_correct),
+            q.top5_correct - part(q.top5_correct),
+            q.agree - part(q.agree),
             q.kl_sum * 0.75,
         );
         ra.quality = Some(qa);

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
 use crate::bench::{bench_many, BenchOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::synthetic_images;
 use crate::model::Precision;
@@ -97,6 +97,9 @@ fn pct(v: f64, base: f64) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    for out in a.json.iter().chain(&a.csv) {
+        crate::io::files::check_output(out, &a.model.inputs())?;
+    }
     let model = std::sync::Arc::new(a.model.load()?);
     let schedules: Vec<Schedule> = if a.schedule.is_empty() {
         default_schedules(&model.cfg)
@@ -118,8 +121,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         vec![1, 128]
     };
-    if let Some(&0) = batches.iter().find(|&&b| b == 0) {
-        return Err(Error::arg("batch", 0, "must be at least 1"));
+    let precision = if a.both_precisions {
+        Precision::F32
+    } else {
+        a.gpu.precision
+    };
+    let max = super::max_batch(&gpu, &model.cfg, precision);
+    for &b in &batches {
+        super::check_batch("batch", b, max, "images per forward on this device")?;
     }
     let warmup = a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 });
     let method = if gpu.has_timestamps() {
@@ -335,11 +344,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.profile {
             v["profiles"] = profiles_json.into();
         }
-        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(
-            |e| Error::Write {
-                path: path.clone(),
-                why: e.to_string(),
-            },
+        crate::io::files::write_atomic_bytes(
+            path,
+            serde_json::to_string_pretty(&v)
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
     }
     if let Some(path) = &a.csv {
@@ -360,10 +369,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 r.iters
             );
         }
-        std::fs::write(path, s).map_err(|e| Error::Write {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        crate::io::files::write_atomic_bytes(path, s.as_bytes())?;
     }
     Ok(())
 }

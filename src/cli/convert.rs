@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::{checkpoint, safetensors::load_safetensors_bytes};
 use crate::model::ModelConfig;
 
@@ -21,15 +21,13 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
+    crate::io::files::check_output(&a.output, &[&a.input])?;
     let tensors = checkpoint::read_state_dict(&a.input)?;
     let bytes = checkpoint::to_safetensors_bytes(&tensors)?;
     if let Some(name) = &a.model {
         load_safetensors_bytes(&bytes, &a.input, &ModelConfig::by_name(name)?)?;
     }
-    std::fs::write(&a.output, &bytes).map_err(|e| Error::Write {
-        path: a.output.clone(),
-        why: e.to_string(),
-    })?;
+    crate::io::files::write_atomic_bytes(&a.output, &bytes)?;
     eprintln!("wrote {} tensors to {}", tensors.len(), a.output.display());
     Ok(())
 }

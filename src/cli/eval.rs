@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
 use crate::error::{Error, Result};
-use crate::eval::dataset::{ClassMap, DataSource, Dataset, Layout, Problem};
+use crate::eval::dataset::{ClassMap, DataSource, Dataset, Layout, Problem, MAX_SAMPLES};
 use crate::eval::evaluate::{default_workers, evaluate, EvalOptions};
 use crate::eval::results::{Kind, ResultsFile, Role, ScheduleResult, ShardUnit};
 use crate::eval::shard::Shard;
@@ -53,6 +53,11 @@ impl DataArgs {
                 layout: self.layout,
                 class_map: self.class_map,
             }),
+            (None, Some(count)) if count > MAX_SAMPLES => Err(Error::arg(
+                "synthetic",
+                count,
+                format!("at most {MAX_SAMPLES} images"),
+            )),
             (None, Some(count)) => Ok(DataSource::Synthetic {
                 count,
                 seed: self.data_seed,
@@ -165,6 +170,9 @@ pub fn weights_name(m: &ModelArgs) -> String {
 
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
+    for out in a.json.iter().chain(&a.csv) {
+        crate::io::files::check_output_creating(out, &a.model.inputs())?;
+    }
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
@@ -184,6 +192,12 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
     let samples = shard.select(dataset.samples.clone());
     let gpu = Gpu::new(&a.gpu.choice())?;
     let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
+    super::check_batch(
+        "batch",
+        batch,
+        super::max_batch(&gpu, &model.cfg, a.gpu.precision),
+        "images per forward on this device",
+    )?;
     let opts = EvalOptions {
         batch,
         workers: a.data.workers(),

@@ -46,10 +46,13 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
+    // The output is checked before any work: directory there and writable, not an input.
+    let mut inputs = a.model.inputs();
+    inputs.extend(a.images.iter().map(|p| p.as_path()));
+    crate::io::files::check_output(&a.out, &inputs)?;
     let model = std::sync::Arc::new(a.model.load()?);
     let schedule: Schedule = a.schedule.parse()?;
     let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
-    let (images, batch) = load_images(&a.images, &model.cfg)?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (the classes printed are meaningless)",
@@ -57,6 +60,8 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     let gpu = Gpu::new(&a.gpu.choice())?;
+    let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
+    let (images, batch) = load_images(&a.images, &model.cfg, max, a.model.refuse_non_finite)?;
     let engine = EngineBuilder::new()
         .gpu(&gpu)
         .pipeline_cache(&a.gpu.pipeline_cache())

@@ -33,6 +33,11 @@ pub struct MergeArgs {
 }
 
 pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
+    let inputs: Vec<&std::path::Path> = a.files.iter().map(|p| p.as_path()).collect();
+    for name in ["eval.json", "eval.csv", "sweep.json", "sweep.csv"] {
+        crate::io::files::check_output_creating(&a.out_dir.join(name), &inputs)?;
+    }
+    let earlier = super::sweep::earlier_files(&a.out_dir);
     let files = a
         .files
         .iter()
@@ -73,10 +78,12 @@ pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
     res.write_json(&json)?;
     res.write_csv(&csv)?;
     println!("wrote {}\nwrote {}", json.display(), csv.display());
+    let mut written = vec![json, csv];
     if res.kind == Kind::Sweep {
         let cfg = ModelConfig::by_name(&res.model)?;
-        write_figures(&res, &cfg, &a.trajectory, &a.out_dir)?;
+        written.extend(write_figures(&res, &cfg, &a.trajectory, &a.out_dir)?);
     }
+    super::sweep::report_earlier(&a.out_dir, &earlier, &written);
     Ok(res)
 }
 

@@ -177,16 +177,74 @@ pub struct ModelArgs {
     /// synthetic when absent.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Refuse weights (and `infer`'s images) holding NaN or Inf instead of warning: the GPU's
+    /// ReLU does not propagate NaN as PyTorch does, so such a model can give finite logits.
+    #[arg(long)]
+    pub refuse_non_finite: bool,
 }
 
 impl ModelArgs {
     /// The model with its weights file, or with synthetic weights (said on stderr).
     pub fn load(&self) -> Result<crate::model::Model> {
         match &self.weights {
-            Some(path) => crate::io::load_model(&self.model, path),
+            Some(path) => {
+                let model = crate::io::load_model(&self.model, path)?;
+                // The loader has warned (log level warn) about each non-finite tensor.
+                if !self.refuse_non_finite {
+                    return Ok(model);
+                }
+                let bad = crate::io::safetensors::non_finite_tensors(&model.weights, &model.cfg)?;
+                if let Some((name, n, of)) = bad.first() {
+                    return Err(crate::error::Error::arg(
+                        "weights",
+                        path.display(),
+                        format!(
+                            "tensor '{name}' has {n} non-finite value(s) of {of} ({} tensor(s) in all) and --refuse-non-finite is given",
+                            bad.len()
+                        ),
+                    ));
+                }
+                Ok(model)
+            }
             None => crate::model::Model::synthetic(&self.model),
         }
     }
+
+    /// The weight file, as an input an output must not overwrite.
+    pub fn inputs(&self) -> Vec<&std::path::Path> {
+        self.weights.iter().map(|p| p.as_path()).collect()
+    }
+}
+
+/// The most images one forward on `gpu` takes (its whole batch lives in one buffer of at most
+/// `max_buffer_size` bytes), for checking user-given batch sizes before allocating anything.
+pub fn max_batch(
+    gpu: &crate::gpu::Gpu,
+    cfg: &crate::model::ModelConfig,
+    precision: crate::model::Precision,
+) -> usize {
+    let es: u64 = if precision == crate::model::Precision::F16 {
+        2
+    } else {
+        4
+    };
+    let per = 3 * (cfg.image_size * cfg.image_size) as u64 * es;
+    usize::try_from(gpu.limits.max_buffer_size / per).unwrap_or(usize::MAX)
+}
+
+/// Refuses a batch size of 0 or above `max`, saying the largest value that works.
+pub fn check_batch(what: &'static str, batch: usize, max: usize, why: &str) -> Result<()> {
+    if batch == 0 {
+        return Err(crate::error::Error::arg(what, batch, "must be at least 1"));
+    }
+    if batch > max {
+        return Err(crate::error::Error::arg(
+            what,
+            batch,
+            format!("at most {max} ({why})"),
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<()> {

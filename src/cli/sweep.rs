@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use super::eval::{default_eval_batch, print_problems, weights_name, DataArgs};
 use super::{GpuArgs, ModelArgs};
 use crate::bench::BenchOptions;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::evaluate::EvalOptions;
 use crate::eval::grid::parse_values;
 use crate::eval::plots::sweep_figures;
@@ -113,6 +113,8 @@ pub fn write_figures(
 }
 
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
+    crate::io::files::check_output_dir(&a.out_dir, &a.model.inputs())?;
+    let earlier = earlier_files(&a.out_dir);
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
@@ -142,8 +144,9 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     } else {
         vec![1, 128]
     };
-    if bench_batches.contains(&0) {
-        return Err(Error::arg("bench-batch", 0, "must be at least 1"));
+    let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
+    for &b in &bench_batches {
+        super::check_batch("bench-batch", b, max, "images per forward on this device")?;
     }
     let shard = a.shard.unwrap_or_default();
     let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
@@ -210,9 +213,12 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     res.write_json(&json)?;
     res.write_csv(&csv)?;
     println!("wrote {}\nwrote {}", json.display(), csv.display());
+    let mut written = vec![json, csv];
     if shard.is_whole() {
-        write_figures(&res, &model.cfg, &a.trajectory, &a.out_dir)?;
+        written.extend(write_figures(&res, &model.cfg, &a.trajectory, &a.out_dir)?);
+        report_earlier(&a.out_dir, &earlier, &written);
     } else {
+        report_earlier(&a.out_dir, &earlier, &written);
         println!(
             "figures are drawn once all shards are joined: sret-tome merge-results {}/sweep.shard-*-of-{}.json --out-dir DIR",
             a.out_dir.display(),
@@ -220,6 +226,49 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
         );
     }
     Ok(res)
+}
+
+/// The files (not directories) in `dir` before this run wrote anything.
+pub fn earlier_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Says which earlier files of `dir` this run replaced and which it left as they were (an
+/// earlier run's figures, say), so that a directory of mixed runs does not go unnoticed.
+pub fn report_earlier(dir: &Path, earlier: &[PathBuf], written: &[PathBuf]) {
+    let names = |v: Vec<&PathBuf>| {
+        v.iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (replaced, left): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        earlier.iter().partition(|p| written.contains(p));
+    if !replaced.is_empty() {
+        println!(
+            "note: replaced {} earlier file(s) in {}: {}",
+            replaced.len(),
+            dir.display(),
+            names(replaced)
+        );
+    }
+    if !left.is_empty() {
+        println!(
+            "note: left {} earlier file(s) in {} that this run did not write (from another run?): {}",
+            left.len(),
+            dir.display(),
+            names(left)
+        );
+    }
 }
 
 pub fn run(a: SweepArgs) -> Result<()> {

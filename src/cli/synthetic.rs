@@ -27,7 +27,33 @@ pub struct SyntheticArgs {
     pub seed: u64,
 }
 
+/// Most bytes of synthetic images written (2 GiB, what one forward takes on common devices).
+pub const MAX_SYNTHETIC_IMAGE_BYTES: usize = 2 << 30;
+
 pub fn run(a: SyntheticArgs) -> Result<()> {
+    let cfg = crate::model::ModelConfig::by_name(&a.model)?;
+    if a.images_out.is_some() {
+        let per = 3 * cfg.image_size * cfg.image_size * 4;
+        super::check_batch(
+            "batch",
+            a.batch,
+            MAX_SYNTHETIC_IMAGE_BYTES / per,
+            "2 GiB of f32 images",
+        )?;
+    }
+    let mut inputs: Vec<&std::path::Path> = Vec::new();
+    crate::io::files::check_output(&a.weights_out, &inputs)?;
+    if let Some(p) = &a.images_out {
+        inputs.push(&a.weights_out);
+        crate::io::files::check_output(p, &inputs)?;
+        if p == &a.weights_out {
+            return Err(crate::error::Error::arg(
+                "images-out",
+                p.display(),
+                "is the same path as --weights-out",
+            ));
+        }
+    }
     let model = Model::synthetic(&a.model)?;
     crate::io::safetensors::save_safetensors(&model.weights, &model.cfg, &a.weights_out)?;
     if let Some(path) = &a.images_out {

@@ -56,6 +56,15 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     if !(1..=8).contains(&a.scale) {
         return Err(Error::arg("scale", a.scale, "must be between 1 and 8"));
     }
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
+    let mut inputs = a.model.inputs();
+    inputs.push(&a.image);
+    crate::io::files::check_output(&a.out, &inputs)?;
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
@@ -98,18 +107,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         }
     );
     let picture = render(&crop, &maps, a.style, a.scale, &title)?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
-            path: dir.to_path_buf(),
-            why: e.to_string(),
-        })?;
-    }
-    picture
-        .save_with_format(&a.out, image::ImageFormat::Png)
-        .map_err(|e| Error::Write {
-            path: a.out.clone(),
-            why: e.to_string(),
-        })?;
+    crate::io::files::write_png(&a.out, &picture)?;
     println!("{title}");
     for m in &maps {
         let (tokens, largest, single) = m.token_stats();

@@ -120,6 +120,11 @@ impl DataSource {
     /// Scan the data (no decoding yet).
     pub fn open(&self, num_classes: usize) -> Result<Dataset> {
         match self {
+            DataSource::Synthetic { count, .. } if *count > MAX_SAMPLES => Err(Error::arg(
+                "synthetic",
+                count,
+                format!("at most {MAX_SAMPLES} images"),
+            )),
             DataSource::Synthetic { count, seed } => Ok(Dataset {
                 source: self.describe(),
                 classes: Vec::new(),
@@ -196,9 +201,72 @@ pub fn has_image_extension(name: &str) -> bool {
     IMG_EXTENSIONS.iter().any(|e| lower.ends_with(e))
 }
 
-/// Files below `dir` (symlinks followed, loops cut), ordered as torchvision's
-/// `sorted(os.walk(dir, followlinks=True))` then `sorted(fnames)`.
-fn walk_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Most samples a data set may hold (`--synthetic N` and folders alike), and most directory
+/// entries a folder scan goes through.
+pub const MAX_SAMPLES: usize = 4_000_000;
+
+/// What a scan has gone through so far: entries seen (bounded by [`MAX_SAMPLES`]) and the
+/// data folder's canonical path, inside which symbolic links to directories are followed.
+struct Scan {
+    root: PathBuf,
+    entries: usize,
+}
+
+impl Scan {
+    fn new(root: &Path) -> Result<Scan> {
+        Ok(Scan {
+            root: std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?,
+            entries: 0,
+        })
+    }
+
+    fn count(&mut self, root: &Path) -> Result<()> {
+        self.entries += 1;
+        if self.entries > MAX_SAMPLES {
+            return Err(Error::arg(
+                "data",
+                root.display(),
+                format!("more than {MAX_SAMPLES} entries below it (the most a scan reads)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the directory `path` is walked: yes unless it is a symbolic link whose target
+    /// lies outside the data folder (a link to `/` would walk the whole file system), which is
+    /// listed in `skipped`.
+    fn follow(&self, path: &Path, skipped: &mut Vec<Problem>) -> bool {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            return true;
+        }
+        match std::fs::canonicalize(path) {
+            Ok(c) if c.starts_with(&self.root) => true,
+            Ok(c) => {
+                skipped.push(Problem {
+                    path: path.display().to_string(),
+                    why: format!(
+                        "symbolic link to a directory outside the data folder ({}), not followed",
+                        c.display()
+                    ),
+                });
+                false
+            }
+            Err(e) => {
+                skipped.push(Problem {
+                    path: path.display().to_string(),
+                    why: format!("cannot resolve the link: {e}"),
+                });
+                false
+            }
+        }
+    }
+}
+
+/// Files below `dir` (symlinks inside the data folder followed, loops cut), ordered as
+/// torchvision's `sorted(os.walk(dir, followlinks=True))` then `sorted(fnames)`. Directories
+/// that cannot be read are listed in `skipped` (with why) and the walk goes on.
+fn walk_sorted(dir: &Path, scan: &mut Scan, skipped: &mut Vec<Problem>) -> Result<Vec<PathBuf>> {
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     let mut files_of: Vec<(String, Vec<PathBuf>)> = Vec::new();
@@ -209,13 +277,36 @@ fn walk_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         let mut files = Vec::new();
-        let rd = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?;
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) => {
+                skipped.push(Problem {
+                    path: d.display().to_string(),
+                    why: format!("directory not readable ({e}); its files are not counted"),
+                });
+                continue;
+            }
+        };
         for entry in rd {
-            let entry = entry.map_err(|e| Error::io(&d, e))?;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    skipped.push(Problem {
+                        path: d.display().to_string(),
+                        why: format!("cannot list an entry ({e})"),
+                    });
+                    continue;
+                }
+            };
+            scan.count(&scan.root.clone())?;
             let path = entry.path();
             // `metadata` follows symlinks; a dangling link is a file that will fail to decode.
             match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) if m.is_dir() => {
+                    if scan.follow(&path, skipped) {
+                        stack.push(path)
+                    }
+                }
                 _ => files.push(path),
             }
         }
@@ -266,13 +357,20 @@ fn scan_folder(
             "not a directory (expected an image folder)",
         ));
     }
+    let mut scan = Scan::new(root)?;
+    let mut skipped = Vec::new();
     let mut subdirs = Vec::new();
     let mut root_files = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
         let entry = entry.map_err(|e| Error::io(root, e))?;
+        scan.count(root)?;
         let path = entry.path();
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => subdirs.push(path),
+            Ok(m) if m.is_dir() => {
+                if scan.follow(&path, &mut skipped) {
+                    subdirs.push(path)
+                }
+            }
             _ => root_files.push(path),
         }
     }
@@ -286,11 +384,11 @@ fn scan_folder(
         class_map: None,
         samples: Vec::new(),
         total: 0,
-        skipped: Vec::new(),
+        skipped,
         warnings: Vec::new(),
     };
     if !folder {
-        for path in walk_sorted(root)? {
+        for path in walk_sorted(root, &mut scan, &mut ds.skipped)? {
             if has_image_extension(&name_of(&path)) {
                 ds.samples.push(Sample {
                     index: ds.samples.len(),
@@ -376,7 +474,7 @@ fn scan_folder(
     ds.class_map = Some(used);
     for (c, dir) in subdirs.iter().enumerate() {
         let before = ds.samples.len();
-        for path in walk_sorted(dir)? {
+        for path in walk_sorted(dir, &mut scan, &mut ds.skipped)? {
             if has_image_extension(&name_of(&path)) {
                 ds.samples.push(Sample {
                     index: ds.samples.len(),

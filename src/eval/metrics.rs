@@ -123,6 +123,60 @@ impl QualityStats {
         }
     }
 
+    /// Checks that the counts are consistent (each part no larger than its whole, the KL sum
+    /// finite and not negative); `Err` says which.
+    pub fn validate(&self) -> Result<(), String> {
+        let le = [
+            ("labelled", self.labelled, "images", self.images),
+            ("top5_correct", self.top5_correct, "labelled", self.labelled),
+            (
+                "top1_correct",
+                self.top1_correct,
+                "top5_correct",
+                self.top5_correct,
+            ),
+            ("compared", self.compared, "images", self.images),
+            ("agree", self.agree, "compared", self.compared),
+            ("nonfinite", self.nonfinite, "images", self.images),
+        ];
+        for (a, x, b, y) in le {
+            if x > y {
+                return Err(format!("{a} = {x} is more than {b} = {y}"));
+            }
+        }
+        // Rounding can make a sum of tiny KLs a hair negative; anything more is not a KL.
+        if !self.kl_sum.is_finite() || self.kl_sum < -1e-9 * (self.compared as f64).max(1.0) {
+            return Err(format!(
+                "kl_sum = {} is not a finite sum of KL divergences (>= 0)",
+                self.kl_sum
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`QualityStats::merge`] with every sum checked for overflow.
+    pub fn checked_merge(&mut self, o: &QualityStats) -> Result<(), String> {
+        let mut r = self.clone();
+        let pairs: [(&str, &mut u64, u64); 7] = [
+            ("images", &mut r.images, o.images),
+            ("labelled", &mut r.labelled, o.labelled),
+            ("top1_correct", &mut r.top1_correct, o.top1_correct),
+            ("top5_correct", &mut r.top5_correct, o.top5_correct),
+            ("compared", &mut r.compared, o.compared),
+            ("agree", &mut r.agree, o.agree),
+            ("nonfinite", &mut r.nonfinite, o.nonfinite),
+        ];
+        for (name, a, b) in pairs {
+            *a = a
+                .checked_add(b)
+                .ok_or_else(|| format!("the sum of {name} over the shards overflows"))?;
+        }
+        r.kl_sum += o.kl_sum;
+        r.validate()?;
+        *self = r;
+        Ok(())
+    }
+
     pub fn merge(&mut self, o: &QualityStats) {
         self.images += o.images;
         self.labelled += o.labelled;

@@ -180,12 +180,7 @@ pub fn save<F: Figure>(fig: &F, stem: &Path) -> Result<Vec<PathBuf>> {
             why: e.to_string(),
         })?;
     }
-    render_rgb(fig)?
-        .save_with_format(&png, image::ImageFormat::Png)
-        .map_err(|e| Error::Write {
-            path: png.clone(),
-            why: e.to_string(),
-        })?;
+    crate::io::files::write_png(&png, &render_rgb(fig)?)?;
     super::results::write_text(&svg, &render_svg(fig)?)?;
     Ok(vec![png, svg])
 }

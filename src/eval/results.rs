@@ -397,7 +397,7 @@ impl ResultsFile {
     }
 
     pub fn read_json(path: &Path) -> Result<ResultsFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::files::read_regular_text(path, MAX_RESULTS_BYTES, "results file")?;
         let f: ResultsFile = serde_json::from_str(&text).map_err(|e| {
             Error::arg(
                 "results file",
@@ -529,6 +529,10 @@ impl ResultsFile {
     }
 }
 
+/// Largest results file `merge-results` reads.
+pub const MAX_RESULTS_BYTES: u64 = 64 << 20;
+
+/// Writes `text` atomically ([`crate::io::files::write_atomic`]), creating the directory.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Write {
@@ -536,10 +540,7 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
             why: e.to_string(),
         })?;
     }
-    std::fs::write(path, text).map_err(|e| Error::Write {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })
+    crate::io::files::write_atomic_bytes(path, text.as_bytes())
 }
 
 fn dedup_problems(v: &mut Vec<Problem>) {
@@ -598,6 +599,34 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
                 count.to_string(),
                 s.count.to_string(),
             ));
+        }
+    }
+    // Every shard's own counts first: consistent, and each schedule once.
+    for f in &files {
+        let shards = f
+            .shards
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut seen = std::collections::HashSet::new();
+        for r in &f.results {
+            if !seen.insert(r.schedule.as_str()) {
+                return Err(Error::arg(
+                    "results",
+                    format!("shard {shards}"),
+                    format!("schedule {} appears twice in this shard", r.schedule),
+                ));
+            }
+            if let Some(q) = &r.quality {
+                q.validate().map_err(|why| {
+                    Error::arg(
+                        "results",
+                        format!("shard {shards}"),
+                        format!("schedule {}: inconsistent counts: {why}", r.schedule),
+                    )
+                })?;
+            }
         }
     }
     let mut have: BTreeMap<usize, usize> = BTreeMap::new();
@@ -661,7 +690,19 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
         out.failures.extend(f.failures.iter().cloned());
         out.skipped.extend(f.skipped.iter().cloned());
         match first.shard_unit {
-            ShardUnit::Images => out.data.images_selected += f.data.images_selected,
+            ShardUnit::Images => {
+                out.data.images_selected = out
+                    .data
+                    .images_selected
+                    .checked_add(f.data.images_selected)
+                    .ok_or_else(|| {
+                        Error::arg(
+                            "results",
+                            "images_selected",
+                            "the sum over the shards overflows",
+                        )
+                    })?
+            }
             ShardUnit::Grid => out.data.images_selected = f.data.images_selected,
         }
         for r in &f.results {
@@ -670,7 +711,9 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
                 Some(o) => {
                     if first.shard_unit == ShardUnit::Images {
                         match (&mut o.quality, &r.quality) {
-                            (Some(a), Some(b)) => a.merge(b),
+                            (Some(a), Some(b)) => a
+                                .checked_merge(b)
+                                .map_err(|why| Error::arg("results", r.schedule.clone(), why))?,
                             (None, Some(b)) => o.quality = Some(b.clone()),
                             _ => {}
                         }

@@ -3,7 +3,6 @@
 //! ([`crate::preprocess`]). JPEG goes through our own decoder ([`super::jpeg`], see its module
 //! doc for why), PNG through the `image` crate.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
@@ -13,6 +12,8 @@ use super::jpeg;
 use crate::error::{Error, Result};
 use crate::preprocess::preprocess_rgb8;
 
+/// Largest image file opened (regular files only).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 /// Decoding refuses images with more pixels than this (50 megapixels).
 pub const MAX_PIXELS: u64 = 50_000_000;
 /// Decoder allocation limit (a 50-megapixel RGBA16 image needs 400 MB).
@@ -41,7 +42,7 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Vec<f32>> {
 ///
 /// Refuses images of zero size or more than [`MAX_PIXELS`] pixels before decoding them.
 pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = super::files::open_regular(path, MAX_IMAGE_FILE_BYTES, "image file")?;
     decode_rgb8_from(BufReader::new(file), path)
 }
 

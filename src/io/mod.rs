@@ -4,6 +4,7 @@
 
 #[cfg(feature = "pth")]
 pub mod checkpoint;
+pub mod files;
 #[cfg(feature = "images")]
 pub mod image;
 #[cfg(feature = "images")]

@@ -273,10 +273,13 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 // Loading
 // ------------------------------------------------------------------------------------------------
 
+/// Largest safetensors weight file read (it is read whole).
+pub const MAX_WEIGHT_FILE_BYTES: u64 = 4 << 30;
+
 /// Loads a safetensors file with the reference's `state_dict()` names into [`ModelWeights`] for
 /// `cfg`, folding the stem's BatchNorm into its convolutions. See the module docs for the rules.
 pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = super::files::read_regular(path, MAX_WEIGHT_FILE_BYTES, "weight file")?;
     load_safetensors_bytes(&bytes, path, cfg)
 }
 
@@ -967,10 +970,36 @@ fn file_metadata() -> Option<HashMap<String, String>> {
 /// and `torch`'s `load_state_dict(strict=True)` accepts the file.
 pub fn save_safetensors(w: &ModelWeights, cfg: &ModelConfig, path: &Path) -> Result<()> {
     let tensors = out_tensors(w, cfg)?;
-    safetensors::serialize_to_file(tensors, file_metadata(), path).map_err(|e| Error::Write {
+    let bytes = safetensors::serialize(tensors, file_metadata()).map_err(|e| Error::Write {
         path: path.to_path_buf(),
         why: e.to_string(),
-    })
+    })?;
+    super::files::write_atomic_bytes(path, &bytes)
+}
+
+/// The tensors of `w` holding NaN or Inf, under the reference's names (the stem as folded):
+/// `(name, non-finite count, element count)`, each stored tensor once.
+pub fn non_finite_tensors(
+    w: &ModelWeights,
+    cfg: &ModelConfig,
+) -> Result<Vec<(String, usize, usize)>> {
+    let layout = Layout::new(cfg);
+    let values = checked_values(w, cfg, &layout)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for item in &layout.items {
+        if let Item::Tensor { name, slot } = item {
+            if !seen.insert(*slot) {
+                continue;
+            }
+            let data = &values[*slot];
+            let bad = data.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                out.push((name.clone(), bad, data.len()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// [`save_safetensors`] to a byte buffer.

@@ -9,10 +9,12 @@ pub(super) struct Archive<'p, R: Read + Seek> {
     /// Entry-name prefix, with its trailing '/' (empty for entries at the root).
     pub(super) prefix: String,
     pub(super) big_endian: bool,
+    /// Bytes the reader may inflate and return: [`read_budget`] of the file's size.
+    pub(super) budget: u64,
 }
 
 impl<'p, R: Read + Seek> Archive<'p, R> {
-    pub(super) fn open(mut zip: ZipArchive<R>, path: &'p Path) -> Result<Self> {
+    pub(super) fn open(mut zip: ZipArchive<R>, path: &'p Path, file_len: u64) -> Result<Self> {
         let first_top = zip
             .name_for_index(0)
             .and_then(|n| n.split_once('/'))
@@ -61,6 +63,7 @@ impl<'p, R: Read + Seek> Archive<'p, R> {
             path,
             prefix,
             big_endian,
+            budget: read_budget(file_len),
         })
     }
 
@@ -85,6 +88,7 @@ impl<'p, R: Read + Seek> Archive<'p, R> {
                 *uses.entry(t.storage.key.as_str()).or_default() += 1;
             }
         }
+        self.check_budget(entries)?;
         let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
         let mut total: u64 = 0;
         let mut out = Vec::with_capacity(entries.len());
@@ -135,6 +139,64 @@ impl<'p, R: Read + Seek> Archive<'p, R> {
             }
         }
         Ok(out)
+    }
+
+    /// Before anything is inflated: the storages the float tensors use (as their entries
+    /// declare them) and the f32 tensors returned must each fit in [`Self::budget`], so a
+    /// small file cannot make the reader allocate much more than its own size.
+    fn check_budget(&self, entries: &[(String, &TensorRef)]) -> Result<()> {
+        let mut storages: HashMap<&str, u64> = HashMap::new();
+        let mut out_bytes: u64 = 0;
+        let mut elements: u64 = 0;
+        for (name, t) in entries {
+            if !t.dtype.is_float() {
+                continue;
+            }
+            let nbytes = t.storage.nbytes().unwrap_or(u64::MAX);
+            if nbytes > MAX_STORAGE_BYTES {
+                return Err(bad(
+                    self.path,
+                    format!(
+                        "storage '{}' declares {} elements ({nbytes} bytes), more than the limit of {MAX_STORAGE_BYTES} bytes",
+                        t.storage.key, t.storage.numel
+                    ),
+                ));
+            }
+            storages.insert(t.storage.key.as_str(), nbytes);
+            let inflated = storages.values().fold(0u64, |a, &b| a.saturating_add(b));
+            if inflated > self.budget {
+                return Err(bad(
+                    self.path,
+                    format!(
+                        "the storages up to tensor '{name}' declare {inflated} bytes, over the reading budget of {} bytes for this {}",
+                        self.budget,
+                        budget_rule()
+                    ),
+                ));
+            }
+            let numel = t.numel();
+            elements = elements.saturating_add(numel);
+            out_bytes = out_bytes.saturating_add(numel.saturating_mul(4));
+            if out_bytes > self.budget {
+                let broadcast = if numel > t.storage.numel {
+                    format!(
+                        " ('{name}' is a broadcast view of {numel} elements over a storage of {}; save it with .contiguous() if it is meant)",
+                        t.storage.numel
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(bad(
+                    self.path,
+                    format!(
+                        "the tensors up to '{name}' hold {elements} elements in all ({out_bytes} bytes as f32), over the reading budget of {} bytes for this {}{broadcast}",
+                        self.budget,
+                        budget_rule()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn read_storage(&mut self, s: &StorageRef) -> Result<Vec<u8>> {

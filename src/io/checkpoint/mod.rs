@@ -52,7 +52,12 @@
 //! [`MAX_PICKLE_BYTES`], one storage at most [`MAX_STORAGE_BYTES`], all returned tensors
 //! together at most [`MAX_TOTAL_ELEMENTS`] elements, and the unpickler's objects, stack, memo
 //! and container items at most [`MAX_PICKLE_OBJECTS`] each, tensors and storages at most
-//! [`MAX_TENSORS`], dimensions at most [`MAX_DIMS`]. Nothing of `data.pkl` is copied more than
+//! [`MAX_TENSORS`], dimensions at most [`MAX_DIMS`]. Before any storage is inflated, the
+//! storages the float tensors use (as their zip entries declare them) and the f32 tensors
+//! returned must each fit in [`read_budget`] of the file's size (`4 x size + 64 MiB`, at most
+//! 4 GiB), so a small file with deflated or broadcast (stride 0) storages is refused at once;
+//! each storage is dropped after its last use. Only regular files are opened (see
+//! [`crate::io::files`]). Nothing of `data.pkl` is copied more than
 //! once (memoised strings, tuples and globals are shared, not cloned), so a hostile `data.pkl`
 //! can make the reader use at most a few hundred MiB, in time linear in its size. Violations, malformed pickles (unknown opcode, stack
 //! underflow, undefined memo index, truncation, ...) and malformed archives are
@@ -65,7 +70,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -92,6 +96,35 @@ pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
 pub const MAX_STORAGE_BYTES: u64 = 4 << 30;
 /// Largest number of elements returned in all (4 GiB of f32).
 pub const MAX_TOTAL_ELEMENTS: u64 = 1 << 30;
+/// Reading budget: a checkpoint may inflate (storages, as their zip entries declare them) and
+/// return (tensors as f32) at most `BUDGET_FACTOR` times its own size plus [`BUDGET_SLACK`]
+/// bytes each, and never more than [`BUDGET_CAP`] (see [`read_budget`]).
+pub const BUDGET_FACTOR: u64 = 4;
+/// See [`BUDGET_FACTOR`].
+pub const BUDGET_SLACK: u64 = 64 << 20;
+/// See [`BUDGET_FACTOR`].
+pub const BUDGET_CAP: u64 = MAX_TOTAL_ELEMENTS * 4;
+/// Largest checkpoint file opened (its storages are read entry by entry, within the budget).
+pub const MAX_CHECKPOINT_FILE_BYTES: u64 = 64 << 30;
+
+/// The bytes a checkpoint of `file_len` bytes may inflate, and separately return as f32:
+/// `min(BUDGET_FACTOR * file_len + BUDGET_SLACK, BUDGET_CAP)`. Real checkpoints store their
+/// storages uncompressed (f16 ones double as f32), so they stay far inside it.
+pub fn read_budget(file_len: u64) -> u64 {
+    file_len
+        .saturating_mul(BUDGET_FACTOR)
+        .saturating_add(BUDGET_SLACK)
+        .min(BUDGET_CAP)
+}
+
+fn budget_rule() -> String {
+    format!(
+        "file ({BUDGET_FACTOR} x its size + {} MiB, at most {} GiB)",
+        BUDGET_SLACK >> 20,
+        BUDGET_CAP >> 30
+    )
+}
+
 /// Cap on each of: objects built, stack depth, memo entries, and items put in containers
 /// (the container cap is twice this). A real checkpoint needs about ten of each per tensor.
 pub const MAX_PICKLE_OBJECTS: usize = 1 << 21;
@@ -123,7 +156,7 @@ const LEGACY_MAGIC: [u8; 14] = [
 /// Reads the float tensors of the state dict in a `torch.save` checkpoint (see the module docs
 /// for where the state dict is looked for and what is skipped).
 pub fn read_state_dict(path: &Path) -> Result<Vec<NamedTensor>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = super::files::open_regular(path, MAX_CHECKPOINT_FILE_BYTES, "checkpoint")?;
     read_from(BufReader::new(file), path)
 }
 
@@ -210,7 +243,7 @@ pub fn detect_format(head: &[u8]) -> WeightFormat {
 /// (decided by its content, see [`detect_format`]).
 pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
     let mut head = [0u8; 4];
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut file, _) = super::files::open_regular(path, MAX_CHECKPOINT_FILE_BYTES, "weight file")?;
     let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
     drop(file);
     match detect_format(&head[..n]) {
@@ -224,10 +257,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> {
 pub fn convert_to_safetensors(input: &Path, output: &Path) -> Result<usize> {
     let tensors = read_state_dict(input)?;
     let bytes = to_safetensors_bytes(&tensors)?;
-    std::fs::write(output, bytes).map_err(|e| Error::Write {
-        path: output.to_path_buf(),
-        why: e.to_string(),
-    })?;
+    super::files::write_atomic_bytes(output, &bytes)?;
     Ok(tensors.len())
 }
 
@@ -308,12 +338,15 @@ fn read_from<R: Read + Seek>(mut reader: R, path: &Path) -> Result<Vec<NamedTens
             "not a zip archive (torch.save has written zip archives since PyTorch 1.6)",
         ));
     }
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(path, e))?;
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, e))?;
     let zip = ZipArchive::new(reader)
         .map_err(|e| bad(path, format!("cannot read the zip archive: {e}")))?;
-    let mut archive = Archive::open(zip, path)?;
+    let mut archive = Archive::open(zip, path, file_len)?;
     let pickle = archive.read_pickle()?;
     let entries = find_state_dict(&pickle).map_err(|why| bad(path, why))?;
     archive.materialize(&entries)
