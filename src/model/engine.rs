@@ -262,7 +262,7 @@ pub fn memory_plan(
     };
     (
         mb,
-        plan::record(cfg, weights, &plan_spec, limits, false)
+        plan::record(cfg, weights, &plan_spec, limits, None)
             .builder
             .arena_plan(),
     )
