@@ -268,9 +268,12 @@ fn linear_matches_cpu_for_every_epilogue() {
         (31, 64, 64, 192),
         (32, 5, 230, 64),
         (33, 1, 256, 1000),
-        // 32 + 13 rows (a 16-row tail) and 64 + 8 (an 8-row tail).
+        // 32 + 13 rows (a 16-row tail of 32-row tiles) and 64 + 8 (an 8-row tail).
         (34, 45, 64, 128),
         (35, 72, 96, 70),
+        // 64 + 20 rows (a 32-row tail of 64-row tiles) and 128 + 13 (a 16-row tail).
+        (36, 84, 40, 64),
+        (37, 141, 32, 200),
     ] {
         for f16 in precisions() {
             let lin = Linear {
@@ -334,6 +337,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
         (70u64, 37usize, 64usize, 192usize),
         (71, 9, 230, 64),
         (72, 66, 128, 460),
+        (73, 90, 48, 136),
     ] {
         let x: Vec<f32> = random(seed, m * k, 2.0)
             .iter()
@@ -854,7 +858,10 @@ fn subgroup_kernels_run_at_the_adapters_width() {
     let Some(width) = width else {
         return;
     };
-    // A plan for this adapter records the width-specific kernels.
+    // A plan for this adapter records the width-specific kernels: one full tile and an 8-row
+    // tail.
+    let rows = linear::sg_tile_rows(width);
+    let m = rows + 5;
     let mut b = ProgramBuilder::new(&g.limits);
     b.set_subgroup_width(Some(width));
     let lin = Linear {
@@ -863,17 +870,22 @@ fn subgroup_kernels_run_at_the_adapters_width() {
         out_features: 64,
         in_features: 32,
     };
-    let x = b.weights("x", &random(92, 40 * 32, 1.0));
+    let x = b.weights("x", &random(92, m * 32, 1.0));
     let w = linear::upload(&mut b, "w", &lin);
-    let y = b.activation("y", 40 * 64);
+    let y = b.activation("y", m * 64);
     b.pin(y);
-    linear::record(&mut b, Family::Mlp, 40, &w, Epilogue::Bias, x, y);
+    linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
     let program = b.finish(g, cache(), &[]).expect("program");
     let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
+    let full = if rows == 64 {
+        Shader::LinearSgR64
+    } else {
+        Shader::LinearSg
+    };
     assert_eq!(
         keys,
         vec![
-            KernelKey::with_sg(Shader::LinearSg, width),
+            KernelKey::with_sg(full, width),
             KernelKey::with_sg(Shader::LinearSgR8, width)
         ]
     );

@@ -30,7 +30,9 @@ pub enum Shader {
     LnStats,
     Linear,
     LinearSg,
-    /// Tails of 16 and 8 rows of the 32-row `LinearSg` tiles.
+    /// 64-row tiles of the same kernel (the full tiles up to 16 lanes).
+    LinearSgR64,
+    /// Tails of 16 and 8 rows (`LinearSg` is the 32-row tail of 64-row tiles).
     LinearSgR16,
     LinearSgR8,
     Attention,
@@ -51,7 +53,7 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 23] = [
+    pub const ALL: [Shader; 24] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg,
@@ -59,6 +61,7 @@ impl Shader {
         Shader::LnStats,
         Shader::Linear,
         Shader::LinearSg,
+        Shader::LinearSgR64,
         Shader::LinearSgR16,
         Shader::LinearSgR8,
         Shader::Attention,
@@ -86,6 +89,7 @@ impl Shader {
             Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
             Shader::LinearSg => "linear_sg",
+            Shader::LinearSgR64 => "linear_sg_r64",
             Shader::LinearSgR16 => "linear_sg_r16",
             Shader::LinearSgR8 => "linear_sg_r8",
             Shader::Attention => "attention",
@@ -114,6 +118,7 @@ impl Shader {
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
             Shader::LinearSg => include_str!("../../shaders/linear_sg.wgsl"),
+            Shader::LinearSgR64 => include_str!("../../shaders/linear_sg_r64.wgsl"),
             Shader::LinearSgR16 => include_str!("../../shaders/linear_sg_r16.wgsl"),
             Shader::LinearSgR8 => include_str!("../../shaders/linear_sg_r8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),

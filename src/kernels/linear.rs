@@ -146,14 +146,21 @@ fn record_with(
         );
         return;
     };
-    // 32 x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile of at most 16
-    // rows runs as a 16- or 8-row tile instead (fewer rows computed for nothing, at a lower
+    // `sg_tile_rows` x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile
+    // runs as a 32-, 16- or 8-row tile instead (fewer rows computed for nothing, at a lower
     // rate per row).
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
-    let (full, tail) = match m % 32 {
-        1..=8 => (m / 32, Some(Shader::LinearSgR8)),
-        9..=16 => (m / 32, Some(Shader::LinearSgR16)),
-        _ => (m.div_ceil(32), None),
+    let big = sg_tile_rows(sg);
+    let full_shader = if big == 64 {
+        Shader::LinearSgR64
+    } else {
+        Shader::LinearSg
+    };
+    let (full, tail) = match m % big {
+        1..=8 => (m / big, Some(Shader::LinearSgR8)),
+        9..=16 => (m / big, Some(Shader::LinearSgR16)),
+        17..=32 if big == 64 => (m / big, Some(Shader::LinearSg)),
+        _ => (m.div_ceil(big), None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
         let mut p = params.to_vec();
@@ -162,10 +169,22 @@ fn record_with(
         b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);
     };
     if full > 0 {
-        with_base(b, Shader::LinearSg, full, 0);
+        with_base(b, full_shader, full, 0);
     }
     if let Some(shader) = tail {
-        with_base(b, shader, 1, 32 * full);
+        with_base(b, shader, 1, big * full);
+    }
+}
+
+/// Rows of the full `linear_sg*.wgsl` tiles at subgroup width `sg`: 64 up to 16 lanes (the
+/// software rasteriser's widths, where every loaded value is a per-lane loop and a larger tile
+/// loads less per multiply-add: 64 x 64 tiles load a third less per output than 32 x 64), 32
+/// from 32 lanes (GPUs, where 64 rows would be 256 accumulators per lane).
+pub fn sg_tile_rows(sg: u32) -> usize {
+    if sg <= 16 {
+        64
+    } else {
+        32
     }
 }
 
