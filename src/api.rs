@@ -87,9 +87,9 @@ use crate::runtime::ForwardSpec;
 use crate::runtime::{PlannedForward, Source};
 
 mod host;
-pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, Trace};
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, Trace};
 
 /// Optional device features the engine uses when the device it is given has them enabled:
 /// `SUBGROUP` (kernels for 8-lane subgroups, where the adapter has them: several times faster on

@@ -375,15 +375,20 @@ fn texture_input_gives_the_logits_of_the_cpu_preprocessed_buffer() {
     // input buffer and copied per micro-batch.
     let mut small = sret_tome::gpu::Gpu::from_device(device, queue, device.adapter_info());
     let model = sret_tome::Model::synthetic("sret_t_distill").unwrap();
-    let spec = sret_tome::runtime::ForwardSpec::new(&model.cfg, &"exp:0.10,0.6".parse().unwrap(), 7)
-        .unwrap()
-        .with_batch(2);
+    let spec =
+        sret_tome::runtime::ForwardSpec::new(&model.cfg, &"exp:0.10,0.6".parse().unwrap(), 7)
+            .unwrap()
+            .with_batch(2);
     let (mut lo, mut hi) = (1u64, small.limits.max_storage_buffer_binding_size);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         small.limits.max_storage_buffer_binding_size = mid;
-        if sret_tome::runtime::forward::max_micro_batch(&model.cfg, &model.weights, &spec, &small.limits)
-            >= 2
+        if sret_tome::runtime::forward::max_micro_batch(
+            &model.cfg,
+            &model.weights,
+            &spec,
+            &small.limits,
+        ) >= 2
         {
             hi = mid;
         } else {

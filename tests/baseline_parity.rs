@@ -101,8 +101,7 @@ fn engine_matches_timm_and_tome() {
         let model = Model::synthetic(name).unwrap();
         let plan = ForwardSpec::new(&model.cfg, &schedule.parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
-        let engine =
-            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let want = fixture(name, schedule);
         let twin = cpu_logits(&model, &plan, &images, 2);
@@ -137,8 +136,7 @@ fn official_checkpoints_run_as_published() {
 
         let plan = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), 0).unwrap();
         let images = synthetic_images(&model.cfg, 2, 5);
-        let engine =
-            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         let path = format!("{dir}/{name}_official.logits.safetensors");
         let bytes = std::fs::read(&path).unwrap();

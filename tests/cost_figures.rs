@@ -65,7 +65,7 @@ fn dispatch_counts_are_the_recorded_programs() {
             .with_batch(batch);
         let (chunks, mb) = split_batch(&cfg, &weights, &whole, &limits);
         let spec = whole.with_batch(mb);
-        let recorded = record::record(&cfg, &weights, &spec, &limits, false);
+        let recorded = record::record(&cfg, &weights, &spec, &limits, None);
         let fig = figures_for(model, schedule, batch);
         let what = format!("{model} {schedule} batch {batch}");
         assert_eq!(

@@ -16,8 +16,7 @@ fn micro_batches_give_the_same_logits() {
     let plan = ForwardSpec::new(&model.cfg, &"exp:0.25,0".parse::<Schedule>().unwrap(), 3).unwrap();
     let batch = 5;
     let images = sret_tome::model::synthetic_images(&model.cfg, batch, 9);
-    let whole =
-        common::engine(gpu(), cache(), &model, &plan.clone().with_batch(batch)).unwrap();
+    let whole = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(batch)).unwrap();
     assert_eq!(whole.planned().micro_batch(), batch);
     let want = whole.forward(&images).unwrap().logits;
 
@@ -35,9 +34,11 @@ fn micro_batches_give_the_same_logits() {
         }
     }
     small.limits.max_storage_buffer_binding_size = lo as _;
-    assert_eq!(max_micro_batch(&model.cfg, &model.weights, &plan, &small.limits), 2);
-    let split =
-        common::engine(&small, cache(), &model, &plan.clone().with_batch(batch)).unwrap();
+    assert_eq!(
+        max_micro_batch(&model.cfg, &model.weights, &plan, &small.limits),
+        2
+    );
+    let split = common::engine(&small, cache(), &model, &plan.clone().with_batch(batch)).unwrap();
     assert_eq!(
         split.planned().micro_batch(),
         2,
@@ -73,8 +74,7 @@ fn peak_activation_memory_is_what_is_allocated() {
     let model = Model::synthetic("sret_t_distill").unwrap();
     for schedule in ["none", "exp:0.25,0"] {
         let plan = ForwardSpec::new(&model.cfg, &schedule.parse::<Schedule>().unwrap(), 0).unwrap();
-        let engine =
-            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let program = engine.planned().program();
         // The figure reported is the bytes of the arena buffers actually created...
         assert_eq!(engine.activation_bytes(), program.allocated_arena_bytes());
@@ -114,11 +114,9 @@ fn trusted_modules_give_identical_logits() {
     for spec in ["none", "exp:0.25,0", "constant:10"] {
         let plan = ForwardSpec::new(&model.cfg, &spec.parse::<Schedule>().unwrap(), 5).unwrap();
         let images = sret_tome::model::synthetic_images(&model.cfg, 2, 4);
-        let checked =
-            common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let checked = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let trusted =
-            common::engine(gpu(), trusted_cache(), &model, &plan.clone().with_batch(2))
-                .unwrap();
+            common::engine(gpu(), trusted_cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let want = checked.forward(&images).unwrap().logits;
         let got = trusted.forward(&images).unwrap().logits;
         assert!(

@@ -9,7 +9,8 @@
 mod common;
 
 use common::*;
-use sret_tome::gpu::program::subgroup8_capable;
+use sret_tome::gpu::program::subgroup_width;
+use sret_tome::gpu::shaders::SG_WIDTHS;
 use sret_tome::gpu::Family;
 use sret_tome::kernels::attention::{self, AttentionShape};
 use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
@@ -19,6 +20,19 @@ use sret_tome::kernels::{norm, tome};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
 use sret_tome::tome::Split;
+
+/// The kernel variants to check: the portable kernels (`None`) and, where the adapter has
+/// subgroups, the `*_sg` kernels at every width from 4 up to the adapter's (a workgroup
+/// narrower than the subgroup is one partial subgroup, where broadcasts from its lanes are as
+/// defined as in a full one; this also covers SwiftShader's 4 lanes on an 8- or 16-lane
+/// lavapipe).
+fn sg_variants() -> Vec<Option<u32>> {
+    let mut v = vec![None];
+    if let Some(width) = subgroup_width(gpu()) {
+        v.extend(SG_WIDTHS.into_iter().filter(|&s| s <= width).map(Some));
+    }
+    v
+}
 
 fn nchw_to_tokens(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
@@ -109,13 +123,10 @@ fn check_conv_in(
     } else {
         x_nchw
     };
-    // Dense convolutions also have an 8-lane subgroup variant; check both where it can run.
-    for subgroup8 in [false, true]
-        .into_iter()
-        .filter(|&s| !s || subgroup8_capable(gpu()))
-    {
+    // Dense convolutions also have subgroup variants; check every width that can run.
+    for sg in sg_variants() {
         let got = run(|b| {
-            b.set_subgroup8(subgroup8);
+            b.set_subgroup_width(sg);
             b.set_f16(f16);
             let x = b.weights("x", &x_in);
             let (w, bias) = conv::upload(b, "conv", &conv);
@@ -152,7 +163,7 @@ fn check_conv_in(
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
         assert!(
             err <= tol(f16),
-            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup kernel: {subgroup8}, f16: {f16}): error {err}"
+            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup width: {sg:?}, f16: {f16}): error {err}"
         );
     }
 }
@@ -257,9 +268,12 @@ fn linear_matches_cpu_for_every_epilogue() {
         (31, 64, 64, 192),
         (32, 5, 230, 64),
         (33, 1, 256, 1000),
-        // 32 + 13 rows (a 16-row tail) and 64 + 8 (an 8-row tail).
+        // 32 + 13 rows (a 16-row tail of 32-row tiles) and 64 + 8 (an 8-row tail).
         (34, 45, 64, 128),
         (35, 72, 96, 70),
+        // 64 + 20 rows (a 32-row tail of 64-row tiles) and 128 + 13 (a 16-row tail).
+        (36, 84, 40, 64),
+        (37, 141, 32, 200),
     ] {
         for f16 in precisions() {
             let lin = Linear {
@@ -289,12 +303,9 @@ fn linear_matches_cpu_for_every_epilogue() {
                 };
                 // The in-place residual's output starts as the residual stream, so it is not poisoned.
                 let residual = matches!(ep, Epilogue::Residual { .. });
-                for subgroup8 in [false, true]
-                    .into_iter()
-                    .filter(|&s| !s || subgroup8_capable(gpu()))
-                {
+                for sg in sg_variants() {
                     let got = run_opts(!residual, |b| {
-                        b.set_subgroup8(subgroup8);
+                        b.set_subgroup_width(sg);
                         b.set_f16(f16);
                         let xt = b.weights("x", &x);
                         let w = linear::upload(b, "w", &lin);
@@ -308,9 +319,9 @@ fn linear_matches_cpu_for_every_epilogue() {
                     });
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
                     assert!(
-                    err <= tol(f16),
-                    "linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
-                );
+                        err <= tol(f16),
+                        "linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, f16: {f16}): {err}"
+                    );
                 }
             }
         }
@@ -326,6 +337,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
         (70u64, 37usize, 64usize, 192usize),
         (71, 9, 230, 64),
         (72, 66, 128, 460),
+        (73, 90, 48, 136),
     ] {
         let x: Vec<f32> = random(seed, m * k, 2.0)
             .iter()
@@ -366,12 +378,9 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                 if ep == Epilogue::Gelu {
                     cpu::gelu(&mut want);
                 }
-                for subgroup8 in [false, true]
-                    .into_iter()
-                    .filter(|&s| !s || subgroup8_capable(gpu()))
-                {
+                for sg in sg_variants() {
                     let got = run(|b| {
-                        b.set_subgroup8(subgroup8);
+                        b.set_subgroup_width(sg);
                         b.set_f16(f16);
                         let xt = b.weights("x", &x);
                         let stats = b.activation_words("stats", m * 2);
@@ -384,7 +393,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
                     assert!(
                     err <= tol(f16),
-                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
+                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, f16: {f16}): {err}"
                 );
                 }
             }
@@ -440,12 +449,9 @@ fn check_attention_in(
         permuted.then_some(&perm[..]),
         &mass,
     );
-    for subgroup8 in [false, true]
-        .into_iter()
-        .filter(|&s| !s || subgroup8_capable(gpu()))
-    {
+    for sg in sg_variants() {
         let got = run(|b| {
-            b.set_subgroup8(subgroup8);
+            b.set_subgroup_width(sg);
             b.set_f16(f16);
             let q = b.weights("qkv", &qkv);
             let p = permuted.then(|| b.constant("perm", &perm));
@@ -464,7 +470,7 @@ fn check_attention_in(
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
         assert!(
             err <= tol(f16),
-            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroups {subgroup8} f16 {f16}: {err}"
+            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroup width {sg:?} f16 {f16}: {err}"
         );
     }
 }
@@ -554,12 +560,9 @@ fn check_merges_in(
     }
 
     // The matching has an 8-lane subgroup variant for 32-channel heads; check both.
-    for subgroup8 in [false, true]
-        .into_iter()
-        .filter(|&s| !s || subgroup8_capable(gpu()))
-    {
+    for sg in sg_variants() {
         let got = run(|b| {
-            b.set_subgroup8(subgroup8);
+            b.set_subgroup_width(sg);
             b.set_f16(f16);
             let q1 = b.weights("qkv1", &qkv1);
             let q2 = b.weights("qkv2", &qkv2);
@@ -591,7 +594,7 @@ fn check_merges_in(
         });
         assert_eq!(
             got[2], want_slot1,
-            "first merge's slot map (subgroup kernels: {subgroup8}, f16: {f16})"
+            "first merge's slot map (subgroup width: {sg:?}, f16: {f16})"
         );
         assert_eq!(got[5], want_map, "composed unmerge map (f16: {f16})");
         // Tokens are in storage precision, masses always f32.
@@ -609,7 +612,7 @@ fn check_merges_in(
             let err = max_rel_err(&got, w);
             assert!(
                 err <= tol(f16),
-                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup kernels: {subgroup8}, f16: {f16}): {err}"
+                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
             );
         }
     }
@@ -756,12 +759,10 @@ fn banded_convolutions_match_cpu() {
             pad: 1,
             groups: 1,
         };
-        let variants = [false, true]
-            .into_iter()
-            .filter(|&s| !s || subgroup8_capable(gpu()));
-        for (subgroup8, band_rows) in variants.flat_map(|s| [1usize, 2, 3, h2].map(|r| (s, r))) {
+        let variants = sg_variants().into_iter();
+        for (sg, band_rows) in variants.flat_map(|s| [1usize, 2, 3, h2].map(|r| (s, r))) {
             let got = run(|b| {
-                b.set_subgroup8(subgroup8);
+                b.set_subgroup_width(sg);
                 b.set_f16(f16);
                 let xt = b.weights("x", &x);
                 let (w1, b1) = conv::upload(b, "conv1", &k1);
@@ -819,8 +820,76 @@ fn banded_convolutions_match_cpu() {
             let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
             assert!(
                 err <= tol(f16),
-                "bands of {band_rows} rows (subgroup kernel: {subgroup8}, f16: {f16}): {err}"
+                "bands of {band_rows} rows (subgroup width: {sg:?}, f16: {f16}): {err}"
             );
         }
     }
+}
+
+/// The subgroup kernels are what runs wherever the adapter has subgroups, at its width: a pass
+/// that silently fell back to the portable kernels (feature not enabled, width not taken up)
+/// fails here instead of passing on the portable kernels alone. On lavapipe the width follows
+/// `LP_NATIVE_VECTOR_WIDTH` (256 bits: 8 lanes, the default; 512: 16).
+#[test]
+fn subgroup_kernels_run_at_the_adapters_width() {
+    use sret_tome::gpu::{KernelKey, ProgramBuilder, Shader};
+    let g = gpu();
+    let width = subgroup_width(g);
+    let has = g.features.contains(wgpu::Features::SUBGROUP);
+    println!(
+        "adapter {} ({:?}): SUBGROUP {has}, subgroups of {}..{} lanes; subgroup kernels at width {width:?}, tested at {:?}",
+        g.info.name,
+        g.info.backend,
+        g.info.subgroup_min_size,
+        g.info.subgroup_max_size,
+        sg_variants()
+    );
+    if has && SG_WIDTHS.contains(&g.info.subgroup_min_size) {
+        assert_eq!(width, Some(g.info.subgroup_min_size));
+    }
+    if g.info.name.contains("llvmpipe") {
+        assert!(has, "lavapipe without Features::SUBGROUP");
+        let bits: u32 = std::env::var("LP_NATIVE_VECTOR_WIDTH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        assert_eq!(width, Some(bits / 32), "lavapipe at {bits} bits");
+    }
+    let Some(width) = width else {
+        return;
+    };
+    // A plan for this adapter records the width-specific kernels: one full tile and an 8-row
+    // tail.
+    let rows = linear::sg_tile_rows(width);
+    let m = rows + 5;
+    let mut b = ProgramBuilder::new(&g.limits);
+    b.set_subgroup_width(Some(width));
+    let lin = Linear {
+        weight: random(90, 64 * 32, 0.1),
+        bias: random(91, 64, 0.1),
+        out_features: 64,
+        in_features: 32,
+    };
+    let x = b.weights("x", &random(92, m * 32, 1.0));
+    let w = linear::upload(&mut b, "w", &lin);
+    let y = b.activation("y", m * 64);
+    b.pin(y);
+    linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
+    let program = b.finish(g, cache(), &[]).expect("program");
+    let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
+    let full = if rows == 64 {
+        Shader::LinearSgR64
+    } else {
+        Shader::LinearSg
+    };
+    assert_eq!(
+        keys,
+        vec![
+            KernelKey::with_sg(full, width),
+            KernelKey::with_sg(Shader::LinearSgR8, width)
+        ]
+    );
+    assert!(keys
+        .iter()
+        .all(|k| k.sg == width && k.wgsl().contains(&format!("const SG: u32 = {width}u;"))));
 }

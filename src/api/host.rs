@@ -96,7 +96,6 @@ pub struct EngineStats {
     pub readbacks: u64,
 }
 
-
 impl Engine {
     /// A blocking forward of host images (`[batch, 3, H, W]` f32, normalised): logits as one
     /// vector and, for an engine built with [`super::EngineBuilder::trace`], every merge's
@@ -106,7 +105,11 @@ impl Engine {
         let _alone = self.trace_lock.lock().unwrap_or_else(|p| p.into_inner());
         let logits = self.run(Input::Host(images))?.into_vec();
         let traced = !self.inner.trace_buffers().is_empty();
-        let trace = if traced { Some(self.read_trace()?) } else { None };
+        let trace = if traced {
+            Some(self.read_trace()?)
+        } else {
+            None
+        };
         Ok(ForwardOutput { logits, trace })
     }
 
@@ -115,7 +118,8 @@ impl Engine {
     pub fn set_input(&self, images: &[f32]) -> Result<()> {
         self.check_host(images)?;
         let bytes = crate::runtime::forward::encode_elems(images, self.inner.is_f16());
-        self.queue().write_buffer(self.inner.input_buffer(), 0, &bytes);
+        self.queue()
+            .write_buffer(self.inner.input_buffer(), 0, &bytes);
         Ok(())
     }
 
@@ -136,7 +140,8 @@ impl Engine {
             });
         match &self.timer {
             Some(t) => {
-                self.inner.encode_timed(&mut enc, Source::Input, &t.queries)?;
+                self.inner
+                    .encode_timed(&mut enc, Source::Input, &t.queries)?;
                 enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
                 enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
             }

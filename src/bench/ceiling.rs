@@ -7,12 +7,12 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::{program::subgroup8_capable, Family, Gpu, PipelineCache, Program, ProgramBuilder};
+use crate::gpu::read_buffer;
+use crate::gpu::{program::subgroup_width, Family, Gpu, PipelineCache, Program, ProgramBuilder};
 use crate::kernels::linear::{self, Epilogue};
 use crate::model::weights::Linear;
 use crate::model::ModelConfig;
 use crate::rng::SplitMix64;
-use crate::gpu::read_buffer;
 
 /// One linear-layer shape and the rate the linear kernel reaches on it.
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -80,7 +80,7 @@ fn measure_unscoped(
         let flops = 2.0 * (m * k * n) as f64;
         let reps = ((TARGET_FLOPS / flops).ceil() as usize).clamp(1, 16);
         let mut b = ProgramBuilder::new(&gpu.limits);
-        b.set_subgroup8(subgroup8_capable(gpu));
+        b.set_subgroup_width(subgroup_width(gpu));
         b.set_f16(precision == crate::model::Precision::F16);
         let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric()).collect();
         let lin = Linear {

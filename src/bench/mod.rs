@@ -14,9 +14,9 @@ use crate::model::Model;
 use crate::model::Precision;
 use crate::runtime::cost;
 use crate::runtime::ForwardSpec;
-use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+use crate::EngineBuilder;
 
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchRow {

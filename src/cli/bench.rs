@@ -13,9 +13,9 @@ use crate::gpu::Gpu;
 use crate::model::synthetic_images;
 use crate::model::Precision;
 use crate::runtime::ForwardSpec;
-use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+use crate::EngineBuilder;
 
 /// The rows of the paper's Table 1.
 pub const TABLE1_SCHEDULES: [&str; 8] = [
@@ -166,15 +166,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             iters: a.iters,
             budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
         };
-        let measured = bench_many(
-            &gpu,
-            &cache,
-            &model,
-            &configs,
-            batch,
-            &images,
-            &opts,
-        )?;
+        let measured = bench_many(&gpu, &cache, &model, &configs, batch, &images, &opts)?;
         for ((sched, precision), row) in configs.iter().zip(measured) {
             if a.profile {
                 progress.set_message(format!("profiling {sched} at batch {batch}"));

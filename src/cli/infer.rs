@@ -10,9 +10,9 @@ use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::runtime::ForwardSpec;
-use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+use crate::EngineBuilder;
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
@@ -66,11 +66,13 @@ pub fn run(a: InferArgs) -> Result<()> {
         .gpu(&gpu)
         .pipeline_cache(&a.gpu.pipeline_cache())
         .with_model(model.clone())
-        .spec(&plan
-            .clone()
-            .with_batch(batch)
-            .with_trace(a.trace)
-            .with_precision(a.gpu.precision))
+        .spec(
+            &plan
+                .clone()
+                .with_batch(batch)
+                .with_trace(a.trace)
+                .with_precision(a.gpu.precision),
+        )
         .build()?;
     let out = engine.forward(&images)?;
 

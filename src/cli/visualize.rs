@@ -11,9 +11,9 @@ use crate::eval::metrics::log_softmax;
 use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
 use crate::gpu::Gpu;
 use crate::runtime::ForwardSpec;
-use crate::EngineBuilder;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+use crate::EngineBuilder;
 
 #[derive(Args, Debug)]
 pub struct VisualizeArgs {
@@ -81,11 +81,13 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         .gpu(&gpu)
         .pipeline_cache(&a.gpu.pipeline_cache())
         .with_model(model.clone())
-        .spec(&plan
-            .clone()
-            .with_batch(1)
-            .with_trace(true)
-            .with_precision(a.gpu.precision))
+        .spec(
+            &plan
+                .clone()
+                .with_batch(1)
+                .with_trace(true)
+                .with_precision(a.gpu.precision),
+        )
         .build()?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();

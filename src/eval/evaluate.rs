@@ -22,8 +22,8 @@ use crate::gpu::{Gpu, PipelineCache};
 use crate::model::Model;
 use crate::model::Precision;
 use crate::runtime::ForwardSpec;
-use crate::{Engine, EngineBuilder};
 use crate::tome::Schedule;
+use crate::{Engine, EngineBuilder};
 
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -151,7 +151,12 @@ pub fn evaluate(
         let first = w == 0;
         let keep_refs = waves.len() > 1;
         let base_engine = if first {
-            Some(engine(gpu, cache, model, &base_plan.clone().with_batch(batch))?)
+            Some(engine(
+                gpu,
+                cache,
+                model,
+                &base_plan.clone().with_batch(batch),
+            )?)
         } else {
             None
         };

@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineCache};
 use crate::model::synthetic_images;
 use crate::model::Model;
-use std::sync::Arc;
 use crate::tome::Schedule;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct SweepConfig {

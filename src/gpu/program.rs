@@ -8,7 +8,7 @@
 use wgpu::util::DeviceExt;
 
 use super::context::Gpu;
-use super::shaders::{KernelKey, PipelineCache};
+use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
 use crate::error::{Error, Result};
 
 pub type TensorId = usize;
@@ -85,9 +85,9 @@ struct StepDecl {
 #[derive(Clone)]
 pub struct ProgramBuilder {
     limits: wgpu::Limits,
-    /// The device runs 8-lane subgroups with `Features::SUBGROUP`: kernels may pick variants
-    /// that share loads through subgroup broadcasts.
-    subgroup8: bool,
+    /// Subgroup width the `*_sg` kernel variants are built for (they share loads through
+    /// subgroup broadcasts), or `None` for the portable kernels only; see [`subgroup_width`].
+    subgroup_width: Option<u32>,
     /// Activations and weights are stored as f16 (the kernels' `elem` type; see
     /// [`crate::gpu::shaders`]); masses, statistics, scores and indices stay 32-bit.
     f16: bool,
@@ -125,12 +125,19 @@ enum Home {
     Owned(wgpu::Buffer),
 }
 
-/// Whether `gpu` has subgroups of exactly 8 lanes and the feature enabled (Mesa's lavapipe on
-/// 256-bit CPUs): then a workgroup of 8 is one subgroup and broadcast-based kernels apply.
-pub fn subgroup8_capable(gpu: &Gpu) -> bool {
-    gpu.features.contains(wgpu::Features::SUBGROUP)
-        && gpu.info.subgroup_min_size == 8
-        && gpu.info.subgroup_max_size == 8
+/// The subgroup width of the `*_sg` kernels for `gpu`: its smallest subgroup size, when
+/// `Features::SUBGROUP` is enabled and that size is one the kernels are written for (a power of
+/// two in 4..=64); `None` otherwise (the portable kernels run). The minimum, because whatever
+/// size in `[min, max]` the compiler picks for a pipeline, a workgroup of `min` lanes then lies
+/// within one subgroup, so its lanes `0..min` are all there for `subgroupBroadcast`.
+pub fn subgroup_width(gpu: &Gpu) -> Option<u32> {
+    subgroup_width_for(gpu.features, &gpu.info)
+}
+
+/// [`subgroup_width`] from an adapter's features and info.
+pub fn subgroup_width_for(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<u32> {
+    let min = info.subgroup_min_size;
+    (features.contains(wgpu::Features::SUBGROUP) && SG_WIDTHS.contains(&min)).then_some(min)
 }
 
 /// An activation's size and live range (steps, inclusive).
@@ -280,7 +287,7 @@ impl ProgramBuilder {
     pub fn new(limits: &wgpu::Limits) -> Self {
         ProgramBuilder {
             limits: limits.clone(),
-            subgroup8: false,
+            subgroup_width: None,
             f16: false,
             tensors: Vec::new(),
             steps: Vec::new(),
@@ -349,13 +356,15 @@ impl ProgramBuilder {
         }
     }
 
-    /// Allow kernel variants for 8-lane subgroups (see [`subgroup8_capable`]).
-    pub fn set_subgroup8(&mut self, on: bool) {
-        self.subgroup8 = on;
+    /// Allow the `*_sg` kernel variants, built for subgroups of `width` lanes (see
+    /// [`subgroup_width`]); a width the kernels are not written for means none.
+    pub fn set_subgroup_width(&mut self, width: Option<u32>) {
+        self.subgroup_width = width.filter(|w| SG_WIDTHS.contains(w));
     }
 
-    pub fn subgroup8(&self) -> bool {
-        self.subgroup8
+    /// The width the `*_sg` variants are built for, `None` when only portable kernels run.
+    pub fn subgroup_width(&self) -> Option<u32> {
+        self.subgroup_width
     }
 
     /// A constant uploaded once when the program is made.

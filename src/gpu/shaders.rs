@@ -1,6 +1,6 @@
 //! The WGSL kernels and their pipeline cache.
 //!
-//! Shaders are plain `.wgsl` files under `shaders/`. Two one-line substitutions exist, both part
+//! Shaders are plain `.wgsl` files under `shaders/`. Three one-line substitutions exist, all part
 //! of the cache key:
 //! - the attention head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that
 //!   needs another size gets that line rewritten;
@@ -10,6 +10,12 @@
 //!   `enable f16; alias elem = f16;` (half the bytes moved and stored; arithmetic, accumulation
 //!   and workgroup memory stay f32). Token masses, LayerNorm statistics, matching scores and
 //!   indices are always 32-bit.
+//! - the subgroup width: the `*_sg` kernels (those using subgroup broadcasts) declare
+//!   `const SG: u32 = 8u;` and derive their workgroup size, tile shape and every broadcast lane
+//!   from it; a plan for an adapter whose smallest subgroup is another power of two in 4..=64
+//!   gets that line rewritten ([`crate::gpu::program::subgroup_width`]). A workgroup of SG lanes
+//!   with SG at most the adapter's minimum subgroup size lies within one subgroup whatever size
+//!   the compiler picks, so broadcasts from lanes below SG are always defined.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,21 +25,23 @@ use std::sync::{Arc, Mutex};
 pub enum Shader {
     Conv,
     ConvDense,
-    ConvSg8,
+    ConvSg,
     LayerNorm,
     LnStats,
     Linear,
-    LinearSg8,
-    /// Tails of 16 and 8 rows of the 32-row `LinearSg8` tiles.
-    LinearSg8R16,
-    LinearSg8R8,
+    LinearSg,
+    /// 64-row tiles of the same kernel (the full tiles up to 16 lanes).
+    LinearSgR64,
+    /// Tails of 16 and 8 rows (`LinearSg` is the 32-row tail of 64-row tiles).
+    LinearSgR16,
+    LinearSgR8,
     Attention,
     AttentionVec4,
-    AttentionSg8,
+    AttentionSg,
     MeanTokens,
     TomeMetric,
     TomeMatch,
-    TomeMatchSg8,
+    TomeMatchSg,
     TomeRank,
     TomeSlots,
     TomeMerge,
@@ -45,23 +53,24 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 23] = [
+    pub const ALL: [Shader; 24] = [
         Shader::Conv,
         Shader::ConvDense,
-        Shader::ConvSg8,
+        Shader::ConvSg,
         Shader::LayerNorm,
         Shader::LnStats,
         Shader::Linear,
-        Shader::LinearSg8,
-        Shader::LinearSg8R16,
-        Shader::LinearSg8R8,
+        Shader::LinearSg,
+        Shader::LinearSgR64,
+        Shader::LinearSgR16,
+        Shader::LinearSgR8,
         Shader::Attention,
         Shader::AttentionVec4,
-        Shader::AttentionSg8,
+        Shader::AttentionSg,
         Shader::MeanTokens,
         Shader::TomeMetric,
         Shader::TomeMatch,
-        Shader::TomeMatchSg8,
+        Shader::TomeMatchSg,
         Shader::TomeRank,
         Shader::TomeSlots,
         Shader::TomeMerge,
@@ -75,20 +84,21 @@ impl Shader {
         match self {
             Shader::Conv => "conv",
             Shader::ConvDense => "conv_dense",
-            Shader::ConvSg8 => "conv_sg8",
+            Shader::ConvSg => "conv_sg",
             Shader::LayerNorm => "layernorm",
             Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
-            Shader::LinearSg8 => "linear_sg8",
-            Shader::LinearSg8R16 => "linear_sg8_r16",
-            Shader::LinearSg8R8 => "linear_sg8_r8",
+            Shader::LinearSg => "linear_sg",
+            Shader::LinearSgR64 => "linear_sg_r64",
+            Shader::LinearSgR16 => "linear_sg_r16",
+            Shader::LinearSgR8 => "linear_sg_r8",
             Shader::Attention => "attention",
             Shader::AttentionVec4 => "attention_vec4",
-            Shader::AttentionSg8 => "attention_sg8",
+            Shader::AttentionSg => "attention_sg",
             Shader::MeanTokens => "mean_tokens",
             Shader::TomeMetric => "tome_metric",
             Shader::TomeMatch => "tome_match",
-            Shader::TomeMatchSg8 => "tome_match_sg8",
+            Shader::TomeMatchSg => "tome_match_sg",
             Shader::TomeRank => "tome_rank",
             Shader::TomeSlots => "tome_slots",
             Shader::TomeMerge => "tome_merge",
@@ -103,20 +113,21 @@ impl Shader {
         match self {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
             Shader::ConvDense => include_str!("../../shaders/conv_dense.wgsl"),
-            Shader::ConvSg8 => include_str!("../../shaders/conv_sg8.wgsl"),
+            Shader::ConvSg => include_str!("../../shaders/conv_sg.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
-            Shader::LinearSg8 => include_str!("../../shaders/linear_sg8.wgsl"),
-            Shader::LinearSg8R16 => include_str!("../../shaders/linear_sg8_r16.wgsl"),
-            Shader::LinearSg8R8 => include_str!("../../shaders/linear_sg8_r8.wgsl"),
+            Shader::LinearSg => include_str!("../../shaders/linear_sg.wgsl"),
+            Shader::LinearSgR64 => include_str!("../../shaders/linear_sg_r64.wgsl"),
+            Shader::LinearSgR16 => include_str!("../../shaders/linear_sg_r16.wgsl"),
+            Shader::LinearSgR8 => include_str!("../../shaders/linear_sg_r8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
-            Shader::AttentionSg8 => include_str!("../../shaders/attention_sg8.wgsl"),
+            Shader::AttentionSg => include_str!("../../shaders/attention_sg.wgsl"),
             Shader::MeanTokens => include_str!("../../shaders/mean_tokens.wgsl"),
             Shader::TomeMetric => include_str!("../../shaders/tome_metric.wgsl"),
             Shader::TomeMatch => include_str!("../../shaders/tome_match.wgsl"),
-            Shader::TomeMatchSg8 => include_str!("../../shaders/tome_match_sg8.wgsl"),
+            Shader::TomeMatchSg => include_str!("../../shaders/tome_match_sg.wgsl"),
             Shader::TomeRank => include_str!("../../shaders/tome_rank.wgsl"),
             Shader::TomeSlots => include_str!("../../shaders/tome_slots.wgsl"),
             Shader::TomeMerge => include_str!("../../shaders/tome_merge.wgsl"),
@@ -149,6 +160,11 @@ impl Shader {
         self.source().contains(HEAD_DIM_LINE)
     }
 
+    /// Whether the source declares the substitutable subgroup width `SG`.
+    pub fn has_sg(self) -> bool {
+        self.source().contains(SG_LINE)
+    }
+
     /// Whether the source stores activations as the substitutable `elem` type.
     pub fn has_elem(self) -> bool {
         self.source().contains(ELEM_LINE)
@@ -164,6 +180,12 @@ pub const ELEM_LINE_F16: &str = "enable f16; alias elem = f16;";
 /// The line a plan may rewrite, exactly as it stands in the `.wgsl` files.
 pub const HEAD_DIM_LINE: &str = "const HEAD_DIM: u32 = 32u;";
 
+/// The subgroup-width line a plan may rewrite, exactly as it stands in the `*_sg.wgsl` files.
+pub const SG_LINE: &str = "const SG: u32 = 8u;";
+
+/// The subgroup widths the `*_sg` kernels are written for (powers of two; see [`SG_LINE`]).
+pub const SG_WIDTHS: [u32; 5] = [4, 8, 16, 32, 64];
+
 /// A shader with its substitution: the pipeline cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KernelKey {
@@ -172,6 +194,8 @@ pub struct KernelKey {
     pub head_dim: u32,
     /// Activations and weights stored as f16 (only for shaders with [`ELEM_LINE`]).
     pub f16: bool,
+    /// Subgroup width for shaders that declare `SG` ([`SG_LINE`]); 0 otherwise.
+    pub sg: u32,
 }
 
 impl KernelKey {
@@ -180,6 +204,7 @@ impl KernelKey {
             shader,
             head_dim: 0,
             f16: false,
+            sg: 0,
         }
     }
     pub fn with_head_dim(shader: Shader, head_dim: usize) -> Self {
@@ -191,6 +216,15 @@ impl KernelKey {
                 0
             },
             f16: false,
+            sg: 0,
+        }
+    }
+    /// A `*_sg` kernel for subgroups of `width` lanes (one of [`SG_WIDTHS`]).
+    pub fn with_sg(shader: Shader, width: u32) -> Self {
+        debug_assert!(SG_WIDTHS.contains(&width), "subgroup width {width}");
+        KernelKey {
+            sg: if shader.has_sg() { width } else { 0 },
+            ..KernelKey::plain(shader)
         }
     }
     /// This key with f16 storage when `on` and the shader has an element type to substitute.
@@ -208,6 +242,9 @@ impl KernelKey {
                 HEAD_DIM_LINE,
                 &format!("const HEAD_DIM: u32 = {}u;", self.head_dim),
             );
+        }
+        if self.sg != 0 {
+            src = src.replace(SG_LINE, &format!("const SG: u32 = {}u;", self.sg));
         }
         if self.f16 {
             src = src.replace(ELEM_LINE, ELEM_LINE_F16);
@@ -250,9 +287,14 @@ impl PipelineCache {
         map.entry(key)
             .or_insert_with(|| {
                 let label = format!(
-                    "{}:{}{}",
+                    "{}:{}{}{}",
                     key.shader.name(),
                     key.head_dim,
+                    if key.sg != 0 {
+                        format!(":sg{}", key.sg)
+                    } else {
+                        String::new()
+                    },
                     if key.f16 { ":f16" } else { "" }
                 );
                 let desc = wgpu::ShaderModuleDescriptor {

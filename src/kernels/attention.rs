@@ -24,12 +24,18 @@ pub fn record(
     let hd = s.dim / s.heads;
     let flags = perm.is_some() as u32 | (mass.is_some() as u32) << 1;
     let scale = (hd as f32).powf(-0.5);
-    // One query per invocation, vector loads where the widths allow; with 8-lane subgroups
-    // and heads of 32, 8 queries share every key through subgroup broadcasts.
-    let (key, grid) = if b.subgroup8() && hd == 32 && s.dim.is_multiple_of(4) {
-        let blocks = (s.n / s.groups).div_ceil(8);
+    // One query per invocation, vector loads where the widths allow; with subgroups of SG
+    // lanes and heads of 32, SG queries share every key through subgroup broadcasts.
+    let sg = b
+        .subgroup_width()
+        .filter(|_| hd == 32 && s.dim.is_multiple_of(4));
+    let (key, grid) = if let Some(sg) = sg {
+        let blocks = (s.n / s.groups).div_ceil(sg as usize);
         let tiles = s.batch * s.heads * s.groups * blocks;
-        (KernelKey::plain(Shader::AttentionSg8), b.grid(tiles * 8, 8))
+        (
+            KernelKey::with_sg(Shader::AttentionSg, sg),
+            b.grid(tiles * sg as usize, sg),
+        )
     } else if hd.is_multiple_of(4) && s.dim.is_multiple_of(4) {
         (
             KernelKey::with_head_dim(Shader::AttentionVec4, hd),

@@ -2,6 +2,7 @@
 //! last) and the grouped pooling between stages.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::linear::sg_tile_columns;
 use crate::model::weights::Conv;
 
 /// Output channels of the dense kernel's tile.
@@ -132,23 +133,30 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         .map(|v| v as u32),
     );
     // Dense convolutions from NCHW (the stem) take 16 output channels per invocation, or a
-    // 32-pixel x 64-channel tile per 8-lane workgroup where subgroups allow.
+    // 32-pixel x `sg_tile_columns`-channel tile per SG-lane workgroup where subgroups allow.
     let dense = s.groups == 1 && io.input == Layout::Nchw;
     let pixels = s.batch * rows * ow;
-    let (shader, grid) = if dense && b.subgroup8() {
-        let tiles = pixels.div_ceil(32) * s.cout.div_ceil(DENSE_TILE * 4);
-        (Shader::ConvSg8, b.grid(tiles * 8, 8))
-    } else if dense {
-        (
-            Shader::ConvDense,
+    let (key, grid) = match b.subgroup_width() {
+        Some(sg) if dense => {
+            let cout_pad = s.cout.div_ceil(DENSE_TILE) * DENSE_TILE;
+            let tiles = pixels.div_ceil(32) * cout_pad.div_ceil(sg_tile_columns(sg));
+            (
+                KernelKey::with_sg(Shader::ConvSg, sg),
+                b.grid(tiles * sg as usize, sg),
+            )
+        }
+        _ if dense => (
+            KernelKey::plain(Shader::ConvDense),
             b.grid(pixels * s.cout.div_ceil(DENSE_TILE), 64),
-        )
-    } else {
-        (Shader::Conv, b.grid(pixels * s.cout.div_ceil(4), 64))
+        ),
+        _ => (
+            KernelKey::plain(Shader::Conv),
+            b.grid(pixels * s.cout.div_ceil(4), 64),
+        ),
     };
     b.dispatch(
         family,
-        KernelKey::plain(shader),
+        key,
         &p,
         &[io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y],
         grid,

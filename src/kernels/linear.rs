@@ -134,7 +134,7 @@ fn record_with(
     ];
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
-    if !b.subgroup8() {
+    let Some(sg) = b.subgroup_width() else {
         // 8 x 8 outputs per invocation.
         let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
         b.dispatch(
@@ -145,25 +145,54 @@ fn record_with(
             grid,
         );
         return;
-    }
-    // 32 x 64 tiles per 8-lane workgroup; a last partial tile of at most 16 rows runs as a
-    // 16- or 8-row tile instead (fewer rows computed for nothing, at a lower rate per row).
-    let tiles_n = padded(n).div_ceil(64);
-    let (full, tail) = match m % 32 {
-        1..=8 => (m / 32, Some(Shader::LinearSg8R8)),
-        9..=16 => (m / 32, Some(Shader::LinearSg8R16)),
-        _ => (m.div_ceil(32), None),
+    };
+    // `sg_tile_rows` x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile
+    // runs as a 32-, 16- or 8-row tile instead (fewer rows computed for nothing, at a lower
+    // rate per row).
+    let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
+    let big = sg_tile_rows(sg);
+    let full_shader = if big == 64 {
+        Shader::LinearSgR64
+    } else {
+        Shader::LinearSg
+    };
+    let (full, tail) = match m % big {
+        1..=8 => (m / big, Some(Shader::LinearSgR8)),
+        9..=16 => (m / big, Some(Shader::LinearSgR16)),
+        17..=32 if big == 64 => (m / big, Some(Shader::LinearSg)),
+        _ => (m.div_ceil(big), None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
         let mut p = params.to_vec();
         p.push(base as u32);
-        let grid = b.grid(tiles * tiles_n * 8, 8);
-        b.dispatch(family, KernelKey::plain(shader), &p, &tensors, grid);
+        let grid = b.grid(tiles * tiles_n * sg as usize, sg);
+        b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);
     };
     if full > 0 {
-        with_base(b, Shader::LinearSg8, full, 0);
+        with_base(b, full_shader, full, 0);
     }
     if let Some(shader) = tail {
-        with_base(b, shader, 1, 32 * full);
+        with_base(b, shader, 1, big * full);
     }
+}
+
+/// Rows of the full `linear_sg*.wgsl` tiles at subgroup width `sg`: 64 up to 16 lanes (the
+/// software rasteriser's widths, where every loaded value is a per-lane loop and a larger tile
+/// loads less per multiply-add: 64 x 64 tiles load a third less per output than 32 x 64), 32
+/// from 32 lanes (GPUs, where 64 rows would be 256 accumulators per lane).
+pub fn sg_tile_rows(sg: u32) -> usize {
+    if sg <= 16 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Output columns of one `linear_sg*.wgsl` workgroup tile at subgroup width `sg` (its `TN`):
+/// each lane owns 8 columns up to 8 lanes and 4 from 16, and at 64 lanes two lanes share 4, so
+/// tiles are 32, 64, 64, 128, 128 columns wide at 4, 8, 16, 32, 64 lanes.
+pub fn sg_tile_columns(sg: u32) -> usize {
+    let cv = if sg <= 8 { 2 } else { 1 };
+    let dup = (sg / 32).max(1);
+    (4 * cv * sg / dup) as usize
 }

@@ -67,11 +67,15 @@ pub fn record_merge(
         &[qkv, metric],
         g,
     );
-    // 8 A tokens per 8-lane workgroup sharing the B keys where subgroups allow (32-channel
+    // SG A tokens per SG-lane workgroup sharing the B keys where subgroups allow (32-channel
     // heads), else one A token per invocation.
-    let (matcher, g_match) = if b.subgroup8() && hd == 32 {
-        let tiles = s.batch * na.div_ceil(8);
-        (KernelKey::plain(Shader::TomeMatchSg8), b.grid(tiles * 8, 8))
+    let sg = b.subgroup_width().filter(|_| hd == 32);
+    let (matcher, g_match) = if let Some(sg) = sg {
+        let tiles = s.batch * na.div_ceil(sg as usize);
+        (
+            KernelKey::with_sg(Shader::TomeMatchSg, sg),
+            b.grid(tiles * sg as usize, sg),
+        )
     } else {
         (
             KernelKey::with_head_dim(Shader::TomeMatch, hd),

@@ -118,7 +118,7 @@ pub fn cost_figures(
         batch: mb,
         ..spec.clone()
     };
-    let recorded = record::record(cfg, weights, &micro, limits, false);
+    let recorded = record::record(cfg, weights, &micro, limits, None);
     let program = dispatch_costs(&recorded.builder);
     let mut families: Vec<(Family, Totals)> = Family::ALL
         .iter()
@@ -180,19 +180,20 @@ pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
 /// Arithmetic of one dispatch from its kernel, parameters and bound tensors' bytes
 /// (conventions in the module docs). The parameter layouts are the ones `crate::kernels`
 /// records; a test compares the sum with [`super::cost::flops_total`].
-pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], grid: [u32; 3]) -> u64 {
+pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], _grid: [u32; 3]) -> u64 {
     let at = |i: usize| p.get(i).copied().unwrap_or(0) as u64;
     match key.shader {
-        Shader::Linear | Shader::LinearSg8 | Shader::LinearSg8R16 | Shader::LinearSg8R8 => {
+        Shader::Linear
+        | Shader::LinearSg
+        | Shader::LinearSgR64
+        | Shader::LinearSgR16
+        | Shader::LinearSgR8 => {
             // [m, k, n, padded n, mode, ca, cb, stats, (base)]
             let (m, k, n) = (at(0), at(1), at(2));
             let rows = match key.shader {
                 Shader::Linear => m,
-                Shader::LinearSg8 => {
-                    let tiles_n = at(3).div_ceil(64).max(1);
-                    let tiles = (grid[0] as u64 * grid[1] as u64 * grid[2] as u64) / tiles_n;
-                    (tiles * 32).min(m.saturating_sub(at(8)))
-                }
+                // Subgroup tiles: the rows from this dispatch's first row on (a main dispatch
+                // is counted with its tail's rows; `plan` records the portable kernels).
                 _ => m.saturating_sub(at(8)),
             };
             let epilogue = match at(4) {
@@ -203,7 +204,7 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], grid: [u32
             let normalise = if at(7) != 0 { 2 * rows * k } else { 0 };
             rows * n * (2 * k + epilogue) + normalise
         }
-        Shader::Conv | Shader::ConvDense | Shader::ConvSg8 => {
+        Shader::Conv | Shader::ConvDense | Shader::ConvSg => {
             // [batch, cin, h, w, cout, oh, ow, k, stride, pad, groups, flags, .., rows, ..]
             let (batch, cin, cout, ow, k, groups) = (at(0), at(1), at(4), at(6), at(7), at(10));
             let rows = at(15);
@@ -212,7 +213,7 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], grid: [u32
             let per_out = 2 * (cin / groups.max(1)) * k * k + 1 + (flags & 1) + (flags >> 3 & 1);
             batch * rows * ow * cout * per_out
         }
-        Shader::Attention | Shader::AttentionVec4 | Shader::AttentionSg8 => {
+        Shader::Attention | Shader::AttentionVec4 | Shader::AttentionSg => {
             // [batch, n, dim, heads, groups, flags, scale]
             let (batch, n, dim, heads, groups) = (at(0), at(1), at(2), at(3), at(4).max(1));
             let ng = n / groups;
@@ -228,7 +229,7 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], grid: [u32
             let hd = at(2) / at(3).max(1);
             at(0) * at(1) * (at(2) + 3 * hd)
         }
-        Shader::TomeMatch | Shader::TomeMatchSg8 | Shader::TomeRank => {
+        Shader::TomeMatch | Shader::TomeMatchSg | Shader::TomeRank => {
             // [batch, n, lead, a_odd]; matching: the cosine similarity of every A-B pair and the
             // row maxima; rank: every A token compared with every other.
             let (batch, n, lead, a_odd) = (at(0), at(1), at(2), at(3));

@@ -147,7 +147,7 @@ pub fn memory_plan(
     };
     (
         mb,
-        record::record(cfg, weights, &micro, limits, false)
+        record::record(cfg, weights, &micro, limits, None)
             .builder
             .arena_plan(),
     )
@@ -556,6 +556,4 @@ impl PlannedForward {
     pub fn trace_buffers(&self) -> &[wgpu::Buffer] {
         &self.trace_readback
     }
-
 }
-

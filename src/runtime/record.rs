@@ -329,8 +329,8 @@ pub fn build(
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
-    let subgroup8 = crate::gpu::program::subgroup8_capable(gpu);
-    let r = record(cfg, w, spec, &gpu.limits, subgroup8);
+    let subgroup_width = crate::gpu::program::subgroup_width(gpu);
+    let r = record(cfg, w, spec, &gpu.limits, subgroup_width);
     Ok(ModelProgram {
         program: r
             .builder
@@ -340,17 +340,17 @@ pub fn build(
     })
 }
 
-/// Record every dispatch of the forward for `spec` on a device with `limits`; `subgroup8`
-/// lets kernels pick their 8-lane-subgroup variants (the choice is made while recording).
+/// Record every dispatch of the forward for `spec` on a device with `limits`; `subgroup_width`
+/// lets kernels pick their subgroup variants for that width (the choice is made while recording).
 pub fn record(
     cfg: &ModelConfig,
     w: &ModelWeights,
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
-    subgroup8: bool,
+    subgroup_width: Option<u32>,
 ) -> Recorded {
     let mut b = ProgramBuilder::new(limits);
-    b.set_subgroup8(subgroup8);
+    b.set_subgroup_width(subgroup_width);
     record_into(b, cfg, w, spec)
 }
 

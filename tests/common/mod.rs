@@ -4,9 +4,9 @@
 
 use std::sync::OnceLock;
 
+use sret_tome::gpu::read_buffer;
 use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
 use sret_tome::reference::{Matching, SplitMix64};
-use sret_tome::gpu::read_buffer;
 use sret_tome::tome::Split;
 
 pub fn gpu() -> &'static Gpu {
