@@ -24,7 +24,7 @@
 //! * [`flops_total`] estimates the arithmetic an inference really performs, functional
 //!   operations included. See [`FlopBreakdown`] for the per-category convention.
 
-use crate::model::{ModelConfig, StageConfig, VitConfig};
+use crate::model::{ModelConfig, StageConfig, VitConfig, VitPool};
 use crate::tome::{Execution, Trajectory};
 
 /// Kernel side of the stem convolutions and of the inter-stage pooling convolutions.
@@ -323,7 +323,11 @@ fn vit_flops_thop(cfg: &ModelConfig, v: &VitConfig, traj: &Trajectory) -> u64 {
     }
     let df = cfg.final_dim();
     let last = cfg.stages.len() - 1;
-    let normed = if v.pos_on_lead {
+    let normed = if v.pool == VitPool::Avg {
+        // global_pool='avg': `norm` is the identity, `fc_norm` sees the pooled vector (the mean
+        // itself is functional, uncounted).
+        1
+    } else if v.pos_on_lead {
         traj.final_tokens(last).unwrap_or(0) + v.lead()
     } else {
         v.lead()
@@ -357,7 +361,14 @@ fn vit_flops_breakdown(cfg: &ModelConfig, v: &VitConfig, traj: &Trajectory) -> F
         f.linear += linear_flops(v.lead(), d, next.dim);
     }
     let df = cfg.final_dim();
-    f.norms += (8 * df * v.lead()) as u64;
+    if v.pool == VitPool::Avg {
+        let last = cfg.stages.len() - 1;
+        let patches = traj.final_tokens(last).unwrap_or(0);
+        f.pooling += (patches * df + df) as u64;
+        f.norms += 8 * df as u64;
+    } else {
+        f.norms += (8 * df * v.lead()) as u64;
+    }
     f.linear += (1 + v.distilled as u64) * linear_flops(1, df, cfg.num_classes);
     f
 }
