@@ -33,5 +33,6 @@ run vit_b_d2 "vit_base_patch16_224@depth=2" none constant:16 list:40,8
 run vit_s384_d2 "vit_small_patch16_384@depth=2" none constant:48 tome:64,-0.5
 run vit_b32_d2 "vit_base_patch32_224@depth=2" none constant:8
 run mae_b_d2 "vit_base_patch16_224@depth=2,global_pool=avg" none constant:16
-run vit_l384_d1 "vit_large_patch16_384@depth=1" none constant:100
+# Merging in the last block cannot move a class-token model's logits (the MLP is per token): 2 blocks.
+run vit_l384_d2 "vit_large_patch16_384@depth=2" none constant:100
 rm -rf "$work"
