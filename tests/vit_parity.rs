@@ -221,3 +221,20 @@ fn schedules_generalise_to_24_blocks() {
     assert_eq!(t.executions[0].safe_r, 98);
     assert!(t.executions.iter().all(|e| e.tokens_out >= 1));
 }
+
+/// Micro-batches for ViT-L/16-384: its widest per-image tensor is the MLP's hidden, 577 tokens x
+/// 4096 (qkv is 577 x 3072; attention keeps no score matrix), and a micro-batch of them fits one
+/// storage binding.
+#[test]
+fn vit_large_384_micro_batches_fit_the_binding_limit() {
+    use sret_tome::runtime::forward::{max_micro_batch, split_batch};
+    let cfg = ModelConfig::by_name("vit_large_patch16_384").unwrap();
+    let limits = wgpu::Limits::default();
+    let per_image = 577 * 4096 * 4;
+    let mb = max_micro_batch(&cfg, &limits);
+    let binding = limits.max_storage_buffer_binding_size as usize;
+    assert_eq!(mb, binding / per_image);
+    assert!(mb * per_image <= binding && (mb + 1) * per_image > binding);
+    let (chunks, each) = split_batch(&cfg, &limits, 128);
+    assert!(chunks * each >= 128 && each <= mb, "{chunks} x {each}");
+}
