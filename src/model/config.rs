@@ -93,8 +93,27 @@ pub struct VitConfig {
     pub distilled: bool,
     pub merging: LeadMerging,
     /// `pos_embed` covers the lead tokens too (DeiT: `[1, lead + n, dim]`), or only the patch
-    /// grid (PiT: `[1, dim, side, side]`, lead tokens carry no position).
+    /// grid (PiT: `[1, dim, side, side]`, lead tokens carry no position). Also what tells timm's
+    /// `VisionTransformer` layout (`blocks.{i}`, `patch_embed.proj`) from PiT's.
     pub pos_on_lead: bool,
+    /// What the classifier reads.
+    pub pool: VitPool,
+    /// ToMe's proportional attention (`prop_attn`: `log(size)` added to the attention scores).
+    /// The official patches: on for `tome.patch.timm`, off for `tome.patch.mae`.
+    pub prop_attn: bool,
+}
+
+/// timm's `global_pool` of a `VisionTransformer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VitPool {
+    /// `'token'`: the final `norm` on the sequence, the head on the class token (and the
+    /// distillation head on the distillation token, the two averaged).
+    Token,
+    /// `'avg'` with `fc_norm` (MAE fine-tuning): `norm` is the identity, the patch tokens
+    /// (everything after the lead tokens) are averaged, then `fc_norm`, then the head. Merged
+    /// tokens count by their size, as ToMe's MAE patch pools (`sum(x * size)[:, 1:] / T`, the
+    /// mean of the restored grid); without merging this is timm's plain mean.
+    Avg,
 }
 
 impl VitConfig {
@@ -137,7 +156,35 @@ pub const SRET_MODEL_NAMES: [&str; 6] = [
 pub const VIT_MODEL_NAMES: [&str; 4] =
     ["deit_tiny", "deit_tiny_distill", "pit_ti", "pit_ti_distill"];
 
-/// The names accepted by `--model`.
+/// timm's `VisionTransformer` family by timm's model names ([`ModelConfig::by_name`] also takes
+/// `deit_tiny_patch16_224` and `deit_tiny_distilled_patch16_224`; the short names above stay).
+/// `vit_*` are the AugReg layouts (class token, `global_pool='token'`, no `pre_logits`, no
+/// `fc_norm`). Not in [`MODEL_NAMES`], whose every entry the test suite runs in full.
+pub const VIT_FAMILY_NAMES: [&str; 21] = [
+    "deit_tiny_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "deit_small_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_base_patch16_224",
+    "deit_base_distilled_patch16_224",
+    "deit_base_patch16_384",
+    "deit_base_distilled_patch16_384",
+    "vit_tiny_patch16_224",
+    "vit_tiny_patch16_384",
+    "vit_small_patch16_224",
+    "vit_small_patch16_384",
+    "vit_small_patch32_224",
+    "vit_base_patch16_224",
+    "vit_base_patch16_384",
+    "vit_base_patch32_224",
+    "vit_base_patch32_384",
+    "vit_large_patch16_224",
+    "vit_large_patch16_384",
+    "vit_large_patch32_384",
+    "vit_huge_patch14_224",
+];
+
+/// The names accepted by `--model` (besides [`VIT_FAMILY_NAMES`]).
 pub const MODEL_NAMES: [&str; 10] = [
     "sret_t",
     "sret_t_distill",
@@ -170,7 +217,31 @@ fn hidden(dim: usize, ratio: f64) -> usize {
 }
 
 impl ModelConfig {
+    /// A model by name: [`MODEL_NAMES`] or [`VIT_FAMILY_NAMES`]. A ViT-family name may carry
+    /// overrides after `@`, as timm's `create_model(name, **kwargs)` takes them:
+    /// `vit_base_patch16_224@depth=2,global_pool=avg,img_size=384` (`depth`: blocks;
+    /// `global_pool`: `token` or `avg` (with `fc_norm`, MAE-style, and ToMe's MAE patch:
+    /// size-weighted pool, no proportional attention); `img_size`: a multiple of the patch,
+    /// position embeddings of that grid; `prop_attn`: `true` or `false`, after `global_pool`).
+    /// Overrides apply in order. The name stays timm's.
     pub fn by_name(name: &str) -> Result<Self> {
+        let (base, overrides) = match name.split_once('@') {
+            Some((b, o)) => (b, Some(o)),
+            None => (name, None),
+        };
+        if let Some(cfg) = Self::vit_family(base) {
+            return match overrides {
+                Some(o) => cfg.with_overrides(name, o),
+                None => Ok(cfg),
+            };
+        }
+        if overrides.is_some() {
+            return Err(Error::arg(
+                "model",
+                name,
+                "overrides after '@' apply to the ViT family (deit_*, vit_* timm names) only",
+            ));
+        }
         if let Some(cfg) = Self::vit_by_name(name) {
             return Ok(cfg);
         }
@@ -181,7 +252,11 @@ impl ModelConfig {
             _ => {
                 return Err(Error::UnknownModel {
                     name: name.to_string(),
-                    known: MODEL_NAMES.join(", "),
+                    known: format!(
+                        "{}, and timm's {}",
+                        MODEL_NAMES.join(", "),
+                        VIT_FAMILY_NAMES.join(", ")
+                    ),
                 })
             }
         };
@@ -240,6 +315,8 @@ impl ModelConfig {
                 distilled,
                 merging: LeadMerging::InSequence,
                 pos_on_lead: true,
+                pool: VitPool::Token,
+                prop_attn: true,
             };
             (vit, vec![block(192, 3, 12)])
         } else {
@@ -249,6 +326,8 @@ impl ModelConfig {
                 distilled,
                 merging: LeadMerging::SplitOff,
                 pos_on_lead: false,
+                pool: VitPool::Token,
+                prop_attn: true,
             };
             let stages =
                 [(2, 2), (4, 6), (8, 4)].map(|(heads, depth)| block(32 * heads, heads, depth));
@@ -262,6 +341,118 @@ impl ModelConfig {
             stages,
             num_classes: 1000,
         })
+    }
+
+    /// timm's `deit_*` / `vit_*` `VisionTransformer`s: `{deit,vit}_{size}[_distilled]_patch{P}_{S}`
+    /// from [`VIT_FAMILY_NAMES`] (and the two long DeiT-Tiny names). One stage of plain
+    /// blocks, MLP ratio 4, `qkv_bias`, class (and distillation) token with its position.
+    fn vit_family(name: &str) -> Option<Self> {
+        let name = VIT_FAMILY_NAMES.iter().find(|n| **n == name).copied()?;
+        let (family, rest) = name.split_once('_')?;
+        let (size, rest) = rest.split_once('_')?;
+        let (distilled, rest) = match rest.strip_prefix("distilled_") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let (patch, image) = rest.strip_prefix("patch")?.split_once('_')?;
+        let (patch, image_size): (usize, usize) = (patch.parse().ok()?, image.parse().ok()?);
+        let (dim, heads, depth) = match size {
+            "tiny" => (192, 3, 12),
+            "small" => (384, 6, 12),
+            "base" => (768, 12, 12),
+            "large" => (1024, 16, 24),
+            "huge" => (1280, 16, 32),
+            _ => return None,
+        };
+        debug_assert!(family == "deit" || !distilled);
+        let vit = VitConfig {
+            patch,
+            stride: patch,
+            distilled,
+            merging: LeadMerging::InSequence,
+            pos_on_lead: true,
+            pool: VitPool::Token,
+            prop_attn: true,
+        };
+        Some(ModelConfig {
+            name,
+            arch: Arch::Vit(vit),
+            image_size,
+            stem_mid: 0,
+            stages: vec![StageConfig {
+                dim,
+                heads,
+                depth,
+                recursive_num: depth,
+                groups1: 1,
+                groups2: 1,
+                mlp_hidden: 4 * dim,
+                np_hidden: 0,
+            }],
+            num_classes: 1000,
+        })
+    }
+
+    /// `key=value` overrides of a ViT-family config (see [`ModelConfig::by_name`]).
+    fn with_overrides(mut self, spec: &str, overrides: &str) -> Result<Self> {
+        let bad = |why: String| Error::arg("model", spec, why);
+        for kv in overrides.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| bad(format!("override '{kv}' is not key=value")))?;
+            let count = || {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .ok_or_else(|| bad(format!("{k} must be a positive integer, got '{v}'")))
+            };
+            match k {
+                "depth" => {
+                    let d = count()?;
+                    let st = &mut self.stages[0];
+                    (st.depth, st.recursive_num) = (d, d);
+                }
+                "img_size" => self.image_size = count()?,
+                "global_pool" => {
+                    let pool = match v {
+                        "token" => VitPool::Token,
+                        "avg" => VitPool::Avg,
+                        _ => return Err(bad(format!("global_pool is token or avg, got '{v}'"))),
+                    };
+                    if let Arch::Vit(vc) = &mut self.arch {
+                        if vc.distilled && pool == VitPool::Avg {
+                            return Err(bad("distilled models pool their lead tokens".into()));
+                        }
+                        vc.pool = pool;
+                        // ToMe's MAE patch turns proportional attention off (unless told).
+                        vc.prop_attn = pool == VitPool::Token;
+                    }
+                }
+                "prop_attn" => {
+                    let on = match v {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(bad(format!("prop_attn is true or false, got '{v}'"))),
+                    };
+                    if let Arch::Vit(vc) = &mut self.arch {
+                        vc.prop_attn = on;
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown override '{k}' (depth, global_pool, img_size, prop_attn)"
+                    )))
+                }
+            }
+        }
+        let patch = self.vit().map_or(1, |v| v.patch);
+        if self.image_size < patch || !self.image_size.is_multiple_of(patch) {
+            return Err(bad(format!(
+                "img_size {} is not a multiple of the patch {patch}",
+                self.image_size
+            )));
+        }
+        Ok(self)
     }
 
     /// The transformer-with-lead-tokens parameters, `None` for SReT.
@@ -353,6 +544,52 @@ mod tests {
             .stages
             .iter()
             .all(|s| s.loops() == 1 && s.group_lcm() == 1));
+    }
+
+    #[test]
+    fn vit_family_has_timm_dimensions() {
+        let dims = |n: &str| {
+            let c = ModelConfig::by_name(n).unwrap();
+            let s = &c.stages[0];
+            (s.dim, s.heads, s.depth, s.mlp_hidden, c.tokens(0), c.lead())
+        };
+        assert_eq!(dims("deit_small_patch16_224"), (384, 6, 12, 1536, 196, 1));
+        assert_eq!(
+            dims("deit_base_distilled_patch16_384"),
+            (768, 12, 12, 3072, 576, 2)
+        );
+        assert_eq!(dims("vit_large_patch16_384"), (1024, 16, 24, 4096, 576, 1));
+        assert_eq!(dims("vit_base_patch32_224"), (768, 12, 12, 3072, 49, 1));
+        assert_eq!(dims("vit_huge_patch14_224"), (1280, 16, 32, 5120, 256, 1));
+        // The long DeiT-Tiny names are the short ones' architecture.
+        let long = ModelConfig::by_name("deit_tiny_distilled_patch16_224").unwrap();
+        let short = ModelConfig::by_name("deit_tiny_distill").unwrap();
+        assert_eq!((long.arch, &long.stages), (short.arch, &short.stages));
+        for n in VIT_FAMILY_NAMES {
+            assert_eq!(ModelConfig::by_name(n).unwrap().name, n);
+        }
+    }
+
+    #[test]
+    fn vit_overrides() {
+        let c = ModelConfig::by_name("vit_base_patch16_224@depth=2,global_pool=avg,img_size=384")
+            .unwrap();
+        assert_eq!(c.name, "vit_base_patch16_224");
+        assert_eq!((c.total_executions(), c.tokens(0)), (2, 576));
+        assert_eq!(c.vit().unwrap().pool, VitPool::Avg);
+        assert!(!c.vit().unwrap().prop_attn);
+        let c = ModelConfig::by_name("vit_base_patch16_224@global_pool=avg,prop_attn=true");
+        assert!(c.unwrap().vit().unwrap().prop_attn);
+        for bad in [
+            "vit_base_patch16_224@depth=0",
+            "vit_base_patch16_224@img_size=200",
+            "vit_base_patch16_224@global_pool=max",
+            "vit_base_patch16_224@width=3",
+            "deit_base_distilled_patch16_224@global_pool=avg",
+            "sret_t@depth=2",
+        ] {
+            assert!(ModelConfig::by_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

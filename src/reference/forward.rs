@@ -348,7 +348,15 @@ fn forward_image(
             } else {
                 None
             };
-            let att = grouped_attention(&qkv, 1, n, c, st.heads, st.groups_of(e), perm, &mass);
+            // ToMe's MAE patch: no proportional attention (sizes still weight the merges).
+            let ones;
+            let att_mass = if cfg.vit().is_some_and(|v| !v.prop_attn) {
+                ones = vec![1.0f32; n];
+                &ones
+            } else {
+                &mass
+            };
+            let att = grouped_attention(&qkv, 1, n, c, st.heads, st.groups_of(e), perm, att_mass);
             let proj = linear(&att, n, &blk.proj);
             residual(&mut x, c1, &proj, c2);
 
@@ -411,6 +419,17 @@ fn forward_image(
                 }
             }
             None if s + 1 == stages && lead == 0 => {
+                let pooled = mean_tokens(&full, 1, tokens, c);
+                let normed = layer_norm(&pooled, 1, &w.norm, LN_EPS);
+                out.logits = linear(&normed, 1, &w.head);
+            }
+            None if s + 1 == stages
+                && cfg
+                    .vit()
+                    .is_some_and(|v| v.pool == crate::model::VitPool::Avg) =>
+            {
+                // global_pool='avg' as ToMe's MAE patch pools: merged tokens by their size
+                // (`sum(x * size)[:, lead:] / T`), which is the mean of the restored grid.
                 let pooled = mean_tokens(&full, 1, tokens, c);
                 let normed = layer_norm(&pooled, 1, &w.norm, LN_EPS);
                 out.logits = linear(&normed, 1, &w.head);

@@ -24,7 +24,7 @@
 //! * [`flops_total`] estimates the arithmetic an inference really performs, functional
 //!   operations included. See [`FlopBreakdown`] for the per-category convention.
 
-use crate::model::{ModelConfig, StageConfig, VitConfig};
+use crate::model::{ModelConfig, StageConfig, VitConfig, VitPool};
 use crate::tome::{Execution, Trajectory};
 
 /// Kernel side of the stem convolutions and of the inter-stage pooling convolutions.
@@ -282,7 +282,8 @@ pub fn flops_breakdown(cfg: &ModelConfig, traj: &Trajectory) -> FlopBreakdown {
 
 /// PyTorch's parameter count of DeiT / PiT: lead tokens, position embedding, patch convolution,
 /// plain blocks, PiT's pooling (depthwise conv and the lead tokens' linear map), final norm,
-/// heads. 5,910,800 for DeiT-Tiny-Distill, 5,104,336 for PiT-Ti-Distill.
+/// heads (`norm` or, average-pooled, `fc_norm`: the same count). 5,910,800 for DeiT-Tiny-Distill,
+/// 5,104,336 for PiT-Ti-Distill, 86,567,656 for ViT-B/16 (timm's `sum(p.numel())`).
 fn vit_params(cfg: &ModelConfig, v: &VitConfig) -> u64 {
     let d0 = cfg.stages[0].dim;
     let pos_tokens = cfg.tokens(0) + if v.pos_on_lead { v.lead() } else { 0 };
@@ -323,7 +324,11 @@ fn vit_flops_thop(cfg: &ModelConfig, v: &VitConfig, traj: &Trajectory) -> u64 {
     }
     let df = cfg.final_dim();
     let last = cfg.stages.len() - 1;
-    let normed = if v.pos_on_lead {
+    let normed = if v.pool == VitPool::Avg {
+        // global_pool='avg': `norm` is the identity, `fc_norm` sees the pooled vector (the mean
+        // itself is functional, uncounted).
+        1
+    } else if v.pos_on_lead {
         traj.final_tokens(last).unwrap_or(0) + v.lead()
     } else {
         v.lead()
@@ -357,7 +362,14 @@ fn vit_flops_breakdown(cfg: &ModelConfig, v: &VitConfig, traj: &Trajectory) -> F
         f.linear += linear_flops(v.lead(), d, next.dim);
     }
     let df = cfg.final_dim();
-    f.norms += (8 * df * v.lead()) as u64;
+    if v.pool == VitPool::Avg {
+        let last = cfg.stages.len() - 1;
+        let patches = traj.final_tokens(last).unwrap_or(0);
+        f.pooling += (patches * df + df) as u64;
+        f.norms += 8 * df as u64;
+    } else {
+        f.norms += (8 * df * v.lead()) as u64;
+    }
     f.linear += (1 + v.distilled as u64) * linear_flops(1, df, cfg.num_classes);
     f
 }
@@ -414,6 +426,78 @@ mod tests {
                 "{}: functional ops add to thop's count",
                 cfg.name
             );
+        }
+    }
+
+    /// timm 1.0.31's `sum(p.numel())` and thop 0.1.1's `2 x profile(...)` (which skips timm's
+    /// LayerNorms, counted here at 4 per element as for DeiT-Tiny above) for the whole family at
+    /// its published depth (thop measured at depths 1 and 2 and extended linearly: exact, as
+    /// every block counts the same).
+    #[test]
+    fn vit_family_matches_timm_and_thop() {
+        for (name, timm_params, thop) in [
+            ("deit_small_patch16_224", 22_050_664, 8_482_437_120),
+            ("deit_tiny_distilled_patch16_224", 5_910_800, 2_160_703_488),
+            (
+                "deit_small_distilled_patch16_224",
+                22_436_432,
+                8_525_672_448,
+            ),
+            ("deit_base_patch16_224", 86_567_656, 33_697_001_472),
+            (
+                "deit_base_distilled_patch16_224",
+                87_338_192,
+                33_868_406_784,
+            ),
+            ("deit_base_patch16_384", 86_859_496, 98_695_606_272),
+            (
+                "deit_base_distilled_patch16_384",
+                87_630_032,
+                98_867_011_584,
+            ),
+            ("vit_tiny_patch16_224", 5_717_416, 2_149_702_656),
+            ("vit_tiny_patch16_384", 5_790_376, 6_296_165_376),
+            ("vit_small_patch16_224", 22_050_664, 8_482_437_120),
+            ("vit_small_patch16_384", 22_196_584, 24_844_154_880),
+            ("vit_small_patch32_224", 22_878_952, 2_239_739_904),
+            ("vit_base_patch16_224", 86_567_656, 33_697_001_472),
+            ("vit_base_patch16_384", 86_859_496, 98_695_606_272),
+            ("vit_base_patch32_224", 88_224_232, 8_726_212_608),
+            ("vit_base_patch32_384", 88_297_192, 25_312_063_488),
+            ("vit_large_patch16_224", 304_326_632, 119_294_345_216),
+            ("vit_large_patch16_384", 304_715_752, 349_404_348_416),
+            ("vit_large_patch32_384", 306_632_680, 88_485_085_184),
+            // timm's default `vit_huge_patch14_224` (the in21k tag) is headless; here with a
+            // 1000-class head (1280 x 1000 + 1000 parameters, 1280 x 1000 MACs).
+            (
+                "vit_huge_patch14_224",
+                630_764_800 + 1_281_000,
+                323_766_190_080 + 2_560_000,
+            ),
+            (
+                "vit_base_patch16_224@global_pool=avg",
+                86_567_656,
+                33_697_001_472,
+            ),
+        ] {
+            let cfg = ModelConfig::by_name(name).unwrap();
+            let v = *cfg.vit().unwrap();
+            assert_eq!(params(&cfg), timm_params, "{name}");
+            let t = traj(&cfg, "none");
+            let (st, n) = (&cfg.stages[0], cfg.tokens(0) + cfg.lead());
+            let final_norm = if v.pool == VitPool::Avg { 1 } else { n };
+            let normed = st.depth * 2 * n * st.dim + final_norm * st.dim;
+            assert_eq!(flops_thop(&cfg, &t) - 8 * normed as u64, thop, "{name}");
+            let merged = flops_thop(&cfg, &traj(&cfg, "constant:8"));
+            assert!(merged < flops_thop(&cfg, &t), "{name}");
+        }
+        // ToMe's published settings: DeiT-S r=13 and ViT-B r=16 (paper: 2.3x fewer FLOPs at
+        // most; here simply fewer).
+        for (name, r) in [("deit_small_patch16_224", 13), ("vit_base_patch16_224", 16)] {
+            let cfg = ModelConfig::by_name(name).unwrap();
+            let none = flops_thop(&cfg, &traj(&cfg, "none"));
+            let merged = flops_thop(&cfg, &traj(&cfg, &format!("constant:{r}")));
+            assert!(merged * 3 < none * 2, "{name}: {merged} of {none}");
         }
     }
 

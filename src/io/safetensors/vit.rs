@@ -1,8 +1,10 @@
-//! The timm `state_dict()` layouts of DeiT-Tiny and PiT-Ti (with and without distillation).
+//! The timm `state_dict()` layouts of its `VisionTransformer` family (DeiT, DeiT-Distilled, ViT,
+//! any width, depth, patch and image size) and of PiT-Ti (with and without distillation).
 //!
 //! ```text
 //! DeiT: cls_token [1, 1, D], dist_token [1, 1, D], pos_embed [1, lead + N, D],
-//!       patch_embed.proj.{weight,bias} [D, 3, 16, 16], blocks.{i}.…, norm, head, head_dist
+//!       patch_embed.proj.{weight,bias} [D, 3, P, P], blocks.{i}.…, norm, head, head_dist
+//!       (global_pool='avg': fc_norm instead of norm, which is the identity)
 //! PiT:  cls_token [1, lead, D], pos_embed [1, D, 27, 27], patch_embed.conv.{weight,bias},
 //!       transformers.{s}.blocks.{i}.…, transformers.{s+1}.pool.{conv,fc}.…, norm, head, head_dist
 //! ```
@@ -21,11 +23,20 @@ use super::{
     block_params, check_conv, check_linear, conv_template, structure_error, take, take_linear,
     take_norm, Layout, Result,
 };
-use crate::model::config::{ModelConfig, VitConfig};
+use crate::model::config::{ModelConfig, VitConfig, VitPool};
 use crate::model::weights::{BlockWeights, Conv, Linear, ModelWeights, StageWeights};
 
+/// timm's `VisionTransformer` layout (DeiT, ViT), as opposed to PiT's.
 fn is_deit(cfg: &ModelConfig) -> bool {
-    cfg.name.starts_with("deit")
+    cfg.vit().is_some_and(|v| v.pos_on_lead)
+}
+
+/// The final LayerNorm's name: `norm`, or `fc_norm` after average pooling.
+fn final_norm(v: &VitConfig) -> &'static str {
+    match v.pool {
+        VitPool::Token => "norm",
+        VitPool::Avg => "fc_norm",
+    }
 }
 
 /// Prefix of block `i` of stage `s`.
@@ -98,8 +109,9 @@ pub(super) fn layout(l: &mut Layout, cfg: &ModelConfig, v: &VitConfig) {
         }
     }
     let fd = cfg.final_dim();
-    l.tensor("norm.weight".into(), None, vec![fd]);
-    l.tensor("norm.bias".into(), None, vec![fd]);
+    let norm = final_norm(v);
+    l.tensor(format!("{norm}.weight"), None, vec![fd]);
+    l.tensor(format!("{norm}.bias"), None, vec![fd]);
     for head in ["head", "head_dist"].iter().take(1 + v.distilled as usize) {
         l.tensor(format!("{head}.weight"), None, vec![cfg.num_classes, fd]);
         l.tensor(format!("{head}.bias"), None, vec![cfg.num_classes]);
@@ -185,7 +197,7 @@ pub(super) fn assemble(
         });
     }
     let fd = cfg.final_dim();
-    let norm = take_norm(values, "norm");
+    let norm = take_norm(values, final_norm(v));
     let head = take_linear(values, "head", cfg.num_classes, fd);
     let head_dist = v
         .distilled
@@ -317,8 +329,9 @@ pub(super) fn collect<'w>(
         }
     }
     let fd = cfg.final_dim();
-    m.insert("norm.weight".into(), Cow::Borrowed(&w.norm.weight));
-    m.insert("norm.bias".into(), Cow::Borrowed(&w.norm.bias));
+    let norm = final_norm(v);
+    m.insert(format!("{norm}.weight"), Cow::Borrowed(&w.norm.weight));
+    m.insert(format!("{norm}.bias"), Cow::Borrowed(&w.norm.bias));
     check_linear("head", &w.head, cfg.num_classes, fd)?;
     put_linear(&mut m, "head", &w.head);
     match (&w.head_dist, v.distilled) {

@@ -1,5 +1,7 @@
-//! The plan of DeiT and PiT: patch convolution, lead tokens in front, plain blocks with ToMe,
-//! PiT's unmerge-then-pool between stages, and the heads on the lead tokens.
+//! The plan of DeiT / ViT and PiT: patch convolution, lead tokens in front, plain blocks with
+//! ToMe, PiT's unmerge-then-pool between stages, and the heads on the lead tokens (or, with
+//! timm's `global_pool='avg'`, on the `fc_norm` of the patch tokens' mean, weighted by size as
+//! ToMe's MAE patch pools).
 
 use super::{
     record_attention_half, record_mlp, record_pool, up_block, up_conv, BlockTensors, Recorded,
@@ -12,7 +14,7 @@ use crate::kernels::linear::{self, Epilogue};
 use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
 use crate::kernels::tome as tome_k;
-use crate::model::config::{ModelConfig, VitConfig};
+use crate::model::config::{ModelConfig, VitConfig, VitPool};
 use crate::model::weights::{Linear, ModelWeights};
 use crate::runtime::ForwardSpec;
 use crate::tome::Split;
@@ -195,8 +197,10 @@ pub(super) fn record(
                 heads: sc.heads,
                 groups: 1,
             };
+            // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
+            let mass = seq.mass.filter(|_| v.prop_attn);
             let qkv =
-                record_attention_half(&mut b, shape, blk, [1.0; 4], seq.x, None, seq.mass, &label);
+                record_attention_half(&mut b, shape, blk, [1.0; 4], seq.x, None, mass, &label);
             seq.merge(&mut b, spec, &mut trace, exec, qkv, &label);
             record_mlp(
                 &mut b,
@@ -221,6 +225,46 @@ pub(super) fn record(
         } else {
             Family::Pooling
         };
+        if s == last && v.pool == VitPool::Avg {
+            // global_pool='avg' as ToMe's MAE patch pools: every merged token by its size, i.e.
+            // the mean of the restored grid; then fc_norm.
+            let grid = if seq.merged {
+                let full = b.activation("restored grid", bt * n_grid * dim);
+                tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, seq.map, full);
+                full
+            } else {
+                take_tokens(
+                    &mut b,
+                    Family::Head,
+                    bt,
+                    x,
+                    n,
+                    lead,
+                    n_grid,
+                    dim,
+                    "patch tokens".into(),
+                )
+            };
+            let pooled = b.activation("pooled", bt * dim);
+            norm::mean_tokens(&mut b, Family::Head, bt, n_grid, dim, grid, pooled);
+            let normed = b.activation("pooled ln", bt * dim);
+            let nw_w = b.weights("fc_norm.weight", &w.norm.weight);
+            let nw_b = b.weights("fc_norm.bias", &w.norm.bias);
+            norm::layer_norm(
+                &mut b,
+                Family::Head,
+                bt,
+                dim,
+                LN_EPS,
+                pooled,
+                nw_w,
+                nw_b,
+                normed,
+            );
+            let head = linear::upload(&mut b, "head", &w.head);
+            linear::record(&mut b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
+            break;
+        }
         let lead_x = take_tokens(
             &mut b,
             family,
