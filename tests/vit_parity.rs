@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use sret_tome::model::{synthetic_images, Model, ModelConfig};
 use sret_tome::reference::{self as cpu, ReferenceSpec};
-use sret_tome::runtime::{ForwardSpec, PlannedForward};
+use sret_tome::runtime::ForwardSpec;
 
 /// `(fixture tag, model spec, schedules)`; keep in step with tools/make_vit_fixtures.sh.
 const CASES: [(&str, &str, &[&str]); 7] = [
@@ -148,8 +148,7 @@ fn check(tag: &str) {
         let fx = fixture(tag, schedule);
         let twin = cpu_logits(&model, &plan, &images, 2);
         compare(&format!("{spec} {schedule}: CPU twin"), &twin, &fx, classes);
-        let engine =
-            PlannedForward::new(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
+        let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
         let got = engine.forward(&images).unwrap().logits;
         compare(&format!("{spec} {schedule}: engine"), &got, &fx, classes);
         let err_twin = rel_l2(&got, &twin);
@@ -228,13 +227,18 @@ fn schedules_generalise_to_24_blocks() {
 #[test]
 fn vit_large_384_micro_batches_fit_the_binding_limit() {
     use sret_tome::runtime::forward::{max_micro_batch, split_batch};
-    let cfg = ModelConfig::by_name("vit_large_patch16_384").unwrap();
+    // One block has every per-image tensor of the whole model (the sizes are recorded).
+    let model = Model::synthetic("vit_large_patch16_384@depth=1").unwrap();
+    let cfg = &model.cfg;
+    let spec = ForwardSpec::new(cfg, &"none".parse().unwrap(), 0)
+        .unwrap()
+        .with_batch(128);
     let limits = wgpu::Limits::default();
     let per_image = 577 * 4096 * 4;
-    let mb = max_micro_batch(&cfg, &limits);
+    let mb = max_micro_batch(cfg, &model.weights, &spec, &limits);
     let binding = limits.max_storage_buffer_binding_size as usize;
     assert_eq!(mb, binding / per_image);
     assert!(mb * per_image <= binding && (mb + 1) * per_image > binding);
-    let (chunks, each) = split_batch(&cfg, &limits, 128);
+    let (chunks, each) = split_batch(cfg, &model.weights, &spec, &limits);
     assert!(chunks * each >= 128 && each <= mb, "{chunks} x {each}");
 }
