@@ -98,7 +98,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         var v = acc[j] + f32(bias[co]);
         if ((p.flags & 1u) != 0u) {
-            v = max(v, 0.0);
+            // ReLU as torch.relu: NaN stays NaN (max(v, 0.0) may return 0 for NaN).
+            v = select(v, 0.0, v < 0.0);
         }
         if ((p.flags & 8u) != 0u) {
             v += f32(pos[(co * p.oh + oy) * p.ow + ox]);

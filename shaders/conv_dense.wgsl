@@ -34,7 +34,8 @@ fn emit(b: u32, co: u32, oy: u32, ox: u32, acc: f32) {
     }
     var v = acc + f32(bias[co]);
     if ((p.flags & 1u) != 0u) {
-        v = max(v, 0.0);
+        // ReLU as torch.relu: NaN stays NaN (max(v, 0.0) may return 0 for NaN).
+        v = select(v, 0.0, v < 0.0);
     }
     if ((p.flags & 8u) != 0u) {
         v += f32(pos[(co * p.oh + oy) * p.ow + ox]);

@@ -170,3 +170,27 @@ fn engine(
         .spec(spec)
         .build()
 }
+
+/// NaN pixels give NaN logits for their image, as PyTorch does (the stem's ReLU keeps NaN; a
+/// `max(v, 0.0)` would have turned it into 0 and hidden it), and leave the other image alone.
+#[test]
+fn nan_pixels_propagate_to_their_images_logits() {
+    let gpu = Gpu::new(&AdapterChoice::default()).expect("adapter");
+    let model = Model::synthetic("sret_t_distill").unwrap();
+    let spec = ForwardSpec::new(&model.cfg, &"none".parse().unwrap(), DEFAULT_SEED)
+        .unwrap()
+        .with_batch(2);
+    let engine = engine(&gpu, &PipelineCache::default(), &model, &spec).unwrap();
+    let mut images = synthetic_images(&model.cfg, 2, 3);
+    for v in &mut images[1000..1010] {
+        *v = f32::NAN;
+    }
+    let logits = engine.forward(&images).unwrap().logits;
+    let classes = model.cfg.num_classes;
+    let nan = logits[..classes].iter().filter(|v| v.is_nan()).count();
+    assert!(nan > 0, "no NaN in the logits of the image with NaN pixels");
+    assert!(
+        logits[classes..].iter().all(|v| v.is_finite()),
+        "NaN leaked into the other image's logits"
+    );
+}
