@@ -55,10 +55,10 @@ fn micro_batches_give_the_same_logits() {
 fn bad_batch_sizes_are_errors() {
     let model = Model::synthetic("sret_t").unwrap();
     let plan = ForwardSpec::new(&model.cfg, &Schedule::None, 0).unwrap();
-    let e = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(0))
-        .err()
-        .expect("batch 0 must fail")
-        .to_string();
+    let Err(e) = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(0)) else {
+        panic!("batch 0 must fail");
+    };
+    let e = e.to_string();
     assert!(e.contains("batch"), "{e}");
     let engine = common::engine(gpu(), cache(), &model, &plan.clone().with_batch(2)).unwrap();
     let e = engine

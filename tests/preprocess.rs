@@ -66,7 +66,7 @@ fn load_image_matches_torchvision() {
     for img in images {
         let name = img["name"].as_str().unwrap();
         let file = img["file"].as_str().unwrap();
-        let ours = load_image(&fixtures().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let ours = load_image(fixtures().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(ours.len(), 3 * PLANE, "{name}");
         let theirs = normalize_pixels(u8_tensor(&st, &format!("pixels.{name}"), &[3, 224, 224]));
         let mut max = 0f32;
@@ -110,7 +110,7 @@ fn normalization_is_bitwise_torch() {
         "ToTensor+Normalize differs from torch's f32 arithmetic"
     );
 
-    let ours = load_image(&fixtures().join("landscape.jpg")).unwrap();
+    let ours = load_image(fixtures().join("landscape.jpg")).unwrap();
     let max = ours
         .iter()
         .zip(&theirs)
@@ -131,7 +131,7 @@ fn normalization_is_bitwise_torch() {
             .as_str()
             .unwrap()
             .to_string();
-        let ours = load_image(&fixtures().join(&file)).unwrap();
+        let ours = load_image(fixtures().join(&file)).unwrap();
         let theirs = normalize_pixels(u8_tensor(&st, &format!("pixels.{name}"), &[3, 224, 224]));
         assert_eq!(
             ours, theirs,
@@ -384,7 +384,7 @@ fn truncated_image_is_an_error() {
     let path = tmp("no-eoi.jpg", &bytes[..bytes.len() - 2]);
     assert_eq!(
         load_image(&path).unwrap(),
-        load_image(&fixtures().join("portrait.jpg")).unwrap()
+        load_image(fixtures().join("portrait.jpg")).unwrap()
     );
 }
 
