@@ -315,13 +315,6 @@ impl PlannedForward {
         self.f16
     }
 
-    /// Logits read back from the device (storage precision) as f32, `batch * classes` of them.
-    pub fn decode_logits(&self, bytes: &[u8]) -> Vec<f32> {
-        let mut v = decode_elems(bytes, self.f16);
-        v.truncate(self.batch * self.cfg.num_classes);
-        v
-    }
-
     pub fn batch(&self) -> usize {
         self.batch
     }
