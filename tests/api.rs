@@ -37,8 +37,12 @@ struct App {
 fn app() -> &'static App {
     static APP: OnceLock<App> = OnceLock::new();
     APP.get_or_init(|| {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = {
+            // GL only when asked: wgpu's EGL probe panics when test threads race on it.
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+            wgpu::Instance::new(desc)
+        };
         let adapter = pollster::block_on(instance.request_adapter(&Default::default())).expect(
             "GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers",
         );

@@ -8,7 +8,12 @@ use sret_tome::{EngineBuilder, Error, Precision};
 fn instance() -> &'static wgpu::Instance {
     static I: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
     I.get_or_init(|| {
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+        {
+            // GL only when asked: wgpu's EGL probe panics when test threads race on it.
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+            wgpu::Instance::new(desc)
+        }
     })
 }
 

@@ -54,12 +54,24 @@ fn parse_backends(spec: &str) -> Result<wgpu::Backends> {
     Ok(b)
 }
 
-fn instance(choice: &AdapterChoice) -> Result<wgpu::Instance> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    if let Some(spec) = &choice.backends {
-        desc.backends = parse_backends(spec)?;
+/// The backends to open: `choice.backends`, else `WGPU_BACKEND`, else the primary ones
+/// (Vulkan, Metal, DX12). GL is opt-in: wgpu's EGL instance panics (`BadAccess`) when two
+/// threads probe it at once, and GL is only ever a fallback for compute.
+fn backends(choice: &AdapterChoice) -> Result<wgpu::Backends> {
+    match &choice.backends {
+        Some(spec) => parse_backends(spec),
+        None => Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)),
     }
-    Ok(wgpu::Instance::new(desc))
+}
+
+fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn instance(choice: &AdapterChoice) -> Result<wgpu::Instance> {
+    Ok(instance_for(backends(choice)?))
 }
 
 /// Every adapter visible with `choice.backends`, in the order `--adapter` indexes them.
@@ -90,10 +102,25 @@ impl Gpu {
                     detail: format!(" at index {i} ({n} adapters found; see `sret-tome adapters`)"),
                 })?
             }
-            None => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            }))
+            None => {
+                let options = wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                };
+                let found = pollster::block_on(inst.request_adapter(&options));
+                let chosen = backends(choice)?;
+                match found {
+                    Err(_) if !chosen.contains(wgpu::Backends::GL) => {
+                        log::warn!(
+                            "no adapter on {chosen:?}; trying GL (pass --backend gl to choose it)"
+                        );
+                        pollster::block_on(
+                            instance_for(wgpu::Backends::GL).request_adapter(&options),
+                        )
+                    }
+                    found => found,
+                }
+            }
             .map_err(|e| Error::NoAdapter {
                 detail: format!(
                     ": {e}. On Linux without a GPU install Mesa's software Vulkan (apt-get install mesa-vulkan-drivers)"
