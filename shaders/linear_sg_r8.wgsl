@@ -47,22 +47,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
-// Complementary error function, Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
-fn erfc_pos(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-        t * (-0.82215223 + t * 0.17087277))))))));
-    return t * exp(poly);
-}
-
-fn gelu(v: f32) -> f32 {
-    let e = erfc_pos(abs(v) * 0.70710678118654752);
-    if (v < 0.0) {
-        return 0.5 * v * e;
-    }
-    return 0.5 * v * (2.0 - e);
-}
+// gelu() comes from lib/gelu.wgsl, appended by src/gpu/shaders.rs.
 
 var<private> col0: u32;
 // Which of the DUP lanes sharing a column group this lane is (it stores that share).

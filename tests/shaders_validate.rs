@@ -268,3 +268,111 @@ fn generated_shaders_match_their_generators() {
     }
     std::fs::remove_dir_all(&scratch).ok();
 }
+
+/// Every kernel's uniform block (`@binding(0)`, `struct Params`) is exactly its Rust twin in
+/// `sret_tome::kernels::params`: the same member names in the same order, at the same byte
+/// offsets, with the same scalar types, and the same size; and every kernel has one twin.
+#[test]
+fn uniform_blocks_match_their_rust_structs() {
+    use naga::{AddressSpace, ScalarKind as N, TypeInner};
+    use sret_tome::gpu::params::ScalarKind;
+    let layouts = sret_tome::kernels::params::all();
+    for s in Shader::ALL {
+        let owners: Vec<_> = layouts.iter().filter(|l| l.shaders.contains(&s)).collect();
+        assert_eq!(
+            owners.len(),
+            1,
+            "{} has {} Rust parameter structs",
+            s.name(),
+            owners.len()
+        );
+        let layout = owners[0];
+        let (module, _) = module_and_info(KernelKey::plain(s));
+        let uniform = module
+            .global_variables
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| {
+                v.space == AddressSpace::Uniform
+                    && v.binding
+                        .as_ref()
+                        .is_some_and(|b| b.group == 0 && b.binding == 0)
+            })
+            .unwrap_or_else(|| panic!("{} has no uniform at binding 0", s.name()));
+        let ty = &module.types[uniform.ty];
+        let TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{}: binding 0 is not a struct", s.name());
+        };
+        let wgsl: Vec<(String, usize, ScalarKind)> = members
+            .iter()
+            .map(|m| {
+                let TypeInner::Scalar(scalar) = module.types[m.ty].inner else {
+                    panic!("{}: member {:?} is not a scalar", s.name(), m.name);
+                };
+                assert_eq!(scalar.width, 4, "{}: {:?} is not 32-bit", s.name(), m.name);
+                let kind = match scalar.kind {
+                    N::Uint => ScalarKind::U32,
+                    N::Sint => ScalarKind::I32,
+                    N::Float => ScalarKind::F32,
+                    other => panic!("{}: {:?} is {other:?}", s.name(), m.name),
+                };
+                (m.name.clone().unwrap_or_default(), m.offset as usize, kind)
+            })
+            .collect();
+        let rust: Vec<(String, usize, ScalarKind)> = layout
+            .fields
+            .iter()
+            .map(|f| (f.name.to_string(), f.offset, f.kind))
+            .collect();
+        assert_eq!(
+            wgsl,
+            rust,
+            "{}'s struct Params differs from {}",
+            s.name(),
+            layout.rust
+        );
+        assert_eq!(
+            *span as usize,
+            layout.size,
+            "{} vs {}",
+            s.name(),
+            layout.rust
+        );
+    }
+}
+
+/// Shared helpers are defined once: no kernel file under `shaders/` defines a function of
+/// `shaders/lib/`, and every kernel that calls one gets the helper appended.
+#[test]
+fn shared_helpers_are_defined_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let fns = |src: &str| -> Vec<String> {
+        src.lines()
+            .filter_map(|l| l.strip_prefix("fn "))
+            .filter_map(|l| l.split('(').next())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut helpers = Vec::new();
+    for entry in std::fs::read_dir(root.join("lib")).unwrap() {
+        helpers.extend(fns(&std::fs::read_to_string(entry.unwrap().path()).unwrap()));
+    }
+    assert!(helpers.contains(&"gelu".to_string()), "{helpers:?}");
+    for s in Shader::ALL {
+        let file = std::fs::read_to_string(root.join(format!("{}.wgsl", s.name()))).unwrap();
+        for h in &helpers {
+            assert!(
+                !fns(&file).contains(h),
+                "{}.wgsl defines {h}, which shaders/lib/ already does",
+                s.name()
+            );
+            if file.contains(&format!("{h}(")) {
+                assert!(
+                    fns(s.source()).contains(h),
+                    "{} calls {h} without its helper",
+                    s.name()
+                );
+            }
+        }
+    }
+}

@@ -131,7 +131,7 @@ pub enum Command {
 /// Choice of GPU, shared by every command that runs the model.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GpuArgs {
-    /// Backends to consider (vulkan, metal, dx12, gl, all); default: WGPU_BACKEND or all.
+    /// Backends to consider (vulkan, metal, dx12, gl, all); default: WGPU_BACKEND, else Vulkan, Metal and DX12 (GL only as a fallback).
     #[arg(long)]
     pub backend: Option<String>,
     /// Adapter index as listed by `sret-tome adapters`; default: the high-performance one.

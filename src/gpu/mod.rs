@@ -2,9 +2,11 @@
 
 pub mod context;
 pub mod limits;
+pub mod params;
 pub mod program;
 pub mod shaders;
 
 pub use context::{read_buffer, AdapterChoice, Gpu};
+pub use params::KernelParams;
 pub use program::{Family, Program, ProgramBuilder, TensorId};
 pub use shaders::{KernelKey, PipelineCache, Shader};

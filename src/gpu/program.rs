@@ -8,6 +8,7 @@
 use wgpu::util::DeviceExt;
 
 use super::context::Gpu;
+use super::params::KernelParams;
 use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
 use crate::error::{Error, Result};
 
@@ -405,14 +406,20 @@ impl ProgramBuilder {
 
     /// Append a dispatch. `bindings[i]` is bound at `@binding(i + 1)`; `@binding(0)` is the
     /// uniform block holding `params`.
-    pub fn dispatch(
+    pub fn dispatch<P: KernelParams>(
         &mut self,
         family: Family,
         key: KernelKey,
-        params: &[u32],
+        params: &P,
         bindings: &[TensorId],
         workgroups: [u32; 3],
     ) {
+        debug_assert!(
+            P::SHADERS.contains(&key.shader),
+            "{:?} does not take {}",
+            key.shader,
+            std::any::type_name::<P>()
+        );
         let step = self.steps.len();
         for &t in bindings {
             let info = &mut self.tensors[t];
@@ -422,7 +429,7 @@ impl ProgramBuilder {
         self.steps.push(StepDecl {
             key: key.with_f16(self.f16),
             family,
-            params: params.to_vec(),
+            params: params.words(),
             bindings: bindings.to_vec(),
             workgroups,
         });

@@ -1,7 +1,9 @@
 //! The WGSL kernels and their pipeline cache.
 //!
-//! Shaders are plain `.wgsl` files under `shaders/`. Three one-line substitutions exist, all part
-//! of the cache key:
+//! Shaders are plain `.wgsl` files under `shaders/`. Helpers that several kernels share live
+//! once under `shaders/lib/` and are appended to the kernels that use them (fixed per kernel,
+//! see [`Shader::source`]; today the exact GELU of the linear kernels). Three one-line
+//! substitutions exist, all part of the cache key:
 //! - the attention head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that
 //!   needs another size gets that line rewritten;
 //! - the storage element type: a file whose first declaration is `alias elem = f32;` keeps its
@@ -109,18 +111,30 @@ impl Shader {
         }
     }
 
+    /// The module's WGSL: the kernel's file, followed by the `shaders/lib/` helpers it uses.
     pub fn source(self) -> &'static str {
+        // A kernel file and the shared GELU after it (module-scope declarations are
+        // order-independent in WGSL; `enable f16;` stays first).
+        macro_rules! with_gelu {
+            ($file:literal) => {
+                concat!(
+                    include_str!($file),
+                    "\n",
+                    include_str!("../../shaders/lib/gelu.wgsl")
+                )
+            };
+        }
         match self {
             Shader::Conv => include_str!("../../shaders/conv.wgsl"),
             Shader::ConvDense => include_str!("../../shaders/conv_dense.wgsl"),
             Shader::ConvSg => include_str!("../../shaders/conv_sg.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
-            Shader::Linear => include_str!("../../shaders/linear.wgsl"),
-            Shader::LinearSg => include_str!("../../shaders/linear_sg.wgsl"),
-            Shader::LinearSgR64 => include_str!("../../shaders/linear_sg_r64.wgsl"),
-            Shader::LinearSgR16 => include_str!("../../shaders/linear_sg_r16.wgsl"),
-            Shader::LinearSgR8 => include_str!("../../shaders/linear_sg_r8.wgsl"),
+            Shader::Linear => with_gelu!("../../shaders/linear.wgsl"),
+            Shader::LinearSg => with_gelu!("../../shaders/linear_sg.wgsl"),
+            Shader::LinearSgR64 => with_gelu!("../../shaders/linear_sg_r64.wgsl"),
+            Shader::LinearSgR16 => with_gelu!("../../shaders/linear_sg_r16.wgsl"),
+            Shader::LinearSgR8 => with_gelu!("../../shaders/linear_sg_r8.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::AttentionSg => include_str!("../../shaders/attention_sg.wgsl"),

@@ -1,6 +1,7 @@
 //! Fused sliced group attention with proportional attention (see `shaders/attention.wgsl`).
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::params::AttentionParams;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
@@ -50,15 +51,15 @@ pub fn record(
     b.dispatch(
         Family::Attention,
         key,
-        &[
-            s.batch as u32,
-            s.n as u32,
-            s.dim as u32,
-            s.heads as u32,
-            s.groups as u32,
+        &AttentionParams {
+            batch: s.batch as u32,
+            n: s.n as u32,
+            dim: s.dim as u32,
+            heads: s.heads as u32,
+            groups: s.groups as u32,
             flags,
-            scale.to_bits(),
-        ],
+            scale,
+        },
         &[qkv, perm.unwrap_or(qkv), mass.unwrap_or(qkv), out],
         grid,
     );

@@ -3,6 +3,7 @@
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
 use crate::kernels::linear::sg_tile_columns;
+use crate::kernels::params::ConvParams;
 use crate::model::weights::Conv;
 
 /// Output channels of the dense kernel's tile.
@@ -114,24 +115,28 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         | ((io.input == Layout::Tokens) as u32) << 1
         | ((io.output == Layout::Tokens) as u32) << 2
         | (io.pos.is_some() as u32) << 3;
-    let params = [
-        s.batch, s.cin, s.h, s.w, s.cout, oh, ow, s.k, s.stride, s.pad, s.groups,
-    ]
-    .map(|v| v as u32);
-    let mut p = params.to_vec();
-    p.push(flags);
     let rows = band.out_rows.1 - band.out_rows.0;
-    p.extend(
-        [
-            band.in_buf.1,
-            band.in_buf.0,
-            band.out_rows.0,
-            rows,
-            band.out_buf.1,
-            band.out_buf.0,
-        ]
-        .map(|v| v as u32),
-    );
+    let u = |v: usize| v as u32;
+    let p = ConvParams {
+        batch: u(s.batch),
+        cin: u(s.cin),
+        h: u(s.h),
+        w: u(s.w),
+        cout: u(s.cout),
+        oh: u(oh),
+        ow: u(ow),
+        k: u(s.k),
+        stride: u(s.stride),
+        pad: u(s.pad),
+        groups: u(s.groups),
+        flags,
+        h_buf: u(band.in_buf.1),
+        iy_off: u(band.in_buf.0),
+        oy0: u(band.out_rows.0),
+        oh_run: u(rows),
+        oh_buf: u(band.out_buf.1),
+        oy_off: u(band.out_buf.0),
+    };
     // Dense convolutions from NCHW (the stem) take 16 output channels per invocation, or a
     // 32-pixel x `sg_tile_columns`-channel tile per SG-lane workgroup where subgroups allow.
     let dense = s.groups == 1 && io.input == Layout::Nchw;

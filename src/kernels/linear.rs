@@ -5,6 +5,7 @@
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::params::{LinearParams, LinearSgParams};
 use crate::model::weights::{LayerNorm, Linear};
 
 /// What happens to `x W^T + b` before it is stored.
@@ -122,16 +123,16 @@ fn record_with(
         Epilogue::Gelu => (1, 0.0, 0.0),
         Epilogue::Residual { ca, cb } => (2, ca, cb),
     };
-    let params = [
-        m as u32,
-        k as u32,
-        n as u32,
-        padded(n) as u32,
+    let params = LinearParams {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        n_pad: padded(n) as u32,
         mode,
-        ca.to_bits(),
-        cb.to_bits(),
-        stats.is_some() as u32,
-    ];
+        ca,
+        cb,
+        norm: stats.is_some() as u32,
+    };
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
     let Some(sg) = b.subgroup_width() else {
@@ -163,8 +164,17 @@ fn record_with(
         _ => (m.div_ceil(big), None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
-        let mut p = params.to_vec();
-        p.push(base as u32);
+        let p = LinearSgParams {
+            m: params.m,
+            k: params.k,
+            n: params.n,
+            n_pad: params.n_pad,
+            mode: params.mode,
+            ca: params.ca,
+            cb: params.cb,
+            norm: params.norm,
+            m_base: base as u32,
+        };
         let grid = b.grid(tiles * tiles_n * sg as usize, sg);
         b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);
     };

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod conv;
 pub mod linear;
 pub mod norm;
+pub mod params;
 pub mod preprocess;
 pub mod tokens;
 pub mod tome;

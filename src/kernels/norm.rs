@@ -1,6 +1,7 @@
 //! LayerNorm over the channels of every token, and global average pooling over tokens.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::params::{MeanTokensParams, NormParams};
 
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
@@ -18,7 +19,11 @@ pub fn layer_norm(
     b.dispatch(
         family,
         KernelKey::plain(Shader::LayerNorm),
-        &[rows as u32, c as u32, eps.to_bits()],
+        &NormParams {
+            rows: rows as u32,
+            c: c as u32,
+            eps,
+        },
         &[x, gamma, beta, y],
         grid,
     );
@@ -40,7 +45,11 @@ pub fn ln_stats(
     b.dispatch(
         family,
         KernelKey::plain(Shader::LnStats),
-        &[rows as u32, c as u32, eps.to_bits()],
+        &NormParams {
+            rows: rows as u32,
+            c: c as u32,
+            eps,
+        },
         &[x, stats],
         grid,
     );
@@ -60,7 +69,11 @@ pub fn mean_tokens(
     b.dispatch(
         family,
         KernelKey::plain(Shader::MeanTokens),
-        &[batch as u32, n as u32, c as u32],
+        &MeanTokensParams {
+            batch: batch as u32,
+            n: n as u32,
+            c: c as u32,
+        },
         &[x, y],
         grid,
     );

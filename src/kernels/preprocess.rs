@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{KernelKey, PipelineCache, Shader};
+use crate::gpu::{KernelKey, KernelParams, PipelineCache, Shader};
+use crate::kernels::params::PreprocessParams;
 use crate::preprocess::{
     center_crop_offset, pillow_vertical_first, resize_output_size, Coeffs, CROP_SIZE,
     RESIZE_SHORTER,
@@ -61,8 +62,15 @@ fn axis_table(in_size: u32, out_size: u32, start: u32) -> (usize, Vec<i32>) {
     (stride, rows)
 }
 
+/// The block's words padded to 16 bytes (a uniform buffer's size granularity).
+fn uniform_words(params: &PreprocessParams) -> Vec<u32> {
+    let mut words = params.words();
+    words.resize(words.len().next_multiple_of(4), 0);
+    words
+}
+
 /// The uniform block and the coefficient tables of a `width` x `height` texture.
-fn tables(width: u32, height: u32, srgb: bool) -> ([u32; 8], Vec<i32>) {
+fn tables(width: u32, height: u32, srgb: bool) -> (PreprocessParams, Vec<i32>) {
     let (rw, rh) = resize_output_size(width, height, RESIZE_SHORTER);
     let x0 = center_crop_offset(rw, CROP_SIZE);
     let y0 = center_crop_offset(rh, CROP_SIZE);
@@ -70,16 +78,14 @@ fn tables(width: u32, height: u32, srgb: bool) -> ([u32; 8], Vec<i32>) {
     let (v_stride, v) = axis_table(height, rh, y0);
     let v_off = coeffs.len();
     coeffs.extend_from_slice(&v);
-    let params = [
-        0,
-        h_stride as u32,
-        v_off as u32,
-        v_stride as u32,
-        pillow_vertical_first(width, height, rw, rh) as u32,
-        srgb as u32,
-        0,
-        0,
-    ];
+    let params = PreprocessParams {
+        h_off: 0,
+        h_stride: h_stride as u32,
+        v_off: v_off as u32,
+        v_stride: v_stride as u32,
+        vertical_first: pillow_vertical_first(width, height, rw, rh) as u32,
+        srgb: srgb as u32,
+    };
     (params, coeffs)
 }
 
@@ -298,7 +304,7 @@ impl Preprocessor {
                         .device
                         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                             label: Some("preprocess params"),
-                            contents: bytemuck::cast_slice(&params),
+                            contents: bytemuck::cast_slice(&uniform_words(&params)),
                             usage: wgpu::BufferUsages::UNIFORM,
                         }),
                     coeffs: self
@@ -403,12 +409,12 @@ mod tests {
     fn identity_axes_have_one_unit_tap() {
         // 256 x 300: the width keeps its size, the crop starts at column 16.
         let (params, coeffs) = tables(256, 300, false);
-        assert_eq!(params[1], 3);
+        assert_eq!(params.h_stride, 3);
         assert_eq!(&coeffs[..3], &[16, 1, ONE]);
         assert_eq!(&coeffs[3 * 223..3 * 224], &[16 + 223, 1, ONE]);
         // The height shrinks a little: two or three taps, weights summing to ~1.0.
-        let v = &coeffs[params[2] as usize..];
-        let stride = params[3] as usize;
+        let v = &coeffs[params.v_off as usize..];
+        let stride = params.v_stride as usize;
         for row in v.chunks_exact(stride) {
             let n = row[1] as usize;
             let sum: i64 = row[2..2 + n].iter().map(|&w| w as i64).sum();
@@ -418,8 +424,8 @@ mod tests {
 
     #[test]
     fn tall_images_run_the_vertical_pass_first() {
-        assert_eq!(tables(400, 1200, false).0[4], 1);
-        assert_eq!(tables(1200, 400, false).0[4], 0);
-        assert_eq!(tables(640, 480, true).0[5], 1);
+        assert_eq!(tables(400, 1200, false).0.vertical_first, 1);
+        assert_eq!(tables(1200, 400, false).0.vertical_first, 0);
+        assert_eq!(tables(640, 480, true).0.srgb, 1);
     }
 }

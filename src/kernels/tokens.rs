@@ -3,6 +3,7 @@
 //! [`crate::reference::copy_tokens`].
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::params::CopyTokensParams;
 
 /// `out[b, out_off + t] = x[b, in_off + t]` for `t < count`, rows of `c` channels.
 #[derive(Clone, Copy, Debug)]
@@ -29,16 +30,15 @@ pub fn record_copy(
     b.dispatch(
         family,
         KernelKey::plain(Shader::CopyTokens),
-        &[
-            s.batch,
-            s.count,
-            s.c,
-            s.in_tokens,
-            s.in_off,
-            s.out_tokens,
-            s.out_off,
-        ]
-        .map(|v| v as u32),
+        &CopyTokensParams {
+            batch: s.batch as u32,
+            count: s.count as u32,
+            c: s.c as u32,
+            in_tokens: s.in_tokens as u32,
+            in_off: s.in_off as u32,
+            out_tokens: s.out_tokens as u32,
+            out_off: s.out_off as u32,
+        },
         &[x, out],
         g,
     );

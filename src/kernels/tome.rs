@@ -3,6 +3,10 @@
 //! the choice of tokens depends on the data, and it never leaves the GPU.
 
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::kernels::params::{
+    GatherParams, TomeMapUpdateParams, TomeMatchParams, TomeMergeParams, TomeMetricParams,
+    TomeSlotsParams,
+};
 use crate::tome::Split;
 
 /// Buffers one merge writes; kept apart so a trace can read each merge's map and masses.
@@ -59,11 +63,22 @@ pub fn record_merge(
     let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
     let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
 
+    let match_params = TomeMatchParams {
+        batch: bt,
+        n,
+        lead,
+        a_odd,
+    };
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(
         Family::Matching,
         KernelKey::with_head_dim(Shader::TomeMetric, hd),
-        &[bt, n, s.dim as u32, s.heads as u32],
+        &TomeMetricParams {
+            batch: bt,
+            n,
+            dim: s.dim as u32,
+            heads: s.heads as u32,
+        },
         &[qkv, metric],
         g,
     );
@@ -85,7 +100,7 @@ pub fn record_merge(
     b.dispatch(
         Family::Matching,
         matcher,
-        &[bt, n, lead, a_odd],
+        &match_params,
         &[metric, row_max, dst],
         g_match,
     );
@@ -93,7 +108,7 @@ pub fn record_merge(
     b.dispatch(
         Family::Matching,
         KernelKey::plain(Shader::TomeRank),
-        &[bt, n, lead, a_odd],
+        &match_params,
         &[row_max, rank, order],
         g,
     );
@@ -101,7 +116,14 @@ pub fn record_merge(
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeSlots),
-        &[bt, n, s.r as u32, lead, a_odd, sorted],
+        &TomeSlotsParams {
+            batch: bt,
+            n,
+            r: s.r as u32,
+            lead,
+            a_odd,
+            sorted,
+        },
         &[rank, dst, slot, order],
         g,
     );
@@ -109,15 +131,15 @@ pub fn record_merge(
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeMerge),
-        &[
-            bt,
+        &TomeMergeParams {
+            batch: bt,
             n,
-            s.r as u32,
-            s.c as u32,
-            mass.is_some() as u32,
+            r: s.r as u32,
+            c: s.c as u32,
+            flags: mass.is_some() as u32,
             lead,
             a_odd,
-        ],
+        },
         &[x, mass.unwrap_or(x), order, dst, x_out, mass_out],
         g,
     );
@@ -125,7 +147,13 @@ pub fn record_merge(
     b.dispatch(
         Family::Merge,
         KernelKey::plain(Shader::TomeMapUpdate),
-        &[bt, s.n_grid as u32, n, first as u32, lead],
+        &TomeMapUpdateParams {
+            batch: bt,
+            n_grid: s.n_grid as u32,
+            n,
+            flags: first as u32,
+            lead,
+        },
         &[slot, map],
         g,
     );
@@ -152,7 +180,12 @@ pub fn record_unmerge(
     b.dispatch(
         Family::Unmerge,
         KernelKey::plain(Shader::Gather),
-        &[batch as u32, n_grid as u32, n as u32, c as u32],
+        &GatherParams {
+            batch: batch as u32,
+            n_grid: n_grid as u32,
+            n: n as u32,
+            c: c as u32,
+        },
         &[x, map, out],
         g,
     );

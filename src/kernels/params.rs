@@ -1,0 +1,294 @@
+//! The uniform block of every kernel, one `#[repr(C)]` struct per WGSL `struct Params`.
+//!
+//! Field names, order and types are those of the shaders (`tests/shaders_validate.rs` checks
+//! each against naga's reflection of every kernel listed in its `for [...]`); flags are bit
+//! sets documented in the shader.
+
+use crate::gpu::params::ParamsLayout;
+use crate::kernel_params;
+
+kernel_params! {
+    /// `linear.wgsl`: `y [m, n] = epilogue(x [m, k] W^T + b)`.
+    pub struct LinearParams for [Linear] {
+        /// Rows of x and y.
+        pub m: u32,
+        /// Input features.
+        pub k: u32,
+        /// Output features.
+        pub n: u32,
+        /// Output features padded to the tile width (the row stride of `W^T` and the bias).
+        pub n_pad: u32,
+        /// Epilogue: 0 bias, 1 GELU, 2 residual `ca * y + cb * v`.
+        pub mode: u32,
+        /// Residual coefficient of the old `y`.
+        pub ca: f32,
+        /// Residual coefficient of the new value.
+        pub cb: f32,
+        /// 1: normalise each row of x with its LayerNorm statistics as it is loaded.
+        pub norm: u32,
+    }
+}
+
+kernel_params! {
+    /// The subgroup linear kernels (`linear_sg*.wgsl`): [`LinearParams`] and the first row.
+    pub struct LinearSgParams for [LinearSg, LinearSgR64, LinearSgR16, LinearSgR8] {
+        /// Rows of x and y.
+        pub m: u32,
+        /// Input features.
+        pub k: u32,
+        /// Output features.
+        pub n: u32,
+        /// Output features padded to the tile width.
+        pub n_pad: u32,
+        /// Epilogue: 0 bias, 1 GELU, 2 residual.
+        pub mode: u32,
+        /// Residual coefficient of the old `y`.
+        pub ca: f32,
+        /// Residual coefficient of the new value.
+        pub cb: f32,
+        /// 1: LayerNorm fused into the load.
+        pub norm: u32,
+        /// First row of this dispatch's tiles (a tail dispatch starts after the full tiles).
+        pub m_base: u32,
+    }
+}
+
+kernel_params! {
+    /// The attention kernels: one head of `softmax(q k^T * scale [+ log mass]) v` per group.
+    pub struct AttentionParams for [Attention, AttentionVec4, AttentionSg] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image.
+        pub n: u32,
+        /// Model width (`heads * head_dim`).
+        pub dim: u32,
+        /// Attention heads.
+        pub heads: u32,
+        /// Slices of the token sequence attending within themselves (SReT's groups; 1 = global).
+        pub groups: u32,
+        /// Bit 0: read tokens through the permutation; bit 1: proportional attention.
+        pub flags: u32,
+        /// `head_dim ^ -0.5`.
+        pub scale: f32,
+    }
+}
+
+kernel_params! {
+    /// The convolutions (grouped, dense from NCHW, subgroup dense), over a band of rows.
+    pub struct ConvParams for [Conv, ConvDense, ConvSg] {
+        /// Images.
+        pub batch: u32,
+        /// Input channels.
+        pub cin: u32,
+        /// Input height.
+        pub h: u32,
+        /// Input width.
+        pub w: u32,
+        /// Output channels.
+        pub cout: u32,
+        /// Output height.
+        pub oh: u32,
+        /// Output width.
+        pub ow: u32,
+        /// Kernel size.
+        pub k: u32,
+        /// Stride.
+        pub stride: u32,
+        /// Zero padding on every side.
+        pub pad: u32,
+        /// Channel groups.
+        pub groups: u32,
+        /// Bit 0 ReLU, bit 1 token-layout input, bit 2 token-layout output, bit 3 add `pos`.
+        pub flags: u32,
+        /// Input rows held by the input buffer.
+        pub h_buf: u32,
+        /// First input row held by the input buffer.
+        pub iy_off: u32,
+        /// First output row of this dispatch.
+        pub oy0: u32,
+        /// Output rows of this dispatch.
+        pub oh_run: u32,
+        /// Output rows held by the output buffer.
+        pub oh_buf: u32,
+        /// First output row held by the output buffer.
+        pub oy_off: u32,
+    }
+}
+
+kernel_params! {
+    /// `copy_tokens.wgsl`: copy `count` tokens of `c` channels between token ranges.
+    pub struct CopyTokensParams for [CopyTokens] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens copied per image.
+        pub count: u32,
+        /// Channels per token.
+        pub c: u32,
+        /// Tokens per image in the input.
+        pub in_tokens: u32,
+        /// First input token.
+        pub in_off: u32,
+        /// Tokens per image in the output.
+        pub out_tokens: u32,
+        /// First output token.
+        pub out_off: u32,
+    }
+}
+
+kernel_params! {
+    /// `gather.wgsl`: the unmerge stack, `out[b, orig] = x[b, map[b, orig]]`.
+    pub struct GatherParams for [Gather] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens of the restored grid.
+        pub n_grid: u32,
+        /// Tokens of the merged input.
+        pub n: u32,
+        /// Channels per token.
+        pub c: u32,
+    }
+}
+
+kernel_params! {
+    /// `layernorm.wgsl` and `ln_stats.wgsl`: per-row normalisation of `rows x c`.
+    pub struct NormParams for [LayerNorm, LnStats] {
+        /// Rows.
+        pub rows: u32,
+        /// Channels per row.
+        pub c: u32,
+        /// Variance epsilon.
+        pub eps: f32,
+    }
+}
+
+kernel_params! {
+    /// `mean_tokens.wgsl`: the mean over tokens (global average pooling).
+    pub struct MeanTokensParams for [MeanTokens] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens averaged per image.
+        pub n: u32,
+        /// Channels.
+        pub c: u32,
+    }
+}
+
+kernel_params! {
+    /// `tome_metric.wgsl`: the matching metric (mean of the heads' keys, L2-normalised).
+    pub struct TomeMetricParams for [TomeMetric] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image.
+        pub n: u32,
+        /// Model width.
+        pub dim: u32,
+        /// Attention heads.
+        pub heads: u32,
+    }
+}
+
+kernel_params! {
+    /// Bipartite matching (`tome_match*.wgsl`) and ranking (`tome_rank.wgsl`).
+    pub struct TomeMatchParams for [TomeMatch, TomeMatchSg, TomeRank] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image.
+        pub n: u32,
+        /// Protected leading tokens (class, distillation).
+        pub lead: u32,
+        /// 1: set A is the odd positions after the lead (see [`crate::tome::split`]).
+        pub a_odd: u32,
+    }
+}
+
+kernel_params! {
+    /// `tome_slots.wgsl`: each token's slot in the merged sequence.
+    pub struct TomeSlotsParams for [TomeSlots] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image before the merge.
+        pub n: u32,
+        /// Tokens merged away.
+        pub r: u32,
+        /// Protected leading tokens.
+        pub lead: u32,
+        /// 1: set A is the odd positions.
+        pub a_odd: u32,
+        /// 1: the unmerged A tokens keep their position order (else rank order).
+        pub sorted: u32,
+    }
+}
+
+kernel_params! {
+    /// `tome_merge.wgsl`: size-weighted average of merged tokens, and their masses.
+    pub struct TomeMergeParams for [TomeMerge] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image before the merge.
+        pub n: u32,
+        /// Tokens merged away.
+        pub r: u32,
+        /// Channels per token.
+        pub c: u32,
+        /// Bit 0: masses are in `mass` (otherwise every token has mass 1).
+        pub flags: u32,
+        /// Protected leading tokens.
+        pub lead: u32,
+        /// 1: set A is the odd positions.
+        pub a_odd: u32,
+    }
+}
+
+kernel_params! {
+    /// `tome_map_update.wgsl`: compose a merge into the stage's unmerge map.
+    pub struct TomeMapUpdateParams for [TomeMapUpdate] {
+        /// Images.
+        pub batch: u32,
+        /// Tokens at the start of the stage (the grid).
+        pub n_grid: u32,
+        /// Tokens entering this merge.
+        pub n: u32,
+        /// Bit 0: first merge of the stage (the map is the identity before it).
+        pub flags: u32,
+        /// Protected leading tokens.
+        pub lead: u32,
+    }
+}
+
+kernel_params! {
+    /// `preprocess.wgsl`: the ImageNet transform's coefficient tables.
+    pub struct PreprocessParams for [Preprocess] {
+        /// Word offset of the horizontal table.
+        pub h_off: u32,
+        /// Words per output column in it (2 + taps).
+        pub h_stride: u32,
+        /// Word offset of the vertical table.
+        pub v_off: u32,
+        /// Words per output row in it.
+        pub v_stride: u32,
+        /// 1: vertical pass first (Pillow's order for images that shrink more in height).
+        pub vertical_first: u32,
+        /// 1: the texture view is sRGB.
+        pub srgb: u32,
+    }
+}
+
+/// Every parameter block, for reflection tests.
+pub fn all() -> Vec<ParamsLayout> {
+    vec![
+        ParamsLayout::of::<LinearParams>(),
+        ParamsLayout::of::<LinearSgParams>(),
+        ParamsLayout::of::<AttentionParams>(),
+        ParamsLayout::of::<ConvParams>(),
+        ParamsLayout::of::<CopyTokensParams>(),
+        ParamsLayout::of::<GatherParams>(),
+        ParamsLayout::of::<NormParams>(),
+        ParamsLayout::of::<MeanTokensParams>(),
+        ParamsLayout::of::<TomeMetricParams>(),
+        ParamsLayout::of::<TomeMatchParams>(),
+        ParamsLayout::of::<TomeSlotsParams>(),
+        ParamsLayout::of::<TomeMergeParams>(),
+        ParamsLayout::of::<TomeMapUpdateParams>(),
+        ParamsLayout::of::<PreprocessParams>(),
+    ]
+}
