@@ -40,7 +40,7 @@ use std::sync::Arc;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
@@ -151,10 +151,16 @@ impl Layout {
             by_first_name: HashMap::new(),
             aliases: Vec::new(),
         };
-        if let Some(v) = cfg.vit() {
-            vit::layout(&mut l, cfg, v);
-            return l;
+        match &cfg.arch {
+            Arch::Sret => l.sret(cfg),
+            Arch::Vit(v) => vit::layout(&mut l, cfg, v),
         }
+        l
+    }
+
+    /// SReT's `state_dict()`.
+    fn sret(&mut self, cfg: &ModelConfig) {
+        let l = self;
         let side = cfg.grid_side(0);
         l.tensor(
             "pos_embed".into(),
@@ -209,7 +215,6 @@ impl Layout {
         l.tensor("norm.bias".into(), None, vec![fd]);
         l.tensor("head.weight".into(), None, vec![cfg.num_classes, fd]);
         l.tensor("head.bias".into(), None, vec![cfg.num_classes]);
-        l
     }
 
     /// Registers `name`, an alias of `first` when it is a later copy of a shared tensor.
@@ -578,9 +583,18 @@ fn assemble(
     path: &Path,
     cfg: &ModelConfig,
 ) -> Result<ModelWeights> {
-    if let Some(v) = cfg.vit() {
-        return Ok(vit::assemble(values, cfg, v));
+    match &cfg.arch {
+        Arch::Sret => sret_assemble(values, path, cfg),
+        Arch::Vit(v) => Ok(vit::assemble(values, cfg, v)),
     }
+}
+
+/// [`assemble`] for SReT.
+fn sret_assemble(
+    values: &mut HashMap<String, Vec<f32>>,
+    path: &Path,
+    cfg: &ModelConfig,
+) -> Result<ModelWeights> {
     let pos_embed = take(values, "pos_embed");
 
     let stem = stem_channels(cfg)
@@ -769,9 +783,17 @@ fn conv_template(out: usize, inp: usize, groups: usize) -> Conv {
 
 /// The weights' tensors keyed by first name, after checking the structure against `cfg`.
 fn collect<'w>(w: &'w ModelWeights, cfg: &ModelConfig) -> Result<HashMap<String, Cow<'w, [f32]>>> {
-    if let Some(v) = cfg.vit() {
-        return vit::collect(w, cfg, v);
+    match &cfg.arch {
+        Arch::Sret => sret_collect(w, cfg),
+        Arch::Vit(v) => vit::collect(w, cfg, v),
     }
+}
+
+/// [`collect`] for SReT.
+fn sret_collect<'w>(
+    w: &'w ModelWeights,
+    cfg: &ModelConfig,
+) -> Result<HashMap<String, Cow<'w, [f32]>>> {
     let mut m: HashMap<String, Cow<'w, [f32]>> = HashMap::new();
     let mut put = |name: String, data: &'w [f32]| {
         m.insert(name, Cow::Borrowed(data));

@@ -123,6 +123,22 @@ impl VitConfig {
     }
 }
 
+/// What the classifier head reads ([`ModelConfig::readout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// The mean of the (restored) tokens after the lead tokens, normalised, then the head:
+    /// SReT's average pool, and timm's `global_pool='avg'` with `fc_norm`.
+    MeanOfTokens,
+    /// The normalised class token's head, averaged with the distillation token's head when
+    /// there is one.
+    LeadTokens,
+}
+
+/// The model family. Every architecture-specific step matches on this exhaustively, once per
+/// step, at its entry point: synthetic weights (`model::synthetic`), the weight-file layouts
+/// (`io::safetensors`), recording (`runtime::record`), parameter and FLOP counts
+/// (`runtime::cost`) and the sequence split (`tome::split`); properties that differ are
+/// methods of [`ModelConfig`] (`lead`, `stem_relu`, `proportional_attention`, `readout`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arch {
     /// SReT: a three-convolution stem, shared recursive blocks with `Non_proj` MLPs, mean pool.
@@ -445,7 +461,10 @@ impl ModelConfig {
                 }
             }
         }
-        let patch = self.vit().map_or(1, |v| v.patch);
+        let patch = match &self.arch {
+            Arch::Sret => 1,
+            Arch::Vit(v) => v.patch,
+        };
         if self.image_size < patch || !self.image_size.is_multiple_of(patch) {
             return Err(bad(format!(
                 "img_size {} is not a multiple of the patch {patch}",
@@ -455,17 +474,38 @@ impl ModelConfig {
         Ok(self)
     }
 
-    /// The transformer-with-lead-tokens parameters, `None` for SReT.
-    pub fn vit(&self) -> Option<&VitConfig> {
+    /// Tokens in front of the patch tokens that are never merged (class, distillation).
+    pub fn lead(&self) -> usize {
         match &self.arch {
-            Arch::Vit(v) => Some(v),
-            Arch::Sret => None,
+            Arch::Sret => 0,
+            Arch::Vit(v) => v.lead(),
         }
     }
 
-    /// Tokens in front of the patch tokens that are never merged (class, distillation).
-    pub fn lead(&self) -> usize {
-        self.vit().map_or(0, VitConfig::lead)
+    /// Whether the stem's convolutions are followed by ReLU (SReT's three-convolution stem;
+    /// a ViT's patch convolution is linear).
+    pub fn stem_relu(&self) -> bool {
+        matches!(self.arch, Arch::Sret)
+    }
+
+    /// Whether merged tokens weigh in attention by their size (ToMe's proportional attention:
+    /// always for SReT, as the paper; per config for the ViT family).
+    pub fn proportional_attention(&self) -> bool {
+        match &self.arch {
+            Arch::Sret => true,
+            Arch::Vit(v) => v.prop_attn,
+        }
+    }
+
+    /// What the classifier head reads after the last stage.
+    pub fn readout(&self) -> Readout {
+        match &self.arch {
+            Arch::Sret
+            | Arch::Vit(VitConfig {
+                pool: VitPool::Avg, ..
+            }) => Readout::MeanOfTokens,
+            Arch::Vit(_) => Readout::LeadTokens,
+        }
     }
 
     /// Side of the token grid entering each stage: 28, 14, 7 for SReT at 224 pixels; 14 for
@@ -576,10 +616,10 @@ mod tests {
             .unwrap();
         assert_eq!(c.name, "vit_base_patch16_224");
         assert_eq!((c.total_executions(), c.tokens(0)), (2, 576));
-        assert_eq!(c.vit().unwrap().pool, VitPool::Avg);
-        assert!(!c.vit().unwrap().prop_attn);
+        assert_eq!(c.readout(), Readout::MeanOfTokens);
+        assert!(!c.proportional_attention());
         let c = ModelConfig::by_name("vit_base_patch16_224@global_pool=avg,prop_attn=true");
-        assert!(c.unwrap().vit().unwrap().prop_attn);
+        assert!(c.unwrap().proportional_attention());
         for bad in [
             "vit_base_patch16_224@depth=0",
             "vit_base_patch16_224@img_size=200",

@@ -10,8 +10,8 @@ pub mod weights;
 
 pub use classes::imagenet_class;
 pub use config::{
-    Arch, LeadMerging, ModelConfig, StageConfig, VitConfig, VitPool, DEFAULT_MODEL, MODEL_NAMES,
-    SRET_MODEL_NAMES, VIT_FAMILY_NAMES, VIT_MODEL_NAMES,
+    Arch, LeadMerging, ModelConfig, Readout, StageConfig, VitConfig, VitPool, DEFAULT_MODEL,
+    MODEL_NAMES, SRET_MODEL_NAMES, VIT_FAMILY_NAMES, VIT_MODEL_NAMES,
 };
 pub use precision::Precision;
 pub use synthetic::{synthetic_images, synthetic_weights};

@@ -8,7 +8,7 @@
 use crate::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
-use crate::model::{ModelConfig, VitConfig};
+use crate::model::{Arch, ModelConfig, VitConfig};
 
 use crate::rng::SplitMix64;
 
@@ -79,9 +79,14 @@ fn coef_pair(rng: &mut SplitMix64) -> [f32; 2] {
 
 /// Deterministic synthetic weights with the shapes of `cfg`; a pure function of (cfg, seed).
 pub fn synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
-    if let Some(vit) = cfg.vit() {
-        return synthetic_vit_weights(cfg, vit, seed);
+    match &cfg.arch {
+        Arch::Sret => sret_synthetic_weights(cfg, seed),
+        Arch::Vit(vit) => synthetic_vit_weights(cfg, vit, seed),
     }
+}
+
+/// [`synthetic_weights`] for SReT.
+fn sret_synthetic_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
     let mut rng = SplitMix64::new(seed ^ 0x5EE7_70E5_0000_0001);
     let dim0 = cfg.stages[0].dim;
     let mid = cfg.stem_mid;

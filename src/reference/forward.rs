@@ -6,7 +6,7 @@ use super::merging::{bipartite_matching_split, merge_split, Matching};
 use super::ops::{conv2d, gelu, layer_norm, linear, mean_tokens, relu};
 use super::LN_EPS;
 use crate::model::weights::{BlockWeights, LayerNorm, Linear, ModelWeights, NonProjWeights};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Readout};
 use crate::tome::Split;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -279,7 +279,7 @@ fn forward_image(
     let mut grid = image.to_vec();
     for conv in &w.stem {
         let (mut y, oh, ow) = conv2d(&grid, 1, h, wd, conv);
-        if cfg.vit().is_none() {
+        if cfg.stem_relu() {
             relu(&mut y);
         }
         grid = y;
@@ -350,7 +350,7 @@ fn forward_image(
             };
             // ToMe's MAE patch: no proportional attention (sizes still weight the merges).
             let ones;
-            let att_mass = if cfg.vit().is_some_and(|v| !v.prop_attn) {
+            let att_mass = if !cfg.proportional_attention() {
                 ones = vec![1.0f32; n];
                 &ones
             } else {
@@ -418,23 +418,15 @@ fn forward_image(
                     lead_x = linear(&lead_x, lead, fc);
                 }
             }
-            None if s + 1 == stages && lead == 0 => {
-                let pooled = mean_tokens(&full, 1, tokens, c);
-                let normed = layer_norm(&pooled, 1, &w.norm, LN_EPS);
-                out.logits = linear(&normed, 1, &w.head);
-            }
-            None if s + 1 == stages
-                && cfg
-                    .vit()
-                    .is_some_and(|v| v.pool == crate::model::VitPool::Avg) =>
-            {
-                // global_pool='avg' as ToMe's MAE patch pools: merged tokens by their size
-                // (`sum(x * size)[:, lead:] / T`), which is the mean of the restored grid.
+            None if s + 1 == stages && cfg.readout() == Readout::MeanOfTokens => {
+                // SReT's mean pool; global_pool='avg' as ToMe's MAE patch pools: merged tokens
+                // by their size (`sum(x * size)[:, lead:] / T`), the mean of the restored grid.
                 let pooled = mean_tokens(&full, 1, tokens, c);
                 let normed = layer_norm(&pooled, 1, &w.norm, LN_EPS);
                 out.logits = linear(&normed, 1, &w.head);
             }
             None if s + 1 == stages => {
+                debug_assert_eq!(cfg.readout(), Readout::LeadTokens);
                 // Classification from the lead tokens: the class token's head, averaged with
                 // the distillation token's head when there is one.
                 let normed = layer_norm(&lead_x, lead, &w.norm, LN_EPS);

@@ -24,7 +24,7 @@
 //! * [`flops_total`] estimates the arithmetic an inference really performs, functional
 //!   operations included. See [`FlopBreakdown`] for the per-category convention.
 
-use crate::model::{ModelConfig, StageConfig, VitConfig, VitPool};
+use crate::model::{Arch, ModelConfig, StageConfig, VitConfig, VitPool};
 use crate::tome::{Execution, Trajectory};
 
 /// Kernel side of the stem convolutions and of the inter-stage pooling convolutions.
@@ -63,9 +63,14 @@ fn non_proj_params(st: &StageConfig) -> u64 {
 /// each shared block once, BatchNorm weight and bias (not the running statistics), the position
 /// embedding and every scalar coefficient. 4,755,979 for SReT-T.
 pub fn params(cfg: &ModelConfig) -> u64 {
-    if let Some(v) = cfg.vit() {
-        return vit_params(cfg, v);
+    match &cfg.arch {
+        Arch::Sret => sret_params(cfg),
+        Arch::Vit(v) => vit_params(cfg, v),
     }
+}
+
+/// [`params`] for SReT.
+fn sret_params(cfg: &ModelConfig) -> u64 {
     let d0 = cfg.stages[0].dim;
     let side = cfg.grid_side(0);
     let mut p = (d0 * side * side) as u64;
@@ -119,9 +124,14 @@ fn check_trajectory(cfg: &ModelConfig, traj: &Trajectory) {
 /// Panics if `traj` was not planned for `cfg`.
 pub fn flops_thop(cfg: &ModelConfig, traj: &Trajectory) -> u64 {
     check_trajectory(cfg, traj);
-    if let Some(v) = cfg.vit() {
-        return vit_flops_thop(cfg, v, traj);
+    match &cfg.arch {
+        Arch::Sret => sret_flops_thop(cfg, traj),
+        Arch::Vit(v) => vit_flops_thop(cfg, v, traj),
     }
+}
+
+/// [`flops_thop`] for SReT.
+fn sret_flops_thop(cfg: &ModelConfig, traj: &Trajectory) -> u64 {
     let mut macs = 0usize;
     // Stem: conv (no bias counted) + BatchNorm (4 per element).
     for (cin, cout, side) in stem_shapes(cfg) {
@@ -234,9 +244,14 @@ fn tome_flops(e: &Execution, st: &StageConfig) -> u64 {
 /// Panics if `traj` was not planned for `cfg`.
 pub fn flops_breakdown(cfg: &ModelConfig, traj: &Trajectory) -> FlopBreakdown {
     check_trajectory(cfg, traj);
-    if let Some(v) = cfg.vit() {
-        return vit_flops_breakdown(cfg, v, traj);
+    match &cfg.arch {
+        Arch::Sret => sret_flops_breakdown(cfg, traj),
+        Arch::Vit(v) => vit_flops_breakdown(cfg, v, traj),
     }
+}
+
+/// [`flops_breakdown`] for SReT.
+fn sret_flops_breakdown(cfg: &ModelConfig, traj: &Trajectory) -> FlopBreakdown {
     let mut f = FlopBreakdown::default();
     for (cin, cout, side) in stem_shapes(cfg) {
         let out = cout * side * side;
@@ -481,7 +496,9 @@ mod tests {
             ),
         ] {
             let cfg = ModelConfig::by_name(name).unwrap();
-            let v = *cfg.vit().unwrap();
+            let Arch::Vit(v) = cfg.arch else {
+                panic!("{name} is not a ViT")
+            };
             assert_eq!(params(&cfg), timm_params, "{name}");
             let t = traj(&cfg, "none");
             let (st, n) = (&cfg.stages[0], cfg.tokens(0) + cfg.lead());

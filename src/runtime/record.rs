@@ -9,7 +9,7 @@ use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::norm;
 use crate::kernels::tome::{self as tome_k, MergeShape};
-use crate::model::config::ModelConfig;
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{Conv, LayerNorm, ModelWeights};
 use crate::tome::Split;
 
@@ -376,9 +376,19 @@ fn record_into(
     spec: &ForwardSpec,
 ) -> Recorded {
     b.set_f16(spec.f16());
-    if let Some(v) = cfg.vit() {
-        return vit::record(b, cfg, v, w, spec);
+    match &cfg.arch {
+        Arch::Sret => sret_record_into(b, cfg, w, spec),
+        Arch::Vit(v) => vit::record(b, cfg, v, w, spec),
     }
+}
+
+/// [`record_into`] for SReT.
+fn sret_record_into(
+    mut b: ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &ForwardSpec,
+) -> Recorded {
     let bt = spec.batch;
     let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
     let img = b.external("images", img_bytes);

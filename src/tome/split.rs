@@ -17,7 +17,7 @@
 //! ToMe's `-inf` scores produce: the class token (A index 0) never becomes a source and the
 //! distillation token (B index 0) never a destination, and ToMe places them first.
 
-use crate::model::{LeadMerging, ModelConfig};
+use crate::model::{Arch, LeadMerging, ModelConfig};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Split {
@@ -32,9 +32,9 @@ pub struct Split {
 impl Split {
     /// How `cfg` splits its sequences.
     pub fn of(cfg: &ModelConfig) -> Split {
-        match cfg.vit() {
-            None => Split::default(),
-            Some(v) => match v.merging {
+        match &cfg.arch {
+            Arch::Sret => Split::default(),
+            Arch::Vit(v) => match v.merging {
                 LeadMerging::InSequence => Split {
                     lead: v.lead(),
                     a_odd: v.lead() % 2 == 1,

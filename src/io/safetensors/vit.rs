@@ -23,12 +23,18 @@ use super::{
     block_params, check_conv, check_linear, conv_template, structure_error, take, take_linear,
     take_norm, Layout, Result,
 };
-use crate::model::config::{ModelConfig, VitConfig, VitPool};
+use crate::model::config::{Arch, ModelConfig, VitConfig, VitPool};
 use crate::model::weights::{BlockWeights, Conv, Linear, ModelWeights, StageWeights};
 
 /// timm's `VisionTransformer` layout (DeiT, ViT), as opposed to PiT's.
 fn is_deit(cfg: &ModelConfig) -> bool {
-    cfg.vit().is_some_and(|v| v.pos_on_lead)
+    matches!(
+        cfg.arch,
+        Arch::Vit(VitConfig {
+            pos_on_lead: true,
+            ..
+        })
+    )
 }
 
 /// The final LayerNorm's name: `norm`, or `fc_norm` after average pooling.
