@@ -78,7 +78,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{AdapterChoice, Gpu, PipelineCache};
+use crate::gpu::{AdapterChoice, Gpu, PipelineCache, Variants};
 use crate::kernels::preprocess::Preprocessor;
 use crate::model::Model;
 use crate::model::Precision;
@@ -87,9 +87,11 @@ use crate::runtime::ForwardSpec;
 use crate::runtime::{PlannedForward, Source};
 
 mod host;
+mod tune;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, Trace};
+pub use tune::{shape_tag, Autotune, ChoiceSource, KernelChoice, Measurements, TuneCache};
 
 /// Optional device features the engine uses when the device it is given has them enabled:
 /// `SUBGROUP` (kernels for 8-lane subgroups, where the adapter has them: several times faster on
@@ -145,6 +147,9 @@ pub struct EngineBuilder {
     trace: bool,
     device: DeviceChoice,
     cache: Option<PipelineCache>,
+    autotune: Autotune,
+    /// Directory of the autotune cache; `None`: [`TuneCache::default_dir`].
+    tune_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -181,6 +186,8 @@ impl Default for EngineBuilder {
             trace: false,
             device: DeviceChoice::Own(AdapterChoice::default()),
             cache: None,
+            autotune: Autotune::from_env(),
+            tune_dir: None,
         }
     }
 }
@@ -293,6 +300,21 @@ impl EngineBuilder {
         self
     }
 
+    /// How kernel variants are chosen (default: [`Autotune::from_env`], which is
+    /// [`Autotune::Measure`] unless `SRET_TOME_AUTOTUNE` says otherwise). Measuring costs one
+    /// engine build and three forwards per round (up to three rounds) the first time a plan
+    /// meets an adapter; the choice is cached on disk for the next build.
+    pub fn autotune(mut self, autotune: Autotune) -> Self {
+        self.autotune = autotune;
+        self
+    }
+
+    /// Keep the autotune cache in `dir` instead of [`TuneCache::default_dir`].
+    pub fn autotune_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tune_dir = Some(dir.into());
+        self
+    }
+
     /// Load the model, plan the forward and make it on the device. Validation errors of the
     /// device (e.g. a kernel it cannot run) are returned, not left to the device's uncaptured
     /// error handler.
@@ -327,19 +349,37 @@ impl EngineBuilder {
         }
         let cache = self.cache.unwrap_or_default();
         let plan = ForwardSpec::new(&model.cfg, &self.schedule, self.seed)?;
+        let spec = plan
+            .clone()
+            .with_batch(self.batch)
+            .with_trace(self.trace)
+            .with_precision(self.precision);
+        let (preferred, source, measurements) = match &self.autotune {
+            Autotune::Off => (Variants::default(), ChoiceSource::Default, Vec::new()),
+            Autotune::Pin(v) => (*v, ChoiceSource::Pinned, Vec::new()),
+            Autotune::Measure => {
+                let base = EngineBuilder {
+                    model: self.model.clone(),
+                    weights: Weights::Loaded(model.clone()),
+                    schedule: self.schedule.clone(),
+                    seed: self.seed,
+                    batch: self.batch,
+                    precision: self.precision,
+                    trace: self.trace,
+                    device: DeviceChoice::Shared(Box::new(gpu.clone())),
+                    cache: Some(cache.clone()),
+                    autotune: Autotune::Off,
+                    tune_dir: None,
+                };
+                let dir = self.tune_dir.clone().or_else(TuneCache::default_dir);
+                tune::measure(base, &gpu, &cache, &model.cfg, &spec, dir.as_deref())?
+            }
+        };
         let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let f16 = self.precision == Precision::F16;
-        let built = PlannedForward::new(
-            &gpu,
-            &cache,
-            &model,
-            &plan
-                .clone()
-                .with_batch(self.batch)
-                .with_trace(self.trace)
-                .with_precision(self.precision),
-        );
+        let built =
+            PlannedForward::new(&gpu, &cache, &model, &spec.clone().with_kernels(preferred));
         let preprocessor = Preprocessor::with_precision(&gpu.device, &cache, f16);
         let errors = [
             pollster::block_on(oom.pop()),
@@ -352,7 +392,14 @@ impl EngineBuilder {
                 why: crate::gpu::context::error_text(&e),
             });
         }
+        let kernels = KernelChoice {
+            preferred,
+            source,
+            used: tune::used(inner.dispatch_names().map(|(_, name)| name)),
+            measurements,
+        };
         Ok(Engine {
+            kernels,
             timer: Timer::new(inner.gpu()),
             inner,
             cache,
@@ -695,6 +742,8 @@ const MAX_POOLED_READBACKS: usize = 8;
 /// ```
 pub struct Engine {
     inner: PlannedForward,
+    /// The kernel variants of the plan and how they were chosen.
+    kernels: KernelChoice,
     cache: PipelineCache,
     preprocessor: Preprocessor,
     readback_pool: Arc<Mutex<Vec<wgpu::Buffer>>>,
@@ -775,6 +824,10 @@ impl Engine {
         } else {
             Precision::F32
         }
+    }
+    /// The kernel variant each kernel kind runs, and how it was chosen ([`Autotune`]).
+    pub fn kernels(&self) -> &KernelChoice {
+        &self.kernels
     }
     /// Tokens the schedule removes over the whole forward (per image).
     pub fn tokens_removed(&self) -> usize {

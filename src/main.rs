@@ -22,6 +22,14 @@ fn main() -> ExitCode {
     } else {
         log::info!("{why}");
     }
+    match cli.autotune_env() {
+        Ok(Some(v)) => std::env::set_var("SRET_TOME_AUTOTUNE", v),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match sret_tome::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

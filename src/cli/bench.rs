@@ -203,6 +203,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         .iter()
                         .map(|(f, t)| (f.name().to_string(), serde_json::json!(t)))
                         .collect::<serde_json::Map<_, _>>(),
+                    "variants": engine.kernels().to_string(),
                     "kernels": profile
                         .kernels
                         .iter()
@@ -210,11 +211,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         .collect::<Vec<_>>(),
                 }));
                 profiles.push(format!(
-                    "{} {} batch {batch} (micro-batch {}): {}\n    kernels: {}",
+                    "{} {} batch {batch} (micro-batch {}): {}\n    variants: {}\n    kernels: {}",
                     row.schedule,
                     row.precision,
                     row.micro_batch,
                     parts.join(", "),
+                    engine.kernels(),
                     kernels.join(", ")
                 ));
             }

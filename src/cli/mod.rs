@@ -31,8 +31,40 @@ pub struct Cli {
     /// picks 256 bits). Other drivers ignore the variable.
     #[arg(long, global = true, value_enum)]
     pub vector_width: Option<VectorWidth>,
+    /// Choose kernel variants by timing them on the adapter (`on`, the default; the choice is
+    /// cached per adapter and plan in ~/.cache/sret-tome/autotune.tsv) or not (`off`: subgroup
+    /// kernels where the adapter has them, else vec4 attention, else the portable kernels).
+    /// Sets SRET_TOME_AUTOTUNE for every engine the command builds.
+    #[arg(long, global = true, value_parser = ["on", "off"])]
+    pub autotune: Option<String>,
+    /// Pin kernel variants (no measurement), for bit-reproducible runs: one of subgroup, vec4,
+    /// portable for every kind, or KIND=VARIANT pairs such as
+    /// `linear=portable,attention=vec4` (kinds: linear, conv, attention, matching).
+    #[arg(long, global = true, value_parser = parse_variants)]
+    pub kernels: Option<crate::gpu::Variants>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_variants(s: &str) -> std::result::Result<crate::gpu::Variants, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+impl Cli {
+    /// The value `--autotune` / `--kernels` give `SRET_TOME_AUTOTUNE`, if any (an error when
+    /// both are given, except `--autotune off` with `--kernels`, which is the same thing).
+    pub fn autotune_env(&self) -> crate::Result<Option<String>> {
+        match (&self.autotune, &self.kernels) {
+            (Some(a), Some(_)) if a == "on" => Err(crate::Error::arg(
+                "kernels",
+                self.kernels.map(|k| k.to_string()).unwrap_or_default(),
+                "pins the kernels, which --autotune on would measure; pass one of the two",
+            )),
+            (_, Some(k)) => Ok(Some(k.to_string())),
+            (Some(a), None) => Ok(Some(a.clone())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// `--vector-width`: what the CLI asks llvmpipe for.

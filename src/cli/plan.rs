@@ -37,6 +37,10 @@ pub struct PlanArgs {
     pub device_profile: Option<String>,
 }
 
+/// How engines choose kernel variants (`plan` opens no device, so it can only say the policy
+/// and what the autotune cache already holds).
+const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching) on its adapter at build, unless --autotune off or --kernels";
+
 pub fn run(a: PlanArgs) -> Result<()> {
     let cfg = ModelConfig::by_name(&a.model)?;
     let schedule: Schedule = a.schedule.parse()?;
@@ -77,6 +81,18 @@ pub fn run(a: PlanArgs) -> Result<()> {
         }
         None => None,
     };
+    // Choices engines made for this model and trajectory on adapters seen before.
+    let cached: Vec<(String, crate::gpu::Variants)> = {
+        let (model_tag, tokens_tag) = crate::api::shape_tag(&cfg, &plan);
+        crate::api::TuneCache::default_dir()
+            .map(|d| crate::api::TuneCache::in_dir(&d).entries())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| {
+                k.contains(&format!("| {model_tag} |")) && k.contains(&format!("| {tokens_tag} |"))
+            })
+            .collect()
+    };
     if a.json {
         let v = serde_json::json!({
             "model": cfg.name,
@@ -96,6 +112,14 @@ pub fn run(a: PlanArgs) -> Result<()> {
             v["pam_bytes"] = pam.into();
             v["peak_live_bytes"] = live.into();
         }
+        v["kernel_variants"] = serde_json::json!({
+            "policy": KERNEL_POLICY,
+            "cost_figures": "portable",
+            "cached": cached
+                .iter()
+                .map(|(k, v)| serde_json::json!({"key": k, "variants": v.to_string()}))
+                .collect::<Vec<_>>(),
+        });
         let costs = figures::figures_json(&fig);
         v["cost_batch"] = fig.batch.into();
         v["dispatches"] = costs["dispatches"].clone();
@@ -108,6 +132,10 @@ pub fn run(a: PlanArgs) -> Result<()> {
     } else {
         println!("{} under {}", cfg.name, schedule);
         print!("{}", tome::render_table(&traj));
+        println!("kernels: {KERNEL_POLICY}; the cost figures below count the portable kernels");
+        for (key, variants) in &cached {
+            println!("  autotuned earlier: {variants}  [{key}]");
+        }
         if cfg.lead() > 0 {
             println!(
                 "token counts are patch tokens; {} class/distillation token{} ride{} in front, never merged",

@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 use super::context::Gpu;
 use super::params::KernelParams;
 use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
+use super::variants::{KernelKind, Variant, Variants};
 use crate::error::{Error, Result};
 
 pub type TensorId = usize;
@@ -89,6 +90,8 @@ pub struct ProgramBuilder {
     /// Subgroup width the `*_sg` kernel variants are built for (they share loads through
     /// subgroup broadcasts), or `None` for the portable kernels only; see [`subgroup_width`].
     subgroup_width: Option<u32>,
+    /// The variant each kernel kind prefers.
+    variants: Variants,
     /// Activations and weights are stored as f16 (the kernels' `elem` type; see
     /// [`crate::gpu::shaders`]); masses, statistics, scores and indices stay 32-bit.
     f16: bool,
@@ -289,6 +292,7 @@ impl ProgramBuilder {
         ProgramBuilder {
             limits: limits.clone(),
             subgroup_width: None,
+            variants: Variants::default(),
             f16: false,
             tensors: Vec::new(),
             steps: Vec::new(),
@@ -366,6 +370,23 @@ impl ProgramBuilder {
     /// The width the `*_sg` variants are built for, `None` when only portable kernels run.
     pub fn subgroup_width(&self) -> Option<u32> {
         self.subgroup_width
+    }
+
+    /// Prefer `variants` (each kind falls back where its preference cannot run).
+    pub fn set_variants(&mut self, variants: Variants) {
+        self.variants = variants;
+    }
+
+    /// The variant `kind` prefers.
+    pub fn variant(&self, kind: KernelKind) -> Variant {
+        self.variants.get(kind)
+    }
+
+    /// The subgroup width for `kind`'s `*_sg` kernel: [`ProgramBuilder::subgroup_width`] when
+    /// `kind` prefers [`Variant::Subgroup`], else `None`.
+    pub fn subgroup_for(&self, kind: KernelKind) -> Option<u32> {
+        self.subgroup_width
+            .filter(|_| self.variants.get(kind) == Variant::Subgroup)
     }
 
     /// A constant uploaded once when the program is made.

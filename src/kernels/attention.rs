@@ -1,6 +1,6 @@
 //! Fused sliced group attention with proportional attention (see `shaders/attention.wgsl`).
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId, Variant};
 use crate::kernels::params::AttentionParams;
 
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +28,9 @@ pub fn record(
     // One query per invocation, vector loads where the widths allow; with subgroups of SG
     // lanes and heads of 32, SG queries share every key through subgroup broadcasts.
     let sg = b
-        .subgroup_width()
+        .subgroup_for(KernelKind::Attention)
         .filter(|_| hd == 32 && s.dim.is_multiple_of(4));
+    let vec4 = b.variant(KernelKind::Attention) != Variant::Portable;
     let (key, grid) = if let Some(sg) = sg {
         let blocks = (s.n / s.groups).div_ceil(sg as usize);
         let tiles = s.batch * s.heads * s.groups * blocks;
@@ -37,7 +38,7 @@ pub fn record(
             KernelKey::with_sg(Shader::AttentionSg, sg),
             b.grid(tiles * sg as usize, sg),
         )
-    } else if hd.is_multiple_of(4) && s.dim.is_multiple_of(4) {
+    } else if vec4 && hd.is_multiple_of(4) && s.dim.is_multiple_of(4) {
         (
             KernelKey::with_head_dim(Shader::AttentionVec4, hd),
             b.grid(s.batch * s.heads * s.n, 64),

@@ -1,7 +1,7 @@
 //! Convolutions: the three stem layers (BN folded, ReLU, positional embedding fused into the
 //! last) and the grouped pooling between stages.
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
 use crate::kernels::linear::sg_tile_columns;
 use crate::kernels::params::ConvParams;
 use crate::model::weights::Conv;
@@ -141,7 +141,7 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
     // 32-pixel x `sg_tile_columns`-channel tile per SG-lane workgroup where subgroups allow.
     let dense = s.groups == 1 && io.input == Layout::Nchw;
     let pixels = s.batch * rows * ow;
-    let (key, grid) = match b.subgroup_width() {
+    let (key, grid) = match b.subgroup_for(KernelKind::Conv) {
         Some(sg) if dense => {
             let cout_pad = s.cout.div_ceil(DENSE_TILE) * DENSE_TILE;
             let tiles = pixels.div_ceil(32) * cout_pad.div_ceil(sg_tile_columns(sg));

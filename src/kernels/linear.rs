@@ -4,7 +4,7 @@
 //! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::{LinearParams, LinearSgParams};
 use crate::model::weights::{LayerNorm, Linear};
 
@@ -135,7 +135,7 @@ fn record_with(
     };
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
-    let Some(sg) = b.subgroup_width() else {
+    let Some(sg) = b.subgroup_for(KernelKind::Linear) else {
         // 8 x 8 outputs per invocation.
         let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
         b.dispatch(

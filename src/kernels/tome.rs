@@ -2,7 +2,7 @@
 //! of the stage's unmerge map, and the one-gather unmerge. Every size is static per plan; only
 //! the choice of tokens depends on the data, and it never leaves the GPU.
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
+use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::{
     GatherParams, TomeMapUpdateParams, TomeMatchParams, TomeMergeParams, TomeMetricParams,
     TomeSlotsParams,
@@ -84,7 +84,7 @@ pub fn record_merge(
     );
     // SG A tokens per SG-lane workgroup sharing the B keys where subgroups allow (32-channel
     // heads), else one A token per invocation.
-    let sg = b.subgroup_width().filter(|_| hd == 32);
+    let sg = b.subgroup_for(KernelKind::Matching).filter(|_| hd == 32);
     let (matcher, g_match) = if let Some(sg) = sg {
         let tiles = s.batch * na.div_ceil(sg as usize);
         (

@@ -376,6 +376,7 @@ fn record_into(
     spec: &ForwardSpec,
 ) -> Recorded {
     b.set_f16(spec.f16());
+    b.set_variants(spec.kernels);
     match &cfg.arch {
         Arch::Sret => sret_record_into(b, cfg, w, spec),
         Arch::Vit(v) => vit::record(b, cfg, v, w, spec),

@@ -1,6 +1,7 @@
 //! [`ForwardSpec`]: everything static about a forward besides the model and its weights.
 
 use crate::error::Result;
+use crate::gpu::Variants;
 use crate::model::{ModelConfig, Precision};
 use crate::tome::perm::draw_permutations;
 use crate::tome::{Schedule, Trajectory};
@@ -27,6 +28,8 @@ pub struct ForwardSpec {
     pub trace: bool,
     /// Storage precision of activations, weights, images and logits.
     pub precision: Precision,
+    /// The kernel variant each kernel kind prefers.
+    pub kernels: Variants,
 }
 
 impl ForwardSpec {
@@ -49,6 +52,7 @@ impl ForwardSpec {
             batch: 1,
             trace: false,
             precision: Precision::F32,
+            kernels: Variants::default(),
         })
     }
 
@@ -67,6 +71,12 @@ impl ForwardSpec {
     /// The same spec in storage `precision`.
     pub fn with_precision(mut self, precision: Precision) -> ForwardSpec {
         self.precision = precision;
+        self
+    }
+
+    /// The same spec preferring the kernel `variants`.
+    pub fn with_kernels(mut self, variants: Variants) -> ForwardSpec {
+        self.kernels = variants;
         self
     }
 

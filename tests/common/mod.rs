@@ -18,7 +18,7 @@ pub fn gpu() -> &'static Gpu {
 }
 
 /// The engine of `model` for `spec` on `gpu`, made through the public builder as the command
-/// line makes it.
+/// line makes it, with the kernel variants of `spec` pinned (tests are deterministic).
 pub fn engine(
     gpu: &Gpu,
     cache: &PipelineCache,
@@ -30,6 +30,7 @@ pub fn engine(
         .pipeline_cache(cache)
         .with_model(model.clone())
         .spec(spec)
+        .autotune(sret_tome::api::Autotune::Pin(spec.kernels))
         .build()
 }
 

@@ -1,0 +1,242 @@
+//! Which kernel variant each kernel kind uses ([`Variants`]), as chosen by measurement
+//! (`api`'s autotune), pinned by the user, or by the fixed default.
+//!
+//! A variant is a preference: a kernel falls back to the next one where the shape or the
+//! device does not allow it (subgroup kernels need `Features::SUBGROUP` and a width in
+//! [`SG_WIDTHS`](super::shaders::SG_WIDTHS); vec4 attention needs head sizes and widths that
+//! are multiples of 4; subgroup attention and matching need 32-channel heads).
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::Shader;
+use crate::error::{Error, Result};
+
+/// The kernels that come in several variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelKind {
+    /// Linear layers (every epilogue).
+    Linear,
+    /// Dense convolutions from images (stems, patch embeddings).
+    Conv,
+    /// Attention.
+    Attention,
+    /// ToMe's bipartite matching.
+    Matching,
+}
+
+impl KernelKind {
+    /// Every kind, in display order.
+    pub const ALL: [KernelKind; 4] = [
+        KernelKind::Linear,
+        KernelKind::Conv,
+        KernelKind::Attention,
+        KernelKind::Matching,
+    ];
+
+    /// Its name in `--kernels` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::Linear => "linear",
+            KernelKind::Conv => "conv",
+            KernelKind::Attention => "attention",
+            KernelKind::Matching => "matching",
+        }
+    }
+
+    /// The variants worth measuring for this kind, fastest-first guess first.
+    pub fn candidates(self) -> &'static [Variant] {
+        match self {
+            KernelKind::Attention => &[Variant::Subgroup, Variant::Vec4, Variant::Portable],
+            _ => &[Variant::Subgroup, Variant::Portable],
+        }
+    }
+
+    /// The kind and variant a shader implements, `None` for kernels without alternatives.
+    pub fn of(shader: Shader) -> Option<(KernelKind, Variant)> {
+        use KernelKind as K;
+        use Variant as V;
+        Some(match shader {
+            Shader::Linear => (K::Linear, V::Portable),
+            Shader::LinearSg | Shader::LinearSgR64 | Shader::LinearSgR16 | Shader::LinearSgR8 => {
+                (K::Linear, V::Subgroup)
+            }
+            Shader::ConvDense => (K::Conv, V::Portable),
+            Shader::ConvSg => (K::Conv, V::Subgroup),
+            Shader::Attention => (K::Attention, V::Portable),
+            Shader::AttentionVec4 => (K::Attention, V::Vec4),
+            Shader::AttentionSg => (K::Attention, V::Subgroup),
+            Shader::TomeMatch => (K::Matching, V::Portable),
+            Shader::TomeMatchSg => (K::Matching, V::Subgroup),
+            _ => return None,
+        })
+    }
+}
+
+/// One implementation style of a kernel kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// Subgroup broadcasts share loads across the lanes of a subgroup (`*_sg.wgsl`).
+    Subgroup,
+    /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
+    Vec4,
+    /// Register tiles without subgroups or shared memory: runs on every adapter.
+    Portable,
+}
+
+impl Variant {
+    /// Its name in `--kernels` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Subgroup => "subgroup",
+            Variant::Vec4 => "vec4",
+            Variant::Portable => "portable",
+        }
+    }
+}
+
+/// The preferred variant of every [`KernelKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variants {
+    /// Linear layers.
+    pub linear: Variant,
+    /// Dense convolutions.
+    pub conv: Variant,
+    /// Attention.
+    pub attention: Variant,
+    /// Bipartite matching.
+    pub matching: Variant,
+}
+
+impl Default for Variants {
+    /// The fixed choice used without measurement: subgroup kernels wherever they can run,
+    /// else vec4 attention, else the portable kernels (the fastest on every adapter measured
+    /// so far: lavapipe at 8 and 16 lanes).
+    fn default() -> Self {
+        Variants::all(Variant::Subgroup)
+    }
+}
+
+impl Variants {
+    /// Every kind preferring `v`.
+    pub fn all(v: Variant) -> Self {
+        Variants {
+            linear: v,
+            conv: v,
+            attention: v,
+            matching: v,
+        }
+    }
+
+    /// The variant `kind` prefers.
+    pub fn get(&self, kind: KernelKind) -> Variant {
+        match kind {
+            KernelKind::Linear => self.linear,
+            KernelKind::Conv => self.conv,
+            KernelKind::Attention => self.attention,
+            KernelKind::Matching => self.matching,
+        }
+    }
+
+    /// Set the variant of `kind`.
+    pub fn set(&mut self, kind: KernelKind, v: Variant) {
+        match kind {
+            KernelKind::Linear => self.linear = v,
+            KernelKind::Conv => self.conv = v,
+            KernelKind::Attention => self.attention = v,
+            KernelKind::Matching => self.matching = v,
+        }
+    }
+}
+
+/// `linear=subgroup,conv=portable,attention=vec4,matching=subgroup`.
+impl fmt::Display for Variants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = KernelKind::ALL
+            .iter()
+            .map(|&k| format!("{}={}", k.name(), self.get(k).name()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// `KIND=VARIANT` pairs separated by commas (kinds not named keep the default), or one
+/// variant name for every kind.
+impl FromStr for Variants {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: String| Error::arg("kernels", s, why);
+        let variant = |v: &str| {
+            [Variant::Subgroup, Variant::Vec4, Variant::Portable]
+                .into_iter()
+                .find(|x| x.name() == v.trim())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unknown variant '{v}' (subgroup, vec4 or portable)"
+                    ))
+                })
+        };
+        if !s.contains('=') {
+            return Ok(Variants::all(variant(s)?));
+        }
+        let mut out = Variants::default();
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("'{part}' is not KIND=VARIANT")))?;
+            let kind = KernelKind::ALL
+                .into_iter()
+                .find(|x| x.name() == k.trim())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unknown kernel kind '{k}' (linear, conv, attention or matching)"
+                    ))
+                })?;
+            let v = variant(v)?;
+            if !kind.candidates().contains(&v) {
+                return Err(bad(format!("{} has no {} variant", kind.name(), v.name())));
+            }
+            out.set(kind, v);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_round_trip_through_text() {
+        let mut v = Variants::default();
+        v.set(KernelKind::Attention, Variant::Vec4);
+        v.set(KernelKind::Conv, Variant::Portable);
+        assert_eq!(v.to_string().parse::<Variants>().unwrap(), v);
+        assert_eq!(
+            "portable".parse::<Variants>().unwrap(),
+            Variants::all(Variant::Portable)
+        );
+        let partial: Variants = "matching=portable".parse().unwrap();
+        assert_eq!(partial.matching, Variant::Portable);
+        assert_eq!(partial.linear, Variant::Subgroup);
+        for bad in [
+            "linear=fast",
+            "mlp=portable",
+            "linear=vec4",
+            "linear",
+            "=",
+            "",
+        ] {
+            assert!(bad.parse::<Variants>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_variant_shader_has_its_kind() {
+        for s in Shader::ALL {
+            if let Some((kind, v)) = KernelKind::of(s) {
+                assert!(kind.candidates().contains(&v), "{s:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Kernel variant selection by measurement: the first build measures and caches, the second
+//! reuses the cache; `Off` and `Pin` measure nothing; every pinned variant gives the logits of
+//! the CPU twin, and the plan runs what was pinned.
+
+mod common;
+
+use sret_tome::api::{Autotune, ChoiceSource, TuneCache};
+use sret_tome::gpu::{KernelKind, Variant, Variants};
+use sret_tome::{EngineBuilder, Model, Schedule};
+
+fn builder(model: &Model) -> EngineBuilder {
+    EngineBuilder::new()
+        .gpu(common::gpu())
+        .pipeline_cache(common::cache())
+        .with_model(model.clone())
+        .schedule("constant:8".parse::<Schedule>().unwrap())
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sret-autotune-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+#[test]
+fn measures_once_then_reads_the_cache() {
+    let model = Model::synthetic("sret_t").unwrap();
+    let dir = scratch("cache");
+    let first = builder(&model)
+        .autotune(Autotune::Measure)
+        .autotune_cache(&dir)
+        .build()
+        .unwrap();
+    let k = first.kernels().clone();
+    println!("first build: {k}");
+    for (variants, times) in &k.measurements {
+        println!("  round {variants}: {times:?}");
+    }
+    assert_eq!(k.source, ChoiceSource::Measured);
+    assert!(!k.measurements.is_empty());
+    // Every kind the model runs was timed in every round that ran (per kind with timestamps).
+    for (_, times) in &k.measurements {
+        assert!(
+            times.iter().all(|(_, t)| t.is_finite() && *t > 0.0),
+            "{times:?}"
+        );
+    }
+    let text = std::fs::read_to_string(TuneCache::in_dir(&dir).path()).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("sret_t@224") && text.contains(&k.preferred.to_string()));
+
+    let second = builder(&model)
+        .autotune(Autotune::Measure)
+        .autotune_cache(&dir)
+        .build()
+        .unwrap();
+    assert_eq!(second.kernels().source, ChoiceSource::Cached);
+    assert_eq!(second.kernels().preferred, k.preferred);
+    assert!(second.kernels().measurements.is_empty());
+    // Same variants, same plan: bit-identical logits.
+    let images = common::random(7, 3 * 224 * 224, 1.0);
+    assert_eq!(
+        first.run(&images).unwrap().into_vec(),
+        second.run(&images).unwrap().into_vec()
+    );
+    // Another batch is another shape: measured again, a second line.
+    let b2 = builder(&model)
+        .batch(2)
+        .autotune(Autotune::Measure)
+        .autotune_cache(&dir)
+        .build()
+        .unwrap();
+    assert_eq!(b2.kernels().source, ChoiceSource::Measured);
+    let text = std::fs::read_to_string(TuneCache::in_dir(&dir).path()).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn off_and_pinned_measure_nothing_and_run_what_was_asked() {
+    let model = Model::synthetic("sret_t").unwrap();
+    let images = common::random(11, 3 * 224 * 224, 1.0);
+    let off = builder(&model).autotune(Autotune::Off).build().unwrap();
+    assert_eq!(off.kernels().source, ChoiceSource::Default);
+    assert_eq!(off.kernels().preferred, Variants::default());
+    let reference = off.run(&images).unwrap().into_vec();
+    let has_subgroups = sret_tome::gpu::program::subgroup_width(common::gpu()).is_some();
+    for pin in ["portable", "attention=vec4,linear=portable", "subgroup"] {
+        let v: Variants = pin.parse().unwrap();
+        let e = builder(&model).autotune(Autotune::Pin(v)).build().unwrap();
+        let k = e.kernels();
+        println!("{pin}: {k}");
+        assert_eq!((k.source, k.preferred), (ChoiceSource::Pinned, v));
+        for &(kind, used) in &k.used {
+            let asked = v.get(kind);
+            let expect = match asked {
+                Variant::Subgroup if !has_subgroups => used, // falls back without subgroups
+                // Subgroup attention and matching need 32-channel heads: SReT-T has them.
+                _ => asked,
+            };
+            assert_eq!(used, expect, "{kind:?} pinned {asked:?}");
+        }
+        assert!(k.used.iter().any(|(kind, _)| *kind == KernelKind::Linear));
+        let got = e.run(&images).unwrap().into_vec();
+        let rel = common::rel_l2(&got, &reference);
+        // Near-ties in merge decisions may differ between variants; with these random images
+        // none does, and the sums differ only in rounding.
+        assert!(
+            rel < 1e-4,
+            "{pin}: rel L2 {rel:e} against the default variants"
+        );
+    }
+}
+
+#[test]
+fn the_environment_sets_the_default_and_bad_values_are_errors() {
+    assert_eq!("off".parse::<Autotune>().unwrap(), Autotune::Off);
+    assert_eq!("on".parse::<Autotune>().unwrap(), Autotune::Measure);
+    assert_eq!(
+        "portable".parse::<Autotune>().unwrap(),
+        Autotune::Pin(Variants::all(Variant::Portable))
+    );
+    let e = "linear=warp".parse::<Autotune>().unwrap_err().to_string();
+    assert!(e.contains("warp") && e.contains("portable"), "{e}");
+}
