@@ -149,7 +149,7 @@ pub(super) const ROUNDS: usize = 3;
 
 /// Per kind, the fastest round's variant; the default (round 0) unless another round is
 /// faster by [`MARGIN`]. `times[r]` holds per-kind seconds of round `r`.
-pub(super) fn pick(rounds: &[(Variants, Vec<(Option<KernelKind>, f64)>)]) -> Variants {
+pub(super) fn pick(rounds: &Measurements) -> Variants {
     let time = |r: usize, k: Option<KernelKind>| {
         rounds[r].1.iter().find(|(kk, _)| *kk == k).map(|&(_, t)| t)
     };
@@ -160,11 +160,11 @@ pub(super) fn pick(rounds: &[(Variants, Vec<(Option<KernelKind>, f64)>)]) -> Var
             let Some(mut best_t) = time(0, Some(k)) else {
                 continue;
             };
-            for r in 1..rounds.len() {
+            for (r, (variants, _)) in rounds.iter().enumerate().skip(1) {
                 if let Some(t) = time(r, Some(k)) {
                     if t < best_t * (1.0 - MARGIN) {
                         best_t = t;
-                        out.set(k, rounds[r].0.get(k));
+                        out.set(k, variants.get(k));
                     }
                 }
             }
