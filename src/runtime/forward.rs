@@ -20,6 +20,8 @@ pub enum Source<'a> {
     InPlace,
 }
 
+/// One forward (model, schedule, batch size) planned once on a device: its program, its input
+/// and output buffers and its micro-batching. [`crate::Engine`] wraps one.
 pub struct PlannedForward {
     gpu: Gpu,
     cfg: ModelConfig,
@@ -315,12 +317,15 @@ impl PlannedForward {
         self.f16
     }
 
+    /// Images per forward.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Images per run of the program (at most [`PlannedForward::batch`]).
     pub fn micro_batch(&self) -> usize {
         self.plan.batch
     }
+    /// The planned program of one micro-batch.
     pub fn program(&self) -> &crate::gpu::Program {
         &self.plan.program
     }
@@ -333,6 +338,7 @@ impl PlannedForward {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+    /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
