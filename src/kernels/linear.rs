@@ -15,8 +15,12 @@ pub enum Epilogue {
     /// `y = gelu(x W^T + b)` (exact, erf-based)
     Gelu,
     /// `y = ca * y + cb * (x W^T + b)`: SReT's residual with its learnable coefficients, in place.
-    /// `ca` scales the stored `y` (the residual stream), `cb` the layer's output.
-    Residual { ca: f32, cb: f32 },
+    Residual {
+        /// Scale of the stored `y` (the residual stream).
+        ca: f32,
+        /// Scale of the layer's output.
+        cb: f32,
+    },
 }
 
 /// Output columns rounded up to the kernel's tile width.
