@@ -15,8 +15,10 @@ use crate::runtime::ForwardSpec;
 use crate::tome::DEFAULT_SEED;
 use crate::tome::{self, Schedule};
 
+/// Arguments of `sret-tome plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
+    /// Model whose trajectory to plan.
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
     /// Token merging schedule: none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA,
@@ -37,6 +39,7 @@ pub struct PlanArgs {
     pub device_profile: Option<String>,
 }
 
+/// Run `sret-tome plan`: print the token trajectory, FLOPs and parameters of a schedule.
 pub fn run(a: PlanArgs) -> Result<()> {
     let cfg = ModelConfig::by_name(&a.model)?;
     let schedule: Schedule = a.schedule.parse()?;
