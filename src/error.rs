@@ -127,7 +127,7 @@ pub enum Error {
     /// No wgpu adapter matched the request.
     #[error("no GPU adapter found{detail}")]
     NoAdapter {
-        /// Extra context appended to the message (backends tried, filters), possibly empty.
+        /// Text appended to the message (the index asked for, or wgpu's error and a hint).
         detail: String,
     },
 
@@ -160,12 +160,13 @@ pub enum Error {
     #[error("GPU device request failed: {0}")]
     RequestDevice(String),
 
-    /// A wgpu validation or out-of-memory error caught while doing something on the GPU.
+    /// A GPU operation failed: a wgpu validation or out-of-memory error, or a missing
+    /// readback buffer.
     #[error("GPU error during {during}: {why}")]
     Gpu {
         /// The step that failed, e.g. planning or a forward.
         during: String,
-        /// wgpu's error text.
+        /// wgpu's error text, or what went wrong.
         why: String,
     },
 
@@ -174,7 +175,7 @@ pub enum Error {
     DeviceLost {
         /// The step that was running.
         during: String,
-        /// The loss reason and message from wgpu, possibly empty.
+        /// The reason, in parentheses after a space, or empty when unknown.
         detail: String,
     },
 

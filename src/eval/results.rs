@@ -243,7 +243,7 @@ pub struct DataInfo {
     pub labelled: bool,
     /// How folder names map to class indices, for labelled folders.
     pub class_map: Option<ClassMap>,
-    /// Number of classes of the labels.
+    /// Number of class folders (0 without labels).
     pub classes: usize,
     /// Samples in the whole data set.
     pub images_total: usize,
@@ -262,7 +262,7 @@ pub struct AdapterInfo {
     pub backend: String,
     /// Driver name and version.
     pub driver: String,
-    /// Integrated, discrete, virtual or CPU.
+    /// wgpu's device type (`DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`).
     pub device_type: String,
 }
 
@@ -303,7 +303,7 @@ pub struct ResultsFile {
     pub weights: String,
     /// Seed of the recursive passes' permutations.
     pub seed: u64,
-    /// The adapter the timings were measured on (`None` without timings).
+    /// The adapter the run used (`None` when it opened no GPU).
     pub adapter: Option<AdapterInfo>,
     /// The data set.
     pub data: DataInfo,

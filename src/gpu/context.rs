@@ -224,7 +224,8 @@ impl Gpu {
         }
     }
 
-    /// Whether the device can write GPU timestamps (`Features::TIMESTAMP_QUERY`), for per-family timing.
+    /// Whether the device can write GPU timestamps (`Features::TIMESTAMP_QUERY`), for
+    /// per-family timing.
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }

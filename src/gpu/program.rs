@@ -23,9 +23,9 @@ pub enum Family {
     Attention,
     /// The block MLPs and the `Non_proj` MLPs.
     Mlp,
-    /// Bipartite matching: metric, best match, ranking and slots.
+    /// Bipartite matching: the metric, each A token's best match and the ranking.
     Matching,
-    /// The mass-weighted merge and the unmerge-map update.
+    /// Output slots, the mass-weighted merge and the unmerge-map update.
     Merge,
     /// Restoring the stage's full grid before pooling.
     Unmerge,

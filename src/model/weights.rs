@@ -30,7 +30,8 @@ pub struct LayerNorm {
 /// A convolution with BatchNorm already folded in: `weight` is `[out, in / groups, k, k]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv {
-    /// Kernel, `[out_channels, in_channels / groups, kernel, kernel]` row-major, BatchNorm folded in.
+    /// Kernel, `[out_channels, in_channels / groups, kernel, kernel]` row-major, BatchNorm
+    /// folded in.
     pub weight: Vec<f32>,
     /// Bias, `[out_channels]` (BatchNorm's shift folded in).
     pub bias: Vec<f32>,

@@ -11,7 +11,8 @@ use crate::model::{Model, ModelConfig, ModelWeights};
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {
     /// The engine's own input buffer ([`PlannedForward::input_buffer`]), filled by
-    /// [`PlannedForward::set_input`] or by preprocessing into [`PlannedForward::preprocess_target`].
+    /// [`Engine::set_input`](crate::Engine::set_input) or by preprocessing into
+    /// [`PlannedForward::preprocess_target`].
     Input,
     /// A buffer of the caller's (`BufferUsages::COPY_SRC`), from a byte offset (a multiple of 4).
     Buffer(&'a wgpu::Buffer, wgpu::BufferAddress),

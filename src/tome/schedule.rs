@@ -26,8 +26,8 @@ const SYNTAX: &str =
     "expected one of none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA or list:R1,R2,... (R non-negative integers)";
 
 /// How many tokens each `Transformer_Block` execution is asked to merge; parse one from the
-/// spec syntax in the module docs (`"constant:10".parse()`). The targets are requests: [`safe_r`](super::safe_r)
-/// caps each to what the execution can merge.
+/// spec syntax in the module docs (`"constant:10".parse()`). The targets are requests:
+/// [`safe_r`](super::safe_r) caps each to what the execution can merge.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Schedule {
     /// No merging (`none`).
