@@ -193,6 +193,7 @@ impl Default for EngineBuilder {
 }
 
 impl EngineBuilder {
+    /// A builder with the defaults (see [`Engine::builder`]).
     pub fn new() -> Self {
         Self::default()
     }
@@ -431,7 +432,9 @@ pub enum Input<'a> {
     /// multiple of 4). The buffer needs `BufferUsages::COPY_SRC`; it is copied when the forward
     /// runs, so it may be rewritten as soon as the forward's commands are submitted.
     Buffer {
+        /// The buffer holding the images.
         buffer: &'a wgpu::Buffer,
+        /// Byte offset of the first image, a multiple of 4.
         offset: wgpu::BufferAddress,
     },
     /// One texture (batch 1), preprocessed on the GPU. See [`Preprocessor`] for the formats.
@@ -480,6 +483,8 @@ pub struct Logits {
 }
 
 impl Logits {
+    /// Logits from row-major `values` of `[batch, classes]`. Panics when the length is not
+    /// `batch * classes`.
     pub fn new(values: Vec<f32>, batch: usize, classes: usize) -> Logits {
         assert_eq!(
             values.len(),
@@ -492,9 +497,11 @@ impl Logits {
             classes,
         }
     }
+    /// Images in the batch.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Logits per image (1000 for ImageNet-1k).
     pub fn classes(&self) -> usize {
         self.classes
     }
@@ -502,6 +509,7 @@ impl Logits {
     pub fn as_slice(&self) -> &[f32] {
         &self.values
     }
+    /// All logits, row-major `[batch, classes]`, without copying.
     pub fn into_vec(self) -> Vec<f32> {
         self.values
     }
@@ -777,13 +785,17 @@ impl fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// A builder with defaults: `sret_t_distill` with synthetic weights, no merging, batch 1,
+    /// f32, on a device of its own.
     pub fn builder() -> EngineBuilder {
         EngineBuilder::new()
     }
 
+    /// The wgpu device the engine runs on (its own, or the application's).
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.gpu().device
     }
+    /// The queue the engine submits to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.gpu().queue
     }
@@ -805,6 +817,7 @@ impl Engine {
         &self.inner
     }
 
+    /// The model's canonical name, e.g. `"sret_t_distill"`.
     pub fn model_name(&self) -> &'static str {
         self.model_name
     }
@@ -812,12 +825,15 @@ impl Engine {
     pub fn weights_are_synthetic(&self) -> bool {
         self.synthetic
     }
+    /// The token-merging schedule the forward was planned with.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
     }
+    /// Seed of the recursive passes' token permutations.
     pub fn seed(&self) -> u64 {
         self.seed
     }
+    /// Storage precision of the forward.
     pub fn precision(&self) -> Precision {
         if self.inner.is_f16() {
             Precision::F16
@@ -842,6 +858,7 @@ impl Engine {
     pub fn micro_batches(&self) -> usize {
         self.inner.micro_batches()
     }
+    /// Logits per image.
     pub fn classes(&self) -> usize {
         self.inner.config().num_classes
     }

@@ -30,6 +30,8 @@
 //! renderer that classifies its own frames without leaving the GPU, a throughput loop with
 //! double-buffered inputs, and a 20-line image classifier.
 
+#![warn(missing_docs)]
+
 // Layers, lowest first; a module uses only those above it in this list:
 // error, rng -> model (leaf types) -> tome (schedules, trajectory, permutations) ->
 // preprocess (the ImageNet transform) -> io (files) and reference (the CPU twin) ->

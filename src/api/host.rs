@@ -12,19 +12,24 @@ use crate::runtime::Source;
 /// One merge of a traced forward.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MergeTrace {
+    /// Stage index, 0-based.
     pub stage: usize,
+    /// Execution index within the stage, 0-based.
     pub exec: usize,
     /// `[batch * n_in]`: incoming position -> outgoing slot.
     pub slots: Vec<u32>,
     /// `[batch * n_out]`: the outgoing tokens' masses.
     pub masses: Vec<f32>,
+    /// Tokens per image entering the merge.
     pub n_in: usize,
+    /// Tokens per image after it.
     pub n_out: usize,
 }
 
 /// Per-merge and per-stage maps read back with `--trace`.
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
+    /// Every merge of the forward, in run order.
     pub merges: Vec<MergeTrace>,
     /// `(stage, map [batch * n_grid], n_grid)`: original grid position -> final merged slot.
     pub stage_maps: Vec<(usize, Vec<u32>, usize)>,
@@ -74,9 +79,11 @@ impl Timer {
     }
 }
 
+/// What [`Engine::forward`] returns: the logits, and the trace when one was asked for.
 pub struct ForwardOutput {
     /// `[batch, classes]`
     pub logits: Vec<f32>,
+    /// The merges and stage maps, when the engine was built with tracing on.
     pub trace: Option<Trace>,
 }
 
@@ -84,13 +91,16 @@ pub struct ForwardOutput {
 /// number of dispatches, slowest first.
 #[derive(Clone, Debug)]
 pub struct Profile {
+    /// Seconds per kernel family, in [`crate::gpu::Family::ALL`] order.
     pub families: Vec<(crate::gpu::Family, f64)>,
+    /// Per kernel: `(shader name, seconds, dispatches)`, slowest first.
     pub kernels: Vec<(&'static str, f64, usize)>,
 }
 
 /// Counts of what an engine has asked of the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Command-buffer submissions to the queue.
     pub submissions: u64,
     /// Buffer mappings for reading results back (a traced forward maps its trace buffers too).
     pub readbacks: u64,

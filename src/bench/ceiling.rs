@@ -19,7 +19,9 @@ use crate::rng::SplitMix64;
 pub struct MatmulRate {
     /// Rows (`batch x tokens`).
     pub m: usize,
+    /// Inner dimension (input features).
     pub k: usize,
+    /// Output features.
     pub n: usize,
     /// `2 m k n` per second, in GFLOP/s (the bias add is not counted).
     pub gflops: f64,

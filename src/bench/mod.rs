@@ -18,22 +18,35 @@ use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 use crate::EngineBuilder;
 
+/// One measured configuration of `sret-tome bench`, as its CSV and JSON rows hold it.
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchRow {
+    /// The schedule spec, e.g. `"constant:10"`.
     pub schedule: String,
     /// Storage precision, `f32` or `f16`.
     pub precision: &'static str,
+    /// Images per forward.
     pub batch: usize,
+    /// Images per run of the program.
     pub micro_batch: usize,
+    /// Images per second.
     pub throughput_img_s: f64,
+    /// Milliseconds per forward of the whole batch.
     pub latency_ms: f64,
+    /// Peak activation memory of a forward, bytes.
     pub pam_bytes: u64,
+    /// The paper's "FLOPs" per image: twice thop's multiply-accumulate count.
     pub flops_thop: u64,
+    /// Estimated floating-point operations per image, functional operations included.
     pub flops_total: u64,
+    /// Learnable parameters, as PyTorch counts them.
     pub params: u64,
+    /// Timed forwards the figures are the median of.
     pub iters: usize,
 }
 
+/// Median of `v` (mean of the two middle values for an even length; NaN-safe ordering by
+/// `f64::total_cmp`). Panics on an empty vector.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -52,6 +65,7 @@ pub struct BenchOptions {
     /// Timed forwards (of each configuration); `None`: as many as fit in `budget_secs` (per
     /// configuration), between 3 and 100.
     pub iters: Option<usize>,
+    /// Time budget per configuration in seconds, used when `iters` is `None`.
     pub budget_secs: f64,
 }
 

@@ -38,6 +38,7 @@ pub const DEIT_SCHEDULES: [&str; 5] = [
     "tome:16,-1",
     "tome:13,-0.5",
 ];
+/// Default rows for PiT (see [`DEIT_SCHEDULES`]).
 pub const PIT_SCHEDULES: [&str; 5] = [
     "none",
     "constant:16",
@@ -57,8 +58,10 @@ pub fn default_schedules(cfg: &crate::model::ModelConfig) -> &'static [&'static 
     }
 }
 
+/// Arguments of `sret-tome bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Schedules to measure (repeatable); default: the rows of the paper's Table 1 (for DeiT:
@@ -76,18 +79,21 @@ pub struct BenchArgs {
     /// about 5 s per configuration, at least 3).
     #[arg(long)]
     pub iters: Option<usize>,
+    /// Write the results (rows, adapter, timing method, matmul ceiling) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also time each kernel family (stem, attention, MLP, matching, merge, unmerge, pooling,
     /// head) with a timestamped pass per dispatch, and print where the time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Write the result rows as CSV to this file.
     #[arg(long)]
     pub csv: Option<PathBuf>,
     /// Measure every schedule in both f32 and f16 storage (interleaved in one run), instead of
     /// only the `--precision` given.
     #[arg(long)]
     pub both_precisions: bool,
+    /// GPU choice and precision.
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -96,6 +102,7 @@ fn pct(v: f64, base: f64) -> String {
     format!("{:+.1}%", 100.0 * (v / base - 1.0))
 }
 
+/// Run `sret-tome bench`: time every schedule at every batch size and print the table.
 pub fn run(a: BenchArgs) -> Result<()> {
     for out in a.json.iter().chain(&a.csv) {
         crate::io::files::check_output(out, &a.model.inputs())?;

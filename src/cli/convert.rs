@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::io::{checkpoint, safetensors::load_safetensors_bytes};
 use crate::model::ModelConfig;
 
+/// Arguments of `sret-tome convert`.
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// torch.save checkpoint (PyTorch >= 1.6); the state dict at the top level or under
@@ -20,6 +21,8 @@ pub struct ConvertArgs {
     pub model: Option<String>,
 }
 
+/// Run `sret-tome convert`: read the checkpoint's state dict, write it as safetensors, and
+/// optionally check that it loads as the named model.
 pub fn run(a: ConvertArgs) -> Result<()> {
     crate::io::files::check_output(&a.output, &[&a.input])?;
     let tensors = checkpoint::read_state_dict(&a.input)?;

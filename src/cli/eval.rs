@@ -46,6 +46,7 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// The data source the arguments name: `--data DIR` or `--synthetic N`, exactly one.
     pub fn source(&self) -> Result<DataSource> {
         match (&self.data, self.synthetic) {
             (Some(root), None) => Ok(DataSource::Folder {
@@ -99,15 +100,19 @@ impl DataArgs {
         Ok(ds)
     }
 
+    /// Decoding threads: `--workers`, or the default (the machine's parallelism, at most 8).
     pub fn workers(&self) -> usize {
         self.workers.unwrap_or_else(default_workers).max(1)
     }
 }
 
+/// Arguments of `sret-tome eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The images to evaluate on.
     #[command(flatten)]
     pub data: DataArgs,
     /// Schedules to evaluate (repeatable); the uncompressed model always runs as the reference.
@@ -129,8 +134,10 @@ pub struct EvalArgs {
     /// Write the results (counts, so that shards add up) as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the results as CSV too.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// GPU choice and precision.
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -161,6 +168,7 @@ pub fn default_eval_batch(gpu: &Gpu) -> usize {
     }
 }
 
+/// The weight file's path as text, or `synthetic` without one (for results files).
 pub fn weights_name(m: &ModelArgs) -> String {
     m.weights
         .as_ref()
@@ -310,6 +318,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
     Ok(res)
 }
 
+/// Run `sret-tome eval`: evaluate every schedule and the uncompressed reference on the data.
 pub fn run(a: EvalArgs) -> Result<()> {
     run_eval(a).map(|_| ())
 }

@@ -14,8 +14,10 @@ use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 use crate::EngineBuilder;
 
+/// Arguments of `sret-tome infer`.
 #[derive(Args, Debug)]
 pub struct InferArgs {
+    /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
     /// A safetensors file with `images` f32 `[B,3,224,224]` (normalised), or image files.
@@ -34,6 +36,7 @@ pub struct InferArgs {
     /// Also write `perm.<stage>.<exec>`, `merge.<stage>.<exec>.map|mass` and `stage_map.<stage>`.
     #[arg(long)]
     pub trace: bool,
+    /// GPU choice and precision.
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -45,6 +48,7 @@ fn softmax(v: &[f32]) -> Vec<f32> {
     e.into_iter().map(|x| x / s).collect()
 }
 
+/// Run `sret-tome infer`: classify the images, print the top classes and write the logits.
 pub fn run(a: InferArgs) -> Result<()> {
     // The output is checked before any work: directory there and writable, not an input.
     let mut inputs = a.model.inputs();

@@ -102,13 +102,18 @@ pub fn load_images(
 
 /// A tensor to write: name, shape and little-endian bytes.
 pub struct OutTensor {
+    /// Tensor name in the file.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
+    /// The elements, little-endian.
     pub bytes: Vec<u8>,
 }
 
 impl OutTensor {
+    /// An f32 tensor `name` of `shape` holding `v`.
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> Self {
         OutTensor {
             name: name.into(),

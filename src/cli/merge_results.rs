@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::eval::results::{merge, Kind, QualityMetric, ResultsFile};
 use crate::model::ModelConfig;
 
+/// Arguments of `sret-tome merge-results`.
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// The shards' JSON results (from eval --json or sweep --out-dir).
@@ -32,6 +33,7 @@ pub struct MergeArgs {
     pub quality: Option<QualityMetric>,
 }
 
+/// Join the shards, write the merged JSON, CSV (and a sweep's figures) and return the result.
 pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
     let inputs: Vec<&std::path::Path> = a.files.iter().map(|p| p.as_path()).collect();
     for name in ["eval.json", "eval.csv", "sweep.json", "sweep.csv"] {
@@ -87,6 +89,7 @@ pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
     Ok(res)
 }
 
+/// Run `sret-tome merge-results`.
 pub fn run(a: MergeArgs) -> Result<()> {
     run_merge(a).map(|_| ())
 }

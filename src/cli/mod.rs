@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::Result;
 use crate::gpu::{AdapterChoice, PipelineCache};
 
+/// The `sret-tome` command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "sret-tome",
@@ -42,6 +43,7 @@ pub struct Cli {
     /// `linear=portable,attention=vec4` (kinds: linear, conv, attention, matching).
     #[arg(long, global = true, value_parser = parse_variants)]
     pub kernels: Option<crate::gpu::Variants>,
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,8 +74,10 @@ impl Cli {
 pub enum VectorWidth {
     /// 512 bits where the CPU has AVX-512F, else leave llvmpipe's default.
     Auto,
+    /// 256-bit vectors.
     #[value(name = "256")]
     Bits256,
+    /// 512-bit vectors.
     #[value(name = "512")]
     Bits512,
 }
@@ -135,6 +139,7 @@ pub fn cpu_has_avx512f() -> bool {
     }
 }
 
+/// The subcommands of `sret-tome`.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Classify images; write logits (and with --trace the permutations and merge maps).
@@ -189,6 +194,7 @@ impl GpuArgs {
         }
     }
 
+    /// The adapter these arguments select.
     pub fn choice(&self) -> AdapterChoice {
         AdapterChoice {
             backends: self.backend.clone(),
@@ -279,6 +285,7 @@ pub fn check_batch(what: &'static str, batch: usize, max: usize, why: &str) -> R
     Ok(())
 }
 
+/// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Infer(a) => infer::run(a),

@@ -15,8 +15,10 @@ use crate::runtime::ForwardSpec;
 use crate::tome::DEFAULT_SEED;
 use crate::tome::{self, Schedule};
 
+/// Arguments of `sret-tome plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
+    /// Model whose trajectory to plan.
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
     /// Token merging schedule: none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA,
@@ -41,6 +43,7 @@ pub struct PlanArgs {
 /// and what the autotune cache already holds).
 const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching) on its adapter at build, unless --autotune off or --kernels";
 
+/// Run `sret-tome plan`: print the token trajectory, FLOPs and parameters of a schedule.
 pub fn run(a: PlanArgs) -> Result<()> {
     let cfg = ModelConfig::by_name(&a.model)?;
     let schedule: Schedule = a.schedule.parse()?;

@@ -21,6 +21,7 @@ use crate::model::ModelConfig;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 
+/// `--shard-by`: what the shards of a sweep split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ShardBy {
     /// Each shard runs its grid points over all images.
@@ -29,8 +30,10 @@ pub enum ShardBy {
     Images,
 }
 
+/// Arguments of `sret-tome sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
+    /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
     /// r_init values: START:STOP:STEP (inclusive) or V1,V2,...
@@ -42,6 +45,7 @@ pub struct SweepArgs {
     /// Other schedules to measure alongside the grid (repeatable), e.g. constant:10, linear:10.
     #[arg(long)]
     pub schedule: Vec<String>,
+    /// The images to evaluate on.
     #[command(flatten)]
     pub data: DataArgs,
     /// Images per forward for quality (default 32; 4 on a CPU adapter).
@@ -81,11 +85,13 @@ pub struct SweepArgs {
     /// the slices with merge-results.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
+    /// What the shards split: grid (the grid points) or images.
     #[arg(long, value_enum, default_value = "grid")]
     pub shard_by: ShardBy,
     /// Directory for sweep.json, sweep.csv and the figures (PNG and SVG).
     #[arg(long, default_value = "sweep-results")]
     pub out_dir: PathBuf,
+    /// GPU choice and precision.
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -112,6 +118,7 @@ pub fn write_figures(
     Ok(files)
 }
 
+/// Run the sweep the arguments describe, write its JSON, CSV and figures, and return the results.
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     crate::io::files::check_output_dir(&a.out_dir, &a.model.inputs())?;
     let earlier = earlier_files(&a.out_dir);
@@ -271,6 +278,7 @@ pub fn report_earlier(dir: &Path, earlier: &[PathBuf], written: &[PathBuf]) {
     }
 }
 
+/// Run `sret-tome sweep`.
 pub fn run(a: SweepArgs) -> Result<()> {
     run_sweep_cmd(a).map(|_| ())
 }

@@ -10,8 +10,10 @@ use super::io::{write_safetensors, OutTensor};
 use crate::error::Result;
 use crate::model::Model;
 
+/// Arguments of `sret-tome synthetic`.
 #[derive(Args, Debug)]
 pub struct SyntheticArgs {
+    /// Model whose synthetic weights to write.
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
     /// Where to write the weights (safetensors, the reference's state_dict names).
@@ -20,6 +22,7 @@ pub struct SyntheticArgs {
     /// Also write `images` f32 `[B,3,224,224]` of synthetic, normalised-looking inputs.
     #[arg(long)]
     pub images_out: Option<PathBuf>,
+    /// Number of images written with --images-out.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Seed of the synthetic images.
@@ -30,6 +33,7 @@ pub struct SyntheticArgs {
 /// Most bytes of synthetic images written (2 GiB, what one forward takes on common devices).
 pub const MAX_SYNTHETIC_IMAGE_BYTES: usize = 2 << 30;
 
+/// Run `sret-tome synthetic`: write the model's synthetic weights (and images).
 pub fn run(a: SyntheticArgs) -> Result<()> {
     let cfg = crate::model::ModelConfig::by_name(&a.model)?;
     if a.images_out.is_some() {

@@ -15,8 +15,10 @@ use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
 use crate::EngineBuilder;
 
+/// Arguments of `sret-tome visualize`.
 #[derive(Args, Debug)]
 pub struct VisualizeArgs {
+    /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
     /// The image (JPEG or PNG), preprocessed as for evaluation (resize 256, centre crop 224).
@@ -37,10 +39,12 @@ pub struct VisualizeArgs {
     /// Output pixels per input pixel (panels are 224 x scale wide).
     #[arg(long, default_value_t = 2)]
     pub scale: u32,
+    /// GPU choice and precision.
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
 
+/// Run the forward with tracing, draw the merge picture and return each stage's map.
 pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     let is_png = a
         .out
@@ -136,6 +140,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     Ok(maps)
 }
 
+/// Run `sret-tome visualize`.
 pub fn run(a: VisualizeArgs) -> Result<()> {
     run_visualize(a).map(|_| ())
 }

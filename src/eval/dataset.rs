@@ -36,7 +36,9 @@ pub const IMG_EXTENSIONS: [&str; 9] = [
 /// A file that could not be used, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    /// The file, as given or found.
     pub path: String,
+    /// Why it was not used.
     pub why: String,
 }
 
@@ -46,20 +48,26 @@ pub enum SampleItem {
     /// An image file, decoded and preprocessed as torchvision's ImageNet evaluation transform.
     File(PathBuf),
     /// [`crate::model::synthetic_images`] of one image with this seed.
-    Synthetic { seed: u64 },
+    Synthetic {
+        /// Seed of the image's pixels.
+        seed: u64,
+    },
 }
 
+/// One image of a data set, with its position and label.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Position in the whole data set (before `--limit` and sharding): identifies the sample in
     /// results and across shards.
     pub index: usize,
+    /// Where its pixels come from.
     pub item: SampleItem,
     /// The model's class index, when the layout has labels.
     pub label: Option<usize>,
 }
 
 impl Sample {
+    /// The file path, or a description of the synthetic image, for messages.
     pub fn describe(&self) -> String {
         match &self.item {
             SampleItem::File(p) => p.display().to_string(),
@@ -97,13 +105,22 @@ pub enum ClassMap {
 /// The data to evaluate on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DataSource {
+    /// Image files under a directory.
     Folder {
+        /// The directory.
         root: PathBuf,
+        /// How the directory is read (class folders or flat).
         layout: Layout,
+        /// How class folders map to the model's class indices.
         class_map: ClassMap,
     },
     /// `count` deterministic synthetic images, image `i` drawn with seed `seed + i`.
-    Synthetic { count: usize, seed: u64 },
+    Synthetic {
+        /// Number of images.
+        count: usize,
+        /// Seed of the first image.
+        seed: u64,
+    },
 }
 
 impl DataSource {
@@ -155,6 +172,7 @@ impl DataSource {
 /// A scanned data set.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// Description of the data (see [`DataSource::describe`]).
     pub source: String,
     /// Class folder names, sorted (empty without labels).
     pub classes: Vec<String>,
@@ -162,15 +180,18 @@ pub struct Dataset {
     pub class_labels: Vec<usize>,
     /// How folders were mapped to class indices (`None` without labels).
     pub class_map: Option<ClassMap>,
+    /// The samples, in data-set order.
     pub samples: Vec<Sample>,
     /// Number of samples in the whole data set (before [`Dataset::limit`] and sharding).
     pub total: usize,
     /// Files that are not samples: no image extension, or not inside a class folder.
     pub skipped: Vec<Problem>,
+    /// Remarks about the scan (e.g. an uncertain class mapping), copied into results.
     pub warnings: Vec<String>,
 }
 
 impl Dataset {
+    /// Whether the samples have labels (a class mapping was made).
     pub fn labelled(&self) -> bool {
         self.class_map.is_some()
     }

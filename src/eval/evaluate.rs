@@ -25,6 +25,7 @@ use crate::runtime::ForwardSpec;
 use crate::tome::Schedule;
 use crate::{Engine, EngineBuilder};
 
+/// How `eval` and `sweep` measure quality.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
     /// Images per forward.
@@ -60,6 +61,7 @@ pub fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
+/// The quality of every schedule and of the baseline over the same images.
 #[derive(Clone, Debug)]
 pub struct EvalOutcome {
     /// The uncompressed model's stats (agreement 100 %, KL 0 by definition).

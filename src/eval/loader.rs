@@ -30,6 +30,7 @@ use crate::model::ModelConfig;
 /// One batch: `samples.len()` images (at most the batch size), zero-padded to the full batch.
 #[derive(Debug)]
 pub struct Batch {
+    /// The samples of the batch, in order.
     pub samples: Vec<Sample>,
     /// `[batch, 3, size, size]`; images past `samples.len()` are zeros.
     pub images: Vec<f32>,
@@ -48,6 +49,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The consumer's position, which workers wait on to stay inside the window.
 type Progress = Arc<(Mutex<usize>, Condvar)>;
 
+/// Decodes samples on worker threads, a bounded window ahead, and hands them out as batches
+/// in data-set order.
 pub struct Loader {
     samples: Arc<Vec<Sample>>,
     batch: usize,
@@ -202,6 +205,7 @@ impl Loader {
     pub fn len(&self) -> usize {
         self.samples.len()
     }
+    /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }

@@ -61,11 +61,14 @@ pub fn kl_divergence(ref_logp: &[f32], logp: &[f32]) -> f64 {
 /// What the uncompressed model said about one image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reference {
+    /// Its top-1 class.
     pub top1: usize,
+    /// Its log-softmax over classes.
     pub logp: Vec<f32>,
 }
 
 impl Reference {
+    /// The top-1 class and log-softmax of one image's logits.
     pub fn from_logits(logits: &[f32]) -> Reference {
         Reference {
             top1: argmax(logits),
@@ -81,7 +84,9 @@ pub struct QualityStats {
     pub images: u64,
     /// Images with a label.
     pub labelled: u64,
+    /// Labelled images whose top-1 class is the label.
     pub top1_correct: u64,
+    /// Labelled images whose label is among the top-5 classes.
     pub top5_correct: u64,
     /// Images compared with the uncompressed model.
     pub compared: u64,
@@ -177,6 +182,7 @@ impl QualityStats {
         Ok(())
     }
 
+    /// Add the counts of `o` (another shard or batch) to these.
     pub fn merge(&mut self, o: &QualityStats) {
         self.images += o.images;
         self.labelled += o.labelled;
@@ -195,6 +201,7 @@ impl QualityStats {
     pub fn top1(&self) -> Option<f64> {
         Self::pct(self.top1_correct, self.labelled)
     }
+    /// Top-5 accuracy in percent of labelled images (`None` without labels).
     pub fn top5(&self) -> Option<f64> {
         Self::pct(self.top5_correct, self.labelled)
     }

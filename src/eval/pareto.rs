@@ -7,7 +7,9 @@
 /// Direction of one objective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sense {
+    /// Higher is better.
     Maximize,
+    /// Lower is better.
     Minimize,
 }
 

@@ -132,7 +132,9 @@ impl<T, E: Display> Ctx<T> for std::result::Result<T, E> {
 
 /// Something drawable on any plotters backend.
 pub trait Figure {
+    /// Width and height of the figure, pixels.
     fn size(&self) -> (u32, u32);
+    /// Draw the figure onto `root`.
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DResult;
 }
 
@@ -280,6 +282,7 @@ fn r_inits(res: &ResultsFile) -> Vec<f64> {
 
 /// The Pareto frontier (paper Fig. 7).
 pub struct FrontierFigure<'a> {
+    /// The sweep results to plot.
     pub results: &'a ResultsFile,
 }
 
@@ -469,7 +472,9 @@ impl Figure for FrontierFigure<'_> {
 
 /// The effect of alpha at fixed `r_init` (paper Fig. 6 at batch 128, Fig. 8 at batch 1).
 pub struct AlphaFigure<'a> {
+    /// The sweep results to plot.
     pub results: &'a ResultsFile,
+    /// Batch size whose throughput is plotted.
     pub batch: usize,
 }
 

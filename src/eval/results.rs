@@ -20,13 +20,18 @@ use crate::model::ModelConfig;
 use crate::runtime::cost;
 use crate::tome::{self, Schedule};
 
+/// The `format` string every results file carries.
 pub const FORMAT: &str = "sret-tome-results";
+/// The results-file version this build writes and reads.
 pub const VERSION: u32 = 1;
 
+/// Which command wrote a results file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// `sret-tome eval`: the schedules named on the command line.
     Eval,
+    /// `sret-tome sweep`: the baseline and a grid of `exp` schedules.
     Sweep,
 }
 
@@ -55,12 +60,17 @@ pub enum Role {
 /// One measured `(schedule, batch)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchPoint {
+    /// Images per forward.
     pub batch: usize,
+    /// Images per run of the program.
     pub micro_batch: usize,
+    /// Images per second.
     pub throughput_img_s: f64,
+    /// Milliseconds per forward of the whole batch.
     pub latency_ms: f64,
     /// Peak activation memory: the planned arena of one forward.
     pub pam_bytes: u64,
+    /// Timed forwards the figures are the median of.
     pub iters: usize,
 }
 
@@ -77,34 +87,49 @@ impl From<&BenchRow> for BenchPoint {
     }
 }
 
+/// Everything measured and derived for one schedule: static cost, quality counts, timings
+/// and, after [`ResultsFile::finalize`], the quality percentages and the Pareto flag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleResult {
     /// Canonical spec (`exp:0.25,0`).
     pub schedule: String,
+    /// Why the schedule is in the results.
     pub role: Role,
+    /// `RINIT` of an `exp` schedule, else `None`.
     pub r_init: Option<f64>,
+    /// `ALPHA` of an `exp` schedule, else `None`.
     pub alpha: Option<f64>,
     /// Tokens merged over the network (static).
     pub removed_tokens: usize,
+    /// The paper's "FLOPs" per image (twice thop's multiply-accumulates).
     pub flops_thop: u64,
+    /// Estimated floating-point operations per image, functional operations included.
     pub flops_total: u64,
+    /// Learnable parameters.
     pub params: u64,
     /// An earlier schedule with the same merged counts everywhere (same program, same results).
     #[serde(default)]
     pub same_as: Option<String>,
+    /// Quality counts over the evaluated images, when quality was measured.
     #[serde(default)]
     pub quality: Option<QualityStats>,
+    /// Timings, one per measured batch size.
     #[serde(default)]
     pub bench: Vec<BenchPoint>,
     // Derived by `finalize`.
+    /// Top-1 accuracy, % (derived; needs labels).
     #[serde(default)]
     pub top1: Option<f64>,
+    /// Top-5 accuracy, % (derived; needs labels).
     #[serde(default)]
     pub top5: Option<f64>,
+    /// Top-1 agreement with the baseline, % (derived).
     #[serde(default)]
     pub agreement: Option<f64>,
+    /// Mean KL divergence from the baseline's softmax, nats (derived).
     #[serde(default)]
     pub mean_kl: Option<f64>,
+    /// Whether the schedule is on the Pareto frontier (derived; never the baseline).
     #[serde(default)]
     pub pareto: bool,
 }
@@ -137,6 +162,7 @@ impl ScheduleResult {
         })
     }
 
+    /// The timing at batch size `batch`, if it was measured.
     pub fn bench_at(&self, batch: usize) -> Option<&BenchPoint> {
         self.bench.iter().find(|b| b.batch == batch)
     }
@@ -167,6 +193,7 @@ pub enum QualityMetric {
 }
 
 impl QualityMetric {
+    /// Axis label for tables and figures, with the unit.
     pub fn label(&self) -> &'static str {
         match self {
             QualityMetric::Top1 => "top-1 accuracy (%)",
@@ -182,9 +209,11 @@ impl QualityMetric {
             _ => Sense::Maximize,
         }
     }
+    /// Whether values are percentages (all but KL).
     pub fn is_percent(&self) -> bool {
         *self != QualityMetric::Kl
     }
+    /// Whether the metric needs labelled data (top-1 and top-5).
     pub fn needs_labels(&self) -> bool {
         matches!(self, QualityMetric::Top1 | QualityMetric::Top5)
     }
@@ -205,29 +234,40 @@ fn verb(s: Sense) -> &'static str {
     }
 }
 
+/// The data set a results file was computed on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     /// `folder DIR` or `synthetic N images (seed S)`.
     pub source: String,
+    /// Whether the samples have ground-truth labels.
     pub labelled: bool,
+    /// How folder names map to class indices, for labelled folders.
     pub class_map: Option<ClassMap>,
+    /// Number of class folders (0 without labels).
     pub classes: usize,
     /// Samples in the whole data set.
     pub images_total: usize,
     /// Samples evaluated over all shards (after `--limit`).
     pub images_selected: usize,
+    /// The `--limit` on the number of samples, if any.
     pub limit: Option<usize>,
 }
 
+/// The GPU adapter a results file was measured on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdapterInfo {
+    /// Adapter name as the driver reports it.
     pub name: String,
+    /// wgpu backend (`Vulkan`, `Metal`, `Dx12`, `Gl`).
     pub backend: String,
+    /// Driver name and version.
     pub driver: String,
+    /// wgpu's device type (`DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu`, `Other`).
     pub device_type: String,
 }
 
 impl AdapterInfo {
+    /// The description of `gpu`'s adapter.
     pub fn of(gpu: &crate::gpu::Gpu) -> AdapterInfo {
         AdapterInfo {
             name: gpu.info.name.clone(),
@@ -238,23 +278,34 @@ impl AdapterInfo {
     }
 }
 
+/// The `(r_init, alpha)` grid of a sweep.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GridInfo {
+    /// `RINIT` values of the grid.
     pub r_init: Vec<f64>,
+    /// `ALPHA` values of the grid.
     pub alpha: Vec<f64>,
 }
 
+/// A whole results file of `eval` or `sweep`: its header (model, data, device, shards) and one
+/// [`ScheduleResult`] per schedule. Written as JSON (the source of truth) and as CSV.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultsFile {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// Always [`VERSION`] for files this build writes.
     pub version: u32,
+    /// The command that wrote the file.
     pub kind: Kind,
+    /// Model name.
     pub model: String,
     /// Weight file, or `synthetic`.
     pub weights: String,
     /// Seed of the recursive passes' permutations.
     pub seed: u64,
+    /// The adapter the run used (`None` when it opened no GPU).
     pub adapter: Option<AdapterInfo>,
+    /// The data set.
     pub data: DataInfo,
     /// Images per forward in the quality evaluation.
     pub eval_batch: usize,
@@ -262,8 +313,11 @@ pub struct ResultsFile {
     pub bench_batches: Vec<usize>,
     /// Shards contained in this file (`[1/1]` for a whole run).
     pub shards: Vec<Shard>,
+    /// What the shards split: images or grid points.
     pub shard_unit: ShardUnit,
+    /// The sweep's grid (`None` for `eval`).
     pub grid: Option<GridInfo>,
+    /// The quality axis of the frontier.
     pub quality_metric: QualityMetric,
     /// Batch whose throughput and PAM the frontier uses (`None`: FLOPs instead).
     pub pareto_batch: Option<usize>,
@@ -274,8 +328,10 @@ pub struct ResultsFile {
     pub failures: Vec<Problem>,
     /// Files that are not samples.
     pub skipped: Vec<Problem>,
+    /// Remarks for the reader (data-set warnings, merge notes).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// One row per schedule, the baseline included.
     pub results: Vec<ScheduleResult>,
 }
 
@@ -384,18 +440,23 @@ impl ResultsFile {
         self.pareto_objectives = names;
     }
 
+    /// The uncompressed schedule's row, if any.
     pub fn baseline(&self) -> Option<&ScheduleResult> {
         self.results.iter().find(|r| r.role == Role::Baseline)
     }
 
+    /// The file as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// Write the file as JSON to `path`.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         write_text(path, &(self.to_json() + "\n"))
     }
 
+    /// Read a results file written by this crate; errors when it is not JSON of this format and
+    /// version.
     pub fn read_json(path: &Path) -> Result<ResultsFile> {
         let text = crate::io::files::read_regular_text(path, MAX_RESULTS_BYTES, "results file")?;
         let f: ResultsFile = serde_json::from_str(&text).map_err(|e| {
@@ -470,6 +531,7 @@ impl ResultsFile {
         s
     }
 
+    /// Write the CSV view to `path`.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
         write_text(path, &self.to_csv())
     }

@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Slice `index` of `count` of the work (`--shard K/N`), so that runs on several machines can
+/// split a data set or a grid and be merged afterwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
     /// 1-based slice number.
     pub index: usize,
+    /// Number of slices.
     pub count: usize,
 }
 
@@ -28,6 +31,7 @@ impl Shard {
     /// The whole: one slice of one.
     pub const WHOLE: Shard = Shard { index: 1, count: 1 };
 
+    /// Slice `index` (1-based) of `count`; errors unless `1 <= index <= count`.
     pub fn new(index: usize, count: usize) -> Result<Shard> {
         if count == 0 {
             return Err(Error::arg(
@@ -53,6 +57,7 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
+    /// Whether this is the only slice.
     pub fn is_whole(&self) -> bool {
         self.count == 1
     }

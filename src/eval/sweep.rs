@@ -24,17 +24,25 @@ use crate::model::Model;
 use crate::tome::Schedule;
 use std::sync::Arc;
 
+/// Everything a `sweep` measures: the `(r_init, alpha)` grid of `exp` schedules, extra
+/// schedules, and how to time and evaluate them.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
+    /// `RINIT` values of the grid.
     pub r_init: Vec<f64>,
+    /// `ALPHA` values of the grid.
     pub alpha: Vec<f64>,
     /// Schedules measured alongside the grid (e.g. `constant:10`, `linear:10`).
     pub extra: Vec<Schedule>,
     /// Batches to measure throughput and PAM at; empty: no timing (frontier on FLOPs).
     pub bench_batches: Vec<usize>,
+    /// How long to time each configuration.
     pub bench: BenchOptions,
+    /// How to evaluate quality.
     pub eval: EvalOptions,
+    /// The slice of the work this run does.
     pub shard: Shard,
+    /// Whether shards split the images or the grid points.
     pub shard_by: ShardUnit,
     /// Batch whose throughput/PAM the frontier uses; default the largest measured.
     pub pareto_batch: Option<usize>,
@@ -45,7 +53,9 @@ pub struct SweepConfig {
 /// Where the run's inputs came from, for the results file.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
+    /// Weight file, or `synthetic`.
     pub weights: String,
+    /// The `--limit` on the number of samples, if any.
     pub limit: Option<usize>,
 }
 

@@ -31,6 +31,7 @@ use crate::tome::Trajectory;
 /// One stage's map from original patches to merged tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageMap {
+    /// Stage index, 0-based.
     pub stage: usize,
     /// Grid side (28, 14, 7).
     pub side: usize,
@@ -38,6 +39,7 @@ pub struct StageMap {
     pub slots: Vec<u32>,
     /// Tokens entering the stage and leaving its last execution.
     pub tokens_in: usize,
+    /// Tokens leaving the stage's last execution.
     pub tokens_out: usize,
     /// Groups of the stage's first execution (the borders drawn).
     pub groups: usize,
@@ -115,6 +117,7 @@ pub fn denormalize(chw: &[f32], size: usize) -> RgbImage {
     })
 }
 
+/// How a merge picture colours the tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Style {
     /// Each patch takes the mean colour of its token (ToMe's visualisation).
@@ -274,7 +277,9 @@ pub fn render_stage(img: &RgbImage, map: &StageMap, style: Style, scale: u32) ->
 
 /// Layout of the whole picture (all in output pixels).
 pub const MARGIN: u32 = 16;
+/// Height of the caption band above the panels.
 pub const HEADER: u32 = 70;
+/// Height of the caption band below the panels.
 pub const FOOTER: u32 = 64;
 
 /// The full picture: the input crop, then one panel per stage, with captions.

@@ -17,11 +17,15 @@ pub struct AdapterChoice {
 /// A device plus what the planner needs to know about it.
 #[derive(Clone, Debug)]
 pub struct Gpu {
+    /// The device every buffer and pipeline of a plan lives on.
     pub device: wgpu::Device,
+    /// The device's queue.
     pub queue: wgpu::Queue,
+    /// The adapter's name, backend and subgroup sizes.
     pub info: wgpu::AdapterInfo,
     /// Features enabled on `device` (what the planner may use).
     pub features: wgpu::Features,
+    /// Limits of `device` (buffer sizes, workgroup sizes) the planner checks against.
     pub limits: wgpu::Limits,
     /// Set when the device is lost (for devices this crate created; a borrowed device keeps
     /// its application's lost-device callback), so errors can say so.
@@ -220,6 +224,8 @@ impl Gpu {
         }
     }
 
+    /// Whether the device can write GPU timestamps (`Features::TIMESTAMP_QUERY`), for
+    /// per-family timing.
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }

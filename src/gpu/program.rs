@@ -13,22 +13,32 @@ use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
 use super::variants::{KernelKind, Variant, Variants};
 use crate::error::{Error, Result};
 
+/// Index of a tensor declared on a [`ProgramBuilder`], valid in the [`Program`] it finishes into.
 pub type TensorId = usize;
 
 /// Which part of the network a dispatch belongs to, for per-family timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
+    /// The convolutional stem (and the DeiT/PiT patch convolution).
     Stem,
+    /// Attention: qkv projection, fused sliced attention, output projection.
     Attention,
+    /// The block MLPs and the `Non_proj` MLPs.
     Mlp,
+    /// Bipartite matching: the metric, each A token's best match and the ranking.
     Matching,
+    /// Output slots, the mass-weighted merge and the unmerge-map update.
     Merge,
+    /// Restoring the stage's full grid before pooling.
     Unmerge,
+    /// The convolutional pooling between stages.
     Pooling,
+    /// Final norm, token pooling and the classifier heads.
     Head,
 }
 
 impl Family {
+    /// Every family, in network order.
     pub const ALL: [Family; 8] = [
         Family::Stem,
         Family::Attention,
@@ -39,6 +49,7 @@ impl Family {
         Family::Pooling,
         Family::Head,
     ];
+    /// Human-readable name, as reports print it.
     pub fn name(self) -> &'static str {
         match self {
             Family::Stem => "conv stem",
@@ -103,14 +114,22 @@ pub struct ProgramBuilder {
 
 /// One dispatch, ready to record.
 pub struct Dispatch {
+    /// The compiled pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// The bind group of its tensors and uniform parameters.
     pub bind_group: wgpu::BindGroup,
+    /// Workgroup counts in x, y and z.
     pub workgroups: [u32; 3],
+    /// The part of the network it belongs to.
     pub family: Family,
+    /// The kernel and its substitutions.
     pub key: KernelKey,
 }
 
+/// A finished program: its dispatches with their bind groups and the buffers behind every
+/// tensor. Recording it allocates nothing.
 pub struct Program {
+    /// Every dispatch, in execution order.
     pub dispatches: Vec<Dispatch>,
     /// Device buffers backing the activations.
     arena: Vec<wgpu::Buffer>,
@@ -147,8 +166,11 @@ pub fn subgroup_width_for(features: wgpu::Features, info: &wgpu::AdapterInfo) ->
 /// An activation's size and live range (steps, inclusive).
 #[derive(Clone, Copy, Debug)]
 pub struct Interval {
+    /// Size in bytes.
     pub bytes: u64,
+    /// First step that uses it.
     pub first: usize,
+    /// Last step that uses it.
     pub last: usize,
 }
 
@@ -157,6 +179,7 @@ pub struct Interval {
 pub struct ArenaPlan {
     /// Per tensor: `(buffer, byte offset)`, `None` for tensors outside the arena.
     pub placement: Vec<Option<(usize, u64)>>,
+    /// Size in bytes of each arena buffer.
     pub buffer_sizes: Vec<u64>,
     /// Most bytes live at any one step: a lower bound of any arena's size.
     pub peak_live_bytes: u64,
@@ -337,6 +360,7 @@ impl ProgramBuilder {
         self.f16 = on;
     }
 
+    /// Whether activations and weights are stored as f16.
     pub fn f16(&self) -> bool {
         self.f16
     }
@@ -732,6 +756,7 @@ impl Program {
         }
     }
 
+    /// Size in bytes of tensor `t` as declared.
     pub fn tensor_size(&self, t: TensorId) -> u64 {
         self.tensor_bytes[t].1
     }

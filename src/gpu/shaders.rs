@@ -25,36 +25,64 @@ use std::sync::{Arc, Mutex};
 /// Every kernel the engine dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
+    /// `conv.wgsl`: direct 2-D convolution with groups (the pooling between stages), bias,
+    /// optional ReLU and positional embedding.
     Conv,
+    /// `conv_dense.wgsl`: dense convolution for the stem, 16 output channels per invocation
+    /// from transposed weights.
     ConvDense,
+    /// `conv_sg.wgsl`: the dense stem convolution using subgroup broadcasts.
     ConvSg,
+    /// `layernorm.wgsl`: LayerNorm over the last axis, one invocation per row.
     LayerNorm,
+    /// `ln_stats.wgsl`: per-row LayerNorm statistics for a linear layer that normalises as it
+    /// loads.
     LnStats,
+    /// `linear.wgsl`: `x W^T + b` with a fused epilogue (bias, GELU or residual).
     Linear,
+    /// `linear_sg.wgsl`: the linear layer with subgroup broadcasts, 32-row tiles.
     LinearSg,
     /// 64-row tiles of the same kernel (the full tiles up to 16 lanes).
     LinearSgR64,
     /// Tails of 16 and 8 rows (`LinearSg` is the 32-row tail of 64-row tiles).
     LinearSgR16,
+    /// 8-row tails of the subgroup linear kernel.
     LinearSgR8,
+    /// `attention.wgsl`: fused sliced group attention with proportional attention (online
+    /// softmax, scores never stored).
     Attention,
+    /// `attention_vec4.wgsl`: the fused attention with vec4 loads, for head sizes that are a
+    /// multiple of 4.
     AttentionVec4,
+    /// `attention_sg.wgsl`: the fused attention sharing keys through subgroup broadcasts.
     AttentionSg,
+    /// `mean_tokens.wgsl`: global average pooling over tokens, `[batch, n, c] -> [batch, c]`.
     MeanTokens,
+    /// `tome_metric.wgsl`: ToMe's matching metric, the keys averaged over heads and
+    /// L2-normalised.
     TomeMetric,
+    /// `tome_match.wgsl`: matching step 1, each A token's most similar B token and the score.
     TomeMatch,
+    /// `tome_match_sg.wgsl`: matching step 1 with subgroup broadcasts.
     TomeMatchSg,
+    /// `tome_rank.wgsl`: matching step 2, the rank of every A token by its best score.
     TomeRank,
+    /// `tome_slots.wgsl`: matching step 3, the output slot of every incoming token.
     TomeSlots,
+    /// `tome_merge.wgsl`: matching step 4, the mass-weighted merge into the new sequence.
     TomeMerge,
+    /// `tome_map_update.wgsl`: composes the stage's unmerge map with one merge's slot map.
     TomeMapUpdate,
+    /// `gather.wgsl`: restores the stage's full token grid through the unmerge map before pooling.
     Gather,
+    /// `copy_tokens.wgsl`: copies a run of tokens between sequences (the lead tokens).
     CopyTokens,
     /// The ImageNet evaluation transform from a texture (its own pipeline, outside programs).
     Preprocess,
 }
 
 impl Shader {
+    /// Every shader, for tests and tools that compile or inspect them all.
     pub const ALL: [Shader; 24] = [
         Shader::Conv,
         Shader::ConvDense,
@@ -82,6 +110,7 @@ impl Shader {
         Shader::Preprocess,
     ];
 
+    /// The file name without `.wgsl`, e.g. `"tome_merge"`; also used in pipeline labels.
     pub fn name(self) -> &'static str {
         match self {
             Shader::Conv => "conv",
@@ -203,6 +232,7 @@ pub const SG_WIDTHS: [u32; 5] = [4, 8, 16, 32, 64];
 /// A shader with its substitution: the pipeline cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KernelKey {
+    /// The kernel.
     pub shader: Shader,
     /// Head size for shaders that declare `HEAD_DIM`; 0 otherwise.
     pub head_dim: u32,
@@ -213,6 +243,7 @@ pub struct KernelKey {
 }
 
 impl KernelKey {
+    /// `shader` with no substitution (f32 storage, no head size, no subgroup width).
     pub fn plain(shader: Shader) -> Self {
         KernelKey {
             shader,
@@ -221,6 +252,8 @@ impl KernelKey {
             sg: 0,
         }
     }
+    /// `shader` with its `HEAD_DIM` set to `head_dim` when the shader declares it (ignored
+    /// otherwise).
     pub fn with_head_dim(shader: Shader, head_dim: usize) -> Self {
         KernelKey {
             shader,
@@ -296,6 +329,7 @@ impl PipelineCache {
         self.trusted
     }
 
+    /// The pipeline for `key`, compiled on `device` the first time and cloned from the cache after.
     pub fn get(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
@@ -340,9 +374,11 @@ impl PipelineCache {
             })
             .clone()
     }
+    /// Number of compiled pipelines.
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
+    /// Whether nothing has been compiled yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -3,12 +3,19 @@
 use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId, Variant};
 use crate::kernels::params::AttentionParams;
 
+/// Sizes of one sliced group attention: `n` tokens split into `groups` equal groups, each
+/// attending only within itself.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
+    /// Images in the batch.
     pub batch: usize,
+    /// Tokens per image; a multiple of `groups`.
     pub n: usize,
+    /// Channels of the model; `qkv` is `[batch, n, 3 * dim]`.
     pub dim: usize,
+    /// Attention heads; divides `dim`.
     pub heads: usize,
+    /// Groups of sliced attention (1 is global attention).
     pub groups: usize,
 }
 

@@ -32,25 +32,37 @@ pub fn upload(b: &mut ProgramBuilder, name: &str, c: &Conv) -> (TensorId, Tensor
 /// Tensor layout on either side of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// `[batch, channels, h, w]`, the image layout (PyTorch's default).
     Nchw,
     /// `[batch, h * w, channels]`, the transformer's layout.
     Tokens,
 }
 
+/// Sizes of one 2-D convolution over a batch of `cin x h x w` inputs with a square kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvShape {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Input height, in pixels or tokens.
     pub h: usize,
+    /// Input width, in pixels or tokens.
     pub w: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Side of the square kernel.
     pub k: usize,
+    /// Stride in both directions.
     pub stride: usize,
+    /// Zero padding on every side.
     pub pad: usize,
+    /// Channel groups (1 for dense, `cin` for depthwise).
     pub groups: usize,
 }
 
 impl ConvShape {
+    /// Output `(height, width)`: `(h + 2 pad - k) / stride + 1`, likewise for `w`.
     pub fn out_hw(&self) -> (usize, usize) {
         (
             (self.h + 2 * self.pad - self.k) / self.stride + 1,
@@ -61,14 +73,21 @@ impl ConvShape {
 
 /// The tensors of one convolution; `weight` and `bias` as [`upload`] lays them out.
 pub struct ConvIo {
+    /// Input tensor, in layout `input`.
     pub x: TensorId,
+    /// Kernel weights.
     pub weight: TensorId,
+    /// Bias, `[cout]`.
     pub bias: TensorId,
     /// Positional embedding `[cout, oh, ow]` added after the activation.
     pub pos: Option<TensorId>,
+    /// Output tensor, in layout `output`.
     pub y: TensorId,
+    /// Layout of `x`.
     pub input: Layout,
+    /// Layout of `y`.
     pub output: Layout,
+    /// Apply ReLU after the bias (NaN is kept, as `torch.relu` does).
     pub relu: bool,
 }
 

@@ -16,7 +16,12 @@ pub enum Epilogue {
     /// `y = gelu(x W^T + b)` (exact, erf-based)
     Gelu,
     /// `y = ca * y + cb * (x W^T + b)`: SReT's residual with its learnable coefficients, in place.
-    Residual { ca: f32, cb: f32 },
+    Residual {
+        /// Scale of the stored `y` (the residual stream).
+        ca: f32,
+        /// Scale of the layer's output.
+        cb: f32,
+    },
 }
 
 /// Output columns rounded up to the kernel's tile width.
@@ -42,12 +47,17 @@ pub fn gpu_layout(l: &Linear) -> (Vec<f32>, Vec<f32>) {
 /// Weights of a linear layer once uploaded in the GPU layout.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearWeights {
+    /// Transposed, padded weights `W^T [in_features, padded(out_features)]`.
     pub wt: TensorId,
+    /// Bias padded to `padded(out_features)`.
     pub bias: TensorId,
+    /// Input width.
     pub in_features: usize,
+    /// Output width (before padding).
     pub out_features: usize,
 }
 
+/// Upload `l` in the GPU layout of [`gpu_layout`], naming the tensors after `name`.
 pub fn upload(b: &mut ProgramBuilder, name: &str, l: &Linear) -> LinearWeights {
     let (wt, bias) = gpu_layout(l);
     LinearWeights {

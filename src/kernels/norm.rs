@@ -3,6 +3,8 @@
 use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::{MeanTokensParams, NormParams};
 
+/// Record a LayerNorm over the last axis: `y[i] = (x[i] - mean) / sqrt(var + eps) * gamma + beta`
+/// for each of the `rows` rows of `x [rows, c]`; `gamma` and `beta` are `[c]`.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     b: &mut ProgramBuilder,

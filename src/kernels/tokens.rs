@@ -8,17 +8,23 @@ use crate::kernels::params::CopyTokensParams;
 /// `out[b, out_off + t] = x[b, in_off + t]` for `t < count`, rows of `c` channels.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenCopy {
+    /// Images in the batch.
     pub batch: usize,
+    /// Tokens copied per image.
     pub count: usize,
+    /// Channels per token.
     pub c: usize,
     /// Tokens per image of `x`; 0 when `x` is one sequence shared by all images.
     pub in_tokens: usize,
+    /// First source token in each image of `x`.
     pub in_off: usize,
     /// Tokens per image of `out`.
     pub out_tokens: usize,
+    /// First destination token in each image of `out`.
     pub out_off: usize,
 }
 
+/// Record the copy `s` from `x` into `out`.
 pub fn record_copy(
     b: &mut ProgramBuilder,
     family: Family,

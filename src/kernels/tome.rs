@@ -19,16 +19,20 @@ pub struct MergeOutputs {
     pub slot: TensorId,
 }
 
+/// Sizes of one token merge (bipartite soft matching on the keys, then a mass-weighted merge).
 #[derive(Clone, Copy, Debug)]
 pub struct MergeShape {
+    /// Images in the batch.
     pub batch: usize,
     /// Tokens entering the merge.
     pub n: usize,
+    /// Tokens merged away per image; the output has `n - r` tokens.
     pub r: usize,
     /// Channels of the residual stream.
     pub c: usize,
     /// Channels of the model (`dim`) and heads, to read keys out of `qkv`.
     pub dim: usize,
+    /// Attention heads; the matching metric is the keys averaged over heads.
     pub heads: usize,
     /// Tokens of the stage's grid (length of the unmerge map).
     pub n_grid: usize,

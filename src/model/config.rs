@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 pub struct StageConfig {
     /// Channel width (`base_dim * heads`).
     pub dim: usize,
+    /// Attention heads; `dim` is a multiple of it.
     pub heads: usize,
     /// Number of `Transformer_Block` executions in the stage (`depth` in the reference).
     pub depth: usize,
@@ -31,6 +32,7 @@ pub struct StageConfig {
 }
 
 impl StageConfig {
+    /// Channels per attention head (`dim / heads`).
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
@@ -47,6 +49,8 @@ impl StageConfig {
     pub fn is_recursive(&self, exec: usize) -> bool {
         !exec.is_multiple_of(self.loops())
     }
+    /// Number of sliced attention groups that execution `exec` uses: `groups2` on recursive
+    /// passes, `groups1` on first passes.
     pub fn groups_of(&self, exec: usize) -> usize {
         if self.is_recursive(exec) {
             self.groups2
@@ -54,6 +58,8 @@ impl StageConfig {
             self.groups1
         }
     }
+    /// Whether execution `exec` permutes the tokens before its sliced attention (a recursive
+    /// pass with `groups2 > 1`).
     pub fn permutes(&self, exec: usize) -> bool {
         self.is_recursive(exec) && self.groups2 != 1
     }
@@ -91,6 +97,7 @@ pub struct VitConfig {
     pub stride: usize,
     /// Has a distillation token and head (`(head(cls) + head_dist(dist)) / 2` at inference).
     pub distilled: bool,
+    /// How the lead tokens take part in token merging.
     pub merging: LeadMerging,
     /// `pos_embed` covers the lead tokens too (DeiT: `[1, lead + n, dim]`), or only the patch
     /// grid (PiT: `[1, dim, side, side]`, lead tokens carry no position). Also what tells timm's
@@ -147,14 +154,22 @@ pub enum Arch {
     Vit(VitConfig),
 }
 
+/// The architecture of one model: family, input size, stem, stages and classifier width.
+/// Built by [`ModelConfig::by_name`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// Canonical model name, as `--model` spells it (e.g. `"sret_t_distill"`).
     pub name: &'static str,
+    /// The family and its family-specific settings.
     pub arch: Arch,
+    /// Side of the square input image, in pixels (224 for every published model except the
+    /// `*_384` ViTs).
     pub image_size: usize,
     /// Channels after the first stem convolution (`out_channels / 2`).
     pub stem_mid: usize,
+    /// The stages of the pyramid, first to last (three for SReT and PiT, one for DeiT/ViT).
     pub stages: Vec<StageConfig>,
+    /// Number of output logits (1000 for ImageNet-1k).
     pub num_classes: usize,
 }
 
@@ -214,6 +229,7 @@ pub const MODEL_NAMES: [&str; 10] = [
     "pit_ti_distill",
 ];
 
+/// The model used when none is named.
 pub const DEFAULT_MODEL: &str = "sret_t_distill";
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -519,6 +535,7 @@ impl ModelConfig {
             }
         }
     }
+    /// Patch tokens entering stage `stage` (`grid_side(stage)` squared, lead tokens not counted).
     pub fn tokens(&self, stage: usize) -> usize {
         self.grid_side(stage) * self.grid_side(stage)
     }
@@ -526,6 +543,7 @@ impl ModelConfig {
     pub fn total_executions(&self) -> usize {
         self.stages.iter().map(|s| s.depth).sum()
     }
+    /// Channel width of the last stage, which the final norm and the head read (0 without stages).
     pub fn final_dim(&self) -> usize {
         self.stages.last().map(|s| s.dim).unwrap_or(0)
     }

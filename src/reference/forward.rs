@@ -24,6 +24,8 @@ pub struct ReferenceSpec<'a> {
     pub forced: Option<&'a [Vec<Vec<Option<Matching>>>]>,
 }
 
+/// What the CPU twin's forward returns: the logits and every merge decision it made, for
+/// comparison with the GPU.
 #[derive(Clone, Debug)]
 pub struct ReferenceOutput {
     /// `[batch, num_classes]`

@@ -24,6 +24,7 @@ impl Matching {
     pub fn len(&self) -> usize {
         self.rank.len()
     }
+    /// Whether there are no A tokens (nothing was matched).
     pub fn is_empty(&self) -> bool {
         self.rank.is_empty()
     }

@@ -184,18 +184,28 @@ fn sret_flops_thop(cfg: &ModelConfig, traj: &Trajectory) -> u64 {
 ///   average pool at 1 per element summed plus 1 division per channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FlopBreakdown {
+    /// The convolutional stem.
     pub stem: u64,
+    /// Every `nn.Linear`.
     pub linear: u64,
+    /// Attention scores, softmax and the product with V.
     pub attention: u64,
+    /// LayerNorm and BatchNorm.
     pub norms: u64,
+    /// GELU and ReLU.
     pub activations: u64,
+    /// Coefficients, residual adds and the position embedding add.
     pub elementwise: u64,
+    /// Token merging: metric, matching, merge and unmerge.
     pub tome: u64,
+    /// Random permutations of the recursive passes and their inverses.
     pub permute: u64,
+    /// The convolutional pooling between stages and the final average pool.
     pub pooling: u64,
 }
 
 impl FlopBreakdown {
+    /// Sum of all categories.
     pub fn total(&self) -> u64 {
         self.stem
             + self.linear

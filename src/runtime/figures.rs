@@ -40,15 +40,21 @@ use crate::model::{ModelConfig, ModelWeights};
 /// What one dispatch costs, by the conventions of the module docs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DispatchCost {
+    /// The part of the network.
     #[serde(serialize_with = "family_name")]
     pub family: Family,
+    /// The kernel's name ([`Shader::name`]).
     pub kernel: &'static str,
+    /// Floating-point operations.
     pub flops: u64,
+    /// Bytes of the bound tensors the dispatch reads.
     pub bytes_read: u64,
+    /// Bytes of the bound tensors the dispatch writes.
     pub bytes_written: u64,
 }
 
 impl DispatchCost {
+    /// Bytes read plus bytes written.
     pub fn bytes(&self) -> u64 {
         self.bytes_read + self.bytes_written
     }
@@ -61,13 +67,18 @@ fn family_name<S: serde::Serializer>(f: &Family, s: S) -> std::result::Result<S:
 /// Sums over a set of dispatches (a family, or the whole forward).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Totals {
+    /// Number of dispatches.
     pub dispatches: u64,
+    /// Floating-point operations.
     pub flops: u64,
+    /// Bytes read.
     pub bytes_read: u64,
+    /// Bytes written.
     pub bytes_written: u64,
 }
 
 impl Totals {
+    /// Bytes read plus bytes written.
     pub fn bytes(&self) -> u64 {
         self.bytes_read + self.bytes_written
     }
@@ -92,9 +103,11 @@ impl Totals {
 /// The cost figures of one forward of `batch` images (see the module docs).
 #[derive(Clone, Debug)]
 pub struct CostFigures {
+    /// Images in the forward.
     pub batch: usize,
     /// Images per run of the program, and runs per forward.
     pub micro_batch: usize,
+    /// Runs of the program per forward.
     pub micro_batches: usize,
     /// Compute passes of a forward (one per micro-batch).
     pub passes: usize,
@@ -102,6 +115,7 @@ pub struct CostFigures {
     pub program: Vec<DispatchCost>,
     /// Per family (in [`Family::ALL`] order) and in all, for the whole forward.
     pub families: Vec<(Family, Totals)>,
+    /// Sums over the whole forward.
     pub total: Totals,
 }
 
@@ -277,7 +291,9 @@ pub const DEVICES_JSON: &str = include_str!("../../assets/devices.json");
 /// per dispatch; `note` says where each number comes from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceProfile {
+    /// Short name, as `--device-profile` takes it.
     pub name: String,
+    /// What device this is.
     pub description: String,
     /// Global-memory bandwidth, GB/s (10^9 bytes per second).
     pub bandwidth_gb_s: f64,
@@ -285,6 +301,7 @@ pub struct DeviceProfile {
     pub fp32_tflop_s: f64,
     /// Fixed cost of one dispatch (launch, barrier between dependent dispatches), microseconds.
     pub dispatch_us: f64,
+    /// Where the numbers come from.
     pub note: String,
 }
 
@@ -317,12 +334,16 @@ pub fn device_profile(name: &str) -> Result<DeviceProfile> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bound {
+    /// The arithmetic term is the largest.
     Compute,
+    /// The memory-traffic term is the largest.
     Memory,
+    /// The fixed per-dispatch cost is the largest.
     DispatchOverhead,
 }
 
 impl Bound {
+    /// `"compute"`, `"memory"` or `"dispatch overhead"`, as reports print it.
     pub fn name(self) -> &'static str {
         match self {
             Bound::Compute => "compute",
@@ -337,13 +358,18 @@ impl Bound {
 /// and the fixed per-dispatch cost (`overhead_s`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Estimate {
+    /// Total estimated time, seconds.
     pub seconds: f64,
+    /// Time of the compute-bound dispatches, seconds.
     pub compute_s: f64,
+    /// Time of the memory-bound dispatches, seconds.
     pub memory_s: f64,
+    /// Fixed per-dispatch cost, seconds.
     pub overhead_s: f64,
 }
 
 impl Estimate {
+    /// The term that takes the most time (dispatch overhead wins ties).
     pub fn bound(&self) -> Bound {
         if self.overhead_s >= self.compute_s && self.overhead_s >= self.memory_s {
             Bound::DispatchOverhead
@@ -358,9 +384,13 @@ impl Estimate {
 /// The roofline estimate of a forward on a profile.
 #[derive(Clone, Debug)]
 pub struct Roofline {
+    /// The device profile the estimate uses.
     pub profile: DeviceProfile,
+    /// The estimate per family, in [`Family::ALL`] order.
     pub families: Vec<(Family, Estimate)>,
+    /// The estimate of the whole forward.
     pub total: Estimate,
+    /// Throughput the estimate implies, images per second.
     pub images_per_s: f64,
 }
 

@@ -11,7 +11,8 @@ use crate::model::{Model, ModelConfig, ModelWeights};
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {
     /// The engine's own input buffer ([`PlannedForward::input_buffer`]), filled by
-    /// [`PlannedForward::set_input`] or by preprocessing into [`PlannedForward::preprocess_target`].
+    /// [`Engine::set_input`](crate::Engine::set_input) or by preprocessing into
+    /// [`PlannedForward::preprocess_target`].
     Input,
     /// A buffer of the caller's (`BufferUsages::COPY_SRC`), from a byte offset (a multiple of 4).
     Buffer(&'a wgpu::Buffer, wgpu::BufferAddress),
@@ -20,6 +21,8 @@ pub enum Source<'a> {
     InPlace,
 }
 
+/// One forward (model, schedule, batch size) planned once on a device: its program, its input
+/// and output buffers and its micro-batching. [`crate::Engine`] wraps one.
 pub struct PlannedForward {
     gpu: Gpu,
     cfg: ModelConfig,
@@ -315,12 +318,15 @@ impl PlannedForward {
         self.f16
     }
 
+    /// Images per forward.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Images per run of the program (at most [`PlannedForward::batch`]).
     pub fn micro_batch(&self) -> usize {
         self.plan.batch
     }
+    /// The planned program of one micro-batch.
     pub fn program(&self) -> &crate::gpu::Program {
         &self.plan.program
     }
@@ -333,6 +339,7 @@ impl PlannedForward {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+    /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }

@@ -30,9 +30,13 @@ pub struct TraceTensors {
     pub stage_maps: Vec<(usize, TensorId, usize)>,
 }
 
+/// A forward made real on a device: the program and what a trace reads back.
 pub struct ModelProgram {
+    /// The finished program of one micro-batch.
     pub program: Program,
+    /// Images per run of the program (the micro-batch).
     pub batch: usize,
+    /// Tensors a trace reads back.
     pub trace: TraceTensors,
 }
 
@@ -311,11 +315,13 @@ fn up_block(
 
 /// A recorded forward, not yet on a device.
 pub struct Recorded {
+    /// The builder holding every tensor and dispatch.
     pub builder: ProgramBuilder,
     /// `[batch, 3, H, W]`, external.
     pub images: TensorId,
     /// `[batch, classes]`, external.
     pub logits: TensorId,
+    /// Tensors a trace reads back.
     pub trace: TraceTensors,
 }
 

@@ -25,21 +25,33 @@ const WHAT: &str = "schedule";
 const SYNTAX: &str =
     "expected one of none, constant:R, tome:R,INFLECT, linear:R, exp:RINIT,ALPHA or list:R1,R2,... (R non-negative integers)";
 
+/// How many tokens each `Transformer_Block` execution is asked to merge; parse one from the
+/// spec syntax in the module docs (`"constant:10".parse()`). The targets are requests:
+/// [`safe_r`](super::safe_r) caps each to what the execution can merge.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Schedule {
+    /// No merging (`none`).
     #[default]
     None,
+    /// The same target `R` at every execution (`constant:R`).
     Constant(usize),
+    /// One decreasing ramp from `2R` to 0 over all executions of the network (`linear:R`).
     Linear(usize),
     /// ToMe's `(r, inflection)` schedule (`tome.utils.parse_r`).
     Tome {
+        /// The average target `R` per execution.
         r: usize,
+        /// Slope of the ramp, in `[-1, 1]`: 0 is constant, -1 decreasing, +1 increasing.
         inflect: f64,
     },
+    /// The paper's per-stage exponential decay, Eq. 4 (`exp:RINIT,ALPHA`).
     Exp {
+        /// The first execution of a stage targets this fraction of the stage's tokens, in `[0, 1)`.
         r_init: f64,
+        /// Decay factor per execution within a stage, in `[0, 1]`.
         alpha: f64,
     },
+    /// Explicit targets, one per execution of the whole network (`list:r1,r2,...`).
     List(Vec<usize>),
 }
 

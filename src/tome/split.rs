@@ -19,6 +19,8 @@
 
 use crate::model::{Arch, LeadMerging, ModelConfig};
 
+/// How bipartite soft matching splits a sequence into sets A and B and orders what it keeps
+/// (see the module docs); [`Split::default`] is SReT's plain split with no lead tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Split {
     /// Tokens in front that are never merged.

@@ -38,11 +38,14 @@ pub struct Execution {
 }
 
 impl Execution {
+    /// Whether this execution merges any token (`safe_r > 0`).
     pub fn merges(&self) -> bool {
         self.safe_r > 0
     }
 }
 
+/// The planned token counts of a whole forward, one [`Execution`] per `Transformer_Block`
+/// run; built by [`Trajectory::new`] before any image is seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Trajectory {
     /// All executions in run order, stage by stage.
