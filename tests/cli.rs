@@ -115,3 +115,60 @@ fn bad_files_are_clear_errors() {
         "empty.png",
     );
 }
+
+/// `--model auto` reads the architecture off the weights and gives the named model's output;
+/// without weights, or with `--kernels` and `--autotune on` together, it is a clear error.
+#[test]
+fn model_auto_and_kernel_flags() {
+    let dir = std::env::temp_dir().join(format!("sret-tome-auto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = dir.join("pit.safetensors").to_string_lossy().into_owned();
+    let (code, err) = run(&[
+        "synthetic",
+        "--model",
+        "pit_ti_distill",
+        "--weights-out",
+        &w,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let outs: Vec<Vec<u8>> = ["auto", "pit_ti_distill"]
+        .iter()
+        .map(|model| {
+            let out = dir
+                .join(format!("{model}.bin"))
+                .to_string_lossy()
+                .into_owned();
+            let (code, err) = run(&[
+                "--kernels",
+                "portable",
+                "infer",
+                "--model",
+                model,
+                "--weights",
+                &w,
+                "--images",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.jpg"),
+                "--out",
+                &out,
+            ]);
+            assert_eq!(code, 0, "{model}: {err}");
+            std::fs::read(&out).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        outs[0], outs[1],
+        "--model auto differs from the named model"
+    );
+    assert_refused(
+        &[
+            "infer", "--model", "auto", "--images", "x.jpg", "--out", "y",
+        ],
+        "--weights",
+    );
+    assert_refused(
+        &["--autotune", "on", "--kernels", "portable", "plan"],
+        "pins the kernels",
+    );
+    assert_refused(&["--kernels", "linear=warp", "plan"], "warp");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -206,8 +206,10 @@ impl GpuArgs {
 /// Model and weights, shared by every command that runs the model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill, and the paper's
-    /// baselines deit_tiny, deit_tiny_distill, pit_ti, pit_ti_distill (timm layouts).
+    /// sret_t, sret_t_distill, sret_lt, sret_lt_distill, sret_s, sret_s_distill, the paper's
+    /// baselines deit_tiny, deit_tiny_distill, pit_ti, pit_ti_distill (timm layouts), timm's
+    /// deit_*/vit_* names (with @depth=..,img_size=..,global_pool=.. overrides), or `auto`: the
+    /// architecture read off the --weights file's tensors.
     #[arg(long, default_value = crate::model::DEFAULT_MODEL)]
     pub model: String,
     /// Weights: safetensors or a PyTorch checkpoint (`torch.save` .pth, as published) with the

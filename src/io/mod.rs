@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod files;
 #[cfg(feature = "images")]
 pub mod image;
+pub mod infer;
 #[cfg(feature = "images")]
 pub mod jpeg;
 pub mod safetensors;
@@ -21,13 +22,38 @@ use crate::model::{Model, ModelConfig, ModelWeights};
 /// Model `name` with its weights read from `path`: safetensors, or a `torch.save` checkpoint
 /// (the published `SReT_T_distill.pth` and siblings, timm's DeiT and PiT files), told apart by
 /// their first bytes.
+///
+/// With `name` [`infer::AUTO`] (`"auto"`) the configuration is read off the file's tensors
+/// ([`infer`]).
 pub fn load_model(name: &str, path: impl AsRef<Path>) -> Result<Model> {
+    if name == infer::AUTO {
+        let (cfg, weights) = load_inferred(path.as_ref())?;
+        return Ok(Model {
+            cfg,
+            weights,
+            synthetic: false,
+        });
+    }
     let cfg = ModelConfig::by_name(name)?;
     Ok(Model {
         weights: load_weights(path.as_ref(), &cfg)?,
         cfg,
         synthetic: false,
     })
+}
+
+/// The file as safetensors bytes (a checkpoint converted in memory), then [`infer`].
+fn load_inferred(path: &Path) -> Result<(ModelConfig, ModelWeights)> {
+    let bytes = files::read_regular(path, safetensors::MAX_WEIGHT_FILE_BYTES, "weight file")?;
+    #[cfg(feature = "pth")]
+    if checkpoint::detect_format(&bytes) == checkpoint::WeightFormat::Checkpoint {
+        let tensors = checkpoint::read_state_dict_bytes(&bytes, path)?;
+        drop(bytes);
+        let st = checkpoint::to_safetensors_bytes(&tensors)?;
+        drop(tensors);
+        return infer::infer_and_load(&st, path);
+    }
+    infer::infer_and_load(&bytes, path)
 }
 
 #[cfg(feature = "pth")]

@@ -45,6 +45,7 @@ use crate::model::weights::{
     BlockWeights, Conv, LayerNorm, Linear, ModelWeights, NonProjWeights, StageWeights,
 };
 
+pub mod resample;
 mod vit;
 
 /// `nn.BatchNorm2d`'s default eps, used by the reference's stem.
@@ -359,7 +360,7 @@ pub fn load_safetensors_bytes(
             let Some(&(stored_name, view)) = file.get(name.as_str()) else {
                 continue;
             };
-            let data = read_f32(path, stored_name, view, &slot.shape)?;
+            let data = read_slot(path, cfg, &slot.names[0], stored_name, view, &slot.shape)?;
             match &found {
                 None => found = Some((stored_name, data)),
                 Some((first, first_data)) => {
@@ -421,6 +422,45 @@ pub fn load_safetensors_bytes(
 }
 
 /// Checks shape and dtype and converts to f32.
+/// The values of a tensor of `shape`; a ViT's `pos_embed` saved for another patch grid (a
+/// checkpoint at another image size) is resampled to `cfg`'s grid as timm does on load.
+fn read_slot(
+    path: &Path,
+    cfg: &ModelConfig,
+    key: &str,
+    name: &str,
+    view: &TensorView<'_>,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let timm_pos = matches!(
+        cfg.arch,
+        Arch::Vit(crate::model::VitConfig {
+            pos_on_lead: true,
+            ..
+        })
+    );
+    let found = view.shape();
+    if key == "pos_embed" && timm_pos && found != shape && found.len() == 3 && shape.len() == 3 {
+        let lead = cfg.lead();
+        let grids = (
+            resample::grid_side(found[1], lead),
+            resample::grid_side(shape[1], lead),
+        );
+        if let ((Some(g_in), Some(g)), true) = (grids, found[0] == 1 && found[2] == shape[2]) {
+            let raw = read_f32(path, name, view, found)?;
+            log::info!(
+                "{}: {name} of a {g_in}x{g_in} patch grid resampled to {g}x{g} for {} at {} \
+                 pixels (bicubic, as timm's resample_abs_pos_embed)",
+                path.display(),
+                cfg.name,
+                cfg.image_size
+            );
+            return Ok(resample::resample_pos_embed(&raw, lead, shape[2], g_in, g));
+        }
+    }
+    read_f32(path, name, view, shape)
+}
+
 fn read_f32(path: &Path, name: &str, view: &TensorView<'_>, shape: &[usize]) -> Result<Vec<f32>> {
     if view.shape() != shape {
         return Err(Error::ShapeMismatch {

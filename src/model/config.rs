@@ -257,6 +257,13 @@ impl ModelConfig {
     /// position embeddings of that grid; `prop_attn`: `true` or `false`, after `global_pool`).
     /// Overrides apply in order. The name stays timm's.
     pub fn by_name(name: &str) -> Result<Self> {
+        if name == "auto" {
+            return Err(Error::arg(
+                "model",
+                name,
+                "'auto' reads the architecture from a weight file; give --weights, or name the model",
+            ));
+        }
         let (base, overrides) = match name.split_once('@') {
             Some((b, o)) => (b, Some(o)),
             None => (name, None),
