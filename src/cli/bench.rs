@@ -47,15 +47,36 @@ pub const PIT_SCHEDULES: [&str; 5] = [
     "exp:0.40,0.2",
 ];
 
-/// The schedules `bench` (and `sweep`'s baseline rows) measure by default for a model.
-pub fn default_schedules(cfg: &crate::model::ModelConfig) -> &'static [&'static str] {
-    if cfg.name.starts_with("deit") {
-        &DEIT_SCHEDULES
-    } else if cfg.name.starts_with("pit") {
-        &PIT_SCHEDULES
+/// ToMe's published `r` for timm's ViTs by width (Bolya et al., ICLR 2023: DeiT-S r=13,
+/// ViT-B r=16, ViT-L r=8, ViT-H r=7; DeiT-Ti as DeiT-S).
+pub fn tome_published_r(cfg: &crate::model::ModelConfig) -> Option<usize> {
+    match cfg.stages.first()?.dim {
+        192 | 384 => Some(13),
+        768 => Some(16),
+        1024 => Some(8),
+        1280 => Some(7),
+        _ => None,
+    }
+}
+
+/// The schedules `bench` measures by default for a model: the paper's Table 1 for SReT, the
+/// paper's baseline rows for DeiT-Tiny and PiT-Ti, and for the rest of the ViT family `none`
+/// beside ToMe's published constant `r` (and half of it).
+pub fn default_schedules(cfg: &crate::model::ModelConfig) -> Vec<String> {
+    let rows: &[&str] = if crate::model::VIT_MODEL_NAMES.contains(&cfg.name)
+        || cfg.name.starts_with("deit_tiny")
+    {
+        if cfg.name.starts_with("pit") {
+            &PIT_SCHEDULES
+        } else {
+            &DEIT_SCHEDULES
+        }
+    } else if let (crate::model::Arch::Vit(_), Some(r)) = (&cfg.arch, tome_published_r(cfg)) {
+        return vec!["none".into(), format!("constant:{}", r / 2), format!("constant:{r}")];
     } else {
         &TABLE1_SCHEDULES
-    }
+    };
+    rows.iter().map(|s| s.to_string()).collect()
 }
 
 /// Arguments of `sret-tome bench`.
@@ -64,9 +85,10 @@ pub struct BenchArgs {
     /// Model and weights.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Schedules to measure (repeatable); default: the rows of the paper's Table 1 (for DeiT:
-    /// none, constant:8, constant:13, tome:16,-1, tome:13,-0.5; for PiT: none, constant:16 and
-    /// the three exponential schedules).
+    /// Schedules to measure (repeatable); default: the rows of the paper's Table 1 (for
+    /// DeiT-Tiny: none, constant:8, constant:13, tome:16,-1, tome:13,-0.5; for PiT: none,
+    /// constant:16 and the three exponential schedules; for the other ViTs: none and ToMe's
+    /// published constant r and half of it, e.g. r=13 for DeiT-S, 16 for ViT-B).
     #[arg(long)]
     pub schedule: Vec<String>,
     /// Batch sizes, comma separated. Default 1,128 (1,2 on a CPU adapter such as lavapipe).
@@ -373,4 +395,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         crate::io::files::write_atomic_bytes(path, s.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod default_rows {
+    use super::default_schedules;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn each_family_gets_its_published_rows() {
+        let rows = |name: &str| default_schedules(&ModelConfig::by_name(name).unwrap());
+        assert_eq!(rows("sret_t").len(), 8);
+        assert_eq!(rows("deit_tiny_distill")[2], "constant:13");
+        assert_eq!(rows("pit_ti")[1], "constant:16");
+        assert_eq!(rows("deit_small_patch16_224"), ["none", "constant:6", "constant:13"]);
+        assert_eq!(rows("vit_base_patch16_224"), ["none", "constant:8", "constant:16"]);
+        assert_eq!(rows("vit_large_patch16_384")[2], "constant:8");
+        assert_eq!(rows("vit_huge_patch14_224")[2], "constant:7");
+    }
 }
