@@ -1027,6 +1027,17 @@ impl Engine {
                 format!("this engine's batch is {}", self.batch()),
             ));
         }
+        let transform = crate::preprocess::EvalTransform::for_model(self.inner.config());
+        if transform != crate::preprocess::EvalTransform::IMAGENET {
+            return Err(Error::arg(
+                "textures",
+                self.model_name,
+                format!(
+                    "the GPU preprocessing is the ImageNet transform (256, 224, ImageNet mean and std) and this model takes {}x{} images cropped from {} with mean {:?}: pass host or buffer input (io::load_image_with)",
+                    transform.crop, transform.crop, transform.resize, transform.mean
+                ),
+            ));
+        }
         if self.image_size() != crate::kernels::preprocess::OUT_SIDE as usize {
             return Err(Error::arg(
                 "textures",

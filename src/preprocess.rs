@@ -34,6 +34,51 @@ pub const RESIZE_SHORTER: u32 = 256;
 /// `CenterCrop(224)`: the model's input side.
 pub const CROP_SIZE: u32 = 224;
 
+/// An evaluation transform: `Resize(resize)` (shorter side, PIL antialiased bilinear),
+/// `CenterCrop(crop)`, `ToTensor`, `Normalize(mean, std)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalTransform {
+    /// The shorter side after resizing (`floor(crop / crop_pct)`).
+    pub resize: u32,
+    /// The side of the centre crop: the model's input side.
+    pub crop: u32,
+    /// Channel means, RGB.
+    pub mean: [f32; 3],
+    /// Channel standard deviations, RGB.
+    pub std: [f32; 3],
+}
+
+impl EvalTransform {
+    /// torchvision's ImageNet transform: 256, 224, ImageNet mean and std (SReT, DeiT, PiT).
+    pub const IMAGENET: EvalTransform = EvalTransform {
+        resize: RESIZE_SHORTER,
+        crop: CROP_SIZE,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+
+    /// The transform of `cfg` at its image size, with timm's `crop_pct` and normalisation:
+    /// ImageNet's mean and std with `crop_pct` 0.875 (SReT, DeiT, PiT), and for the AugReg
+    /// `vit_*` models mean and std 0.5 with `crop_pct` 0.9 at 224 pixels and 1.0 above. timm
+    /// resizes those with bicubic interpolation; this transform's resize is PIL's bilinear
+    /// (the one reproduced bit for bit), so their inputs differ slightly from timm's.
+    pub fn for_model(cfg: &crate::model::ModelConfig) -> EvalTransform {
+        let size = cfg.image_size as u32;
+        let augreg = cfg.name.starts_with("vit_");
+        let (crop_pct, mean, std) = match (augreg, size > 224) {
+            (true, false) => (0.9, [0.5; 3], [0.5; 3]),
+            (true, true) => (1.0, [0.5; 3], [0.5; 3]),
+            (false, _) => (0.875, IMAGENET_MEAN, IMAGENET_STD),
+        };
+        EvalTransform {
+            resize: (size as f64 / crop_pct).floor() as u32,
+            crop: size,
+            mean,
+            std,
+        }
+    }
+}
+
 /// torchvision's `Resize(size)` output size for an image of `w`x`h`: the shorter side becomes
 /// `size`, the longer one `int(size * long / short)` (Python float division, truncated).
 pub fn resize_output_size(w: u32, h: u32, size: u32) -> (u32, u32) {
@@ -62,26 +107,38 @@ pub fn center_crop_offset(len: u32, crop: u32) -> u32 {
 /// The ImageNet eval transform of an RGB8 image: `Resize(256)`, `CenterCrop(224)`, `ToTensor`,
 /// `Normalize`; returns [3, 224, 224] f32, channel-major.
 pub fn preprocess_rgb8(img: &RgbImage) -> Vec<f32> {
+    preprocess_rgb8_with(img, &EvalTransform::IMAGENET)
+}
+
+#[cfg(feature = "images")]
+/// An RGB8 image through `t`: `[3, t.crop, t.crop]` f32, channel-major.
+pub fn preprocess_rgb8_with(img: &RgbImage, t: &EvalTransform) -> Vec<f32> {
     let (w, h) = img.dimensions();
     assert!(w > 0 && h > 0, "preprocess_rgb8: empty image");
-    let (rw, rh) = resize_output_size(w, h, RESIZE_SHORTER);
-    // The shorter side is 256 >= 224, so the crop never needs padding.
-    let x0 = center_crop_offset(rw, CROP_SIZE);
-    let y0 = center_crop_offset(rh, CROP_SIZE);
-    let crop = resample_window(img, rw, rh, x0, y0, CROP_SIZE, CROP_SIZE);
-    normalize_chw(&crop)
+    let (rw, rh) = resize_output_size(w, h, t.resize);
+    // The shorter side is `resize >= crop`, so the crop never needs padding.
+    let x0 = center_crop_offset(rw, t.crop);
+    let y0 = center_crop_offset(rh, t.crop);
+    let crop = resample_window(img, rw, rh, x0, y0, t.crop, t.crop);
+    normalize_chw_with(&crop, &t.mean, &t.std)
 }
 
 #[cfg(feature = "images")]
 /// `ToTensor` then `Normalize(IMAGENET_MEAN, IMAGENET_STD)` in f32, as torch computes it:
 /// `(v / 255 - mean) / std`, laid out [3, h, w].
 pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
+    normalize_chw_with(img, &IMAGENET_MEAN, &IMAGENET_STD)
+}
+
+#[cfg(feature = "images")]
+/// [`normalize_chw`] with other channel statistics.
+pub fn normalize_chw_with(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3]) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let plane = w as usize * h as usize;
     let mut out = vec![0f32; 3 * plane];
     for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            out[c * plane + i] = (px[c] as f32 / 255.0 - mean[c]) / std[c];
         }
     }
     out
@@ -402,5 +459,38 @@ mod tests {
     fn identity_resize_is_a_copy() {
         let img = RgbImage::from_fn(13, 7, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
         assert_eq!(resize_bilinear_antialias(&img, 13, 7), img);
+    }
+}
+
+#[cfg(test)]
+mod transform_tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn each_model_gets_timm_crop_and_normalisation() {
+        let t = |name: &str| EvalTransform::for_model(&ModelConfig::by_name(name).unwrap());
+        assert_eq!(t("sret_t"), EvalTransform::IMAGENET);
+        assert_eq!(t("deit_small_patch16_224"), EvalTransform::IMAGENET);
+        let vit = t("vit_base_patch16_224");
+        assert_eq!((vit.resize, vit.crop, vit.mean), (248, 224, [0.5; 3]));
+        let big = t("vit_small_patch16_384");
+        assert_eq!((big.resize, big.crop), (384, 384));
+        let deit384 = t("deit_base_patch16_384");
+        assert_eq!((deit384.resize, deit384.crop), (438, 384));
+    }
+
+    #[cfg(feature = "images")]
+    #[test]
+    fn the_imagenet_transform_is_the_default_and_sizes_follow_the_crop() {
+        let img = RgbImage::from_fn(300, 260, |x, y| {
+            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+        });
+        assert_eq!(
+            preprocess_rgb8_with(&img, &EvalTransform::IMAGENET),
+            preprocess_rgb8(&img)
+        );
+        let t = EvalTransform::for_model(&ModelConfig::by_name("vit_small_patch16_384").unwrap());
+        assert_eq!(preprocess_rgb8_with(&img, &t).len(), 3 * 384 * 384);
     }
 }

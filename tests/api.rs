@@ -957,3 +957,20 @@ fn an_f16_engine_runs_every_input_and_agrees_with_f32() {
         assert!(err.to_string().contains("SHADER_F16"), "{err}");
     }
 }
+
+/// The GPU preprocessing is the ImageNet transform: models with another input size or
+/// normalisation (AugReg ViTs: mean and std 0.5) refuse textures instead of misreading them.
+#[test]
+fn textures_are_refused_where_the_model_needs_another_transform() {
+    let engine = EngineBuilder::new()
+        .model("vit_tiny_patch16_224@depth=1")
+        .synthetic_weights()
+        .device(&app().device, &app().queue)
+        .autotune(sret_tome::api::Autotune::Off)
+        .build()
+        .unwrap();
+    let texels = vec![128u8; 64 * 48 * 4];
+    let t = texture(64, 48, wgpu::TextureFormat::Rgba8Unorm, &texels);
+    let e = engine.run(&[&t][..]).unwrap_err().to_string();
+    assert!(e.contains("ImageNet transform") && e.contains("0.5"), "{e}");
+}

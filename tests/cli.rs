@@ -172,3 +172,34 @@ fn model_auto_and_kernel_flags() {
     assert_refused(&["--kernels", "linear=warp", "plan"], "warp");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Models at 384 pixels take their own input size in `infer` and `visualize`.
+#[test]
+fn a_384_pixel_model_runs_infer_and_visualize() {
+    let dir = std::env::temp_dir().join(format!("sret-tome-384-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.jpg");
+    let model = "vit_small_patch16_384@depth=1";
+    for (cmd, out) in [("infer", "o.bin"), ("visualize", "v.png")] {
+        let out = dir.join(out).to_string_lossy().into_owned();
+        let input = if cmd == "infer" {
+            "--images"
+        } else {
+            "--image"
+        };
+        let (code, err) = run(&[
+            "--autotune",
+            "off",
+            cmd,
+            "--model",
+            model,
+            input,
+            image,
+            "--out",
+            &out,
+        ]);
+        assert_eq!(code, 0, "{cmd}: {err}");
+        assert!(std::fs::metadata(&out).unwrap().len() > 0, "{cmd}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

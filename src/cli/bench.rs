@@ -63,19 +63,22 @@ pub fn tome_published_r(cfg: &crate::model::ModelConfig) -> Option<usize> {
 /// paper's baseline rows for DeiT-Tiny and PiT-Ti, and for the rest of the ViT family `none`
 /// beside ToMe's published constant `r` (and half of it).
 pub fn default_schedules(cfg: &crate::model::ModelConfig) -> Vec<String> {
-    let rows: &[&str] = if crate::model::VIT_MODEL_NAMES.contains(&cfg.name)
-        || cfg.name.starts_with("deit_tiny")
-    {
-        if cfg.name.starts_with("pit") {
-            &PIT_SCHEDULES
+    let rows: &[&str] =
+        if crate::model::VIT_MODEL_NAMES.contains(&cfg.name) || cfg.name.starts_with("deit_tiny") {
+            if cfg.name.starts_with("pit") {
+                &PIT_SCHEDULES
+            } else {
+                &DEIT_SCHEDULES
+            }
+        } else if let (crate::model::Arch::Vit(_), Some(r)) = (&cfg.arch, tome_published_r(cfg)) {
+            return vec![
+                "none".into(),
+                format!("constant:{}", r / 2),
+                format!("constant:{r}"),
+            ];
         } else {
-            &DEIT_SCHEDULES
-        }
-    } else if let (crate::model::Arch::Vit(_), Some(r)) = (&cfg.arch, tome_published_r(cfg)) {
-        return vec!["none".into(), format!("constant:{}", r / 2), format!("constant:{r}")];
-    } else {
-        &TABLE1_SCHEDULES
-    };
+            &TABLE1_SCHEDULES
+        };
     rows.iter().map(|s| s.to_string()).collect()
 }
 
@@ -408,8 +411,14 @@ mod default_rows {
         assert_eq!(rows("sret_t").len(), 8);
         assert_eq!(rows("deit_tiny_distill")[2], "constant:13");
         assert_eq!(rows("pit_ti")[1], "constant:16");
-        assert_eq!(rows("deit_small_patch16_224"), ["none", "constant:6", "constant:13"]);
-        assert_eq!(rows("vit_base_patch16_224"), ["none", "constant:8", "constant:16"]);
+        assert_eq!(
+            rows("deit_small_patch16_224"),
+            ["none", "constant:6", "constant:13"]
+        );
+        assert_eq!(
+            rows("vit_base_patch16_224"),
+            ["none", "constant:8", "constant:16"]
+        );
         assert_eq!(rows("vit_large_patch16_384")[2], "constant:8");
         assert_eq!(rows("vit_huge_patch14_224")[2], "constant:7");
     }

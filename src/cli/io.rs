@@ -94,8 +94,9 @@ pub fn load_images(
         ));
     }
     let mut data = Vec::with_capacity(paths.len() * per);
+    let transform = crate::preprocess::EvalTransform::for_model(cfg);
     for p in paths {
-        data.extend(crate::io::load_image(p)?);
+        data.extend(crate::io::load_image_with(p, &transform)?);
     }
     Ok((data, paths.len()))
 }

@@ -78,7 +78,10 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     }
     let schedule: Schedule = a.schedule.parse()?;
     let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
-    let input = crate::io::load_image(&a.image)?;
+    let input = crate::io::load_image_with(
+        &a.image,
+        &crate::preprocess::EvalTransform::for_model(&model.cfg),
+    )?;
     let crop = denormalize(&input, model.cfg.image_size);
     let gpu = Gpu::new(&a.gpu.choice())?;
     let engine = EngineBuilder::new()

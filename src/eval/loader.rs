@@ -81,7 +81,10 @@ pub fn load_sample(sample: &Sample, cfg: &ModelConfig) -> Result<Vec<f32>, Strin
     let per = 3 * cfg.image_size * cfg.image_size;
     let out = match &sample.item {
         SampleItem::File(path) => {
-            match catch_unwind(AssertUnwindSafe(|| crate::io::load_image(path))) {
+            let transform = crate::preprocess::EvalTransform::for_model(cfg);
+            match catch_unwind(AssertUnwindSafe(|| {
+                crate::io::load_image_with(path, &transform)
+            })) {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(reason(&e)),
                 Err(_) => return Err("the image decoder panicked on this file".into()),

@@ -10,7 +10,7 @@ use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::jpeg;
 use crate::error::{Error, Result};
-use crate::preprocess::preprocess_rgb8;
+use crate::preprocess::{preprocess_rgb8, preprocess_rgb8_with, EvalTransform};
 
 /// Largest image file opened (regular files only).
 pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
@@ -26,6 +26,12 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Vec<f32>> {
     let path = path.as_ref();
     let img = decode_rgb8(path)?;
     Ok(preprocess_rgb8(&img))
+}
+
+/// [`load_image`] with the evaluation transform `t` (e.g. [`EvalTransform::for_model`]):
+/// `[3, t.crop, t.crop]` f32.
+pub fn load_image_with(path: impl AsRef<Path>, t: &EvalTransform) -> Result<Vec<f32>> {
+    Ok(preprocess_rgb8_with(&decode_rgb8(path.as_ref())?, t))
 }
 
 /// Decode a JPEG or PNG file (format detected from its content, not its name) into RGB8, with

@@ -15,7 +15,7 @@ pub mod safetensors;
 use std::path::Path;
 
 #[cfg(feature = "images")]
-pub use self::image::{decode_rgb8, decode_rgb8_bytes, load_image, MAX_PIXELS};
+pub use self::image::{decode_rgb8, decode_rgb8_bytes, load_image, load_image_with, MAX_PIXELS};
 use crate::error::Result;
 use crate::model::{Model, ModelConfig, ModelWeights};
 
