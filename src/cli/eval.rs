@@ -128,7 +128,9 @@ pub struct EvalArgs {
     /// Seed of the recursive passes' token permutations.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Evaluate slice K of N of the images (K from 1); join the slices with merge-results.
+    /// Evaluate slice K of N of the images (K from 1), or `auto`: the slice of this Slurm array
+    /// task or Kubernetes Indexed Job pod (scripts/cluster, deploy/k8s); join the slices with
+    /// merge-results.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
     /// Write the results (counts, so that shards add up) as JSON.

@@ -81,8 +81,9 @@ pub struct SweepArgs {
     /// Seed of the recursive passes' token permutations.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Run slice K of N (K from 1) of the grid (or of the images with --shard-by images); join
-    /// the slices with merge-results.
+    /// Run slice K of N (K from 1) of the grid (or of the images with --shard-by images), or
+    /// `auto` (the slice of this Slurm array task or Kubernetes Indexed Job pod); join the
+    /// slices with merge-results.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
     /// What the shards split: grid (the grid points) or images.

@@ -89,9 +89,76 @@ impl fmt::Display for Shard {
     }
 }
 
+impl Shard {
+    /// The slice a job scheduler gives this process, from its environment (`lookup` reads a
+    /// variable): a Slurm job array (`SLURM_ARRAY_TASK_ID`, numbered from
+    /// `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT` tasks: `--array=0-7` and `--array=1-8`
+    /// alike give slices 1..8 of 8), or a Kubernetes Indexed Job (`JOB_COMPLETION_INDEX` from 0,
+    /// with the job's `completions` in `SRET_SHARD_COUNT`, which the manifest sets).
+    pub fn from_scheduler(lookup: impl Fn(&str) -> Option<String>) -> Result<Shard> {
+        let num = |var: &str| -> Result<Option<usize>> {
+            match lookup(var) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    Error::arg(
+                        "shard",
+                        format!("auto ({var}={v})"),
+                        "not a non-negative integer",
+                    )
+                }),
+            }
+        };
+        if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+            let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let count = num("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
+                Error::arg(
+                    "shard",
+                    "auto",
+                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not (Slurm sets both for job arrays)",
+                )
+            })?;
+            let index = id.checked_sub(min).ok_or_else(|| {
+                Error::arg(
+                    "shard",
+                    format!("auto (task {id}, array from {min})"),
+                    "SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN",
+                )
+            })?;
+            // Arrays with a step (--array=0-15:2) number their tasks sparsely; refuse them
+            // rather than leave slices out.
+            return Shard::new(index + 1, count).map_err(|_| {
+                Error::arg(
+                    "shard",
+                    format!("auto (task {id} of {count} from {min})"),
+                    "the array's tasks must be consecutive (--array=A-B without a step)",
+                )
+            });
+        }
+        if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+            let count = num("SRET_SHARD_COUNT")?.ok_or_else(|| {
+                Error::arg(
+                    "shard",
+                    "auto",
+                    "JOB_COMPLETION_INDEX is set but SRET_SHARD_COUNT is not: set it to the Job's completions (deploy/k8s/eval-indexed-job.yaml does)",
+                )
+            })?;
+            return Shard::new(index + 1, count);
+        }
+        Err(Error::arg(
+            "shard",
+            "auto",
+            "no scheduler variables (SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX): run it as a Slurm array task or a Kubernetes Indexed Job pod, or pass K/N",
+        ))
+    }
+}
+
 impl FromStr for Shard {
     type Err = Error;
+    /// `K/N`, or `auto`: [`Shard::from_scheduler`] from the process environment.
     fn from_str(s: &str) -> Result<Shard> {
+        if s.trim() == "auto" {
+            return Shard::from_scheduler(|k| std::env::var(k).ok());
+        }
         let bad = |why: &str| Error::arg("shard", s, why);
         let (k, n) = s
             .trim()
@@ -126,6 +193,60 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("numbered from 1"));
+    }
+
+    #[test]
+    fn scheduler_variables_give_the_slice() {
+        fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        }
+        let slurm0 = [
+            ("SLURM_ARRAY_TASK_ID", "0"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert_eq!(
+            Shard::from_scheduler(env(&slurm0)).unwrap(),
+            Shard::new(1, 4).unwrap()
+        );
+        let slurm1 = [
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert_eq!(
+            Shard::from_scheduler(env(&slurm1)).unwrap(),
+            Shard::new(4, 4).unwrap()
+        );
+        let k8s = [("JOB_COMPLETION_INDEX", "2"), ("SRET_SHARD_COUNT", "3")];
+        assert_eq!(
+            Shard::from_scheduler(env(&k8s)).unwrap(),
+            Shard::new(3, 3).unwrap()
+        );
+        for (vars, needle) in [
+            (&[][..], "no scheduler variables"),
+            (
+                &[("SLURM_ARRAY_TASK_ID", "1")][..],
+                "SLURM_ARRAY_TASK_COUNT",
+            ),
+            (&[("JOB_COMPLETION_INDEX", "0")][..], "SRET_SHARD_COUNT"),
+            (&[("JOB_COMPLETION_INDEX", "x")][..], "non-negative integer"),
+            (
+                &[
+                    ("SLURM_ARRAY_TASK_ID", "8"),
+                    ("SLURM_ARRAY_TASK_MIN", "0"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ][..],
+                "consecutive",
+            ),
+        ] {
+            let e = Shard::from_scheduler(env(vars)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{vars:?}: {e}");
+        }
     }
 
     #[test]
