@@ -87,6 +87,8 @@ use crate::runtime::ForwardSpec;
 use crate::runtime::{PlannedForward, Source};
 
 mod host;
+// On wasm32 nothing measures (its measurements block): the measuring half is unused there.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod tune;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
@@ -319,7 +321,18 @@ impl EngineBuilder {
     /// Load the model, plan the forward and make it on the device. Validation errors of the
     /// device (e.g. a kernel it cannot run) are returned, not left to the device's uncaptured
     /// error handler.
+    ///
+    /// Blocks on wgpu's futures (and measures kernel variants with blocking forwards under
+    /// [`Autotune::Measure`]): in a browser use [`EngineBuilder::build_async`].
     pub fn build(self) -> Result<Engine> {
+        pollster::block_on(self.build_async())
+    }
+
+    /// [`EngineBuilder::build`] awaiting the device's error scopes (and, for an own device,
+    /// the adapter and device requests) instead of blocking on them: the build for wasm32 in a
+    /// browser. There [`Autotune::Measure`] is not available (its measurements block) and runs
+    /// as [`Autotune::Off`]; the portable defaults are chosen.
+    pub async fn build_async(self) -> Result<Engine> {
         let model = match self.weights {
             Weights::Loaded(m) => m,
             Weights::Unset => {
@@ -336,7 +349,7 @@ impl EngineBuilder {
         };
         self.schedule.validate()?;
         let gpu = match self.device {
-            DeviceChoice::Own(choice) => Gpu::new(&choice)?,
+            DeviceChoice::Own(choice) => Gpu::new_async(&choice).await?,
             DeviceChoice::Shared(gpu) => *gpu,
         };
         let missing = useful_features() - gpu.features;
@@ -358,6 +371,12 @@ impl EngineBuilder {
         let (preferred, source, measurements) = match &self.autotune {
             Autotune::Off => (Variants::default(), ChoiceSource::Default, Vec::new()),
             Autotune::Pin(v) => (*v, ChoiceSource::Pinned, Vec::new()),
+            #[cfg(target_arch = "wasm32")]
+            Autotune::Measure => {
+                log::info!("autotune: measuring blocks, which a browser cannot; default kernels");
+                (Variants::default(), ChoiceSource::Default, Vec::new())
+            }
+            #[cfg(not(target_arch = "wasm32"))]
             Autotune::Measure => {
                 let base = EngineBuilder {
                     model: self.model.clone(),
@@ -382,10 +401,7 @@ impl EngineBuilder {
         let built =
             PlannedForward::new(&gpu, &cache, &model, &spec.clone().with_kernels(preferred));
         let preprocessor = Preprocessor::with_precision(&gpu.device, &cache, f16);
-        let errors = [
-            pollster::block_on(oom.pop()),
-            pollster::block_on(validation.pop()),
-        ];
+        let errors = [oom.pop().await, validation.pop().await];
         let inner = built?;
         if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu {
@@ -927,18 +943,28 @@ impl Engine {
     ) -> Result<()> {
         // What checks cannot see (say, a texture of another device) is a validation error of
         // the device: returned here rather than left to its uncaptured-error handler.
-        let scope = self
-            .device()
-            .push_error_scope(wgpu::ErrorFilter::Validation);
-        let recorded = self.record(encoder, input.into());
-        let error = pollster::block_on(scope.pop());
-        recorded?;
-        match error {
-            Some(e) => Err(Error::Gpu {
-                during: "recording the forward".into(),
-                why: crate::gpu::context::error_text(&e),
-            }),
-            None => Ok(()),
+        //
+        // On wasm32 a scope can only be awaited: there errors reach the caller's scopes (those
+        // of [`Engine::run_async`]) or the device's uncaptured-error handler.
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.record(encoder, input.into())
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self
+                .device()
+                .push_error_scope(wgpu::ErrorFilter::Validation);
+            let recorded = self.record(encoder, input.into());
+            let error = pollster::block_on(scope.pop());
+            recorded?;
+            match error {
+                Some(e) => Err(Error::Gpu {
+                    during: "recording the forward".into(),
+                    why: crate::gpu::context::error_text(&e),
+                }),
+                None => Ok(()),
+            }
         }
     }
 
@@ -1136,5 +1162,36 @@ impl Engine {
     /// Run a forward and wait for its logits (a blocking helper for simple programs).
     pub fn run<'a>(&self, input: impl Into<Input<'a>>) -> Result<Logits> {
         self.forward_async(input)?.wait()
+    }
+
+    /// A forward of `input` and its logits, awaited: validation errors of the recording are
+    /// awaited from an error scope, the forward is submitted, and the logits arrive when their
+    /// mapping completes. Nothing blocks, so this is the forward for wasm32 in a browser (whose
+    /// event loop drives the mapping); natively something must poll the device meanwhile
+    /// (`device.poll(PollType::Poll)` on another thread, or [`Engine::run`]).
+    pub async fn run_async<'a>(&self, input: impl Into<Input<'a>>) -> Result<Logits> {
+        let mut encoder = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("sret-tome forward"),
+            });
+        let validation = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let recorded = self.record(&mut encoder, input.into());
+        let errors = [oom.pop().await, validation.pop().await];
+        recorded?;
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Gpu {
+                during: "recording the forward".into(),
+                why: crate::gpu::context::error_text(&e),
+            });
+        }
+        let pending = self.encode_readback(&mut encoder);
+        self.submit(encoder);
+        pending.await
     }
 }

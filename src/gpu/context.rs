@@ -96,11 +96,19 @@ pub fn wanted_features() -> wgpu::Features {
 impl Gpu {
     /// Create an instance, pick an adapter and open a device with the adapter's own limits
     /// (storage binding size, workgroup sizes), so plans can use what the hardware offers.
+    ///
+    /// Blocks on wgpu's futures (`pollster`): in a browser use [`Gpu::new_async`].
     pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        pollster::block_on(Gpu::new_async(choice))
+    }
+
+    /// [`Gpu::new`] awaiting wgpu's futures instead of blocking on them: the way to create a
+    /// device in a browser (wasm32, WebGPU), where nothing may block.
+    pub async fn new_async(choice: &AdapterChoice) -> Result<Gpu> {
         let inst = instance(choice)?;
         let adapter = match choice.index {
             Some(i) => {
-                let all = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+                let all = inst.enumerate_adapters(wgpu::Backends::all()).await;
                 let n = all.len();
                 all.into_iter().nth(i).ok_or_else(|| Error::NoAdapter {
                     detail: format!(" at index {i} ({n} adapters found; see `sret-tome adapters`)"),
@@ -111,16 +119,16 @@ impl Gpu {
                     power_preference: wgpu::PowerPreference::HighPerformance,
                     ..Default::default()
                 };
-                let found = pollster::block_on(inst.request_adapter(&options));
+                let found = inst.request_adapter(&options).await;
                 let chosen = backends(choice)?;
                 match found {
                     Err(_) if !chosen.contains(wgpu::Backends::GL) => {
                         log::warn!(
                             "no adapter on {chosen:?}; trying GL (pass --backend gl to choose it)"
                         );
-                        pollster::block_on(
-                            instance_for(wgpu::Backends::GL).request_adapter(&options),
-                        )
+                        instance_for(wgpu::Backends::GL)
+                            .request_adapter(&options)
+                            .await
                     }
                     found => found,
                 }
@@ -141,14 +149,16 @@ impl Gpu {
             info.driver,
             features
         );
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
             label: Some("sret-tome"),
             required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
-        }))
+        })
+        .await
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
         // wgpu's default handler panics on an error nobody captured. Everything the engine does
         // runs inside error scopes (`Gpu::scoped`), so what reaches this handler escaped them:
@@ -241,6 +251,21 @@ impl Gpu {
     /// Run `f` with the device's validation and out-of-memory errors captured (error scopes on
     /// this thread): the first error becomes [`Error::Gpu`] naming `during`, instead of reaching
     /// the device's uncaptured-error handler (wgpu's default one panics).
+    ///
+    /// On wasm32 (a browser's WebGPU) an error scope can only be awaited, so `f` runs without
+    /// scopes of its own: its errors reach the scopes its async caller pushed
+    /// ([`crate::EngineBuilder::build_async`], [`crate::Engine::run_async`]) or the device's
+    /// uncaptured-error handler.
+    #[cfg(target_arch = "wasm32")]
+    pub fn scoped<T>(&self, during: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _ = during;
+        f()
+    }
+
+    /// Run `f` with the device's validation and out-of-memory errors captured (error scopes on
+    /// this thread): the first error becomes [`Error::Gpu`] naming `during`, instead of reaching
+    /// the device's uncaptured-error handler (wgpu's default one panics).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn scoped<T>(&self, during: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);

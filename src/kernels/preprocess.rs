@@ -366,12 +366,16 @@ impl Preprocessor {
         }
         // Whatever the checks above cannot see (a texture or buffer of another device) fails
         // here, before anything is recorded.
+        // On wasm32 a scope can only be awaited: errors reach the caller's scopes there
+        // (`Engine::run_async`).
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let groups: Vec<wgpu::BindGroup> = textures
             .iter()
             .enumerate()
             .map(|(i, t)| self.bind_group(t, dst, dst_offset + i as u64 * self.image_bytes))
             .collect();
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
             // An invalid bind group may have been cached: start afresh.
             self.forget_textures();
