@@ -151,15 +151,15 @@ impl Gpu {
         );
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
-            label: Some("sret-tome"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        })
-        .await
-        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+                label: Some("sret-tome"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
         // wgpu's default handler panics on an error nobody captured. Everything the engine does
         // runs inside error scopes (`Gpu::scoped`), so what reaches this handler escaped them:
         // it is logged, never a panic. (A borrowed device keeps its application's handler.)
