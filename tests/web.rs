@@ -105,7 +105,7 @@ fn page_classifies_like_the_native_engine() {
 
     let gpu = {
         let mut g = Gpu::new(&AdapterChoice::default()).expect("a native adapter");
-        g.features -= sret_tome::wgpu::Features::SUBGROUP;
+        g.features.remove(sret_tome::wgpu::Features::SUBGROUP);
         g
     };
     let model = std::sync::Arc::new(Model::synthetic("sret_t_distill").unwrap());
