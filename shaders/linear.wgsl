@@ -24,6 +24,7 @@ struct Params {
     ca: f32,
     cb: f32,
     norm: u32,
+    m_base: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -71,13 +72,13 @@ fn store_row(row: u32, n0: u32, lo: vec4<f32>, hi: vec4<f32>) {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let tiles_n = p.n_pad / 8u;
-    let tiles_m = (p.m + 7u) / 8u;
+    let tiles_m = (p.m - p.m_base + 7u) / 8u;
     let i = gid.x + gid.y * nwg.x * WG;
     if (i >= tiles_n * tiles_m) {
         return;
     }
     let n0 = (i % tiles_n) * 8u;
-    let m0 = (i / tiles_n) * 8u;
+    let m0 = p.m_base + (i / tiles_n) * 8u;
     // Rows past the edge are clamped for loading and skipped when storing.
     let r0 = min(m0 + 0u, p.m - 1u) * p.k;
     let r1 = min(m0 + 1u, p.m - 1u) * p.k;

@@ -5,7 +5,7 @@
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
 use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
-use crate::kernels::params::{LinearParams, LinearSgParams};
+use crate::kernels::params::LinearParams;
 use crate::model::weights::{LayerNorm, Linear};
 
 /// What happens to `x W^T + b` before it is stored.
@@ -142,6 +142,7 @@ fn record_with(
         ca,
         cb,
         norm: stats.is_some() as u32,
+        m_base: 0,
     };
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
@@ -174,16 +175,9 @@ fn record_with(
         _ => (m.div_ceil(big), None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
-        let p = LinearSgParams {
-            m: params.m,
-            k: params.k,
-            n: params.n,
-            n_pad: params.n_pad,
-            mode: params.mode,
-            ca: params.ca,
-            cb: params.cb,
-            norm: params.norm,
+        let p = LinearParams {
             m_base: base as u32,
+            ..params
         };
         let grid = b.grid(tiles * tiles_n * sg as usize, sg);
         b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);

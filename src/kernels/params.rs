@@ -8,8 +8,9 @@ use crate::gpu::params::ParamsLayout;
 use crate::kernel_params;
 
 kernel_params! {
-    /// `linear.wgsl`: `y [m, n] = epilogue(x [m, k] W^T + b)`.
-    pub struct LinearParams for [Linear] {
+    /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`):
+    /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m`.
+    pub struct LinearParams for [Linear, LinearSg, LinearSgR64, LinearSgR16, LinearSgR8] {
         /// Rows of x and y.
         pub m: u32,
         /// Input features.
@@ -25,28 +26,6 @@ kernel_params! {
         /// Residual coefficient of the new value.
         pub cb: f32,
         /// 1: normalise each row of x with its LayerNorm statistics as it is loaded.
-        pub norm: u32,
-    }
-}
-
-kernel_params! {
-    /// The subgroup linear kernels (`linear_sg*.wgsl`): [`LinearParams`] and the first row.
-    pub struct LinearSgParams for [LinearSg, LinearSgR64, LinearSgR16, LinearSgR8] {
-        /// Rows of x and y.
-        pub m: u32,
-        /// Input features.
-        pub k: u32,
-        /// Output features.
-        pub n: u32,
-        /// Output features padded to the tile width.
-        pub n_pad: u32,
-        /// Epilogue: 0 bias, 1 GELU, 2 residual.
-        pub mode: u32,
-        /// Residual coefficient of the old `y`.
-        pub ca: f32,
-        /// Residual coefficient of the new value.
-        pub cb: f32,
-        /// 1: LayerNorm fused into the load.
         pub norm: u32,
         /// First row of this dispatch's tiles (a tail dispatch starts after the full tiles).
         pub m_base: u32,
@@ -277,7 +256,6 @@ kernel_params! {
 pub fn all() -> Vec<ParamsLayout> {
     vec![
         ParamsLayout::of::<LinearParams>(),
-        ParamsLayout::of::<LinearSgParams>(),
         ParamsLayout::of::<AttentionParams>(),
         ParamsLayout::of::<ConvParams>(),
         ParamsLayout::of::<CopyTokensParams>(),
