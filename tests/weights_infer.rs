@@ -12,6 +12,19 @@ fn scratch(name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
+/// `found` is `expected` in everything but its name.
+fn assert_same_network(found: &ModelConfig, expected: &ModelConfig, what: &str) {
+    assert_eq!(
+        &ModelConfig {
+            name: expected.name,
+            ..found.clone()
+        },
+        expected,
+        "{what} read as {}",
+        found.name
+    );
+}
+
 /// Without `module.` or other naming differences, the file names its own architecture.
 #[test]
 fn auto_finds_the_configuration_of_every_named_model() {
@@ -27,16 +40,8 @@ fn auto_finds_the_configuration_of_every_named_model() {
         let path = scratch(&format!("{name}.safetensors"));
         save_safetensors(&synthetic_weights(&cfg, 3), &cfg, &path).unwrap();
         let model = sret_tome::io::load_model("auto", &path).unwrap();
-        // deit_tiny and vit_tiny_patch16_224 (say) are one network: compare all but the name.
-        assert_eq!(
-            ModelConfig {
-                name: cfg.name,
-                ..model.cfg.clone()
-            },
-            cfg,
-            "{name} read as {}",
-            model.cfg.name
-        );
+        // deit_tiny and vit_tiny_patch16_224 (say) are one network.
+        assert_same_network(&model.cfg, &cfg, name);
         std::fs::remove_file(&path).ok();
     }
 }
@@ -56,14 +61,7 @@ fn auto_derives_an_unnamed_vit() {
         save_safetensors(&w, &cfg, &path).unwrap();
         let model = sret_tome::io::load_model("auto", &path).unwrap();
         // Derived configurations carry the name of the timm model of their width.
-        assert_eq!(
-            ModelConfig {
-                name: cfg.name,
-                ..model.cfg.clone()
-            },
-            cfg,
-            "{spec}"
-        );
+        assert_same_network(&model.cfg, &cfg, spec);
         assert_eq!(model.weights.head.weight, w.head.weight, "{spec}");
         std::fs::remove_file(&path).ok();
     }
