@@ -96,13 +96,15 @@ pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, T
 pub use tune::{shape_tag, Autotune, ChoiceSource, KernelChoice, Measurements, TuneCache};
 
 /// Optional device features the engine uses when the device it is given has them enabled:
-/// `SUBGROUP` (kernels for 8-lane subgroups, where the adapter has them: several times faster on
-/// CPU adapters), `TIMESTAMP_QUERY` (+ `_INSIDE_PASSES`, for timing) and `SHADER_F16`. None is
-/// required. An application creating its device can request
-/// `adapter.features() & sret_tome::api::useful_features()`.
+/// `SUBGROUP` (the subgroup kernels: several times faster on CPU adapters), `TIMESTAMP_QUERY`
+/// (+ `_INSIDE_PASSES`, for timing) and `SHADER_F16`. None is required. An application creating
+/// its device can request `adapter.features() & sret_tome::api::useful_features()`, or let
+/// [`request_device`] do it.
 pub fn useful_features() -> wgpu::Features {
     crate::gpu::context::wanted_features()
 }
+
+pub use crate::gpu::context::request_device;
 
 #[derive(Clone)]
 enum Weights {

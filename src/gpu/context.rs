@@ -93,6 +93,40 @@ pub fn wanted_features() -> wgpu::Features {
         | wgpu::Features::SUBGROUP
 }
 
+/// Open a device on `adapter` as the engine's own [`Gpu`] does: with the [`wanted_features`]
+/// the adapter has and the adapter's own limits (storage binding size, workgroup sizes), so
+/// plans can use what the hardware offers. wgpu's default handler panics on an error nobody
+/// captured; this device logs it instead (everything the engine does runs inside error scopes,
+/// `Gpu::scoped`, so what reaches the handler escaped them).
+pub async fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let info = adapter.get_info();
+    let features = adapter.features() & wanted_features();
+    log::info!(
+        "adapter: {} ({:?}, {}), features {:?}, subgroups {}..{}",
+        info.name,
+        info.backend,
+        info.driver,
+        features,
+        info.subgroup_min_size,
+        info.subgroup_max_size
+    );
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("sret-tome"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        })
+        .await
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+    device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
+        log::error!("uncaptured GPU error: {e}");
+    }));
+    Ok((device, queue))
+}
+
 impl Gpu {
     /// Create an instance, pick an adapter and open a device with the adapter's own limits
     /// (storage binding size, workgroup sizes), so plans can use what the hardware offers.
@@ -140,32 +174,8 @@ impl Gpu {
             })?,
         };
         let info = adapter.get_info();
-        let features = adapter.features() & wanted_features();
-        let limits = adapter.limits();
-        log::info!(
-            "adapter: {} ({:?}, {}), features {:?}",
-            info.name,
-            info.backend,
-            info.driver,
-            features
-        );
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("sret-tome"),
-                required_features: features,
-                required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::Performance,
-                trace: wgpu::Trace::Off,
-            })
-            .await
-            .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        // wgpu's default handler panics on an error nobody captured. Everything the engine does
-        // runs inside error scopes (`Gpu::scoped`), so what reaches this handler escaped them:
-        // it is logged, never a panic. (A borrowed device keeps its application's handler.)
-        device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
-            log::error!("uncaptured GPU error: {e}");
-        }));
+        let (device, queue) = request_device(&adapter).await?;
+        let (features, limits) = (device.features(), device.limits());
         let lost = std::sync::Arc::new(std::sync::Mutex::new(None));
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {

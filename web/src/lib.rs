@@ -78,29 +78,9 @@ async fn device() -> Result<Rc<Device>, JsValue> {
         .map_err(|e| js_err(format!("no WebGPU adapter: {e}")))?;
     let info = adapter.get_info();
     // What the engine can use of what the browser's adapter has (no shader-f16: f32).
-    let features = adapter.features() & sret_tome::api::useful_features();
-    let (device, queue) = adapter
-        .request_device(&wgpu::DeviceDescriptor {
-            label: Some("sret-tome web"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        })
+    let (device, queue) = sret_tome::api::request_device(&adapter)
         .await
         .map_err(|e| js_err(format!("requesting the WebGPU device: {e}")))?;
-    device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
-        log::error!("uncaptured GPU error: {e}");
-    }));
-    log::info!(
-        "adapter: {} ({:?}), features {:?}, subgroups {}..{}",
-        info.name,
-        info.backend,
-        features,
-        info.subgroup_min_size,
-        info.subgroup_max_size
-    );
     let d = Rc::new(Device {
         device,
         queue,
