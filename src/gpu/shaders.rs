@@ -363,14 +363,20 @@ impl PipelineCache {
                 } else {
                     device.create_shader_module(desc)
                 };
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                #[cfg(not(target_arch = "wasm32"))]
+                let started = std::time::Instant::now();
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(&label),
                     layout: None,
                     module: &module,
                     entry_point: Some("main"),
                     compilation_options: Default::default(),
                     cache: None,
-                })
+                });
+                // Software drivers compile at pipeline creation: say what took how long.
+                #[cfg(not(target_arch = "wasm32"))]
+                log::debug!("pipeline {label}: {:.0?}", started.elapsed());
+                pipeline
             })
             .clone()
     }

@@ -12,6 +12,8 @@ use sret_tome::tome::Split;
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
+        // RUST_LOG=sret_tome=debug shows every pipeline compiled and how long it took.
+        let _ = env_logger::builder().is_test(true).try_init();
         Gpu::new(&AdapterChoice::default())
             .expect("GPU tests need an adapter; on Linux without a GPU install mesa-vulkan-drivers")
     })
