@@ -12,7 +12,9 @@
 //! separable triangle filter whose support grows with the downscale factor, the coefficients
 //! computed in `f64`, normalised, converted to 22-bit fixed point, and an 8-bit rounding between
 //! the two passes, run in Pillow 13's order (see [`pillow_vertical_first`]). For an RGB8 image the
-//! output is bit-identical to `PIL.Image.resize(size, Image.BILINEAR)` of Pillow 13.0.
+//! output is bit-identical to `PIL.Image.resize(size, Image.BILINEAR)` of Pillow 13.0, and with
+//! [`Filter::Bicubic`] (Pillow's cubic with `a = -0.5`, support 2) to `Image.BICUBIC`, which
+//! timm's eval transform uses for its ViT family.
 //!
 //! Since every output pixel depends only on its own coefficients, [`preprocess_rgb8`] computes
 //! only the 224x224 window that survives the centre crop. That gives the same bytes as resizing
@@ -34,10 +36,50 @@ pub const RESIZE_SHORTER: u32 = 256;
 /// `CenterCrop(224)`: the model's input side.
 pub const CROP_SIZE: u32 = 224;
 
-/// An evaluation transform: `Resize(resize)` (shorter side, PIL antialiased bilinear),
+/// Pillow's resampling filter of a resize (antialiased: the support grows with the downscale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.BILINEAR` (the triangle filter): torchvision's default, the paper's eval.
+    Bilinear,
+    /// `Image.BICUBIC` (Keys' cubic, `a = -0.5`): timm's eval of DeiT and the AugReg ViTs.
+    Bicubic,
+}
+
+impl Filter {
+    /// Half-width of the filter at scale 1.
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    /// Pillow's `bilinear_filter` / `bicubic_filter`.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear if x < 1.0 => 1.0 - x,
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// An evaluation transform: `Resize(resize)` (shorter side, PIL antialiased, with `filter`),
 /// `CenterCrop(crop)`, `ToTensor`, `Normalize(mean, std)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalTransform {
+    /// The resize's filter.
+    pub filter: Filter,
     /// The shorter side after resizing (`floor(crop / crop_pct)`).
     pub resize: u32,
     /// The side of the centre crop: the model's input side.
@@ -51,19 +93,27 @@ pub struct EvalTransform {
 impl EvalTransform {
     /// torchvision's ImageNet transform: 256, 224, ImageNet mean and std (SReT, DeiT, PiT).
     pub const IMAGENET: EvalTransform = EvalTransform {
+        filter: Filter::Bilinear,
         resize: RESIZE_SHORTER,
         crop: CROP_SIZE,
         mean: IMAGENET_MEAN,
         std: IMAGENET_STD,
     };
 
-    /// The transform of `cfg` at its image size, with timm's `crop_pct` and normalisation:
-    /// ImageNet's mean and std with `crop_pct` 0.875 (SReT, DeiT, PiT), and for the AugReg
-    /// `vit_*` models mean and std 0.5 with `crop_pct` 0.9 at 224 pixels and 1.0 above. timm
-    /// resizes those with bicubic interpolation; this transform's resize is PIL's bilinear
-    /// (the one reproduced bit for bit), so their inputs differ slightly from timm's.
+    /// The transform of `cfg` at its image size. The paper's models (SReT, DeiT-Tiny, PiT-Ti:
+    /// [`crate::model::MODEL_NAMES`]) get the paper's eval, [`EvalTransform::IMAGENET`]
+    /// (bilinear). The ViT family gets timm's: bicubic, ImageNet's mean and std with `crop_pct`
+    /// 0.875 (DeiT), and for the AugReg `vit_*` models mean and std 0.5 with `crop_pct` 0.9 at
+    /// 224 pixels and 1.0 above.
     pub fn for_model(cfg: &crate::model::ModelConfig) -> EvalTransform {
         let size = cfg.image_size as u32;
+        if crate::model::MODEL_NAMES.contains(&cfg.name) {
+            return EvalTransform {
+                resize: (size as f64 / 0.875).floor() as u32,
+                crop: size,
+                ..EvalTransform::IMAGENET
+            };
+        }
         let augreg = cfg.name.starts_with("vit_");
         let (crop_pct, mean, std) = match (augreg, size > 224) {
             (true, false) => (0.9, [0.5; 3], [0.5; 3]),
@@ -71,6 +121,7 @@ impl EvalTransform {
             (false, _) => (0.875, IMAGENET_MEAN, IMAGENET_STD),
         };
         EvalTransform {
+            filter: Filter::Bicubic,
             resize: (size as f64 / crop_pct).floor() as u32,
             crop: size,
             mean,
@@ -119,7 +170,7 @@ pub fn preprocess_rgb8_with(img: &RgbImage, t: &EvalTransform) -> Vec<f32> {
     // The shorter side is `resize >= crop`, so the crop never needs padding.
     let x0 = center_crop_offset(rw, t.crop);
     let y0 = center_crop_offset(rh, t.crop);
-    let crop = resample_window(img, rw, rh, x0, y0, t.crop, t.crop);
+    let crop = resample_window(img, t.filter, rw, rh, (x0, y0, t.crop, t.crop));
     normalize_chw_with(&crop, &t.mean, &t.std)
 }
 
@@ -149,11 +200,15 @@ pub fn normalize_chw_with(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3]) -> Ve
 ///
 /// Bit-identical to `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image.
 pub fn resize_bilinear_antialias(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    assert!(
-        w > 0 && h > 0,
-        "resize_bilinear_antialias: empty output size"
-    );
-    resample_window(img, w, h, 0, 0, w, h)
+    resize_antialias(img, Filter::Bilinear, w, h)
+}
+
+#[cfg(feature = "images")]
+/// Resize with Pillow's antialiased `filter`: bit-identical to `PIL.Image.resize((w, h), F)` on
+/// an RGB image, `F` the filter's Pillow name.
+pub fn resize_antialias(img: &RgbImage, filter: Filter, w: u32, h: u32) -> RgbImage {
+    assert!(w > 0 && h > 0, "resize_antialias: empty output size");
+    resample_window(img, filter, w, h, (0, 0, w, h))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,25 +224,16 @@ pub(crate) struct Coeffs {
     kk: Vec<i32>,
 }
 
-fn bilinear_filter(x: f64) -> f64 {
-    let x = x.abs();
-    if x < 1.0 {
-        1.0 - x
-    } else {
-        0.0
-    }
-}
-
 impl Coeffs {
-    /// `precompute_coeffs(in_size, 0, in_size, out_size, BILINEAR)` followed by
+    /// `precompute_coeffs(in_size, 0, in_size, out_size, filter)` followed by
     /// `normalize_coeffs_8bpc`, for the output indices `start..start + len` only.
-    pub(crate) fn new(in_size: u32, out_size: u32, start: u32, len: u32) -> Coeffs {
+    pub(crate) fn new(filter: Filter, in_size: u32, out_size: u32, start: u32, len: u32) -> Coeffs {
         // The box reaches C as floats: in0 = 0.0f, in1 = (float)in_size.
         let in0 = 0.0f32;
         let in1 = in_size as f32;
         let scale = (in1 - in0) as f64 / out_size as f64;
         let filterscale = if scale < 1.0 { 1.0 } else { scale };
-        let support = 1.0 * filterscale;
+        let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let ss = 1.0 / filterscale;
 
@@ -202,7 +248,7 @@ impl Coeffs {
             let count = (xmax - xmin).max(0) as usize;
             let mut ww = 0.0f64;
             for (x, kx) in k.iter_mut().enumerate().take(count) {
-                let w = bilinear_filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                let w = filter.weight(((x as i64 + xmin) as f64 - center + 0.5) * ss);
                 *kx = w;
                 ww += w;
             }
@@ -332,24 +378,23 @@ fn crop(src: &[u8], src_w: usize, rows: Range<usize>, cols: Range<usize>) -> Vec
 
 #[cfg(feature = "images")]
 /// The window `[x0, x0 + w) x [y0, y0 + h)` of the image resized to `out_w`x`out_h` with Pillow's
-/// antialiased bilinear filter: two separable passes (either skipped when that side keeps its
-/// size) in Pillow 13's order ([`pillow_vertical_first`]), with 8-bit rounding after each.
+/// antialiased `filter`: two separable passes (either skipped when that side keeps its size) in
+/// Pillow 13's order ([`pillow_vertical_first`]), with 8-bit rounding after each.
 fn resample_window(
     img: &RgbImage,
+    filter: Filter,
     out_w: u32,
     out_h: u32,
-    x0: u32,
-    y0: u32,
-    w: u32,
-    h: u32,
+    window: (u32, u32, u32, u32),
 ) -> RgbImage {
     let vertical_first = pillow_vertical_first(img.width(), img.height(), out_w, out_h);
-    resample_window_ordered(img, out_w, out_h, (x0, y0, w, h), vertical_first)
+    resample_window_ordered(img, filter, out_w, out_h, window, vertical_first)
 }
 
 #[cfg(feature = "images")]
 fn resample_window_ordered(
     img: &RgbImage,
+    filter: Filter,
     out_w: u32,
     out_h: u32,
     (x0, y0, w, h): (u32, u32, u32, u32),
@@ -365,8 +410,8 @@ fn resample_window_ordered(
     let in_w_us = in_w as usize;
     let win_cols = x0 as usize..(x0 + w) as usize;
     let win_rows = y0 as usize..(y0 + h) as usize;
-    let hc = (out_w != in_w).then(|| Coeffs::new(in_w, out_w, x0, w));
-    let vc = (out_h != in_h).then(|| Coeffs::new(in_h, out_h, y0, h));
+    let hc = (out_w != in_w).then(|| Coeffs::new(filter, in_w, out_w, x0, w));
+    let vc = (out_h != in_h).then(|| Coeffs::new(filter, in_h, out_h, y0, h));
 
     let out = if !vertical_first {
         // Horizontal pass over the input rows the vertical pass reads, then vertical pass.
@@ -429,19 +474,23 @@ mod tests {
             (150, 9),
             (20, 200),
         ] {
-            let full = resize_bilinear_antialias(&img, ow, oh);
             let (x0, y0, w, h) = (ow / 5, oh / 3, ow / 2, oh / 2);
-            for vertical_first in [false, true] {
-                let full = resample_window_ordered(&img, ow, oh, (0, 0, ow, oh), vertical_first);
-                let win = resample_window_ordered(&img, ow, oh, (x0, y0, w, h), vertical_first);
-                for y in 0..h {
-                    for x in 0..w {
-                        assert_eq!(win.get_pixel(x, y), full.get_pixel(x0 + x, y0 + y));
+            for f in [Filter::Bilinear, Filter::Bicubic] {
+                let full = resize_antialias(&img, f, ow, oh);
+                for vertical_first in [false, true] {
+                    let full =
+                        resample_window_ordered(&img, f, ow, oh, (0, 0, ow, oh), vertical_first);
+                    let win =
+                        resample_window_ordered(&img, f, ow, oh, (x0, y0, w, h), vertical_first);
+                    for y in 0..h {
+                        for x in 0..w {
+                            assert_eq!(win.get_pixel(x, y), full.get_pixel(x0 + x, y0 + y));
+                        }
                     }
                 }
+                let win = resample_window(&img, f, ow, oh, (x0, y0, w, h));
+                assert_eq!(win.get_pixel(0, 0), full.get_pixel(x0, y0));
             }
-            let win = resample_window(&img, ow, oh, x0, y0, w, h);
-            assert_eq!(win.get_pixel(0, 0), full.get_pixel(x0, y0));
         }
     }
 
@@ -471,9 +520,17 @@ mod transform_tests {
     fn each_model_gets_timm_crop_and_normalisation() {
         let t = |name: &str| EvalTransform::for_model(&ModelConfig::by_name(name).unwrap());
         assert_eq!(t("sret_t"), EvalTransform::IMAGENET);
-        assert_eq!(t("deit_small_patch16_224"), EvalTransform::IMAGENET);
+        assert_eq!(t("deit_tiny_distill"), EvalTransform::IMAGENET);
+        assert_eq!(
+            t("deit_small_patch16_224"),
+            EvalTransform {
+                filter: Filter::Bicubic,
+                ..EvalTransform::IMAGENET
+            }
+        );
         let vit = t("vit_base_patch16_224");
         assert_eq!((vit.resize, vit.crop, vit.mean), (248, 224, [0.5; 3]));
+        assert_eq!(vit.filter, Filter::Bicubic);
         let big = t("vit_small_patch16_384");
         assert_eq!((big.resize, big.crop), (384, 384));
         let deit384 = t("deit_base_patch16_384");

@@ -181,6 +181,64 @@ fn resize_is_bit_identical_to_pil() {
     }
 }
 
+/// Pillow's BICUBIC resize (timm's eval of DeiT and the AugReg ViTs) bit for bit:
+/// `resize_antialias(.., Filter::Bicubic, ..)` on the resize cases, and the whole eval transform
+/// of `EvalTransform::for_model` on JPEG sources (bicubic `Resize`, `CenterCrop`), made by
+/// tools/make_bicubic_fixtures.py.
+#[test]
+fn bicubic_resize_and_timm_eval_are_bit_identical_to_pil() {
+    use sret_tome::model::ModelConfig;
+    use sret_tome::preprocess::{
+        normalize_chw_with, preprocess_rgb8_with, resize_antialias, EvalTransform, Filter,
+    };
+    let bytes = std::fs::read(fixtures().join("bicubic.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let m = manifest();
+    for case in m["resize"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let file = case["file"].as_str().unwrap();
+        let w = case["size"][0].as_u64().unwrap() as u32;
+        let h = case["size"][1].as_u64().unwrap() as u32;
+        let src = decode_rgb8(&fixtures().join(file)).unwrap();
+        let ours = resize_antialias(&src, Filter::Bicubic, w, h);
+        let theirs = u8_tensor(
+            &st,
+            &format!("resize.{name}.{w}x{h}"),
+            &[h as usize, w as usize, 3],
+        );
+        assert!(
+            ours.as_raw() == theirs,
+            "{file} -> {w}x{h}: differs from PIL's BICUBIC"
+        );
+    }
+    let mut checked = 0;
+    for (t, model) in [
+        ("deit", "deit_small_patch16_224"),
+        ("vit", "vit_base_patch16_224"),
+    ] {
+        let transform = EvalTransform::for_model(&ModelConfig::by_name(model).unwrap());
+        assert_eq!(transform.filter, Filter::Bicubic);
+        for img in m["images"].as_array().unwrap() {
+            let name = img["name"].as_str().unwrap();
+            let Ok(theirs) = st.tensor(&format!("eval.{t}.{name}")) else {
+                continue;
+            };
+            let src = decode_rgb8(&fixtures().join(img["file"].as_str().unwrap())).unwrap();
+            let ours = preprocess_rgb8_with(&src, &transform);
+            let c = transform.crop;
+            let theirs =
+                sret_tome::image::RgbImage::from_raw(c, c, theirs.data().to_vec()).unwrap();
+            let want = normalize_chw_with(&theirs, &transform.mean, &transform.std);
+            assert!(
+                ours == want,
+                "{model} eval of {name} differs from timm's (PIL BICUBIC)"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3, "the fixture's eval cases");
+}
+
 /// The JPEG decoder reproduces Pillow's (libjpeg-turbo) pixels exactly: progressive, 4:2:2,
 /// restart markers, optimised Huffman tables, grayscale, CMYK, and images narrower than a chroma
 /// block.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{KernelKey, KernelParams, PipelineCache, Shader};
 use crate::kernels::params::PreprocessParams;
 use crate::preprocess::{
-    center_crop_offset, pillow_vertical_first, resize_output_size, Coeffs, CROP_SIZE,
+    center_crop_offset, pillow_vertical_first, resize_output_size, Coeffs, Filter, CROP_SIZE,
     RESIZE_SHORTER,
 };
 
@@ -49,7 +49,7 @@ fn axis_table(in_size: u32, out_size: u32, start: u32) -> (usize, Vec<i32>) {
             .collect();
         return (3, rows);
     }
-    let c = Coeffs::new(in_size, out_size, start, OUT_SIDE);
+    let c = Coeffs::new(Filter::Bilinear, in_size, out_size, start, OUT_SIDE);
     let ksize = (0..c.len()).map(|i| c.taps(i).1.len()).max().unwrap_or(0);
     let stride = 2 + ksize;
     let mut rows = vec![0i32; c.len() * stride];
