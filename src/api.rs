@@ -426,6 +426,7 @@ impl EngineBuilder {
             readback_pool: Arc::new(Mutex::new(Vec::new())),
             upload_pool: Arc::new(Mutex::new(Vec::new())),
             trace_lock: Mutex::new(()),
+            trace_awaited: std::sync::atomic::AtomicBool::new(false),
             submissions: Default::default(),
             readbacks: Default::default(),
             model_name: model.cfg.name,
@@ -779,6 +780,9 @@ pub struct Engine {
     timer: Option<Timer>,
     /// Serialises traced forwards (their trace buffers are one per engine).
     trace_lock: Mutex<()>,
+    /// An awaited traced forward is in flight (set and checked under `trace_lock`, which the
+    /// awaited forward never holds across an await).
+    trace_awaited: std::sync::atomic::AtomicBool,
     /// Submissions and buffer mappings so far ([`Engine::stats`]).
     submissions: std::sync::atomic::AtomicU64,
     readbacks: std::sync::atomic::AtomicU64,

@@ -170,6 +170,14 @@ pub enum Error {
         why: String,
     },
 
+    /// Something that runs one at a time is already running (the engine's traced forward,
+    /// whose trace buffers are one per engine).
+    #[error("{what} is already in flight: await it first, or build a second engine")]
+    Busy {
+        /// What is running.
+        what: String,
+    },
+
     /// The GPU device was lost (driver reset, removal); the engine must be rebuilt.
     #[error("the GPU device was lost during {during}{detail}")]
     DeviceLost {

@@ -232,14 +232,15 @@ impl Wake for Flag {
 
 /// Drive `fut` as an executor would: poll it, and while it is pending let the device make
 /// progress without blocking (`PollType::Poll`) until the waker fires.
-fn drive(device: &wgpu::Device, mut fut: PendingLogits) -> (usize, sret_tome::Result<Logits>) {
+fn drive<F: Future>(device: &wgpu::Device, fut: F) -> (usize, F::Output) {
+    let mut fut = std::pin::pin!(fut);
     let flag = Arc::new(Flag(AtomicBool::new(false)));
     let waker = Waker::from(flag.clone());
     let mut cx = Context::from_waker(&waker);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pendings = 0;
     loop {
-        match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+        match fut.as_mut().poll(&mut cx) {
             Poll::Ready(r) => return (pendings, r),
             Poll::Pending => pendings += 1,
         }
@@ -973,4 +974,52 @@ fn textures_are_refused_where_the_model_needs_another_transform() {
     let t = texture(64, 48, wgpu::TextureFormat::Rgba8Unorm, &texels);
     let e = engine.run(&[&t][..]).unwrap_err().to_string();
     assert!(e.contains("ImageNet transform") && e.contains("0.5"), "{e}");
+}
+
+/// A traced forward awaited (the browser's path) gives the blocking one's logits and trace, and
+/// a second traced forward while one is in flight is refused, not interleaved nor waited for.
+#[test]
+fn traced_forward_awaited_equals_the_blocking_one() {
+    let App { device, queue, .. } = app();
+    let engine = EngineBuilder::new()
+        .model("sret_t")
+        .synthetic_weights()
+        .schedule("exp:0.25,0".parse().unwrap())
+        .device(device, queue)
+        .autotune(sret_tome::api::Autotune::Off)
+        .trace(true)
+        .build()
+        .unwrap();
+    let cfg = engine.planned().config().clone();
+    let images = sret_tome::model::synthetic_images(&cfg, 1, 17);
+    let blocking = engine.forward(&images).unwrap();
+
+    let mut first = std::pin::pin!(engine.forward_traced_async(images.as_slice()));
+    let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+    assert!(first
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    let (_, second) = drive(device, engine.forward_traced_async(images.as_slice()));
+    let e = second
+        .err()
+        .expect("a second traced forward in flight is refused");
+    assert!(matches!(e, sret_tome::Error::Busy { .. }), "{e}");
+    // A blocking traced forward meanwhile is refused too, not waited for (no deadlock).
+    let e = engine
+        .forward(&images)
+        .err()
+        .expect("refused while one is awaited");
+    assert!(matches!(e, sret_tome::Error::Busy { .. }), "{e}");
+
+    let (_, awaited) = drive(device, first);
+    let awaited = awaited.unwrap();
+    assert_eq!(awaited.logits, blocking.logits);
+    let (a, b) = (awaited.trace.unwrap(), blocking.trace.unwrap());
+    assert!(
+        a.merges.iter().any(|m| m.n_out < m.n_in),
+        "the schedule merges"
+    );
+    assert_eq!(a.merges, b.merges);
+    assert_eq!(a.stage_maps, b.stage_maps);
 }

@@ -113,6 +113,11 @@ impl Engine {
     pub fn forward(&self, images: &[f32]) -> Result<ForwardOutput> {
         // Trace buffers are one per engine: a traced forward runs alone.
         let _alone = self.trace_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.trace_awaited.load(Relaxed) {
+            return Err(Error::Busy {
+                what: "an awaited traced forward of this engine".into(),
+            });
+        }
         let logits = self.run(Input::Host(images))?.into_vec();
         let traced = !self.inner.trace_buffers().is_empty();
         let trace = if traced {
@@ -259,14 +264,68 @@ impl Engine {
     }
 
     fn read_trace(&self) -> Result<Trace> {
+        let words = self
+            .inner
+            .trace_buffers()
+            .iter()
+            .map(|buf| self.read(buf))
+            .collect::<Result<Vec<_>>>()?;
+        self.assemble_trace(words)
+    }
+
+    /// [`Engine::forward`] awaited (a traced forward in a browser): logits and, for an engine
+    /// built with [`super::EngineBuilder::trace`], the trace. Natively something must poll the
+    /// device meanwhile, as for [`Engine::run_async`]. One traced forward at a time, as they
+    /// share buffers: this one, or a blocking [`Engine::forward`], while it is in flight is
+    /// refused ([`Error::Busy`]) rather than waited for (a wait could deadlock the thread that
+    /// drives this future).
+    pub async fn forward_traced_async<'a>(
+        &self,
+        input: impl Into<Input<'a>>,
+    ) -> Result<ForwardOutput> {
+        let _alone = self.claim_trace_buffers()?;
+        let logits = self.run_async(input).await?.into_vec();
+        let trace = if self.inner.trace_buffers().is_empty() {
+            None
+        } else {
+            let mut words = Vec::new();
+            for buf in self.inner.trace_buffers() {
+                self.readbacks.fetch_add(1, Relaxed);
+                words.push(crate::gpu::context::read_buffer_async(buf).await?);
+            }
+            Some(self.assemble_trace(words)?)
+        };
+        Ok(ForwardOutput { logits, trace })
+    }
+
+    /// Mark the trace buffers as used by an awaited forward until the guard drops (also when
+    /// the future is dropped unfinished). Never waits: a traced forward in flight is `Busy`.
+    fn claim_trace_buffers(&self) -> Result<impl Drop + '_> {
+        struct Claim<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Relaxed);
+            }
+        }
+        let busy = || Error::Busy {
+            what: "a traced forward of this engine".into(),
+        };
+        let _lock = self.trace_lock.try_lock().map_err(|_| busy())?;
+        if self.trace_awaited.swap(true, Relaxed) {
+            return Err(busy());
+        }
+        Ok(Claim(&self.trace_awaited))
+    }
+
+    /// The trace from the words of the trace buffers, in the engine's order.
+    fn assemble_trace(&self, words: Vec<Vec<u32>>) -> Result<Trace> {
         let batch = self.batch();
-        let mut bufs = self.inner.trace_buffers().iter();
+        let mut bufs = words.into_iter();
         let mut next_u32 = |keep: usize| -> Result<Vec<u32>> {
-            let buf = bufs.next().ok_or_else(|| Error::Gpu {
+            let mut v = bufs.next().ok_or_else(|| Error::Gpu {
                 during: "trace".into(),
                 why: "missing readback buffer".into(),
             })?;
-            let mut v: Vec<u32> = self.read(buf)?;
             v.truncate(keep);
             Ok(v)
         };

@@ -339,6 +339,62 @@ pub fn lost_in_readback(e: wgpu::BufferAsyncError) -> Error {
     }
 }
 
+/// A value a wgpu callback delivers once (a buffer mapping, say), as a future: [`OneShot::new`]
+/// gives the future and the callback that completes it. Awaiting it blocks nothing; natively
+/// something must poll the device meanwhile, in a browser the event loop runs the callback.
+pub struct OneShot<T>(std::sync::Arc<std::sync::Mutex<(Option<T>, Option<std::task::Waker>)>>);
+
+impl<T: Send + 'static> OneShot<T> {
+    /// The future and the callback that fills it.
+    pub fn new() -> (OneShot<T>, impl FnOnce(T) + Send + 'static) {
+        let cell =
+            std::sync::Arc::new(std::sync::Mutex::new((None::<T>, None::<std::task::Waker>)));
+        let fill = cell.clone();
+        let callback = move |v: T| {
+            let waker = {
+                let mut c = fill.lock().unwrap_or_else(|p| p.into_inner());
+                c.0 = Some(v);
+                c.1.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        };
+        (OneShot(cell), callback)
+    }
+}
+
+impl<T> std::future::Future for OneShot<T> {
+    type Output = T;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match c.0.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                c.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+/// [`read_buffer`] awaited instead of waited for (see [`OneShot`] on polling).
+pub async fn read_buffer_async<T: bytemuck::Pod>(buf: &wgpu::Buffer) -> Result<Vec<T>> {
+    let slice = buf.slice(..);
+    let (mapped, callback) = OneShot::new();
+    slice.map_async(wgpu::MapMode::Read, callback);
+    mapped.await.map_err(lost_in_readback)?;
+    let data = {
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
+            during: "readback".into(),
+            why: e.to_string(),
+        })?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    buf.unmap();
+    Ok(data)
+}
+
 /// Map a staging buffer and copy it out; a lost device is an error, not a hang.
 pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<T>> {
     let slice = buf.slice(..);

@@ -42,6 +42,23 @@ pub fn load_model(name: &str, path: impl AsRef<Path>) -> Result<Model> {
     })
 }
 
+/// Model `name` (or [`infer::AUTO`]) with its weights from safetensors bytes already in memory
+/// (a file a browser page was given, a download); `what` names them in messages.
+pub fn load_model_safetensors_bytes(name: &str, bytes: &[u8], what: &Path) -> Result<Model> {
+    let (cfg, weights) = if name == infer::AUTO {
+        infer::infer_and_load(bytes, what)?
+    } else {
+        let cfg = ModelConfig::by_name(name)?;
+        let weights = safetensors::load_safetensors_bytes(bytes, what, &cfg)?;
+        (cfg, weights)
+    };
+    Ok(Model {
+        cfg,
+        weights,
+        synthetic: false,
+    })
+}
+
 /// The file as safetensors bytes (a checkpoint converted in memory), then [`infer`].
 fn load_inferred(path: &Path) -> Result<(ModelConfig, ModelWeights)> {
     let bytes = files::read_regular(path, safetensors::MAX_WEIGHT_FILE_BYTES, "weight file")?;
