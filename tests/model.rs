@@ -11,9 +11,8 @@ mod common;
 use common::*;
 use sret_tome::model::Model;
 use sret_tome::model::MODEL_NAMES;
-use sret_tome::reference::{self as cpu, Matching, ReferenceSpec};
 use sret_tome::runtime::ForwardSpec;
-use sret_tome::tome::{Schedule, Split};
+use sret_tome::tome::Schedule;
 
 fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     let cfg = &model.cfg;
@@ -28,53 +27,9 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
     .unwrap();
     let images = sret_tome::model::synthetic_images(cfg, batch, seed + 100);
     let out = engine.forward(&images).unwrap();
-    let safe_r = plan.trajectory.per_stage_safe_r();
-    let spec = ReferenceSpec {
-        safe_r: &safe_r,
-        perms: &plan.perms,
-        forced: None,
-    };
-    let mut want = cpu::forward(cfg, &model.weights, &images, batch, &spec);
-
-    // Compare every merge decision. Before an image's first disagreement the GPU and the twin
-    // are in the same state, so that disagreement must be a near-tie of the twin's own row
-    // maxima; after it the states differ and later disagreements are consequences. The twin is
-    // then re-run on the GPU's decisions.
     let trace = out.trace.unwrap_or_default();
-    let mut forced: Vec<Vec<Vec<Option<Matching>>>> = safe_r
-        .iter()
-        .map(|s| vec![vec![None; batch]; s.len()])
-        .collect();
-    let split = Split::of(cfg);
-    let mut diverged = vec![false; batch];
-    let mut total = 0;
-    for m in &trace.merges {
-        let (s, e, slots, n_in) = (&m.stage, &m.exec, &m.slots, &m.n_in);
-        let r = safe_r[*s][*e];
-        for i in 0..batch {
-            total += 1;
-            let gpu_slots = &slots[i * n_in..(i + 1) * n_in];
-            let twin = &want.matchings[*s][*e][i];
-            if !diverged[i] && gpu_slots != &cpu::merge_slot_map_split(*n_in, r, twin, split)[..] {
-                diverged[i] = true;
-                assert_near_tie(gpu_slots, twin, *n_in, r, split, (*s, *e, i));
-            }
-            forced[*s][*e][i] = Some(matching_from_slots(gpu_slots, *n_in, r, split));
-        }
-    }
-    assert_eq!(
-        total,
-        batch * safe_r.iter().flatten().filter(|&&r| r > 0).count(),
-        "one traced merge per image and merging execution"
-    );
-    let differing = diverged.iter().filter(|&&d| d).count();
-    if differing > 0 {
-        let spec = ReferenceSpec {
-            forced: Some(&forced),
-            ..spec
-        };
-        want = cpu::forward(cfg, &model.weights, &images, batch, &spec);
-    }
+    let (want, differing) =
+        twin_replaying(cfg, &model.weights, &images, batch, &plan, &trace.merges);
     let err = rel_l2(&out.logits, &want.logits);
     eprintln!("{} {schedule} batch {batch}: rel L2 {err:.2e}; {differing} of {batch} images resolved a near-tie differently", cfg.name);
     assert!(

@@ -261,3 +261,64 @@ pub fn decode(words: &[u32], f16: bool, len: usize) -> Vec<f32> {
     v.truncate(len);
     v
 }
+
+/// The CPU twin of a forward whose merges the GPU traced (`merges`), and how many of the
+/// `batch` images the GPU resolved a near-tie of differently.
+///
+/// Every merge decision is compared. Before an image's first disagreement the GPU and the twin
+/// are in the same state, so that disagreement must be a near-tie of the twin's own row maxima
+/// ([`assert_near_tie`]); after it the states differ and later disagreements are consequences.
+/// Where any image disagreed, the twin is re-run on the GPU's decisions, so its logits are those
+/// the GPU must match.
+pub fn twin_replaying(
+    cfg: &sret_tome::model::ModelConfig,
+    weights: &sret_tome::model::ModelWeights,
+    images: &[f32],
+    batch: usize,
+    spec: &sret_tome::runtime::ForwardSpec,
+    merges: &[sret_tome::api::MergeTrace],
+) -> (sret_tome::reference::ReferenceOutput, usize) {
+    use sret_tome::reference::{self as cpu, ReferenceSpec};
+    let safe_r = spec.trajectory.per_stage_safe_r();
+    let rspec = ReferenceSpec {
+        safe_r: &safe_r,
+        perms: &spec.perms,
+        forced: None,
+    };
+    let want = cpu::forward(cfg, weights, images, batch, &rspec);
+    let mut forced: Vec<Vec<Vec<Option<Matching>>>> = safe_r
+        .iter()
+        .map(|s| vec![vec![None; batch]; s.len()])
+        .collect();
+    let split = Split::of(cfg);
+    let mut diverged = vec![false; batch];
+    let mut total = 0;
+    for m in merges {
+        let (s, e, slots, n_in) = (&m.stage, &m.exec, &m.slots, &m.n_in);
+        let r = safe_r[*s][*e];
+        for i in 0..batch {
+            total += 1;
+            let gpu_slots = &slots[i * n_in..(i + 1) * n_in];
+            let twin = &want.matchings[*s][*e][i];
+            if !diverged[i] && gpu_slots != &cpu::merge_slot_map_split(*n_in, r, twin, split)[..] {
+                diverged[i] = true;
+                assert_near_tie(gpu_slots, twin, *n_in, r, split, (*s, *e, i));
+            }
+            forced[*s][*e][i] = Some(matching_from_slots(gpu_slots, *n_in, r, split));
+        }
+    }
+    assert_eq!(
+        total,
+        batch * safe_r.iter().flatten().filter(|&&r| r > 0).count(),
+        "one traced merge per image and merging execution"
+    );
+    let differing = diverged.iter().filter(|&&d| d).count();
+    if differing == 0 {
+        return (want, 0);
+    }
+    let rspec = ReferenceSpec {
+        forced: Some(&forced),
+        ..rspec
+    };
+    (cpu::forward(cfg, weights, images, batch, &rspec), differing)
+}

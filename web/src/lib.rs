@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use sret_tome::api::Autotune;
+use sret_tome::gpu::context::OneShot;
 use sret_tome::preprocess::{preprocess_rgb8_with, EvalTransform};
 use sret_tome::{Engine, EngineBuilder, Model, Schedule};
 use wasm_bindgen::prelude::*;
@@ -24,7 +25,7 @@ struct Device {
 thread_local! {
     static DEVICE: RefCell<Option<Rc<Device>>> = const { RefCell::new(None) };
     static MODELS: RefCell<HashMap<String, Arc<Model>>> = RefCell::new(HashMap::new());
-    static ENGINES: RefCell<HashMap<(String, String), Rc<Engine>>> = RefCell::new(HashMap::new());
+    static ENGINES: RefCell<HashMap<(usize, String), Rc<Engine>>> = RefCell::new(HashMap::new());
 }
 
 struct ConsoleLog;
@@ -90,27 +91,52 @@ async fn device() -> Result<Rc<Device>, JsValue> {
     Ok(d)
 }
 
-fn model(name: &str) -> Result<Arc<Model>, JsValue> {
-    if let Some(m) = MODELS.with(|m| m.borrow().get(name).cloned()) {
+/// Model `name` with synthetic weights, or with the safetensors `weights` the page was given
+/// (`name` may then be `auto`: the configuration is read off the tensors). Kept per name and
+/// weights, so engines are reused.
+fn model(name: &str, weights: Option<&Weights>) -> Result<Arc<Model>, JsValue> {
+    let key = match weights {
+        Some(w) => format!("{name}#{}#{}", w.name, w.bytes.len()),
+        None => name.to_string(),
+    };
+    if let Some(m) = MODELS.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(m);
     }
-    let m = Arc::new(Model::synthetic(name).map_err(js_err)?);
-    MODELS.with(|ms| ms.borrow_mut().insert(name.to_string(), m.clone()));
+    let m = match weights {
+        Some(w) => sret_tome::io::load_model_safetensors_bytes(
+            name,
+            &w.bytes,
+            std::path::Path::new(&w.name),
+        )
+        .map_err(js_err)?,
+        None => Model::synthetic(name).map_err(js_err)?,
+    };
+    let m = Arc::new(m);
+    MODELS.with(|ms| ms.borrow_mut().insert(key, m.clone()));
     Ok(m)
 }
 
-async fn engine(model_name: &str, schedule: &str) -> Result<Rc<Engine>, JsValue> {
-    let key = (model_name.to_string(), schedule.to_string());
+/// A weight file the page was given: its name (messages, cache key) and bytes.
+struct Weights {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+async fn engine(model: Arc<Model>, schedule: &str) -> Result<Rc<Engine>, JsValue> {
+    // Models are kept per name and weights, so their address tells them apart.
+    let key = (Arc::as_ptr(&model) as usize, schedule.to_string());
     if let Some(e) = ENGINES.with(|e| e.borrow().get(&key).cloned()) {
         return Ok(e);
     }
     let d = device().await?;
     let schedule: Schedule = schedule.parse().map_err(js_err)?;
+    // Traced: the page draws which merged token every patch ended in.
     let engine = EngineBuilder::new()
-        .with_model(model(model_name)?)
+        .with_model(model)
         .schedule(schedule)
         .device(&d.device, &d.queue)
         .autotune(Autotune::Off)
+        .trace(true)
         .build_async()
         .await
         .map_err(js_err)?;
@@ -136,18 +162,32 @@ pub fn models() -> Vec<String> {
 }
 
 /// Classify an encoded image (JPEG or PNG bytes, decoded exactly as the native engine decodes
-/// files) with `model` and `schedule` (`none`, `exp:0.25,0`, ...). Resolves to a JSON string:
-/// `{model, schedule, adapter, synthetic, tokens_removed, forward_ms, first_forward_ms,
-/// build_ms, top5: [{class, name, p}], logits}`.
+/// files) with `model` and `schedule` (`none`, `exp:0.25,0`, ...), with synthetic weights or
+/// the safetensors file `weights` (named `weights_name`; `model` may then be `auto`). Resolves
+/// to a JSON string: `{model, schedule, adapter, synthetic, weights, tokens_removed,
+/// forward_ms, forward_clock, first_forward_ms, build_ms, wall_ms, top5: [{class, name, p}],
+/// logits, crop_fraction, merges: [{stage, exec, n_in, n_out, slots}], stage_maps: [{stage,
+/// side, tokens_out, slots}]}`: every merge's slot map and, per stage, the merged token each
+/// original patch ended in (row-major over the stage's `side x side` grid).
 #[wasm_bindgen]
-pub async fn classify(model: String, schedule: String, image: Vec<u8>) -> Result<JsValue, JsValue> {
-    let img = sret_tome::io::decode_rgb8_bytes(&image, std::path::Path::new("image"))
-        .map_err(js_err)?;
-    run(&model, &schedule, &img).await
+pub async fn classify(
+    model: String,
+    schedule: String,
+    image: Vec<u8>,
+    weights: Option<Vec<u8>>,
+    weights_name: Option<String>,
+) -> Result<JsValue, JsValue> {
+    let img =
+        sret_tome::io::decode_rgb8_bytes(&image, std::path::Path::new("image")).map_err(js_err)?;
+    let weights = weights.map(|bytes| Weights {
+        name: weights_name.unwrap_or_else(|| "weights.safetensors".into()),
+        bytes,
+    });
+    run(&model, &schedule, &img, weights.as_ref()).await
 }
 
-/// [`classify`] of RGBA8 pixels (`width * height * 4` bytes, e.g. a canvas' `getImageData`);
-/// alpha is dropped.
+/// [`classify`] of RGBA8 pixels (`width * height * 4` bytes, e.g. a canvas' `getImageData`),
+/// with synthetic weights; alpha is dropped.
 #[wasm_bindgen]
 pub async fn classify_rgba(
     model: String,
@@ -168,23 +208,56 @@ pub async fn classify_rgba(
         .collect();
     let img = sret_tome::image::RgbImage::from_raw(width, height, rgb)
         .ok_or_else(|| js_err("bad image size"))?;
-    run(&model, &schedule, &img).await
+    run(&model, &schedule, &img, None).await
 }
 
 async fn run(
-    model: &str,
+    model_name: &str,
     schedule: &str,
     img: &sret_tome::image::RgbImage,
+    weights: Option<&Weights>,
 ) -> Result<JsValue, JsValue> {
     let t0 = now_ms();
-    let engine = engine(model, schedule).await?;
+    let engine = engine(model(model_name, weights)?, schedule).await?;
     let build_ms = now_ms() - t0;
-    let input = preprocess_rgb8_with(img, &EvalTransform::for_model(engine.planned().config()));
+    let cfg = engine.planned().config();
+    let transform = EvalTransform::for_model(cfg);
+    let input = preprocess_rgb8_with(img, &transform);
     // The first forward of an engine pays for the browser's lazy pipeline compilation; the
     // second is the steady-state figure.
     let t1 = now_ms();
-    let logits = engine.run_async(&input).await.map_err(js_err)?;
+    let first = engine
+        .forward_traced_async(input.as_slice())
+        .await
+        .map_err(js_err)?;
     let first_ms = now_ms() - t1;
+    let logits = sret_tome::Logits::new(first.logits, 1, engine.classes());
+    let trace = first.trace.unwrap_or_default();
+    let merges: Vec<_> = trace
+        .merges
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "stage": m.stage, "exec": m.exec, "n_in": m.n_in, "n_out": m.n_out,
+                "slots": m.slots,
+            })
+        })
+        .collect();
+    let mut stage_maps = Vec::new();
+    for s in 0..cfg.stages.len() {
+        let side = cfg.grid_side(s);
+        let (slots, tokens_out) = match trace.stage_maps.iter().find(|m| m.0 == s) {
+            Some((_, map, n)) => {
+                let map = &map[..*n];
+                let distinct: std::collections::HashSet<_> = map.iter().collect();
+                (map.to_vec(), distinct.len())
+            }
+            None => ((0..(side * side) as u32).collect(), side * side),
+        };
+        stage_maps.push(serde_json::json!({
+            "stage": s, "side": side, "tokens_out": tokens_out, "slots": slots,
+        }));
+    }
     let d = device().await?;
     let t2 = now_ms();
     let (again, gpu_ms) = timed_forward(&engine, &d, &input).await?;
@@ -214,6 +287,10 @@ async fn run(
         "schedule": schedule,
         "adapter": format!("{} ({:?})", d.info.name, d.info.backend),
         "synthetic": engine.weights_are_synthetic(),
+        "weights": weights.map(|w| w.name.as_str()),
+        "crop_fraction": transform.crop as f64 / transform.resize as f64,
+        "merges": merges,
+        "stage_maps": stage_maps,
         "tokens_removed": engine.tokens_removed(),
         "build_ms": build_ms,
         "first_forward_ms": first_ms,
@@ -224,49 +301,6 @@ async fn run(
         "logits": logits.image(0),
     });
     Ok(JsValue::from_str(&out.to_string()))
-}
-
-/// A one-shot slot a wgpu callback fills and a future awaits (the browser's event loop runs the
-/// callback).
-struct Slot<T>(Rc<RefCell<(Option<T>, Option<std::task::Waker>)>>);
-
-impl<T> Slot<T> {
-    fn new() -> Self {
-        Slot(Rc::new(RefCell::new((None, None))))
-    }
-    fn filler(&self) -> impl FnOnce(T) + 'static
-    where
-        T: 'static,
-    {
-        let cell = self.0.clone();
-        move |v| {
-            let waker = {
-                let mut c = cell.borrow_mut();
-                c.0 = Some(v);
-                c.1.take()
-            };
-            if let Some(w) = waker {
-                w.wake();
-            }
-        }
-    }
-}
-
-impl<T> std::future::Future for Slot<T> {
-    type Output = T;
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<T> {
-        let mut c = self.0.borrow_mut();
-        match c.0.take() {
-            Some(v) => std::task::Poll::Ready(v),
-            None => {
-                c.1 = Some(cx.waker().clone());
-                std::task::Poll::Pending
-            }
-        }
-    }
 }
 
 /// A forward between two timestamp writes (empty compute passes before and after it, as
@@ -321,10 +355,9 @@ async fn timed_forward(
     let pending_stamps = timer.as_ref().map(|(set, resolve, read)| {
         enc.resolve_query_set(set, 0..2, resolve, 0);
         enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
-        let slot = Slot::new();
-        let fill = slot.filler();
+        let (mapped, fill) = OneShot::new();
         enc.map_buffer_on_submit(read, wgpu::MapMode::Read, .., fill);
-        slot
+        mapped
     });
     let pending = engine.encode_readback(&mut enc);
     let error = validation.pop().await;
