@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use sret_tome::gpu::program::subgroup_width;
 use sret_tome::gpu::shaders::SG_WIDTHS;
-use sret_tome::gpu::Family;
+use sret_tome::gpu::{Family, Variant, Variants};
 use sret_tome::kernels::attention::{self, AttentionShape};
 use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use sret_tome::kernels::linear::{self, Epilogue};
@@ -303,10 +303,21 @@ fn linear_matches_cpu_for_every_epilogue() {
                 };
                 // The in-place residual's output starts as the residual stream, so it is not poisoned.
                 let residual = matches!(ep, Epilogue::Residual { .. });
-                for sg in sg_variants() {
+                // Subgroup kernels with 32-row and with 64-row ("tall") tiles.
+                let runs = sg_variants()
+                    .into_iter()
+                    .flat_map(|sg| [(sg, false), (sg, true)])
+                    .filter(|&(sg, tall)| sg.is_some() || !tall);
+                for (sg, tall) in runs {
                     let got = run_opts(!residual, |b| {
                         b.set_subgroup_width(sg);
                         b.set_f16(f16);
+                        if tall {
+                            b.set_variants(Variants {
+                                linear: Variant::SubgroupTall,
+                                ..Variants::default()
+                            });
+                        }
                         let xt = b.weights("x", &x);
                         let w = linear::upload(b, "w", &lin);
                         let y = if residual {
@@ -320,7 +331,7 @@ fn linear_matches_cpu_for_every_epilogue() {
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
                     assert!(
                         err <= tol(f16),
-                        "linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, f16: {f16}): {err}"
+                        "linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, tall {tall}, f16: {f16}): {err}"
                     );
                 }
             }
@@ -860,37 +871,46 @@ fn subgroup_kernels_run_at_the_adapters_width() {
         return;
     };
     // A plan for this adapter records the width-specific kernels: one full tile and an 8-row
-    // tail.
-    let rows = linear::sg_tile_rows(width);
-    let m = rows + 5;
-    let mut b = ProgramBuilder::new(&g.limits);
-    b.set_subgroup_width(Some(width));
-    let lin = Linear {
-        weight: random(90, 64 * 32, 0.1),
-        bias: random(91, 64, 0.1),
-        out_features: 64,
-        in_features: 32,
-    };
-    let x = b.weights("x", &random(92, m * 32, 1.0));
-    let w = linear::upload(&mut b, "w", &lin);
-    let y = b.activation("y", m * 64);
-    b.pin(y);
-    linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
-    let program = b.finish(g, cache(), &[]).expect("program");
-    let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
-    let full = if rows == 64 {
-        Shader::LinearSgR64
-    } else {
-        Shader::LinearSg
-    };
-    assert_eq!(
-        keys,
-        vec![
-            KernelKey::with_sg(full, width),
-            KernelKey::with_sg(Shader::LinearSgR8, width)
-        ]
-    );
-    assert!(keys
-        .iter()
-        .all(|k| k.sg == width && k.wgsl().contains(&format!("const SG: u32 = {width}u;"))));
+    // tail, with 32- and (up to 16 lanes) 64-row tiles.
+    for tall in [false, true] {
+        let rows = linear::sg_tile_rows(width, tall);
+        let m = rows + 5;
+        let mut b = ProgramBuilder::new(&g.limits);
+        b.set_subgroup_width(Some(width));
+        if tall {
+            b.set_variants(Variants {
+                linear: Variant::SubgroupTall,
+                ..Variants::default()
+            });
+        }
+        let lin = Linear {
+            weight: random(90, 64 * 32, 0.1),
+            bias: random(91, 64, 0.1),
+            out_features: 64,
+            in_features: 32,
+        };
+        let x = b.weights("x", &random(92, m * 32, 1.0));
+        let w = linear::upload(&mut b, "w", &lin);
+        let y = b.activation("y", m * 64);
+        b.pin(y);
+        linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
+        let program = b.finish(g, cache(), &[]).expect("program");
+        let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
+        let full = if rows == 64 {
+            Shader::LinearSgR64
+        } else {
+            Shader::LinearSg
+        };
+        assert_eq!(
+            keys,
+            vec![
+                KernelKey::with_sg(full, width),
+                KernelKey::with_sg(Shader::LinearSgR8, width)
+            ]
+        );
+        assert!(keys
+            .iter()
+            .all(|k| k.sg == width && k.wgsl().contains(&format!("const SG: u32 = {width}u;"))));
+        assert_eq!(rows == 64, tall && width <= 16);
+    }
 }

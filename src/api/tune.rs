@@ -125,8 +125,11 @@ pub(super) fn used(shaders: impl Iterator<Item = &'static str>) -> Vec<(KernelKi
             continue;
         };
         if let Some((k, v)) = KernelKind::of(s) {
-            if !out.iter().any(|(kk, _)| *kk == k) {
-                out.push((k, v));
+            match out.iter_mut().find(|(kk, _)| *kk == k) {
+                None => out.push((k, v)),
+                // A tall plan's tails run the 32-row kernels: any 64-row tile makes it tall.
+                Some(e) if v == Variant::SubgroupTall => e.1 = v,
+                Some(_) => {}
             }
         }
     }

@@ -407,10 +407,14 @@ impl ProgramBuilder {
     }
 
     /// The subgroup width for `kind`'s `*_sg` kernel: [`ProgramBuilder::subgroup_width`] when
-    /// `kind` prefers [`Variant::Subgroup`], else `None`.
+    /// `kind` prefers [`Variant::Subgroup`] or [`Variant::SubgroupTall`], else `None`.
     pub fn subgroup_for(&self, kind: KernelKind) -> Option<u32> {
-        self.subgroup_width
-            .filter(|_| self.variants.get(kind) == Variant::Subgroup)
+        self.subgroup_width.filter(|_| {
+            matches!(
+                self.variants.get(kind),
+                Variant::Subgroup | Variant::SubgroupTall
+            )
+        })
     }
 
     /// A constant uploaded once when the program is made.

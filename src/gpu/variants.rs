@@ -47,6 +47,7 @@ impl KernelKind {
     /// The variants worth measuring for this kind, fastest-first guess first.
     pub fn candidates(self) -> &'static [Variant] {
         match self {
+            KernelKind::Linear => &[Variant::Subgroup, Variant::SubgroupTall, Variant::Portable],
             KernelKind::Attention => &[Variant::Subgroup, Variant::Vec4, Variant::Portable],
             _ => &[Variant::Subgroup, Variant::Portable],
         }
@@ -58,9 +59,8 @@ impl KernelKind {
         use Variant as V;
         Some(match shader {
             Shader::Linear => (K::Linear, V::Portable),
-            Shader::LinearSg | Shader::LinearSgR64 | Shader::LinearSgR16 | Shader::LinearSgR8 => {
-                (K::Linear, V::Subgroup)
-            }
+            Shader::LinearSgR64 => (K::Linear, V::SubgroupTall),
+            Shader::LinearSg | Shader::LinearSgR16 | Shader::LinearSgR8 => (K::Linear, V::Subgroup),
             Shader::ConvDense => (K::Conv, V::Portable),
             Shader::ConvSg => (K::Conv, V::Subgroup),
             Shader::Attention => (K::Attention, V::Portable),
@@ -78,6 +78,10 @@ impl KernelKind {
 pub enum Variant {
     /// Subgroup broadcasts share loads across the lanes of a subgroup (`*_sg.wgsl`).
     Subgroup,
+    /// Linear only: the subgroup kernels with 64-row tiles up to 16 lanes (a third fewer loads
+    /// per output than 32 rows: faster on some software rasterisers, slower on others, so it is
+    /// measured); from 32 lanes, and for the other kinds, the same as `Subgroup`.
+    SubgroupTall,
     /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
     Vec4,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
@@ -89,6 +93,7 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Subgroup => "subgroup",
+            Variant::SubgroupTall => "subgroup-tall",
             Variant::Vec4 => "vec4",
             Variant::Portable => "portable",
         }
@@ -111,7 +116,8 @@ pub struct Variants {
 impl Default for Variants {
     /// The fixed choice used without measurement: subgroup kernels wherever they can run,
     /// else vec4 attention, else the portable kernels (the fastest on every adapter measured
-    /// so far: lavapipe at 8 and 16 lanes).
+    /// so far: lavapipe at 8 and 16 lanes), with 32-row linear tiles (the GPU shape; the taller
+    /// tiles were faster on one lavapipe CPU and 19-43% slower on another).
     fn default() -> Self {
         Variants::all(Variant::Subgroup)
     }
@@ -167,14 +173,19 @@ impl FromStr for Variants {
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: String| Error::arg("kernels", s, why);
         let variant = |v: &str| {
-            [Variant::Subgroup, Variant::Vec4, Variant::Portable]
-                .into_iter()
-                .find(|x| x.name() == v.trim())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "unknown variant '{v}' (subgroup, vec4 or portable)"
-                    ))
-                })
+            [
+                Variant::Subgroup,
+                Variant::SubgroupTall,
+                Variant::Vec4,
+                Variant::Portable,
+            ]
+            .into_iter()
+            .find(|x| x.name() == v.trim())
+            .ok_or_else(|| {
+                bad(format!(
+                    "unknown variant '{v}' (subgroup, subgroup-tall, vec4 or portable)"
+                ))
+            })
         };
         if !s.contains('=') {
             return Ok(Variants::all(variant(s)?));

@@ -4,7 +4,7 @@
 //! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
-use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
+use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId, Variant};
 use crate::kernels::params::LinearParams;
 use crate::model::weights::{LayerNorm, Linear};
 
@@ -162,7 +162,7 @@ fn record_with(
     // runs as a 32-, 16- or 8-row tile instead (fewer rows computed for nothing, at a lower
     // rate per row).
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
-    let big = sg_tile_rows(sg);
+    let big = sg_tile_rows(sg, b.variant(KernelKind::Linear) == Variant::SubgroupTall);
     let full_shader = if big == 64 {
         Shader::LinearSgR64
     } else {
@@ -190,12 +190,13 @@ fn record_with(
     }
 }
 
-/// Rows of the full `linear_sg*.wgsl` tiles at subgroup width `sg`: 64 up to 16 lanes (the
-/// software rasteriser's widths, where every loaded value is a per-lane loop and a larger tile
-/// loads less per multiply-add: 64 x 64 tiles load a third less per output than 32 x 64), 32
-/// from 32 lanes (GPUs, where 64 rows would be 256 accumulators per lane).
-pub fn sg_tile_rows(sg: u32) -> usize {
-    if sg <= 16 {
+/// Rows of the full `linear_sg*.wgsl` tiles at subgroup width `sg`: 32, or with `tall`
+/// ([`Variant::SubgroupTall`]) 64 up to 16 lanes (the software rasteriser's widths, where every
+/// loaded value is a per-lane loop and a larger tile loads less per multiply-add: 64 x 64 tiles
+/// load a third less per output than 32 x 64; whether that wins depends on the CPU, so autotune
+/// measures it). From 32 lanes (GPUs) always 32: 64 rows would be 256 accumulators per lane.
+pub fn sg_tile_rows(sg: u32, tall: bool) -> usize {
+    if tall && sg <= 16 {
         64
     } else {
         32
