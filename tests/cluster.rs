@@ -1,7 +1,8 @@
 //! The cluster recipes, run without a scheduler: Slurm's array script with the variables Slurm
 //! sets for each task (`SLURM_ARRAY_TASK_ID`, `_MIN`, `_COUNT`), then its merge step; and the
 //! Kubernetes Indexed Job's `--shard auto` with `JOB_COMPLETION_INDEX` and `SRET_SHARD_COUNT`.
-//! Both must give what one unsharded `eval` gives.
+//! Both must give what one unsharded `eval` gives. And the Slurm recipe submitted to a real
+//! scheduler (ignored by default; scripts/test runs it on a one-node Slurm).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -153,5 +154,102 @@ fn kubernetes_indexed_job_shards_merge_to_one_eval() {
     // (clap's usage error: exit code 2, never a panic's 101)
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SRET_SHARD_COUNT"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The array script and its merge job submitted to a real Slurm (`scripts/cluster/slurm-submit`:
+/// an array of 3 and a merge job that waits on it with `afterok`). scripts/test starts a
+/// one-node Slurm from Debian's packages (scripts/setup-slurm) and runs this with `--ignored` and
+/// `SRET_SLURM_REQUIRED=1`; elsewhere it skips, saying why, where no Slurm answers. The GPU and
+/// memory requests of the script are overridden for the CPU-only test node.
+#[test]
+#[ignore = "needs a running Slurm: scripts/test starts one (scripts/setup-slurm) and runs it"]
+fn slurm_array_job_runs_on_a_real_scheduler() {
+    let answers = Command::new("timeout")
+        .args(["10", "sinfo", "-h"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !answers {
+        assert!(
+            std::env::var_os("SRET_SLURM_REQUIRED").is_none(),
+            "SRET_SLURM_REQUIRED is set but no Slurm answers (sinfo)"
+        );
+        eprintln!("skipped: no Slurm answers (sinfo); scripts/setup-slurm starts one");
+        return;
+    }
+    let dir = scratch("real-slurm");
+    let out = dir.join("results");
+    let submitted = Command::new("bash")
+        .arg(Path::new(ROOT).join("scripts/cluster/slurm-submit"))
+        .args([
+            "3",
+            "--gres=none",
+            "--cpus-per-task=1",
+            "--mem=0",
+            "--time=10",
+        ])
+        .current_dir(&dir)
+        .env("SRET_TOME", BIN)
+        .env("OUT", &out)
+        .env("MODEL", "sret_t")
+        .env("SYNTHETIC", "7")
+        .env("BATCH", "2")
+        .env("SCHEDULES", "none constant:8")
+        .env("SRET_TOME_AUTOTUNE", "off")
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&submitted.stdout).into_owned();
+    assert!(
+        submitted.status.success(),
+        "slurm-submit: {said}{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    // "array job A (3 shards), merge job M; ..."
+    let merge_job = said
+        .split("merge job ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_else(|| panic!("no merge job id in {said:?}"))
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let q = Command::new("timeout")
+            .args(["10", "squeue", "-h", "-j", &merge_job])
+            .output()
+            .unwrap();
+        if q.status.success() && q.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the merge job {merge_job} did not finish in 10 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let logs = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for k in 1..=3 {
+        assert!(
+            out.join(format!("shard-{k}-of-3.json")).exists(),
+            "shard {k} missing; job logs:\n{}",
+            logs()
+        );
+    }
+    let merged = out.join("merged/eval.json");
+    assert!(merged.exists(), "no merged result; job logs:\n{}", logs());
+    assert_same(&merged, &whole(&dir));
     std::fs::remove_dir_all(&dir).ok();
 }
