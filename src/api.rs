@@ -444,10 +444,10 @@ impl EngineBuilder {
 /// `&wgpu::Texture` or `&[&wgpu::Texture]` directly.
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
-    /// Normalised images on the host, `[batch, 3, 224, 224]` f32 (e.g. from
-    /// [`crate::io::load_image`]).
+    /// Normalised images on the host, `[batch, 3, S, S]` f32 with `S` the model's
+    /// [`Engine::image_size`] (e.g. from [`crate::io::load_image_with`]).
     Host(&'a [f32]),
-    /// Normalised images in a GPU buffer, `[batch, 3, 224, 224]` f32 from byte `offset` (a
+    /// Normalised images in a GPU buffer, `[batch, 3, S, S]` f32 from byte `offset` (a
     /// multiple of 4). The buffer needs `BufferUsages::COPY_SRC`; it is copied when the forward
     /// runs, so it may be rewritten as soon as the forward's commands are submitted.
     Buffer {
