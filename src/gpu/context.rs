@@ -378,14 +378,10 @@ impl<T> std::future::Future for OneShot<T> {
     }
 }
 
-/// [`read_buffer`] awaited instead of waited for (see [`OneShot`] on polling).
-pub async fn read_buffer_async<T: bytemuck::Pod>(buf: &wgpu::Buffer) -> Result<Vec<T>> {
-    let slice = buf.slice(..);
-    let (mapped, callback) = OneShot::new();
-    slice.map_async(wgpu::MapMode::Read, callback);
-    mapped.await.map_err(lost_in_readback)?;
+/// The contents of a buffer whose mapping for reading has completed; unmaps it.
+fn copy_mapped<T: bytemuck::Pod>(buf: &wgpu::Buffer) -> Result<Vec<T>> {
     let data = {
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
+        let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Gpu {
             during: "readback".into(),
             why: e.to_string(),
         })?;
@@ -395,11 +391,18 @@ pub async fn read_buffer_async<T: bytemuck::Pod>(buf: &wgpu::Buffer) -> Result<V
     Ok(data)
 }
 
+/// [`read_buffer`] awaited instead of waited for (see [`OneShot`] on polling).
+pub async fn read_buffer_async<T: bytemuck::Pod>(buf: &wgpu::Buffer) -> Result<Vec<T>> {
+    let (mapped, callback) = OneShot::new();
+    buf.slice(..).map_async(wgpu::MapMode::Read, callback);
+    mapped.await.map_err(lost_in_readback)?;
+    copy_mapped(buf)
+}
+
 /// Map a staging buffer and copy it out; a lost device is an error, not a hang.
 pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<T>> {
-    let slice = buf.slice(..);
     let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
+    buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
     gpu.wait()?;
@@ -409,15 +412,7 @@ pub fn read_buffer<T: bytemuck::Pod>(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Ve
             why: e.to_string(),
         })?
         .map_err(lost_in_readback)?;
-    let data = {
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu {
-            during: "readback".into(),
-            why: e.to_string(),
-        })?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
-    buf.unmap();
-    Ok(data)
+    copy_mapped(buf)
 }
 
 #[cfg(test)]
