@@ -417,6 +417,17 @@ impl EngineBuilder {
             used: tune::used(inner.dispatch_names().map(|(_, name)| name)),
             measurements,
         };
+        for &(kind, v) in &kernels.used {
+            if v != preferred.get(kind) {
+                log::info!(
+                    "{}: {} preferred, {} runs on this device (its limits, features or the \
+                     model's shapes rule the preference out)",
+                    kind.name(),
+                    preferred.get(kind).name(),
+                    v.name()
+                );
+            }
+        }
         Ok(Engine {
             kernels,
             timer: Timer::new(inner.gpu()),

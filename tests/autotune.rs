@@ -84,13 +84,12 @@ fn off_and_pinned_measure_nothing_and_run_what_was_asked() {
     assert_eq!(off.kernels().source, ChoiceSource::Default);
     assert_eq!(off.kernels().preferred, Variants::default());
     let reference = off.run(&images).unwrap().into_vec();
-    let width = sret_tome::gpu::program::subgroup_width(common::gpu());
-    let has_subgroups = width.is_some();
+    let has_subgroups = sret_tome::gpu::program::subgroup_width(common::gpu()).is_some();
     for pin in [
         "portable",
         "attention=vec4,linear=portable",
         "subgroup",
-        "linear=subgroup-tall",
+        "linear=tiled",
     ] {
         let v: Variants = pin.parse().unwrap();
         let e = builder(&model).autotune(Autotune::Pin(v)).build().unwrap();
@@ -100,9 +99,8 @@ fn off_and_pinned_measure_nothing_and_run_what_was_asked() {
         for &(kind, used) in &k.used {
             let asked = v.get(kind);
             let expect = match asked {
-                // Falls back without subgroups; 64-row tiles only up to 16 lanes.
-                Variant::Subgroup | Variant::SubgroupTall if !has_subgroups => used,
-                Variant::SubgroupTall if width > Some(16) => Variant::Subgroup,
+                // Falls back without subgroups.
+                Variant::Subgroup if !has_subgroups => used,
                 // Subgroup attention and matching need 32-channel heads: SReT-T has them.
                 _ => asked,
             };

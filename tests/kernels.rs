@@ -261,6 +261,19 @@ fn mean_tokens_matches_cpu() {
     }
 }
 
+/// Every linear kernel: the portable and the workgroup-tiled one (no subgroups), and the
+/// subgroup kernels at every width of [`sg_variants`].
+fn linear_variants() -> Vec<(Option<u32>, Variant)> {
+    let mut v = vec![(None, Variant::Portable), (None, Variant::Tiled)];
+    v.extend(
+        sg_variants()
+            .into_iter()
+            .flatten()
+            .map(|sg| (Some(sg), Variant::Subgroup)),
+    );
+    v
+}
+
 #[test]
 fn linear_matches_cpu_for_every_epilogue() {
     for (seed, m, k, n) in [
@@ -271,7 +284,8 @@ fn linear_matches_cpu_for_every_epilogue() {
         // 32 + 13 rows (a 16-row tail of 32-row tiles) and 64 + 8 (an 8-row tail).
         (34, 45, 64, 128),
         (35, 72, 96, 70),
-        // 64 + 20 rows (a 32-row tail of 64-row tiles) and 128 + 13 (a 16-row tail).
+        // 64 + 20 rows (a full last tile) and 128 + 13 (a 16-row tail); 64 + 20 and 141 rows
+        // are also partial 64-row tiles of the tiled kernel, 200 columns a partial 64-column one.
         (36, 84, 40, 64),
         (37, 141, 32, 200),
     ] {
@@ -303,21 +317,14 @@ fn linear_matches_cpu_for_every_epilogue() {
                 };
                 // The in-place residual's output starts as the residual stream, so it is not poisoned.
                 let residual = matches!(ep, Epilogue::Residual { .. });
-                // Subgroup kernels with 32-row and with 64-row ("tall") tiles.
-                let runs = sg_variants()
-                    .into_iter()
-                    .flat_map(|sg| [(sg, false), (sg, true)])
-                    .filter(|&(sg, tall)| sg.is_some() || !tall);
-                for (sg, tall) in runs {
+                for (sg, v) in linear_variants() {
                     let got = run_opts(!residual, |b| {
                         b.set_subgroup_width(sg);
                         b.set_f16(f16);
-                        if tall {
-                            b.set_variants(Variants {
-                                linear: Variant::SubgroupTall,
-                                ..Variants::default()
-                            });
-                        }
+                        b.set_variants(Variants {
+                            linear: v,
+                            ..Variants::default()
+                        });
                         let xt = b.weights("x", &x);
                         let w = linear::upload(b, "w", &lin);
                         let y = if residual {
@@ -331,7 +338,7 @@ fn linear_matches_cpu_for_every_epilogue() {
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
                     assert!(
                         err <= tol(f16),
-                        "linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, tall {tall}, f16: {f16}): {err}"
+                        "linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
                     );
                 }
             }
@@ -389,10 +396,14 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                 if ep == Epilogue::Gelu {
                     cpu::gelu(&mut want);
                 }
-                for sg in sg_variants() {
+                for (sg, v) in linear_variants() {
                     let got = run(|b| {
                         b.set_subgroup_width(sg);
                         b.set_f16(f16);
+                        b.set_variants(Variants {
+                            linear: v,
+                            ..Variants::default()
+                        });
                         let xt = b.weights("x", &x);
                         let stats = b.activation_words("stats", m * 2);
                         norm::ln_stats(b, Family::Mlp, m, k, 1e-6, xt, stats);
@@ -404,7 +415,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
                     assert!(
                     err <= tol(f16),
-                    "LN + linear {m}x{k}x{n} {ep:?} (subgroup width: {sg:?}, f16: {f16}): {err}"
+                    "LN + linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
                 );
                 }
             }
@@ -871,46 +882,76 @@ fn subgroup_kernels_run_at_the_adapters_width() {
         return;
     };
     // A plan for this adapter records the width-specific kernels: one full tile and an 8-row
-    // tail, with 32- and (up to 16 lanes) 64-row tiles.
-    for tall in [false, true] {
-        let rows = linear::sg_tile_rows(width, tall);
-        let m = rows + 5;
-        let mut b = ProgramBuilder::new(&g.limits);
-        b.set_subgroup_width(Some(width));
-        if tall {
-            b.set_variants(Variants {
-                linear: Variant::SubgroupTall,
-                ..Variants::default()
-            });
-        }
-        let lin = Linear {
-            weight: random(90, 64 * 32, 0.1),
-            bias: random(91, 64, 0.1),
-            out_features: 64,
-            in_features: 32,
-        };
-        let x = b.weights("x", &random(92, m * 32, 1.0));
+    // tail.
+    let m = linear::SG_TILE_ROWS + 5;
+    let mut b = ProgramBuilder::new(&g.limits);
+    b.set_subgroup_width(Some(width));
+    let lin = Linear {
+        weight: random(90, 64 * 32, 0.1),
+        bias: random(91, 64, 0.1),
+        out_features: 64,
+        in_features: 32,
+    };
+    let x = b.weights("x", &random(92, m * 32, 1.0));
+    let w = linear::upload(&mut b, "w", &lin);
+    let y = b.activation("y", m * 64);
+    b.pin(y);
+    linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
+    let program = b.finish(g, cache(), &[]).expect("program");
+    let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
+    assert_eq!(
+        keys,
+        vec![
+            KernelKey::with_sg(Shader::LinearSg, width),
+            KernelKey::with_sg(Shader::LinearSgR8, width)
+        ]
+    );
+    assert!(keys
+        .iter()
+        .all(|k| k.sg == width && k.wgsl().contains(&format!("const SG: u32 = {width}u;"))));
+}
+
+/// The tiled linear kernel is what a tiled plan records (so the checks above ran it), and a
+/// device without its workgroup memory or invocations gets the portable kernel instead.
+#[test]
+fn tiled_linear_is_recorded_where_the_limits_allow() {
+    use sret_tome::gpu::program::ProgramBuilder;
+    use sret_tome::gpu::Shader;
+    let lin = Linear {
+        weight: random(95, 64 * 32, 0.1),
+        bias: random(96, 64, 0.1),
+        out_features: 64,
+        in_features: 32,
+    };
+    let small_memory = wgpu::Limits {
+        max_compute_workgroup_storage_size: linear::TILED_WORKGROUP_BYTES - 4,
+        ..wgpu::Limits::default()
+    };
+    let few_invocations = wgpu::Limits {
+        max_compute_invocations_per_workgroup: 128,
+        ..wgpu::Limits::default()
+    };
+    for (limits, want) in [
+        (wgpu::Limits::default(), Shader::LinearTiled),
+        (wgpu::Limits::downlevel_defaults(), Shader::LinearTiled),
+        (small_memory, Shader::Linear),
+        (few_invocations, Shader::Linear),
+    ] {
+        let mut b = ProgramBuilder::new(&limits);
+        b.set_variants(Variants {
+            linear: Variant::Tiled,
+            ..Variants::default()
+        });
+        let x = b.weights("x", &random(97, 70 * 32, 1.0));
         let w = linear::upload(&mut b, "w", &lin);
-        let y = b.activation("y", m * 64);
-        b.pin(y);
-        linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
-        let program = b.finish(g, cache(), &[]).expect("program");
-        let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
-        let full = if rows == 64 {
-            Shader::LinearSgR64
-        } else {
-            Shader::LinearSg
-        };
-        assert_eq!(
-            keys,
-            vec![
-                KernelKey::with_sg(full, width),
-                KernelKey::with_sg(Shader::LinearSgR8, width)
-            ]
-        );
-        assert!(keys
-            .iter()
-            .all(|k| k.sg == width && k.wgsl().contains(&format!("const SG: u32 = {width}u;"))));
-        assert_eq!(rows == 64, tall && width <= 16);
+        let y = b.activation("y", 70 * 64);
+        linear::record(&mut b, Family::Mlp, 70, &w, Epilogue::Bias, x, y);
+        assert_eq!(b.dispatch_count(), 1);
+        let (key, _, _, _, grid) = b.step(0);
+        assert_eq!(key.shader, want, "{limits:?}");
+        if want == Shader::LinearTiled {
+            // Two 64-row tiles of one 64-column tile.
+            assert_eq!(grid, [2, 1, 1]);
+        }
     }
 }

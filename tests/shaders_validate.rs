@@ -96,7 +96,6 @@ fn every_subgroup_width_substitution_validates() {
         [
             Shader::ConvSg,
             Shader::LinearSg,
-            Shader::LinearSgR64,
             Shader::LinearSgR16,
             Shader::LinearSgR8,
             Shader::AttentionSg,
@@ -233,12 +232,7 @@ fn generated_shaders_match_their_generators() {
     let generated = [
         (
             "gen_linear_sg.py",
-            &[
-                "linear_sg",
-                "linear_sg_r64",
-                "linear_sg_r16",
-                "linear_sg_r8",
-            ][..],
+            &["linear_sg", "linear_sg_r16", "linear_sg_r8"][..],
         ),
         ("gen_conv_sg.py", &["conv_sg"][..]),
         ("gen_attention_sg.py", &["attention_sg"][..]),

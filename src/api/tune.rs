@@ -2,8 +2,10 @@
 //!
 //! For a plan (model, schedule, batch, precision) on an adapter, every candidate variant of
 //! each [`KernelKind`] is timed and the fastest recorded into the plan: one engine per round
-//! of candidates (round 0 prefers subgroup kernels everywhere, round 1 vec4 attention and the
-//! portable kernels, round 2 the portable kernels only), a warm-up forward, then two
+//! of candidates (round `i` prefers each kind's `i`-th candidate, its last one past the end:
+//! round 0 subgroup kernels everywhere, round 1 workgroup-tiled linear layers, vec4 attention
+//! and portable convolutions and matching, round 2 the portable kernels only), a warm-up
+//! forward, then two
 //! per-dispatch profiles (timestamp queries) whose per-kind minimum decides, kind by kind.
 //! Without timestamp queries the round whose whole forward is fastest by wall clock wins.
 //! A variant replaces the default only when it is at least [`MARGIN`] faster, so noise does
@@ -125,11 +127,8 @@ pub(super) fn used(shaders: impl Iterator<Item = &'static str>) -> Vec<(KernelKi
             continue;
         };
         if let Some((k, v)) = KernelKind::of(s) {
-            match out.iter_mut().find(|(kk, _)| *kk == k) {
-                None => out.push((k, v)),
-                // A tall plan's tails run the 32-row kernels: any 64-row tile makes it tall.
-                Some(e) if v == Variant::SubgroupTall => e.1 = v,
-                Some(_) => {}
+            if !out.iter().any(|(kk, _)| *kk == k) {
+                out.push((k, v));
             }
         }
     }
@@ -147,7 +146,7 @@ pub(super) fn round(i: usize) -> Variants {
     v
 }
 
-/// Rounds measured.
+/// Rounds measured: as many as the kind with the most candidates has.
 pub(super) const ROUNDS: usize = 3;
 
 /// Per kind, the fastest round's variant; the default (round 0) unless another round is
@@ -386,6 +385,8 @@ mod tests {
             }
         }
         assert_eq!(round(0), Variants::default());
+        let longest = KernelKind::ALL.iter().map(|k| k.candidates().len()).max();
+        assert_eq!(longest, Some(ROUNDS));
     }
 
     #[test]

@@ -396,6 +396,11 @@ impl ProgramBuilder {
         self.subgroup_width
     }
 
+    /// The limits of the device this program is planned for.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
     /// Prefer `variants` (each kind falls back where its preference cannot run).
     pub fn set_variants(&mut self, variants: Variants) {
         self.variants = variants;
@@ -407,14 +412,10 @@ impl ProgramBuilder {
     }
 
     /// The subgroup width for `kind`'s `*_sg` kernel: [`ProgramBuilder::subgroup_width`] when
-    /// `kind` prefers [`Variant::Subgroup`] or [`Variant::SubgroupTall`], else `None`.
+    /// `kind` prefers [`Variant::Subgroup`], else `None`.
     pub fn subgroup_for(&self, kind: KernelKind) -> Option<u32> {
-        self.subgroup_width.filter(|_| {
-            matches!(
-                self.variants.get(kind),
-                Variant::Subgroup | Variant::SubgroupTall
-            )
-        })
+        self.subgroup_width
+            .filter(|_| self.variants.get(kind) == Variant::Subgroup)
     }
 
     /// A constant uploaded once when the program is made.

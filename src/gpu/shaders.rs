@@ -42,12 +42,13 @@ pub enum Shader {
     Linear,
     /// `linear_sg.wgsl`: the linear layer with subgroup broadcasts, 32-row tiles.
     LinearSg,
-    /// 64-row tiles of the same kernel (the full tiles up to 16 lanes).
-    LinearSgR64,
-    /// Tails of 16 and 8 rows (`LinearSg` is the 32-row tail of 64-row tiles).
+    /// 16-row tails of the subgroup linear kernel.
     LinearSgR16,
     /// 8-row tails of the subgroup linear kernel.
     LinearSgR8,
+    /// `linear_tiled.wgsl`: the linear layer in 64 x 64 workgroup tiles staged through
+    /// workgroup memory (the classic GPU tiling; no subgroups).
+    LinearTiled,
     /// `attention.wgsl`: fused sliced group attention with proportional attention (online
     /// softmax, scores never stored).
     Attention,
@@ -91,9 +92,9 @@ impl Shader {
         Shader::LnStats,
         Shader::Linear,
         Shader::LinearSg,
-        Shader::LinearSgR64,
         Shader::LinearSgR16,
         Shader::LinearSgR8,
+        Shader::LinearTiled,
         Shader::Attention,
         Shader::AttentionVec4,
         Shader::AttentionSg,
@@ -120,9 +121,9 @@ impl Shader {
             Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
             Shader::LinearSg => "linear_sg",
-            Shader::LinearSgR64 => "linear_sg_r64",
             Shader::LinearSgR16 => "linear_sg_r16",
             Shader::LinearSgR8 => "linear_sg_r8",
+            Shader::LinearTiled => "linear_tiled",
             Shader::Attention => "attention",
             Shader::AttentionVec4 => "attention_vec4",
             Shader::AttentionSg => "attention_sg",
@@ -161,9 +162,9 @@ impl Shader {
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => with_gelu!("../../shaders/linear.wgsl"),
             Shader::LinearSg => with_gelu!("../../shaders/linear_sg.wgsl"),
-            Shader::LinearSgR64 => with_gelu!("../../shaders/linear_sg_r64.wgsl"),
             Shader::LinearSgR16 => with_gelu!("../../shaders/linear_sg_r16.wgsl"),
             Shader::LinearSgR8 => with_gelu!("../../shaders/linear_sg_r8.wgsl"),
+            Shader::LinearTiled => with_gelu!("../../shaders/linear_tiled.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::AttentionSg => include_str!("../../shaders/attention_sg.wgsl"),

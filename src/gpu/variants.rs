@@ -47,7 +47,7 @@ impl KernelKind {
     /// The variants worth measuring for this kind, fastest-first guess first.
     pub fn candidates(self) -> &'static [Variant] {
         match self {
-            KernelKind::Linear => &[Variant::Subgroup, Variant::SubgroupTall, Variant::Portable],
+            KernelKind::Linear => &[Variant::Subgroup, Variant::Tiled, Variant::Portable],
             KernelKind::Attention => &[Variant::Subgroup, Variant::Vec4, Variant::Portable],
             _ => &[Variant::Subgroup, Variant::Portable],
         }
@@ -59,7 +59,7 @@ impl KernelKind {
         use Variant as V;
         Some(match shader {
             Shader::Linear => (K::Linear, V::Portable),
-            Shader::LinearSgR64 => (K::Linear, V::SubgroupTall),
+            Shader::LinearTiled => (K::Linear, V::Tiled),
             Shader::LinearSg | Shader::LinearSgR16 | Shader::LinearSgR8 => (K::Linear, V::Subgroup),
             Shader::ConvDense => (K::Conv, V::Portable),
             Shader::ConvSg => (K::Conv, V::Subgroup),
@@ -78,10 +78,11 @@ impl KernelKind {
 pub enum Variant {
     /// Subgroup broadcasts share loads across the lanes of a subgroup (`*_sg.wgsl`).
     Subgroup,
-    /// Linear only: the subgroup kernels with 64-row tiles up to 16 lanes (a third fewer loads
-    /// per output than 32 rows: faster on some software rasterisers, slower on others, so it is
-    /// measured); from 32 lanes, and for the other kinds, the same as `Subgroup`.
-    SubgroupTall,
+    /// Linear only: 64 x 64 workgroup tiles staged through workgroup memory with vec4 reads,
+    /// the classic GPU tiling (`linear_tiled.wgsl`; no subgroups, needs 256 invocations and
+    /// 8.5 KiB of workgroup memory, else the portable kernel). Attention takes its vec4 kernel,
+    /// the other kinds their portable ones.
+    Tiled,
     /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
     Vec4,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
@@ -93,7 +94,7 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Subgroup => "subgroup",
-            Variant::SubgroupTall => "subgroup-tall",
+            Variant::Tiled => "tiled",
             Variant::Vec4 => "vec4",
             Variant::Portable => "portable",
         }
@@ -116,8 +117,7 @@ pub struct Variants {
 impl Default for Variants {
     /// The fixed choice used without measurement: subgroup kernels wherever they can run,
     /// else vec4 attention, else the portable kernels (the fastest on every adapter measured
-    /// so far: lavapipe at 8 and 16 lanes), with 32-row linear tiles (the GPU shape; the taller
-    /// tiles were faster on one lavapipe CPU and 19-43% slower on another).
+    /// so far: lavapipe at 8 and 16 lanes).
     fn default() -> Self {
         Variants::all(Variant::Subgroup)
     }
@@ -175,7 +175,7 @@ impl FromStr for Variants {
         let variant = |v: &str| {
             [
                 Variant::Subgroup,
-                Variant::SubgroupTall,
+                Variant::Tiled,
                 Variant::Vec4,
                 Variant::Portable,
             ]
@@ -183,7 +183,7 @@ impl FromStr for Variants {
             .find(|x| x.name() == v.trim())
             .ok_or_else(|| {
                 bad(format!(
-                    "unknown variant '{v}' (subgroup, subgroup-tall, vec4 or portable)"
+                    "unknown variant '{v}' (subgroup, tiled, vec4 or portable)"
                 ))
             })
         };

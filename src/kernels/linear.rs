@@ -1,4 +1,7 @@
-//! `nn.Linear` as a register-tiled matrix multiply with its epilogue fused.
+//! `nn.Linear` as a tiled matrix multiply with its epilogue fused, in three kernels chosen by
+//! [`Variant`]: register tiles sharing loads through subgroup broadcasts (`linear_sg*.wgsl`),
+//! workgroup tiles staged through workgroup memory (`linear_tiled.wgsl`, the classic GPU
+//! tiling), and plain 8 x 8 register tiles (`linear.wgsl`, runs everywhere).
 //!
 //! The GPU keeps the weights transposed and padded (`W^T` as `[in, out_pad]`, `out_pad` a
 //! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
@@ -146,6 +149,22 @@ fn record_with(
     };
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
+    if b.variant(KernelKind::Linear) == Variant::Tiled {
+        if tiled_fits(b.limits()) {
+            let tiles = m.div_ceil(TILED_TILE) * padded(n).div_ceil(TILED_TILE);
+            let grid = b.grid(tiles * TILED_INVOCATIONS as usize, TILED_INVOCATIONS);
+            let key = KernelKey::plain(Shader::LinearTiled);
+            b.dispatch(family, key, &params, &tensors, grid);
+            return;
+        }
+        log::debug!(
+            "linear: tiled kernel needs {TILED_INVOCATIONS} invocations and \
+             {TILED_WORKGROUP_BYTES} bytes of workgroup memory per workgroup; this device \
+             allows {} and {}, so the portable kernel runs",
+            b.limits().max_compute_invocations_per_workgroup,
+            b.limits().max_compute_workgroup_storage_size
+        );
+    }
     let Some(sg) = b.subgroup_for(KernelKind::Linear) else {
         // 8 x 8 outputs per invocation.
         let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
@@ -158,20 +177,14 @@ fn record_with(
         );
         return;
     };
-    // `sg_tile_rows` x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile
-    // runs as a 32-, 16- or 8-row tile instead (fewer rows computed for nothing, at a lower
-    // rate per row).
+    // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile of
+    // up to 16 rows runs as a 16- or 8-row tile instead (fewer rows computed for nothing, at a
+    // lower rate per row).
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
-    let big = sg_tile_rows(sg, b.variant(KernelKind::Linear) == Variant::SubgroupTall);
-    let full_shader = if big == 64 {
-        Shader::LinearSgR64
-    } else {
-        Shader::LinearSg
-    };
+    let big = SG_TILE_ROWS;
     let (full, tail) = match m % big {
         1..=8 => (m / big, Some(Shader::LinearSgR8)),
         9..=16 => (m / big, Some(Shader::LinearSgR16)),
-        17..=32 if big == 64 => (m / big, Some(Shader::LinearSg)),
         _ => (m.div_ceil(big), None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
@@ -183,25 +196,32 @@ fn record_with(
         b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);
     };
     if full > 0 {
-        with_base(b, full_shader, full, 0);
+        with_base(b, Shader::LinearSg, full, 0);
     }
     if let Some(shader) = tail {
         with_base(b, shader, 1, big * full);
     }
 }
 
-/// Rows of the full `linear_sg*.wgsl` tiles at subgroup width `sg`: 32, or with `tall`
-/// ([`Variant::SubgroupTall`]) 64 up to 16 lanes (the software rasteriser's widths, where every
-/// loaded value is a per-lane loop and a larger tile loads less per multiply-add: 64 x 64 tiles
-/// load a third less per output than 32 x 64; whether that wins depends on the CPU, so autotune
-/// measures it). From 32 lanes (GPUs) always 32: 64 rows would be 256 accumulators per lane.
-pub fn sg_tile_rows(sg: u32, tall: bool) -> usize {
-    if tall && sg <= 16 {
-        64
-    } else {
-        32
-    }
+/// Rows and columns of a `linear_tiled.wgsl` workgroup tile.
+pub const TILED_TILE: usize = 64;
+/// Invocations of a `linear_tiled.wgsl` workgroup (16 x 16, 4 x 4 outputs each).
+pub const TILED_INVOCATIONS: u32 = 256;
+/// Workgroup memory of `linear_tiled.wgsl`: a 64 x 16 block of x and a 16 x 64 block of W
+/// (f32), and 64 rows' statistics.
+pub const TILED_WORKGROUP_BYTES: u32 = 2 * 64 * 16 * 4 + 64 * 8;
+
+/// Whether a device with `limits` runs `linear_tiled.wgsl`.
+pub fn tiled_fits(limits: &wgpu::Limits) -> bool {
+    limits.max_compute_invocations_per_workgroup >= TILED_INVOCATIONS
+        && limits.max_compute_workgroup_size_x >= TILED_INVOCATIONS
+        && limits.max_compute_workgroup_storage_size >= TILED_WORKGROUP_BYTES
 }
+
+/// Rows of the full `linear_sg.wgsl` tiles at every subgroup width. (64-row tiles, a third
+/// fewer loads per output, were faster on one lavapipe CPU and slower on another, and up to 8
+/// lanes they hold 512 accumulators per lane, which took llvmpipe 65-105 s to compile.)
+pub const SG_TILE_ROWS: usize = 32;
 
 /// Output columns of one `linear_sg*.wgsl` workgroup tile at subgroup width `sg` (its `TN`):
 /// each lane owns 8 columns up to 8 lanes and 4 from 16, and at 64 lanes two lanes share 4, so

@@ -10,7 +10,7 @@ use crate::kernel_params;
 kernel_params! {
     /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`):
     /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m`.
-    pub struct LinearParams for [Linear, LinearSg, LinearSgR64, LinearSgR16, LinearSgR8] {
+    pub struct LinearParams for [Linear, LinearSg, LinearSgR16, LinearSgR8, LinearTiled] {
         /// Rows of x and y.
         pub m: u32,
         /// Input features.

@@ -199,13 +199,13 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], _grid: [u3
     match key.shader {
         Shader::Linear
         | Shader::LinearSg
-        | Shader::LinearSgR64
         | Shader::LinearSgR16
-        | Shader::LinearSgR8 => {
+        | Shader::LinearSgR8
+        | Shader::LinearTiled => {
             // [m, k, n, padded n, mode, ca, cb, stats, (base)]
             let (m, k, n) = (at(0), at(1), at(2));
             let rows = match key.shader {
-                Shader::Linear => m,
+                Shader::Linear | Shader::LinearTiled => m,
                 // Subgroup tiles: the rows from this dispatch's first row on (a main dispatch
                 // is counted with its tail's rows; `plan` records the portable kernels).
                 _ => m.saturating_sub(at(8)),

@@ -1,0 +1,149 @@
+// y = x W^T + b for x [m, k] and nn.Linear weights, with linear.wgsl's fused epilogues:
+//   mode 0: y = acc + b
+//   mode 1: y = gelu(acc + b)
+//   mode 2: y = ca * y + cb * (acc + b)    (in place)
+// and its optional row normalisation as x is loaded (`norm`, statistics from ln_stats.wgsl).
+// The classic GPU tiling with workgroup memory: a workgroup of 256 invocations owns a 64 x 64
+// tile of y. Per step of 16 along k it stages a 64 x 16 block of x (normalised, transposed so
+// four rows are one vec4) and a 16 x 64 block of W^T [k, n_pad] in workgroup memory (8.5 KiB in
+// all, within WebGPU's 16 KiB minimum), waits at a barrier, and every invocation accumulates a
+// 4 x 4 block of y from one vec4 of each per k. Every value of x and W is read from global
+// memory once per tile (64 uses), against once per 8 x 8 register tile in linear.wgsl; global
+// loads are coalesced (consecutive invocations read consecutive addresses). No subgroup
+// operations: it runs wherever compute shaders do, with any subgroup width.
+
+// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs). Workgroup
+// memory and arithmetic are f32.
+alias elem = f32;
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    n_pad: u32,
+    mode: u32,
+    ca: f32,
+    cb: f32,
+    norm: u32,
+    m_base: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
+@group(0) @binding(4) var<storage, read_write> y: array<elem>;
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
+
+// Tile rows, columns and depth; 16 x 16 invocations of 4 x 4 outputs each.
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+// xs[kk * 16 + r]: rows 4r..4r+3 of the tile at depth kk; ws[kk * 16 + c]: columns 4c..4c+3.
+var<workgroup> xs: array<vec4<f32>, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
+// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation.
+var<workgroup> st: array<vec2<f32>, 64>;
+
+// gelu() comes from lib/gelu.wgsl, appended by src/gpu/shaders.rs.
+
+fn store(row: u32, col: u32, acc: f32, b: f32) {
+    if (row >= p.m || col >= p.n) {
+        return;
+    }
+    let v = acc + b;
+    let o = row * p.n + col;
+    if (p.mode == 1u) {
+        y[o] = elem(gelu(v));
+    } else if (p.mode == 2u) {
+        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
+    } else {
+        y[o] = elem(v);
+    }
+}
+
+fn store_row(row: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {
+    store(row, n0, acc.x, b.x);
+    store(row, n0 + 1u, acc.y, b.y);
+    store(row, n0 + 2u, acc.z, b.z);
+    store(row, n0 + 3u, acc.w, b.w);
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let tiles_n = (p.n_pad + TN - 1u) / TN;
+    let tiles_m = (p.m - p.m_base + TM - 1u) / TM;
+    // Workgroup-uniform: the whole workgroup leaves or none of it (barriers below).
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= tiles_n * tiles_m) {
+        return;
+    }
+    let n0 = (t % tiles_n) * TN;
+    let m0 = p.m_base + (t / tiles_n) * TM;
+    if (li < TM) {
+        var s = vec2<f32>(0.0, 1.0);
+        if (p.norm != 0u) {
+            s = stats[min(m0 + li, p.m - 1u)];
+        }
+        st[li] = s;
+    }
+    // Loading roles. x: invocation li reads 4 consecutive k of row lr (4 invocations per row,
+    // 16 consecutive values per row); rows past the edge are clamped (their results are never
+    // stored), depths past k are zero. W: one vec4 of columns per invocation.
+    let lr = li / 4u;
+    let lk = (li % 4u) * 4u;
+    let x_row = min(m0 + lr, p.m - 1u) * p.k;
+    let wk = li / 16u;
+    let wc = li % 16u;
+    let stride = p.n_pad / 4u;
+    let w_col = n0 / 4u + wc;
+    // This invocation's outputs: rows m0 + 4ty.., columns n0 + 4tx...
+    let tx = li % 16u;
+    let ty = li / 16u;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    workgroupBarrier();
+    let s = st[lr];
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var j = 0u; j < 4u; j++) {
+            let kk = lk + j;
+            var v = 0.0;
+            if (k0 + kk < p.k) {
+                v = (f32(x[x_row + k0 + kk]) - s.x) * s.y;
+            }
+            xs[kk * 16u + lr / 4u][lr % 4u] = v;
+        }
+        var w = vec4<f32>(0.0);
+        if (k0 + wk < p.k && w_col < stride) {
+            w = vec4<f32>(wt[(k0 + wk) * stride + w_col]);
+        }
+        ws[wk * 16u + wc] = w;
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let xv = xs[kk * 16u + ty];
+            let wv = ws[kk * 16u + tx];
+            a0 += xv.x * wv;
+            a1 += xv.y * wv;
+            a2 += xv.z * wv;
+            a3 += xv.w * wv;
+        }
+        workgroupBarrier();
+    }
+    let c = n0 + tx * 4u;
+    if (c >= p.n_pad) {
+        return;
+    }
+    let b = vec4<f32>(bias[c / 4u]);
+    let r = m0 + ty * 4u;
+    store_row(r, c, a0, b);
+    store_row(r + 1u, c, a1, b);
+    store_row(r + 2u, c, a2, b);
+    store_row(r + 3u, c, a3, b);
+}
