@@ -92,16 +92,14 @@ fn main(
         }
         st[li] = s;
     }
-    // Loading roles. x: invocation li reads 4 consecutive k of row lr (4 invocations per row,
-    // 16 consecutive values per row); rows past the edge are clamped (their results are never
-    // stored), depths past k are zero. W: one vec4 of columns per invocation.
-    let lr = li / 4u;
-    let lk = (li % 4u) * 4u;
-    let x_row = min(m0 + lr, p.m - 1u) * p.k;
-    let wk = li / 16u;
-    let wc = li % 16u;
+    // Loading roles, lk = li % 16 and lr = li / 16. x: depth lk of rows lr, lr + 16, lr + 32
+    // and lr + 48, so 16 consecutive invocations read 16 consecutive values of a row; rows past
+    // the edge are clamped (their results are never stored), depths past k are zero. W: depth
+    // lr, the vec4 of columns lk (16 consecutive vec4 per depth).
+    let lk = li % 16u;
+    let lr = li / 16u;
     let stride = p.n_pad / 4u;
-    let w_col = n0 / 4u + wc;
+    let w_col = n0 / 4u + lk;
     // This invocation's outputs: rows m0 + 4ty.., columns n0 + 4tx...
     let tx = li % 16u;
     let ty = li / 16u;
@@ -110,21 +108,21 @@ fn main(
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
     workgroupBarrier();
-    let s = st[lr];
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var j = 0u; j < 4u; j++) {
-            let kk = lk + j;
+            let r = lr + 16u * j;
             var v = 0.0;
-            if (k0 + kk < p.k) {
-                v = (f32(x[x_row + k0 + kk]) - s.x) * s.y;
+            if (k0 + lk < p.k) {
+                let s = st[r];
+                v = (f32(x[min(m0 + r, p.m - 1u) * p.k + k0 + lk]) - s.x) * s.y;
             }
-            xs[kk * 16u + lr / 4u][lr % 4u] = v;
+            xs[lk * 16u + r / 4u][r % 4u] = v;
         }
         var w = vec4<f32>(0.0);
-        if (k0 + wk < p.k && w_col < stride) {
-            w = vec4<f32>(wt[(k0 + wk) * stride + w_col]);
+        if (k0 + lr < p.k && w_col < stride) {
+            w = vec4<f32>(wt[(k0 + lr) * stride + w_col]);
         }
-        ws[wk * 16u + wc] = w;
+        ws[lr * 16u + lk] = w;
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             let xv = xs[kk * 16u + ty];

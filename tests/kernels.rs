@@ -261,10 +261,14 @@ fn mean_tokens_matches_cpu() {
     }
 }
 
-/// Every linear kernel: the portable and the workgroup-tiled one (no subgroups), and the
-/// subgroup kernels at every width of [`sg_variants`].
+/// Every linear kernel: the portable and the workgroup-tiled one (no subgroups; the latter
+/// where the adapter allows it, as every WebGPU adapter does), and the subgroup kernels at
+/// every width of [`sg_variants`].
 fn linear_variants() -> Vec<(Option<u32>, Variant)> {
-    let mut v = vec![(None, Variant::Portable), (None, Variant::Tiled)];
+    let mut v = vec![(None, Variant::Portable)];
+    if linear::tiled_fits(&gpu().limits) {
+        v.push((None, Variant::Tiled));
+    }
     v.extend(
         sg_variants()
             .into_iter()
@@ -284,8 +288,9 @@ fn linear_matches_cpu_for_every_epilogue() {
         // 32 + 13 rows (a 16-row tail of 32-row tiles) and 64 + 8 (an 8-row tail).
         (34, 45, 64, 128),
         (35, 72, 96, 70),
-        // 64 + 20 rows (a full last tile) and 128 + 13 (a 16-row tail); 64 + 20 and 141 rows
-        // are also partial 64-row tiles of the tiled kernel, 200 columns a partial 64-column one.
+        // 2 x 32 + 20 rows (the last 32-row tile runs whole, 20 > 16) and 4 x 32 + 13 (a 16-row
+        // tail); 84 and 141 rows are partial 64-row tiles of the tiled kernel, 200 columns a
+        // partial 64-column one.
         (36, 84, 40, 64),
         (37, 141, 32, 200),
     ] {
@@ -954,4 +959,55 @@ fn tiled_linear_is_recorded_where_the_limits_allow() {
             assert_eq!(grid, [2, 1, 1]);
         }
     }
+    // The shader's tile constants are the ones the grid is computed from.
+    let src = Shader::LinearTiled.source();
+    for (name, v) in [
+        ("TM", linear::TILED_TILE),
+        ("TN", linear::TILED_TILE),
+        ("TK", linear::TILED_DEPTH),
+    ] {
+        assert!(
+            src.contains(&format!("const {name}: u32 = {v}u;")),
+            "{name}"
+        );
+    }
+    assert!(src.contains(&format!("@workgroup_size({})", linear::TILED_INVOCATIONS)));
+}
+
+/// The tiled linear kernel with its grid wrapped into a second dimension (a device allowing 5
+/// workgroups per dimension: 3 x 4 = 12 tiles as [4, 3, 1], the last of which is past the
+/// tiles and leaves), against the CPU twin.
+#[test]
+fn tiled_linear_runs_a_wrapped_grid() {
+    let (m, k, n) = (141usize, 40usize, 200usize);
+    if !linear::tiled_fits(&gpu().limits) {
+        eprintln!("skipped: this adapter cannot run the tiled linear kernel");
+        return;
+    }
+    let lin = Linear {
+        weight: random(98, n * k, (3.0 / k as f32).sqrt()),
+        bias: random(99, n, 0.1),
+        out_features: n,
+        in_features: k,
+    };
+    let x = random(100, m * k, 1.0);
+    let want = cpu::linear(&x, m, &lin);
+    let limits = wgpu::Limits {
+        max_compute_workgroups_per_dimension: 5,
+        ..gpu().limits.clone()
+    };
+    let got = run_planned_for(&limits, true, |b| {
+        b.set_variants(Variants {
+            linear: Variant::Tiled,
+            ..Variants::default()
+        });
+        let xt = b.weights("x", &x);
+        let w = linear::upload(b, "w", &lin);
+        let y = b.activation("y", m * n);
+        linear::record(b, Family::Mlp, m, &w, Epilogue::Bias, xt, y);
+        assert_eq!(b.step(0).4, [4, 3, 1]);
+        vec![y]
+    });
+    let err = max_rel_err(&decode(&got[0], false, want.len()), &want);
+    assert!(err <= tol(false), "tiled linear, wrapped grid: {err}");
 }

@@ -10,7 +10,8 @@ so the rows of a tile are unrolled here rather than by hand. Run from the reposi
 The full tiles are 32 rows; a 16- or 8-row tile covers a last partial tile (a merged sequence
 of 37 tokens is 32 + 8 rows of work instead of 64), starting at row `m_base`. 64-row tiles were
 a variant once: up to 8 lanes they keep 512 accumulators per lane, which took llvmpipe 65-105 s
-to compile per pipeline (32 rows: 16-27 s) and ran slower on an AVX-512 CPU."""
+to compile per pipeline (32 rows: 16-27 s); it was faster on one lavapipe CPU and slower on
+another."""
 
 # x values a lane loads per k: ceil(ROWS / SG), at most ROWS / 4 (SG >= 4).
 

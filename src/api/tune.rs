@@ -4,9 +4,9 @@
 //! each [`KernelKind`] is timed and the fastest recorded into the plan: one engine per round
 //! of candidates (round `i` prefers each kind's `i`-th candidate, its last one past the end:
 //! round 0 subgroup kernels everywhere, round 1 workgroup-tiled linear layers, vec4 attention
-//! and portable convolutions and matching, round 2 the portable kernels only), a warm-up
-//! forward, then two
-//! per-dispatch profiles (timestamp queries) whose per-kind minimum decides, kind by kind.
+//! and portable convolutions and matching, round 2 the portable kernels only; a round whose
+//! kernels repeat an earlier round's is skipped), a warm-up forward, then two per-dispatch
+//! profiles (timestamp queries) whose per-kind minimum decides, kind by kind.
 //! Without timestamp queries the round whose whole forward is fastest by wall clock wins.
 //! A variant replaces the default only when it is at least [`MARGIN`] faster, so noise does
 //! not flip choices between runs.
@@ -199,11 +199,20 @@ pub fn shape_tag(cfg: &ModelConfig, spec: &ForwardSpec) -> (String, String) {
     )
 }
 
-/// The cache key of a plan on an adapter: adapter, driver, backend, precision and shape.
+/// The cache key of a plan on an adapter: adapter, driver, backend, precision, shape and the
+/// candidate variants.
 pub(super) fn key(gpu: &Gpu, cfg: &ModelConfig, spec: &ForwardSpec, trusted: bool) -> String {
     let (model, tokens) = shape_tag(cfg, spec);
+    // The candidate lists too: a build with other variants to try measures again.
+    let candidates: Vec<String> = KernelKind::ALL
+        .iter()
+        .map(|k| {
+            let names: Vec<&str> = k.candidates().iter().map(|v| v.name()).collect();
+            format!("{}={}", k.name(), names.join("/"))
+        })
+        .collect();
     let raw = format!(
-        "{} | {:?} | {} {} | sg {:?} | {:?} | {model} | batch {} | {tokens} | {}",
+        "{} | {:?} | {} {} | sg {:?} | {:?} | {model} | batch {} | {tokens} | {} | {}",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.driver,
@@ -212,6 +221,7 @@ pub(super) fn key(gpu: &Gpu, cfg: &ModelConfig, spec: &ForwardSpec, trusted: boo
         spec.precision,
         spec.batch,
         if trusted { "unchecked" } else { "checked" },
+        candidates.join(","),
     );
     raw.replace(['\t', '\n', '\r'], " ")
 }
@@ -241,6 +251,12 @@ pub(super) fn measure(
         if seen.contains(&shaders) {
             continue; // the same kernels as an earlier round (its preferences fell back)
         }
+        // What ran, not what was preferred, is what a measurement says something about (a
+        // preference that fell back would otherwise be cached as if it had run).
+        let mut ran = v;
+        for (kind, variant) in used(shaders.iter().copied()) {
+            ran.set(kind, variant);
+        }
         seen.push(shaders);
         engine.time_forward()?; // warm-up: first use of the pipelines
         let times = if gpu.has_timestamps() {
@@ -269,7 +285,7 @@ pub(super) fn measure(
             walls.sort_by(f64::total_cmp);
             vec![(None, walls[1])]
         };
-        rounds.push((v, times));
+        rounds.push((ran, times));
     }
     let chosen = pick(&rounds);
     log::info!("autotune: {chosen} (measured) for {key}");

@@ -38,9 +38,9 @@ pub struct Cli {
     /// Sets SRET_TOME_AUTOTUNE for every engine the command builds.
     #[arg(long, global = true, value_parser = ["on", "off"])]
     pub autotune: Option<String>,
-    /// Pin kernel variants (no measurement), for bit-reproducible runs: one of subgroup, vec4,
-    /// portable for every kind, or KIND=VARIANT pairs such as
-    /// `linear=portable,attention=vec4` (kinds: linear, conv, attention, matching).
+    /// Pin kernel variants (no measurement), for bit-reproducible runs: one of subgroup, tiled,
+    /// vec4, portable for every kind, or KIND=VARIANT pairs such as
+    /// `linear=tiled,attention=vec4` (kinds: linear, conv, attention, matching).
     #[arg(long, global = true, value_parser = parse_variants)]
     pub kernels: Option<crate::gpu::Variants>,
     /// The subcommand to run.

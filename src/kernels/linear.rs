@@ -150,6 +150,7 @@ fn record_with(
     // Without statistics the kernel never reads binding 5; the bias stands in for it.
     let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
     if b.variant(KernelKind::Linear) == Variant::Tiled {
+        // Where it does not fit, the portable kernel runs (the engine logs the fallback once).
         if tiled_fits(b.limits()) {
             let tiles = m.div_ceil(TILED_TILE) * padded(n).div_ceil(TILED_TILE);
             let grid = b.grid(tiles * TILED_INVOCATIONS as usize, TILED_INVOCATIONS);
@@ -157,13 +158,6 @@ fn record_with(
             b.dispatch(family, key, &params, &tensors, grid);
             return;
         }
-        log::debug!(
-            "linear: tiled kernel needs {TILED_INVOCATIONS} invocations and \
-             {TILED_WORKGROUP_BYTES} bytes of workgroup memory per workgroup; this device \
-             allows {} and {}, so the portable kernel runs",
-            b.limits().max_compute_invocations_per_workgroup,
-            b.limits().max_compute_workgroup_storage_size
-        );
     }
     let Some(sg) = b.subgroup_for(KernelKind::Linear) else {
         // 8 x 8 outputs per invocation.
@@ -203,13 +197,15 @@ fn record_with(
     }
 }
 
-/// Rows and columns of a `linear_tiled.wgsl` workgroup tile.
+/// Rows and columns of a `linear_tiled.wgsl` workgroup tile (its `TM` and `TN`).
 pub const TILED_TILE: usize = 64;
+/// Depth of one staged step of `linear_tiled.wgsl` (its `TK`).
+pub const TILED_DEPTH: usize = 16;
 /// Invocations of a `linear_tiled.wgsl` workgroup (16 x 16, 4 x 4 outputs each).
 pub const TILED_INVOCATIONS: u32 = 256;
-/// Workgroup memory of `linear_tiled.wgsl`: a 64 x 16 block of x and a 16 x 64 block of W
-/// (f32), and 64 rows' statistics.
-pub const TILED_WORKGROUP_BYTES: u32 = 2 * 64 * 16 * 4 + 64 * 8;
+/// Workgroup memory of `linear_tiled.wgsl`: a tile x depth block of x and of W (f32) and the
+/// tile's row statistics (two f32 per row).
+pub const TILED_WORKGROUP_BYTES: u32 = ((2 * TILED_TILE * TILED_DEPTH + 2 * TILED_TILE) * 4) as u32;
 
 /// Whether a device with `limits` runs `linear_tiled.wgsl`.
 pub fn tiled_fits(limits: &wgpu::Limits) -> bool {

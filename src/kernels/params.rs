@@ -8,8 +8,9 @@ use crate::gpu::params::ParamsLayout;
 use crate::kernel_params;
 
 kernel_params! {
-    /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`):
-    /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m`.
+    /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`, `linear_tiled.wgsl`):
+    /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m` (`m_base` is 0 except for
+    /// the subgroup kernels' tails).
     pub struct LinearParams for [Linear, LinearSg, LinearSgR16, LinearSgR8, LinearTiled] {
         /// Rows of x and y.
         pub m: u32,

@@ -204,12 +204,10 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], _grid: [u3
         | Shader::LinearTiled => {
             // [m, k, n, padded n, mode, ca, cb, stats, (base)]
             let (m, k, n) = (at(0), at(1), at(2));
-            let rows = match key.shader {
-                Shader::Linear | Shader::LinearTiled => m,
-                // Subgroup tiles: the rows from this dispatch's first row on (a main dispatch
-                // is counted with its tail's rows; `plan` records the portable kernels).
-                _ => m.saturating_sub(at(8)),
-            };
+            // The rows from this dispatch's first row on (`m_base`: 0 but for the subgroup
+            // kernels' tails; a main dispatch is counted with its tail's rows, and `plan`
+            // records the portable kernels).
+            let rows = m.saturating_sub(at(8));
             let epilogue = match at(4) {
                 0 => 1,
                 1 => 11,

@@ -65,8 +65,17 @@ pub fn run_opts(
     poison: bool,
     build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>,
 ) -> Vec<Vec<u32>> {
-    let g = gpu();
-    let mut b = ProgramBuilder::new(&g.limits);
+    run_planned_for(&gpu().limits, poison, build)
+}
+
+/// As [`run_opts`], planned as for a device with `limits` (at most the adapter's), e.g. to make
+/// grids wrap into a second dimension.
+pub fn run_planned_for(
+    limits: &wgpu::Limits,
+    poison: bool,
+    build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>,
+) -> Vec<Vec<u32>> {
+    let mut b = ProgramBuilder::new(limits);
     let outs = build(&mut b);
     for &o in &outs {
         b.pin(o);
