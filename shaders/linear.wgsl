@@ -36,7 +36,8 @@ struct Params {
 
 const WG: u32 = 64u;
 
-// gelu() comes from lib/gelu.wgsl, appended by src/gpu/shaders.rs.
+// epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
+// src/gpu/shaders.rs.
 
 fn store(row: u32, col: u32, acc: f32, b: f32) {
     if (col >= p.n) {
@@ -44,13 +45,7 @@ fn store(row: u32, col: u32, acc: f32, b: f32) {
     }
     let v = acc + b;
     let o = row * p.n + col;
-    if (p.mode == 1u) {
-        y[o] = elem(gelu(v));
-    } else if (p.mode == 2u) {
-        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
-    } else {
-        y[o] = elem(v);
-    }
+    epilogue(o, v);
 }
 
 fn store_row(row: u32, n0: u32, lo: vec4<f32>, hi: vec4<f32>) {

@@ -46,7 +46,8 @@ var<workgroup> ws: array<vec4<f32>, 256>;
 // (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation.
 var<workgroup> st: array<vec2<f32>, 64>;
 
-// gelu() comes from lib/gelu.wgsl, appended by src/gpu/shaders.rs.
+// epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
+// src/gpu/shaders.rs.
 
 fn store(row: u32, col: u32, acc: f32, b: f32) {
     if (row >= p.m || col >= p.n) {
@@ -54,13 +55,7 @@ fn store(row: u32, col: u32, acc: f32, b: f32) {
     }
     let v = acc + b;
     let o = row * p.n + col;
-    if (p.mode == 1u) {
-        y[o] = elem(gelu(v));
-    } else if (p.mode == 2u) {
-        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
-    } else {
-        y[o] = elem(v);
-    }
+    epilogue(o, v);
 }
 
 fn store_row(row: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {

@@ -352,6 +352,7 @@ fn shared_helpers_are_defined_once() {
         helpers.extend(fns(&std::fs::read_to_string(entry.unwrap().path()).unwrap()));
     }
     assert!(helpers.contains(&"gelu".to_string()), "{helpers:?}");
+    assert!(helpers.contains(&"epilogue".to_string()), "{helpers:?}");
     for s in Shader::ALL {
         let file = std::fs::read_to_string(root.join(format!("{}.wgsl", s.name()))).unwrap();
         for h in &helpers {

@@ -89,7 +89,7 @@ struct Params {{
 @group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 
-// gelu() comes from lib/gelu.wgsl, appended by src/gpu/shaders.rs.
+// epilogue() and gelu() come from shaders/lib/, appended by src/gpu/shaders.rs.
 
 var<private> col0: u32;
 // Which of the DUP lanes sharing a column group this lane is (it stores that share).
@@ -101,13 +101,7 @@ fn store(row: u32, c: u32, v: f32) {{
         return;
     }}
     let o = row * p.n + col;
-    if (p.mode == 1u) {{
-        y[o] = elem(gelu(v));
-    }} else if (p.mode == 2u) {{
-        y[o] = elem(p.ca * f32(y[o]) + p.cb * v);
-    }} else {{
-        y[o] = elem(v);
-    }}
+    epilogue(o, v);
 }}
 
 fn store_row(row: u32, lo: vec4<f32>, hi: vec4<f32>) {{

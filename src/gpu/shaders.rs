@@ -2,7 +2,8 @@
 //!
 //! Shaders are plain `.wgsl` files under `shaders/`. Helpers that several kernels share live
 //! once under `shaders/lib/` and are appended to the kernels that use them (fixed per kernel,
-//! see [`Shader::source`]; today the exact GELU of the linear kernels). Three one-line
+//! see [`Shader::source`]; today the fused epilogue and the exact GELU of
+//! the linear kernels). Three one-line
 //! substitutions exist, all part of the cache key:
 //! - the attention head size: a file may declare `const HEAD_DIM: u32 = 32u;` and a plan that
 //!   needs another size gets that line rewritten;
@@ -143,12 +144,14 @@ impl Shader {
 
     /// The module's WGSL: the kernel's file, followed by the `shaders/lib/` helpers it uses.
     pub fn source(self) -> &'static str {
-        // A kernel file and the shared GELU after it (module-scope declarations are
-        // order-independent in WGSL; `enable f16;` stays first).
-        macro_rules! with_gelu {
+        // A linear kernel's file, then the shared epilogue and GELU after it (module-scope
+        // declarations are order-independent in WGSL; `enable f16;` stays first).
+        macro_rules! linear_kernel {
             ($file:literal) => {
                 concat!(
                     include_str!($file),
+                    "\n",
+                    include_str!("../../shaders/lib/linear_epilogue.wgsl"),
                     "\n",
                     include_str!("../../shaders/lib/gelu.wgsl")
                 )
@@ -160,11 +163,11 @@ impl Shader {
             Shader::ConvSg => include_str!("../../shaders/conv_sg.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
-            Shader::Linear => with_gelu!("../../shaders/linear.wgsl"),
-            Shader::LinearSg => with_gelu!("../../shaders/linear_sg.wgsl"),
-            Shader::LinearSgR16 => with_gelu!("../../shaders/linear_sg_r16.wgsl"),
-            Shader::LinearSgR8 => with_gelu!("../../shaders/linear_sg_r8.wgsl"),
-            Shader::LinearTiled => with_gelu!("../../shaders/linear_tiled.wgsl"),
+            Shader::Linear => linear_kernel!("../../shaders/linear.wgsl"),
+            Shader::LinearSg => linear_kernel!("../../shaders/linear_sg.wgsl"),
+            Shader::LinearSgR16 => linear_kernel!("../../shaders/linear_sg_r16.wgsl"),
+            Shader::LinearSgR8 => linear_kernel!("../../shaders/linear_sg_r8.wgsl"),
+            Shader::LinearTiled => linear_kernel!("../../shaders/linear_tiled.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
             Shader::AttentionVec4 => include_str!("../../shaders/attention_vec4.wgsl"),
             Shader::AttentionSg => include_str!("../../shaders/attention_sg.wgsl"),
