@@ -285,12 +285,15 @@ fn linear_matches_cpu_for_every_epilogue() {
         (31, 64, 64, 192),
         (32, 5, 230, 64),
         (33, 1, 256, 1000),
-        // 32 + 13 rows (a 16-row tail of 32-row tiles) and 64 + 8 (an 8-row tail).
+        // Subgroup kernels: 32 + 13 rows (one 48-row last tile), 32 + 32 + 8 (a 32-row tile and
+        // a 40-row last tile), 13 rows (a 16-row tile alone; 37, 5 and 1 above: one 40-row and
+        // two 8-row tiles).
         (34, 45, 64, 128),
         (35, 72, 96, 70),
-        // 2 x 32 + 20 rows (the last 32-row tile runs whole, 20 > 16) and 4 x 32 + 13 (a 16-row
-        // tail); 84 and 141 rows are partial 64-row tiles of the tiled kernel, 200 columns a
-        // partial 64-column one.
+        (38, 13, 48, 96),
+        // 2 x 32 + 20 rows (the last 32-row tile runs whole, 20 > 16) and 4 x 32 + 13 (three
+        // 32-row tiles and a 48-row one); 84 and 141 rows are partial 64-row tiles of the tiled
+        // kernel, 200 columns a partial 64-column one.
         (36, 84, 40, 64),
         (37, 141, 32, 200),
     ] {
@@ -886,28 +889,31 @@ fn subgroup_kernels_run_at_the_adapters_width() {
     let Some(width) = width else {
         return;
     };
-    // A plan for this adapter records the width-specific kernels: one full tile and an 8-row
-    // tail.
-    let m = linear::SG_TILE_ROWS + 5;
-    let mut b = ProgramBuilder::new(&g.limits);
-    b.set_subgroup_width(Some(width));
+    // A plan for this adapter records the width-specific kernels: for 2 x 32 + 5 rows one
+    // 32-row tile and a 40-row last tile; for 5 rows an 8-row tile.
     let lin = Linear {
         weight: random(90, 64 * 32, 0.1),
         bias: random(91, 64, 0.1),
         out_features: 64,
         in_features: 32,
     };
-    let x = b.weights("x", &random(92, m * 32, 1.0));
-    let w = linear::upload(&mut b, "w", &lin);
-    let y = b.activation("y", m * 64);
-    b.pin(y);
-    linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
-    let program = b.finish(g, cache(), &[]).expect("program");
-    let keys: Vec<KernelKey> = program.dispatches.iter().map(|d| d.key).collect();
+    let mut keys = Vec::new();
+    for m in [2 * linear::SG_TILE_ROWS + 5, 5] {
+        let mut b = ProgramBuilder::new(&g.limits);
+        b.set_subgroup_width(Some(width));
+        let x = b.weights("x", &random(92, m * 32, 1.0));
+        let w = linear::upload(&mut b, "w", &lin);
+        let y = b.activation("y", m * 64);
+        b.pin(y);
+        linear::record(&mut b, Family::Mlp, m, &w, Epilogue::Bias, x, y);
+        let program = b.finish(g, cache(), &[]).expect("program");
+        keys.extend(program.dispatches.iter().map(|d| d.key));
+    }
     assert_eq!(
         keys,
         vec![
             KernelKey::with_sg(Shader::LinearSg, width),
+            KernelKey::with_sg(Shader::LinearSgR40, width),
             KernelKey::with_sg(Shader::LinearSgR8, width)
         ]
     );

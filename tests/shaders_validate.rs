@@ -96,6 +96,8 @@ fn every_subgroup_width_substitution_validates() {
         [
             Shader::ConvSg,
             Shader::LinearSg,
+            Shader::LinearSgR40,
+            Shader::LinearSgR48,
             Shader::LinearSgR16,
             Shader::LinearSgR8,
             Shader::AttentionSg,
@@ -232,7 +234,13 @@ fn generated_shaders_match_their_generators() {
     let generated = [
         (
             "gen_linear_sg.py",
-            &["linear_sg", "linear_sg_r16", "linear_sg_r8"][..],
+            &[
+                "linear_sg",
+                "linear_sg_r40",
+                "linear_sg_r48",
+                "linear_sg_r16",
+                "linear_sg_r8",
+            ][..],
         ),
         ("gen_conv_sg.py", &["conv_sg"][..]),
         ("gen_attention_sg.py", &["attention_sg"][..]),

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Writes shaders/linear_sg.wgsl (32-row tiles) and its tails linear_sg_r16.wgsl and
-linear_sg_r8.wgsl (16- and 8-row tiles):
+"""Writes shaders/linear_sg.wgsl (32-row tiles), its last tiles linear_sg_r40.wgsl and
+linear_sg_r48.wgsl (40 and 48 rows) and its short tiles linear_sg_r16.wgsl and linear_sg_r8.wgsl:
 the linear layer for adapters with subgroups, for any subgroup width SG in 4..=64 (a power of
 two). The width is the one line `const SG: u32 = 8u;` that src/gpu/shaders.rs rewrites; the
 workgroup size, the tile's width and every broadcast lane derive from it as WGSL constant
 expressions, so one text serves every width. WGSL's subgroupBroadcast needs a constant lane,
 so the rows of a tile are unrolled here rather than by hand. Run from the repository root.
 
-The full tiles are 32 rows; a 16- or 8-row tile covers a last partial tile (a merged sequence
-of 37 tokens is 32 + 8 rows of work instead of 64), starting at row `m_base`. 64-row tiles were
-a variant once: up to 8 lanes they keep 512 accumulators per lane, which took llvmpipe 65-105 s
-to compile per pipeline (32 rows: 16-27 s); it was faster on one lavapipe CPU and slower on
-another."""
+The full tiles are 32 rows. A rest of up to 16 rows joins the last full tile, which then runs
+as a 40- or 48-row tile starting at row `m_base` (every weight a tile loads serves all its rows,
+so 37 merged tokens cost one 40-row tile, not a 32-row tile and an 8-row one that loads the
+same weights again); a matrix of at most 16 rows runs as one 8- or 16-row tile. 64-row tiles
+were a variant once: up to 8 lanes they keep 512 accumulators per lane, which took llvmpipe
+65-105 s to compile per pipeline (32 rows: 16-27 s); it was faster on one lavapipe CPU and
+slower on another."""
 
 # x values a lane loads per k: ceil(ROWS / SG), at most ROWS / 4 (SG >= 4).
 
@@ -172,5 +174,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     return src
 
 
-for rows, name in [(32, "linear_sg"), (16, "linear_sg_r16"), (8, "linear_sg_r8")]:
+for rows, name in [
+    (32, "linear_sg"),
+    (40, "linear_sg_r40"),
+    (48, "linear_sg_r48"),
+    (16, "linear_sg_r16"),
+    (8, "linear_sg_r8"),
+]:
     open(f"shaders/{name}.wgsl", "w").write(generate(rows))

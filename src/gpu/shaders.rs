@@ -43,9 +43,13 @@ pub enum Shader {
     Linear,
     /// `linear_sg.wgsl`: the linear layer with subgroup broadcasts, 32-row tiles.
     LinearSg,
-    /// 16-row tails of the subgroup linear kernel.
+    /// The subgroup linear kernel's 40-row last tile (32 rows and a rest of up to 8).
+    LinearSgR40,
+    /// The subgroup linear kernel's 48-row last tile (32 rows and a rest of 9 to 16).
+    LinearSgR48,
+    /// The subgroup linear kernel on a matrix of 9 to 16 rows: one 16-row tile.
     LinearSgR16,
-    /// 8-row tails of the subgroup linear kernel.
+    /// The subgroup linear kernel on a matrix of at most 8 rows: one 8-row tile.
     LinearSgR8,
     /// `linear_tiled.wgsl`: the linear layer in 64 x 64 workgroup tiles staged through
     /// workgroup memory (the classic GPU tiling; no subgroups).
@@ -85,7 +89,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader, for tests and tools that compile or inspect them all.
-    pub const ALL: [Shader; 24] = [
+    pub const ALL: [Shader; 26] = [
         Shader::Conv,
         Shader::ConvDense,
         Shader::ConvSg,
@@ -93,6 +97,8 @@ impl Shader {
         Shader::LnStats,
         Shader::Linear,
         Shader::LinearSg,
+        Shader::LinearSgR40,
+        Shader::LinearSgR48,
         Shader::LinearSgR16,
         Shader::LinearSgR8,
         Shader::LinearTiled,
@@ -122,6 +128,8 @@ impl Shader {
             Shader::LnStats => "ln_stats",
             Shader::Linear => "linear",
             Shader::LinearSg => "linear_sg",
+            Shader::LinearSgR40 => "linear_sg_r40",
+            Shader::LinearSgR48 => "linear_sg_r48",
             Shader::LinearSgR16 => "linear_sg_r16",
             Shader::LinearSgR8 => "linear_sg_r8",
             Shader::LinearTiled => "linear_tiled",
@@ -165,6 +173,8 @@ impl Shader {
             Shader::LnStats => include_str!("../../shaders/ln_stats.wgsl"),
             Shader::Linear => linear_kernel!("../../shaders/linear.wgsl"),
             Shader::LinearSg => linear_kernel!("../../shaders/linear_sg.wgsl"),
+            Shader::LinearSgR40 => linear_kernel!("../../shaders/linear_sg_r40.wgsl"),
+            Shader::LinearSgR48 => linear_kernel!("../../shaders/linear_sg_r48.wgsl"),
             Shader::LinearSgR16 => linear_kernel!("../../shaders/linear_sg_r16.wgsl"),
             Shader::LinearSgR8 => linear_kernel!("../../shaders/linear_sg_r8.wgsl"),
             Shader::LinearTiled => linear_kernel!("../../shaders/linear_tiled.wgsl"),

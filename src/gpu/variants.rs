@@ -61,7 +61,11 @@ impl KernelKind {
         Some(match shader {
             Shader::Linear => (K::Linear, V::Portable),
             Shader::LinearTiled => (K::Linear, V::Tiled),
-            Shader::LinearSg | Shader::LinearSgR16 | Shader::LinearSgR8 => (K::Linear, V::Subgroup),
+            Shader::LinearSg
+            | Shader::LinearSgR40
+            | Shader::LinearSgR48
+            | Shader::LinearSgR16
+            | Shader::LinearSgR8 => (K::Linear, V::Subgroup),
             Shader::ConvDense => (K::Conv, V::Portable),
             Shader::ConvSg => (K::Conv, V::Subgroup),
             Shader::Attention => (K::Attention, V::Portable),

@@ -171,15 +171,17 @@ fn record_with(
         );
         return;
     };
-    // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup; a last partial tile of
-    // up to 16 rows runs as a 16- or 8-row tile instead (fewer rows computed for nothing, at a
-    // lower rate per row).
+    // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup. A rest of up to 16 rows
+    // joins the last full tile (a 40- or 48-row tile: the weights it loads serve 8 or 16 more
+    // rows), or runs as an 8- or 16-row tile where there is no full tile to join.
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
     let big = SG_TILE_ROWS;
-    let (full, tail) = match m % big {
-        1..=8 => (m / big, Some(Shader::LinearSgR8)),
-        9..=16 => (m / big, Some(Shader::LinearSgR16)),
-        _ => (m.div_ceil(big), None),
+    let (full, last) = match (m / big, m % big) {
+        (0, 1..=8) => (0, Some(Shader::LinearSgR8)),
+        (0, 9..=16) => (0, Some(Shader::LinearSgR16)),
+        (f, 1..=8) => (f - 1, Some(Shader::LinearSgR40)),
+        (f, 9..=16) => (f - 1, Some(Shader::LinearSgR48)),
+        (f, r) => (f + (r > 0) as usize, None),
     };
     let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
         let p = LinearParams {
@@ -192,7 +194,7 @@ fn record_with(
     if full > 0 {
         with_base(b, Shader::LinearSg, full, 0);
     }
-    if let Some(shader) = tail {
+    if let Some(shader) = last {
         with_base(b, shader, 1, big * full);
     }
 }
@@ -214,7 +216,8 @@ pub fn tiled_fits(limits: &wgpu::Limits) -> bool {
         && limits.max_compute_workgroup_storage_size >= TILED_WORKGROUP_BYTES
 }
 
-/// Rows of the full `linear_sg.wgsl` tiles at every subgroup width. (64-row tiles, a third
+/// Rows of the full `linear_sg.wgsl` tiles at every subgroup width; the last tile of a matrix
+/// may be 40 or 48 rows (`linear_sg_r40.wgsl`, `linear_sg_r48.wgsl`). (64-row tiles, a third
 /// fewer loads per output, were faster on one lavapipe CPU and slower on another, and up to 8
 /// lanes they hold 512 accumulators per lane, which took llvmpipe 65-105 s to compile.)
 pub const SG_TILE_ROWS: usize = 32;

@@ -10,8 +10,8 @@ use crate::kernel_params;
 kernel_params! {
     /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`, `linear_tiled.wgsl`):
     /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m` (`m_base` is 0 except for
-    /// the subgroup kernels' tails).
-    pub struct LinearParams for [Linear, LinearSg, LinearSgR16, LinearSgR8, LinearTiled] {
+    /// the subgroup kernels' last tile, which runs as its own dispatch).
+    pub struct LinearParams for [Linear, LinearSg, LinearSgR40, LinearSgR48, LinearSgR16, LinearSgR8, LinearTiled] {
         /// Rows of x and y.
         pub m: u32,
         /// Input features.
@@ -28,7 +28,7 @@ kernel_params! {
         pub cb: f32,
         /// 1: normalise each row of x with its LayerNorm statistics as it is loaded.
         pub norm: u32,
-        /// First row of this dispatch's tiles (a tail dispatch starts after the full tiles).
+        /// First row of this dispatch's tiles (a last-tile dispatch starts after the full tiles).
         pub m_base: u32,
     }
 }

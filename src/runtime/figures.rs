@@ -199,14 +199,16 @@ pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], _grid: [u3
     match key.shader {
         Shader::Linear
         | Shader::LinearSg
+        | Shader::LinearSgR40
+        | Shader::LinearSgR48
         | Shader::LinearSgR16
         | Shader::LinearSgR8
         | Shader::LinearTiled => {
             // [m, k, n, padded n, mode, ca, cb, stats, (base)]
             let (m, k, n) = (at(0), at(1), at(2));
             // The rows from this dispatch's first row on (`m_base`: 0 but for the subgroup
-            // kernels' tails; a main dispatch is counted with its tail's rows, and `plan`
-            // records the portable kernels).
+            // kernels' last tile; a dispatch of full tiles is counted with its last tile's
+            // rows, and `plan` records the portable kernels).
             let rows = m.saturating_sub(at(8));
             let epilogue = match at(4) {
                 0 => 1,
