@@ -14,7 +14,7 @@
 //   CV      2   2   1   1   1   (vec4 of columns per lane)
 //   DUP     1   1   1   1   2   (lanes per column group)
 //   TN     32  64  64 128 128   (tile columns; src/kernels/linear.rs computes the same)
-//   XN    4   2   1   1   1   (x loads per lane per k)
+//   XN    4   2   1   1   1   (x loads per lane per k: ceil(ROWS / SG))
 
 // Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
 alias elem = f32;

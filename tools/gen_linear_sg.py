@@ -58,7 +58,7 @@ def generate(ROWS):
 //   CV      2   2   1   1   1   (vec4 of columns per lane)
 //   DUP     1   1   1   1   2   (lanes per column group)
 //   TN     32  64  64 128 128   (tile columns; src/kernels/linear.rs computes the same)
-//   XN  {ROWS // 4:3d} {max(1, ROWS // 8):3d} {max(1, ROWS // 16):3d} {max(1, ROWS // 32):3d} {max(1, ROWS // 64):3d}   (x loads per lane per k)
+//   XN  {-(-ROWS // 4):3d} {-(-ROWS // 8):3d} {-(-ROWS // 16):3d} {-(-ROWS // 32):3d} {-(-ROWS // 64):3d}   (x loads per lane per k: ceil(ROWS / SG))
 
 // Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
 alias elem = f32;
