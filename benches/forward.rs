@@ -3,7 +3,8 @@
 //! Throughput is the median of timed forwards (GPU timestamps where the adapter has them).
 
 use sret_tome::bench::{bench_one, BenchOptions};
-use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::gpu::{AdapterChoice, Gpu};
+use sret_tome::kernels::PipelineCache;
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
 

@@ -5,7 +5,7 @@
 // `groups` contiguous groups; the result for a token is written at that token's original row,
 // which is the reference's inverse permutation without a copy.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

@@ -2,7 +2,7 @@
 // sizes that are a multiple of 4: q, k, v are read as vec4 and the running output stays in
 // vec4 registers. Same parameters and bindings as attention.wgsl, with qkv viewed as vec4.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

@@ -7,7 +7,7 @@
 // them). Padding is decided on the full logical image. The stem uses this to run conv1 and conv2
 // band by band, so conv1's large output never exists whole.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

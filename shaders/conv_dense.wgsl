@@ -4,7 +4,7 @@
 // per input value it loads 4 vec4 of weights for 16 multiply-adds. Input NCHW; output NCHW or
 // tokens [batch, h*w, cout]. Row bands as in conv.wgsl (same parameter block).
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

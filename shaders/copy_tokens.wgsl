@@ -4,7 +4,7 @@
 // 0 (the learned tokens). Used to put the lead tokens in front of the patch tokens, to take
 // them out again, and to take the patch tokens of a stage that merged nothing.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

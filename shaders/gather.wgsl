@@ -1,7 +1,7 @@
 // Restores the token grid before pooling (the unmerge stack in one step):
 // out[b, orig, :] = x[b, map[b, orig], :].
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

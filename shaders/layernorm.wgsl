@@ -1,7 +1,7 @@
 // LayerNorm over the last dimension, one invocation per row (rows are many: batch x tokens),
 // two passes over the row for a numerically stable variance. Biased variance, as torch.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

@@ -12,7 +12,7 @@
 // expensive (software Vulkan) the ratio of arithmetic to loads is what counts. Consecutive
 // invocations take consecutive column tiles, so their W loads are contiguous.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {
@@ -37,7 +37,7 @@ struct Params {
 const WG: u32 = 64u;
 
 // epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
-// src/gpu/shaders.rs.
+// src/kernels/catalogue.rs.
 
 fn store(row: u32, col: u32, acc: f32, b: f32) {
     if (col >= p.n) {

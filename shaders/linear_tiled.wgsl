@@ -12,7 +12,7 @@
 // loads are coalesced (consecutive invocations read consecutive addresses). No subgroup
 // operations: it runs wherever compute shaders do, with any subgroup width.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs). Workgroup
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs). Workgroup
 // memory and arithmetic are f32.
 alias elem = f32;
 
@@ -47,7 +47,7 @@ var<workgroup> ws: array<vec4<f32>, 256>;
 var<workgroup> st: array<vec2<f32>, 64>;
 
 // epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
-// src/gpu/shaders.rs.
+// src/kernels/catalogue.rs.
 
 fn store(row: u32, col: u32, acc: f32, b: f32) {
     if (row >= p.m || col >= p.n) {

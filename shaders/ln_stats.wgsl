@@ -3,7 +3,7 @@
 // consumer's weights): per row the mean and 1 / sqrt(var + eps), biased variance as torch, two
 // passes over the row as layernorm.wgsl. One invocation per row.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

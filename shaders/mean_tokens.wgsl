@@ -1,6 +1,6 @@
 // Global average pooling over tokens: [batch, n, c] -> [batch, c]. One invocation per output.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

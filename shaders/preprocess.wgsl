@@ -14,7 +14,7 @@
 // need nothing special: textureLoad returns (r, g, b, a) whatever the memory order. Alpha is
 // dropped, as PIL's convert("RGB") drops it.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

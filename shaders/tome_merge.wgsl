@@ -5,7 +5,7 @@
 // order. Masses are summed alongside. order[r + u] is the A token of unmerged slot u
 // (tome_slots.wgsl), order[k < r] the merged A tokens.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

@@ -2,7 +2,7 @@
 // qkv [batch, n, 3 * dim] -> metric [batch, n, HEAD_DIM]. Independent of any permutation: a
 // token's keys are its own whatever group it sat in.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 struct Params {

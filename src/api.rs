@@ -78,8 +78,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{AdapterChoice, Gpu, PipelineCache, Variants};
+use crate::gpu::{AdapterChoice, Gpu};
 use crate::kernels::preprocess::Preprocessor;
+use crate::kernels::{PipelineCache, Variants};
 use crate::model::Model;
 use crate::model::Precision;
 use crate::model::DEFAULT_MODEL;

@@ -66,13 +66,14 @@ pub mod fuzzing;
 pub use error::{Error, Result};
 
 pub use api::{Engine, EngineBuilder, Input, Logits, PendingLogits};
-pub use gpu::{AdapterChoice, PipelineCache};
+pub use gpu::AdapterChoice;
 /// The `image` crate this crate decodes with ([`io::decode_rgb8`] returns its `RgbImage`).
 #[cfg(feature = "images")]
 pub use image;
 #[cfg(feature = "images")]
 pub use io::load_image;
 pub use kernels::preprocess::Preprocessor;
+pub use kernels::PipelineCache;
 pub use model::{imagenet_class, Model, Precision};
 pub use tome::Schedule;
 /// The wgpu this crate is built against, so applications can name the same types.

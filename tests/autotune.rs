@@ -5,7 +5,7 @@
 mod common;
 
 use sret_tome::api::{Autotune, ChoiceSource, TuneCache};
-use sret_tome::gpu::{KernelKind, Variant, Variants};
+use sret_tome::kernels::{KernelKind, Variant, Variants};
 use sret_tome::{EngineBuilder, Model, Schedule};
 
 fn builder(model: &Model) -> EngineBuilder {
@@ -84,7 +84,7 @@ fn off_and_pinned_measure_nothing_and_run_what_was_asked() {
     assert_eq!(off.kernels().source, ChoiceSource::Default);
     assert_eq!(off.kernels().preferred, Variants::default());
     let reference = off.run(&images).unwrap().into_vec();
-    let has_subgroups = sret_tome::gpu::program::subgroup_width(common::gpu()).is_some();
+    let has_subgroups = sret_tome::kernels::program::subgroup_width(common::gpu()).is_some();
     for pin in [
         "portable",
         "attention=vec4,linear=portable",

@@ -2,8 +2,8 @@
 
 use std::process::Command;
 
-use sret_tome::gpu::{Family, ProgramBuilder};
 use sret_tome::kernels::linear::{self, Epilogue};
+use sret_tome::kernels::{Family, ProgramBuilder};
 use sret_tome::model::weights::Linear;
 use sret_tome::model::{synthetic_weights, ModelConfig};
 use sret_tome::runtime::figures::{self, CostFigures};

@@ -2,7 +2,8 @@
 //! and returned as an error naming what was being done (wgpu's default handler would panic),
 //! and a device lost between forwards gives an error, not a hang or a panic.
 
-use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::gpu::{AdapterChoice, Gpu};
+use sret_tome::kernels::PipelineCache;
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
 use sret_tome::runtime::ForwardSpec;

@@ -9,14 +9,14 @@
 mod common;
 
 use common::*;
-use sret_tome::gpu::program::subgroup_width;
-use sret_tome::gpu::shaders::SG_WIDTHS;
-use sret_tome::gpu::{Family, Variant, Variants};
 use sret_tome::kernels::attention::{self, AttentionShape};
+use sret_tome::kernels::catalogue::SG_WIDTHS;
 use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use sret_tome::kernels::linear::{self, Epilogue};
+use sret_tome::kernels::program::subgroup_width;
 use sret_tome::kernels::tokens::{record_copy, TokenCopy};
-use sret_tome::kernels::{norm, tome};
+use sret_tome::kernels::{merge, norm};
+use sret_tome::kernels::{Family, Variant, Variants};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
 use sret_tome::tome::Split;
@@ -161,15 +161,15 @@ fn check_conv_in(
             vec![y]
         });
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-        assert!(
-            err <= tol(f16),
-            "conv {cin}->{cout} g{groups} {h}x{h} (subgroup width: {sg:?}, f16: {f16}): error {err}"
-        );
+        expect(err <= tol(f16), || {
+            format!("{} (tolerance {:e})", format_args!("conv {cin}->{cout} g{groups} {h}x{h} (subgroup width: {sg:?}, f16: {f16}): error {err}"), tol(f16))
+        });
     }
 }
 
 #[test]
 fn conv_stem_layers_match_cpu() {
+    let _cases = Cases::new();
     // Ragged channel counts (not multiples of the 4-channel tile) and odd sizes.
     check_conv(1, 2, 3, 17, 6, 1, Layout::Nchw, Layout::Nchw, true, false);
     check_conv(2, 1, 5, 12, 8, 1, Layout::Nchw, Layout::Nchw, true, false);
@@ -181,6 +181,7 @@ fn conv_stem_layers_match_cpu() {
 
 #[test]
 fn conv_pooling_matches_cpu() {
+    let _cases = Cases::new();
     // Grouped conv between stages: groups = in channels, two outputs per input channel.
     check_conv(
         4,
@@ -210,6 +211,7 @@ fn conv_pooling_matches_cpu() {
 
 #[test]
 fn layer_norm_matches_cpu() {
+    let _cases = Cases::new();
     for (seed, rows, c) in [(10u64, 37usize, 67usize), (11, 5, 256), (12, 130, 3)] {
         let x: Vec<f32> = random(seed, rows * c, 2.0)
             .iter()
@@ -238,13 +240,20 @@ fn layer_norm_matches_cpu() {
                 vec![y]
             });
             let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-            assert!(err <= tol(f16), "layernorm {rows}x{c} (f16: {f16}): {err}");
+            expect(err <= tol(f16), || {
+                format!(
+                    "{} (tolerance {:e})",
+                    format_args!("layernorm {rows}x{c} (f16: {f16}): {err}"),
+                    tol(f16)
+                )
+            });
         }
     }
 }
 
 #[test]
 fn mean_tokens_matches_cpu() {
+    let _cases = Cases::new();
     let (batch, n, c) = (3, 49, 21);
     for f16 in precisions() {
         let x = rounded(&random(20, batch * n * c, 1.0), f16);
@@ -257,7 +266,13 @@ fn mean_tokens_matches_cpu() {
             vec![y]
         });
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-        assert!(err <= tol(f16), "mean tokens (f16: {f16}): {err}");
+        expect(err <= tol(f16), || {
+            format!(
+                "{} (tolerance {:e})",
+                format_args!("mean tokens (f16: {f16}): {err}"),
+                tol(f16)
+            )
+        });
     }
 }
 
@@ -280,6 +295,7 @@ fn linear_variants() -> Vec<(Option<u32>, Variant)> {
 
 #[test]
 fn linear_matches_cpu_for_every_epilogue() {
+    let _cases = Cases::new();
     for (seed, m, k, n) in [
         (30u64, 37usize, 23usize, 45usize),
         (31, 64, 64, 192),
@@ -344,10 +360,9 @@ fn linear_matches_cpu_for_every_epilogue() {
                         vec![y]
                     });
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-                    assert!(
-                        err <= tol(f16),
-                        "linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
-                    );
+                    expect(err <= tol(f16), || {
+                        format!("{} (tolerance {:e})", format_args!("linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"), tol(f16))
+                    });
                 }
             }
         }
@@ -359,6 +374,7 @@ fn linear_matches_cpu_for_every_epilogue() {
 /// for rows whose mean is far from zero, both kernels and two epilogues.
 #[test]
 fn layer_norm_folded_into_linear_matches_cpu() {
+    let _cases = Cases::new();
     for (seed, m, k, n) in [
         (70u64, 37usize, 64usize, 192usize),
         (71, 9, 230, 64),
@@ -421,10 +437,9 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                         vec![y]
                     });
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-                    assert!(
-                    err <= tol(f16),
-                    "LN + linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
-                );
+                    expect(err <= tol(f16), || {
+                        format!("{} (tolerance {:e})", format_args!("LN + linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"), tol(f16))
+                    });
                 }
             }
         }
@@ -498,15 +513,15 @@ fn check_attention_in(
             vec![out]
         });
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-        assert!(
-            err <= tol(f16),
-            "attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroup width {sg:?} f16 {f16}: {err}"
-        );
+        expect(err <= tol(f16), || {
+            format!("{} (tolerance {:e})", format_args!("attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroup width {sg:?} f16 {f16}: {err}"), tol(f16))
+        });
     }
 }
 
 #[test]
 fn attention_matches_cpu() {
+    let _cases = Cases::new();
     check_attention(40, 2, 24, 64, 2, 4, false, false);
     check_attention(41, 2, 24, 64, 2, 2, true, true);
     check_attention(42, 1, 49, 256, 8, 1, false, true);
@@ -598,7 +613,7 @@ fn check_merges_in(
             let q2 = b.weights("qkv2", &qkv2);
             let x = b.weights("x", &x1);
             let map = b.activation_words("map", batch * n_grid);
-            let shape = tome::MergeShape {
+            let shape = merge::MergeShape {
                 batch,
                 n,
                 r: r1,
@@ -608,18 +623,18 @@ fn check_merges_in(
                 n_grid,
                 split,
             };
-            let a = tome::record_merge(b, shape, q1, x, None, map, true, "m1");
+            let a = merge::record_merge(b, shape, q1, x, None, map, true, "m1");
             b.pin(a.x);
             b.pin(a.mass);
             b.pin(a.slot);
-            let shape = tome::MergeShape {
+            let shape = merge::MergeShape {
                 n: n2,
                 r: r2,
                 ..shape
             };
-            let c = tome::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
+            let c = merge::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
             let full = b.activation("full", batch * n_grid * dim);
-            tome::record_unmerge(b, batch, n_grid, n3, dim, c.x, map, full);
+            merge::record_unmerge(b, batch, n_grid, n3, dim, c.x, map, full);
             vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
         });
         assert_eq!(
@@ -640,16 +655,16 @@ fn check_merges_in(
         .enumerate()
         {
             let err = max_rel_err(&got, w);
-            assert!(
-                err <= tol(f16),
-                "{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup width: {sg:?}, f16: {f16}): {err}"
-            );
+            expect(err <= tol(f16), || {
+                format!("{} (tolerance {:e})", format_args!("{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup width: {sg:?}, f16: {f16}): {err}"), tol(f16))
+            });
         }
     }
 }
 
 #[test]
 fn merge_pipeline_matches_cpu() {
+    let _cases = Cases::new();
     let whole = Split::default();
     check_merges(50, 2, 64, 64, 2, 16, 8, whole);
     // Odd length (the A set is one larger), the half bound, and a larger head count.
@@ -661,6 +676,7 @@ fn merge_pipeline_matches_cpu() {
 /// never merged, A set by global parity or by patch parity, unmerged tokens sorted or ranked.
 #[test]
 fn merges_with_lead_tokens_match_cpu() {
+    let _cases = Cases::new();
     let split = |lead, a_odd, sorted| Split {
         lead,
         a_odd,
@@ -680,6 +696,7 @@ fn merges_with_lead_tokens_match_cpu() {
 /// poisoned outputs that the copies must fill completely; copies are exact.
 #[test]
 fn token_copies_match_cpu() {
+    let _cases = Cases::new();
     for f16 in precisions() {
         check_token_copies(f16);
     }
@@ -741,6 +758,7 @@ fn check_token_copies(f16: bool) {
 /// conv1 -> conv2 band by band (as the stem runs them) equals the two whole convolutions.
 #[test]
 fn banded_convolutions_match_cpu() {
+    let _cases = Cases::new();
     use sret_tome::kernels::conv::Band;
     let (batch, h, c0, c1, c2) = (2usize, 23usize, 3usize, 5usize, 6usize);
     let mk = |seed: u64, cout: usize, cin: usize| Conv {
@@ -848,10 +866,15 @@ fn banded_convolutions_match_cpu() {
                 vec![y]
             });
             let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-            assert!(
-                err <= tol(f16),
-                "bands of {band_rows} rows (subgroup width: {sg:?}, f16: {f16}): {err}"
-            );
+            expect(err <= tol(f16), || {
+                format!(
+                    "{} (tolerance {:e})",
+                    format_args!(
+                        "bands of {band_rows} rows (subgroup width: {sg:?}, f16: {f16}): {err}"
+                    ),
+                    tol(f16)
+                )
+            });
         }
     }
 }
@@ -862,7 +885,7 @@ fn banded_convolutions_match_cpu() {
 /// `LP_NATIVE_VECTOR_WIDTH` (256 bits: 8 lanes, the default; 512: 16).
 #[test]
 fn subgroup_kernels_run_at_the_adapters_width() {
-    use sret_tome::gpu::{KernelKey, ProgramBuilder, Shader};
+    use sret_tome::kernels::{Kernel, KernelKey, ProgramBuilder};
     let g = gpu();
     let width = subgroup_width(g);
     let has = g.features.contains(wgpu::Features::SUBGROUP);
@@ -909,13 +932,10 @@ fn subgroup_kernels_run_at_the_adapters_width() {
         let program = b.finish(g, cache(), &[]).expect("program");
         keys.extend(program.dispatches.iter().map(|d| d.key));
     }
+    let sg = KernelKey::with_sg(Kernel::LinearSg, width);
     assert_eq!(
         keys,
-        vec![
-            KernelKey::with_sg(Shader::LinearSg, width),
-            KernelKey::with_sg(Shader::LinearSgR40, width),
-            KernelKey::with_sg(Shader::LinearSgR8, width)
-        ]
+        vec![sg.with_rows(32), sg.with_rows(40), sg.with_rows(8)]
     );
     assert!(keys
         .iter()
@@ -926,8 +946,8 @@ fn subgroup_kernels_run_at_the_adapters_width() {
 /// device without its workgroup memory or invocations gets the portable kernel instead.
 #[test]
 fn tiled_linear_is_recorded_where_the_limits_allow() {
-    use sret_tome::gpu::program::ProgramBuilder;
-    use sret_tome::gpu::Shader;
+    use sret_tome::kernels::program::ProgramBuilder;
+    use sret_tome::kernels::Kernel;
     let lin = Linear {
         weight: random(95, 64 * 32, 0.1),
         bias: random(96, 64, 0.1),
@@ -943,10 +963,10 @@ fn tiled_linear_is_recorded_where_the_limits_allow() {
         ..wgpu::Limits::default()
     };
     for (limits, want) in [
-        (wgpu::Limits::default(), Shader::LinearTiled),
-        (wgpu::Limits::downlevel_defaults(), Shader::LinearTiled),
-        (small_memory, Shader::Linear),
-        (few_invocations, Shader::Linear),
+        (wgpu::Limits::default(), Kernel::LinearTiled),
+        (wgpu::Limits::downlevel_defaults(), Kernel::LinearTiled),
+        (small_memory, Kernel::Linear),
+        (few_invocations, Kernel::Linear),
     ] {
         let mut b = ProgramBuilder::new(&limits);
         b.set_variants(Variants {
@@ -959,14 +979,14 @@ fn tiled_linear_is_recorded_where_the_limits_allow() {
         linear::record(&mut b, Family::Mlp, 70, &w, Epilogue::Bias, x, y);
         assert_eq!(b.dispatch_count(), 1);
         let (key, _, _, _, grid) = b.step(0);
-        assert_eq!(key.shader, want, "{limits:?}");
-        if want == Shader::LinearTiled {
+        assert_eq!(key.kernel, want, "{limits:?}");
+        if want == Kernel::LinearTiled {
             // Two 64-row tiles of one 64-column tile.
             assert_eq!(grid, [2, 1, 1]);
         }
     }
     // The shader's tile constants are the ones the grid is computed from.
-    let src = Shader::LinearTiled.source();
+    let src = Kernel::LinearTiled.source(0);
     for (name, v) in [
         ("TM", linear::TILED_TILE),
         ("TN", linear::TILED_TILE),
@@ -1015,5 +1035,54 @@ fn tiled_linear_runs_a_wrapped_grid() {
         vec![y]
     });
     let err = max_rel_err(&decode(&got[0], false, want.len()), &want);
-    assert!(err <= tol(false), "tiled linear, wrapped grid: {err}");
+    expect(err <= tol(false), || {
+        format!(
+            "{} (tolerance {:e})",
+            format_args!("tiled linear, wrapped grid: {err}"),
+            tol(false)
+        )
+    });
+}
+
+/// The test that checks each catalogued kernel against its CPU twin, as `(file, test)`. The
+/// match is exhaustive: a kernel added to the catalogue without a twin test does not compile.
+fn twin_test(k: sret_tome::kernels::Kernel) -> (&'static str, &'static str) {
+    use sret_tome::kernels::Kernel as K;
+    match k {
+        K::Conv => ("kernels.rs", "conv_pooling_matches_cpu"),
+        K::ConvDense | K::ConvSg => ("kernels.rs", "conv_stem_layers_match_cpu"),
+        K::LayerNorm => ("kernels.rs", "layer_norm_matches_cpu"),
+        K::LnStats => ("kernels.rs", "layer_norm_folded_into_linear_matches_cpu"),
+        K::Linear | K::LinearSg | K::LinearTiled => {
+            ("kernels.rs", "linear_matches_cpu_for_every_epilogue")
+        }
+        K::Attention | K::AttentionVec4 | K::AttentionSg => ("kernels.rs", "attention_matches_cpu"),
+        K::MeanTokens => ("kernels.rs", "mean_tokens_matches_cpu"),
+        K::TomeMetric
+        | K::TomeMatch
+        | K::TomeMatchSg
+        | K::TomeRank
+        | K::TomeSlots
+        | K::TomeMerge
+        | K::TomeMapUpdate
+        | K::Gather => ("kernels.rs", "merge_pipeline_matches_cpu"),
+        K::CopyTokens => ("kernels.rs", "token_copies_match_cpu"),
+        K::Preprocess => ("api.rs", "gpu_preprocessing_is_the_cpu_preprocessing"),
+    }
+}
+
+/// Every catalogue entry names a CPU-twin test ([`twin_test`]) that exists as a `#[test]` in
+/// the file it names.
+#[test]
+fn every_catalogued_kernel_has_a_twin_test() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut missing = Vec::new();
+    for k in sret_tome::kernels::Kernel::ALL {
+        let (file, test) = twin_test(k);
+        let src = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if !src.contains(&format!("#[test]\nfn {test}()")) {
+            missing.push(format!("{} -> tests/{file}::{test}", k.name()));
+        }
+    }
+    assert!(missing.is_empty(), "twin tests not found: {missing:?}");
 }

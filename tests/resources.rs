@@ -4,7 +4,8 @@
 //! for the planned engine and for the library API's host-slice and texture inputs, including
 //! while a forward is in flight (where a staging buffer would show).
 
-use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::gpu::{AdapterChoice, Gpu};
+use sret_tome::kernels::PipelineCache;
 use sret_tome::model::synthetic_images;
 use sret_tome::model::Model;
 use sret_tome::runtime::ForwardSpec;

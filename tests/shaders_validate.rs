@@ -2,8 +2,20 @@
 //! with naga (the same front end wgpu uses), independently of any adapter; and every variant
 //! translates to what wgpu's other backends feed their drivers (SPIR-V, MSL, HLSL, GLSL ES).
 
-use sret_tome::gpu::shaders::SG_WIDTHS;
-use sret_tome::gpu::{KernelKey, Shader};
+use sret_tome::kernels::catalogue::SG_WIDTHS;
+use sret_tome::kernels::{Kernel, KernelKey};
+
+/// Every kernel's text as a plan can make it: each catalogue entry at each of its tile heights
+/// (kernels without one once), no substitution.
+fn every_text() -> Vec<KernelKey> {
+    Kernel::ALL
+        .into_iter()
+        .flat_map(|k| {
+            let rows = std::iter::once(0).chain(k.tile_rows().iter().copied().filter(|&r| r != 32));
+            rows.map(move |r| KernelKey::plain(k).with_rows(r))
+        })
+        .collect()
+}
 
 fn validate(key: KernelKey) {
     module_and_info(key);
@@ -15,7 +27,7 @@ fn module_and_info(key: KernelKey) -> (naga::Module, naga::valid::ModuleInfo) {
         .unwrap_or_else(|e| panic!("{key:?} does not parse:\n{}", e.emit_to_string(&src)));
     // Subgroup kernels are only used on devices with Features::SUBGROUP.
     let mut caps = naga::valid::Capabilities::empty();
-    if key.shader.needs_subgroups() {
+    if key.kernel.needs().subgroups {
         caps |= naga::valid::Capabilities::SUBGROUP;
     }
     // f16 variants are only used on devices with Features::SHADER_F16.
@@ -31,9 +43,9 @@ fn module_and_info(key: KernelKey) -> (naga::Module, naga::valid::ModuleInfo) {
 }
 
 #[test]
-fn every_shader_validates_as_written() {
-    for s in Shader::ALL {
-        validate(KernelKey::plain(s));
+fn every_kernel_validates_as_written() {
+    for key in every_text() {
+        validate(key);
     }
 }
 
@@ -41,7 +53,7 @@ fn every_shader_validates_as_written() {
 fn every_head_dim_substitution_validates() {
     // Head sizes of the published models (32 for SReT-T/LT, 42 for SReT-S) and a few others.
     let mut substituted = 0;
-    for s in Shader::ALL.into_iter().filter(|s| s.has_head_dim()) {
+    for s in Kernel::ALL.into_iter().filter(|s| s.has_head_dim()) {
         for hd in [8, 32, 42, 64, 96] {
             let key = KernelKey::with_head_dim(s, hd);
             assert!(key
@@ -62,11 +74,12 @@ fn every_f16_variant_validates() {
     // Every shader that moves activations or weights has an f16 variant; the matching and
     // index kernels (32-bit scores, masses and indices only) have none.
     let mut variants = 0;
-    for s in Shader::ALL {
-        let key = KernelKey::plain(s).with_f16(true);
+    for key in every_text() {
+        let s = key.kernel;
+        let key = key.with_f16(true);
         if !key.f16 {
             assert!(
-                !s.source().contains("array<f32>") || s.name().starts_with("tome_"),
+                !s.source(0).contains("array<f32>") || s.name().starts_with("tome_"),
                 "{} stores f32 activations but has no `alias elem = f32;` line",
                 s.name()
             );
@@ -90,28 +103,32 @@ fn every_f16_variant_validates() {
 
 #[test]
 fn every_subgroup_width_substitution_validates() {
-    let sg: Vec<Shader> = Shader::ALL.into_iter().filter(|s| s.has_sg()).collect();
+    let sg: Vec<KernelKey> = every_text()
+        .into_iter()
+        .filter(|k| k.kernel.has_sg())
+        .collect();
+    let names: Vec<String> = sg.iter().map(|k| k.to_string()).collect();
     assert_eq!(
-        sg,
+        names,
         [
-            Shader::ConvSg,
-            Shader::LinearSg,
-            Shader::LinearSgR40,
-            Shader::LinearSgR48,
-            Shader::LinearSgR16,
-            Shader::LinearSgR8,
-            Shader::AttentionSg,
-            Shader::TomeMatchSg
+            "conv_sg:0",
+            "linear_sg:0",
+            "linear_sg:0:r8",
+            "linear_sg:0:r16",
+            "linear_sg:0:r40",
+            "linear_sg:0:r48",
+            "attention_sg:0",
+            "tome_match_sg:0"
         ]
     );
-    for s in Shader::ALL {
+    for s in Kernel::ALL {
         // Exactly the kernels with subgroup operations take the width, and they all do.
-        assert_eq!(s.has_sg(), s.needs_subgroups(), "{}", s.name());
+        assert_eq!(s.has_sg(), s.needs().subgroups, "{}", s.name());
     }
-    for s in sg {
+    for text in sg {
         for width in SG_WIDTHS {
             for f16 in [false, true] {
-                let key = KernelKey::with_sg(s, width).with_f16(f16);
+                let key = KernelKey { sg: width, ..text }.with_f16(f16);
                 let src = key.wgsl();
                 assert!(src.contains(&format!("const SG: u32 = {width}u;")));
                 assert!(src.contains("@workgroup_size(SG)"));
@@ -125,15 +142,16 @@ fn every_subgroup_width_substitution_validates() {
 /// f32 and (where it has one) f16 storage, and each `*_sg` kernel at every subgroup width.
 fn every_variant() -> Vec<KernelKey> {
     let mut keys = Vec::new();
-    for s in Shader::ALL {
-        let mut base = vec![KernelKey::plain(s)];
+    for text in every_text() {
+        let s = text.kernel;
+        let mut base = vec![text];
         if s.has_head_dim() {
             base = [8, 32, 42, 64, 96]
                 .map(|hd| KernelKey::with_head_dim(s, hd))
                 .to_vec();
         }
         if s.has_sg() {
-            base = SG_WIDTHS.map(|w| KernelKey::with_sg(s, w)).to_vec();
+            base = SG_WIDTHS.map(|w| KernelKey { sg: w, ..text }).to_vec();
         }
         for k in base {
             keys.push(k);
@@ -225,70 +243,51 @@ fn every_variant_translates_to_every_backend() {
     );
 }
 
-/// The generated kernels are what their generators write: each `tools/gen_*_sg.py` is run in a
-/// scratch directory and its output compared with the committed `shaders/` files. Skipped
-/// (with a note) where `python3` is missing.
+/// The generated kernels' checked-in renderings (`shaders/NAME.wgsl`, kept for reading) are
+/// exactly what their Rust generators make (`src/kernels/generate/`). With
+/// `SRET_TOME_WRITE_GENERATED=1` the test rewrites them instead, after a generator changed.
 #[test]
 fn generated_shaders_match_their_generators() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let generated = [
-        (
-            "gen_linear_sg.py",
-            &[
-                "linear_sg",
-                "linear_sg_r40",
-                "linear_sg_r48",
-                "linear_sg_r16",
-                "linear_sg_r8",
-            ][..],
-        ),
-        ("gen_conv_sg.py", &["conv_sg"][..]),
-        ("gen_attention_sg.py", &["attention_sg"][..]),
-        ("gen_tome_match_sg.py", &["tome_match_sg"][..]),
-    ];
-    let scratch = std::env::temp_dir().join(format!("sret-gen-{}", std::process::id()));
-    std::fs::create_dir_all(scratch.join("shaders")).unwrap();
-    for (script, outputs) in generated {
-        let status = std::process::Command::new("python3")
-            .arg(root.join("tools").join(script))
-            .current_dir(&scratch)
-            .status();
-        let Ok(status) = status else {
-            eprintln!("python3 not found: generators not checked");
-            return;
-        };
-        assert!(status.success(), "{script} failed");
-        for name in outputs {
-            let file = format!("shaders/{name}.wgsl");
-            let want = std::fs::read_to_string(scratch.join(&file)).unwrap();
-            let have = std::fs::read_to_string(root.join(&file)).unwrap();
-            assert!(
-                want == have,
-                "{file} differs from what tools/{script} writes"
-            );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let write = std::env::var_os("SRET_TOME_WRITE_GENERATED").is_some();
+    let generated: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|k| k.is_generated())
+        .collect();
+    assert_eq!(
+        generated,
+        [
+            Kernel::ConvSg,
+            Kernel::LinearSg,
+            Kernel::AttentionSg,
+            Kernel::TomeMatchSg
+        ]
+    );
+    let mut stale = Vec::new();
+    for k in generated {
+        let file = root.join(format!("{}.wgsl", k.name()));
+        let want = k.text(0);
+        if write {
+            std::fs::write(&file, &want).unwrap();
+        } else if std::fs::read_to_string(&file).ok().as_ref() != Some(&want) {
+            stale.push(file.display().to_string());
         }
     }
-    std::fs::remove_dir_all(&scratch).ok();
+    assert!(
+        stale.is_empty(),
+        "{stale:?} differ from their generators (SRET_TOME_WRITE_GENERATED=1 rewrites them)"
+    );
 }
 
 /// Every kernel's uniform block (`@binding(0)`, `struct Params`) is exactly its Rust twin in
-/// `sret_tome::kernels::params`: the same member names in the same order, at the same byte
-/// offsets, with the same scalar types, and the same size; and every kernel has one twin.
+/// `sret_tome::kernels::params` that its catalogue entry names: the same member names in the
+/// same order, at the same byte offsets, with the same scalar types, and the same size.
 #[test]
 fn uniform_blocks_match_their_rust_structs() {
     use naga::{AddressSpace, ScalarKind as N, TypeInner};
-    use sret_tome::gpu::params::ScalarKind;
-    let layouts = sret_tome::kernels::params::all();
-    for s in Shader::ALL {
-        let owners: Vec<_> = layouts.iter().filter(|l| l.shaders.contains(&s)).collect();
-        assert_eq!(
-            owners.len(),
-            1,
-            "{} has {} Rust parameter structs",
-            s.name(),
-            owners.len()
-        );
-        let layout = owners[0];
+    use sret_tome::kernels::uniform::ScalarKind;
+    for s in Kernel::ALL {
+        let layout = s.params();
         let (module, _) = module_and_info(KernelKey::plain(s));
         let uniform = module
             .global_variables
@@ -361,7 +360,7 @@ fn shared_helpers_are_defined_once() {
     }
     assert!(helpers.contains(&"gelu".to_string()), "{helpers:?}");
     assert!(helpers.contains(&"epilogue".to_string()), "{helpers:?}");
-    for s in Shader::ALL {
+    for s in Kernel::ALL {
         let file = std::fs::read_to_string(root.join(format!("{}.wgsl", s.name()))).unwrap();
         for h in &helpers {
             assert!(
@@ -371,11 +370,54 @@ fn shared_helpers_are_defined_once() {
             );
             if file.contains(&format!("{h}(")) {
                 assert!(
-                    fns(s.source()).contains(h),
+                    fns(s.source(0)).contains(h),
                     "{} calls {h} without its helper",
                     s.name()
                 );
             }
         }
+    }
+}
+
+/// The catalogue is the list of kernels: every `.wgsl` file under `shaders/` is an entry's
+/// (its text, or a generated kernel's rendering), every helper under `shaders/lib/` is appended
+/// to some entry, and every entry's file exists.
+#[test]
+fn every_shader_file_is_in_the_catalogue() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let stems = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().ok()?;
+                name.strip_suffix(".wgsl").map(str::to_string)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let files = stems(&root);
+    let mut names: Vec<String> = Kernel::ALL.iter().map(|k| k.name().to_string()).collect();
+    names.sort();
+    let missing: Vec<&String> = files.iter().filter(|f| !names.contains(f)).collect();
+    assert!(
+        missing.is_empty(),
+        "shaders/{missing:?}.wgsl have no entry in src/kernels/catalogue.rs"
+    );
+    let absent: Vec<&String> = names.iter().filter(|n| !files.contains(n)).collect();
+    assert!(
+        absent.is_empty(),
+        "catalogue entries without a file: {absent:?}"
+    );
+    for lib in stems(&root.join("lib")) {
+        assert!(
+            sret_tome::kernels::catalogue::LIB_FILES.contains(&lib.as_str()),
+            "shaders/lib/{lib}.wgsl is appended to no kernel"
+        );
+        let text = std::fs::read_to_string(root.join("lib").join(format!("{lib}.wgsl"))).unwrap();
+        assert!(
+            Kernel::ALL.iter().any(|k| k.source(0).contains(&text)),
+            "shaders/lib/{lib}.wgsl is appended to no kernel"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! test exercises the whole engine path — upload, one submission, readback, arena reuse, token
 //! merging — ten thousand times in well under a minute even on a software rasteriser.
 
-use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache};
+use sret_tome::gpu::{AdapterChoice, Gpu};
+use sret_tome::kernels::PipelineCache;
 use sret_tome::model::Model;
 use sret_tome::model::{synthetic_images, synthetic_weights};
 use sret_tome::model::{ModelConfig, StageConfig};

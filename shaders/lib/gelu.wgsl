@@ -1,4 +1,4 @@
-// Exact (erf-based) GELU, shared by every kernel with a GELU epilogue. src/gpu/shaders.rs
+// Exact (erf-based) GELU, shared by every kernel with a GELU epilogue. src/kernels/catalogue.rs
 // appends this file to those kernels' sources (WGSL module-scope declarations may come in any
 // order), so it is defined once; it is not a kernel of its own.
 

@@ -1,5 +1,5 @@
-// The fused epilogue of every linear kernel (linear.wgsl, linear_sg*.wgsl, linear_tiled.wgsl),
-// appended to them by src/gpu/shaders.rs like gelu.wgsl, so the modes are written once. It
+// The fused epilogue of every linear kernel (linear.wgsl, linear_sg, linear_tiled.wgsl),
+// appended to them by src/kernels/catalogue.rs like gelu.wgsl, so the modes are written once. It
 // stores v = acc + bias at y[o] as the kernel's `p.mode` says:
 //   mode 0: y = v
 //   mode 1: y = gelu(v)

@@ -91,8 +91,8 @@ pub struct ForwardOutput {
 /// number of dispatches, slowest first.
 #[derive(Clone, Debug)]
 pub struct Profile {
-    /// Seconds per kernel family, in [`crate::gpu::Family::ALL`] order.
-    pub families: Vec<(crate::gpu::Family, f64)>,
+    /// Seconds per kernel family, in [`crate::kernels::Family::ALL`] order.
+    pub families: Vec<(crate::kernels::Family, f64)>,
     /// Per kernel: `(shader name, seconds, dispatches)`, slowest first.
     pub kernels: Vec<(&'static str, f64, usize)>,
 }
@@ -224,7 +224,10 @@ impl Engine {
         let ticks: Vec<u64> = self.read(&readback)?;
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         let mut profile = Profile {
-            families: crate::gpu::Family::ALL.iter().map(|&f| (f, 0.0)).collect(),
+            families: crate::kernels::Family::ALL
+                .iter()
+                .map(|&f| (f, 0.0))
+                .collect(),
             kernels: Vec::new(),
         };
         for (i, (family, name)) in self.inner.dispatch_names().enumerate() {

@@ -20,7 +20,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, KernelKind, Shader, Variant, Variants};
+use crate::gpu::Gpu;
+use crate::kernels::{Kernel, KernelKind, Variant, Variants};
 use crate::model::ModelConfig;
 use crate::runtime::ForwardSpec;
 
@@ -123,10 +124,10 @@ impl fmt::Display for KernelChoice {
 pub(super) fn used(shaders: impl Iterator<Item = &'static str>) -> Vec<(KernelKind, Variant)> {
     let mut out: Vec<(KernelKind, Variant)> = Vec::new();
     for name in shaders {
-        let Some(s) = Shader::ALL.into_iter().find(|s| s.name() == name) else {
+        let Some(s) = Kernel::ALL.into_iter().find(|s| s.name() == name) else {
             continue;
         };
-        if let Some((k, v)) = KernelKind::of(s) {
+        if let Some((k, v)) = s.variant() {
             if !out.iter().any(|(kk, _)| *kk == k) {
                 out.push((k, v));
             }
@@ -217,7 +218,7 @@ pub(super) fn key(gpu: &Gpu, cfg: &ModelConfig, spec: &ForwardSpec, trusted: boo
         gpu.info.backend,
         gpu.info.driver,
         gpu.info.driver_info,
-        crate::gpu::program::subgroup_width(gpu),
+        crate::kernels::program::subgroup_width(gpu),
         spec.precision,
         spec.batch,
         if trusted { "unchecked" } else { "checked" },
@@ -231,7 +232,7 @@ pub(super) fn key(gpu: &Gpu, cfg: &ModelConfig, spec: &ForwardSpec, trusted: boo
 pub(super) fn measure(
     base: super::EngineBuilder,
     gpu: &Gpu,
-    cache: &crate::gpu::PipelineCache,
+    cache: &crate::kernels::PipelineCache,
     cfg: &ModelConfig,
     spec: &ForwardSpec,
     dir: Option<&Path>,
@@ -264,10 +265,10 @@ pub(super) fn measure(
             for _ in 0..2 {
                 let mut sums: BTreeMap<KernelKind, f64> = BTreeMap::new();
                 for (name, t, _) in engine.profile()?.kernels {
-                    let kind = Shader::ALL
+                    let kind = Kernel::ALL
                         .into_iter()
                         .find(|s| s.name() == name)
-                        .and_then(KernelKind::of);
+                        .and_then(Kernel::variant);
                     if let Some((k, _)) = kind {
                         *sums.entry(k).or_default() += t;
                     }
@@ -397,7 +398,7 @@ mod tests {
     fn rounds_cover_every_candidate() {
         for k in KernelKind::ALL {
             for v in k.candidates() {
-                assert!((0..ROUNDS).any(|r| round(r).get(k) == *v), "{k:?} {v:?}");
+                assert!((0..ROUNDS).any(|r| round(r).get(k) == v), "{k:?} {v:?}");
             }
         }
         assert_eq!(round(0), Variants::default());

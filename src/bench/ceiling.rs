@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::read_buffer;
-use crate::gpu::{program::subgroup_width, Family, Gpu, PipelineCache, Program, ProgramBuilder};
+use crate::gpu::Gpu;
 use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::{program::subgroup_width, Family, PipelineCache, Program, ProgramBuilder};
 use crate::model::weights::Linear;
 use crate::model::ModelConfig;
 use crate::rng::SplitMix64;
@@ -154,7 +155,7 @@ fn time_program(gpu: &Gpu, program: &Program) -> Result<f64> {
                 end_of_pass_write_index: Some(1),
             }),
         });
-        program.record(&mut pass);
+        program.encode(&mut pass);
     }
     if let Some(q) = &queries {
         enc.resolve_query_set(q, 0..2, &resolve, 0);

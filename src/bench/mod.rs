@@ -9,7 +9,8 @@ use serde::Serialize;
 pub mod ceiling;
 
 use crate::error::Result;
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
+use crate::kernels::PipelineCache;
 use crate::model::Model;
 use crate::model::Precision;
 use crate::runtime::cost;

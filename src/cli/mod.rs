@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
-use crate::gpu::{AdapterChoice, PipelineCache};
+use crate::gpu::AdapterChoice;
+use crate::kernels::PipelineCache;
 
 /// The `sret-tome` command line.
 #[derive(Parser, Debug)]
@@ -42,13 +43,13 @@ pub struct Cli {
     /// vec4, portable for every kind, or KIND=VARIANT pairs such as
     /// `linear=tiled,attention=vec4` (kinds: linear, conv, attention, matching).
     #[arg(long, global = true, value_parser = parse_variants)]
-    pub kernels: Option<crate::gpu::Variants>,
+    pub kernels: Option<crate::kernels::Variants>,
     /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
-fn parse_variants(s: &str) -> std::result::Result<crate::gpu::Variants, String> {
+fn parse_variants(s: &str) -> std::result::Result<crate::kernels::Variants, String> {
     s.parse().map_err(|e: crate::Error| e.to_string())
 }
 

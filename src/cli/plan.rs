@@ -85,7 +85,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
         None => None,
     };
     // Choices engines made for this model and trajectory on adapters seen before.
-    let cached: Vec<(String, crate::gpu::Variants)> = {
+    let cached: Vec<(String, crate::kernels::Variants)> = {
         let (model_tag, tokens_tag) = crate::api::shape_tag(&cfg, &plan);
         crate::api::TuneCache::default_dir()
             .map(|d| crate::api::TuneCache::in_dir(&d).entries())

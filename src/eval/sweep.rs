@@ -18,7 +18,8 @@ use super::results::{
 use super::shard::Shard;
 use crate::bench::{bench_one, BenchOptions};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
+use crate::kernels::PipelineCache;
 use crate::model::synthetic_images;
 use crate::model::Model;
 use crate::tome::Schedule;

@@ -158,14 +158,6 @@ mod tests {
     }
 
     #[test]
-    fn every_shader_declares_a_readable_workgroup_size() {
-        for shader in super::super::Shader::ALL {
-            let key = super::super::KernelKey::plain(shader);
-            assert!(workgroup_size(&key.wgsl()).is_some(), "{}", shader.name());
-        }
-    }
-
-    #[test]
     fn a_missing_limit_is_named_with_both_values() {
         let need = needed(
             [DispatchNeeds {

@@ -1,14 +1,8 @@
-//! GPU plumbing: the device context, the shader/pipeline cache and planned programs.
+//! GPU plumbing: the adapter and device ([`context`]) and the device limits a planned forward
+//! must respect ([`limits`]). What runs on the device, the kernels and the programs made of
+//! them, lives one layer up in [`crate::kernels`].
 
 pub mod context;
 pub mod limits;
-pub mod params;
-pub mod program;
-pub mod shaders;
-pub mod variants;
 
 pub use context::{read_buffer, AdapterChoice, Gpu};
-pub use params::KernelParams;
-pub use program::{Family, Program, ProgramBuilder, TensorId};
-pub use shaders::{KernelKey, PipelineCache, Shader};
-pub use variants::{KernelKind, Variant, Variants};

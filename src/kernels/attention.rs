@@ -1,7 +1,7 @@
 //! Fused sliced group attention with proportional attention (see `shaders/attention.wgsl`).
 
-use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId, Variant};
 use crate::kernels::params::AttentionParams;
+use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId, Variant};
 
 /// Sizes of one sliced group attention: `n` tokens split into `groups` equal groups, each
 /// attending only within itself.
@@ -42,17 +42,17 @@ pub fn record(
         let blocks = (s.n / s.groups).div_ceil(sg as usize);
         let tiles = s.batch * s.heads * s.groups * blocks;
         (
-            KernelKey::with_sg(Shader::AttentionSg, sg),
+            KernelKey::with_sg(Kernel::AttentionSg, sg),
             b.grid(tiles * sg as usize, sg),
         )
     } else if vec4 && hd.is_multiple_of(4) && s.dim.is_multiple_of(4) {
         (
-            KernelKey::with_head_dim(Shader::AttentionVec4, hd),
+            KernelKey::with_head_dim(Kernel::AttentionVec4, hd),
             b.grid(s.batch * s.heads * s.n, 64),
         )
     } else {
         (
-            KernelKey::with_head_dim(Shader::Attention, hd),
+            KernelKey::with_head_dim(Kernel::Attention, hd),
             b.grid(s.batch * s.heads * s.n, 64),
         )
     };
@@ -71,4 +71,13 @@ pub fn record(
         &[qkv, perm.unwrap_or(qkv), mass.unwrap_or(qkv), out],
         grid,
     );
+}
+
+/// Arithmetic of one attention dispatch: per group of `n / groups` tokens, `q k^T` and `p v`
+/// (`4 n ng dim`), the softmax with proportional attention (`7` per score and head) and the
+/// normalisation.
+pub fn flops(p: &AttentionParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (batch, n, dim, heads) = (p.batch as u64, p.n as u64, p.dim as u64, p.heads as u64);
+    let ng = n / (p.groups.max(1) as u64);
+    batch * (4 * n * ng * dim + 7 * heads * n * ng + n)
 }

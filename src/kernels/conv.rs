@@ -1,9 +1,9 @@
 //! Convolutions: the three stem layers (BN folded, ReLU, positional embedding fused into the
 //! last) and the grouped pooling between stages.
 
-use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
 use crate::kernels::linear::sg_tile_columns;
 use crate::kernels::params::ConvParams;
+use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId};
 use crate::model::weights::Conv;
 
 /// Output channels of the dense kernel's tile.
@@ -165,16 +165,16 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
             let cout_pad = s.cout.div_ceil(DENSE_TILE) * DENSE_TILE;
             let tiles = pixels.div_ceil(32) * cout_pad.div_ceil(sg_tile_columns(sg));
             (
-                KernelKey::with_sg(Shader::ConvSg, sg),
+                KernelKey::with_sg(Kernel::ConvSg, sg),
                 b.grid(tiles * sg as usize, sg),
             )
         }
         _ if dense => (
-            KernelKey::plain(Shader::ConvDense),
+            KernelKey::plain(Kernel::ConvDense),
             b.grid(pixels * s.cout.div_ceil(DENSE_TILE), 64),
         ),
         _ => (
-            KernelKey::plain(Shader::Conv),
+            KernelKey::plain(Kernel::Conv),
             b.grid(pixels * s.cout.div_ceil(4), 64),
         ),
     };
@@ -185,4 +185,15 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         &[io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y],
         grid,
     );
+}
+
+/// Arithmetic of one convolution dispatch over its band of `oh_run` output rows: `2 cin/groups
+/// k^2` per output, plus 1 each for the bias, the ReLU (flag 1) and the positional embedding
+/// (flag 8).
+pub fn flops(p: &ConvParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let groups = p.groups.max(1) as u64;
+    let k = p.k as u64;
+    let per_out =
+        2 * (p.cin as u64 / groups) * k * k + 1 + (p.flags & 1) as u64 + (p.flags >> 3 & 1) as u64;
+    p.batch as u64 * p.oh_run as u64 * p.ow as u64 * p.cout as u64 * per_out
 }

@@ -1,5 +1,5 @@
 //! `nn.Linear` as a tiled matrix multiply with its epilogue fused, in three kernels chosen by
-//! [`Variant`]: register tiles sharing loads through subgroup broadcasts (`linear_sg*.wgsl`),
+//! [`Variant`]: register tiles sharing loads through subgroup broadcasts (`linear_sg`),
 //! workgroup tiles staged through workgroup memory (`linear_tiled.wgsl`, the classic GPU
 //! tiling), and plain 8 x 8 register tiles (`linear.wgsl`, runs everywhere).
 //!
@@ -7,8 +7,8 @@
 //! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
-use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId, Variant};
 use crate::kernels::params::LinearParams;
+use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId, Variant};
 use crate::model::weights::{LayerNorm, Linear};
 
 /// What happens to `x W^T + b` before it is stored.
@@ -154,7 +154,7 @@ fn record_with(
         if tiled_fits(b.limits()) {
             let tiles = m.div_ceil(TILED_TILE) * padded(n).div_ceil(TILED_TILE);
             let grid = b.grid(tiles * TILED_INVOCATIONS as usize, TILED_INVOCATIONS);
-            let key = KernelKey::plain(Shader::LinearTiled);
+            let key = KernelKey::plain(Kernel::LinearTiled);
             b.dispatch(family, key, &params, &tensors, grid);
             return;
         }
@@ -164,38 +164,44 @@ fn record_with(
         let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
         b.dispatch(
             family,
-            KernelKey::plain(Shader::Linear),
+            KernelKey::plain(Kernel::Linear),
             &params,
             &tensors,
             grid,
         );
         return;
     };
-    // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup. A rest of up to 16 rows
-    // joins the last full tile (a 40- or 48-row tile: the weights it loads serve 8 or 16 more
-    // rows), or runs as an 8- or 16-row tile where there is no full tile to join.
+    // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup ([`sg_tiles`]).
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
-    let big = SG_TILE_ROWS;
-    let (full, last) = match (m / big, m % big) {
-        (0, 1..=8) => (0, Some(Shader::LinearSgR8)),
-        (0, 9..=16) => (0, Some(Shader::LinearSgR16)),
-        (f, 1..=8) => (f - 1, Some(Shader::LinearSgR40)),
-        (f, 9..=16) => (f - 1, Some(Shader::LinearSgR48)),
-        (f, r) => (f + (r > 0) as usize, None),
-    };
-    let with_base = |b: &mut ProgramBuilder, shader, tiles: usize, base: usize| {
+    let (full, last) = sg_tiles(m);
+    let with_base = |b: &mut ProgramBuilder, rows: usize, tiles: usize, base: usize| {
         let p = LinearParams {
             m_base: base as u32,
             ..params
         };
         let grid = b.grid(tiles * tiles_n * sg as usize, sg);
-        b.dispatch(family, KernelKey::with_sg(shader, sg), &p, &tensors, grid);
+        let key = KernelKey::with_sg(Kernel::LinearSg, sg).with_rows(rows as u32);
+        b.dispatch(family, key, &p, &tensors, grid);
     };
     if full > 0 {
-        with_base(b, Shader::LinearSg, full, 0);
+        with_base(b, SG_TILE_ROWS, full, 0);
     }
-    if let Some(shader) = last {
-        with_base(b, shader, 1, big * full);
+    if let Some(rows) = last {
+        with_base(b, rows, 1, SG_TILE_ROWS * full);
+    }
+}
+
+/// How the subgroup kernel tiles `m` rows: `(full, last)`, `full` tiles of [`SG_TILE_ROWS`]
+/// rows and a last tile of `last` rows after them. A rest of up to 16 rows joins the last full
+/// tile (a 40- or 48-row tile: the weights it loads serve 8 or 16 more rows), or runs as an 8-
+/// or 16-row tile where there is no full tile to join.
+pub fn sg_tiles(m: usize) -> (usize, Option<usize>) {
+    let big = SG_TILE_ROWS;
+    match (m / big, m % big) {
+        (0, 1..=8) => (0, Some(8)),
+        (0, 9..=16) => (0, Some(16)),
+        (f, r @ 1..=16) => (f - 1, Some(big + r.next_multiple_of(8))),
+        (f, r) => (f + (r > 0) as usize, None),
     }
 }
 
@@ -209,24 +215,37 @@ pub const TILED_INVOCATIONS: u32 = 256;
 /// tile's row statistics (two f32 per row).
 pub const TILED_WORKGROUP_BYTES: u32 = ((2 * TILED_TILE * TILED_DEPTH + 2 * TILED_TILE) * 4) as u32;
 
-/// Whether a device with `limits` runs `linear_tiled.wgsl`.
+/// Whether a device with `limits` runs `linear_tiled.wgsl` (its catalogue entry's needs).
 pub fn tiled_fits(limits: &wgpu::Limits) -> bool {
-    limits.max_compute_invocations_per_workgroup >= TILED_INVOCATIONS
-        && limits.max_compute_workgroup_size_x >= TILED_INVOCATIONS
-        && limits.max_compute_workgroup_storage_size >= TILED_WORKGROUP_BYTES
+    Kernel::LinearTiled.needs().fit(limits)
 }
 
-/// Rows of the full `linear_sg.wgsl` tiles at every subgroup width; the last tile of a matrix
-/// may be 40 or 48 rows (`linear_sg_r40.wgsl`, `linear_sg_r48.wgsl`). (64-row tiles, a third
+/// Rows of the full `linear_sg` tiles at every subgroup width; the last tile of a matrix may be
+/// 40 or 48 rows ([`sg_tiles`]). (64-row tiles, a third
 /// fewer loads per output, were faster on one lavapipe CPU and slower on another, and up to 8
 /// lanes they hold 512 accumulators per lane, which took llvmpipe 65-105 s to compile.)
 pub const SG_TILE_ROWS: usize = 32;
 
-/// Output columns of one `linear_sg*.wgsl` workgroup tile at subgroup width `sg` (its `TN`):
+/// Output columns of one `linear_sg` workgroup tile at subgroup width `sg` (its `TN`):
 /// each lane owns 8 columns up to 8 lanes and 4 from 16, and at 64 lanes two lanes share 4, so
 /// tiles are 32, 64, 64, 128, 128 columns wide at 4, 8, 16, 32, 64 lanes.
 pub fn sg_tile_columns(sg: u32) -> usize {
     let cv = if sg <= 8 { 2 } else { 1 };
     let dup = (sg / 32).max(1);
     (4 * cv * sg / dup) as usize
+}
+
+/// Arithmetic of one linear dispatch: `2k` per output for the product, the epilogue (bias 1,
+/// GELU 11, residual 3) and `2k` per row for normalising on load. Counted from `m_base` on (a
+/// subgroup dispatch of full tiles is counted with its last tile's rows; `plan` records the
+/// portable kernel, which is exact).
+pub fn flops(p: &LinearParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (rows, k, n) = (p.m.saturating_sub(p.m_base) as u64, p.k as u64, p.n as u64);
+    let epilogue = match p.mode {
+        0 => 1,
+        1 => 11,
+        _ => 3,
+    };
+    let normalise = if p.norm != 0 { 2 * rows * k } else { 0 };
+    rows * n * (2 * k + epilogue) + normalise
 }

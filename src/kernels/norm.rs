@@ -1,7 +1,7 @@
 //! LayerNorm over the channels of every token, and global average pooling over tokens.
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::{MeanTokensParams, NormParams};
+use crate::kernels::{Family, Kernel, KernelKey, ProgramBuilder, TensorId};
 
 /// Record a LayerNorm over the last axis: `y[i] = (x[i] - mean) / sqrt(var + eps) * gamma + beta`
 /// for each of the `rows` rows of `x [rows, c]`; `gamma` and `beta` are `[c]`.
@@ -20,7 +20,7 @@ pub fn layer_norm(
     let grid = b.grid(rows, 64);
     b.dispatch(
         family,
-        KernelKey::plain(Shader::LayerNorm),
+        KernelKey::plain(Kernel::LayerNorm),
         &NormParams {
             rows: rows as u32,
             c: c as u32,
@@ -46,7 +46,7 @@ pub fn ln_stats(
     let grid = b.grid(rows, 64);
     b.dispatch(
         family,
-        KernelKey::plain(Shader::LnStats),
+        KernelKey::plain(Kernel::LnStats),
         &NormParams {
             rows: rows as u32,
             c: c as u32,
@@ -70,7 +70,7 @@ pub fn mean_tokens(
     let grid = b.grid(batch * c, 64);
     b.dispatch(
         family,
-        KernelKey::plain(Shader::MeanTokens),
+        KernelKey::plain(Kernel::MeanTokens),
         &MeanTokensParams {
             batch: batch as u32,
             n: n as u32,
@@ -79,4 +79,19 @@ pub fn mean_tokens(
         &[x, y],
         grid,
     );
+}
+
+/// Arithmetic of a LayerNorm dispatch: 8 per element (statistics, normalise, scale, shift).
+pub fn layer_norm_flops(p: &NormParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    8 * p.rows as u64 * p.c as u64
+}
+
+/// Arithmetic of a LayerNorm statistics dispatch: 4 per element.
+pub fn ln_stats_flops(p: &NormParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    4 * p.rows as u64 * p.c as u64
+}
+
+/// Arithmetic of the mean over tokens: one add per element and one divide per output.
+pub fn mean_tokens_flops(p: &MeanTokensParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    p.batch as u64 * p.c as u64 * (p.n as u64 + 1)
 }

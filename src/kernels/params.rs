@@ -1,17 +1,16 @@
 //! The uniform block of every kernel, one `#[repr(C)]` struct per WGSL `struct Params`.
 //!
 //! Field names, order and types are those of the shaders (`tests/shaders_validate.rs` checks
-//! each against naga's reflection of every kernel listed in its `for [...]`); flags are bit
-//! sets documented in the shader.
+//! each against naga's reflection of every kernel whose catalogue entry names it); flags are
+//! bit sets documented in the shader.
 
-use crate::gpu::params::ParamsLayout;
 use crate::kernel_params;
 
 kernel_params! {
-    /// The linear kernels (`linear.wgsl`, `linear_sg*.wgsl`, `linear_tiled.wgsl`):
+    /// The linear kernels (`linear.wgsl`, `linear_sg`, `linear_tiled.wgsl`):
     /// `y [m, n] = epilogue(x [m, k] W^T + b)` for rows `m_base..m` (`m_base` is 0 except for
     /// the subgroup kernels' last tile, which runs as its own dispatch).
-    pub struct LinearParams for [Linear, LinearSg, LinearSgR40, LinearSgR48, LinearSgR16, LinearSgR8, LinearTiled] {
+    pub struct LinearParams {
         /// Rows of x and y.
         pub m: u32,
         /// Input features.
@@ -35,7 +34,7 @@ kernel_params! {
 
 kernel_params! {
     /// The attention kernels: one head of `softmax(q k^T * scale [+ log mass]) v` per group.
-    pub struct AttentionParams for [Attention, AttentionVec4, AttentionSg] {
+    pub struct AttentionParams {
         /// Images.
         pub batch: u32,
         /// Tokens per image.
@@ -55,7 +54,7 @@ kernel_params! {
 
 kernel_params! {
     /// The convolutions (grouped, dense from NCHW, subgroup dense), over a band of rows.
-    pub struct ConvParams for [Conv, ConvDense, ConvSg] {
+    pub struct ConvParams {
         /// Images.
         pub batch: u32,
         /// Input channels.
@@ -97,7 +96,7 @@ kernel_params! {
 
 kernel_params! {
     /// `copy_tokens.wgsl`: copy `count` tokens of `c` channels between token ranges.
-    pub struct CopyTokensParams for [CopyTokens] {
+    pub struct CopyTokensParams {
         /// Images.
         pub batch: u32,
         /// Tokens copied per image.
@@ -117,7 +116,7 @@ kernel_params! {
 
 kernel_params! {
     /// `gather.wgsl`: the unmerge stack, `out[b, orig] = x[b, map[b, orig]]`.
-    pub struct GatherParams for [Gather] {
+    pub struct GatherParams {
         /// Images.
         pub batch: u32,
         /// Tokens of the restored grid.
@@ -131,7 +130,7 @@ kernel_params! {
 
 kernel_params! {
     /// `layernorm.wgsl` and `ln_stats.wgsl`: per-row normalisation of `rows x c`.
-    pub struct NormParams for [LayerNorm, LnStats] {
+    pub struct NormParams {
         /// Rows.
         pub rows: u32,
         /// Channels per row.
@@ -143,7 +142,7 @@ kernel_params! {
 
 kernel_params! {
     /// `mean_tokens.wgsl`: the mean over tokens (global average pooling).
-    pub struct MeanTokensParams for [MeanTokens] {
+    pub struct MeanTokensParams {
         /// Images.
         pub batch: u32,
         /// Tokens averaged per image.
@@ -155,7 +154,7 @@ kernel_params! {
 
 kernel_params! {
     /// `tome_metric.wgsl`: the matching metric (mean of the heads' keys, L2-normalised).
-    pub struct TomeMetricParams for [TomeMetric] {
+    pub struct TomeMetricParams {
         /// Images.
         pub batch: u32,
         /// Tokens per image.
@@ -169,7 +168,7 @@ kernel_params! {
 
 kernel_params! {
     /// Bipartite matching (`tome_match*.wgsl`) and ranking (`tome_rank.wgsl`).
-    pub struct TomeMatchParams for [TomeMatch, TomeMatchSg, TomeRank] {
+    pub struct TomeMatchParams {
         /// Images.
         pub batch: u32,
         /// Tokens per image.
@@ -183,7 +182,7 @@ kernel_params! {
 
 kernel_params! {
     /// `tome_slots.wgsl`: each token's slot in the merged sequence.
-    pub struct TomeSlotsParams for [TomeSlots] {
+    pub struct TomeSlotsParams {
         /// Images.
         pub batch: u32,
         /// Tokens per image before the merge.
@@ -201,7 +200,7 @@ kernel_params! {
 
 kernel_params! {
     /// `tome_merge.wgsl`: size-weighted average of merged tokens, and their masses.
-    pub struct TomeMergeParams for [TomeMerge] {
+    pub struct TomeMergeParams {
         /// Images.
         pub batch: u32,
         /// Tokens per image before the merge.
@@ -221,7 +220,7 @@ kernel_params! {
 
 kernel_params! {
     /// `tome_map_update.wgsl`: compose a merge into the stage's unmerge map.
-    pub struct TomeMapUpdateParams for [TomeMapUpdate] {
+    pub struct TomeMapUpdateParams {
         /// Images.
         pub batch: u32,
         /// Tokens at the start of the stage (the grid).
@@ -237,7 +236,7 @@ kernel_params! {
 
 kernel_params! {
     /// `preprocess.wgsl`: the ImageNet transform's coefficient tables.
-    pub struct PreprocessParams for [Preprocess] {
+    pub struct PreprocessParams {
         /// Word offset of the horizontal table.
         pub h_off: u32,
         /// Words per output column in it (2 + taps).
@@ -251,23 +250,4 @@ kernel_params! {
         /// 1: the texture view is sRGB.
         pub srgb: u32,
     }
-}
-
-/// Every parameter block, for reflection tests.
-pub fn all() -> Vec<ParamsLayout> {
-    vec![
-        ParamsLayout::of::<LinearParams>(),
-        ParamsLayout::of::<AttentionParams>(),
-        ParamsLayout::of::<ConvParams>(),
-        ParamsLayout::of::<CopyTokensParams>(),
-        ParamsLayout::of::<GatherParams>(),
-        ParamsLayout::of::<NormParams>(),
-        ParamsLayout::of::<MeanTokensParams>(),
-        ParamsLayout::of::<TomeMetricParams>(),
-        ParamsLayout::of::<TomeMatchParams>(),
-        ParamsLayout::of::<TomeSlotsParams>(),
-        ParamsLayout::of::<TomeMergeParams>(),
-        ParamsLayout::of::<TomeMapUpdateParams>(),
-        ParamsLayout::of::<PreprocessParams>(),
-    ]
 }

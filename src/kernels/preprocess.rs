@@ -6,7 +6,7 @@
 //! resampler with the same per-axis taps (computed here on the CPU, exactly as the CPU path does,
 //! and uploaded once per texture size), the same 8-bit rounding between the two passes and the
 //! same pass order, so the crop it produces is bit-identical; only the final normalisation is
-//! floating point (at most an ulp apart). Unlike [`crate::gpu::Program`]s, this binds a texture,
+//! floating point (at most an ulp apart). Unlike [`crate::kernels::Program`]s, this binds a texture,
 //! so it is its own small pipeline, recorded in its own compute pass before the forward.
 
 use std::collections::HashMap;
@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{KernelKey, KernelParams, PipelineCache, Shader};
 use crate::kernels::params::PreprocessParams;
+use crate::kernels::{Kernel, KernelKey, KernelParams, PipelineCache};
 use crate::preprocess::{
     center_crop_offset, pillow_vertical_first, resize_output_size, Coeffs, Filter, CROP_SIZE,
     RESIZE_SHORTER,
@@ -182,7 +182,7 @@ impl Preprocessor {
     pub fn with_precision(device: &wgpu::Device, cache: &PipelineCache, f16: bool) -> Preprocessor {
         Preprocessor {
             device: device.clone(),
-            pipeline: cache.get(device, KernelKey::plain(Shader::Preprocess).with_f16(f16)),
+            pipeline: cache.get(device, KernelKey::plain(Kernel::Preprocess).with_f16(f16)),
             alignment: device.limits().min_storage_buffer_offset_alignment as u64,
             image_bytes: if f16 { IMAGE_BYTES / 2 } else { IMAGE_BYTES },
             tables: Mutex::new(HashMap::new()),
@@ -432,4 +432,9 @@ mod tests {
         assert_eq!(tables(1200, 400, false).0.vertical_first, 0);
         assert_eq!(tables(640, 480, true).0.srgb, 1);
     }
+}
+
+/// Moves of the transform: one per element of the output binding (its bytes / 4).
+pub fn flops(_p: &PreprocessParams, _key: &KernelKey, bound: &[u64]) -> u64 {
+    bound.last().copied().unwrap_or(0) / 4
 }

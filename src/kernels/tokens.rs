@@ -2,8 +2,8 @@
 //! PiT go in front of the patch tokens and come out again for pooling and the heads. CPU twin:
 //! [`crate::reference::copy_tokens`].
 
-use crate::gpu::{Family, KernelKey, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::CopyTokensParams;
+use crate::kernels::{Family, Kernel, KernelKey, ProgramBuilder, TensorId};
 
 /// `out[b, out_off + t] = x[b, in_off + t]` for `t < count`, rows of `c` channels.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +35,7 @@ pub fn record_copy(
     let g = b.grid(s.batch * s.count * s.c, 64);
     b.dispatch(
         family,
-        KernelKey::plain(Shader::CopyTokens),
+        KernelKey::plain(Kernel::CopyTokens),
         &CopyTokensParams {
             batch: s.batch as u32,
             count: s.count as u32,
@@ -48,4 +48,9 @@ pub fn record_copy(
         &[x, out],
         g,
     );
+}
+
+/// Moves of a token copy: one per element of the output binding (its bytes / 4).
+pub fn copy_tokens_flops(_p: &CopyTokensParams, _key: &KernelKey, bound: &[u64]) -> u64 {
+    bound.last().copied().unwrap_or(0) / 4
 }

@@ -33,8 +33,8 @@ use super::forward::split_batch;
 use super::record;
 use super::ForwardSpec;
 use crate::error::{Error, Result};
-use crate::gpu::program::ProgramBuilder;
-use crate::gpu::{Family, KernelKey, Shader};
+use crate::kernels::program::ProgramBuilder;
+use crate::kernels::Family;
 use crate::model::{ModelConfig, ModelWeights};
 
 /// What one dispatch costs, by the conventions of the module docs.
@@ -43,7 +43,7 @@ pub struct DispatchCost {
     /// The part of the network.
     #[serde(serialize_with = "family_name")]
     pub family: Family,
-    /// The kernel's name ([`Shader::name`]).
+    /// The kernel's name ([`Kernel::name`]).
     pub kernel: &'static str,
     /// Floating-point operations.
     pub flops: u64,
@@ -161,10 +161,10 @@ pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
     let mut writable = std::collections::HashMap::new();
     (0..b.dispatch_count())
         .map(|i| {
-            let (key, family, params, bindings, grid) = b.step(i);
+            let (key, family, params, bindings, _grid) = b.step(i);
             let writes = writable
-                .entry(key.shader)
-                .or_insert_with(|| key.shader.writable_bindings());
+                .entry(key.kernel)
+                .or_insert_with(|| key.kernel.writable_bindings());
             let mut read: Vec<usize> = Vec::new();
             let mut written: Vec<usize> = Vec::new();
             for (k, &t) in bindings.iter().enumerate() {
@@ -182,102 +182,13 @@ pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
             let bound: Vec<u64> = bindings.iter().map(|&t| bytes(t)).collect();
             DispatchCost {
                 family,
-                kernel: key.shader.name(),
-                flops: dispatch_flops(key, params, &bound, grid),
+                kernel: key.kernel.name(),
+                flops: key.kernel.flops(&key, params, &bound),
                 bytes_read: read.iter().map(|&t| bytes(t)).sum(),
                 bytes_written: written.iter().map(|&t| bytes(t)).sum(),
             }
         })
         .collect()
-}
-
-/// Arithmetic of one dispatch from its kernel, parameters and bound tensors' bytes
-/// (conventions in the module docs). The parameter layouts are the ones `crate::kernels`
-/// records; a test compares the sum with [`super::cost::flops_total`].
-pub fn dispatch_flops(key: KernelKey, p: &[u32], bound_bytes: &[u64], _grid: [u32; 3]) -> u64 {
-    let at = |i: usize| p.get(i).copied().unwrap_or(0) as u64;
-    match key.shader {
-        Shader::Linear
-        | Shader::LinearSg
-        | Shader::LinearSgR40
-        | Shader::LinearSgR48
-        | Shader::LinearSgR16
-        | Shader::LinearSgR8
-        | Shader::LinearTiled => {
-            // [m, k, n, padded n, mode, ca, cb, stats, (base)]
-            let (m, k, n) = (at(0), at(1), at(2));
-            // The rows from this dispatch's first row on (`m_base`: 0 but for the subgroup
-            // kernels' last tile; a dispatch of full tiles is counted with its last tile's
-            // rows, and `plan` records the portable kernels).
-            let rows = m.saturating_sub(at(8));
-            let epilogue = match at(4) {
-                0 => 1,
-                1 => 11,
-                _ => 3,
-            };
-            let normalise = if at(7) != 0 { 2 * rows * k } else { 0 };
-            rows * n * (2 * k + epilogue) + normalise
-        }
-        Shader::Conv | Shader::ConvDense | Shader::ConvSg => {
-            // [batch, cin, h, w, cout, oh, ow, k, stride, pad, groups, flags, .., rows, ..]
-            let (batch, cin, cout, ow, k, groups) = (at(0), at(1), at(4), at(6), at(7), at(10));
-            let rows = at(15);
-            // The bias, the ReLU (flag 1) and the positional embedding (flag 8): 1 each.
-            let flags = at(11);
-            let per_out = 2 * (cin / groups.max(1)) * k * k + 1 + (flags & 1) + (flags >> 3 & 1);
-            batch * rows * ow * cout * per_out
-        }
-        Shader::Attention | Shader::AttentionVec4 | Shader::AttentionSg => {
-            // [batch, n, dim, heads, groups, flags, scale]
-            let (batch, n, dim, heads, groups) = (at(0), at(1), at(2), at(3), at(4).max(1));
-            let ng = n / groups;
-            batch * (4 * n * ng * dim + 7 * heads * n * ng + n)
-        }
-        // [rows, c, eps]
-        Shader::LnStats => 4 * at(0) * at(1),
-        Shader::LayerNorm => 8 * at(0) * at(1),
-        // [batch, n, c]
-        Shader::MeanTokens => at(0) * at(2) * (at(1) + 1),
-        Shader::TomeMetric => {
-            // [batch, n, dim, heads]: the head mean, then the key's norm.
-            let hd = at(2) / at(3).max(1);
-            at(0) * at(1) * (at(2) + 3 * hd)
-        }
-        Shader::TomeMatch | Shader::TomeMatchSg | Shader::TomeRank => {
-            // [batch, n, lead, a_odd]; matching: the cosine similarity of every A-B pair and the
-            // row maxima; rank: every A token compared with every other.
-            let (batch, n, lead, a_odd) = (at(0), at(1), at(2), at(3));
-            let window = n.saturating_sub(lead);
-            let na = (window + 1).saturating_sub(a_odd) / 2;
-            let nb = window - na;
-            if key.shader == Shader::TomeRank {
-                batch * na * na
-            } else {
-                let hd = match key.head_dim {
-                    0 => 32,
-                    hd => hd as u64,
-                };
-                batch * na * nb * (2 * hd + 1)
-            }
-        }
-        Shader::TomeSlots => {
-            // [batch, n, r, lead, a_odd, sorted]
-            let (batch, n) = (at(0), at(1));
-            let na = n.saturating_sub(at(3)) / 2;
-            batch * n + if at(5) != 0 { batch * na * na / 2 } else { 0 }
-        }
-        Shader::TomeMerge => {
-            // [batch, n, r, c, ..]: weight by size, move every token, scatter-sum, divide.
-            let (batch, n, r, c) = (at(0), at(1), at(2), at(3));
-            batch * (n * c + n * (c + 1) + r * (c + 1) + (n - r.min(n)) * c)
-        }
-        // [batch, n_grid, n, first, lead]
-        Shader::TomeMapUpdate => at(0) * at(1),
-        // [batch, n_grid, n, c]: one move per element.
-        Shader::Gather => at(0) * at(1) * at(3),
-        // Moves: one per element of the output binding.
-        Shader::CopyTokens | Shader::Preprocess => bound_bytes.last().copied().unwrap_or(0) / 4,
-    }
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 use super::record::{self, ModelProgram, TraceTensors};
 use super::spec::ForwardSpec;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, PipelineCache};
+use crate::gpu::Gpu;
+use crate::kernels::PipelineCache;
 use crate::model::{Model, ModelConfig, ModelWeights};
 
 /// Where a forward reads its batch of normalised images (`[batch, 3, H, W]` f32) from.
@@ -142,7 +143,7 @@ pub fn memory_plan(
     weights: &ModelWeights,
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
-) -> (usize, crate::gpu::program::ArenaPlan) {
+) -> (usize, crate::kernels::arena::ArenaLayout) {
     let (_, mb) = split_batch(cfg, weights, spec, limits);
     let micro = ForwardSpec {
         batch: mb,
@@ -152,7 +153,7 @@ pub fn memory_plan(
         mb,
         record::record(cfg, weights, &micro, limits, None)
             .builder
-            .arena_plan(),
+            .arena_layout(),
     )
 }
 
@@ -327,7 +328,7 @@ impl PlannedForward {
         self.plan.batch
     }
     /// The planned program of one micro-batch.
-    pub fn program(&self) -> &crate::gpu::Program {
+    pub fn program(&self) -> &crate::kernels::Program {
         &self.plan.program
     }
     /// Peak activation memory of a forward: the planned arena of one micro-batch.
@@ -472,7 +473,7 @@ impl PlannedForward {
                     label: Some("forward"),
                     timestamp_writes,
                 });
-                self.plan.program.record(&mut pass);
+                self.plan.program.encode(&mut pass);
             }
             if self.chunks > 1 {
                 // The last micro-batch may be partial: copy only the batch's rows.
@@ -517,7 +518,7 @@ impl PlannedForward {
         enc.copy_buffer_to_buffer(&self.input, 0, &self.images, 0, len);
         for (i, d) in self.plan.program.dispatches.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(d.key.shader.name()),
+                label: Some(d.key.kernel.name()),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                     query_set: queries,
                     beginning_of_pass_write_index: Some(2 * i as u32),
@@ -537,12 +538,14 @@ impl PlannedForward {
     }
 
     /// Kernel family and shader name of every dispatch, in order.
-    pub fn dispatch_names(&self) -> impl Iterator<Item = (crate::gpu::Family, &'static str)> + '_ {
+    pub fn dispatch_names(
+        &self,
+    ) -> impl Iterator<Item = (crate::kernels::Family, &'static str)> + '_ {
         self.plan
             .program
             .dispatches
             .iter()
-            .map(|d| (d.family, d.key.shader.name()))
+            .map(|d| (d.family, d.key.kernel.name()))
     }
 
     /// What a traced forward keeps: merges and stage maps, in the order of

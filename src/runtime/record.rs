@@ -3,16 +3,18 @@
 
 use super::spec::ForwardSpec;
 use crate::error::Result;
-use crate::gpu::{Family, Gpu, PipelineCache, Program, ProgramBuilder, TensorId};
+use crate::gpu::Gpu;
 use crate::kernels::attention::{self, AttentionShape};
-use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
+use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
+use crate::kernels::merge::{record_merge, MergeShape};
 use crate::kernels::norm;
-use crate::kernels::tome::{self as tome_k, MergeShape};
+use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{Conv, LayerNorm, ModelWeights};
 use crate::tome::Split;
 
+mod sret;
 mod vit;
 
 /// Bands the stem's first two convolutions run in (see `record`).
@@ -233,7 +235,7 @@ impl StageTokens {
             n_grid: self.n_grid,
             split: self.split,
         };
-        let m = tome_k::record_merge(
+        let m = record_merge(
             b,
             shape,
             qkv,
@@ -335,7 +337,7 @@ pub fn build(
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
 ) -> Result<ModelProgram> {
-    let subgroup_width = crate::gpu::program::subgroup_width(gpu);
+    let subgroup_width = crate::kernels::program::subgroup_width(gpu);
     let r = record(cfg, w, spec, &gpu.limits, subgroup_width);
     Ok(ModelProgram {
         program: r
@@ -384,217 +386,7 @@ fn record_into(
     b.set_f16(spec.f16());
     b.set_variants(spec.kernels);
     match &cfg.arch {
-        Arch::Sret => sret_record_into(b, cfg, w, spec),
+        Arch::Sret => sret::record(b, cfg, w, spec),
         Arch::Vit(v) => vit::record(b, cfg, v, w, spec),
-    }
-}
-
-/// [`record_into`] for SReT.
-fn sret_record_into(
-    mut b: ProgramBuilder,
-    cfg: &ModelConfig,
-    w: &ModelWeights,
-    spec: &ForwardSpec,
-) -> Recorded {
-    let bt = spec.batch;
-    let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
-    let img = b.external("images", img_bytes);
-    let logit_bytes = b.elem_bytes(bt * cfg.num_classes);
-    let out = b.external("logits", logit_bytes);
-    let mut trace = TraceTensors::default();
-
-    // Stem: three stride-2 convolutions (BN folded, ReLU). conv1 and conv2 run band by band over
-    // conv2's output rows, each band's conv1 rows (with their halo) in a small buffer, so conv1's
-    // output, the largest activation of the model, never exists whole. conv3 reads conv2's
-    // output and writes tokens with the positional embedding added.
-    let mut shapes = Vec::with_capacity(3);
-    let (mut h, mut cin) = (cfg.image_size, 3usize);
-    for c in &w.stem {
-        let shape = ConvShape {
-            batch: bt,
-            cin,
-            h,
-            w: h,
-            cout: c.out_channels,
-            k: c.kernel,
-            stride: c.stride,
-            pad: c.padding,
-            groups: c.groups,
-        };
-        shapes.push(shape);
-        (h, cin) = (shape.out_hw().0, c.out_channels);
-    }
-    let ups: Vec<Uploaded> = w
-        .stem
-        .iter()
-        .enumerate()
-        .map(|(i, c)| up_conv(&mut b, &format!("patch_embed.conv{}", i + 1), c))
-        .collect();
-    let io =
-        |x: TensorId, up: &Uploaded, y: TensorId, output: Layout, pos: Option<TensorId>| ConvIo {
-            x,
-            weight: up.weight,
-            bias: up.bias,
-            pos,
-            y,
-            input: Layout::Nchw,
-            output,
-            relu: true,
-        };
-    let (oh1, ow1) = shapes[0].out_hw();
-    let (oh2, ow2) = shapes[1].out_hw();
-    let stem2 = b.activation("stem2", bt * shapes[1].cout * oh2 * ow2);
-    let band_rows = oh2.div_ceil(STEM_BANDS);
-    for first in (0..oh2).step_by(band_rows) {
-        let rows = (first, (first + band_rows).min(oh2));
-        let (r0, r1) = shapes[1].input_rows(rows);
-        let band1 = b.activation(
-            format!("stem1 rows {r0}..{r1}"),
-            bt * shapes[0].cout * (r1 - r0) * ow1,
-        );
-        conv::record_band(
-            &mut b,
-            Family::Stem,
-            shapes[0],
-            io(img, &ups[0], band1, Layout::Nchw, None),
-            Band {
-                out_rows: (r0, r1),
-                in_buf: (0, shapes[0].h),
-                out_buf: (r0, r1 - r0),
-            },
-        );
-        conv::record_band(
-            &mut b,
-            Family::Stem,
-            shapes[1],
-            io(band1, &ups[1], stem2, Layout::Nchw, None),
-            Band {
-                out_rows: rows,
-                in_buf: (r0, r1 - r0),
-                out_buf: (0, oh2),
-            },
-        );
-    }
-    debug_assert_eq!(oh1, shapes[1].h);
-    let (oh3, ow3) = shapes[2].out_hw();
-    let pos = b.weights("pos_embed", &w.pos_embed);
-    let mut x = b.activation("tokens", bt * oh3 * ow3 * shapes[2].cout);
-    conv::record(
-        &mut b,
-        Family::Stem,
-        shapes[2],
-        io(stem2, &ups[2], x, Layout::Tokens, Some(pos)),
-    );
-
-    for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
-        let n_grid = cfg.tokens(s);
-        let dim = sc.dim;
-        let blocks: Vec<BlockTensors> = sw
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, bw)| up_block(&mut b, &format!("transformers.{s}.block{i}"), bw))
-            .collect();
-        let mut seq = StageTokens::start(
-            &mut b,
-            spec,
-            s,
-            x,
-            n_grid,
-            n_grid,
-            dim,
-            sc.heads,
-            Split::default(),
-        );
-        for exec in 0..sc.depth {
-            let label = format!("s{s}e{exec}");
-            let blk = &blocks[sc.block_of(exec)];
-            let coef = sw.blocks[sc.block_of(exec)].coef;
-            let perm = spec.perms[s][exec]
-                .as_ref()
-                .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
-            let shape = AttentionShape {
-                batch: bt,
-                n: seq.n,
-                dim,
-                heads: sc.heads,
-                groups: sc.groups_of(exec),
-            };
-            let qkv =
-                record_attention_half(&mut b, shape, blk, coef, seq.x, perm, seq.mass, &label);
-            // Token merging between attention and MLP.
-            seq.merge(&mut b, spec, &mut trace, exec, qkv, &label);
-            let x = seq.x;
-            let rows = bt * seq.n;
-            record_mlp(
-                &mut b,
-                rows,
-                dim,
-                sc.mlp_hidden,
-                x,
-                &blk.fc1,
-                &blk.fc2,
-                (coef[2], coef[3]),
-                &label,
-            );
-            // The loop's own Non_proj MLP.
-            let np = &sw.non_projs[exec];
-            let npt = NonProjTensors {
-                fc1: up_normalized(&mut b, &format!("{label}.np.fc1"), &np.fc1, &np.norm1),
-                fc2: linear::upload(&mut b, &format!("{label}.np.fc2"), &np.fc2),
-            };
-            record_mlp(
-                &mut b,
-                rows,
-                dim,
-                sc.np_hidden,
-                x,
-                &npt.fc1,
-                &npt.fc2,
-                (np.coef[0], np.coef[1]),
-                &format!("{label} np"),
-            );
-        }
-        // Restore the grid (the unmerge stack, composed into one map).
-        x = seq.x;
-        if seq.merged {
-            let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
-            tome_k::record_unmerge(&mut b, bt, n_grid, seq.n, dim, x, seq.map, full);
-            x = full;
-            if spec.trace {
-                trace.stage_maps.push((s, seq.map, n_grid));
-            }
-        }
-        if let Some(pool) = &sw.pool {
-            x = record_pool(&mut b, bt, s, cfg.grid_side(s), pool, x);
-        }
-    }
-
-    // Head: mean over the restored last grid, LayerNorm, linear classifier.
-    let last = cfg.stages.len() - 1;
-    let dim = cfg.final_dim();
-    let pooled = b.activation("pooled", bt * dim);
-    norm::mean_tokens(&mut b, Family::Head, bt, cfg.tokens(last), dim, x, pooled);
-    let normed = b.activation("pooled ln", bt * dim);
-    let nw = up_ln(&mut b, "norm", &w.norm);
-    norm::layer_norm(
-        &mut b,
-        Family::Head,
-        bt,
-        dim,
-        LN_EPS,
-        pooled,
-        nw.weight,
-        nw.bias,
-        normed,
-    );
-    let hw = linear::upload(&mut b, "head", &w.head);
-    linear::record(&mut b, Family::Head, bt, &hw, Epilogue::Bias, normed, out);
-
-    Recorded {
-        builder: b,
-        images: img,
-        logits: out,
-        trace,
     }
 }

@@ -1,7 +1,7 @@
 //! [`ForwardSpec`]: everything static about a forward besides the model and its weights.
 
 use crate::error::Result;
-use crate::gpu::Variants;
+use crate::kernels::Variants;
 use crate::model::{ModelConfig, Precision};
 use crate::tome::perm::draw_permutations;
 use crate::tome::{Schedule, Trajectory};

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use sret_tome::gpu::read_buffer;
-use sret_tome::gpu::{AdapterChoice, Gpu, PipelineCache, ProgramBuilder, TensorId};
+use sret_tome::gpu::{AdapterChoice, Gpu};
+use sret_tome::kernels::{PipelineCache, ProgramBuilder, TensorId};
 use sret_tome::reference::{Matching, SplitMix64};
 use sret_tome::tome::Split;
 
@@ -55,12 +56,14 @@ pub fn random(seed: u64, len: usize, scale: f32) -> Vec<f32> {
 
 /// Build a program with `build`, fill every output with NaN (u32: 0xFFFF_FFFF), run it once and
 /// read the outputs back as raw 32-bit words.
+#[track_caller]
 pub fn run(build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>) -> Vec<Vec<u32>> {
     run_opts(true, build)
 }
 
 /// As [`run`]; `poison: false` keeps the outputs' initial contents (for in-place kernels whose
 /// output starts as an input).
+#[track_caller]
 pub fn run_opts(
     poison: bool,
     build: impl FnOnce(&mut ProgramBuilder) -> Vec<TensorId>,
@@ -70,6 +73,7 @@ pub fn run_opts(
 
 /// As [`run_opts`], planned as for a device with `limits` (at most the adapter's), e.g. to make
 /// grids wrap into a second dimension.
+#[track_caller]
 pub fn run_planned_for(
     limits: &wgpu::Limits,
     poison: bool,
@@ -83,12 +87,23 @@ pub fn run_planned_for(
     // Every kernel runs twice: with wgpu's runtime bounds checks and without (trusted
     // modules). Checks only change what out-of-bounds accesses do, so the two must agree bit
     // for bit; a difference means some index left its binding.
+    let kernels: Vec<String> = (0..b.dispatch_count())
+        .map(|i| b.step(i).0.to_string())
+        .collect();
     let checked = run_program(b.clone(), cache(), &outs, poison);
     let trusted = run_program(b, trusted_cache(), &outs, poison);
-    assert!(
-        checked == trusted,
-        "outputs differ with and without runtime bounds checks: an index leaves its binding"
-    );
+    for (o, (c, t)) in checked.iter().zip(&trusted).enumerate() {
+        if let Some(i) = (0..c.len()).find(|&i| c[i] != t[i]) {
+            panic!(
+                "output {o} differs with and without runtime bounds checks at word {i} of {} \
+                 ({:#010x} checked, {:#010x} trusted): an index leaves its binding in one of \
+                 {kernels:?}",
+                c.len(),
+                c[i],
+                t[i]
+            );
+        }
+    }
     checked
 }
 
@@ -108,7 +123,7 @@ fn run_program(
     let mut enc = g.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        program.record(&mut pass);
+        program.encode(&mut pass);
     }
     let staging: Vec<wgpu::Buffer> = outs
         .iter()
@@ -136,24 +151,97 @@ pub fn as_f32(v: &[u32]) -> Vec<f32> {
     v.iter().map(|&u| f32::from_bits(u)).collect()
 }
 
-/// Max |a - b| / max(1, |b|) over all elements; panics on length mismatch or NaN.
-pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            assert!(g.is_finite(), "non-finite output {g} (expected {w})");
-            (g - w).abs() / w.abs().max(1.0)
-        })
-        .fold(0.0, f32::max)
+/// How far a GPU output is from its CPU twin: the largest `|got - want| / max(1, |want|)`,
+/// where it is, and the outputs that are not finite (a poisoned output never written, or a
+/// NaN). Compares with a tolerance as a number (`diff <= tol`); a non-finite output is
+/// infinitely far. Displayed with the index and both values of the worst and first non-finite
+/// elements, so a failing assert says where, beside the kernel and shape its message names.
+#[derive(Clone, Copy, Debug)]
+pub struct Diff {
+    /// The largest relative error over the finite outputs, or infinity if any is not finite.
+    pub max: f32,
+    /// Index of the largest error, with the value got and wanted there.
+    pub worst: (usize, f32, f32),
+    /// Number of outputs that are not finite, and the first of them (index, got, want).
+    pub non_finite: (usize, Option<(usize, f32, f32)>),
+    /// Number of outputs compared.
+    pub len: usize,
 }
 
-/// Relative L2 error ||a - b|| / ||b||.
+impl PartialEq<f32> for Diff {
+    fn eq(&self, other: &f32) -> bool {
+        self.max == *other
+    }
+}
+
+impl PartialOrd<f32> for Diff {
+    fn partial_cmp(&self, other: &f32) -> Option<std::cmp::Ordering> {
+        self.max.partial_cmp(other)
+    }
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (i, g, w) = self.worst;
+        write!(
+            f,
+            "max relative error {:e} at [{i}] of {} (got {g}, want {w})",
+            self.max, self.len
+        )?;
+        if let (count, Some((i, g, w))) = self.non_finite {
+            write!(
+                f,
+                "; {count} non-finite outputs, the first at [{i}] (got {g}, want {w})"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Diff`] of `got` against `want`; panics (at the caller) on a length mismatch.
+#[track_caller]
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> Diff {
+    assert_eq!(got.len(), want.len(), "output length (got, want)");
+    let mut d = Diff {
+        max: 0.0,
+        worst: (
+            0,
+            got.first().copied().unwrap_or(0.0),
+            want.first().copied().unwrap_or(0.0),
+        ),
+        non_finite: (0, None),
+        len: got.len(),
+    };
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() {
+            d.non_finite.0 += 1;
+            d.non_finite.1.get_or_insert((i, g, w));
+            continue;
+        }
+        let e = (g - w).abs() / w.abs().max(1.0);
+        if e > d.max {
+            d.max = e;
+            d.worst = (i, g, w);
+        }
+    }
+    if d.non_finite.0 > 0 {
+        d.max = f32::INFINITY;
+    }
+    d
+}
+
+/// Relative L2 error ||a - b|| / ||b||; panics (at the caller) on a length mismatch or a
+/// non-finite output, naming its index.
+#[track_caller]
 pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length");
+    assert_eq!(got.len(), want.len(), "output length (got, want)");
     let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        assert!(g.is_finite(), "non-finite output {g}");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.is_finite(),
+            "non-finite output {g} at [{i}] of {} (want {w})",
+            got.len()
+        );
         num += ((g - w) as f64).powi(2);
         den += (w as f64).powi(2);
     }
@@ -191,6 +279,7 @@ pub fn matching_from_slots(slots: &[u32], n: usize, r: usize, split: Split) -> M
 /// 1e-5 (the twin's f64 similarities rounded to f32 against the GPU's f32 dot products). With
 /// a sorted split only the merged set is visible: a token merged by one side only must sit at
 /// the twin's boundary between merged and kept.
+#[track_caller]
 pub fn assert_near_tie(
     gpu_slots: &[u32],
     twin: &Matching,
@@ -259,6 +348,7 @@ pub fn rounded(v: &[f32], f16: bool) -> Vec<f32> {
 }
 
 /// A readback of `len` storage elements (32-bit words of two f16 each in an f16 program).
+#[track_caller]
 pub fn decode(words: &[u32], f16: bool, len: usize) -> Vec<f32> {
     let bytes: &[u8] = bytemuck::cast_slice(words);
     let mut v = sret_tome::runtime::forward::decode_elems(bytes, f16);
@@ -330,4 +420,50 @@ pub fn twin_replaying(
         ..rspec
     };
     (cpu::forward(cfg, weights, images, batch, &rspec), differing)
+}
+
+thread_local! {
+    /// The failing cases of the table test running on this thread (see [`Cases`]).
+    static CASES: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A table test's collector of failing cases: while it lives, [`expect`] records a failing
+/// case instead of stopping at it, and when it drops at the end of the test it fails with every
+/// case that failed. Without one, [`expect`] panics at once.
+pub struct Cases(());
+
+impl Cases {
+    /// Start collecting this thread's failing cases.
+    pub fn new() -> Cases {
+        CASES.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        Cases(())
+    }
+}
+
+impl Drop for Cases {
+    fn drop(&mut self) {
+        let failed = CASES.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        if !failed.is_empty() && !std::thread::panicking() {
+            panic!("{} failing cases:\n{}", failed.len(), failed.join("\n"));
+        }
+    }
+}
+
+/// Check one case of a table test: `what` describes it (kernel, shape, variant, error) when
+/// `ok` is false.
+#[track_caller]
+pub fn expect(ok: bool, what: impl FnOnce() -> String) {
+    if ok {
+        return;
+    }
+    let msg = what();
+    let collected = CASES.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .map(|v| v.push(msg.clone()))
+            .is_some()
+    });
+    if !collected {
+        panic!("{msg}");
+    }
 }

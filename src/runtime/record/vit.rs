@@ -7,13 +7,13 @@ use super::{
     record_attention_half, record_mlp, record_pool, up_block, up_conv, BlockTensors, Recorded,
     StageTokens, TraceTensors, LN_EPS,
 };
-use crate::gpu::{Family, ProgramBuilder, TensorId};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::merge::record_unmerge;
 use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
-use crate::kernels::tome as tome_k;
+use crate::kernels::{Family, ProgramBuilder, TensorId};
 use crate::model::config::{ModelConfig, VitConfig, VitPool};
 use crate::model::weights::{Linear, ModelWeights};
 use crate::runtime::ForwardSpec;
@@ -106,6 +106,7 @@ fn head_linear(w: &ModelWeights) -> Linear {
     }
 }
 
+/// Record DeiT / ViT / PiT's forward for `spec` into `b`.
 pub(super) fn record(
     mut b: ProgramBuilder,
     cfg: &ModelConfig,
@@ -114,15 +115,42 @@ pub(super) fn record(
     spec: &ForwardSpec,
 ) -> Recorded {
     let bt = spec.batch;
-    let split = Split::of(cfg);
-    let lead = split.lead;
     let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
     let img = b.external("images", img_bytes);
     let logit_bytes = b.elem_bytes(bt * cfg.num_classes);
     let out = b.external("logits", logit_bytes);
     let mut trace = TraceTensors::default();
+    let mut x = embed(&mut b, cfg, v, w, bt, img);
+    let last = cfg.stages.len() - 1;
+    for s in 0..=last {
+        let seq = blocks(&mut b, cfg, v, w, spec, &mut trace, s, x);
+        if s == last && v.pool == VitPool::Avg {
+            avg_head(&mut b, cfg, w, bt, s, &seq, out);
+        } else if s == last {
+            token_head(&mut b, cfg, w, bt, s, &seq, out);
+        } else {
+            x = pit_pool(&mut b, cfg, w, bt, s, &seq);
+        }
+    }
+    Recorded {
+        builder: b,
+        images: img,
+        logits: out,
+        trace,
+    }
+}
 
-    // Patch convolution with the grid's position embedding, then the lead tokens in front.
+/// The patch convolution with the grid's position embedding, then the lead tokens in front:
+/// the first stage's sequence.
+fn embed(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    v: &VitConfig,
+    w: &ModelWeights,
+    bt: usize,
+    img: TensorId,
+) -> TensorId {
+    let lead = Split::of(cfg).lead;
     let d0 = cfg.stages[0].dim;
     let patch = &w.stem[0];
     let shape = ConvShape {
@@ -136,11 +164,11 @@ pub(super) fn record(
         pad: 0,
         groups: 1,
     };
-    let up = up_conv(&mut b, "patch_embed", patch);
+    let up = up_conv(b, "patch_embed", patch);
     let pos = b.weights("pos_embed", &w.pos_embed);
     let patches = b.activation("patches", bt * cfg.tokens(0) * d0);
     conv::record(
-        &mut b,
+        b,
         Family::Stem,
         shape,
         ConvIo {
@@ -155,8 +183,8 @@ pub(super) fn record(
         },
     );
     let lead_tokens = b.weights("lead tokens", &w.lead_tokens);
-    let mut x = prepend(
-        &mut b,
+    prepend(
+        b,
         bt,
         lead,
         lead_tokens,
@@ -165,188 +193,205 @@ pub(super) fn record(
         cfg.tokens(0),
         d0,
         "sequence".into(),
+    )
+}
+
+/// Stage `s`'s blocks on the sequence `x` (lead tokens, then the grid), each with the merge
+/// its trajectory schedules after the attention: the stage's tokens at its end.
+#[allow(clippy::too_many_arguments)]
+fn blocks(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    v: &VitConfig,
+    w: &ModelWeights,
+    spec: &ForwardSpec,
+    trace: &mut TraceTensors,
+    s: usize,
+    x: TensorId,
+) -> StageTokens {
+    let bt = spec.batch;
+    let split = Split::of(cfg);
+    let (sc, sw) = (&cfg.stages[s], &w.stages[s]);
+    let n_grid = cfg.tokens(s);
+    let dim = sc.dim;
+    let blocks: Vec<BlockTensors> = sw
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, bw)| up_block(b, &format!("stage{s}.block{i}"), bw))
+        .collect();
+    let mut seq = StageTokens::start(
+        b,
+        spec,
+        s,
+        x,
+        split.lead + n_grid,
+        n_grid,
+        dim,
+        sc.heads,
+        split,
     );
-
-    let last = cfg.stages.len() - 1;
-    for (s, (sc, sw)) in cfg.stages.iter().zip(&w.stages).enumerate() {
-        let n_grid = cfg.tokens(s);
-        let dim = sc.dim;
-        let blocks: Vec<BlockTensors> = sw
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, bw)| up_block(&mut b, &format!("stage{s}.block{i}"), bw))
-            .collect();
-        let mut seq = StageTokens::start(
-            &mut b,
-            spec,
-            s,
-            x,
-            lead + n_grid,
-            n_grid,
+    for (exec, blk) in blocks.iter().enumerate() {
+        let label = format!("s{s}e{exec}");
+        let shape = AttentionShape {
+            batch: bt,
+            n: seq.n,
             dim,
-            sc.heads,
-            split,
-        );
-        for (exec, blk) in blocks.iter().enumerate() {
-            let label = format!("s{s}e{exec}");
-            let shape = AttentionShape {
-                batch: bt,
-                n: seq.n,
-                dim,
-                heads: sc.heads,
-                groups: 1,
-            };
-            // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
-            let mass = seq.mass.filter(|_| v.prop_attn);
-            let qkv =
-                record_attention_half(&mut b, shape, blk, [1.0; 4], seq.x, None, mass, &label);
-            seq.merge(&mut b, spec, &mut trace, exec, qkv, &label);
-            record_mlp(
-                &mut b,
-                bt * seq.n,
-                dim,
-                sc.mlp_hidden,
-                seq.x,
-                &blk.fc1,
-                &blk.fc2,
-                (1.0, 1.0),
-                &label,
-            );
-        }
-        if seq.merged && spec.trace {
-            trace.stage_maps.push((s, seq.map, n_grid));
-        }
-        let n = seq.n;
-        x = seq.x;
-        // For the heads after the last stage, for the pooling's linear map before the others.
-        let family = if s == last {
-            Family::Head
-        } else {
-            Family::Pooling
+            heads: sc.heads,
+            groups: 1,
         };
-        if s == last && v.pool == VitPool::Avg {
-            // global_pool='avg' as ToMe's MAE patch pools: every merged token by its size, i.e.
-            // the mean of the restored grid; then fc_norm.
-            let grid = if seq.merged {
-                let full = b.activation("restored grid", bt * n_grid * dim);
-                tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, seq.map, full);
-                full
-            } else {
-                take_tokens(
-                    &mut b,
-                    Family::Head,
-                    bt,
-                    x,
-                    n,
-                    lead,
-                    n_grid,
-                    dim,
-                    "patch tokens".into(),
-                )
-            };
-            let pooled = b.activation("pooled", bt * dim);
-            norm::mean_tokens(&mut b, Family::Head, bt, n_grid, dim, grid, pooled);
-            let normed = b.activation("pooled ln", bt * dim);
-            let nw_w = b.weights("fc_norm.weight", &w.norm.weight);
-            let nw_b = b.weights("fc_norm.bias", &w.norm.bias);
-            norm::layer_norm(
-                &mut b,
-                Family::Head,
-                bt,
-                dim,
-                LN_EPS,
-                pooled,
-                nw_w,
-                nw_b,
-                normed,
-            );
-            let head = linear::upload(&mut b, "head", &w.head);
-            linear::record(&mut b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
-            break;
-        }
-        let lead_x = take_tokens(
-            &mut b,
-            family,
-            bt,
-            x,
-            n,
-            0,
-            lead,
+        // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
+        let mass = seq.mass.filter(|_| v.prop_attn);
+        let qkv = record_attention_half(b, shape, blk, [1.0; 4], seq.x, None, mass, &label);
+        seq.merge(b, spec, trace, exec, qkv, &label);
+        record_mlp(
+            b,
+            bt * seq.n,
             dim,
-            format!("stage{s} lead"),
-        );
-        if s == last {
-            // The heads read the normalised lead tokens.
-            let normed = b.activation("lead ln", bt * lead * dim);
-            let nw_w = b.weights("norm.weight", &w.norm.weight);
-            let nw_b = b.weights("norm.bias", &w.norm.bias);
-            norm::layer_norm(
-                &mut b,
-                Family::Head,
-                bt * lead,
-                dim,
-                LN_EPS,
-                lead_x,
-                nw_w,
-                nw_b,
-                normed,
-            );
-            let head = linear::upload(&mut b, "head", &head_linear(w));
-            linear::record(&mut b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
-            break;
-        }
-        // PiT: restore the grid (the unmerge stack as one gather), pool it, map the lead tokens.
-        let grid = if seq.merged {
-            let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
-            tome_k::record_unmerge(&mut b, bt, n_grid, n, dim, x, seq.map, full);
-            full
-        } else {
-            take_tokens(
-                &mut b,
-                Family::Unmerge,
-                bt,
-                x,
-                n,
-                lead,
-                n_grid,
-                dim,
-                format!("stage{s} grid"),
-            )
-        };
-        let (Some(pool), Some(fc)) = (&sw.pool, &sw.pool_fc) else {
-            unreachable!("load checks that PiT pools after every stage but the last")
-        };
-        let pooled = record_pool(&mut b, bt, s, cfg.grid_side(s), pool, grid);
-        let next_tokens = cfg.tokens(s + 1);
-        let fcw = linear::upload(&mut b, &format!("pools.{s}.fc"), fc);
-        let lead_next = b.activation(format!("pool{s} lead"), bt * lead * fc.out_features);
-        linear::record(
-            &mut b,
-            Family::Pooling,
-            bt * lead,
-            &fcw,
-            Epilogue::Bias,
-            lead_x,
-            lead_next,
-        );
-        x = prepend(
-            &mut b,
-            bt,
-            lead,
-            lead_next,
-            false,
-            pooled,
-            next_tokens,
-            fc.out_features,
-            format!("stage{} sequence", s + 1),
+            sc.mlp_hidden,
+            seq.x,
+            &blk.fc1,
+            &blk.fc2,
+            (1.0, 1.0),
+            &label,
         );
     }
-
-    Recorded {
-        builder: b,
-        images: img,
-        logits: out,
-        trace,
+    if seq.merged && spec.trace {
+        trace.stage_maps.push((s, seq.map, n_grid));
     }
+    seq
+}
+
+/// Stage `s`'s token grid from its sequence: the unmerge stack as one gather where anything
+/// merged, else the grid tokens after the lead ones.
+fn grid(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    bt: usize,
+    s: usize,
+    seq: &StageTokens,
+    family: Family,
+    label: String,
+) -> TensorId {
+    let (n_grid, dim) = (cfg.tokens(s), cfg.stages[s].dim);
+    if seq.merged {
+        let full = b.activation(label, bt * n_grid * dim);
+        record_unmerge(b, bt, n_grid, seq.n, dim, seq.x, seq.map, full);
+        full
+    } else {
+        let lead = Split::of(cfg).lead;
+        take_tokens(b, family, bt, seq.x, seq.n, lead, n_grid, dim, label)
+    }
+}
+
+/// timm's `global_pool='avg'` head, as ToMe's MAE patch pools: every merged token by its size,
+/// i.e. the mean of the restored grid; then `fc_norm` and the classifier into `out`.
+fn avg_head(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    bt: usize,
+    s: usize,
+    seq: &StageTokens,
+    out: TensorId,
+) {
+    let (n_grid, dim) = (cfg.tokens(s), cfg.stages[s].dim);
+    let label = if seq.merged {
+        "restored grid"
+    } else {
+        "patch tokens"
+    };
+    let grid = grid(b, cfg, bt, s, seq, Family::Head, label.into());
+    let pooled = b.activation("pooled", bt * dim);
+    norm::mean_tokens(b, Family::Head, bt, n_grid, dim, grid, pooled);
+    let normed = b.activation("pooled ln", bt * dim);
+    let nw_w = b.weights("fc_norm.weight", &w.norm.weight);
+    let nw_b = b.weights("fc_norm.bias", &w.norm.bias);
+    norm::layer_norm(b, Family::Head, bt, dim, LN_EPS, pooled, nw_w, nw_b, normed);
+    let head = linear::upload(b, "head", &w.head);
+    linear::record(b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
+}
+
+/// The heads on the normalised lead tokens (class, and distillation where there is one) into
+/// `out`.
+fn token_head(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    bt: usize,
+    s: usize,
+    seq: &StageTokens,
+    out: TensorId,
+) {
+    let lead = Split::of(cfg).lead;
+    let dim = cfg.stages[s].dim;
+    let label = format!("stage{s} lead");
+    let lead_x = take_tokens(b, Family::Head, bt, seq.x, seq.n, 0, lead, dim, label);
+    let normed = b.activation("lead ln", bt * lead * dim);
+    let nw_w = b.weights("norm.weight", &w.norm.weight);
+    let nw_b = b.weights("norm.bias", &w.norm.bias);
+    norm::layer_norm(
+        b,
+        Family::Head,
+        bt * lead,
+        dim,
+        LN_EPS,
+        lead_x,
+        nw_w,
+        nw_b,
+        normed,
+    );
+    let head = linear::upload(b, "head", &head_linear(w));
+    linear::record(b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
+}
+
+/// PiT between stages `s` and `s + 1`: restore the grid (the unmerge stack as one gather),
+/// pool it, map the lead tokens with the pooling's linear layer and put them in front: the next
+/// stage's sequence.
+fn pit_pool(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    bt: usize,
+    s: usize,
+    seq: &StageTokens,
+) -> TensorId {
+    let lead = Split::of(cfg).lead;
+    let dim = cfg.stages[s].dim;
+    let sw = &w.stages[s];
+    let label = format!("stage{s} lead");
+    let lead_x = take_tokens(b, Family::Pooling, bt, seq.x, seq.n, 0, lead, dim, label);
+    let grid = grid(b, cfg, bt, s, seq, Family::Unmerge, {
+        if seq.merged {
+            format!("stage{s} restored")
+        } else {
+            format!("stage{s} grid")
+        }
+    });
+    let (Some(pool), Some(fc)) = (&sw.pool, &sw.pool_fc) else {
+        unreachable!("load checks that PiT pools after every stage but the last")
+    };
+    let pooled = record_pool(b, bt, s, cfg.grid_side(s), pool, grid);
+    let fcw = linear::upload(b, &format!("pools.{s}.fc"), fc);
+    let lead_next = b.activation(format!("pool{s} lead"), bt * lead * fc.out_features);
+    linear::record(
+        b,
+        Family::Pooling,
+        bt * lead,
+        &fcw,
+        Epilogue::Bias,
+        lead_x,
+        lead_next,
+    );
+    prepend(
+        b,
+        bt,
+        lead,
+        lead_next,
+        false,
+        pooled,
+        cfg.tokens(s + 1),
+        fc.out_features,
+        format!("stage{} sequence", s + 1),
+    )
 }

@@ -7,11 +7,13 @@
 
 use wgpu::util::DeviceExt;
 
-use super::context::Gpu;
-use super::params::KernelParams;
-use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
+use super::arena::{pack_arena, ArenaLayout, Interval};
+use super::catalogue::SG_WIDTHS;
+use super::pipelines::{KernelKey, PipelineCache};
+use super::uniform::KernelParams;
 use super::variants::{KernelKind, Variant, Variants};
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 
 /// Index of a tensor declared on a [`ProgramBuilder`], valid in the [`Program`] it finishes into.
 pub type TensorId = usize;
@@ -104,7 +106,7 @@ pub struct ProgramBuilder {
     /// The variant each kernel kind prefers.
     variants: Variants,
     /// Activations and weights are stored as f16 (the kernels' `elem` type; see
-    /// [`crate::gpu::shaders`]); masses, statistics, scores and indices stay 32-bit.
+    /// [`crate::kernels::pipelines`]); masses, statistics, scores and indices stay 32-bit.
     f16: bool,
     tensors: Vec<TensorInfo>,
     steps: Vec<StepDecl>,
@@ -161,152 +163,6 @@ pub fn subgroup_width(gpu: &Gpu) -> Option<u32> {
 pub fn subgroup_width_for(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<u32> {
     let min = info.subgroup_min_size;
     (features.contains(wgpu::Features::SUBGROUP) && SG_WIDTHS.contains(&min)).then_some(min)
-}
-
-/// An activation's size and live range (steps, inclusive).
-#[derive(Clone, Copy, Debug)]
-pub struct Interval {
-    /// Size in bytes.
-    pub bytes: u64,
-    /// First step that uses it.
-    pub first: usize,
-    /// Last step that uses it.
-    pub last: usize,
-}
-
-/// Where the activations go.
-#[derive(Clone, Debug)]
-pub struct ArenaPlan {
-    /// Per tensor: `(buffer, byte offset)`, `None` for tensors outside the arena.
-    pub placement: Vec<Option<(usize, u64)>>,
-    /// Size in bytes of each arena buffer.
-    pub buffer_sizes: Vec<u64>,
-    /// Most bytes live at any one step: a lower bound of any arena's size.
-    pub peak_live_bytes: u64,
-}
-
-/// Offset planning: tensors are placed one by one, each at the lowest aligned offset where it
-/// overlaps no already placed tensor that is live at the same time, in the buffer it makes grow
-/// least (or a new one). Tensors in `conflicts` (written and read by one dispatch) go to
-/// different buffers; a tensor that would push a buffer past `max_buffer` goes elsewhere.
-/// The placement order matters, so several classic orders are tried (largest first, earliest
-/// first, longest-lived first, largest area first: the greedy heuristics of mobile inference
-/// runtimes) and the smallest total kept.
-pub fn pack_arena(
-    tensors: &[Option<Interval>],
-    conflicts: &[(usize, usize)],
-    align: u64,
-    max_buffer: u64,
-) -> ArenaPlan {
-    let mut conflict_with: Vec<Vec<usize>> = vec![Vec::new(); tensors.len()];
-    for &(a, b) in conflicts {
-        if a < tensors.len() && b < tensors.len() {
-            conflict_with[a].push(b);
-            conflict_with[b].push(a);
-        }
-    }
-    let align = align.max(4);
-    let present: Vec<(usize, Interval)> = tensors
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.map(|t| (i, t)))
-        .collect();
-    type Key = fn(&Interval) -> (u64, u64);
-    let keys: [Key; 4] = [
-        |t| (u64::MAX - t.bytes, t.first as u64),
-        |t| (t.first as u64, u64::MAX - t.bytes),
-        |t| {
-            (
-                usize::MAX as u64 - (t.last - t.first) as u64,
-                u64::MAX - t.bytes,
-            )
-        },
-        |t| {
-            let area = t.bytes.saturating_mul((t.last - t.first + 1) as u64);
-            (u64::MAX - area, t.first as u64)
-        },
-    ];
-    let (placement, buffer_sizes) = keys
-        .iter()
-        .map(|key| {
-            let mut order = present.clone();
-            order.sort_by_key(|(i, t)| (key(t), *i));
-            place(tensors.len(), &order, &conflict_with, align, max_buffer)
-        })
-        .min_by_key(|(_, sizes)| sizes.iter().sum::<u64>())
-        .unwrap_or_default();
-    let steps = present.iter().map(|(_, t)| t.last + 1).max().unwrap_or(0);
-    let mut live = vec![0u64; steps];
-    for (_, t) in &present {
-        for l in &mut live[t.first..=t.last] {
-            *l += t.bytes;
-        }
-    }
-    ArenaPlan {
-        placement,
-        buffer_sizes,
-        peak_live_bytes: live.into_iter().max().unwrap_or(0),
-    }
-}
-
-/// One greedy pass of [`pack_arena`] in `order`: placements and buffer sizes.
-fn place(
-    count: usize,
-    order: &[(usize, Interval)],
-    conflict_with: &[Vec<usize>],
-    align: u64,
-    max_buffer: u64,
-) -> (Vec<Option<(usize, u64)>>, Vec<u64>) {
-    let round = |b: u64| b.div_ceil(align) * align;
-    let mut placement = vec![None; count];
-    // Per buffer: placed (offset, size, first, last), and the buffer's size so far.
-    let mut buffers: Vec<Vec<(u64, u64, usize, usize)>> = Vec::new();
-    let mut sizes: Vec<u64> = Vec::new();
-    let mut buffer_of = vec![usize::MAX; count];
-    for &(i, t) in order {
-        let size = round(t.bytes);
-        // (growth, buffer, offset) of the best existing buffer.
-        let mut chosen: Option<(u64, usize, u64)> = None;
-        for (bi, placed) in buffers.iter().enumerate() {
-            if conflict_with[i].iter().any(|&c| buffer_of[c] == bi) {
-                continue;
-            }
-            let mut busy: Vec<(u64, u64)> = placed
-                .iter()
-                .filter(|p| !(p.3 < t.first || t.last < p.2))
-                .map(|p| (p.0, p.0 + p.1))
-                .collect();
-            busy.sort_unstable();
-            let mut offset = 0u64;
-            for (start, stop) in busy {
-                if offset + size <= start {
-                    break;
-                }
-                offset = offset.max(round(stop));
-            }
-            if offset + size > max_buffer.max(size) {
-                continue;
-            }
-            let growth = (offset + size).saturating_sub(sizes[bi]);
-            if chosen.is_none_or(|c| growth < c.0) {
-                chosen = Some((growth, bi, offset));
-            }
-        }
-        // A new buffer grows the total by the whole tensor.
-        let (bi, offset) = match chosen {
-            Some((growth, bi, offset)) if growth < size || buffers.is_empty() => (bi, offset),
-            _ => {
-                buffers.push(Vec::new());
-                sizes.push(0);
-                (buffers.len() - 1, 0)
-            }
-        };
-        buffers[bi].push((offset, size, t.first, t.last));
-        sizes[bi] = sizes[bi].max(offset + size);
-        buffer_of[i] = bi;
-        placement[i] = Some((bi, offset));
-    }
-    (placement, sizes)
 }
 
 impl ProgramBuilder {
@@ -464,11 +320,11 @@ impl ProgramBuilder {
         bindings: &[TensorId],
         workgroups: [u32; 3],
     ) {
-        debug_assert!(
-            P::SHADERS.contains(&key.shader),
-            "{:?} does not take {}",
-            key.shader,
-            std::any::type_name::<P>()
+        assert_eq!(
+            key.kernel.params().rust,
+            std::any::type_name::<P>(),
+            "{} takes the uniform block its catalogue entry names",
+            key.kernel.name()
         );
         let step = self.steps.len();
         for &t in bindings {
@@ -501,13 +357,13 @@ impl ProgramBuilder {
     }
 
     /// Where every activation would go, and the arena's size: the memory plan, without a device.
-    pub fn arena_plan(&self) -> ArenaPlan {
+    pub fn arena_layout(&self) -> ArenaLayout {
         let end = self.steps.len();
         let mut conflicts: Vec<(TensorId, TensorId)> = Vec::new();
         // A dispatch may not bind one buffer both writable and read-only (WebGPU usage rules),
         // so a tensor written by a dispatch must not share a buffer with one it reads.
         for step in &self.steps {
-            let writes = step.key.shader.writable_bindings();
+            let writes = step.key.kernel.writable_bindings();
             type Bound = Vec<(usize, TensorId)>;
             let (w, r): (Bound, Bound) = step
                 .bindings
@@ -545,7 +401,7 @@ impl ProgramBuilder {
     /// Every limit of `gpu` this program depends on, checked before anything is made: the
     /// first one too small is an [`Error::DeviceLimit`] (a tensor over the binding limit is
     /// named).
-    fn check_limits(&self, gpu: &Gpu, plan: &ArenaPlan) -> Result<()> {
+    fn check_limits(&self, gpu: &Gpu, layout: &ArenaLayout) -> Result<()> {
         let have = &gpu.limits;
         if let Some(t) = self
             .tensors
@@ -564,15 +420,15 @@ impl ProgramBuilder {
         for step in &self.steps {
             let workgroup = *sizes
                 .entry(step.key)
-                .or_insert_with(|| super::limits::workgroup_size(&step.key.wgsl()));
+                .or_insert_with(|| crate::gpu::limits::workgroup_size(&step.key.wgsl()));
             let workgroup = workgroup.ok_or_else(|| Error::Gpu {
                 during: "planning".into(),
                 why: format!(
                     "kernel {} has no readable @workgroup_size",
-                    step.key.shader.name()
+                    step.key.kernel.name()
                 ),
             })?;
-            dispatches.push(super::limits::DispatchNeeds {
+            dispatches.push(crate::gpu::limits::DispatchNeeds {
                 storage_buffers: step.bindings.len() as u32,
                 uniform_bytes: (4 * step.params.len() as u64).next_multiple_of(16),
                 workgroup,
@@ -580,9 +436,9 @@ impl ProgramBuilder {
             });
         }
         let largest_binding = self.tensors.iter().map(|t| t.bytes).max().unwrap_or(4);
-        let largest_buffer = plan.buffer_sizes.iter().copied().max().unwrap_or(4);
-        let needed = super::limits::needed(dispatches, largest_binding, largest_buffer, have);
-        super::limits::check(&needed, have, gpu.is_borrowed())
+        let largest_buffer = layout.buffer_sizes.iter().copied().max().unwrap_or(4);
+        let needed = crate::gpu::limits::needed(dispatches, largest_binding, largest_buffer, have);
+        crate::gpu::limits::check(&needed, have, gpu.is_borrowed())
     }
 
     /// Make the program on `gpu`: arena buffers, constants, uniforms, pipelines and bind groups.
@@ -599,10 +455,10 @@ impl ProgramBuilder {
                 why: "a sizes-only recording cannot be made on a device".into(),
             });
         }
-        let plan = self.arena_plan();
-        self.check_limits(gpu, &plan)?;
+        let layout = self.arena_layout();
+        self.check_limits(gpu, &layout)?;
         let device = &gpu.device;
-        let arena: Vec<wgpu::Buffer> = plan
+        let arena: Vec<wgpu::Buffer> = layout
             .buffer_sizes
             .iter()
             .enumerate()
@@ -617,8 +473,8 @@ impl ProgramBuilder {
                 })
             })
             .collect();
-        let arena_bytes = plan.buffer_sizes.iter().sum();
-        let peak_live_bytes = plan.peak_live_bytes;
+        let arena_bytes = layout.buffer_sizes.iter().sum();
+        let peak_live_bytes = layout.peak_live_bytes;
         let mut tensor_bytes = Vec::with_capacity(self.tensors.len());
         let mut homes: Vec<Home> = Vec::with_capacity(self.tensors.len());
         for (i, t) in self.tensors.into_iter().enumerate() {
@@ -653,7 +509,7 @@ impl ProgramBuilder {
                     Home::Owned(buffer)
                 }
                 Storage::Arena => {
-                    let (buffer, offset) = plan.placement[i].unwrap_or((0, 0));
+                    let (buffer, offset) = layout.placement[i].unwrap_or((0, 0));
                     Home::Arena { buffer, offset }
                 }
             };
@@ -674,7 +530,7 @@ impl ProgramBuilder {
                 params.push(0);
             }
             let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(step.key.shader.name()),
+                label: Some(step.key.kernel.name()),
                 contents: bytemuck::cast_slice(&params),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
@@ -697,7 +553,7 @@ impl ProgramBuilder {
                 });
             }
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(step.key.shader.name()),
+                label: Some(step.key.kernel.name()),
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
@@ -743,8 +599,8 @@ impl ProgramBuilder {
 }
 
 impl Program {
-    /// Record every dispatch into one compute pass.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Encode every dispatch into one compute pass.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         for d in &self.dispatches {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
@@ -774,66 +630,5 @@ impl Program {
     /// Bytes actually allocated for the arena, read back from the buffers (cross-check of `arena_bytes`).
     pub fn allocated_arena_bytes(&self) -> u64 {
         self.arena.iter().map(|b| b.size()).sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn iv(bytes: u64, first: usize, last: usize) -> Option<Interval> {
-        Some(Interval { bytes, first, last })
-    }
-
-    #[test]
-    fn packing_reuses_dead_space_and_never_overlaps_live_tensors() {
-        // A chain a -> b -> c -> d where each tensor dies after the next is made.
-        let t = [
-            iv(1000, 0, 1),
-            iv(600, 1, 2),
-            iv(1000, 2, 3),
-            iv(300, 3, 4),
-            None,
-        ];
-        let p = pack_arena(&t, &[], 256, u64::MAX);
-        assert_eq!(p.peak_live_bytes, 1600);
-        let total: u64 = p.buffer_sizes.iter().sum();
-        assert!(total >= p.peak_live_bytes && total <= 2048, "arena {total}");
-        for i in 0..t.len() {
-            for j in 0..i {
-                let (Some(a), Some(b)) = (t[i], t[j]) else {
-                    continue;
-                };
-                let (Some((ba, oa)), Some((bb, ob))) = (p.placement[i], p.placement[j]) else {
-                    panic!()
-                };
-                let live_together = !(a.last < b.first || b.last < a.first);
-                let overlap = ba == bb && oa < ob + b.bytes && ob < oa + a.bytes;
-                assert!(
-                    !(live_together && overlap),
-                    "tensors {i} and {j} overlap while both live"
-                );
-                assert_eq!(oa % 256, 0);
-            }
-        }
-        assert!(p.placement[4].is_none());
-    }
-
-    #[test]
-    fn conflicting_tensors_get_different_buffers() {
-        let t = [iv(100, 0, 0), iv(100, 0, 0), iv(100, 1, 1)];
-        let p = pack_arena(&t, &[(0, 1)], 4, u64::MAX);
-        assert_ne!(p.placement[0].unwrap().0, p.placement[1].unwrap().0);
-        // And a buffer never grows past the device's maximum.
-        let q = pack_arena(&[iv(100, 0, 0), iv(100, 0, 0)], &[], 4, 150);
-        assert_eq!(q.buffer_sizes, vec![100, 100]);
-    }
-
-    #[test]
-    fn writable_bindings_are_read_from_the_shaders() {
-        use crate::gpu::Shader;
-        assert_eq!(Shader::Linear.writable_bindings(), vec![4]);
-        assert_eq!(Shader::TomeMerge.writable_bindings(), vec![5, 6]);
-        assert_eq!(Shader::TomeMatch.writable_bindings(), vec![2, 3]);
     }
 }

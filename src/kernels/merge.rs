@@ -2,11 +2,11 @@
 //! of the stage's unmerge map, and the one-gather unmerge. Every size is static per plan; only
 //! the choice of tokens depends on the data, and it never leaves the GPU.
 
-use crate::gpu::{Family, KernelKey, KernelKind, ProgramBuilder, Shader, TensorId};
 use crate::kernels::params::{
     GatherParams, TomeMapUpdateParams, TomeMatchParams, TomeMergeParams, TomeMetricParams,
     TomeSlotsParams,
 };
+use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId};
 use crate::tome::Split;
 
 /// Buffers one merge writes; kept apart so a trace can read each merge's map and masses.
@@ -76,7 +76,7 @@ pub fn record_merge(
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(
         Family::Matching,
-        KernelKey::with_head_dim(Shader::TomeMetric, hd),
+        KernelKey::with_head_dim(Kernel::TomeMetric, hd),
         &TomeMetricParams {
             batch: bt,
             n,
@@ -92,12 +92,12 @@ pub fn record_merge(
     let (matcher, g_match) = if let Some(sg) = sg {
         let tiles = s.batch * na.div_ceil(sg as usize);
         (
-            KernelKey::with_sg(Shader::TomeMatchSg, sg),
+            KernelKey::with_sg(Kernel::TomeMatchSg, sg),
             b.grid(tiles * sg as usize, sg),
         )
     } else {
         (
-            KernelKey::with_head_dim(Shader::TomeMatch, hd),
+            KernelKey::with_head_dim(Kernel::TomeMatch, hd),
             b.grid(s.batch * na, 64),
         )
     };
@@ -111,7 +111,7 @@ pub fn record_merge(
     let g = b.grid(s.batch * na, 64);
     b.dispatch(
         Family::Matching,
-        KernelKey::plain(Shader::TomeRank),
+        KernelKey::plain(Kernel::TomeRank),
         &match_params,
         &[row_max, rank, order],
         g,
@@ -119,7 +119,7 @@ pub fn record_merge(
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(
         Family::Merge,
-        KernelKey::plain(Shader::TomeSlots),
+        KernelKey::plain(Kernel::TomeSlots),
         &TomeSlotsParams {
             batch: bt,
             n,
@@ -134,7 +134,7 @@ pub fn record_merge(
     let g = b.grid(s.batch * (s.n - s.r), 64);
     b.dispatch(
         Family::Merge,
-        KernelKey::plain(Shader::TomeMerge),
+        KernelKey::plain(Kernel::TomeMerge),
         &TomeMergeParams {
             batch: bt,
             n,
@@ -150,7 +150,7 @@ pub fn record_merge(
     let g = b.grid(s.batch * s.n_grid, 64);
     b.dispatch(
         Family::Merge,
-        KernelKey::plain(Shader::TomeMapUpdate),
+        KernelKey::plain(Kernel::TomeMapUpdate),
         &TomeMapUpdateParams {
             batch: bt,
             n_grid: s.n_grid as u32,
@@ -183,7 +183,7 @@ pub fn record_unmerge(
     let g = b.grid(batch * n_grid * c, 64);
     b.dispatch(
         Family::Unmerge,
-        KernelKey::plain(Shader::Gather),
+        KernelKey::plain(Kernel::Gather),
         &GatherParams {
             batch: batch as u32,
             n_grid: n_grid as u32,
@@ -193,4 +193,62 @@ pub fn record_unmerge(
         &[x, map, out],
         g,
     );
+}
+
+/// Arithmetic of the matching metric: the head mean, then the key's norm.
+pub fn metric_flops(p: &TomeMetricParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let hd = p.dim as u64 / (p.heads.max(1) as u64);
+    p.batch as u64 * p.n as u64 * (p.dim as u64 + 3 * hd)
+}
+
+/// Sizes of the bipartite sets `(A, B)` of a matching over `n` tokens after `lead`.
+fn sets(p: &TomeMatchParams) -> (u64, u64) {
+    let window = (p.n as u64).saturating_sub(p.lead as u64);
+    let na = (window + 1).saturating_sub(p.a_odd as u64) / 2;
+    (na, window - na)
+}
+
+/// Arithmetic of matching: the cosine similarity of every A-B pair over the metric's width
+/// (the key's head size, 32 where it has none) and the row maxima.
+pub fn match_flops(p: &TomeMatchParams, key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (na, nb) = sets(p);
+    let hd = match key.head_dim {
+        0 => 32,
+        hd => hd as u64,
+    };
+    p.batch as u64 * na * nb * (2 * hd + 1)
+}
+
+/// Arithmetic of ranking: every A token compared with every other.
+pub fn rank_flops(p: &TomeMatchParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (na, _) = sets(p);
+    p.batch as u64 * na * na
+}
+
+/// Arithmetic of the slot map: one per token, and the rank order of A where it is kept sorted.
+pub fn slots_flops(p: &TomeSlotsParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (batch, n) = (p.batch as u64, p.n as u64);
+    let na = n.saturating_sub(p.lead as u64) / 2;
+    batch * n
+        + if p.sorted != 0 {
+            batch * na * na / 2
+        } else {
+            0
+        }
+}
+
+/// Arithmetic of the weighted merge: weight by mass, move every token, scatter-sum, divide.
+pub fn merge_flops(p: &TomeMergeParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    let (batch, n, r, c) = (p.batch as u64, p.n as u64, p.r as u64, p.c as u64);
+    batch * (n * c + n * (c + 1) + r * (c + 1) + (n - r.min(n)) * c)
+}
+
+/// Arithmetic of composing the unmerge map: one per grid token.
+pub fn map_update_flops(p: &TomeMapUpdateParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    p.batch as u64 * p.n_grid as u64
+}
+
+/// Moves of the unmerge gather: one per element of the restored grid.
+pub fn gather_flops(p: &GatherParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
+    p.batch as u64 * p.n_grid as u64 * p.c as u64
 }

@@ -1,53 +1,94 @@
-#!/usr/bin/env python3
-"""Writes shaders/conv_sg.wgsl: the stem's dense convolution as an implicit matrix multiply for
-adapters with subgroups, for any subgroup width SG in 4..=64 (the one substituted line
-`const SG: u32 = 8u;`; see src/gpu/shaders.rs), the same tiling as linear_sg.wgsl with the rows
-being output pixels and k running over (input channel, kernel row, kernel column). WGSL's
-subgroupBroadcast needs a constant lane, so the 32-pixel tile is unrolled here rather than by
-hand. Run from the repository root."""
+//! `conv_sg.wgsl`: the stem's dense convolution for adapters with subgroups.
+//!
+//! An implicit matrix multiply for any subgroup width SG in 4..=64 (the one substituted line
+//! `const SG: u32 = 8u;`, which the pipeline cache rewrites), the same tiling as
+//! `linear_sg.wgsl` with the rows being output pixels and k running over (input channel, kernel
+//! row, kernel column). WGSL's `subgroupBroadcast` needs a constant lane, so the 32-pixel tile
+//! is unrolled here rather than by hand.
 
-ROWS = 32  # output pixels per workgroup tile
-MAX_XN = ROWS // 4  # input values a lane loads per tap: ceil(ROWS / SG), SG >= 4
+use super::guard;
 
+/// Output pixels per workgroup tile.
+const ROWS: u32 = 32;
+/// Input values a lane loads per tap: `ceil(ROWS / SG)`, at most `ROWS / 4` (SG >= 4).
+const MAX_XN: u32 = ROWS / 4;
 
-def guarded(g, body, indent):
-    pad = " " * indent
-    inner = "\n".join(pad + "    " + line for line in body.split("\n"))
-    return f"{pad}if ({g}u < XN) {{\n{pad}    let g = min({g}u, XN - 1u);\n{inner}\n{pad}}}"
+/// `body` inside `if ({g}u < XN) { let g = min({g}u, XN - 1u); .. }`: the guard of a lane's
+/// `g`-th pixel, a lane having that many pixels only at the narrower widths.
+fn guarded(g: u32, body: &str, indent: usize) -> String {
+    guard(
+        &format!("{g}u < XN"),
+        &format!("let g = min({g}u, XN - 1u);\n{body}"),
+        indent,
+    )
+}
 
-
-setup = "\n".join(
-    guarded(
-        g,
-        f"""let q = min(m0 + {g}u * SG + lane, pixels - 1u);
+/// The dense convolution kernel as a 32-pixel x TN-channel implicit matrix multiply; its SG line
+/// is substituted per adapter.
+///
+/// Per kernel tap each lane works out XN pixels' input positions and padding tests once, then
+/// for every input channel loads those XN input values and shares them with
+/// `subgroupBroadcast`, so an input value is loaded once per workgroup, not once per lane.
+pub fn conv_sg() -> String {
+    let setup = (0..MAX_XN)
+        .map(|g| {
+            guarded(
+                g,
+                &format!(
+                    "let q = min(m0 + {g}u * SG + lane, pixels - 1u);
 base[g] = (q / (p.ow * p.oh_run)) * p.cin * p.h_buf;
 iy[g] = i32((p.oy0 + (q / p.ow) % p.oh_run) * p.stride) - i32(p.pad);
-ix[g] = i32((q % p.ow) * p.stride) - i32(p.pad);""",
-        4,
-    )
-    for g in range(MAX_XN)
-)
-taps = "\n".join(
-    guarded(
-        g,
-        """tin[g] = inside(iy[g] + i32(ky), ix[g] + i32(kx));
-ti[g] = select(0u, (base[g] + u32(iy[g] + i32(ky)) - p.iy_off) * p.w + u32(ix[g] + i32(kx)), tin[g]);""",
-        12,
-    )
-    for g in range(MAX_XN)
-)
-loads = "\n".join(
-    guarded(g, "xs[g] = select(0.0, f32(x[ti[g] + ci * plane]), tin[g]);", 16) for g in range(MAX_XN)
-)
-accs = "\n".join(
-    f"    var a{r}_0 = vec4<f32>(0.0);\n    var a{r}_1 = vec4<f32>(0.0);" for r in range(ROWS)
-)
-bcast = "\n".join(f"                let b{r} = subgroupBroadcast(xs[{r}u / SG], {r}u % SG);" for r in range(ROWS))
-body0 = "\n".join(f"                a{r}_0 += b{r} * w0;" for r in range(ROWS))
-body1 = "\n".join(f"                    a{r}_1 += b{r} * w1;" for r in range(ROWS))
-stores = "\n".join(f"    store_pixel(m0 + {r}u, pixels, a{r}_0, a{r}_1);" for r in range(ROWS))
+ix[g] = i32((q % p.ow) * p.stride) - i32(p.pad);"
+                ),
+                4,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let taps = (0..MAX_XN)
+        .map(|g| {
+            guarded(
+                g,
+                "tin[g] = inside(iy[g] + i32(ky), ix[g] + i32(kx));
+ti[g] = select(0u, (base[g] + u32(iy[g] + i32(ky)) - p.iy_off) * p.w + u32(ix[g] + i32(kx)), tin[g]);",
+                12,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let loads = (0..MAX_XN)
+        .map(|g| {
+            guarded(
+                g,
+                "xs[g] = select(0.0, f32(x[ti[g] + ci * plane]), tin[g]);",
+                16,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let accs = (0..ROWS)
+        .map(|r| format!("    var a{r}_0 = vec4<f32>(0.0);\n    var a{r}_1 = vec4<f32>(0.0);"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bcast = (0..ROWS)
+        .map(|r| format!("                let b{r} = subgroupBroadcast(xs[{r}u / SG], {r}u % SG);"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body0 = (0..ROWS)
+        .map(|r| format!("                a{r}_0 += b{r} * w0;"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body1 = (0..ROWS)
+        .map(|r| format!("                    a{r}_1 += b{r} * w1;"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let stores = (0..ROWS)
+        .map(|r| format!("    store_pixel(m0 + {r}u, pixels, a{r}_0, a{r}_1);"))
+        .collect::<Vec<_>>()
+        .join("\n");
 
-src = f"""// GENERATED by tools/gen_conv_sg.py; edit that script, not this file.
+    format!(
+        r"// GENERATED by src/kernels/generate/conv_sg.rs; edit that generator, not this file.
 //
 // Dense (groups = 1) 2-D convolution from NCHW with zero padding, bias, ReLU and optional
 // positional embedding: the parameters, bindings, weight layout (W^T [cin * k * k, cout_pad])
@@ -60,10 +101,10 @@ src = f"""// GENERATED by tools/gen_conv_sg.py; edit that script, not this file.
 // subgroupBroadcast, so an input value is loaded once per workgroup, not once per lane.
 // On other adapters the portable conv_dense.wgsl runs.
 
-// Storage element type (f32, or f16 in the f16 variant; see src/gpu/shaders.rs).
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
-// Subgroup width (the workgroup size); src/gpu/shaders.rs substitutes the adapter's.
+// Subgroup width (the workgroup size); src/kernels/pipelines.rs substitutes the adapter's.
 const SG: u32 = 8u;
 const CV: u32 = select(1u, 2u, SG <= 8u);
 const DUP: u32 = max(1u, SG / 32u);
@@ -194,5 +235,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }}
 {stores}
 }}
-"""
-open("shaders/conv_sg.wgsl", "w").write(src)
+"
+    )
+}

@@ -1,9 +1,7 @@
 //! Uniform parameter blocks: every kernel's `struct Params` (binding 0) has a `#[repr(C)]`
-//! [`Pod`](bytemuck::Pod) twin in Rust ([`crate::kernels::params`]) that records it, and the
-//! twin lists its fields so `tests/shaders_validate.rs` can compare them, by name, offset and
-//! scalar type, with the WGSL struct as naga reflects it.
-
-use super::Shader;
+//! [`Pod`](bytemuck::Pod) twin in Rust ([`crate::kernels::params`]) that records it, named by
+//! the kernel's catalogue entry; the twin lists its fields so `tests/shaders_validate.rs` can
+//! compare them, by name, offset and scalar type, with the WGSL struct as naga reflects it.
 
 /// The scalar type of one uniform field (WGSL `u32`, `i32` or `f32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,14 +43,26 @@ pub struct Field {
 
 /// The uniform block of a family of kernels (`#[repr(C)]`, 4-byte scalars only).
 pub trait KernelParams: bytemuck::Pod {
-    /// The kernels whose `struct Params` this is.
-    const SHADERS: &'static [Shader];
     /// Its fields in order.
     const FIELDS: &'static [Field];
 
     /// The block as 32-bit words, as it is uploaded.
     fn words(&self) -> Vec<u32> {
         bytemuck::pod_collect_to_vec(bytemuck::bytes_of(self))
+    }
+
+    /// The block back from the words [`KernelParams::words`] made. A program records each
+    /// dispatch with the block type its kernel's catalogue entry names
+    /// ([`crate::kernels::ProgramBuilder::dispatch`] checks it), so the length always matches.
+    fn from_words(words: &[u32]) -> Self {
+        assert_eq!(
+            words.len() * 4,
+            std::mem::size_of::<Self>(),
+            "{} from {} words",
+            std::any::type_name::<Self>(),
+            words.len()
+        );
+        bytemuck::pod_read_unaligned(bytemuck::cast_slice(words))
     }
 }
 
@@ -63,8 +73,6 @@ pub struct ParamsLayout {
     pub rust: &'static str,
     /// Size of the Rust struct in bytes.
     pub size: usize,
-    /// [`KernelParams::SHADERS`].
-    pub shaders: &'static [Shader],
     /// [`KernelParams::FIELDS`].
     pub fields: &'static [Field],
 }
@@ -75,7 +83,6 @@ impl ParamsLayout {
         ParamsLayout {
             rust: std::any::type_name::<P>(),
             size: std::mem::size_of::<P>(),
-            shaders: P::SHADERS,
             fields: P::FIELDS,
         }
     }
@@ -85,7 +92,7 @@ impl ParamsLayout {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! kernel_params {
-    ($(#[$meta:meta])* pub struct $name:ident for [$($shader:ident),+ $(,)?] {
+    ($(#[$meta:meta])* pub struct $name:ident {
         $($(#[$fmeta:meta])* pub $field:ident: $ty:ty),+ $(,)?
     }) => {
         $(#[$meta])*
@@ -94,13 +101,12 @@ macro_rules! kernel_params {
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty),+
         }
-        impl $crate::gpu::params::KernelParams for $name {
-            const SHADERS: &'static [$crate::gpu::Shader] = &[$($crate::gpu::Shader::$shader),+];
-            const FIELDS: &'static [$crate::gpu::params::Field] = &[$(
-                $crate::gpu::params::Field {
+        impl $crate::kernels::uniform::KernelParams for $name {
+            const FIELDS: &'static [$crate::kernels::uniform::Field] = &[$(
+                $crate::kernels::uniform::Field {
                     name: stringify!($field),
                     offset: std::mem::offset_of!($name, $field),
-                    kind: <$ty as $crate::gpu::params::UniformScalar>::KIND,
+                    kind: <$ty as $crate::kernels::uniform::UniformScalar>::KIND,
                 }
             ),+];
         }

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::Shader;
+use super::catalogue::Kernel;
 use crate::error::{Error, Result};
 
 /// The kernels that come in several variants.
@@ -45,36 +45,18 @@ impl KernelKind {
         }
     }
 
-    /// The variants worth measuring for this kind, fastest-first guess first.
-    pub fn candidates(self) -> &'static [Variant] {
-        match self {
-            KernelKind::Linear => &[Variant::Subgroup, Variant::Tiled, Variant::Portable],
-            KernelKind::Attention => &[Variant::Subgroup, Variant::Vec4, Variant::Portable],
-            _ => &[Variant::Subgroup, Variant::Portable],
-        }
-    }
-
-    /// The kind and variant a shader implements, `None` for kernels without alternatives.
-    pub fn of(shader: Shader) -> Option<(KernelKind, Variant)> {
-        use KernelKind as K;
-        use Variant as V;
-        Some(match shader {
-            Shader::Linear => (K::Linear, V::Portable),
-            Shader::LinearTiled => (K::Linear, V::Tiled),
-            Shader::LinearSg
-            | Shader::LinearSgR40
-            | Shader::LinearSgR48
-            | Shader::LinearSgR16
-            | Shader::LinearSgR8 => (K::Linear, V::Subgroup),
-            Shader::ConvDense => (K::Conv, V::Portable),
-            Shader::ConvSg => (K::Conv, V::Subgroup),
-            Shader::Attention => (K::Attention, V::Portable),
-            Shader::AttentionVec4 => (K::Attention, V::Vec4),
-            Shader::AttentionSg => (K::Attention, V::Subgroup),
-            Shader::TomeMatch => (K::Matching, V::Portable),
-            Shader::TomeMatchSg => (K::Matching, V::Subgroup),
-            _ => return None,
-        })
+    /// The variants the catalogue has for this kind, in [`Variant`] order (fastest-first
+    /// guess first): what autotune measures and `--kernels` accepts.
+    pub fn candidates(self) -> Vec<Variant> {
+        let mut v: Vec<Variant> = Kernel::ALL
+            .iter()
+            .filter_map(|k| k.variant())
+            .filter(|&(kind, _)| kind == self)
+            .map(|(_, v)| v)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -85,8 +67,7 @@ pub enum Variant {
     Subgroup,
     /// Linear only: 64 x 64 workgroup tiles staged through workgroup memory with vec4 reads,
     /// the classic GPU tiling (`linear_tiled.wgsl`; no subgroups, needs 256 invocations and
-    /// 8.5 KiB of workgroup memory, else the portable kernel). Attention takes its vec4 kernel,
-    /// the other kinds their portable ones.
+    /// 8.5 KiB of workgroup memory, else the portable kernel).
     Tiled,
     /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
     Vec4,
@@ -129,14 +110,21 @@ impl Default for Variants {
 }
 
 impl Variants {
-    /// Every kind preferring `v`.
+    /// Every kind preferring `v`, and the kinds without a `v` kernel their portable one
+    /// (`Variants::all(Variant::Tiled)` is the tiled linear kernel and portable elsewhere).
     pub fn all(v: Variant) -> Self {
-        Variants {
+        let mut out = Variants {
             linear: v,
             conv: v,
             attention: v,
             matching: v,
+        };
+        for kind in KernelKind::ALL {
+            if !kind.candidates().contains(&v) {
+                out.set(kind, Variant::Portable);
+            }
         }
+        out
     }
 
     /// The variant `kind` prefers.
@@ -248,11 +236,24 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_shader_has_its_kind() {
-        for s in Shader::ALL {
-            if let Some((kind, v)) = KernelKind::of(s) {
-                assert!(kind.candidates().contains(&v), "{s:?}");
-            }
+    fn candidates_come_from_the_catalogue() {
+        use Variant::*;
+        assert_eq!(KernelKind::Linear.candidates(), [Subgroup, Tiled, Portable]);
+        assert_eq!(
+            KernelKind::Attention.candidates(),
+            [Subgroup, Vec4, Portable]
+        );
+        assert_eq!(KernelKind::Conv.candidates(), [Subgroup, Portable]);
+        assert_eq!(KernelKind::Matching.candidates(), [Subgroup, Portable]);
+        for kind in KernelKind::ALL {
+            assert_eq!(
+                kind.candidates().last(),
+                Some(&Portable),
+                "{}: every kind runs everywhere",
+                kind.name()
+            );
         }
+        let tiled = Variants::all(Tiled);
+        assert_eq!((tiled.linear, tiled.attention), (Tiled, Portable));
     }
 }

@@ -1,0 +1,284 @@
+//! The plan of SReT: the three-convolution stem, stages of recursive shared blocks (sliced
+//! attention, token merging between attention and MLP, the loop's own Non_proj MLP), the
+//! unmerge stack and pooling between stages, and the head.
+
+use super::{
+    record_attention_half, record_mlp, record_pool, up_block, up_conv, up_ln, up_normalized,
+    BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors, Uploaded, LN_EPS,
+    STEM_BANDS,
+};
+use crate::kernels::attention::AttentionShape;
+use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
+use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::merge::record_unmerge;
+use crate::kernels::norm;
+use crate::kernels::{Family, ProgramBuilder, TensorId};
+use crate::model::config::ModelConfig;
+use crate::model::weights::{ModelWeights, StageWeights};
+use crate::runtime::ForwardSpec;
+use crate::tome::Split;
+
+/// Record SReT's forward for `spec` into `b`.
+pub(super) fn record(
+    mut b: ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    spec: &ForwardSpec,
+) -> Recorded {
+    let bt = spec.batch;
+    let img_bytes = b.elem_bytes(bt * 3 * cfg.image_size * cfg.image_size);
+    let img = b.external("images", img_bytes);
+    let logit_bytes = b.elem_bytes(bt * cfg.num_classes);
+    let out = b.external("logits", logit_bytes);
+    let mut trace = TraceTensors::default();
+    let mut x = stem(&mut b, cfg, w, bt, img);
+    for s in 0..cfg.stages.len() {
+        x = stage(&mut b, cfg, &w.stages[s], spec, &mut trace, s, x);
+    }
+    head(&mut b, cfg, w, bt, x, out);
+    Recorded {
+        builder: b,
+        images: img,
+        logits: out,
+        trace,
+    }
+}
+
+/// The stem: three stride-2 convolutions (BN folded, ReLU) from `img` to the first stage's
+/// tokens, with the positional embedding added. conv1 and conv2 run band by band over conv2's
+/// output rows, each band's conv1 rows (with their halo) in a small buffer, so conv1's output,
+/// the largest activation of the model, never exists whole. conv3 reads conv2's output and
+/// writes tokens.
+fn stem(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    bt: usize,
+    img: TensorId,
+) -> TensorId {
+    let mut shapes = Vec::with_capacity(3);
+    let (mut h, mut cin) = (cfg.image_size, 3usize);
+    for c in &w.stem {
+        let shape = ConvShape {
+            batch: bt,
+            cin,
+            h,
+            w: h,
+            cout: c.out_channels,
+            k: c.kernel,
+            stride: c.stride,
+            pad: c.padding,
+            groups: c.groups,
+        };
+        shapes.push(shape);
+        (h, cin) = (shape.out_hw().0, c.out_channels);
+    }
+    let ups: Vec<Uploaded> = w
+        .stem
+        .iter()
+        .enumerate()
+        .map(|(i, c)| up_conv(b, &format!("patch_embed.conv{}", i + 1), c))
+        .collect();
+    let io =
+        |x: TensorId, up: &Uploaded, y: TensorId, output: Layout, pos: Option<TensorId>| ConvIo {
+            x,
+            weight: up.weight,
+            bias: up.bias,
+            pos,
+            y,
+            input: Layout::Nchw,
+            output,
+            relu: true,
+        };
+    let (oh1, ow1) = shapes[0].out_hw();
+    let (oh2, ow2) = shapes[1].out_hw();
+    let stem2 = b.activation("stem2", bt * shapes[1].cout * oh2 * ow2);
+    let band_rows = oh2.div_ceil(STEM_BANDS);
+    for first in (0..oh2).step_by(band_rows) {
+        let rows = (first, (first + band_rows).min(oh2));
+        let (r0, r1) = shapes[1].input_rows(rows);
+        let band1 = b.activation(
+            format!("stem1 rows {r0}..{r1}"),
+            bt * shapes[0].cout * (r1 - r0) * ow1,
+        );
+        conv::record_band(
+            b,
+            Family::Stem,
+            shapes[0],
+            io(img, &ups[0], band1, Layout::Nchw, None),
+            Band {
+                out_rows: (r0, r1),
+                in_buf: (0, shapes[0].h),
+                out_buf: (r0, r1 - r0),
+            },
+        );
+        conv::record_band(
+            b,
+            Family::Stem,
+            shapes[1],
+            io(band1, &ups[1], stem2, Layout::Nchw, None),
+            Band {
+                out_rows: rows,
+                in_buf: (r0, r1 - r0),
+                out_buf: (0, oh2),
+            },
+        );
+    }
+    debug_assert_eq!(oh1, shapes[1].h);
+    let (oh3, ow3) = shapes[2].out_hw();
+    let pos = b.weights("pos_embed", &w.pos_embed);
+    let x = b.activation("tokens", bt * oh3 * ow3 * shapes[2].cout);
+    conv::record(
+        b,
+        Family::Stem,
+        shapes[2],
+        io(stem2, &ups[2], x, Layout::Tokens, Some(pos)),
+    );
+    x
+}
+
+/// Stage `s`: its executions of the shared blocks on the tokens `x`, then the unmerge stack
+/// (restoring the grid when anything merged) and the pooling to the next stage, if any.
+fn stage(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    sw: &StageWeights,
+    spec: &ForwardSpec,
+    trace: &mut TraceTensors,
+    s: usize,
+    x: TensorId,
+) -> TensorId {
+    let bt = spec.batch;
+    let sc = &cfg.stages[s];
+    let n_grid = cfg.tokens(s);
+    let dim = sc.dim;
+    let blocks: Vec<BlockTensors> = sw
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, bw)| up_block(b, &format!("transformers.{s}.block{i}"), bw))
+        .collect();
+    let mut seq = StageTokens::start(
+        b,
+        spec,
+        s,
+        x,
+        n_grid,
+        n_grid,
+        dim,
+        sc.heads,
+        Split::default(),
+    );
+    for exec in 0..sc.depth {
+        execution(b, cfg, sw, &blocks, spec, trace, &mut seq, s, exec);
+    }
+    // Restore the grid (the unmerge stack, composed into one map).
+    let mut x = seq.x;
+    if seq.merged {
+        let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
+        record_unmerge(b, bt, n_grid, seq.n, dim, x, seq.map, full);
+        x = full;
+        if spec.trace {
+            trace.stage_maps.push((s, seq.map, n_grid));
+        }
+    }
+    if let Some(pool) = &sw.pool {
+        x = record_pool(b, bt, s, cfg.grid_side(s), pool, x);
+    }
+    x
+}
+
+/// Execution `exec` of stage `s`: sliced attention of its shared block, the merge the
+/// trajectory schedules after it, the block's MLP and the loop's own Non_proj MLP.
+#[allow(clippy::too_many_arguments)]
+fn execution(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    sw: &StageWeights,
+    blocks: &[BlockTensors],
+    spec: &ForwardSpec,
+    trace: &mut TraceTensors,
+    seq: &mut StageTokens,
+    s: usize,
+    exec: usize,
+) {
+    let bt = spec.batch;
+    let sc = &cfg.stages[s];
+    let dim = sc.dim;
+    let label = format!("s{s}e{exec}");
+    let blk = &blocks[sc.block_of(exec)];
+    let coef = sw.blocks[sc.block_of(exec)].coef;
+    let perm = spec.perms[s][exec]
+        .as_ref()
+        .map(|p| b.constant(format!("perm.{s}.{exec}"), p));
+    let shape = AttentionShape {
+        batch: bt,
+        n: seq.n,
+        dim,
+        heads: sc.heads,
+        groups: sc.groups_of(exec),
+    };
+    let qkv = record_attention_half(b, shape, blk, coef, seq.x, perm, seq.mass, &label);
+    // Token merging between attention and MLP.
+    seq.merge(b, spec, trace, exec, qkv, &label);
+    let x = seq.x;
+    let rows = bt * seq.n;
+    record_mlp(
+        b,
+        rows,
+        dim,
+        sc.mlp_hidden,
+        x,
+        &blk.fc1,
+        &blk.fc2,
+        (coef[2], coef[3]),
+        &label,
+    );
+    // The loop's own Non_proj MLP.
+    let np = &sw.non_projs[exec];
+    let npt = NonProjTensors {
+        fc1: up_normalized(b, &format!("{label}.np.fc1"), &np.fc1, &np.norm1),
+        fc2: linear::upload(b, &format!("{label}.np.fc2"), &np.fc2),
+    };
+    record_mlp(
+        b,
+        rows,
+        dim,
+        sc.np_hidden,
+        x,
+        &npt.fc1,
+        &npt.fc2,
+        (np.coef[0], np.coef[1]),
+        &format!("{label} np"),
+    );
+}
+
+/// The head: mean over the restored last grid `x`, LayerNorm, linear classifier into `out`.
+fn head(
+    b: &mut ProgramBuilder,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    bt: usize,
+    x: TensorId,
+    out: TensorId,
+) {
+    let last = cfg.stages.len() - 1;
+    let dim = cfg.final_dim();
+    let pooled = b.activation("pooled", bt * dim);
+    norm::mean_tokens(b, Family::Head, bt, cfg.tokens(last), dim, x, pooled);
+    let normed = b.activation("pooled ln", bt * dim);
+    let nw = up_ln(b, "norm", &w.norm);
+    norm::layer_norm(
+        b,
+        Family::Head,
+        bt,
+        dim,
+        LN_EPS,
+        pooled,
+        nw.weight,
+        nw.bias,
+        normed,
+    );
+    let hw = linear::upload(b, "head", &w.head);
+    linear::record(b, Family::Head, bt, &hw, Epilogue::Bias, normed, out);
+}
