@@ -1,6 +1,6 @@
 //! The crate's modules form layers, and a module uses only layers below its own: no import
 //! cycles, no low module reaching up into a high one. The table is the architecture the
-//! README describes; this test reads every source file and fails on a `crate::` path that
+//! docs/architecture.md describes; this test reads every source file and fails on a `crate::` path that
 //! points upward (or sideways into a module of the same rank).
 
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@
 //! page's decisions (as tests/model.rs does for the native GPU), so merged and unmerged logits
 //! alike are within relative L2 1e-4 of the twin. The stage maps the page draws are checked
 //! against the native engine's trace. Saves a screenshot (`SRET_WEB_SCREENSHOT=path` keeps
-//! it; the README's is web/screenshot.png).
+//! it; docs/browser.md shows web/screenshot.png).
 //!
 //! Ignored by plain `cargo test` (it builds web/ for wasm32: minutes); scripts/test installs
 //! what it needs (scripts/setup-web: Debian's `chromium`, the wasm32 target, wasm-bindgen-cli of
