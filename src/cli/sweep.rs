@@ -159,6 +159,62 @@ pub fn write_figures(
     Ok(files)
 }
 
+/// What the sweep measures and how, from the arguments and the adapter (smaller timing
+/// defaults on a CPU adapter); the timed batches checked against the device.
+fn sweep_config(
+    a: &SweepArgs,
+    gpu: &Gpu,
+    model: &ModelConfig,
+    r_init: Vec<f64>,
+    alpha: Vec<f64>,
+    extra: Vec<Schedule>,
+) -> Result<SweepConfig> {
+    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let bench_batches = if a.no_bench {
+        Vec::new()
+    } else if !a.bench_batch.is_empty() {
+        a.bench_batch.clone()
+    } else if cpu_adapter {
+        vec![1, 4]
+    } else {
+        vec![1, 128]
+    };
+    check_bench_args(a, (!a.no_bench).then_some(&bench_batches[..]))?;
+    let max = super::max_batch(gpu, model, a.gpu.precision);
+    for &b in &bench_batches {
+        super::check_batch("bench-batch", b, max, "images per forward on this device")?;
+    }
+    let shard = a.shard.unwrap_or_default();
+    let batch = a.batch.unwrap_or_else(|| default_eval_batch(gpu));
+    Ok(SweepConfig {
+        r_init,
+        alpha,
+        extra,
+        bench_batches,
+        bench: BenchOptions {
+            warmup: a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 }),
+            iters: a.iters,
+            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
+            // The results file holds the device's time only.
+            end_to_end: false,
+        },
+        eval: EvalOptions {
+            batch,
+            workers: a.data.workers(),
+            resident: a.resident,
+            seed: a.seed,
+            precision: a.gpu.precision,
+        },
+        shard,
+        shard_by: match a.shard_by {
+            ShardBy::Grid => ShardUnit::Grid,
+            ShardBy::Images => ShardUnit::Images,
+        },
+        pareto_batch: a.pareto_batch,
+        quality: a.quality,
+    })
+}
+
 /// Run the sweep the arguments describe, write its JSON, CSV and figures, and return the results.
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     crate::io::files::check_output_dir(&a.out_dir, &a.model.inputs())?;
@@ -185,50 +241,8 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     }
     let dataset = a.data.open(model.cfg.num_classes)?;
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
-    let bench_batches = if a.no_bench {
-        Vec::new()
-    } else if !a.bench_batch.is_empty() {
-        a.bench_batch.clone()
-    } else if cpu_adapter {
-        vec![1, 4]
-    } else {
-        vec![1, 128]
-    };
-    check_bench_args(&a, (!a.no_bench).then_some(&bench_batches[..]))?;
-    let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
-    for &b in &bench_batches {
-        super::check_batch("bench-batch", b, max, "images per forward on this device")?;
-    }
-    let shard = a.shard.unwrap_or_default();
-    let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
-    let cfg = SweepConfig {
-        r_init,
-        alpha,
-        extra,
-        bench_batches,
-        bench: BenchOptions {
-            warmup: a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 }),
-            iters: a.iters,
-            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
-            // The results file holds the device's time only.
-            end_to_end: false,
-        },
-        eval: EvalOptions {
-            batch,
-            workers: a.data.workers(),
-            resident: a.resident,
-            seed: a.seed,
-            precision: a.gpu.precision,
-        },
-        shard,
-        shard_by: match a.shard_by {
-            ShardBy::Grid => ShardUnit::Grid,
-            ShardBy::Images => ShardUnit::Images,
-        },
-        pareto_batch: a.pareto_batch,
-        quality: a.quality,
-    };
+    let cfg = sweep_config(&a, &gpu, &model.cfg, r_init, alpha, extra)?;
+    let shard = cfg.shard;
     eprintln!(
         "sweep: {} r_init x {} alpha{} on {} ({} images{}), {} on {}",
         cfg.r_init.len(),
