@@ -107,7 +107,10 @@ fn measure_unscoped(
                 times.push(t);
             }
         }
-        let secs = super::median(times) / reps as f64;
+        // `times` holds at least one run (`iters.max(1)` of them).
+        let secs = super::median(times)
+            .ok_or_else(|| Error::arg("iters", iters, "the ceiling needs at least 1 timed run"))?
+            / reps as f64;
         rates.push(MatmulRate {
             m,
             k,

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
+use super::bench::{check_distinct, parse_batch, parse_iters, parse_warmup};
 use super::eval::{default_eval_batch, print_problems, weights_name, DataArgs};
 use super::{GpuArgs, ModelArgs};
 use crate::bench::BenchOptions;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::evaluate::EvalOptions;
 use crate::eval::grid::parse_values;
 use crate::eval::plots::sweep_figures;
@@ -48,27 +49,29 @@ pub struct SweepArgs {
     /// The images to evaluate on.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Images per forward for quality (default 32; 4 on a CPU adapter).
-    #[arg(long)]
+    /// Images per forward for quality, at least 1 (default 32; 4 on a CPU adapter).
+    #[arg(long, value_parser = parse_batch)]
     pub batch: Option<usize>,
-    /// Distinct schedules resident on the GPU at once during the quality passes.
-    #[arg(long, default_value_t = 8)]
+    /// Distinct schedules resident on the GPU at once during the quality passes, at least 1.
+    #[arg(long, default_value_t = 8, value_parser = parse_resident)]
     pub resident: usize,
-    /// Batches to time, comma separated (default 1,128; 1,4 on a CPU adapter). Fig. 6 is the
-    /// large batch, Fig. 8 batch 1.
-    #[arg(long, value_delimiter = ',')]
+    /// Batches to time, comma separated, each at least 1 and listed once (default 1,128; 1,4
+    /// on a CPU adapter). Fig. 6 is the large batch, Fig. 8 batch 1.
+    #[arg(long, value_delimiter = ',', value_parser = parse_batch)]
     pub bench_batch: Vec<usize>,
     /// Do not time anything (the frontier then uses FLOPs).
     #[arg(long)]
     pub no_bench: bool,
-    /// Untimed forwards before timing. Default 20 (1 on a CPU adapter).
-    #[arg(long)]
+    /// Untimed forwards before timing, at least 1. Default 20 (1 on a CPU adapter).
+    #[arg(long, value_parser = parse_warmup)]
     pub warmup: Option<usize>,
-    /// Timed forwards (median reported). Default: as many as fit in ~5 s on a CPU adapter, else 100.
-    #[arg(long)]
+    /// Timed forwards, at least 1 (median reported). Default: as many as fit in ~5 s on a CPU
+    /// adapter, else 100.
+    #[arg(long, value_parser = parse_iters)]
     pub iters: Option<usize>,
-    /// Batch whose throughput and PAM the frontier uses (default: the largest timed).
-    #[arg(long)]
+    /// Batch whose throughput and PAM the frontier uses, one of the timed batches (default:
+    /// the largest timed).
+    #[arg(long, value_parser = parse_batch)]
     pub pareto_batch: Option<usize>,
     /// Quality axis of the frontier and figures: top1, top5, agreement (with the uncompressed
     /// model) or kl (mean KL to it, lower is better). Default: top1 with labels, else agreement.
@@ -97,6 +100,43 @@ pub struct SweepArgs {
     pub gpu: GpuArgs,
 }
 
+/// `--resident`: programs resident at once, at least 1.
+fn parse_resident(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (distinct schedules resident on the GPU at once)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}: expected a whole number of at least 1")),
+    }
+}
+
+/// The timing arguments that need no device: `--bench-batch` entries given once, and
+/// `--pareto-batch` one of the batches that will be timed (`timed`: none with `--no-bench`).
+fn check_bench_args(a: &SweepArgs, timed: Option<&[usize]>) -> Result<()> {
+    check_distinct("bench-batch", &a.bench_batch)?;
+    let Some(p) = a.pareto_batch else {
+        return Ok(());
+    };
+    match timed {
+        None => Err(Error::arg(
+            "pareto-batch",
+            p,
+            "nothing is timed with --no-bench (the frontier then uses FLOPs): drop one of the two",
+        )),
+        Some(t) if !t.contains(&p) => Err(Error::arg(
+            "pareto-batch",
+            p,
+            format!(
+                "not a timed batch: pass one of {} or add it to --bench-batch",
+                t.iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Draw the figures of a (whole) sweep and say where they went.
 pub fn write_figures(
     res: &ResultsFile,
@@ -119,9 +159,68 @@ pub fn write_figures(
     Ok(files)
 }
 
+/// What the sweep measures and how, from the arguments and the adapter (smaller timing
+/// defaults on a CPU adapter); the timed batches checked against the device.
+fn sweep_config(
+    a: &SweepArgs,
+    gpu: &Gpu,
+    model: &ModelConfig,
+    r_init: Vec<f64>,
+    alpha: Vec<f64>,
+    extra: Vec<Schedule>,
+) -> Result<SweepConfig> {
+    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let bench_batches = if a.no_bench {
+        Vec::new()
+    } else if !a.bench_batch.is_empty() {
+        a.bench_batch.clone()
+    } else if cpu_adapter {
+        vec![1, 4]
+    } else {
+        vec![1, 128]
+    };
+    check_bench_args(a, (!a.no_bench).then_some(&bench_batches[..]))?;
+    let max = super::max_batch(gpu, model, a.gpu.precision);
+    for &b in &bench_batches {
+        super::check_batch("bench-batch", b, max, "images per forward on this device")?;
+    }
+    let shard = a.shard.unwrap_or_default();
+    let batch = a.batch.unwrap_or_else(|| default_eval_batch(gpu));
+    Ok(SweepConfig {
+        r_init,
+        alpha,
+        extra,
+        bench_batches,
+        bench: BenchOptions {
+            warmup: a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 }),
+            iters: a.iters,
+            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
+            // The results file holds the device's time only.
+            end_to_end: false,
+        },
+        eval: EvalOptions {
+            batch,
+            workers: a.data.workers(),
+            resident: a.resident,
+            seed: a.seed,
+            precision: a.gpu.precision,
+        },
+        shard,
+        shard_by: match a.shard_by {
+            ShardBy::Grid => ShardUnit::Grid,
+            ShardBy::Images => ShardUnit::Images,
+        },
+        pareto_batch: a.pareto_batch,
+        quality: a.quality,
+    })
+}
+
 /// Run the sweep the arguments describe, write its JSON, CSV and figures, and return the results.
 pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     crate::io::files::check_output_dir(&a.out_dir, &a.model.inputs())?;
+    if a.no_bench || !a.bench_batch.is_empty() {
+        check_bench_args(&a, (!a.no_bench).then_some(&a.bench_batch[..]))?;
+    }
     let earlier = earlier_files(&a.out_dir);
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
@@ -142,47 +241,8 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
     }
     let dataset = a.data.open(model.cfg.num_classes)?;
     let gpu = Gpu::new(&a.gpu.choice())?;
-    let cpu_adapter = gpu.info.device_type == wgpu::DeviceType::Cpu;
-    let bench_batches = if a.no_bench {
-        Vec::new()
-    } else if !a.bench_batch.is_empty() {
-        a.bench_batch.clone()
-    } else if cpu_adapter {
-        vec![1, 4]
-    } else {
-        vec![1, 128]
-    };
-    let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
-    for &b in &bench_batches {
-        super::check_batch("bench-batch", b, max, "images per forward on this device")?;
-    }
-    let shard = a.shard.unwrap_or_default();
-    let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
-    let cfg = SweepConfig {
-        r_init,
-        alpha,
-        extra,
-        bench_batches,
-        bench: BenchOptions {
-            warmup: a.warmup.unwrap_or(if cpu_adapter { 1 } else { 20 }),
-            iters: a.iters,
-            budget_secs: if cpu_adapter { 5.0 } else { f64::INFINITY },
-        },
-        eval: EvalOptions {
-            batch,
-            workers: a.data.workers(),
-            resident: a.resident,
-            seed: a.seed,
-            precision: a.gpu.precision,
-        },
-        shard,
-        shard_by: match a.shard_by {
-            ShardBy::Grid => ShardUnit::Grid,
-            ShardBy::Images => ShardUnit::Images,
-        },
-        pareto_batch: a.pareto_batch,
-        quality: a.quality,
-    };
+    let cfg = sweep_config(&a, &gpu, &model.cfg, r_init, alpha, extra)?;
+    let shard = cfg.shard;
     eprintln!(
         "sweep: {} r_init x {} alpha{} on {} ({} images{}), {} on {}",
         cfg.r_init.len(),
