@@ -18,7 +18,7 @@ fn figures_for(model: &str, schedule: &str, batch: usize) -> CostFigures {
         .unwrap()
         .with_batch(batch);
     let weights = synthetic_weights(&cfg, 0);
-    figures::cost_figures(&cfg, &weights, &spec, &wgpu::Limits::default())
+    figures::cost_figures(&cfg, &weights, &spec, &wgpu::Limits::default(), None)
 }
 
 #[test]
@@ -281,4 +281,68 @@ fn unknown_profile_lists_the_known_ones() {
         assert!(err.contains(n), "{err}");
     }
     assert!(figures::device_profile("tpu-v9").is_err());
+}
+
+/// `plan --kernels` counts the dispatches of the variants it is given: the portable kernels by
+/// default, the subgroup kernels (at `--subgroup-width` lanes: a linear layer is a full-tile and
+/// a last-tile dispatch) or the tiled linear kernel when pinned; `--json` says which.
+#[test]
+fn plan_counts_the_kernel_variants_it_is_given() {
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_sret-tome"))
+            .args([
+                "plan",
+                "--model",
+                "sret_t",
+                "--schedule",
+                "exp:0.25,0",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let kernels = |v: &serde_json::Value| -> Vec<String> {
+        let counts = v["cost"]["kernels"].as_object().expect("cost.kernels");
+        counts
+            .iter()
+            .flat_map(|(k, n)| std::iter::repeat_n(k.clone(), n.as_u64().unwrap_or(0) as usize))
+            .collect()
+    };
+    let portable = plan(&[]);
+    let subgroup = plan(&["--kernels", "subgroup", "--subgroup-width", "32"]);
+    let tiled = plan(&[
+        "--kernels",
+        "linear=tiled,attention=portable,conv=portable,matching=portable",
+    ]);
+    assert_eq!(
+        portable["kernel_variants"]["cost_figures"],
+        "linear=portable,conv=portable,attention=portable,matching=portable"
+    );
+    assert!(subgroup["kernel_variants"]["cost_figures"]
+        .as_str()
+        .unwrap()
+        .contains("32-lane"));
+    let (p, s, t) = (kernels(&portable), kernels(&subgroup), kernels(&tiled));
+    assert!(p.iter().any(|k| k == "linear") && !p.iter().any(|k| k.ends_with("_sg")));
+    for k in ["linear_sg", "attention_sg", "conv_sg", "tome_match_sg"] {
+        assert!(s.iter().any(|x| x == k), "{k} not counted: {s:?}");
+    }
+    assert!(t.iter().any(|k| k == "linear_tiled") && !t.iter().any(|k| k == "linear"));
+    // The dispatch totals are those of the program each counts.
+    for (v, names) in [(&portable, &p), (&subgroup, &s), (&tiled, &t)] {
+        let total = v["dispatches"].as_u64().unwrap_or(0);
+        assert_eq!(
+            total,
+            names.len() as u64,
+            "{}",
+            v["kernel_variants"]["cost_figures"]
+        );
+    }
 }

@@ -293,7 +293,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Infer(a) => infer::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Plan(a) => plan::run(a),
+        Command::Plan(a) => plan::run(a, cli.kernels),
         Command::Convert(a) => convert::run(a),
         Command::Synthetic(a) => synthetic::run(a),
         Command::Eval(a) => eval::run(a),

@@ -6,6 +6,7 @@
 use clap::Args;
 
 use crate::error::Result;
+use crate::kernels::{KernelKind, Variant, Variants};
 use crate::model::synthetic_weights;
 use crate::model::ModelConfig;
 use crate::runtime::cost;
@@ -37,14 +38,31 @@ pub struct PlanArgs {
     /// (assets/devices.json: rtx-4060-ti, laptop-igpu, apple-m2, lavapipe-2core).
     #[arg(long)]
     pub device_profile: Option<String>,
+    /// Subgroup width the cost figures assume for the subgroup kernels when `--kernels` picks
+    /// them (32 on NVIDIA, Apple and Intel GPUs, 64 or 32 on AMD, 8 or 16 on lavapipe).
+    #[arg(long, default_value_t = 32, value_parser = parse_subgroup_width)]
+    pub subgroup_width: u32,
+}
+
+fn parse_subgroup_width(s: &str) -> std::result::Result<u32, String> {
+    s.parse()
+        .ok()
+        .filter(|w| crate::kernels::catalogue::SG_WIDTHS.contains(w))
+        .ok_or_else(|| {
+            format!(
+                "'{s}' is not a subgroup width the kernels are written for (4, 8, 16, 32 or 64)"
+            )
+        })
 }
 
 /// How engines choose kernel variants (`plan` opens no device, so it can only say the policy
 /// and what the autotune cache already holds).
 const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching) on its adapter at build, unless --autotune off or --kernels";
 
-/// Run `sret-tome plan`: print the token trajectory, FLOPs and parameters of a schedule.
-pub fn run(a: PlanArgs) -> Result<()> {
+/// Run `sret-tome plan`: print the token trajectory, FLOPs and parameters of a schedule, and the
+/// cost figures of its forward with the kernel variants `kernels` pins (the portable kernels
+/// when `None`).
+pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
     let cfg = ModelConfig::by_name(&a.model)?;
     let schedule: Schedule = a.schedule.parse()?;
     let traj = tome::Trajectory::new(&cfg, &schedule)?;
@@ -58,13 +76,24 @@ pub fn run(a: PlanArgs) -> Result<()> {
         Some(name) => Some(figures::device_profile(name)?),
         None => None,
     };
-    let plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
+    let mut plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
+    let counted = kernels.unwrap_or(Variants::all(Variant::Portable));
+    plan.kernels = counted;
+    let uses_subgroups = KernelKind::ALL
+        .iter()
+        .any(|&k| counted.get(k) == Variant::Subgroup);
+    let width = uses_subgroups.then_some(a.subgroup_width);
+    let counted_text = match width {
+        Some(w) => format!("{counted} ({w}-lane subgroups)"),
+        None => counted.to_string(),
+    };
     let weights = synthetic_weights(&cfg, 0);
     let fig = figures::cost_figures(
         &cfg,
         &weights,
         &plan.clone().with_batch(a.batch.unwrap_or(1)),
         &wgpu::Limits::default(),
+        width,
     );
     let roofline = profile.as_ref().map(|p| figures::roofline(&fig, p));
     let memory = match a.batch {
@@ -117,7 +146,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
         }
         v["kernel_variants"] = serde_json::json!({
             "policy": KERNEL_POLICY,
-            "cost_figures": "portable",
+            "cost_figures": counted_text,
             "cached": cached
                 .iter()
                 .map(|(k, v)| serde_json::json!({"key": k, "variants": v.to_string()}))
@@ -135,7 +164,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
     } else {
         println!("{} under {}", cfg.name, schedule);
         print!("{}", tome::render_table(&traj));
-        println!("kernels: {KERNEL_POLICY}; the cost figures below count the portable kernels");
+        println!(
+            "kernels: {KERNEL_POLICY}; the cost figures below count {counted_text} (--kernels)"
+        );
         for (key, variants) in &cached {
             println!("  autotuned earlier: {variants}  [{key}]");
         }

@@ -120,19 +120,21 @@ pub struct CostFigures {
 }
 
 /// Records the forward of `spec.batch` images for `limits` (as [`super::forward::memory_plan`])
-/// and reads its cost figures.
+/// with the kernel variants `spec.kernels` prefers, the subgroup kernels at `subgroup_width`
+/// lanes (`None`: a device without subgroups), and reads its cost figures.
 pub fn cost_figures(
     cfg: &ModelConfig,
     weights: &ModelWeights,
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
+    subgroup_width: Option<u32>,
 ) -> CostFigures {
     let (chunks, mb) = split_batch(cfg, weights, spec, limits);
     let micro = ForwardSpec {
         batch: mb,
         ..spec.clone()
     };
-    let recorded = record::record(cfg, weights, &micro, limits, None);
+    let recorded = record::record(cfg, weights, &micro, limits, subgroup_width);
     let program = dispatch_costs(&recorded.builder);
     let mut families: Vec<(Family, Totals)> = Family::ALL
         .iter()
@@ -384,6 +386,12 @@ pub fn figures_json(fig: &CostFigures) -> serde_json::Value {
     v["micro_batches"] = fig.micro_batches.into();
     v["bytes_convention"] = "bound-tensor estimate: each distinct tensor bound read-only counts as read, each bound read_write as written, once per dispatch".into();
     v["families"] = families.into();
+    // Dispatches per kernel in one forward, which say the variants counted.
+    let mut kernels = std::collections::BTreeMap::<&str, u64>::new();
+    for d in &fig.program {
+        *kernels.entry(d.kernel).or_default() += fig.micro_batches as u64;
+    }
+    v["kernels"] = serde_json::json!(kernels);
     v
 }
 
