@@ -405,6 +405,11 @@ fn describe(t: &wgpu::Texture) -> String {
     format!("{}x{} {:?}", t.width(), t.height(), t.format())
 }
 
+/// Moves of the transform: one per element of the output binding (its bytes / 4).
+pub fn flops(_p: &PreprocessParams, _key: &KernelKey, bound: &[u64]) -> u64 {
+    bound.last().copied().unwrap_or(0) / 4
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,9 +437,4 @@ mod tests {
         assert_eq!(tables(1200, 400, false).0.vertical_first, 0);
         assert_eq!(tables(640, 480, true).0.srgb, 1);
     }
-}
-
-/// Moves of the transform: one per element of the output binding (its bytes / 4).
-pub fn flops(_p: &PreprocessParams, _key: &KernelKey, bound: &[u64]) -> u64 {
-    bound.last().copied().unwrap_or(0) / 4
 }
