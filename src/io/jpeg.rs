@@ -477,6 +477,8 @@ fn table<'t>(tables: &'t [Option<Huffman>; 4], i: usize, class: &str) -> R<&'t H
         .ok_or_else(|| Corrupt(format!("{class} Huffman table {i} missing")))
 }
 
+/// Decodes one scan. Long because its MCU loop (restart intervals, baseline and progressive
+/// passes, block placement) is one hot loop whose parts share its counters.
 #[allow(clippy::too_many_arguments)]
 fn decode_scan(
     data: &[u8],

@@ -268,6 +268,8 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// One image through the model. Long on purpose: it reads top to bottom like the paper's
+/// PyTorch forward it is checked against (stem, stages, merges, unmerge, pooling, head).
 fn forward_image(
     cfg: &ModelConfig,
     w: &ModelWeights,

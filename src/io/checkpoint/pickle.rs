@@ -531,6 +531,8 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    /// Runs one opcode. Long because it is one `match` with an arm per pickle opcode, each a
+    /// few lines, as the protocol lists them.
     pub(super) fn step(&mut self) -> PResult<()> {
         match self.op {
             0x80 => {

@@ -42,6 +42,8 @@ fn bc(arr: &str, i: u32, d: u32) -> String {
 /// keys in blocks of 8: the block's keys and values are loaded once per workgroup, spread over
 /// the lanes, and handed to every query by `subgroupBroadcast`; the online softmax rescales once
 /// per block.
+///
+/// Long because it is one WGSL template read top to bottom like the kernel it makes.
 pub fn attention_sg() -> String {
     let last = KEYS - 1;
     let kv_count = KEYS * VECS;

@@ -29,6 +29,8 @@ fn guarded(g: u32, body: &str, indent: usize) -> String {
 /// Per kernel tap each lane works out XN pixels' input positions and padding tests once, then
 /// for every input channel loads those XN input values and shares them with
 /// `subgroupBroadcast`, so an input value is loaded once per workgroup, not once per lane.
+///
+/// Long because it is one WGSL template read top to bottom like the kernel it makes.
 pub fn conv_sg() -> String {
     let setup = (0..MAX_XN)
         .map(|g| {

@@ -36,6 +36,8 @@ const SG_WIDTHS: [u32; 5] = [4, 8, 16, 32, 64];
 ///
 /// If `rows` is not one of [`TILE_ROWS`] (the text would still be WGSL for a multiple of 4, but
 /// the tiling in `src/kernels/linear.rs` knows only these heights).
+///
+/// Long because it is one WGSL template read top to bottom like the kernel it makes.
 pub fn linear_sg(rows: u32) -> String {
     assert!(TILE_ROWS.contains(&rows), "no {rows}-row linear_sg tile");
     let max_xn = rows / 4;
