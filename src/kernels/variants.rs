@@ -3,7 +3,7 @@
 //!
 //! A variant is a preference: a kernel falls back to the next one where the shape or the
 //! device does not allow it (subgroup kernels need `Features::SUBGROUP` and a width in
-//! [`SG_WIDTHS`](super::shaders::SG_WIDTHS); vec4 attention needs head sizes and widths that
+//! [`SG_WIDTHS`](super::catalogue::SG_WIDTHS); vec4 attention needs head sizes and widths that
 //! are multiples of 4; subgroup attention and matching need 32-channel heads; the tiled linear
 //! kernel needs 256 invocations and 8.5 KiB of workgroup memory per workgroup).
 

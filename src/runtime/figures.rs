@@ -43,7 +43,7 @@ pub struct DispatchCost {
     /// The part of the network.
     #[serde(serialize_with = "family_name")]
     pub family: Family,
-    /// The kernel's name ([`Kernel::name`]).
+    /// The kernel's name ([`crate::kernels::Kernel::name`]).
     pub kernel: &'static str,
     /// Floating-point operations.
     pub flops: u64,
