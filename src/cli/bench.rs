@@ -281,12 +281,12 @@ fn profile_config(
     out: &mut Profiles,
 ) -> Result<()> {
     let batch = row.batch;
-    let plan = ForwardSpec::new(&model.cfg, schedule, DEFAULT_SEED)?;
+    let spec = ForwardSpec::new(&model.cfg, schedule, DEFAULT_SEED)?;
     let engine = EngineBuilder::new()
         .gpu(gpu)
         .pipeline_cache(cache)
         .with_model(model.clone())
-        .spec(&plan.clone().with_batch(batch).with_precision(*precision))
+        .spec(&spec.clone().with_batch(batch).with_precision(*precision))
         .build()?;
     engine.set_input(images)?;
     let profile = engine.profile()?;

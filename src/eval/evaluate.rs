@@ -106,16 +106,16 @@ pub fn evaluate(
     let start = Instant::now();
     let cfg = &model.cfg;
     let classes = cfg.num_classes;
-    let base_plan = ForwardSpec::new(cfg, &Schedule::None, opts.seed)?;
+    let base_spec = ForwardSpec::new(cfg, &Schedule::None, opts.seed)?;
     // Distinct programs: key = merged counts per execution.
-    let mut plans: Vec<ForwardSpec> = Vec::new();
+    let mut specs: Vec<ForwardSpec> = Vec::new();
     let mut keys: Vec<Vec<Vec<usize>>> = Vec::new();
     let mut owner: Vec<Option<usize>> = Vec::with_capacity(schedules.len());
     let mut same_as = Vec::with_capacity(schedules.len());
-    let base_key = base_plan.trajectory.per_stage_safe_r();
+    let base_key = base_spec.trajectory.per_stage_safe_r();
     for (i, s) in schedules.iter().enumerate() {
-        let plan = ForwardSpec::new(cfg, s, opts.seed)?;
-        let key = plan.trajectory.per_stage_safe_r();
+        let spec = ForwardSpec::new(cfg, s, opts.seed)?;
+        let key = spec.trajectory.per_stage_safe_r();
         if key == base_key && opts.precision == Precision::F32 {
             owner.push(None);
             same_as.push((*s != Schedule::None).then(|| "none".to_string()));
@@ -125,16 +125,16 @@ pub fn evaluate(
             same_as.push(Some(schedules[first].to_string()));
         } else {
             keys.push(key);
-            owner.push(Some(plans.len()));
-            plans.push(plan);
+            owner.push(Some(specs.len()));
+            specs.push(spec);
             same_as.push(None);
         }
     }
     let resident = opts.resident.max(1);
-    let waves: Vec<Vec<usize>> = if plans.is_empty() {
+    let waves: Vec<Vec<usize>> = if specs.is_empty() {
         vec![Vec::new()]
     } else {
-        (0..plans.len())
+        (0..specs.len())
             .collect::<Vec<_>>()
             .chunks(resident)
             .map(|c| c.to_vec())
@@ -142,7 +142,7 @@ pub fn evaluate(
     };
     let batch = opts.batch.min(samples.len().max(1));
     let mut baseline = QualityStats::default();
-    let mut per_plan = vec![QualityStats::default(); plans.len()];
+    let mut per_spec = vec![QualityStats::default(); specs.len()];
     let mut refs: HashMap<usize, Reference> = HashMap::new();
     let mut failures: Vec<Problem> = Vec::new();
     let mut forwards = 0;
@@ -158,7 +158,7 @@ pub fn evaluate(
                 gpu,
                 cache,
                 model,
-                &base_plan.clone().with_batch(batch),
+                &base_spec.clone().with_batch(batch),
             )?)
         } else {
             None
@@ -170,7 +170,7 @@ pub fn evaluate(
                     gpu,
                     cache,
                     model,
-                    &plans[k]
+                    &specs[k]
                         .clone()
                         .with_batch(batch)
                         .with_precision(opts.precision),
@@ -207,13 +207,13 @@ pub fn evaluate(
                     forwards += 1;
                     for (i, s) in b.samples.iter().enumerate() {
                         let logits = &out.logits[i * classes..(i + 1) * classes];
-                        per_plan[k].add(logits, s.label, batch_refs[i].as_ref());
+                        per_spec[k].add(logits, s.label, batch_refs[i].as_ref());
                     }
                 }
             }
             if let Some(p) = progress {
                 p.inc((n + b.failures.len()) as u64);
-                let last = wave.last().map(|&k| &per_plan[k]).unwrap_or(&baseline);
+                let last = wave.last().map(|&k| &per_spec[k]).unwrap_or(&baseline);
                 let label = wave
                     .last()
                     .and_then(|&k| owner.iter().position(|o| *o == Some(k)))
@@ -233,7 +233,7 @@ pub fn evaluate(
         .iter()
         .map(|o| match o {
             None => baseline.clone(),
-            Some(k) => per_plan[*k].clone(),
+            Some(k) => per_spec[*k].clone(),
         })
         .collect();
     Ok(EvalOutcome {
