@@ -184,6 +184,13 @@ pub fn resolve_output(path: &Path) -> Result<PathBuf> {
 /// `path` is looked at as given (the kernel follows every link, `/proc/self/fd/N` included)
 /// and at the `target` [`resolve_output`] made of it.
 fn check_existing_output(path: &Path, target: &Path) -> Result<Option<std::fs::Metadata>> {
+    if path.as_os_str() == "-" {
+        return Err(write_error(
+            path,
+            "'-' would be standard output, where the command prints its report: give the path \
+             of a file (a file named '-' is ./-)",
+        ));
+    }
     let meta = std::fs::metadata(path).or_else(|_| std::fs::metadata(target));
     match meta {
         Ok(m) if m.is_file() => Ok(Some(m)),

@@ -781,6 +781,48 @@ mod tests {
     }
 
     #[test]
+    fn every_named_config_is_valid_and_sizes_are_bounded() {
+        for n in MODEL_NAMES.iter().chain(&VIT_FAMILY_NAMES) {
+            ModelConfig::by_name(n).unwrap().validate().unwrap();
+        }
+        for (spec, needle) in [
+            (
+                "vit_tiny_patch16_224@depth=257",
+                "depth 257 is outside 1..=256",
+            ),
+            (
+                "vit_tiny_patch16_224@depth=18446744073709551615",
+                "depth 18446744073709551615",
+            ),
+            ("vit_tiny_patch16_224@img_size=4112", "image size 4112"),
+            (
+                "vit_tiny_patch16_224@img_size=18446744073709551600",
+                "image size 18446744073709551600",
+            ),
+            // 4096 pixels in patches of 16: a 256 x 256 grid.
+            ("vit_tiny_patch16_224@img_size=4096", "65536 patch tokens"),
+            ("vit_huge_patch14_224@depth=256", "parameters, more than"),
+        ] {
+            let e = ModelConfig::by_name(spec).unwrap_err().to_string();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+        // The largest accepted sizes.
+        ModelConfig::by_name("vit_tiny_patch16_224@depth=256,img_size=2048").unwrap();
+        // Hand-made configurations are checked as well.
+        let mut c = ModelConfig::by_name("deit_tiny").unwrap();
+        if let Arch::Vit(v) = &mut c.arch {
+            v.patch = 0;
+        }
+        assert!(c.validate().unwrap_err().to_string().contains("patch 0"));
+        let mut c = ModelConfig::by_name("sret_t").unwrap();
+        c.stages[1].heads = 0;
+        assert!(c.validate().is_err());
+        c.stages[1].heads = 4;
+        c.num_classes = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn unknown_model_is_an_error() {
         let e = ModelConfig::by_name("sret_xl").unwrap_err().to_string();
         assert!(e.contains("sret_xl") && e.contains("sret_t_distill"), "{e}");
