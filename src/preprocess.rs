@@ -452,6 +452,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coefficients_of_an_empty_side_have_no_taps() {
+        // An output (or input) side of 0 made an infinite kernel ("capacity overflow").
+        for (input, out, len) in [(100, 0, 3), (0, 10, 2), (100, 0, 0)] {
+            let c = Coeffs::new(Filter::Bicubic, input, out, 0, len);
+            assert_eq!(c.len(), len as usize);
+            for i in 0..c.len() {
+                assert!(c.taps(i).1.is_empty());
+            }
+        }
+    }
+
+    #[test]
     fn output_size_matches_torchvision() {
         assert_eq!(resize_output_size(640, 427, 256), (383, 256));
         assert_eq!(resize_output_size(300, 456, 256), (256, 389));

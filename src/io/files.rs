@@ -425,3 +425,45 @@ pub fn ignore_file_size_signal() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sret-tome-files-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn outputs_resolve_through_links_and_never_name_a_directory() {
+        let d = tmp("resolve");
+        for dir_like in ["x/", "x/.", "..", "."] {
+            let e = resolve_output(&d.join(dir_like)).unwrap_err().to_string();
+            assert!(e.contains("names a directory"), "{dir_like}: {e}");
+        }
+        std::os::unix::fs::symlink("sub/t", d.join("l")).unwrap();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let canon = std::fs::canonicalize(&d).unwrap();
+        assert_eq!(resolve_output(&d.join("l")).unwrap(), canon.join("sub/t"));
+        std::os::unix::fs::symlink("b", d.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", d.join("b")).unwrap();
+        let e = resolve_output(&d.join("a")).unwrap_err().to_string();
+        assert!(e.contains("symbolic links"), "{e}");
+        // Written through the link: the link stays, its target holds the bytes.
+        write_atomic_bytes(&d.join("l"), b"new").unwrap();
+        assert!(std::fs::symlink_metadata(d.join("l"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(d.join("sub/t")).unwrap(), b"new");
+        // Two names of one file are one output.
+        let e = check_distinct_outputs(&[("--a", &d.join("l")), ("--b", &d.join("sub/t"))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--b is the same file as --a"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

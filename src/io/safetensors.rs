@@ -1226,6 +1226,43 @@ mod tests {
     }
 
     #[test]
+    fn headers_are_scanned_with_bounds_before_the_crate_parses_them() {
+        let e = |h: &str| scan_header(h.as_bytes());
+        let t = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        assert!(e(&format!(r#"{{"a":{t},"__metadata__":{{"k":"v"}}}}"#)).is_ok());
+        let twice = e(&format!(r#"{{"a":{t},"a":{t}}}"#)).unwrap_err();
+        assert!(twice.contains("'a' twice"), "{twice}");
+        let not_tensor = e(r#"{"0":0,"1":0}"#).unwrap_err();
+        assert!(not_tensor.contains("tensor '0'"), "{not_tensor}");
+        let rank = format!("[{}]", vec!["1"; MAX_RANK + 1].join(","));
+        let deep = e(&format!(
+            r#"{{"a":{{"dtype":"F32","shape":{rank},"data_offsets":[0,4]}}}}"#
+        ))
+        .unwrap_err();
+        assert!(deep.contains("dimensions"), "{deep}");
+        let extra = e(r#"{"a":{"dtype":"F32","shape":[],"data_offsets":[0,4],"x":1}}"#);
+        assert!(extra.is_err());
+        let meta: Vec<String> = (0..=MAX_METADATA_ENTRIES)
+            .map(|i| format!(r#""{i}":"v""#))
+            .collect();
+        let many_meta = e(&format!(r#"{{"__metadata__":{{{}}}}}"#, meta.join(","))).unwrap_err();
+        assert!(many_meta.contains("metadata entries"), "{many_meta}");
+        let tensors: Vec<String> = (0..=MAX_TENSORS).map(|i| format!(r#""{i}":{t}"#)).collect();
+        let many = e(&format!("{{{}}}", tensors.join(","))).unwrap_err();
+        assert!(many.contains("more than 65536 tensors"), "{many}");
+        // The length: past the format's limit, or past the file.
+        let mut bytes = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let path = Path::new("x.safetensors");
+        let long = check_header(&bytes, path).unwrap_err().to_string();
+        assert!(long.contains("more than the format's limit"), "{long}");
+        let mut bytes = 100u64.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let past = check_header(&bytes, path).unwrap_err().to_string();
+        assert!(past.contains("past the end"), "{past}");
+    }
+
+    #[test]
     fn folding_matches_the_formula() {
         // var + eps = 4 exactly is not representable, so compare against f64 by hand.
         let (w, b) = fold_one(2.0, 1.0, 3.0, 0.5, 0.25, 4.0);
