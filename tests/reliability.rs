@@ -1740,6 +1740,20 @@ fn merge_results_bounds_and_cross_checks_shard_data() {
     });
     run(&["merge-results", s(&alone), "--out-dir", s(&out)])
         .refused("hold 2 images together, but the run selects 4");
+    // More schedules than any run has: refused before the quadratic frontier.
+    let rows = write("rows.json", &|v| {
+        let r = v["results"][0].clone();
+        v["results"] = (0..20_000)
+            .map(|i| {
+                let mut r = r.clone();
+                r["schedule"] = serde_json::json!(format!("constant:{i}"));
+                r
+            })
+            .collect();
+    });
+    run(&["merge-results", s(&rows), s(&b), "--out-dir", s(&out)])
+        .refused("more than a run has")
+        .within_secs(20.0);
     assert!(!out.join("eval.json").exists());
 }
 
@@ -1909,6 +1923,7 @@ fn zero_workers_and_zero_resident_schedules_are_refused() {
     for (flag, needle) in [
         ("--workers", "invalid workers '0'"),
         ("--resident", "invalid resident '0'"),
+        ("--batch", "invalid batch '0'"),
     ] {
         run(&["eval", "--model", "sret_t", "--synthetic", "1", flag, "0"])
             .refused(needle)

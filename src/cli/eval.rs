@@ -217,6 +217,9 @@ pub fn weights_name(m: &ModelArgs) -> String {
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
     a.data.check_workers()?;
+    if a.batch == Some(0) {
+        return Err(Error::arg("batch", 0, "must be at least 1"));
+    }
     if a.resident == 0 || a.resident > MAX_RESIDENT {
         return Err(Error::arg(
             "resident",

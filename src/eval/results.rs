@@ -628,6 +628,12 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
 /// A shard file with its path, for messages.
 type Named = (std::path::PathBuf, ResultsFile);
 
+/// The most schedules (rows) a results file, or a merge of them, may hold: a 100 x 100 sweep
+/// grid; the Pareto frontier compares every pair of rows.
+pub const MAX_RESULT_ROWS: usize = 10_000;
+/// The most bench batch sizes a results file may list.
+pub const MAX_BENCH_BATCHES: usize = 64;
+
 /// An error about the results file `path`.
 fn file_error(path: &Path, why: impl ToString) -> Error {
     Error::arg("results file", path.display(), why)
@@ -820,6 +826,16 @@ fn check_shard_file(path: &Path, f: &ResultsFile, count: usize) -> Result<()> {
             ),
         ));
     }
+    if f.results.len() > MAX_RESULT_ROWS || f.bench_batches.len() > MAX_BENCH_BATCHES {
+        return Err(file_error(
+            path,
+            format!(
+                "{} schedules and {} bench batches, more than a run has (at most {MAX_RESULT_ROWS} and {MAX_BENCH_BATCHES})",
+                f.results.len(),
+                f.bench_batches.len()
+            ),
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     for r in &f.results {
         if !seen.insert(r.schedule.as_str()) {
@@ -889,6 +905,7 @@ fn join_shards(out: &mut ResultsFile, files: &[Named]) -> Result<()> {
     out.skipped.clear();
     out.results.clear();
     out.data.images_selected = 0;
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
     for (path, f) in files {
         if f.adapter != first.adapter {
             out.notes.push(format!(
@@ -912,10 +929,18 @@ fn join_shards(out: &mut ResultsFile, files: &[Named]) -> Result<()> {
             ShardUnit::Grid => f.data.images_selected,
         };
         for r in &f.results {
-            let Some(o) = out.results.iter_mut().find(|o| o.schedule == r.schedule) else {
+            let Some(&i) = index.get(&r.schedule) else {
+                if out.results.len() == MAX_RESULT_ROWS {
+                    return Err(file_error(
+                        path,
+                        format!("the shards hold more than {MAX_RESULT_ROWS} schedules together"),
+                    ));
+                }
+                index.insert(r.schedule.clone(), out.results.len());
                 out.results.push(r.clone());
                 continue;
             };
+            let o = &mut out.results[i];
             if first.shard_unit == ShardUnit::Images {
                 match (&mut o.quality, &r.quality) {
                     (Some(a), Some(b)) => a.checked_merge(b).map_err(|why| {
@@ -941,10 +966,15 @@ fn join_shards(out: &mut ResultsFile, files: &[Named]) -> Result<()> {
 /// Every image shard evaluates every schedule: a schedule missing from a file means the files
 /// are not of one run.
 fn check_every_schedule_everywhere(out: &ResultsFile, files: &[Named]) -> Result<()> {
+    let sets: Vec<std::collections::HashSet<&str>> = files
+        .iter()
+        .map(|(_, f)| f.results.iter().map(|x| x.schedule.as_str()).collect())
+        .collect();
     for r in &out.results {
-        if let Some((path, _)) = files
+        if let Some(((path, _), _)) = files
             .iter()
-            .find(|(_, f)| !f.results.iter().any(|x| x.schedule == r.schedule))
+            .zip(&sets)
+            .find(|(_, set)| !set.contains(r.schedule.as_str()))
         {
             return Err(file_error(
                 path,
