@@ -228,6 +228,14 @@ impl Coeffs {
     /// `precompute_coeffs(in_size, 0, in_size, out_size, filter)` followed by
     /// `normalize_coeffs_8bpc`, for the output indices `start..start + len` only.
     pub(crate) fn new(filter: Filter, in_size: u32, out_size: u32, start: u32, len: u32) -> Coeffs {
+        if in_size == 0 || out_size == 0 || len == 0 {
+            // Nothing to resample (an empty side): no taps, rather than an infinite kernel.
+            return Coeffs {
+                ksize: 0,
+                bounds: vec![(0, 0); len as usize],
+                kk: Vec::new(),
+            };
+        }
         // The box reaches C as floats: in0 = 0.0f, in1 = (float)in_size.
         let in0 = 0.0f32;
         let in1 = in_size as f32;
@@ -442,6 +450,18 @@ fn resample_window_ordered(
 #[cfg(all(test, feature = "images"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coefficients_of_an_empty_side_have_no_taps() {
+        // An output (or input) side of 0 made an infinite kernel ("capacity overflow").
+        for (input, out, len) in [(100, 0, 3), (0, 10, 2), (100, 0, 0)] {
+            let c = Coeffs::new(Filter::Bicubic, input, out, 0, len);
+            assert_eq!(c.len(), len as usize);
+            for i in 0..c.len() {
+                assert!(c.taps(i).1.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn output_size_matches_torchvision() {

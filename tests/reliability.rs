@@ -66,6 +66,8 @@ impl Run {
 struct Opts {
     /// RLIMIT_FSIZE in bytes.
     fsize: Option<u64>,
+    /// RLIMIT_AS in bytes (`ulimit -v`).
+    address_space: Option<u64>,
     /// Run as this uid/gid (for unreadable directories when the tests run as root).
     uid: Option<u32>,
     env: Vec<(&'static str, String)>,
@@ -87,7 +89,11 @@ fn run_opts(args: &[&str], o: Opts) -> Run {
     for (k, v) in &o.env {
         cmd.env(k, v);
     }
-    if let Some(limit) = o.fsize {
+    for (resource, limit) in [
+        (libc::RLIMIT_FSIZE, o.fsize),
+        (libc::RLIMIT_AS, o.address_space),
+    ] {
+        let Some(limit) = limit else { continue };
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -95,7 +101,7 @@ fn run_opts(args: &[&str], o: Opts) -> Run {
                     rlim_cur: limit,
                     rlim_max: limit,
                 };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                if libc::setrlimit(resource, &r) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -341,7 +347,7 @@ fn good_checkpoint(path: &Path, numel: u64) {
 // --- 1. Small checkpoints, large memory ----------------------------------------------------
 
 #[test]
-fn case1_deflated_storages_past_the_budget_are_refused_before_inflating() {
+fn deflated_storages_past_the_budget_are_refused_before_inflating() {
     let d = tmpdir("c1a");
     // Three storages of 64 MiB of zeros each, deflated to ~64 KiB each: 192 MiB declared by a
     // file of ~200 KiB, over the budget of 4 x 200 KiB + 64 MiB.
@@ -392,7 +398,7 @@ fn case1_deflated_storages_past_the_budget_are_refused_before_inflating() {
 }
 
 #[test]
-fn case1_broadcast_view_past_the_budget_is_refused() {
+fn broadcast_view_past_the_budget_is_refused() {
     let d = tmpdir("c1b");
     // One element of storage viewed 2^30 times through stride 0 (a 4 GiB tensor as f32).
     let pth = d.join("stride0.pth");
@@ -449,7 +455,7 @@ fn case1_broadcast_view_past_the_budget_is_refused() {
 // --- 2. A stuck file in the data folder ----------------------------------------------------
 
 #[test]
-fn case2_eval_with_a_fifo_in_the_data_folder_finishes() {
+fn eval_with_a_fifo_in_the_data_folder_finishes() {
     let d = tmpdir("c2");
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -489,7 +495,7 @@ fn case2_eval_with_a_fifo_in_the_data_folder_finishes() {
 }
 
 #[test]
-fn case2_loader_window_and_timeout_bound_a_stuck_sample() {
+fn loader_window_and_timeout_bound_a_stuck_sample() {
     use sret_tome::eval::dataset::{Sample, SampleItem};
     use sret_tome::eval::loader::{Decoder, Loader};
     let cfg = sret_tome::model::ModelConfig::by_name("sret_t").unwrap();
@@ -539,7 +545,7 @@ fn case2_loader_window_and_timeout_bound_a_stuck_sample() {
 // --- 3. Outputs written atomically, validated before work ---------------------------------
 
 #[test]
-fn case3_a_write_past_the_file_size_limit_keeps_the_earlier_file() {
+fn a_write_past_the_file_size_limit_keeps_the_earlier_file() {
     let d = tmpdir("c3a");
     let good = d.join("big.pth");
     good_checkpoint(&good, 64 << 10); // 256 KiB of f32
@@ -605,7 +611,7 @@ fn case3_a_write_past_the_file_size_limit_keeps_the_earlier_file() {
 }
 
 #[test]
-fn case3_infer_under_a_file_size_limit_and_bad_outputs_before_any_work() {
+fn infer_under_a_file_size_limit_and_bad_outputs_before_any_work() {
     let d = tmpdir("c3b");
     let w = d.join("w.safetensors");
     let imgs = d.join("i.safetensors");
@@ -668,7 +674,7 @@ fn case3_infer_under_a_file_size_limit_and_bad_outputs_before_any_work() {
 }
 
 #[test]
-fn case3_concurrent_writers_leave_one_whole_file() {
+fn concurrent_writers_leave_one_whole_file() {
     let d = tmpdir("c3c");
     // Each run alone, then four at once to one path: the result is exactly one of them.
     let mut alone = Vec::new();
@@ -726,7 +732,7 @@ fn case3_concurrent_writers_leave_one_whole_file() {
 // --- 4. Sizes checked before allocation ----------------------------------------------------
 
 #[test]
-fn case4_counts_are_checked_before_allocating() {
+fn counts_are_checked_before_allocating() {
     let d = tmpdir("c4");
     let max = u64::MAX.to_string();
     for (args, needle) in [
@@ -826,7 +832,7 @@ fn case4_counts_are_checked_before_allocating() {
 // --- 5. Regular files only, size from the metadata -------------------------------------------
 
 #[test]
-fn case5_special_files_are_refused_without_reading_or_blocking() {
+fn special_files_are_refused_without_reading_or_blocking() {
     let d = tmpdir("c5");
     let fifo = d.join("fifo");
     mkfifo(&fifo);
@@ -912,23 +918,28 @@ fn case5_special_files_are_refused_without_reading_or_blocking() {
 // --- 6. merge-results validates the shards ---------------------------------------------------
 
 #[test]
-fn case6_merge_results_refuses_inconsistent_counts() {
+fn merge_results_refuses_inconsistent_counts() {
     let d = tmpdir("c6");
-    let whole = d.join("whole.json");
-    run(&[
-        "eval",
-        "--model",
-        "sret_t",
-        "--synthetic",
-        "1",
-        "--json",
-        s(&whole),
-    ])
-    .ok();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&whole).unwrap()).unwrap();
+    // Two real shards of a run over 2 images, one image each.
+    let json = |k: u64| -> serde_json::Value {
+        let p = d.join(format!("shard{k}.json"));
+        run(&[
+            "eval",
+            "--model",
+            "sret_t",
+            "--synthetic",
+            "2",
+            "--shard",
+            &format!("{k}/2"),
+            "--json",
+            s(&p),
+        ])
+        .ok();
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    };
+    let real = [json(1), json(2)];
     let shard = |k: u64, edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = v.clone();
-        v["shards"] = serde_json::json!([{ "index": k, "count": 2 }]);
+        let mut v = real[k as usize - 1].clone();
         edit(&mut v);
         let p = d.join(format!("s{k}-{}.json", rand_tag()));
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
@@ -946,7 +957,7 @@ fn case6_merge_results_refuses_inconsistent_counts() {
                 let q = &mut v["results"][0]["quality"];
                 q["images"] = serde_json::json!(u64::MAX);
             }),
-            "overflows",
+            "images = 18446744073709551615 is more than the shard's 1 images",
         ),
         (
             Box::new(|v| v["results"][0]["quality"]["agree"] = serde_json::json!(5)),
@@ -980,13 +991,13 @@ fn rand_tag() -> u64 {
 
 // --- 7. Data folders: unreadable directories, links out of the folder ------------------------
 
-/// Scans the data folder of `SRET_TOME_CASE7_DIR` through the library (what `eval` and
+/// Scans the data folder of `SRET_TOME_SCAN_HELPER_DIR` through the library (what `eval` and
 /// `sweep` do first) and prints what it found; run as a child by the test below, as nobody
 /// when the tests run as root (to whom every directory is readable). Does nothing otherwise.
 #[test]
-fn case7_scan_helper() {
+fn scan_helper_run_as_a_child_on_the_folder_in_env() {
     use sret_tome::eval::dataset::{ClassMap, DataSource, Layout};
-    let Some(root) = std::env::var_os("SRET_TOME_CASE7_DIR") else {
+    let Some(root) = std::env::var_os("SRET_TOME_SCAN_HELPER_DIR") else {
         return;
     };
     let ds = DataSource::Folder {
@@ -1003,7 +1014,7 @@ fn case7_scan_helper() {
 }
 
 #[test]
-fn case7_unreadable_directories_and_outside_links_are_skipped() {
+fn unreadable_directories_and_outside_links_are_skipped() {
     let d = tmpdir("c7");
     let data = d.join("data");
     for c in ["a", "b"] {
@@ -1027,12 +1038,12 @@ fn case7_unreadable_directories_and_outside_links_are_skipped() {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "case7_scan_helper",
+        "scan_helper_run_as_a_child_on_the_folder_in_env",
         "--nocapture",
         "--test-threads",
         "1",
     ])
-    .env("SRET_TOME_CASE7_DIR", &data);
+    .env("SRET_TOME_SCAN_HELPER_DIR", &data);
     if root {
         cmd.uid(65534).gid(65534);
     }
@@ -1094,7 +1105,7 @@ fn poison(path: &Path, name: &str, count: usize) {
 }
 
 #[test]
-fn case8_non_finite_images_and_weights_are_reported_or_refused() {
+fn non_finite_images_and_weights_are_reported_or_refused() {
     let d = tmpdir("c8");
     let w = d.join("w.safetensors");
     let imgs = d.join("i.safetensors");
@@ -1161,9 +1172,8 @@ fn case8_non_finite_images_and_weights_are_reported_or_refused() {
 // --- 9. Small ones ---------------------------------------------------------------------------
 
 #[test]
-fn case9_small_ones() {
-    let d = tmpdir("c9");
-    // synthetic --batch 0 writes nothing.
+fn synthetic_batch_zero_is_refused_and_writes_nothing() {
+    let d = tmpdir("c9a");
     let imgs = d.join("i.safetensors");
     run(&[
         "synthetic",
@@ -1176,7 +1186,12 @@ fn case9_small_ones() {
     ])
     .refused("must be at least 1");
     assert!(!imgs.exists());
-    // A rank-3 `images` names [1, 3, 224, 224].
+}
+
+#[test]
+fn a_rank3_images_tensor_is_refused_naming_the_expected_shape() {
+    let d = tmpdir("c9b");
+    let imgs = d.join("i.safetensors");
     let data = vec![0u8; 3 * 224 * 224 * 4];
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 224, 224], &data)
@@ -1193,7 +1208,11 @@ fn case9_small_ones() {
         s(&d.join("o")),
     ])
     .refused("expected [1, 3, 224, 224]");
-    // A sweep says what it replaces and what it leaves from an earlier run.
+}
+
+#[test]
+fn sweep_says_what_it_replaces_and_what_it_leaves_from_an_earlier_run() {
+    let d = tmpdir("c9c");
     let out = d.join("sweep");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("sweep.json"), b"{}").unwrap();
@@ -1225,7 +1244,7 @@ fn case9_small_ones() {
 }
 
 #[test]
-fn case3_sigkill_at_any_moment_leaves_the_old_or_the_new_file() {
+fn sigkill_at_any_moment_leaves_the_old_or_the_new_file() {
     let d = tmpdir("c3d");
     let w = d.join("w.safetensors");
     let args = ["synthetic", "--model", "sret_t", "--weights-out", s(&w)];
@@ -1250,5 +1269,664 @@ fn case3_sigkill_at_any_moment_leaves_the_old_or_the_new_file() {
             got == old_now || got == new,
             "after SIGKILL at {delay_ms} ms: a damaged file"
         );
+    }
+}
+
+// --- Issue 29: hostile files and arguments, round two ----------------------------------------
+
+/// A safetensors file whose header claims `len` bytes and holds `{"0":0,"1":0,...` (entries that
+/// are no tensor description) up to that length, written in chunks.
+fn key_flood(path: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&len.to_le_bytes()).unwrap();
+    let mut written = 1u64;
+    f.write_all(b"{").unwrap();
+    let mut i = 0u64;
+    while written + 32 < len {
+        let e = format!("\"{i}\":0,");
+        f.write_all(e.as_bytes()).unwrap();
+        written += e.len() as u64;
+        i += 1;
+    }
+    f.write_all(b"\"end\":0}").unwrap();
+    written += 8;
+    f.write_all(&vec![b' '; (len - written) as usize]).unwrap();
+}
+
+#[test]
+fn a_safetensors_header_is_bounded_before_it_is_parsed() {
+    let d = tmpdir("i29-1");
+    let out = d.join("o.safetensors");
+    // Past the format's 100 MB header rule: refused before any of it is parsed (it took
+    // 966 MB and seconds for a 119 MB header); under it, a header of non-tensor entries stops
+    // at its first entry instead of collecting every name.
+    for (len, needle, mib) in [
+        (120_000_000u64, "more than the format's limit", 400.0),
+        (60_000_000, "not a valid safetensors file", 300.0),
+    ] {
+        let w = d.join(format!("flood{len}.safetensors"));
+        key_flood(&w, len);
+        let r = run(&[
+            "infer",
+            "--model",
+            "sret_t",
+            "--weights",
+            s(&w),
+            "--images",
+            "assets/sample.jpg",
+            "--out",
+            s(&out),
+        ]);
+        r.refused(needle).under_mib(mib).within_secs(20.0);
+        std::fs::remove_file(&w).unwrap();
+    }
+    assert!(!out.exists());
+}
+
+/// Synthetic `vit_tiny_patch16_224` weights with `patch_embed.proj.weight` replaced by an
+/// empty `[192, 3, 0, 0]` tensor.
+fn zero_patch_weights(d: &Path) -> PathBuf {
+    let full = d.join("vit.safetensors");
+    run(&[
+        "synthetic",
+        "--model",
+        "vit_tiny_patch16_224",
+        "--weights-out",
+        s(&full),
+    ])
+    .ok();
+    let bytes = std::fs::read(&full).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .iter()
+        .filter(|(n, _)| *n != "patch_embed.proj.weight")
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    views.push((
+        "patch_embed.proj.weight".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![192, 3, 0, 0], &[])
+            .unwrap(),
+    ));
+    let w = d.join("zero-patch.safetensors");
+    std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    w
+}
+
+#[test]
+fn model_auto_with_a_zero_size_patch_is_refused_by_every_command() {
+    let d = tmpdir("i29-2");
+    let w = zero_patch_weights(&d);
+    let model = ["--model", "auto", "--weights", s(&w)];
+    let out = d.join("out");
+    let png = d.join("v.png");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["infer", "--images", "assets/sample.jpg", "--out", s(&out)],
+        vec!["eval", "--synthetic", "1"],
+        vec!["bench", "--batch", "1"],
+        vec![
+            "sweep",
+            "--synthetic",
+            "1",
+            "--rinit",
+            "0.1",
+            "--alpha",
+            "0",
+            "--no-bench",
+            "--out-dir",
+            s(&out),
+        ],
+        vec![
+            "visualize",
+            "--image",
+            "assets/sample.jpg",
+            "--out",
+            s(&png),
+        ],
+    ];
+    for mut c in commands {
+        c.extend(model);
+        run(&c).refused("a patch of 0 pixels").within_secs(60.0);
+    }
+    assert!(!out.exists() && !png.exists());
+}
+
+#[test]
+fn model_overrides_and_plan_sizes_are_bounded_before_any_work() {
+    for (spec, needle) in [
+        (
+            "vit_tiny_patch16_224@depth=1000000",
+            "depth 1000000 is outside",
+        ),
+        ("vit_tiny_patch16_224@depth=10000", "depth 10000 is outside"),
+        (
+            "vit_tiny_patch16_224@depth=18446744073709551615",
+            "depth 18446744073709551615 is outside",
+        ),
+        (
+            "vit_tiny_patch16_224@img_size=1600000",
+            "image size 1600000",
+        ),
+        (
+            "vit_tiny_patch16_224@img_size=18446744073709551600",
+            "image size 18446744073709551600",
+        ),
+        ("vit_huge_patch14_224@depth=200", "parameters, more than"),
+    ] {
+        run(&["plan", "--model", spec])
+            .refused(needle)
+            .under_mib(200.0)
+            .within_secs(10.0);
+        // Every command that builds the model takes the same bound.
+        run(&[
+            "synthetic",
+            "--model",
+            spec,
+            "--weights-out",
+            "/tmp/never-written",
+        ])
+        .refused(needle)
+        .under_mib(200.0);
+    }
+    for batch in ["18446744073709551615", "1000000000000", "0"] {
+        run(&["plan", "--model", "vit_tiny_patch16_224", "--batch", batch])
+            .refused("invalid batch");
+    }
+    // The largest batch allowed prints figures that add up.
+    let r = run(&["plan", "--model", "sret_t", "--batch", "1048576", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let fams = v["cost"]["families"].as_object().unwrap();
+    let sum = |k: &str| fams.values().map(|f| f[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("dispatches"), v["cost"]["dispatches"].as_u64().unwrap());
+    assert_eq!(sum("flops"), v["cost"]["flops"].as_u64().unwrap());
+    assert!(
+        v["cost"]["flops"].as_u64().unwrap() > 1 << 40,
+        "{}",
+        v["cost"]
+    );
+}
+
+#[test]
+fn the_library_refuses_an_unbounded_override_before_allocating() {
+    let e = sret_tome::Engine::builder()
+        .model("vit_tiny_patch16_224@depth=100000000")
+        .build()
+        .expect_err("refused");
+    assert!(e.to_string().contains("depth 100000000 is outside"), "{e}");
+    let e = sret_tome::model::ModelConfig::by_name("vit_tiny_patch16_224@img_size=1600000")
+        .unwrap_err();
+    assert!(e.to_string().contains("image size 1600000"), "{e}");
+}
+
+/// Every output flag of every command, writing to `out` (`png` for visualize's PNG).
+fn every_output(d: &Path, out: &Path, png: &Path) -> Vec<Vec<String>> {
+    let w = d.join("w.safetensors");
+    if !w.exists() {
+        run(&["synthetic", "--model", "sret_t", "--weights-out", s(&w)]).ok();
+        good_checkpoint(&d.join("c.pth"), 8);
+    }
+    let o = s(out).to_string();
+    let other = s(&d.join("other")).to_string();
+    let v = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let ws = s(&w).to_string();
+    let image = "assets/sample.jpg";
+    vec![
+        v(&["synthetic", "--model", "sret_t", "--weights-out", &o]),
+        v(&[
+            "synthetic",
+            "--model",
+            "sret_t",
+            "--weights-out",
+            &other,
+            "--images-out",
+            &o,
+        ]),
+        v(&[
+            "infer",
+            "--model",
+            "sret_t",
+            "--weights",
+            &ws,
+            "--images",
+            image,
+            "--out",
+            &o,
+        ]),
+        v(&[
+            "eval",
+            "--model",
+            "sret_t",
+            "--synthetic",
+            "1",
+            "--json",
+            &o,
+        ]),
+        v(&["eval", "--model", "sret_t", "--synthetic", "1", "--csv", &o]),
+        v(&[
+            "visualize",
+            "--model",
+            "sret_t",
+            "--image",
+            image,
+            "--out",
+            s(png),
+        ]),
+        v(&["convert", s(&d.join("c.pth")), &o]),
+    ]
+}
+
+#[test]
+fn special_files_as_outputs_are_refused_and_kept() {
+    use std::os::unix::fs::FileTypeExt;
+    let d = tmpdir("i29-5");
+    let (fifo, fifo_png) = (d.join("fifo"), d.join("fifo.png"));
+    mkfifo(&fifo);
+    mkfifo(&fifo_png);
+    let (sock, sock_png) = (d.join("sock"), d.join("sock.png"));
+    let _l1 = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let _l2 = std::os::unix::net::UnixListener::bind(&sock_png).unwrap();
+    // Links to this process's stdout (a pipe here), as /dev/stdout is one.
+    let (link, link_png) = (d.join("stdout"), d.join("stdout.png"));
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link).unwrap();
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link_png).unwrap();
+    let dash = PathBuf::from("-");
+    for (out, png, needle) in [
+        (&dash, &dash, "standard output"),
+        (&fifo, &fifo_png, "FIFO"),
+        (&sock, &sock_png, "socket"),
+        (&link, &link_png, "not a regular file"),
+    ] {
+        for c in every_output(&d, out, png) {
+            // visualize's own check comes first: `-` does not end in .png.
+            let needle = if c[0] == "visualize" && out == &dash {
+                "ending in .png"
+            } else {
+                needle
+            };
+            run(&args(&c)).refused(needle).within_secs(30.0);
+        }
+    }
+    for p in [&fifo, &fifo_png] {
+        assert!(std::fs::metadata(p).unwrap().file_type().is_fifo());
+    }
+    for p in [&sock, &sock_png] {
+        assert!(std::fs::metadata(p).unwrap().file_type().is_socket());
+    }
+    for p in [&link, &link_png] {
+        assert!(std::fs::symlink_metadata(p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+    no_temporaries(&d);
+}
+
+#[test]
+fn a_symlinked_output_is_written_at_its_target_and_the_link_kept() {
+    let d = tmpdir("i29-5b");
+    let targets = d.join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    let target = targets.join("w.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink("targets/w.safetensors", &link).unwrap();
+    run(&["synthetic", "--model", "sret_t", "--weights-out", s(&link)]).ok();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_ne!(std::fs::read(&target).unwrap(), b"old");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(&link).unwrap()
+    );
+    // A dangling link: the file is created where it points.
+    let dangling = d.join("dangling.safetensors");
+    std::os::unix::fs::symlink("targets/new.safetensors", &dangling).unwrap();
+    run(&[
+        "synthetic",
+        "--model",
+        "sret_t",
+        "--weights-out",
+        s(&dangling),
+    ])
+    .ok();
+    assert!(targets.join("new.safetensors").is_file());
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // Two outputs that are one file through a link are refused.
+    run(&[
+        "synthetic",
+        "--model",
+        "sret_t",
+        "--weights-out",
+        s(&link),
+        "--images-out",
+        s(&target),
+    ])
+    .refused("same file as --weights-out");
+    no_temporaries(&d);
+    no_temporaries(&targets);
+}
+
+#[test]
+fn an_output_is_never_an_image_of_the_data_set() {
+    let d = tmpdir("i29-6");
+    let data = d.join("data");
+    std::fs::create_dir_all(data.join("c1")).unwrap();
+    std::fs::create_dir_all(data.join("c2")).unwrap();
+    png(&data.join("c1/a.png"), 1);
+    png(&data.join("c2/b.png"), 2);
+    let before = digest(&data.join("c1/a.png"));
+    // By path, through a link and through a hard link: the same file.
+    let link = d.join("link.json");
+    std::os::unix::fs::symlink(data.join("c1/a.png"), &link).unwrap();
+    let hard = d.join("hard.json");
+    std::fs::hard_link(data.join("c1/a.png"), &hard).unwrap();
+    for flag in ["--json", "--csv"] {
+        for out in [data.join("c1/a.png"), link.clone(), hard.clone()] {
+            run(&[
+                "eval",
+                "--model",
+                "sret_t",
+                "--data",
+                s(&data),
+                flag,
+                s(&out),
+            ])
+            .refused("same file as the input");
+        }
+    }
+    assert_eq!(digest(&data.join("c1/a.png")), before);
+    // --json and --csv one file.
+    let j = d.join("r.json");
+    run(&[
+        "eval",
+        "--model",
+        "sret_t",
+        "--synthetic",
+        "1",
+        "--json",
+        s(&j),
+        "--csv",
+        s(&j),
+    ])
+    .refused("same file as --json");
+}
+
+#[test]
+fn merge_results_bounds_and_cross_checks_shard_data() {
+    let d = tmpdir("i29-7");
+    let p = d.join("s1.json");
+    run(&[
+        "eval",
+        "--model",
+        "sret_t",
+        "--synthetic",
+        "4",
+        "--shard",
+        "1/2",
+        "--json",
+        s(&p),
+    ])
+    .ok();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let write = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = v.clone();
+        edit(&mut v);
+        let f = d.join(name);
+        std::fs::write(&f, serde_json::to_vec(&v).unwrap()).unwrap();
+        f
+    };
+    let out = d.join("merged");
+    // A shard count of 2^64 - 1: refused at once, in little memory (it built text for every
+    // missing shard).
+    let huge = write("huge.json", &|v| {
+        v["shards"] = serde_json::json!([{"index": 1, "count": u64::MAX}])
+    });
+    run(&[
+        "merge-results",
+        s(&huge),
+        "--out-dir",
+        s(&out),
+        "--allow-partial",
+    ])
+    .refused("huge.json")
+    .under_mib(100.0)
+    .within_secs(10.0);
+    // Impossible shards: 1 of 0, 0 of 2.
+    for (name, shard, needle) in [
+        (
+            "zero-count.json",
+            serde_json::json!({"index": 1, "count": 0}),
+            "N must be at least 1",
+        ),
+        (
+            "zero-index.json",
+            serde_json::json!({"index": 0, "count": 2}),
+            "numbered from 1",
+        ),
+    ] {
+        let f = write(name, &|v| v["shards"] = serde_json::json!([shard.clone()]));
+        run(&["merge-results", s(&f), "--out-dir", s(&out)])
+            .refused(name)
+            .refused(needle);
+    }
+    // Shards that disagree on images_total.
+    let a = write("a.json", &|v| {
+        v["data"]["images_total"] = serde_json::json!(u64::MAX)
+    });
+    let b = write("b.json", &|v| {
+        v["shards"] = serde_json::json!([{"index": 2, "count": 2}])
+    });
+    run(&["merge-results", s(&a), s(&b), "--out-dir", s(&out)]).refused("images_total");
+    let a = write("a.json", &|v| {
+        v["data"]["images_total"] = serde_json::json!(8);
+        v["data"]["images_selected"] = serde_json::json!(8);
+    });
+    run(&["merge-results", s(&a), s(&b), "--out-dir", s(&out)]).refused("images_total");
+    // A shard holding more images than the run selects, or a whole run that adds up to fewer.
+    let big = write("big.json", &|v| {
+        v["data"]["images_selected"] = serde_json::json!(5)
+    });
+    run(&["merge-results", s(&big), s(&b), "--out-dir", s(&out)])
+        .refused("big.json")
+        .refused("holds 5 images, but the run selects 4");
+    let alone = write("alone.json", &|v| {
+        v["shards"] = serde_json::json!([{"index": 1, "count": 1}])
+    });
+    run(&["merge-results", s(&alone), "--out-dir", s(&out)])
+        .refused("hold 2 images together, but the run selects 4");
+    // More schedules than any run has: refused before the quadratic frontier.
+    let rows = write("rows.json", &|v| {
+        let r = v["results"][0].clone();
+        v["results"] = (0..20_000)
+            .map(|i| {
+                let mut r = r.clone();
+                r["schedule"] = serde_json::json!(format!("constant:{i}"));
+                r
+            })
+            .collect();
+    });
+    run(&["merge-results", s(&rows), s(&b), "--out-dir", s(&out)])
+        .refused("more than a run has")
+        .within_secs(20.0);
+    assert!(!out.join("eval.json").exists());
+}
+
+#[test]
+fn outputs_naming_a_directory_are_refused_before_any_work() {
+    let d = tmpdir("i29-10");
+    let new_dir = format!("{}/", s(&d.join("newdir")));
+    let png_dir = format!("{}/", s(&d.join("x.png")));
+    for c in [
+        vec![
+            "infer",
+            "--model",
+            "sret_t",
+            "--images",
+            "assets/sample.jpg",
+            "--out",
+            &new_dir,
+        ],
+        vec![
+            "eval",
+            "--model",
+            "sret_t",
+            "--synthetic",
+            "1",
+            "--json",
+            &new_dir,
+        ],
+        vec![
+            "eval",
+            "--model",
+            "sret_t",
+            "--synthetic",
+            "1",
+            "--csv",
+            &new_dir,
+        ],
+        vec![
+            "visualize",
+            "--model",
+            "sret_t",
+            "--image",
+            "assets/sample.jpg",
+            "--out",
+            &png_dir,
+        ],
+        vec!["synthetic", "--model", "sret_t", "--weights-out", &new_dir],
+    ] {
+        run(&c).refused("names a directory").within_secs(10.0);
+    }
+    assert!(!d.join("newdir").exists());
+}
+
+#[test]
+fn a_tight_address_space_limit_is_an_error_not_a_crash() {
+    let d = tmpdir("i29-11");
+    let out = d.join("o.safetensors");
+    // It crashed inside Mesa's vkCreateDevice (double free, segfault, bad_alloc) at these.
+    for kib in [262_144u64, 400_000, 700_000, 1_000_000] {
+        let r = run_opts(
+            &[
+                "infer",
+                "--model",
+                "sret_t",
+                "--images",
+                "assets/sample.jpg",
+                "--out",
+                s(&out),
+            ],
+            Opts {
+                address_space: Some(kib * 1024),
+                timeout: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.signal, None, "killed by a signal at {kib} KiB: {r:#?}");
+        r.refused("address space");
+    }
+    assert!(!out.exists());
+}
+
+/// A 1-bit grayscale PNG of `side` x `side` pixels (stored, uncompressed deflate blocks),
+/// written in chunks.
+fn big_png(path: &Path, side: u32) {
+    use std::io::Write;
+    fn crc32(data: &[&[u8]]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for d in data {
+            for &b in *d {
+                c ^= b as u32;
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+        }
+        !c
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(b"\x89PNG\r\n\x1a\n").unwrap();
+    let chunk = |f: &mut std::io::BufWriter<std::fs::File>, kind: &[u8], body: &[u8]| {
+        f.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        f.write_all(kind).unwrap();
+        f.write_all(body).unwrap();
+        f.write_all(&crc32(&[kind, body]).to_be_bytes()).unwrap();
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([1, 0, 0, 0, 0]); // 1-bit grayscale
+    chunk(&mut f, b"IHDR", &ihdr);
+    // zlib: header, stored blocks of one row each (filter byte + packed bits), Adler-32.
+    let row_len = 1 + side.div_ceil(8) as usize;
+    let row = vec![0u8; row_len];
+    let (mut a, mut b) = (1u32, 0u32);
+    let mut z = vec![0x78, 0x01];
+    for r in 0..side {
+        let last = r + 1 == side;
+        z.push(last as u8);
+        z.extend((row_len as u16).to_le_bytes());
+        z.extend((!(row_len as u16)).to_le_bytes());
+        z.extend(&row);
+        for &x in &row {
+            a = (a + x as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        if z.len() > 1 << 20 || last {
+            if last {
+                z.extend(((b << 16) | a).to_be_bytes());
+            }
+            chunk(&mut f, b"IDAT", &z);
+            z.clear();
+        }
+    }
+    chunk(&mut f, b"IEND", &[]);
+}
+
+#[test]
+fn image_decoding_is_bounded_by_the_address_space_left() {
+    let d = tmpdir("i29-11b");
+    let img = d.join("big.png");
+    big_png(&img, 7000); // 49 megapixels, under the pixel limit
+    let r = run_opts(
+        &[
+            "visualize",
+            "--model",
+            "sret_t",
+            "--image",
+            s(&img),
+            "--out",
+            s(&d.join("v.png")),
+        ],
+        Opts {
+            address_space: Some(700_000 * 1024),
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.signal, None, "killed by a signal: {r:#?}");
+    r.refused("decoding a 7000x7000 image needs about");
+}
+
+#[test]
+fn zero_workers_and_zero_resident_schedules_are_refused() {
+    for (flag, needle) in [
+        ("--workers", "invalid workers '0'"),
+        ("--resident", "invalid resident '0'"),
+        ("--batch", "invalid batch '0'"),
+    ] {
+        run(&["eval", "--model", "sret_t", "--synthetic", "1", flag, "0"])
+            .refused(needle)
+            .within_secs(10.0);
     }
 }

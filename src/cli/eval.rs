@@ -8,7 +8,9 @@ use clap::Args;
 
 use super::{GpuArgs, ModelArgs};
 use crate::error::{Error, Result};
-use crate::eval::dataset::{ClassMap, DataSource, Dataset, Layout, Problem, MAX_SAMPLES};
+use crate::eval::dataset::{
+    ClassMap, DataSource, Dataset, Layout, Problem, SampleItem, MAX_SAMPLES,
+};
 use crate::eval::evaluate::{default_workers, evaluate, EvalOptions};
 use crate::eval::results::{Kind, ResultsFile, Role, ScheduleResult, ShardUnit};
 use crate::eval::shard::Shard;
@@ -16,6 +18,12 @@ use crate::eval::sweep::{progress_bar, results_header, RunInfo};
 use crate::gpu::Gpu;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
+
+/// The most decoding threads `--workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
+/// The most schedules `--resident` may keep on the GPU at once.
+pub const MAX_RESIDENT: usize = 256;
 
 /// What to evaluate on; shared by `eval` and `sweep`.
 #[derive(Args, Debug, Clone, Default)]
@@ -73,6 +81,7 @@ impl DataArgs {
 
     /// Scan the data and apply `--limit`; warnings go to stderr.
     pub fn open(&self, num_classes: usize) -> Result<Dataset> {
+        self.check_workers()?;
         let mut ds = self.source()?.open(num_classes)?;
         if let Some(n) = self.limit {
             if n == 0 {
@@ -98,6 +107,33 @@ impl DataArgs {
             ));
         }
         Ok(ds)
+    }
+
+    /// Refuses `--workers 0` (nothing would decode the images) and more than
+    /// [`MAX_WORKERS`].
+    pub fn check_workers(&self) -> Result<()> {
+        match self.workers {
+            Some(0) => Err(Error::arg(
+                "workers",
+                0,
+                "must be at least 1 (the threads that decode images); leave it out for the default",
+            )),
+            Some(n) if n > MAX_WORKERS => Err(Error::arg(
+                "workers",
+                n,
+                format!("at most {MAX_WORKERS} decoding threads"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The image files the data set reads (none for synthetic data): inputs an output must
+    /// not replace.
+    pub fn files(ds: &Dataset) -> impl Iterator<Item = &std::path::Path> {
+        ds.samples.iter().filter_map(|s| match &s.item {
+            SampleItem::File(p) => Some(p.as_path()),
+            SampleItem::Synthetic { .. } => None,
+        })
     }
 
     /// Decoding threads: `--workers`, or the default (the machine's parallelism, at most 8).
@@ -180,7 +216,23 @@ pub fn weights_name(m: &ModelArgs) -> String {
 
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
-    for out in a.json.iter().chain(&a.csv) {
+    a.data.check_workers()?;
+    if a.batch == Some(0) {
+        return Err(Error::arg("batch", 0, "must be at least 1"));
+    }
+    if a.resident == 0 || a.resident > MAX_RESIDENT {
+        return Err(Error::arg(
+            "resident",
+            a.resident,
+            format!("schedules resident at once: between 1 and {MAX_RESIDENT}"),
+        ));
+    }
+    let outputs: Vec<(&str, &std::path::Path)> = [("--json", &a.json), ("--csv", &a.csv)]
+        .into_iter()
+        .filter_map(|(w, p)| Some((w, p.as_deref()?)))
+        .collect();
+    crate::io::files::check_distinct_outputs(&outputs)?;
+    for (_, out) in &outputs {
         crate::io::files::check_output_creating(out, &a.model.inputs())?;
     }
     let model = std::sync::Arc::new(a.model.load()?);
@@ -198,9 +250,13 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
         }
     }
     let dataset = a.data.open(model.cfg.num_classes)?;
+    // No output may replace an image of the data set (by device and inode, links followed).
+    for (_, out) in &outputs {
+        crate::io::files::check_not_inputs(out, DataArgs::files(&dataset))?;
+    }
     let shard = a.shard.unwrap_or_default();
     let samples = shard.select(dataset.samples.clone());
-    let gpu = Gpu::new(&a.gpu.choice())?;
+    let gpu = super::open_gpu(&a.gpu)?;
     let batch = a.batch.unwrap_or_else(|| default_eval_batch(&gpu));
     super::check_batch(
         "batch",

@@ -8,7 +8,6 @@ use clap::Args;
 use super::io::{load_images, write_safetensors, OutTensor};
 use super::{GpuArgs, ModelArgs};
 use crate::error::Result;
-use crate::gpu::Gpu;
 use crate::runtime::ForwardSpec;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
@@ -63,7 +62,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             model.cfg.name
         );
     }
-    let gpu = Gpu::new(&a.gpu.choice())?;
+    let gpu = super::open_gpu(&a.gpu)?;
     let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
     let (images, batch) = load_images(&a.images, &model.cfg, max, a.model.refuse_non_finite)?;
     let engine = EngineBuilder::new()

@@ -24,6 +24,7 @@ pub fn load_images(
     if paths.len() == 1 && paths[0].extension().is_some_and(|e| e == "safetensors") {
         let path = &paths[0];
         let bytes = crate::io::files::read_regular(path, MAX_IMAGES_FILE_BYTES, "images file")?;
+        crate::io::safetensors::check_header(&bytes, path)?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::BadSafetensors {
                 path: path.clone(),

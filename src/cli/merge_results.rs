@@ -9,7 +9,7 @@ use clap::Args;
 use super::eval::print_problems;
 use super::sweep::write_figures;
 use crate::error::{Error, Result};
-use crate::eval::results::{merge, Kind, QualityMetric, ResultsFile};
+use crate::eval::results::{merge_files, Kind, QualityMetric, ResultsFile};
 use crate::model::ModelConfig;
 
 /// Arguments of `sret-tome merge-results`.
@@ -43,9 +43,9 @@ pub fn run_merge(a: MergeArgs) -> Result<ResultsFile> {
     let files = a
         .files
         .iter()
-        .map(|p| ResultsFile::read_json(p))
+        .map(|p| Ok((p.clone(), ResultsFile::read_json(p)?)))
         .collect::<Result<Vec<_>>>()?;
-    let mut res = merge(files, a.allow_partial)?;
+    let mut res = merge_files(files, a.allow_partial)?;
     if let Some(q) = a.quality {
         if q.needs_labels() && !res.data.labelled {
             return Err(Error::arg(

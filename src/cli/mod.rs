@@ -204,6 +204,14 @@ impl GpuArgs {
     }
 }
 
+/// Opens the GPU `args` choose, after checking that the address-space limit (`ulimit -v`)
+/// leaves what a driver needs ([`crate::io::limits::check_address_space_for_device`]): a
+/// software driver that runs out of it crashes inside `vkCreateDevice`.
+pub fn open_gpu(args: &GpuArgs) -> Result<crate::gpu::Gpu> {
+    crate::io::limits::check_address_space_for_device()?;
+    crate::gpu::Gpu::new(&args.choice())
+}
+
 /// Model and weights, shared by every command that runs the model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -269,7 +277,7 @@ pub fn max_batch(
     } else {
         4
     };
-    let per = 3 * (cfg.image_size * cfg.image_size) as u64 * es;
+    let per = (3 * (cfg.image_size * cfg.image_size) as u64 * es).max(1);
     usize::try_from(gpu.limits.max_buffer_size / per).unwrap_or(usize::MAX)
 }
 
@@ -301,6 +309,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MergeResults(a) => merge_results::run(a),
         Command::Visualize(a) => visualize::run(a),
         Command::Adapters(g) => {
+            crate::io::limits::check_address_space_for_device()?;
             let list = crate::gpu::context::list_adapters(&g.choice())?;
             if list.is_empty() {
                 println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");

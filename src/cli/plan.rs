@@ -55,6 +55,10 @@ fn parse_subgroup_width(s: &str) -> std::result::Result<u32, String> {
         })
 }
 
+/// The largest `--batch` planned: 2^20 images (632 GB of f32 input at 224 pixels, past what
+/// any adapter holds in one forward), which keeps every figure within 64-bit counters.
+pub const MAX_PLAN_BATCH: usize = 1 << 20;
+
 /// How engines choose kernel variants (`plan` opens no device, so it can only say the policy
 /// and what the autotune cache already holds).
 const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching) on its adapter at build, unless --autotune off or --kernels";
@@ -69,8 +73,13 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
     let flops_thop = cost::flops_thop(&cfg, &traj);
     let flops_total = cost::flops_total(&cfg, &traj);
     let params = cost::params(&cfg);
-    if a.batch == Some(0) {
-        return Err(crate::error::Error::arg("batch", 0, "must be at least 1"));
+    if let Some(batch) = a.batch {
+        super::check_batch(
+            "batch",
+            batch,
+            MAX_PLAN_BATCH,
+            "images in one forward: more than any adapter's buffers hold",
+        )?;
     }
     let profile = match &a.device_profile {
         Some(name) => Some(figures::device_profile(name)?),
@@ -95,6 +104,16 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
         &wgpu::Limits::default(),
         width,
     );
+    if fig.overflowed() {
+        return Err(crate::error::Error::arg(
+            "batch",
+            fig.batch,
+            format!(
+                "the cost figures of {} under {schedule} at this batch pass 2^64 (FLOPs or bytes); plan a smaller batch",
+                cfg.name
+            ),
+        ));
+    }
     let roofline = profile.as_ref().map(|p| figures::roofline(&fig, p));
     let memory = match a.batch {
         Some(batch) => {

@@ -36,27 +36,20 @@ pub const MAX_SYNTHETIC_IMAGE_BYTES: usize = 2 << 30;
 /// Run `sret-tome synthetic`: write the model's synthetic weights (and images).
 pub fn run(a: SyntheticArgs) -> Result<()> {
     let cfg = crate::model::ModelConfig::by_name(&a.model)?;
-    if a.images_out.is_some() {
-        let per = 3 * cfg.image_size * cfg.image_size * 4;
-        super::check_batch(
-            "batch",
-            a.batch,
-            MAX_SYNTHETIC_IMAGE_BYTES / per,
-            "2 GiB of f32 images",
-        )?;
-    }
-    let mut inputs: Vec<&std::path::Path> = Vec::new();
-    crate::io::files::check_output(&a.weights_out, &inputs)?;
+    let per = 3 * cfg.image_size * cfg.image_size * 4;
+    super::check_batch(
+        "batch",
+        a.batch,
+        MAX_SYNTHETIC_IMAGE_BYTES / per,
+        "2 GiB of f32 images",
+    )?;
+    let mut outputs = vec![("--weights-out", a.weights_out.as_path())];
     if let Some(p) = &a.images_out {
-        inputs.push(&a.weights_out);
-        crate::io::files::check_output(p, &inputs)?;
-        if p == &a.weights_out {
-            return Err(crate::error::Error::arg(
-                "images-out",
-                p.display(),
-                "is the same path as --weights-out",
-            ));
-        }
+        outputs.push(("--images-out", p.as_path()));
+    }
+    crate::io::files::check_distinct_outputs(&outputs)?;
+    for (_, p) in &outputs {
+        crate::io::files::check_output(p, &[])?;
     }
     let model = Model::synthetic(&a.model)?;
     crate::io::safetensors::save_safetensors(&model.weights, &model.cfg, &a.weights_out)?;

@@ -9,7 +9,6 @@ use super::{GpuArgs, ModelArgs};
 use crate::error::{Error, Result};
 use crate::eval::metrics::log_softmax;
 use crate::eval::visualize::{denormalize, render, stage_maps, StageMap, Style};
-use crate::gpu::Gpu;
 use crate::runtime::ForwardSpec;
 use crate::tome::Schedule;
 use crate::tome::DEFAULT_SEED;
@@ -60,15 +59,10 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     if !(1..=8).contains(&a.scale) {
         return Err(Error::arg("scale", a.scale, "must be between 1 and 8"));
     }
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
-            path: dir.to_path_buf(),
-            why: e.to_string(),
-        })?;
-    }
     let mut inputs = a.model.inputs();
     inputs.push(&a.image);
-    crate::io::files::check_output(&a.out, &inputs)?;
+    // Checked before any work; its directory is created only when the picture is written.
+    crate::io::files::check_output_creating(&a.out, &inputs)?;
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
@@ -83,7 +77,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         &crate::preprocess::EvalTransform::for_model(&model.cfg),
     )?;
     let crop = denormalize(&input, model.cfg.image_size);
-    let gpu = Gpu::new(&a.gpu.choice())?;
+    let gpu = super::open_gpu(&a.gpu)?;
     let engine = EngineBuilder::new()
         .gpu(&gpu)
         .pipeline_cache(&a.gpu.pipeline_cache())
@@ -116,6 +110,12 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         }
     );
     let picture = render(&crop, &maps, a.style, a.scale, &title)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
     crate::io::files::write_png(&a.out, &picture)?;
     println!("{title}");
     for m in &maps {

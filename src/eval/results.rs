@@ -611,104 +611,75 @@ fn dedup_problems(v: &mut Vec<Problem>) {
     v.sort_by(|a, b| a.path.cmp(&b.path));
 }
 
+/// [`merge_files`] of results not read from files: each is named by its shards in messages.
+pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile> {
+    let named = files
+        .into_iter()
+        .map(|f| {
+            (
+                std::path::PathBuf::from(format!("(shards {})", shard_list(&f))),
+                f,
+            )
+        })
+        .collect();
+    merge_files(named, allow_partial)
+}
+
+/// A shard file with its path, for messages.
+type Named = (std::path::PathBuf, ResultsFile);
+
+/// The most schedules (rows) a results file, or a merge of them, may hold: a 100 x 100 sweep
+/// grid; the Pareto frontier compares every pair of rows.
+pub const MAX_RESULT_ROWS: usize = 10_000;
+/// The most bench batch sizes a results file may list.
+pub const MAX_BENCH_BATCHES: usize = 64;
+
+/// An error about the results file `path`.
+fn file_error(path: &Path, why: impl ToString) -> Error {
+    Error::arg("results file", path.display(), why)
+}
+
+/// `1/4,3/4`: the shards a file holds.
+fn shard_list(f: &ResultsFile) -> String {
+    f.shards
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// At most 10 items of a list, then how many more.
+fn summarise(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > 10 {
+        s.push_str(&format!(" and {} more", items.len() - 10));
+    }
+    s
+}
+
 /// Join the shards of one `eval` or `sweep` run: image shards add their counts per schedule,
 /// grid shards contribute their grid points. Every shard `1..N` must be present exactly once,
-/// unless `allow_partial` (then the missing ones are listed in `notes`).
-pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile> {
-    let Some(first) = files.first().cloned() else {
+/// unless `allow_partial` (then the missing ones are listed in `notes`). `files` pairs each
+/// results file with its path, which every error names.
+///
+/// Before anything is joined the files are checked against each other with work bounded by
+/// their size ([`MAX_SHARDS`](super::shard::MAX_SHARDS) at most): one run (model, weights,
+/// data, shard count, ...), no shard holding more images than the run selects and all of
+/// them together exactly those images, every count within its shard's images.
+pub fn merge_files(files: Vec<Named>, allow_partial: bool) -> Result<ResultsFile> {
+    let Some((_, first)) = files.first() else {
         return Err(Error::arg("results", "(none)", "no results files to merge"));
     };
-    let mismatch = |what: &str, a: String, b: String| {
-        Error::arg(
-            "results",
-            what.to_string(),
-            format!("shards disagree on {what}: '{a}' vs '{b}' (not shards of one run)"),
-        )
-    };
-    let count = first.shards.first().map_or(1, |s| s.count);
-    for f in &files[1..] {
-        let checks: [(&str, String, String); 9] = [
-            ("kind", format!("{:?}", first.kind), format!("{:?}", f.kind)),
-            ("model", first.model.clone(), f.model.clone()),
-            ("weights", first.weights.clone(), f.weights.clone()),
-            ("seed", first.seed.to_string(), f.seed.to_string()),
-            ("data", first.data.source.clone(), f.data.source.clone()),
-            (
-                "limit",
-                format!("{:?}", first.data.limit),
-                format!("{:?}", f.data.limit),
-            ),
-            (
-                "eval batch",
-                first.eval_batch.to_string(),
-                f.eval_batch.to_string(),
-            ),
-            (
-                "shard unit",
-                format!("{:?}", first.shard_unit),
-                format!("{:?}", f.shard_unit),
-            ),
-            ("grid", format!("{:?}", first.grid), format!("{:?}", f.grid)),
-        ];
-        for (what, a, b) in checks {
-            if a != b {
-                return Err(mismatch(what, a, b));
-            }
-        }
-        if let Some(s) = f.shards.iter().find(|s| s.count != count) {
-            return Err(mismatch(
-                "shard count",
-                count.to_string(),
-                s.count.to_string(),
-            ));
-        }
+    let count = check_one_run(&files)?;
+    for (path, f) in &files {
+        check_shard_file(path, f, count)?;
     }
-    // Every shard's own counts first: consistent, and each schedule once.
-    for f in &files {
-        let shards = f
-            .shards
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut seen = std::collections::HashSet::new();
-        for r in &f.results {
-            if !seen.insert(r.schedule.as_str()) {
-                return Err(Error::arg(
-                    "results",
-                    format!("shard {shards}"),
-                    format!("schedule {} appears twice in this shard", r.schedule),
-                ));
-            }
-            if let Some(q) = &r.quality {
-                q.validate().map_err(|why| {
-                    Error::arg(
-                        "results",
-                        format!("shard {shards}"),
-                        format!("schedule {}: inconsistent counts: {why}", r.schedule),
-                    )
-                })?;
-            }
-        }
-    }
-    let mut have: BTreeMap<usize, usize> = BTreeMap::new();
-    for f in &files {
-        for s in &f.shards {
-            *have.entry(s.index).or_default() += 1;
-        }
-    }
-    let dup: Vec<String> = have
-        .iter()
-        .filter(|(_, &n)| n > 1)
-        .map(|(k, _)| format!("{k}/{count}"))
-        .collect();
-    if !dup.is_empty() {
-        return Err(Error::arg(
-            "results",
-            dup.join(", "),
-            "these shards are given more than once",
-        ));
-    }
+    let have = shard_coverage(&files, count)?;
     let missing: Vec<String> = (1..=count)
         .filter(|k| !have.contains_key(k))
         .map(|k| format!("{k}/{count}"))
@@ -719,28 +690,229 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
         if !allow_partial {
             return Err(Error::arg(
                 "results",
-                missing.join(", "),
-                "these shards are missing (pass --allow-partial to merge what is there)",
+                summarise(&missing),
+                format!(
+                    "{} of {count} shards are missing (pass --allow-partial to merge what is there)",
+                    missing.len()
+                ),
             ));
         }
         out.notes.push(format!(
-            "partial merge: shards {} missing",
-            missing.join(", ")
+            "partial merge: {} shard(s) missing: {}",
+            missing.len(),
+            summarise(&missing)
         ));
     }
     out.shards = have.keys().map(|&k| Shard { index: k, count }).collect();
+    join_shards(&mut out, &files)?;
+    let selected = selected_images(&first.data);
+    let joined = out.data.images_selected;
+    if first.shard_unit == ShardUnit::Images
+        && (joined > selected || (missing.is_empty() && joined != selected))
+    {
+        return Err(Error::arg(
+            "results",
+            files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            format!(
+                "the image shards hold {joined} images together, but the run selects {selected}{}",
+                if missing.is_empty() {
+                    " (all shards given)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if first.shard_unit == ShardUnit::Images {
+        check_every_schedule_everywhere(&out, &files)?;
+    }
+    out.bench_batches.sort_unstable();
+    dedup_problems(&mut out.failures);
+    dedup_problems(&mut out.skipped);
+    sort_results(&mut out.results);
+    out.finalize();
+    Ok(out)
+}
+
+/// Checks that the files are shards of one run (the first file's header is the reference)
+/// and returns their shard count `N`.
+fn check_one_run(files: &[Named]) -> Result<usize> {
+    let (first_path, first) = &files[0];
+    let count = first.shards.first().map_or(1, |s| s.count);
+    let header = |f: &ResultsFile| -> [(&'static str, String); 13] {
+        [
+            ("kind", format!("{:?}", f.kind)),
+            ("model", f.model.clone()),
+            ("weights", f.weights.clone()),
+            ("seed", f.seed.to_string()),
+            ("data", f.data.source.clone()),
+            ("labelled", f.data.labelled.to_string()),
+            ("class map", format!("{:?}", f.data.class_map)),
+            ("classes", f.data.classes.to_string()),
+            ("images_total", f.data.images_total.to_string()),
+            ("limit", format!("{:?}", f.data.limit)),
+            ("eval batch", f.eval_batch.to_string()),
+            ("shard unit", format!("{:?}", f.shard_unit)),
+            ("grid", format!("{:?}", f.grid)),
+        ]
+    };
+    let reference = header(first);
+    for (path, f) in files {
+        for ((what, a), (_, b)) in reference.iter().zip(header(f)) {
+            if *a != b {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "shards disagree on {what}: '{b}' here, '{a}' in {} (not shards of one run)",
+                        first_path.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(s) = f.shards.iter().find(|s| s.count != count) {
+            return Err(file_error(
+                path,
+                format!(
+                    "shards disagree on the shard count: shard {s} here, {count} shards in {}",
+                    first_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(count)
+}
+
+/// Checks one file on its own: it holds shards, its image counts are what slicing the data
+/// gives, and each schedule appears once with consistent counts within the file's images.
+fn check_shard_file(path: &Path, f: &ResultsFile, count: usize) -> Result<()> {
+    if f.shards.is_empty() {
+        return Err(file_error(path, "it lists no shards"));
+    }
+    let shards = shard_list(f);
+    let d = &f.data;
+    if d.images_total > super::dataset::MAX_SAMPLES {
+        return Err(file_error(
+            path,
+            format!(
+                "images_total = {} is more than any data set ({})",
+                d.images_total,
+                super::dataset::MAX_SAMPLES
+            ),
+        ));
+    }
+    let selected = selected_images(&f.data);
+    let fits = match f.shard_unit {
+        ShardUnit::Images => d.images_selected <= selected,
+        ShardUnit::Grid => d.images_selected == selected,
+    };
+    if !fits {
+        return Err(file_error(
+            path,
+            format!(
+                "shard {shards} of {count} holds {} images, but the run selects {selected} ({}){}",
+                d.images_selected,
+                match d.limit {
+                    Some(l) => format!("--limit {l} of {} images", d.images_total),
+                    None => "images_total".into(),
+                },
+                match f.shard_unit {
+                    ShardUnit::Images => ", more than a slice can hold",
+                    ShardUnit::Grid => ", and every grid shard runs them all",
+                }
+            ),
+        ));
+    }
+    if f.results.len() > MAX_RESULT_ROWS || f.bench_batches.len() > MAX_BENCH_BATCHES {
+        return Err(file_error(
+            path,
+            format!(
+                "{} schedules and {} bench batches, more than a run has (at most {MAX_RESULT_ROWS} and {MAX_BENCH_BATCHES})",
+                f.results.len(),
+                f.bench_batches.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in &f.results {
+        if !seen.insert(r.schedule.as_str()) {
+            return Err(file_error(
+                path,
+                format!(
+                    "schedule {} appears twice in this shard ({shards})",
+                    r.schedule
+                ),
+            ));
+        }
+        let Some(q) = &r.quality else { continue };
+        let why = q.validate().err().or_else(|| {
+            (q.images > d.images_selected as u64).then(|| {
+                format!(
+                    "images = {} is more than the shard's {} images",
+                    q.images, d.images_selected
+                )
+            })
+        });
+        if let Some(why) = why {
+            return Err(file_error(
+                path,
+                format!(
+                    "shard {shards}: schedule {}: inconsistent counts: {why}",
+                    r.schedule
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The images a whole run evaluates: `--limit` of the data set's.
+fn selected_images(d: &DataInfo) -> usize {
+    d.limit.map_or(d.images_total, |l| l.min(d.images_total))
+}
+
+/// The shards present (index to the file holding it); an error naming both files when a
+/// shard is given twice.
+fn shard_coverage(files: &[Named], count: usize) -> Result<BTreeMap<usize, usize>> {
+    let mut have: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, (path, f)) in files.iter().enumerate() {
+        for s in &f.shards {
+            if let Some(&j) = have.get(&s.index) {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "shard {}/{count} is given more than once (also in {})",
+                        s.index,
+                        files[j].0.display()
+                    ),
+                ));
+            }
+            have.insert(s.index, i);
+        }
+    }
+    Ok(have)
+}
+
+/// Adds every file's images, problems, bench batches and per-schedule counts into `out` (the
+/// first file's header, emptied).
+fn join_shards(out: &mut ResultsFile, files: &[Named]) -> Result<()> {
+    let first = &files[0].1;
     out.bench_batches.clear();
     out.failures.clear();
     out.skipped.clear();
     out.results.clear();
     out.data.images_selected = 0;
-    for f in &files {
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for (path, f) in files {
         if f.adapter != first.adapter {
             out.notes.push(format!(
                 "shards {} ran on a different adapter ({}) than shards {} ({}): throughput is not comparable across them",
-                f.shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                shard_list(f),
                 f.adapter.as_ref().map_or("?".into(), |a| a.name.clone()),
-                first.shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+                shard_list(first),
                 first.adapter.as_ref().map_or("?".into(), |a| a.name.clone()),
             ));
         }
@@ -751,70 +923,69 @@ pub fn merge(files: Vec<ResultsFile>, allow_partial: bool) -> Result<ResultsFile
         }
         out.failures.extend(f.failures.iter().cloned());
         out.skipped.extend(f.skipped.iter().cloned());
-        match first.shard_unit {
-            ShardUnit::Images => {
-                out.data.images_selected = out
-                    .data
-                    .images_selected
-                    .checked_add(f.data.images_selected)
-                    .ok_or_else(|| {
-                        Error::arg(
-                            "results",
-                            "images_selected",
-                            "the sum over the shards overflows",
-                        )
-                    })?
-            }
-            ShardUnit::Grid => out.data.images_selected = f.data.images_selected,
-        }
+        out.data.images_selected = match first.shard_unit {
+            // Bounded by images_total (checked), so the sum cannot overflow.
+            ShardUnit::Images => out.data.images_selected + f.data.images_selected,
+            ShardUnit::Grid => f.data.images_selected,
+        };
         for r in &f.results {
-            match out.results.iter_mut().find(|o| o.schedule == r.schedule) {
-                None => out.results.push(r.clone()),
-                Some(o) => {
-                    if first.shard_unit == ShardUnit::Images {
-                        match (&mut o.quality, &r.quality) {
-                            (Some(a), Some(b)) => a
-                                .checked_merge(b)
-                                .map_err(|why| Error::arg("results", r.schedule.clone(), why))?,
-                            (None, Some(b)) => o.quality = Some(b.clone()),
-                            _ => {}
-                        }
-                    } else if o.quality != r.quality {
-                        out.notes.push(format!(
-                            "{} appears in several grid shards with different quality counts; the first is kept",
-                            r.schedule
-                        ));
-                    }
-                    if o.bench.is_empty() {
-                        o.bench = r.bench.clone();
-                    }
+            let Some(&i) = index.get(&r.schedule) else {
+                if out.results.len() == MAX_RESULT_ROWS {
+                    return Err(file_error(
+                        path,
+                        format!("the shards hold more than {MAX_RESULT_ROWS} schedules together"),
+                    ));
                 }
-            }
-        }
-    }
-    if first.shard_unit == ShardUnit::Images {
-        // Every image shard evaluates every schedule: a schedule missing somewhere means the
-        // files are not of one run.
-        for r in &out.results {
-            let n = files
-                .iter()
-                .filter(|f| f.results.iter().any(|x| x.schedule == r.schedule))
-                .count();
-            if n != files.len() {
-                return Err(Error::arg(
-                    "results",
-                    r.schedule.clone(),
-                    format!("schedule present in {n} of {} image shards", files.len()),
+                index.insert(r.schedule.clone(), out.results.len());
+                out.results.push(r.clone());
+                continue;
+            };
+            let o = &mut out.results[i];
+            if first.shard_unit == ShardUnit::Images {
+                match (&mut o.quality, &r.quality) {
+                    (Some(a), Some(b)) => a.checked_merge(b).map_err(|why| {
+                        file_error(path, format!("schedule {}: {why}", r.schedule))
+                    })?,
+                    (None, Some(b)) => o.quality = Some(b.clone()),
+                    _ => {}
+                }
+            } else if o.quality != r.quality {
+                out.notes.push(format!(
+                    "{} appears in several grid shards with different quality counts; the first is kept",
+                    r.schedule
                 ));
             }
+            if o.bench.is_empty() {
+                o.bench = r.bench.clone();
+            }
         }
     }
-    out.bench_batches.sort_unstable();
-    dedup_problems(&mut out.failures);
-    dedup_problems(&mut out.skipped);
-    sort_results(&mut out.results);
-    out.finalize();
-    Ok(out)
+    Ok(())
+}
+
+/// Every image shard evaluates every schedule: a schedule missing from a file means the files
+/// are not of one run.
+fn check_every_schedule_everywhere(out: &ResultsFile, files: &[Named]) -> Result<()> {
+    let sets: Vec<std::collections::HashSet<&str>> = files
+        .iter()
+        .map(|(_, f)| f.results.iter().map(|x| x.schedule.as_str()).collect())
+        .collect();
+    for r in &out.results {
+        if let Some(((path, _), _)) = files
+            .iter()
+            .zip(&sets)
+            .find(|(_, set)| !set.contains(r.schedule.as_str()))
+        {
+            return Err(file_error(
+                path,
+                format!(
+                    "schedule {} is missing here but present in other image shards",
+                    r.schedule
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Baseline first, then the grid by `(r_init, alpha)`, then the others in their order.

@@ -14,11 +14,30 @@ use crate::error::{Error, Result};
 /// Slice `index` of `count` of the work (`--shard K/N`), so that runs on several machines can
 /// split a data set or a grid and be merged afterwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawShard")]
 pub struct Shard {
     /// 1-based slice number.
     pub index: usize,
     /// Number of slices.
     pub count: usize,
+}
+
+/// The most slices a run may be split into: one per image of the largest data set
+/// ([`crate::eval::dataset::MAX_SAMPLES`]).
+pub const MAX_SHARDS: usize = crate::eval::dataset::MAX_SAMPLES;
+
+/// A shard as a results file spells it, checked by [`Shard::new`] when read.
+#[derive(Deserialize)]
+struct RawShard {
+    index: usize,
+    count: usize,
+}
+
+impl TryFrom<RawShard> for Shard {
+    type Error = Error;
+    fn try_from(r: RawShard) -> Result<Shard> {
+        Shard::new(r.index, r.count)
+    }
 }
 
 impl Default for Shard {
@@ -31,7 +50,7 @@ impl Shard {
     /// The whole: one slice of one.
     pub const WHOLE: Shard = Shard { index: 1, count: 1 };
 
-    /// Slice `index` (1-based) of `count`; errors unless `1 <= index <= count`.
+    /// Slice `index` (1-based) of `count`; errors unless `1 <= index <= count <= MAX_SHARDS`.
     pub fn new(index: usize, count: usize) -> Result<Shard> {
         if count == 0 {
             return Err(Error::arg(
@@ -45,6 +64,13 @@ impl Shard {
                 "shard",
                 format!("{index}/{count}"),
                 "shards are numbered from 1 to N (with a 0-based job array, pass $((SLURM_ARRAY_TASK_ID+1))/N)",
+            ));
+        }
+        if count > MAX_SHARDS {
+            return Err(Error::arg(
+                "shard",
+                format!("{index}/{count}"),
+                format!("N is at most {MAX_SHARDS} (one slice per image of the largest data set)"),
             ));
         }
         if index > count {
@@ -75,6 +101,12 @@ impl Shard {
             .filter(|(i, _)| self.owns(*i))
             .map(|(_, t)| t)
             .collect()
+    }
+
+    /// How many of `items` this slice holds: `items / N`, plus one for the first
+    /// `items mod N` slices.
+    pub fn len_of(&self, items: usize) -> usize {
+        items / self.count + usize::from(self.index - 1 < items % self.count)
     }
 
     /// File-name friendly tag, `shard-K-of-N`.
@@ -264,8 +296,27 @@ mod tests {
                 })
                 .collect();
             assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            for (k, &len) in sizes.iter().enumerate() {
+                assert_eq!(Shard::new(k + 1, n).unwrap().len_of(17), len);
+            }
             all.sort();
             assert_eq!(all, (0..17).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn shards_are_checked_when_read() {
+        let ok: Shard = serde_json::from_str(r#"{"index":2,"count":3}"#).unwrap();
+        assert_eq!(ok, Shard { index: 2, count: 3 });
+        for bad in [
+            r#"{"index":1,"count":0}"#,
+            r#"{"index":0,"count":2}"#,
+            r#"{"index":3,"count":2}"#,
+            r#"{"index":1,"count":18446744073709551615}"#,
+        ] {
+            let e = serde_json::from_str::<Shard>(bad).unwrap_err().to_string();
+            assert!(e.contains("shard"), "{bad}: {e}");
+        }
+        assert!(Shard::new(1, MAX_SHARDS + 1).is_err());
     }
 }

@@ -10,9 +10,12 @@
 //!   before the rename) leaves the previous file as it was and no temporary behind (a kill
 //!   can leave a `.NAME.tmp-*` file, never a damaged `NAME`); concurrent writers of one path
 //!   each replace it whole.
-//! * **Outputs are validated before any work** ([`check_output`]): the parent directory exists
-//!   and accepts a new file, and the output is not the same file as any input (compared by
-//!   device and inode, and by canonical path).
+//! * **Outputs are validated before any work** ([`check_output`]): the path names a file (not
+//!   `dir/`), an existing output is a regular file (a device, FIFO or socket is refused, never
+//!   replaced), the parent directory exists and accepts a new file, and the output is not the
+//!   same file as any input (compared by device and inode, and by canonical path). A symbolic
+//!   link is followed: its target is written (atomically, in the target's directory) and the
+//!   link kept ([`resolve_output`]).
 //!
 //! Written with `std` only (no `tempfile`): the temporary's name is made unique with the
 //! process id and a counter and created with `create_new`, which is all that is needed here.
@@ -135,14 +138,84 @@ fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Checks, before any work, that `output` can be written: its directory exists and accepts a
-/// new file (tried with a temporary that is removed at once), it is not a directory, and it
-/// is not the same file as any of `inputs` (device and inode, or canonical path).
-pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
-    if output.as_os_str().is_empty() {
-        return Err(write_error(output, "the output path is empty"));
+/// The most symbolic links followed when resolving an output (as Linux's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// The file an output path stands for: its symbolic links followed (relative targets taken
+/// from the link's directory), its directory made canonical when it exists. Writing `path`
+/// replaces this file, so the link itself is kept and its target gets the new content. An
+/// error for a path that names a directory (`dir/`, `.`, `..`) or a loop of links.
+pub fn resolve_output(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(write_error(path, "the output path is empty"));
     }
-    let dir = parent_dir(output);
+    let mut cur = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let text = cur.as_os_str().to_string_lossy();
+        if text.ends_with('/') || text.ends_with("/.") || cur.file_name().is_none() {
+            return Err(write_error(
+                path,
+                "it names a directory (a trailing '/', '.' or '..'); give the path of a file",
+            ));
+        }
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&cur).map_err(|e| write_error(path, e))?;
+                cur = parent_dir(&cur).join(target);
+            }
+            _ => {
+                let dir = parent_dir(&cur);
+                let name = cur.file_name().expect("checked above");
+                return Ok(match std::fs::canonicalize(&dir) {
+                    Ok(d) => d.join(name),
+                    Err(_) => cur.clone(),
+                });
+            }
+        }
+    }
+    Err(write_error(
+        path,
+        format!("more than {MAX_LINKS} symbolic links to follow (a loop?)"),
+    ))
+}
+
+/// Refuses an existing output that is not a regular file: a directory, or a device, FIFO or
+/// socket, which an atomic write would replace by a regular file instead of writing to it.
+/// `path` is looked at as given (the kernel follows every link, `/proc/self/fd/N` included)
+/// and at the `target` [`resolve_output`] made of it.
+fn check_existing_output(path: &Path, target: &Path) -> Result<Option<std::fs::Metadata>> {
+    if path.as_os_str() == "-" {
+        return Err(write_error(
+            path,
+            "'-' would be standard output, where the command prints its report: give the path \
+             of a file (a file named '-' is ./-)",
+        ));
+    }
+    let meta = std::fs::metadata(path).or_else(|_| std::fs::metadata(target));
+    match meta {
+        Ok(m) if m.is_file() => Ok(Some(m)),
+        Ok(m) if m.is_dir() => Err(write_error(path, "it is a directory")),
+        Ok(m) => Err(write_error(
+            path,
+            format!(
+                "it is {}, not a regular file; outputs are written as whole files (temporary, \
+                 then rename), which would replace it: give the path of a regular file",
+                kind_of(&m)
+            ),
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks, before any work, that `output` can be written: it names a file, not a directory
+/// ([`resolve_output`]); where it exists (after its links) it is a regular file; the directory
+/// it lands in exists and accepts a new file (tried with a temporary that is removed at
+/// once); and it is not the same file as any of `inputs` (device and inode, or canonical
+/// path). An input that is a directory is not looked into: see [`check_not_inputs`].
+pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
+    check_existing_output(output, output)?;
+    let target = resolve_output(output)?;
+    let dir = parent_dir(&target);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -158,18 +231,27 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
             ))
         }
     }
-    let out_meta = std::fs::metadata(output).ok();
-    if let Some(m) = &out_meta {
-        if m.is_dir() {
-            return Err(write_error(output, "it is a directory"));
-        }
-    }
+    check_existing_output(output, &target)?;
+    check_not_inputs(output, inputs.iter().copied())?;
+    let probe = TempFile::create(&target)?;
+    drop(probe);
+    Ok(())
+}
+
+/// Refuses `output` if it is (after its links) the same existing file as any of `inputs`,
+/// compared by device and inode (and by canonical path). For a data set, pass every file
+/// the run reads; work is one `stat` per input, and none when the output does not exist yet.
+pub fn check_not_inputs<'a>(
+    output: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let Ok(out_meta) = std::fs::metadata(output) else {
+        return Ok(());
+    };
     let out_canon = std::fs::canonicalize(output).ok();
     for input in inputs {
-        let same = match (&out_meta, std::fs::metadata(input).ok()) {
-            (Some(a), Some(b)) => same_file(a, &b),
-            _ => false,
-        } || (out_canon.is_some() && std::fs::canonicalize(input).ok() == out_canon);
+        let same = std::fs::metadata(input).is_ok_and(|b| same_file(&out_meta, &b))
+            || (out_canon.is_some() && std::fs::canonicalize(input).ok() == out_canon);
         if same {
             return Err(write_error(
                 output,
@@ -180,8 +262,23 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
             ));
         }
     }
-    let probe = TempFile::create(output)?;
-    drop(probe);
+    Ok(())
+}
+
+/// Refuses two outputs of one command that are one file (after links and `..`): the second
+/// write would replace the first. `outputs` pairs each path with its option's name.
+pub fn check_distinct_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for (what, p) in outputs {
+        let r = resolve_output(p)?;
+        if let Some((first, _)) = seen.iter().find(|(_, q)| *q == r) {
+            return Err(write_error(
+                p,
+                format!("{what} is the same file as {first}; give each output its own path"),
+            ));
+        }
+        seen.push((what, r));
+    }
     Ok(())
 }
 
@@ -190,12 +287,14 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<()> {
 /// ancestor must be a directory that accepts new entries. Nothing is created, so a scan of a
 /// data folder that contains the output directory does not see it.
 pub fn check_output_creating(output: &Path, inputs: &[&Path]) -> Result<()> {
-    let dir = parent_dir(output);
+    check_existing_output(output, output)?;
+    let target = resolve_output(output)?;
+    let dir = parent_dir(&target);
     if dir.is_dir() {
         return check_output(output, inputs);
     }
     let mut ancestor = dir.as_path();
-    while !ancestor.exists() {
+    while std::fs::symlink_metadata(ancestor).is_err() {
         match ancestor.parent() {
             Some(p) if !p.as_os_str().is_empty() => ancestor = p,
             _ => {
@@ -278,20 +377,26 @@ impl Drop for TempFile {
 
 /// Writes `path` atomically: `write` fills a buffered temporary in the same directory, which
 /// is flushed, `fsync`ed and renamed into place. On any error the previous `path` is intact.
+///
+/// A symbolic link is kept and its target replaced ([`resolve_output`]); an existing output
+/// that is not a regular file (a device, FIFO or socket) is refused, never replaced.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let mut tmp = TempFile::create(path)?;
+    check_existing_output(path, path)?;
+    let target = resolve_output(path)?;
+    check_existing_output(path, &target)?;
+    let mut tmp = TempFile::create(&target)?;
     let file = tmp.file.as_ref().expect("open");
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write(&mut w).map_err(|e| write_error(path, e))?;
     w.flush().map_err(|e| write_error(path, e))?;
     drop(w);
     file.sync_all().map_err(|e| write_error(path, e))?;
-    std::fs::rename(&tmp.tmp, path).map_err(|e| write_error(path, e))?;
+    std::fs::rename(&tmp.tmp, &target).map_err(|e| write_error(path, e))?;
     tmp.file = None; // renamed: nothing to remove
-    if let Ok(d) = File::open(parent_dir(path)) {
+    if let Ok(d) = File::open(parent_dir(&target)) {
         let _ = d.sync_all();
     }
     Ok(())
@@ -318,5 +423,47 @@ pub fn ignore_file_size_signal() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sret-tome-files-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn outputs_resolve_through_links_and_never_name_a_directory() {
+        let d = tmp("resolve");
+        for dir_like in ["x/", "x/.", "..", "."] {
+            let e = resolve_output(&d.join(dir_like)).unwrap_err().to_string();
+            assert!(e.contains("names a directory"), "{dir_like}: {e}");
+        }
+        std::os::unix::fs::symlink("sub/t", d.join("l")).unwrap();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let canon = std::fs::canonicalize(&d).unwrap();
+        assert_eq!(resolve_output(&d.join("l")).unwrap(), canon.join("sub/t"));
+        std::os::unix::fs::symlink("b", d.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", d.join("b")).unwrap();
+        let e = resolve_output(&d.join("a")).unwrap_err().to_string();
+        assert!(e.contains("symbolic links"), "{e}");
+        // Written through the link: the link stays, its target holds the bytes.
+        write_atomic_bytes(&d.join("l"), b"new").unwrap();
+        assert!(std::fs::symlink_metadata(d.join("l"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(d.join("sub/t")).unwrap(), b"new");
+        // Two names of one file are one output.
+        let e = check_distinct_outputs(&[("--a", &d.join("l")), ("--b", &d.join("sub/t"))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--b is the same file as --a"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -18,6 +18,10 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 pub const MAX_PIXELS: u64 = 50_000_000;
 /// Decoder allocation limit (a 50-megapixel RGBA16 image needs 400 MB).
 const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+/// Bytes per pixel that decoding and preprocessing may hold at once, at most: the decoded
+/// image (up to RGBA16, 8), its RGB8 conversion (3), a resize pass (3) and the decoder's
+/// planes; checked against the address space left before decoding.
+pub const DECODE_BYTES_PER_PIXEL: u64 = 16;
 
 /// Decode (bounded: refuse images with more than 50 megapixels or zero size with a clear error;
 /// grayscale, alpha, 16-bit, CMYK-jpeg all converted to RGB8 as PIL's .convert('RGB') would) and
@@ -89,6 +93,12 @@ fn decode_rgb8_from<R: BufRead + Seek>(mut input: R, path: &Path) -> Result<RgbI
         .into_dimensions()
         .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
     check_dimensions(w, h).map_err(bad)?;
+    // Bounded by the address space the process may still use (ulimit -v), not only by pixels.
+    super::limits::check_address_space(
+        w as u64 * h as u64 * DECODE_BYTES_PER_PIXEL,
+        &format!("decoding a {w}x{h} image"),
+    )
+    .map_err(|e| bad(e.to_string()))?;
 
     if open_image(&mut input, path)?.format() == Some(ImageFormat::Jpeg) {
         let mut bytes = Vec::new();

@@ -4,12 +4,13 @@
 
 #[cfg(feature = "pth")]
 pub mod checkpoint;
+pub mod detect;
 pub mod files;
 #[cfg(feature = "images")]
 pub mod image;
-pub mod infer;
 #[cfg(feature = "images")]
 pub mod jpeg;
+pub mod limits;
 pub mod safetensors;
 
 use std::path::Path;
@@ -23,11 +24,11 @@ use crate::model::{Model, ModelConfig, ModelWeights};
 /// (the published `SReT_T_distill.pth` and siblings, timm's DeiT and PiT files), told apart by
 /// their first bytes.
 ///
-/// With `name` [`infer::AUTO`] (`"auto"`) the configuration is read off the file's tensors
-/// ([`infer`]).
+/// With `name` [`detect::AUTO`] (`"auto"`) the configuration is read off the file's tensors
+/// ([`detect`]).
 pub fn load_model(name: &str, path: impl AsRef<Path>) -> Result<Model> {
-    if name == infer::AUTO {
-        let (cfg, weights) = load_inferred(path.as_ref())?;
+    if name == detect::AUTO {
+        let (cfg, weights) = load_detected(path.as_ref())?;
         return Ok(Model {
             cfg,
             weights,
@@ -42,11 +43,11 @@ pub fn load_model(name: &str, path: impl AsRef<Path>) -> Result<Model> {
     })
 }
 
-/// Model `name` (or [`infer::AUTO`]) with its weights from safetensors bytes already in memory
+/// Model `name` (or [`detect::AUTO`]) with its weights from safetensors bytes already in memory
 /// (a file a browser page was given, a download); `what` names them in messages.
 pub fn load_model_safetensors_bytes(name: &str, bytes: &[u8], what: &Path) -> Result<Model> {
-    let (cfg, weights) = if name == infer::AUTO {
-        infer::infer_and_load(bytes, what)?
+    let (cfg, weights) = if name == detect::AUTO {
+        detect::detect_and_load(bytes, what)?
     } else {
         let cfg = ModelConfig::by_name(name)?;
         let weights = safetensors::load_safetensors_bytes(bytes, what, &cfg)?;
@@ -59,8 +60,8 @@ pub fn load_model_safetensors_bytes(name: &str, bytes: &[u8], what: &Path) -> Re
     })
 }
 
-/// The file as safetensors bytes (a checkpoint converted in memory), then [`infer`].
-fn load_inferred(path: &Path) -> Result<(ModelConfig, ModelWeights)> {
+/// The file as safetensors bytes (a checkpoint converted in memory), then [`detect`].
+fn load_detected(path: &Path) -> Result<(ModelConfig, ModelWeights)> {
     let bytes = files::read_regular(path, safetensors::MAX_WEIGHT_FILE_BYTES, "weight file")?;
     #[cfg(feature = "pth")]
     if checkpoint::detect_format(&bytes) == checkpoint::WeightFormat::Checkpoint {
@@ -68,9 +69,9 @@ fn load_inferred(path: &Path) -> Result<(ModelConfig, ModelWeights)> {
         drop(bytes);
         let st = checkpoint::to_safetensors_bytes(&tensors)?;
         drop(tensors);
-        return infer::infer_and_load(&st, path);
+        return detect::detect_and_load(&st, path);
     }
-    infer::infer_and_load(&bytes, path)
+    detect::detect_and_load(&bytes, path)
 }
 
 #[cfg(feature = "pth")]

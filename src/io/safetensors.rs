@@ -289,34 +289,182 @@ pub fn load_safetensors(path: &Path, cfg: &ModelConfig) -> Result<ModelWeights> 
     load_safetensors_bytes(&bytes, path, cfg)
 }
 
-/// The first name a safetensors header lists twice. JSON allows repeated keys and a map keeps
-/// only one of them, so a file could otherwise carry two tensors under one name unnoticed.
-/// `None` also when the header is unreadable (the safetensors parser then says why).
-fn repeated_name(bytes: &[u8]) -> Option<String> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-    struct FirstRepeat(Option<String>);
-    struct Keys;
-    impl<'de> Visitor<'de> for Keys {
-        type Value = FirstRepeat;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FirstRepeat, A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            let mut repeat = None;
-            while let Some(key) = map.next_key::<String>()? {
-                map.next_value::<IgnoredAny>()?;
-                if !seen.insert(key.clone()) && repeat.is_none() {
-                    repeat = Some(key);
+/// The largest safetensors header read: the format's own rule (the `safetensors` crate's
+/// `MAX_HEADER_SIZE`), checked here before anything in the header is parsed.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Checks the header length the file's first 8 bytes give against [`MAX_HEADER_BYTES`] and
+/// the file's size, before any of the header is parsed.
+fn check_header_len(bytes: &[u8], path: &Path) -> Result<()> {
+    let bad = |why: String| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        why,
+    };
+    let Some(head) = bytes.get(..8) else {
+        return Err(bad(format!(
+            "{} bytes, fewer than the 8 of the header length",
+            bytes.len()
+        )));
+    };
+    let len = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "header of {len} bytes, more than the format's limit of {MAX_HEADER_BYTES}"
+        )));
+    }
+    if len > bytes.len() as u64 - 8 {
+        return Err(bad(format!(
+            "header of {len} bytes, past the end of the {}-byte file",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The most tensors a header may describe: far more than any model here has (a 256-block
+/// ViT has ~3,000), few enough that parsing the header takes memory of the order of its size.
+pub const MAX_TENSORS: usize = 65_536;
+/// The most dimensions a tensor's shape may have.
+pub const MAX_RANK: usize = 16;
+/// The most `__metadata__` entries a header may have.
+pub const MAX_METADATA_ENTRIES: usize = 4096;
+
+/// Checks a safetensors file's header before the `safetensors` crate parses it (which first
+/// buffers every entry of the header as a generic JSON value, several times the header's
+/// size): the length within [`MAX_HEADER_BYTES`] and the file, then one streaming pass that
+/// stops at the first entry that is not a tensor description (`dtype`, `shape` of at most
+/// [`MAX_RANK`] numbers, `data_offsets`), past [`MAX_TENSORS`] entries or
+/// [`MAX_METADATA_ENTRIES`] metadata, or at a name listed twice (JSON allows repeated keys
+/// and a map keeps only one of them, so a file could otherwise carry two tensors under one
+/// name unnoticed). The pass keeps only names borrowed from the header, so its memory stays
+/// below the header's size.
+pub fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
+    check_header_len(bytes, path)?;
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    scan_header(&bytes[8..8 + len]).map_err(|why| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
+/// The streaming pass of [`check_header`] over the header's JSON text.
+fn scan_header(header: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+    use std::fmt;
+    /// A key, borrowed from the header unless it has escapes.
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a tensor name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
                 }
             }
-            Ok(FirstRepeat(repeat))
+            d.deserialize_str(V)
         }
     }
-    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    /// A shape: at most [`MAX_RANK`] non-negative integers, not kept.
+    struct Shape;
+    impl<'de> serde::Deserialize<'de> for Shape {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Shape;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    write!(f, "a shape of at most {MAX_RANK} dimensions")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                    let mut n = 0;
+                    while seq.next_element::<u64>()?.is_some() {
+                        n += 1;
+                        if n > MAX_RANK {
+                            return Err(A::Error::custom(format!(
+                                "a shape of more than {MAX_RANK} dimensions"
+                            )));
+                        }
+                    }
+                    Ok(Shape)
+                }
+            }
+            d.deserialize_seq(V)
+        }
+    }
+    /// A tensor's entry (its values are checked again by the crate).
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Entry {
+        dtype: IgnoredAny,
+        shape: Shape,
+        data_offsets: [u64; 2],
+    }
+    /// `__metadata__`: at most [`MAX_METADATA_ENTRIES`] entries.
+    struct Metadata;
+    impl<'de> serde::Deserialize<'de> for Metadata {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Metadata;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    write!(f, "at most {MAX_METADATA_ENTRIES} metadata entries")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+                    let mut n = 0;
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                        n += 1;
+                        if n > MAX_METADATA_ENTRIES {
+                            return Err(A::Error::custom(format!(
+                                "more than {MAX_METADATA_ENTRIES} metadata entries"
+                            )));
+                        }
+                    }
+                    Ok(Metadata)
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object of tensor descriptions")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen: std::collections::HashSet<Cow<'de, str>> = Default::default();
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                if key == "__metadata__" {
+                    map.next_value::<Metadata>()?;
+                } else {
+                    map.next_value::<Entry>()
+                        .map_err(|e| A::Error::custom(format!("tensor '{key}': {e}")))?;
+                }
+                if seen.contains(&key) {
+                    return Err(A::Error::custom(format!(
+                        "the header lists tensor '{key}' twice (duplicate names)"
+                    )));
+                }
+                if seen.len() >= MAX_TENSORS {
+                    return Err(A::Error::custom(format!("more than {MAX_TENSORS} tensors")));
+                }
+                seen.insert(key);
+            }
+            Ok(())
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(header);
-    de.deserialize_map(Keys).ok()?.0
+    de.deserialize_map(Keys)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("invalid header: {e}"))
 }
 
 /// [`load_safetensors`] from the file's bytes; `path` is used only in messages.
@@ -325,12 +473,7 @@ pub fn load_safetensors_bytes(
     path: &Path,
     cfg: &ModelConfig,
 ) -> Result<ModelWeights> {
-    if let Some(name) = repeated_name(bytes) {
-        return Err(Error::BadSafetensors {
-            path: path.to_path_buf(),
-            why: format!("the header lists tensor '{name}' twice (duplicate names)"),
-        });
-    }
+    check_header(bytes, path)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::BadSafetensors {
         path: path.to_path_buf(),
         why: e.to_string(),
@@ -1080,6 +1223,43 @@ mod tests {
     fn fold_one(w: f32, b: f32, g: f32, beta: f32, mean: f32, var: f32) -> (f32, f32) {
         let (w, b) = fold_batch_norm(&[w], &[b], &[g], &[beta], &[mean], &[var], BN_EPS);
         (w[0], b[0])
+    }
+
+    #[test]
+    fn headers_are_scanned_with_bounds_before_the_crate_parses_them() {
+        let e = |h: &str| scan_header(h.as_bytes());
+        let t = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        assert!(e(&format!(r#"{{"a":{t},"__metadata__":{{"k":"v"}}}}"#)).is_ok());
+        let twice = e(&format!(r#"{{"a":{t},"a":{t}}}"#)).unwrap_err();
+        assert!(twice.contains("'a' twice"), "{twice}");
+        let not_tensor = e(r#"{"0":0,"1":0}"#).unwrap_err();
+        assert!(not_tensor.contains("tensor '0'"), "{not_tensor}");
+        let rank = format!("[{}]", vec!["1"; MAX_RANK + 1].join(","));
+        let deep = e(&format!(
+            r#"{{"a":{{"dtype":"F32","shape":{rank},"data_offsets":[0,4]}}}}"#
+        ))
+        .unwrap_err();
+        assert!(deep.contains("dimensions"), "{deep}");
+        let extra = e(r#"{"a":{"dtype":"F32","shape":[],"data_offsets":[0,4],"x":1}}"#);
+        assert!(extra.is_err());
+        let meta: Vec<String> = (0..=MAX_METADATA_ENTRIES)
+            .map(|i| format!(r#""{i}":"v""#))
+            .collect();
+        let many_meta = e(&format!(r#"{{"__metadata__":{{{}}}}}"#, meta.join(","))).unwrap_err();
+        assert!(many_meta.contains("metadata entries"), "{many_meta}");
+        let tensors: Vec<String> = (0..=MAX_TENSORS).map(|i| format!(r#""{i}":{t}"#)).collect();
+        let many = e(&format!("{{{}}}", tensors.join(","))).unwrap_err();
+        assert!(many.contains("more than 65536 tensors"), "{many}");
+        // The length: past the format's limit, or past the file.
+        let mut bytes = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let path = Path::new("x.safetensors");
+        let long = check_header(&bytes, path).unwrap_err().to_string();
+        assert!(long.contains("more than the format's limit"), "{long}");
+        let mut bytes = 100u64.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let past = check_header(&bytes, path).unwrap_err().to_string();
+        assert!(past.contains("past the end"), "{past}");
     }
 
     #[test]

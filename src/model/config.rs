@@ -229,6 +229,17 @@ pub const MODEL_NAMES: [&str; 10] = [
     "pit_ti_distill",
 ];
 
+/// The most `Transformer_Block` executions one stage may run ([`ModelConfig::validate`]):
+/// well past the deepest published ViT (48 blocks).
+pub const MAX_DEPTH: usize = 256;
+/// The largest input side in pixels ([`ModelConfig::validate`]).
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// The most patch tokens one image may have (a 128 x 128 grid: a 2048-pixel image in patches
+/// of 16); the attention of more does not fit any adapter's buffers.
+pub const MAX_TOKENS: usize = 16384;
+/// The most parameters a model may have: 4 GiB of f32, the largest weight file read.
+pub const MAX_PARAMS: u64 = 1 << 30;
+
 /// The model used when none is named.
 pub const DEFAULT_MODEL: &str = "sret_t_distill";
 
@@ -494,7 +505,119 @@ impl ModelConfig {
                 self.image_size
             )));
         }
+        self.check().map_err(bad)?;
         Ok(self)
+    }
+
+    /// Checks that the configuration is one a forward can run and whose sizes, FLOPs and
+    /// memory figures fit 64-bit counters: every count positive, the divisions exact
+    /// (`dim` by `heads`, `depth` by `recursive_num`), and the bounds [`MAX_DEPTH`],
+    /// [`MAX_IMAGE_SIZE`], [`MAX_TOKENS`] and [`MAX_PARAMS`] respected. Every way of making a
+    /// configuration (names, overrides, a weight file's shapes) and every plan of one
+    /// ([`crate::tome::Schedule::targets`]) calls it, before anything is sized from it.
+    pub fn validate(&self) -> Result<()> {
+        self.check()
+            .map_err(|why| Error::arg("model", self.name, why))
+    }
+
+    /// [`ModelConfig::validate`]'s checks; the error says why.
+    fn check(&self) -> std::result::Result<(), String> {
+        let bad = |why: String| Err(why);
+        if self.stages.is_empty() {
+            return bad("it has no stages".into());
+        }
+        if self.num_classes == 0 {
+            return bad("it has 0 classes".into());
+        }
+        if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE {
+            return bad(format!(
+                "image size {} is outside 1..={MAX_IMAGE_SIZE} pixels (no adapter holds the \
+                 attention of a larger image in one forward)",
+                self.image_size
+            ));
+        }
+        if let Arch::Vit(v) = &self.arch {
+            if v.patch == 0 || v.stride == 0 {
+                return bad(format!(
+                    "patch {} / stride {}: a patch convolution needs both at least 1",
+                    v.patch, v.stride
+                ));
+            }
+            if self.image_size < v.patch {
+                return bad(format!(
+                    "image size {} is smaller than the patch {}",
+                    self.image_size, v.patch
+                ));
+            }
+        } else if self.image_size < 8 << (self.stages.len() - 1) {
+            return bad(format!(
+                "image size {} leaves no tokens for {} stages (at least {} pixels)",
+                self.image_size,
+                self.stages.len(),
+                8 << (self.stages.len() - 1)
+            ));
+        }
+        let tokens = self.tokens(0);
+        if tokens == 0 || tokens > MAX_TOKENS {
+            return bad(format!(
+                "{tokens} patch tokens per image, outside 1..={MAX_TOKENS} (a larger image or a \
+                 smaller patch: its attention would not fit any adapter's buffers)"
+            ));
+        }
+        for (s, st) in self.stages.iter().enumerate() {
+            if st.dim == 0 || st.heads == 0 || !st.dim.is_multiple_of(st.heads) {
+                return bad(format!(
+                    "stage {s}: width {} is not a positive multiple of its {} heads",
+                    st.dim, st.heads
+                ));
+            }
+            if st.depth == 0 || st.depth > MAX_DEPTH {
+                return bad(format!(
+                    "stage {s}: depth {} is outside 1..={MAX_DEPTH} (the deepest published \
+                     ViT runs 48 blocks)",
+                    st.depth
+                ));
+            }
+            if st.recursive_num == 0 || !st.depth.is_multiple_of(st.recursive_num) {
+                return bad(format!(
+                    "stage {s}: depth {} is not a multiple of its {} shared blocks",
+                    st.depth, st.recursive_num
+                ));
+            }
+            if st.groups1 == 0 || st.groups2 == 0 || st.mlp_hidden == 0 {
+                return bad(format!(
+                    "stage {s}: groups ({}, {}) and MLP width {} must be at least 1",
+                    st.groups1, st.groups2, st.mlp_hidden
+                ));
+            }
+        }
+        match self.params_estimate() {
+            Some(p) if p <= MAX_PARAMS => Ok(()),
+            p => bad(format!(
+                "{} parameters, more than {MAX_PARAMS} (4 GiB of f32, the largest weight file \
+                 read)",
+                p.map_or_else(|| "over 2^64".to_string(), |p| p.to_string())
+            )),
+        }
+    }
+
+    /// The number of weights, as [`crate::runtime::cost::params`] counts them up to the
+    /// few small terms this leaves out, with checked arithmetic (`None` past `u64`).
+    fn params_estimate(&self) -> Option<u64> {
+        let m = |a: usize, b: usize| (a as u64).checked_mul(b as u64);
+        let mut p: u64 = m(self.tokens(0), self.stages[0].dim)?;
+        for st in &self.stages {
+            let d = st.dim;
+            let block = m(d, 4 * d.checked_add(3)?)?
+                .checked_add(m(d, st.mlp_hidden)?.checked_mul(2)?)?
+                .checked_add(m(st.mlp_hidden, 1)?)?;
+            let np = m(d, st.np_hidden)?.checked_mul(2)?;
+            p = p
+                .checked_add(block.checked_mul(st.recursive_num as u64)?)?
+                .checked_add(np.checked_mul(st.depth as u64)?)?;
+        }
+        let head = m(self.final_dim().checked_add(1)?, self.num_classes)?;
+        p.checked_add(head.checked_mul(2)?)
     }
 
     /// Tokens in front of the patch tokens that are never merged (class, distillation).
@@ -655,6 +778,48 @@ mod tests {
         ] {
             assert!(ModelConfig::by_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_named_config_is_valid_and_sizes_are_bounded() {
+        for n in MODEL_NAMES.iter().chain(&VIT_FAMILY_NAMES) {
+            ModelConfig::by_name(n).unwrap().validate().unwrap();
+        }
+        for (spec, needle) in [
+            (
+                "vit_tiny_patch16_224@depth=257",
+                "depth 257 is outside 1..=256",
+            ),
+            (
+                "vit_tiny_patch16_224@depth=18446744073709551615",
+                "depth 18446744073709551615",
+            ),
+            ("vit_tiny_patch16_224@img_size=4112", "image size 4112"),
+            (
+                "vit_tiny_patch16_224@img_size=18446744073709551600",
+                "image size 18446744073709551600",
+            ),
+            // 4096 pixels in patches of 16: a 256 x 256 grid.
+            ("vit_tiny_patch16_224@img_size=4096", "65536 patch tokens"),
+            ("vit_huge_patch14_224@depth=256", "parameters, more than"),
+        ] {
+            let e = ModelConfig::by_name(spec).unwrap_err().to_string();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+        // The largest accepted sizes.
+        ModelConfig::by_name("vit_tiny_patch16_224@depth=256,img_size=2048").unwrap();
+        // Hand-made configurations are checked as well.
+        let mut c = ModelConfig::by_name("deit_tiny").unwrap();
+        if let Arch::Vit(v) = &mut c.arch {
+            v.patch = 0;
+        }
+        assert!(c.validate().unwrap_err().to_string().contains("patch 0"));
+        let mut c = ModelConfig::by_name("sret_t").unwrap();
+        c.stages[1].heads = 0;
+        assert!(c.validate().is_err());
+        c.stages[1].heads = 4;
+        c.num_classes = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -92,11 +92,26 @@ impl Totals {
         }
     }
 
+    /// Adds `times` runs of `d`, saturating at `u64::MAX` (which [`CostFigures::overflowed`]
+    /// reports) instead of wrapping.
     fn add(&mut self, d: &DispatchCost, times: u64) {
-        self.dispatches += times;
-        self.flops += times * d.flops;
-        self.bytes_read += times * d.bytes_read;
-        self.bytes_written += times * d.bytes_written;
+        let add = |sum: &mut u64, v: u64| *sum = sum.saturating_add(times.saturating_mul(v));
+        add(&mut self.dispatches, 1);
+        add(&mut self.flops, d.flops);
+        add(&mut self.bytes_read, d.bytes_read);
+        add(&mut self.bytes_written, d.bytes_written);
+    }
+
+    /// Whether a sum reached `u64::MAX` (it saturated: the true figure is larger).
+    pub fn saturated(&self) -> bool {
+        [
+            self.dispatches,
+            self.flops,
+            self.bytes_read,
+            self.bytes_written,
+        ]
+        .contains(&u64::MAX)
+            || self.bytes_read.checked_add(self.bytes_written).is_none()
     }
 }
 
@@ -117,6 +132,14 @@ pub struct CostFigures {
     pub families: Vec<(Family, Totals)>,
     /// Sums over the whole forward.
     pub total: Totals,
+}
+
+impl CostFigures {
+    /// Whether a total passed `u64::MAX` (a batch too large to count): the figures are then
+    /// not to be printed.
+    pub fn overflowed(&self) -> bool {
+        self.total.saturated() || self.families.iter().any(|(_, t)| t.saturated())
+    }
 }
 
 /// Records the forward of `spec.batch` images for `limits` (as [`super::forward::memory_plan`])

@@ -71,9 +71,12 @@ impl Schedule {
     }
 
     /// The target reduction of every `Transformer_Block` execution, grouped by stage
-    /// (`targets[stage][exec]`).
+    /// (`targets[stage][exec]`). An error for a configuration that
+    /// [`ModelConfig::validate`] refuses.
     pub fn targets(&self, cfg: &ModelConfig) -> Result<Vec<Vec<usize>>> {
         self.validate()?;
+        // Bounded depths and token counts before anything is sized from them.
+        cfg.validate()?;
         let depths: Vec<usize> = cfg.stages.iter().map(|s| s.depth).collect();
         let total: usize = depths.iter().sum();
         let global: Vec<usize> = match self {

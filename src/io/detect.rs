@@ -20,12 +20,13 @@ use super::safetensors::{expected_tensors, load_safetensors_bytes};
 use crate::error::{Error, Result};
 use crate::model::{Arch, ModelConfig, ModelWeights, VitPool, MODEL_NAMES, VIT_FAMILY_NAMES};
 
-/// The model name that asks for inference.
+/// The model name that asks for the configuration to be detected from the weights.
 pub const AUTO: &str = "auto";
 
 /// `(name, shape)` of the float tensors in safetensors `bytes` (a `module.` prefix stripped,
 /// BatchNorm counters left out).
 fn shapes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Vec<usize>)>> {
+    super::safetensors::check_header(bytes, path)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::BadSafetensors {
         path: path.to_path_buf(),
         why: e.to_string(),
@@ -45,7 +46,7 @@ fn shapes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Vec<usize>)>> {
 }
 
 /// The configuration of the safetensors `bytes` and its weights (see the module docs).
-pub fn infer_and_load(bytes: &[u8], path: &Path) -> Result<(ModelConfig, ModelWeights)> {
+pub fn detect_and_load(bytes: &[u8], path: &Path) -> Result<(ModelConfig, ModelWeights)> {
     let file = shapes(bytes, path)?;
     let mut file_shapes: Vec<&Vec<usize>> = file.iter().map(|(_, s)| s).collect();
     file_shapes.sort();
@@ -123,6 +124,11 @@ fn derive_vit(file: &[(String, Vec<usize>)], path: &Path) -> Result<ModelConfig>
     if patch != patch2 {
         return Err(bad(format!("non-square patches {patch}x{patch2}")));
     }
+    if patch == 0 {
+        return Err(bad(format!(
+            "patch_embed.proj.weight has shape {proj:?}: a patch of 0 pixels"
+        )));
+    }
     let base = match dim {
         192 => "vit_tiny_patch16_224",
         384 => "vit_small_patch16_224",
@@ -177,9 +183,21 @@ fn derive_vit(file: &[(String, Vec<usize>)], path: &Path) -> Result<ModelConfig>
             )))
         }
     };
-    let hidden = get("blocks.0.mlp.fc1.weight")?[0];
+    let fc1 = get("blocks.0.mlp.fc1.weight")?;
+    let hidden = match fc1[..] {
+        [h, d] if d == dim && h > 0 => h,
+        _ => {
+            return Err(bad(format!(
+                "blocks.0.mlp.fc1.weight has shape {fc1:?}, not [hidden, {dim}]"
+            )))
+        }
+    };
     let mut cfg = ModelConfig::by_name(base)?;
-    cfg.image_size = grid * patch;
+    cfg.image_size = grid.checked_mul(patch).ok_or_else(|| {
+        bad(format!(
+            "a {grid} x {grid} grid of {patch}-pixel patches is too large"
+        ))
+    })?;
     cfg.num_classes = classes;
     let st = &mut cfg.stages[0];
     (st.depth, st.recursive_num, st.mlp_hidden) = (blocks, blocks, hidden);
@@ -190,5 +208,7 @@ fn derive_vit(file: &[(String, Vec<usize>)], path: &Path) -> Result<ModelConfig>
             v.prop_attn = false;
         }
     }
+    cfg.validate()
+        .map_err(|e| bad(format!("the tensors describe {}: {e}", describe(&cfg))))?;
     Ok(cfg)
 }
