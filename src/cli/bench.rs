@@ -609,7 +609,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     check_distinct("batch", &a.batch)?;
     let model = Arc::new(a.model.load()?);
     let schedules = schedules(&a, &model.cfg)?;
-    let gpu = Gpu::new(&a.gpu.choice())?;
+    let gpu = super::open_gpu(&a.gpu)?;
     let setup = BenchSetup::new(&a, &gpu, &model, &schedules)?;
     let cache = a.gpu.pipeline_cache();
     // On stderr; indicatif hides it when stderr is not a terminal.

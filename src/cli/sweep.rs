@@ -240,7 +240,7 @@ pub fn run_sweep_cmd(a: SweepArgs) -> Result<ResultsFile> {
         s.parse::<Schedule>()?;
     }
     let dataset = a.data.open(model.cfg.num_classes)?;
-    let gpu = Gpu::new(&a.gpu.choice())?;
+    let gpu = super::open_gpu(&a.gpu)?;
     let cfg = sweep_config(&a, &gpu, &model.cfg, r_init, alpha, extra)?;
     let shard = cfg.shard;
     eprintln!(
