@@ -55,7 +55,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     crate::io::files::check_output(&a.out, &inputs)?;
     let model = std::sync::Arc::new(a.model.load()?);
     let schedule: Schedule = a.schedule.parse()?;
-    let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
+    let spec = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
     if model.synthetic {
         eprintln!(
             "note: no --weights given; using deterministic synthetic weights for {} (the classes printed are meaningless)",
@@ -70,7 +70,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         .pipeline_cache(&a.gpu.pipeline_cache())
         .with_model(model.clone())
         .spec(
-            &plan
+            &spec
                 .clone()
                 .with_batch(batch)
                 .with_trace(a.trace)
@@ -82,8 +82,8 @@ pub fn run(a: InferArgs) -> Result<()> {
     let classes = model.cfg.num_classes;
     let mut tensors = vec![OutTensor::f32("logits", vec![batch, classes], &out.logits)];
     if a.trace {
-        for e in &plan.trajectory.executions {
-            if let Some(p) = &plan.perms[e.stage][e.exec] {
+        for e in &spec.trajectory.executions {
+            if let Some(p) = &spec.perms[e.stage][e.exec] {
                 tensors.push(OutTensor::i64(
                     format!("perm.{}.{}", e.stage, e.exec),
                     vec![p.len()],
@@ -121,7 +121,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         model.cfg.name,
         gpu.describe(),
         schedule,
-        plan.trajectory.removed_total()
+        spec.trajectory.removed_total()
     );
     for (i, row) in out.logits.chunks(classes).enumerate() {
         let p = softmax(row);

@@ -85,9 +85,9 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
         Some(name) => Some(figures::device_profile(name)?),
         None => None,
     };
-    let mut plan = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
+    let mut spec = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)?;
     let counted = kernels.unwrap_or(Variants::all(Variant::Portable));
-    plan.kernels = counted;
+    spec.kernels = counted;
     let uses_subgroups = KernelKind::ALL
         .iter()
         .any(|&k| counted.get(k) == Variant::Subgroup);
@@ -100,7 +100,7 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
     let fig = figures::cost_figures(
         &cfg,
         &weights,
-        &plan.clone().with_batch(a.batch.unwrap_or(1)),
+        &spec.clone().with_batch(a.batch.unwrap_or(1)),
         &wgpu::Limits::default(),
         width,
     );
@@ -120,7 +120,7 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
             let (mb, arena) = memory_plan(
                 &cfg,
                 &weights,
-                &plan.clone().with_batch(batch),
+                &spec.clone().with_batch(batch),
                 &wgpu::Limits::default(),
             );
             Some((
@@ -134,7 +134,7 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
     };
     // Choices engines made for this model and trajectory on adapters seen before.
     let cached: Vec<(String, crate::kernels::Variants)> = {
-        let (model_tag, tokens_tag) = crate::api::shape_tag(&cfg, &plan);
+        let (model_tag, tokens_tag) = crate::api::shape_tag(&cfg, &spec);
         crate::api::TuneCache::default_dir()
             .map(|d| crate::api::TuneCache::in_dir(&d).entries())
             .unwrap_or_default()

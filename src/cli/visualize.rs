@@ -71,7 +71,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         );
     }
     let schedule: Schedule = a.schedule.parse()?;
-    let plan = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
+    let spec = ForwardSpec::new(&model.cfg, &schedule, a.seed)?;
     let input = crate::io::load_image_with(
         &a.image,
         &crate::preprocess::EvalTransform::for_model(&model.cfg),
@@ -83,7 +83,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         .pipeline_cache(&a.gpu.pipeline_cache())
         .with_model(model.clone())
         .spec(
-            &plan
+            &spec
                 .clone()
                 .with_batch(1)
                 .with_trace(true)
@@ -92,7 +92,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         .build()?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
-    let maps = stage_maps(&model.cfg, &plan.trajectory, &trace_maps, 0)?;
+    let maps = stage_maps(&model.cfg, &spec.trajectory, &trace_maps, 0)?;
     let name = a
         .image
         .file_name()
@@ -102,7 +102,7 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
         "{name}: {} with {} ({} tokens merged){}",
         model.cfg.name,
         schedule,
-        plan.trajectory.removed_total(),
+        spec.trajectory.removed_total(),
         if model.synthetic {
             ", synthetic weights"
         } else {
