@@ -144,76 +144,118 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
             })
             .collect()
     };
+    let report = Report {
+        cfg: &cfg,
+        schedule: &schedule,
+        traj: &traj,
+        flops_thop,
+        flops_total,
+        params,
+        memory,
+        counted_text,
+        cached,
+        fig,
+        roofline,
+    };
     if a.json {
-        let v = serde_json::json!({
-            "model": cfg.name,
-            "schedule": schedule.to_string(),
-            "executions": traj.executions,
-            "removed_total": traj.removed_total(),
-            "removed_per_stage": traj.removed_per_stage(),
-            "flops_thop": flops_thop,
-            "flops_total": flops_total,
-            "params": params,
-            "lead_tokens": cfg.lead(),
-        });
-        let mut v = v;
-        if let Some((batch, mb, pam, live)) = memory {
-            v["batch"] = batch.into();
-            v["micro_batch"] = mb.into();
-            v["pam_bytes"] = pam.into();
-            v["peak_live_bytes"] = live.into();
-        }
-        v["kernel_variants"] = serde_json::json!({
-            "policy": KERNEL_POLICY,
-            "cost_figures": counted_text,
-            "cached": cached
-                .iter()
-                .map(|(k, v)| serde_json::json!({"key": k, "variants": v.to_string()}))
-                .collect::<Vec<_>>(),
-        });
-        let costs = figures::figures_json(&fig);
-        v["cost_batch"] = fig.batch.into();
-        v["dispatches"] = costs["dispatches"].clone();
-        v["global_bytes"] = costs["global_bytes"].clone();
-        v["cost"] = costs;
-        if let Some(r) = &roofline {
-            v["roofline"] = figures::roofline_json(r);
-        }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&report);
     } else {
-        println!("{} under {}", cfg.name, schedule);
-        print!("{}", tome::render_table(&traj));
-        println!(
-            "kernels: {KERNEL_POLICY}; the cost figures below count {counted_text} (--kernels)"
-        );
-        for (key, variants) in &cached {
-            println!("  autotuned earlier: {variants}  [{key}]");
-        }
-        if cfg.lead() > 0 {
-            println!(
-                "token counts are patch tokens; {} class/distillation token{} ride{} in front, never merged",
-                cfg.lead(),
-                if cfg.lead() == 1 { "" } else { "s" },
-                if cfg.lead() == 1 { "s" } else { "" }
-            );
-        }
-        println!(
-            "FLOPs per image: {:.2} G (thop convention), {:.2} G (all ops); parameters {:.2} M",
-            flops_thop as f64 / 1e9,
-            flops_total as f64 / 1e9,
-            params as f64 / 1e6
-        );
-        if let Some((batch, mb, pam, live)) = memory {
-            println!(
-                "batch {batch} (micro-batches of {mb}): peak activation memory {:.2} MB ({:.2} MB live at the busiest step)",
-                pam as f64 / 1048576.0,
-                live as f64 / 1048576.0
-            );
-        }
-        print!("{}", figures::render_figures(&fig));
-        if let Some(r) = &roofline {
-            print!("{}", figures::render_roofline(r, fig.batch));
-        }
+        print_text(&report);
     }
     Ok(())
+}
+
+/// What `plan` prints, as text or JSON.
+struct Report<'a> {
+    cfg: &'a ModelConfig,
+    schedule: &'a Schedule,
+    traj: &'a tome::Trajectory,
+    flops_thop: u64,
+    flops_total: u64,
+    params: u64,
+    /// `(batch, micro-batch, PAM bytes, peak live bytes)` with `--batch`.
+    memory: Option<(usize, usize, u64, u64)>,
+    /// The kernel variants the cost figures count.
+    counted_text: String,
+    /// Choices engines made for this model and trajectory on adapters seen before.
+    cached: Vec<(String, Variants)>,
+    fig: figures::CostFigures,
+    roofline: Option<figures::Roofline>,
+}
+
+/// `plan --json`.
+fn print_json(r: &Report) {
+    let v = serde_json::json!({
+        "model": r.cfg.name,
+        "schedule": r.schedule.to_string(),
+        "executions": r.traj.executions,
+        "removed_total": r.traj.removed_total(),
+        "removed_per_stage": r.traj.removed_per_stage(),
+        "flops_thop": r.flops_thop,
+        "flops_total": r.flops_total,
+        "params": r.params,
+        "lead_tokens": r.cfg.lead(),
+    });
+    let mut v = v;
+    if let Some((batch, mb, pam, live)) = r.memory {
+        v["batch"] = batch.into();
+        v["micro_batch"] = mb.into();
+        v["pam_bytes"] = pam.into();
+        v["peak_live_bytes"] = live.into();
+    }
+    v["kernel_variants"] = serde_json::json!({
+        "policy": KERNEL_POLICY,
+        "cost_figures": r.counted_text,
+        "cached": r.cached
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "variants": v.to_string()}))
+            .collect::<Vec<_>>(),
+    });
+    let costs = figures::figures_json(&r.fig);
+    v["cost_batch"] = r.fig.batch.into();
+    v["dispatches"] = costs["dispatches"].clone();
+    v["global_bytes"] = costs["global_bytes"].clone();
+    v["cost"] = costs;
+    if let Some(roofline) = &r.roofline {
+        v["roofline"] = figures::roofline_json(roofline);
+    }
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// `plan`'s table and figures.
+fn print_text(r: &Report) {
+    println!("{} under {}", r.cfg.name, r.schedule);
+    print!("{}", tome::render_table(&r.traj));
+    println!(
+        "kernels: {KERNEL_POLICY}; the cost figures below count {} (--kernels)",
+        r.counted_text
+    );
+    for (key, variants) in &r.cached {
+        println!("  autotuned earlier: {variants}  [{key}]");
+    }
+    if r.cfg.lead() > 0 {
+        println!(
+            "token counts are patch tokens; {} class/distillation token{} ride{} in front, never merged",
+            r.cfg.lead(),
+            if r.cfg.lead() == 1 { "" } else { "s" },
+            if r.cfg.lead() == 1 { "s" } else { "" }
+        );
+    }
+    println!(
+        "FLOPs per image: {:.2} G (thop convention), {:.2} G (all ops); parameters {:.2} M",
+        r.flops_thop as f64 / 1e9,
+        r.flops_total as f64 / 1e9,
+        r.params as f64 / 1e6
+    );
+    if let Some((batch, mb, pam, live)) = r.memory {
+        println!(
+            "batch {batch} (micro-batches of {mb}): peak activation memory {:.2} MB ({:.2} MB live at the busiest step)",
+            pam as f64 / 1048576.0,
+            live as f64 / 1048576.0
+        );
+    }
+    print!("{}", figures::render_figures(&r.fig));
+    if let Some(roofline) = &r.roofline {
+        print!("{}", figures::render_roofline(roofline, r.fig.batch));
+    }
 }
