@@ -78,6 +78,8 @@ mod pending;
 // On wasm32 nothing measures (its measurements block): the measuring half is unused there.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod tune;
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub mod validate;
 
 pub use builder::EngineBuilder;
 pub use engine::{Engine, Input};
@@ -85,6 +87,7 @@ pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, T
 pub use logits::Logits;
 pub use pending::PendingLogits;
 pub use tune::{shape_tag, Autotune, ChoiceSource, KernelChoice, Measurements, TuneCache};
+pub use validate::{Rejected, Validation};
 
 /// Optional device features the engine uses when the device it is given has them enabled:
 /// `SUBGROUP` (the subgroup kernels: several times faster on CPU adapters), `TIMESTAMP_QUERY`

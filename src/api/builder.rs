@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::tune;
-use super::{useful_features, Autotune, ChoiceSource, Engine, KernelChoice, Timer, TuneCache};
+use super::{
+    useful_features, Autotune, ChoiceSource, Engine, KernelChoice, Rejected, Timer, TuneCache,
+    Validation,
+};
 use crate::error::{Error, Result};
-use crate::gpu::{AdapterChoice, Gpu, PipelineCache, Variants};
+use crate::gpu::{AdapterChoice, Gpu, KernelKind, PipelineCache, Variants};
 use crate::kernels::preprocess::Preprocessor;
 use crate::model::{Model, Precision, DEFAULT_MODEL};
 use crate::runtime::{ForwardSpec, PlannedForward};
@@ -62,6 +65,10 @@ pub struct EngineBuilder {
     autotune: Autotune,
     /// Directory of the autotune cache; `None`: [`TuneCache::default_dir`].
     tune_dir: Option<PathBuf>,
+    /// Check non-portable kernel variants against the portable ones ([`super::validate`]).
+    validate: bool,
+    /// Test hook: the kind whose variant the check sees as wrong.
+    fault: Option<KernelKind>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -100,6 +107,8 @@ impl Default for EngineBuilder {
             cache: None,
             autotune: Autotune::from_env(),
             tune_dir: None,
+            validate: super::validate::from_env(),
+            fault: None,
         }
     }
 }
@@ -117,8 +126,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Load weights from a safetensors file or a `torch.save` checkpoint (`.pth`) with the
-    /// reference's `state_dict()` names.
+    /// Load weights from a safetensors file or a `torch.save` checkpoint (`.pth`, which needs
+    /// the `pth` feature, on with the default `cli`) with the reference's `state_dict()` names.
     pub fn weights(mut self, path: impl Into<PathBuf>) -> Self {
         self.weights = Weights::File(path.into());
         self
@@ -222,6 +231,25 @@ impl EngineBuilder {
         self
     }
 
+    /// Check every non-portable kernel variant the engine would run against the portable
+    /// kernel on the device, the first time a plan meets an adapter, driver and precision (on
+    /// by default; `SRET_TOME_VALIDATE=off` turns the default off). A variant that disagrees
+    /// is not used: see [`super::validate`]. The verdict is cached with the autotune choice,
+    /// so the check costs once per adapter; turn it off only where the build cannot afford
+    /// the first check and the adapter's variants are known good.
+    pub fn validate_kernels(mut self, on: bool) -> Self {
+        self.validate = on;
+        self
+    }
+
+    /// Test hook: the kernel check sees `kind`'s variant as wrong (its logits perturbed), to
+    /// show the rejection and the portable fallback. Not cached.
+    #[doc(hidden)]
+    pub fn validation_fault(mut self, kind: KernelKind) -> Self {
+        self.fault = Some(kind);
+        self
+    }
+
     /// Keep the autotune cache in `dir` instead of [`TuneCache::default_dir`].
     pub fn autotune_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.tune_dir = Some(dir.into());
@@ -266,6 +294,8 @@ impl EngineBuilder {
             .with_trace(self.trace)
             .with_precision(self.precision);
         let (preferred, source, measurements) = self.choose(&model, &gpu, &cache, &spec)?;
+        let (preferred, validation, rejected) =
+            self.check_kernels(&model, &gpu, &cache, &spec, preferred)?;
         let f16 = self.precision == Precision::F16;
         let (inner, preprocessor) =
             make_on_device(&gpu, &cache, &model, &spec.with_kernels(preferred), f16).await?;
@@ -274,6 +304,8 @@ impl EngineBuilder {
             source,
             used: tune::used(inner.dispatch_names().map(|(_, name)| name)),
             measurements,
+            validation,
+            rejected,
         };
         for &(kind, v) in &kernels.used {
             if v != preferred.get(kind) {
@@ -356,11 +388,55 @@ impl EngineBuilder {
                     cache: Some(cache.clone()),
                     autotune: Autotune::Off,
                     tune_dir: None,
+                    validate: false,
+                    fault: None,
                 };
                 let dir = self.tune_dir.clone().or_else(TuneCache::default_dir);
                 tune::measure(base, gpu, cache, &model.cfg, spec, dir.as_deref())?
             }
         })
+    }
+}
+
+impl EngineBuilder {
+    /// `preferred` checked against the portable kernels ([`super::validate`]).
+    fn check_kernels(
+        &self,
+        model: &Arc<Model>,
+        gpu: &Gpu,
+        cache: &PipelineCache,
+        spec: &ForwardSpec,
+        preferred: Variants,
+    ) -> Result<(Variants, Validation, Vec<Rejected>)> {
+        if !self.validate || cfg!(target_arch = "wasm32") {
+            return Ok((preferred, Validation::Off, Vec::new()));
+        }
+        let base = EngineBuilder {
+            model: self.model.clone(),
+            weights: Weights::Loaded(model.clone()),
+            schedule: self.schedule.clone(),
+            seed: self.seed,
+            batch: self.batch,
+            precision: self.precision,
+            trace: false,
+            device: DeviceChoice::Shared(Box::new(gpu.clone())),
+            cache: Some(cache.clone()),
+            autotune: Autotune::Off,
+            tune_dir: None,
+            validate: false,
+            fault: None,
+        };
+        let dir = self.tune_dir.clone().or_else(TuneCache::default_dir);
+        let check = super::validate::Check {
+            base,
+            gpu,
+            cfg: &model.cfg,
+            spec,
+            trusted: cache.is_trusted(),
+            dir: dir.as_deref(),
+            fault: self.fault,
+        };
+        super::validate::check(check, preferred)
     }
 }
 

@@ -44,6 +44,12 @@ impl Engine {
         encoder: &mut wgpu::CommandEncoder,
         input: impl Into<Input<'a>>,
     ) -> Result<()> {
+        self.encode_checked(encoder, input.into()).map(|_| ())
+    }
+
+    /// [`Engine::encode_forward`], returning the forward's stamp (see
+    /// [`PlannedForward::stamp_buffer`](crate::runtime::PlannedForward::stamp_buffer)).
+    fn encode_checked(&self, encoder: &mut wgpu::CommandEncoder, input: Input<'_>) -> Result<u32> {
         // What checks cannot see (say, a texture of another device) is a validation error of
         // the device: returned here rather than left to its uncaptured-error handler.
         //
@@ -51,27 +57,45 @@ impl Engine {
         // of [`Engine::run_async`]) or the device's uncaptured-error handler.
         #[cfg(target_arch = "wasm32")]
         {
-            self.record(encoder, input.into())
+            self.record(encoder, input)
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
             let scope = self
                 .device()
                 .push_error_scope(wgpu::ErrorFilter::Validation);
-            let recorded = self.record(encoder, input.into());
+            let recorded = self.record(encoder, input);
             let error = pollster::block_on(scope.pop());
-            recorded?;
+            let seq = recorded?;
             match error {
                 Some(e) => Err(Error::Gpu {
                     during: "recording the forward".into(),
                     why: crate::gpu::context::error_text(&e),
                 }),
-                None => Ok(()),
+                None => Ok(seq),
             }
         }
     }
 
-    fn record(&self, encoder: &mut wgpu::CommandEncoder, input: Input<'_>) -> Result<()> {
+    /// Record a forward (after checking that the device is alive); its stamp. wgpu-core
+    /// panics on a resource of another wgpu `Instance` (another engine's own device): caught,
+    /// and an error.
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, input: Input<'_>) -> Result<u32> {
+        self.gpu().check_alive("recording the forward")?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.record_alive(encoder, input)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Gpu {
+                during: "recording the forward".into(),
+                why: "wgpu panicked on the input: a buffer or texture of another wgpu Instance \
+                      (another engine's own device, say)? Pass one of this engine's device"
+                    .into(),
+            })
+        })
+    }
+
+    fn record_alive(&self, encoder: &mut wgpu::CommandEncoder, input: Input<'_>) -> Result<u32> {
         let staged;
         let source = match input {
             Input::Host(values) => {
@@ -83,7 +107,7 @@ impl Engine {
             Input::Texture(t) => self.preprocess(encoder, std::slice::from_ref(&t))?,
             Input::Textures(ts) => self.preprocess(encoder, ts)?,
         };
-        self.inner.encode_forward(encoder, source)
+        self.inner.encode_stamped(encoder, source)
     }
 
     /// Copy host images into a pooled staging buffer (mapped for writing while pooled) and
@@ -111,9 +135,14 @@ impl Engine {
             });
         buffer
             .get_mapped_range_mut(..)
-            .map_err(|e| Error::Gpu {
-                during: "staging host images".into(),
-                why: e.to_string(),
+            .map_err(|e| {
+                self.gpu()
+                    .check_alive("staging host images")
+                    .err()
+                    .unwrap_or_else(|| Error::Gpu {
+                        during: "staging host images".into(),
+                        why: e.to_string(),
+                    })
             })?
             .copy_from_slice(bytes);
         buffer.unmap();
@@ -188,7 +217,18 @@ impl Engine {
     /// submitted (`CommandEncoder::map_buffer_on_submit`). Record it after the forward whose
     /// logits it should read. The buffer comes from a small pool and returns to it when the
     /// logits have been read.
+    ///
+    /// The logits are those of the last forward recorded, or an error: the forward's stamp is
+    /// copied beside them, and logits whose stamp is not that forward's (its commands did not
+    /// run: a validation error, an encoder never submitted) are [`Error::NotRun`], never an
+    /// earlier forward's logits.
     pub fn encode_readback(&self, encoder: &mut wgpu::CommandEncoder) -> PendingLogits {
+        self.encode_readback_of(encoder, self.inner.last_stamp())
+    }
+
+    /// [`Engine::encode_readback`] of the forward stamped `seq`.
+    fn encode_readback_of(&self, encoder: &mut wgpu::CommandEncoder, seq: u32) -> PendingLogits {
+        use crate::runtime::forward::{stamp_matches, STAMP_BYTES};
         let bytes = self.logits_bytes();
         self.readbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -200,12 +240,13 @@ impl Engine {
             .unwrap_or_else(|| {
                 self.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some("logits readback"),
-                    size: bytes,
+                    size: bytes + STAMP_BYTES,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
             });
         encoder.copy_buffer_to_buffer(self.logits_buffer(), 0, &buffer, 0, bytes);
+        encoder.copy_buffer_to_buffer(self.inner.stamp_buffer(), 0, &buffer, bytes, STAMP_BYTES);
         let (pending, done) = PendingLogits::waiting(self.device());
         let (batch, classes) = (self.batch(), self.classes());
         let f16 = self.inner.is_f16();
@@ -214,6 +255,7 @@ impl Engine {
         encoder.map_buffer_on_submit(&buffer, wgpu::MapMode::Read, .., move |r| {
             // The engine never destroys its buffers, so a mapping that fails means the device
             // was destroyed or lost (a borrowed device keeps its own lost-device callback).
+            let mut ran = true;
             let read = r
                 .map_err(crate::gpu::context::lost_in_readback)
                 .and_then(|()| {
@@ -221,7 +263,9 @@ impl Engine {
                         during: "readback".into(),
                         why: e.to_string(),
                     })?;
-                    let mut values = crate::runtime::forward::decode_elems(&view, f16);
+                    let split = bytes as usize;
+                    ran = stamp_matches(&view[split..], seq);
+                    let mut values = crate::runtime::forward::decode_elems(&view[..split], f16);
                     values.truncate(batch * classes);
                     Ok(values)
                 });
@@ -232,6 +276,19 @@ impl Engine {
                     pool.push(mapped);
                 }
             }
+            let read = read.and_then(|values| {
+                if ran {
+                    Ok(values)
+                } else {
+                    Err(Error::NotRun {
+                        why: "the logits in the readback are an earlier forward's (a validation \
+                              error of its command buffer: an input of another device or a \
+                              destroyed one; or the encoder of the forward was not submitted \
+                              before the readback's)"
+                            .into(),
+                    })
+                }
+            });
             done.complete(read.map(|values| Logits::new(values, batch, classes)));
         });
         pending
@@ -239,16 +296,17 @@ impl Engine {
 
     /// Submit a forward of `input` with its readback, without waiting: one command buffer, one
     /// submission. Host data is staged in a buffer of its own, so concurrent calls (the engine
-    /// is `Sync`) never see each other's images.
+    /// is `Sync`) never see each other's images. A validation error of the commands (an input
+    /// of another device, a destroyed one) is returned here.
     pub fn forward_async<'a>(&self, input: impl Into<Input<'a>>) -> Result<PendingLogits> {
         let mut encoder = self
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sret-tome forward"),
             });
-        self.encode_forward(&mut encoder, input)?;
-        let pending = self.encode_readback(&mut encoder);
-        self.submit(encoder);
+        let seq = self.encode_checked(&mut encoder, input.into())?;
+        let pending = self.encode_readback_of(&mut encoder, seq);
+        self.submit(encoder)?;
         Ok(pending)
     }
 
@@ -276,15 +334,15 @@ impl Engine {
             .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let recorded = self.record(&mut encoder, input.into());
         let errors = [oom.pop().await, validation.pop().await];
-        recorded?;
+        let seq = recorded?;
         if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu {
                 during: "recording the forward".into(),
                 why: crate::gpu::context::error_text(&e),
             });
         }
-        let pending = self.encode_readback(&mut encoder);
-        self.submit(encoder);
+        let pending = self.encode_readback_of(&mut encoder, seq);
+        self.submit(encoder)?;
         pending.await
     }
 }

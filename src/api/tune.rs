@@ -106,6 +106,11 @@ pub struct KernelChoice {
     /// Per round measured: the preferences and, per kind, seconds (per-dispatch profile) or,
     /// without timestamps, the whole forward's wall time under [`None`].
     pub measurements: Measurements,
+    /// How the variants were checked against the portable kernels ([`super::validate`]).
+    pub validation: super::Validation,
+    /// The variants that disagreed with the portable kernels and do not run (the portable
+    /// kernel runs instead; `preferred` and `used` say what runs).
+    pub rejected: Vec<super::Rejected>,
 }
 
 impl fmt::Display for KernelChoice {
@@ -115,7 +120,17 @@ impl fmt::Display for KernelChoice {
             .iter()
             .map(|(k, v)| format!("{} {}", k.name(), v.name()))
             .collect();
-        write!(f, "{} ({})", used.join(", "), self.source)
+        write!(
+            f,
+            "{} ({}; {}",
+            used.join(", "),
+            self.source,
+            self.validation
+        )?;
+        for r in &self.rejected {
+            write!(f, "; {} {} rejected", r.kind.name(), r.variant.name())?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -242,10 +257,27 @@ pub(super) fn measure(
         log::info!("autotune: {v} (cached) for {key}");
         return Ok((v, ChoiceSource::Cached, Vec::new()));
     }
+    let start = std::time::Instant::now();
+    log::info!(
+        "autotune: measuring kernel variants for this adapter, first time only: {ROUNDS} rounds \
+         of an engine build and three forwards (pin the variants with Autotune::Pin, \
+         SRET_TOME_AUTOTUNE or --kernels to skip this; the choice is cached in {})",
+        store
+            .as_ref()
+            .map_or("no file: no cache directory".to_string(), |s| s
+                .path()
+                .display()
+                .to_string())
+    );
     let mut rounds: Measurements = Vec::new();
     let mut seen: Vec<Vec<&'static str>> = Vec::new();
     for r in 0..ROUNDS {
         let v = round(r);
+        log::info!(
+            "autotune: round {}/{ROUNDS} ({v}), {:.1} s so far",
+            r + 1,
+            start.elapsed().as_secs_f64()
+        );
         let engine = base.clone().autotune(Autotune::Pin(v)).build()?;
         let shaders: Vec<&'static str> = engine.inner.dispatch_names().map(|(_, n)| n).collect();
         if seen.contains(&shaders) {
@@ -288,7 +320,10 @@ pub(super) fn measure(
         rounds.push((ran, times));
     }
     let chosen = pick(&rounds);
-    log::info!("autotune: {chosen} (measured) for {key}");
+    log::info!(
+        "autotune: {chosen} (measured in {:.1} s) for {key}",
+        start.elapsed().as_secs_f64()
+    );
     if let Some(s) = &store {
         if let Err(e) = s.put(&key, chosen) {
             log::warn!("autotune cache not written ({e}); the next build measures again");

@@ -5,8 +5,6 @@
 //! (a buffer is reused once its previous occupant is dead), creates the uniform blocks and bind
 //! groups, and hands back a [`Program`] whose recording allocates nothing.
 
-use wgpu::util::DeviceExt;
-
 use super::context::Gpu;
 use super::params::KernelParams;
 use super::shaders::{KernelKey, PipelineCache, SG_WIDTHS};
@@ -599,6 +597,7 @@ impl ProgramBuilder {
                 why: "a sizes-only recording cannot be made on a device".into(),
             });
         }
+        gpu.check_alive("building the forward")?;
         let plan = self.arena_plan();
         self.check_limits(gpu, &plan)?;
         let device = &gpu.device;
@@ -623,13 +622,12 @@ impl ProgramBuilder {
         let mut homes: Vec<Home> = Vec::with_capacity(self.tensors.len());
         for (i, t) in self.tensors.into_iter().enumerate() {
             let home = match t.storage {
-                Storage::Constant(bytes) => Home::Owned(device.create_buffer_init(
-                    &wgpu::util::BufferInitDescriptor {
-                        label: Some(&t.label),
-                        contents: &bytes,
-                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                    },
-                )),
+                Storage::Constant(bytes) => Home::Owned(super::context::buffer_with(
+                    device,
+                    &t.label,
+                    &bytes,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                )?),
                 Storage::External => {
                     let buffer = externals
                         .iter()
@@ -673,11 +671,12 @@ impl ProgramBuilder {
             if params.is_empty() {
                 params.push(0);
             }
-            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(step.key.shader.name()),
-                contents: bytemuck::cast_slice(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let uniform = super::context::buffer_with(
+                device,
+                step.key.shader.name(),
+                bytemuck::cast_slice(&params),
+                wgpu::BufferUsages::UNIFORM,
+            )?;
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: uniform.as_entire_binding(),

@@ -1,0 +1,316 @@
+//! Kernels that check themselves: before an engine runs a non-portable kernel variant
+//! (subgroup, tiled, vec4; chosen by autotune, pinned, or the default) on an adapter, driver and
+//! precision not seen before, that variant's results are compared on the device with the
+//! portable kernel's.
+//!
+//! The comparison is per kernel kind: one engine runs the model's unmerged forward with every
+//! kind portable (the reference), and one per non-portable kind runs it with only that kind
+//! changed, on fixed pseudo-random images at the model's own shapes (batch 1, every token:
+//! no merging, so merge near-ties cannot blur a difference). A kind whose logits differ from
+//! the reference's by more than [`tolerance`] (relative to the reference's largest logit) is
+//! rejected: a `warn` log names the kernel, the shapes, how far off it was and what runs
+//! instead, the engine runs the portable kernel for it, and [`Engine::kernels`] lists it under
+//! `rejected`. The verdict is cached in the autotune cache file (`autotune.tsv`, keyed by the
+//! adapter, driver, precision, model and the preferences checked), so it is paid once per
+//! adapter, whatever the schedule and batch.
+//!
+//! [`EngineBuilder::validate_kernels`] (`false`) or `SRET_TOME_VALIDATE=off` skip it.
+//!
+//! [`Engine::kernels`]: super::Engine::kernels
+//! [`EngineBuilder::validate_kernels`]: super::EngineBuilder::validate_kernels
+
+use std::fmt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::{Autotune, EngineBuilder, TuneCache};
+use crate::error::Result;
+use crate::gpu::{Gpu, KernelKind, Variant, Variants};
+use crate::model::{ModelConfig, Precision};
+use crate::runtime::ForwardSpec;
+use crate::tome::Schedule;
+
+/// How the kernel variants of an engine were checked ([`super::KernelChoice::validation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// Not checked: [`EngineBuilder::validate_kernels`]`(false)`, `SRET_TOME_VALIDATE=off`, or
+    /// a browser (whose build cannot block on the checks).
+    Off,
+    /// Every kind prefers its portable kernel: nothing to check.
+    NothingToCheck,
+    /// Checked while this engine was built.
+    Checked,
+    /// Checked before on this adapter, driver and plan: the verdict came from the autotune cache.
+    Cached,
+}
+
+impl fmt::Display for Validation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Validation::Off => "not checked",
+            Validation::NothingToCheck => "portable kernels only",
+            Validation::Checked => "checked against the portable kernels",
+            Validation::Cached => "checked before (autotune cache)",
+        })
+    }
+}
+
+/// A kernel variant that disagreed with the portable kernel and does not run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    /// The kernel kind.
+    pub kind: KernelKind,
+    /// The variant that disagreed.
+    pub variant: Variant,
+    /// Largest difference from the portable kernel's logits, relative to the largest portable
+    /// logit (`NaN` when the variant's logits were not finite, or for a verdict read from the
+    /// cache).
+    pub error: f64,
+    /// The tolerance it was held to.
+    pub tolerance: f64,
+}
+
+/// Largest relative difference of a variant's logits from the portable kernels' accepted: the
+/// variants compute the same sums in another order, which moves f32 logits by about 1e-6
+/// relative and f16 ones by about 1e-3.
+pub fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 1e-3,
+        Precision::F16 => 2e-2,
+    }
+}
+
+/// The default of [`EngineBuilder::validate_kernels`]: `SRET_TOME_VALIDATE` (`off`, `0`,
+/// `false` or `no` turn it off), else on.
+pub fn from_env() -> bool {
+    !matches!(
+        std::env::var("SRET_TOME_VALIDATE").as_deref(),
+        Ok("off" | "0" | "false" | "no")
+    )
+}
+
+/// What [`check`] needs of the engine being built.
+pub(super) struct Check<'a> {
+    /// A builder of the engine's model on its device and pipeline cache (autotune off).
+    pub base: EngineBuilder,
+    pub gpu: &'a Gpu,
+    pub cfg: &'a ModelConfig,
+    pub spec: &'a ForwardSpec,
+    pub trusted: bool,
+    pub dir: Option<&'a Path>,
+    /// Test hook: the kind whose variant's logits are perturbed before the comparison.
+    pub fault: Option<KernelKind>,
+}
+
+/// `preferred` with every kind whose variant disagrees with the portable kernel set to
+/// portable, how that was found, and the rejections.
+pub(super) fn check(
+    c: Check<'_>,
+    preferred: Variants,
+) -> Result<(Variants, Validation, Vec<Rejected>)> {
+    let kinds: Vec<KernelKind> = KernelKind::ALL
+        .into_iter()
+        .filter(|&k| preferred.get(k) != Variant::Portable)
+        .collect();
+    if kinds.is_empty() {
+        return Ok((preferred, Validation::NothingToCheck, Vec::new()));
+    }
+    let key = key(c.gpu, c.cfg, c.spec.precision, c.trusted, preferred);
+    // A fault injected for a test is neither read from the cache nor written to it.
+    let store = c.dir.filter(|_| c.fault.is_none()).map(TuneCache::in_dir);
+    if let Some(v) = store.as_ref().and_then(|s| s.get(&key)) {
+        log::info!("kernel check: {v} (cached verdict) for {key}");
+        let rejected = rejected_by(preferred, v, tolerance(c.spec.precision));
+        return Ok((v, Validation::Cached, rejected));
+    }
+    let start = Instant::now();
+    log::info!(
+        "checking the kernel variants {} against the portable kernels on this adapter, first \
+         time only: {} unmerged forwards of {} at batch 1 (skip with SRET_TOME_VALIDATE=off)",
+        kinds
+            .iter()
+            .map(|k| format!("{} {}", k.name(), preferred.get(*k).name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        kinds.len() + 1,
+        c.cfg.name
+    );
+    let base = c
+        .base
+        .clone()
+        .schedule(Schedule::None)
+        .batch(1)
+        .trace(false);
+    let portable = Variants::all(Variant::Portable);
+    let reference = base.clone().autotune(Autotune::Pin(portable)).build()?;
+    let images = images(reference.input_len());
+    let want = reference.run(&images)?.into_vec();
+    drop(reference);
+    let tol = tolerance(c.spec.precision);
+    let mut out = preferred;
+    let mut rejected = Vec::new();
+    for kind in kinds {
+        let variant = preferred.get(kind);
+        let mut pins = portable;
+        pins.set(kind, variant);
+        let engine = base.clone().autotune(Autotune::Pin(pins)).build()?;
+        let runs = engine
+            .kernels()
+            .used
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|&(_, v)| v);
+        if runs.is_none_or(|v| v == Variant::Portable) {
+            continue; // the preference fell back (device, shapes): the portable kernel runs
+        }
+        let mut got = engine.run(&images)?.into_vec();
+        if c.fault == Some(kind) {
+            // Test hook: a wrong kernel, seen from outside.
+            for (i, g) in got.iter_mut().enumerate() {
+                *g += if i % 2 == 0 { 0.5 } else { -0.5 };
+            }
+        }
+        let error = relative_error(&got, &want);
+        log::debug!(
+            "kernel check: {} {}: error {error:.2e}",
+            kind.name(),
+            variant.name()
+        );
+        if error.is_nan() || error > tol {
+            log::warn!(
+                "kernel check: the {} kernel's {} variant disagrees with the portable kernel on \
+                 {}'s unmerged forward (batch 1, tokens per stage {}): largest difference \
+                 {error:.2e} of the largest logit, over the tolerance {tol:.0e}; the portable {} \
+                 kernel runs instead on this adapter ({} {})",
+                kind.name(),
+                variant.name(),
+                c.cfg.name,
+                unmerged_tokens(c.cfg),
+                kind.name(),
+                c.gpu.info.name,
+                c.gpu.info.driver
+            );
+            out.set(kind, Variant::Portable);
+            rejected.push(Rejected {
+                kind,
+                variant,
+                error,
+                tolerance: tol,
+            });
+        }
+    }
+    log::info!(
+        "kernel check done in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        if rejected.is_empty() {
+            "every variant agrees with the portable kernels".to_string()
+        } else {
+            format!("{} rejected", rejected.len())
+        }
+    );
+    if let Some(s) = &store {
+        if let Err(e) = s.put(&key, out) {
+            log::warn!("kernel check verdict not cached ({e}); the next build checks again");
+        }
+    }
+    Ok((out, Validation::Checked, rejected))
+}
+
+/// The cache key of a verdict: the autotune key's adapter, driver, backend, subgroup width,
+/// precision and model, and the preferences checked. Not the schedule or the batch: the check
+/// runs the unmerged forward at batch 1 whatever they are, so one verdict serves them all.
+fn key(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    precision: Precision,
+    trusted: bool,
+    preferred: Variants,
+) -> String {
+    let raw = format!(
+        "{} | {:?} | {} {} | sg {:?} | {precision:?} | {}@{} | {} | validated {preferred}",
+        gpu.info.name,
+        gpu.info.backend,
+        gpu.info.driver,
+        gpu.info.driver_info,
+        crate::gpu::program::subgroup_width(gpu),
+        cfg.name,
+        cfg.image_size,
+        if trusted { "unchecked" } else { "checked" },
+    );
+    raw.replace(['\t', '\n', '\r'], " ")
+}
+
+/// The kinds a cached verdict turned portable.
+fn rejected_by(preferred: Variants, verdict: Variants, tolerance: f64) -> Vec<Rejected> {
+    KernelKind::ALL
+        .into_iter()
+        .filter(|&k| preferred.get(k) != verdict.get(k))
+        .map(|kind| Rejected {
+            kind,
+            variant: preferred.get(kind),
+            error: f64::NAN,
+            tolerance,
+        })
+        .collect()
+}
+
+/// Largest `|got - want|` over the largest `|want|`; `NaN` when `got` is not finite.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|g| !g.is_finite()) {
+        return f64::NAN;
+    }
+    let scale = want.iter().fold(0f64, |m, &w| m.max(w.abs() as f64));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    diff / scale.max(1e-6)
+}
+
+/// Fixed pseudo-random normalised images.
+fn images(len: usize) -> Vec<f32> {
+    let mut rng = crate::rng::SplitMix64::new(0x5eed_c0de);
+    (0..len).map(|_| 2.0 * rng.symmetric()).collect()
+}
+
+/// Tokens entering each stage of the unmerged forward.
+fn unmerged_tokens(cfg: &ModelConfig) -> String {
+    let Ok(spec) = ForwardSpec::new(cfg, &Schedule::None, 0) else {
+        return "?".into();
+    };
+    let mut stages: Vec<String> = Vec::new();
+    for e in &spec.trajectory.executions {
+        let t = e.tokens_in.to_string();
+        if stages.last() != Some(&t) {
+            stages.push(t);
+        }
+    }
+    stages.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_error_is_scaled_and_catches_non_finite() {
+        assert_eq!(relative_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((relative_error(&[1.0, 2.2], &[1.0, 2.0]) - 0.1).abs() < 1e-6);
+        assert!(relative_error(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
+        assert!(relative_error(&[1.0], &[1.0, 2.0]).is_nan());
+    }
+
+    #[test]
+    fn a_cached_verdict_lists_what_it_turned_portable() {
+        let preferred = Variants::default();
+        let mut verdict = preferred;
+        verdict.set(KernelKind::Attention, Variant::Portable);
+        let r = rejected_by(preferred, verdict, 1e-3);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].kind, r[0].variant),
+            (KernelKind::Attention, Variant::Subgroup)
+        );
+        assert!(rejected_by(preferred, preferred, 1e-3).is_empty());
+    }
+}
