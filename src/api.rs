@@ -40,13 +40,32 @@
 //! Every limit the planned forward needs is compared with `device.limits()` before anything is
 //! made ([`crate::Error::DeviceLimit`] names the limit, the value needed and the value there);
 //! a feature a mode needs and the device lacks is [`crate::Error::MissingFeature`], worded for
-//! the adapter or for the application's device; a destroyed or lost device makes the next
-//! forward return [`crate::Error::DeviceLost`]. A texture of another device of the same
-//! `wgpu::Instance` is refused when its bind group is made. wgpu gives no way to ask which
-//! device an encoder or a buffer belongs to, so an encoder or an input buffer of another device
-//! is only reported by wgpu when the encoder is finished (through the device's
-//! uncaptured-error handler, which panics unless the application installed one), and a
-//! texture of another `Instance` makes wgpu itself panic.
+//! the adapter or for the application's device.
+//!
+//! **Right logits or an error.** Every forward writes a stamp (its sequence number) after its
+//! logits, and every readback copies it beside them: logits whose stamp is not their forward's
+//! (its commands did not run: a validation error of the command buffer, an encoder never
+//! submitted) are [`crate::Error::NotRun`], never an earlier forward's. [`Engine::run`],
+//! [`Engine::forward_async`] and [`Engine::run_async`] capture the device's errors around their
+//! own submission, so an input buffer of another device, or a destroyed buffer or texture, is
+//! an [`crate::Error::Gpu`] there; recorded into the application's encoder
+//! ([`Engine::encode_forward`]) it is reported by wgpu when the application submits, and the
+//! readback is `NotRun`. A texture of another device of the same `wgpu::Instance` is refused
+//! when its bind group is made; on a buffer or texture of another `Instance` (another engine's
+//! own device) wgpu-core panics, which the engine catches and returns as an error (the panic
+//! message is still printed). wgpu gives no way to ask which device a buffer belongs to, and a
+//! buffer of another `Instance` can carry the id of one of this device's buffers, so pass
+//! buffers and textures of the engine's device.
+//!
+//! **Device loss.** After `device.destroy()` or a lost device, every call (building, each
+//! forward path, a texture of a new size, a readback) returns [`crate::Error::DeviceLost`],
+//! on the engine's own device and on an application's alike (a request to map a small buffer
+//! of the engine's fails at once on a lost device; nothing is created per forward for it).
+//!
+//! **Kernels that check themselves.** On an adapter, driver and precision not seen before, the
+//! non-portable kernel variants the engine would run are compared with the portable kernels
+//! on the device ([`validate`]); one that disagrees does not run, with a warning, and
+//! [`Engine::kernels`] says so.
 //!
 //! # Weights
 //!
@@ -86,7 +105,9 @@ pub use engine::{Engine, Input};
 pub use host::{EngineStats, ForwardOutput, MergeTrace, Profile, Timer, Timing, Trace};
 pub use logits::Logits;
 pub use pending::PendingLogits;
-pub use tune::{shape_tag, Autotune, ChoiceSource, KernelChoice, Measurements, TuneCache};
+pub use tune::{
+    shape_tag, Autotune, ChoiceSource, KernelChoice, Measurements, Progress, TuneCache,
+};
 pub use validate::{Rejected, Validation};
 
 /// Optional device features the engine uses when the device it is given has them enabled:

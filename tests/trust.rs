@@ -294,10 +294,20 @@ fn a_wrong_kernel_variant_is_rejected_and_the_portable_kernel_runs() {
         eprintln!("no subgroups on this adapter: the default linear kernel is portable already");
         return;
     }
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = said.clone();
     let wrong = on(builder())
         .validation_fault(KernelKind::Linear)
+        .on_progress(move |line| log.lock().unwrap().push(line.to_string()))
         .build()
         .expect("engine");
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.len() == 2
+            && said[0].starts_with("checking the kernel variants")
+            && said[1].starts_with("kernel check done in"),
+        "{said:?}"
+    );
     let k = wrong.kernels();
     eprintln!("with a wrong linear variant: {k}");
     assert_eq!(k.validation, Validation::Checked);
@@ -341,7 +351,12 @@ fn a_wrong_kernel_variant_is_rejected_and_the_portable_kernel_runs() {
     );
     assert!(good.kernels().rejected.is_empty(), "{}", good.kernels());
     assert_eq!(good.kernels().preferred, preferred);
-    assert_eq!(TuneCache::in_dir(&dir).entries().len(), 1);
+    // One verdict per kind and variant checked.
+    let checked = KernelKind::ALL
+        .into_iter()
+        .filter(|&k| preferred.get(k) != Variant::Portable)
+        .count();
+    assert_eq!(TuneCache::in_dir(&dir).entries().len(), checked);
     let again = on(builder())
         .schedule("constant:8".parse().unwrap())
         .build()

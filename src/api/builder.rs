@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::tune;
 use super::{
-    useful_features, Autotune, ChoiceSource, Engine, KernelChoice, Rejected, Timer, TuneCache,
-    Validation,
+    useful_features, Autotune, ChoiceSource, Engine, KernelChoice, Progress, Rejected, Timer,
+    TuneCache, Validation,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterChoice, Gpu, KernelKind, PipelineCache, Variants};
@@ -69,6 +69,8 @@ pub struct EngineBuilder {
     validate: bool,
     /// Test hook: the kind whose variant the check sees as wrong.
     fault: Option<KernelKind>,
+    /// Told what a long build does ([`EngineBuilder::on_progress`]).
+    progress: Option<Progress>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -109,6 +111,7 @@ impl Default for EngineBuilder {
             tune_dir: None,
             validate: super::validate::from_env(),
             fault: None,
+            progress: None,
         }
     }
 }
@@ -247,6 +250,15 @@ impl EngineBuilder {
     #[doc(hidden)]
     pub fn validation_fault(mut self, kind: KernelKind) -> Self {
         self.fault = Some(kind);
+        self
+    }
+
+    /// Call `f` with a line saying what a long build is doing: each autotune round and the
+    /// kernel check as they start, and the seconds they took (the `info` log lines). The first
+    /// build of a plan on an adapter takes a minute on a CPU adapter; a command line shows
+    /// these in a spinner. Called on the building thread.
+    pub fn on_progress(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.progress = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -390,9 +402,11 @@ impl EngineBuilder {
                     tune_dir: None,
                     validate: false,
                     fault: None,
+                    progress: None,
                 };
                 let dir = self.tune_dir.clone().or_else(TuneCache::default_dir);
-                tune::measure(base, gpu, cache, &model.cfg, spec, dir.as_deref())?
+                let progress = self.progress.as_ref();
+                tune::measure(base, gpu, cache, &model.cfg, spec, dir.as_deref(), progress)?
             }
         })
     }
@@ -425,6 +439,7 @@ impl EngineBuilder {
             tune_dir: None,
             validate: false,
             fault: None,
+            progress: None,
         };
         let dir = self.tune_dir.clone().or_else(TuneCache::default_dir);
         let check = super::validate::Check {
@@ -435,6 +450,7 @@ impl EngineBuilder {
             trusted: cache.is_trusted(),
             dir: dir.as_deref(),
             fault: self.fault,
+            progress: self.progress.as_ref(),
         };
         super::validate::check(check, preferred)
     }

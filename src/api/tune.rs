@@ -250,6 +250,7 @@ pub(super) fn measure(
     cfg: &ModelConfig,
     spec: &ForwardSpec,
     dir: Option<&Path>,
+    progress: Option<&Progress>,
 ) -> Result<(Variants, ChoiceSource, Measurements)> {
     let key = key(gpu, cfg, spec, cache.is_trusted());
     let store = dir.map(TuneCache::in_dir);
@@ -258,7 +259,9 @@ pub(super) fn measure(
         return Ok((v, ChoiceSource::Cached, Vec::new()));
     }
     let start = std::time::Instant::now();
-    log::info!(
+    say(
+        progress,
+        format!(
         "autotune: measuring kernel variants for this adapter, first time only: {ROUNDS} rounds \
          of an engine build and three forwards (pin the variants with Autotune::Pin, \
          SRET_TOME_AUTOTUNE or --kernels to skip this; the choice is cached in {})",
@@ -268,15 +271,19 @@ pub(super) fn measure(
                 .path()
                 .display()
                 .to_string())
+        ),
     );
     let mut rounds: Measurements = Vec::new();
     let mut seen: Vec<Vec<&'static str>> = Vec::new();
     for r in 0..ROUNDS {
         let v = round(r);
-        log::info!(
-            "autotune: round {}/{ROUNDS} ({v}), {:.1} s so far",
-            r + 1,
-            start.elapsed().as_secs_f64()
+        say(
+            progress,
+            format!(
+                "autotune: round {}/{ROUNDS} ({v}), {:.1} s so far",
+                r + 1,
+                start.elapsed().as_secs_f64()
+            ),
         );
         let engine = base.clone().autotune(Autotune::Pin(v)).build()?;
         let shaders: Vec<&'static str> = engine.inner.dispatch_names().map(|(_, n)| n).collect();
@@ -320,9 +327,12 @@ pub(super) fn measure(
         rounds.push((ran, times));
     }
     let chosen = pick(&rounds);
-    log::info!(
-        "autotune: {chosen} (measured in {:.1} s) for {key}",
-        start.elapsed().as_secs_f64()
+    say(
+        progress,
+        format!(
+            "autotune: {chosen} (measured in {:.1} s) for {key}",
+            start.elapsed().as_secs_f64()
+        ),
     );
     if let Some(s) = &store {
         if let Err(e) = s.put(&key, chosen) {
@@ -330,6 +340,19 @@ pub(super) fn measure(
         }
     }
     Ok((chosen, ChoiceSource::Measured, rounds))
+}
+
+/// A callback told what a long build is doing ([`EngineBuilder::on_progress`]).
+///
+/// [`EngineBuilder::on_progress`]: super::EngineBuilder::on_progress
+pub type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Log `msg` at `info` level and hand it to the progress callback.
+pub(super) fn say(progress: Option<&Progress>, msg: String) {
+    log::info!("{msg}");
+    if let Some(p) = progress {
+        p(&msg);
+    }
 }
 
 /// Per round: its preferences and per-kind seconds (or `None`: the whole forward's wall time).

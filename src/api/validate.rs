@@ -10,9 +10,9 @@
 //! the reference's by more than [`tolerance`] (relative to the reference's largest logit) is
 //! rejected: a `warn` log names the kernel, the shapes, how far off it was and what runs
 //! instead, the engine runs the portable kernel for it, and [`Engine::kernels`] lists it under
-//! `rejected`. The verdict is cached in the autotune cache file (`autotune.tsv`, keyed by the
-//! adapter, driver, precision, model and the preferences checked), so it is paid once per
-//! adapter, whatever the schedule and batch.
+//! `rejected`. The verdicts are cached in the autotune cache file (`autotune.tsv`, one line per
+//! kind and variant, keyed by the adapter, driver, precision and model), so each is paid once
+//! per adapter, whatever the schedule, batch and the other kinds' variants.
 //!
 //! [`EngineBuilder::validate_kernels`] (`false`) or `SRET_TOME_VALIDATE=off` skip it.
 //!
@@ -100,10 +100,12 @@ pub(super) struct Check<'a> {
     pub dir: Option<&'a Path>,
     /// Test hook: the kind whose variant's logits are perturbed before the comparison.
     pub fault: Option<KernelKind>,
+    pub progress: Option<&'a super::Progress>,
 }
 
 /// `preferred` with every kind whose variant disagrees with the portable kernel set to
-/// portable, how that was found, and the rejections.
+/// portable, how that was found, and the rejections. Verdicts are per kind and variant, so a
+/// variant checked once on an adapter is not checked again for another choice.
 pub(super) fn check(
     c: Check<'_>,
     preferred: Variants,
@@ -115,26 +117,88 @@ pub(super) fn check(
     if kinds.is_empty() {
         return Ok((preferred, Validation::NothingToCheck, Vec::new()));
     }
-    let key = key(c.gpu, c.cfg, c.spec.precision, c.trusted, preferred);
+    let tol = tolerance(c.spec.precision);
     // A fault injected for a test is neither read from the cache nor written to it.
     let store = c.dir.filter(|_| c.fault.is_none()).map(TuneCache::in_dir);
-    if let Some(v) = store.as_ref().and_then(|s| s.get(&key)) {
-        log::info!("kernel check: {v} (cached verdict) for {key}");
-        let rejected = rejected_by(preferred, v, tolerance(c.spec.precision));
-        return Ok((v, Validation::Cached, rejected));
+    let cached = store.as_ref().map(TuneCache::entries).unwrap_or_default();
+    let key = |kind: KernelKind| key(&c, kind, preferred.get(kind));
+    let mut out = preferred;
+    let mut rejected = Vec::new();
+    let mut unchecked = Vec::new();
+    for &kind in &kinds {
+        match cached.get(&key(kind)).map(|v| v.get(kind)) {
+            Some(verdict) if verdict == preferred.get(kind) => {}
+            Some(_) => {
+                out.set(kind, Variant::Portable);
+                rejected.push(Rejected {
+                    kind,
+                    variant: preferred.get(kind),
+                    error: f64::NAN,
+                    tolerance: tol,
+                });
+            }
+            None => unchecked.push(kind),
+        }
+    }
+    if unchecked.is_empty() {
+        log::info!("kernel check: {out} (cached verdicts)");
+        return Ok((out, Validation::Cached, rejected));
     }
     let start = Instant::now();
-    log::info!(
+    let msg = format!(
         "checking the kernel variants {} against the portable kernels on this adapter, first \
          time only: {} unmerged forwards of {} at batch 1 (skip with SRET_TOME_VALIDATE=off)",
-        kinds
+        unchecked
             .iter()
             .map(|k| format!("{} {}", k.name(), preferred.get(*k).name()))
             .collect::<Vec<_>>()
             .join(", "),
-        kinds.len() + 1,
+        unchecked.len() + 1,
         c.cfg.name
     );
+    super::tune::say(c.progress, msg);
+    for (kind, error) in compare(&c, preferred, &unchecked, tol)? {
+        let verdict = if error.is_some_and(|e| e.is_nan() || e > tol) {
+            out.set(kind, Variant::Portable);
+            rejected.push(Rejected {
+                kind,
+                variant: preferred.get(kind),
+                error: error.unwrap_or(f64::NAN),
+                tolerance: tol,
+            });
+            Variant::Portable
+        } else {
+            preferred.get(kind)
+        };
+        if let Some(s) = &store {
+            if let Err(e) = s.put(&key(kind), Variants::all(verdict)) {
+                log::warn!("kernel check verdict not cached ({e}); the next build checks again");
+            }
+        }
+    }
+    let msg = format!(
+        "kernel check done in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        if rejected.is_empty() {
+            "every variant agrees with the portable kernels".to_string()
+        } else {
+            format!("{} rejected", rejected.len())
+        }
+    );
+    super::tune::say(c.progress, msg);
+    Ok((out, Validation::Checked, rejected))
+}
+
+/// Per kind of `kinds`, the largest relative difference of the unmerged forward's logits with
+/// that kind's variant from those with every kind portable (`None` where the variant does not
+/// run: it fell back on this device or for these shapes). A variant over `tol` is said in a
+/// `warn` log.
+fn compare(
+    c: &Check<'_>,
+    preferred: Variants,
+    kinds: &[KernelKind],
+    tol: f64,
+) -> Result<Vec<(KernelKind, Option<f64>)>> {
     let base = c
         .base
         .clone()
@@ -146,10 +210,8 @@ pub(super) fn check(
     let images = images(reference.input_len());
     let want = reference.run(&images)?.into_vec();
     drop(reference);
-    let tol = tolerance(c.spec.precision);
-    let mut out = preferred;
-    let mut rejected = Vec::new();
-    for kind in kinds {
+    let mut out = Vec::new();
+    for &kind in kinds {
         let variant = preferred.get(kind);
         let mut pins = portable;
         pins.set(kind, variant);
@@ -161,7 +223,8 @@ pub(super) fn check(
             .find(|(k, _)| *k == kind)
             .map(|&(_, v)| v);
         if runs.is_none_or(|v| v == Variant::Portable) {
-            continue; // the preference fell back (device, shapes): the portable kernel runs
+            out.push((kind, None)); // the preference fell back: the portable kernel runs
+            continue;
         }
         let mut got = engine.run(&images)?.into_vec();
         if c.fault == Some(kind) {
@@ -190,68 +253,34 @@ pub(super) fn check(
                 c.gpu.info.name,
                 c.gpu.info.driver
             );
-            out.set(kind, Variant::Portable);
-            rejected.push(Rejected {
-                kind,
-                variant,
-                error,
-                tolerance: tol,
-            });
         }
+        out.push((kind, Some(error)));
     }
-    log::info!(
-        "kernel check done in {:.1} s: {}",
-        start.elapsed().as_secs_f64(),
-        if rejected.is_empty() {
-            "every variant agrees with the portable kernels".to_string()
-        } else {
-            format!("{} rejected", rejected.len())
-        }
-    );
-    if let Some(s) = &store {
-        if let Err(e) = s.put(&key, out) {
-            log::warn!("kernel check verdict not cached ({e}); the next build checks again");
-        }
-    }
-    Ok((out, Validation::Checked, rejected))
+    Ok(out)
 }
 
-/// The cache key of a verdict: the autotune key's adapter, driver, backend, subgroup width,
-/// precision and model, and the preferences checked. Not the schedule or the batch: the check
-/// runs the unmerged forward at batch 1 whatever they are, so one verdict serves them all.
-fn key(
-    gpu: &Gpu,
-    cfg: &ModelConfig,
-    precision: Precision,
-    trusted: bool,
-    preferred: Variants,
-) -> String {
+/// The cache key of the verdict on `kind`'s `variant`: the autotune key's adapter, driver,
+/// backend, subgroup width, precision and model, and the kind and variant (its value: every
+/// kind set to the variant that runs, the checked one or portable). Not the schedule or the
+/// batch: the check runs the unmerged forward at batch 1 whatever they are, so one verdict
+/// serves them all.
+fn key(c: &Check<'_>, kind: KernelKind, variant: Variant) -> String {
+    let gpu = c.gpu;
     let raw = format!(
-        "{} | {:?} | {} {} | sg {:?} | {precision:?} | {}@{} | {} | validated {preferred}",
+        "{} | {:?} | {} {} | sg {:?} | {:?} | {}@{} | {} | validated {}={}",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.driver,
         gpu.info.driver_info,
         crate::gpu::program::subgroup_width(gpu),
-        cfg.name,
-        cfg.image_size,
-        if trusted { "unchecked" } else { "checked" },
+        c.spec.precision,
+        c.cfg.name,
+        c.cfg.image_size,
+        if c.trusted { "unchecked" } else { "checked" },
+        kind.name(),
+        variant.name(),
     );
     raw.replace(['\t', '\n', '\r'], " ")
-}
-
-/// The kinds a cached verdict turned portable.
-fn rejected_by(preferred: Variants, verdict: Variants, tolerance: f64) -> Vec<Rejected> {
-    KernelKind::ALL
-        .into_iter()
-        .filter(|&k| preferred.get(k) != verdict.get(k))
-        .map(|kind| Rejected {
-            kind,
-            variant: preferred.get(kind),
-            error: f64::NAN,
-            tolerance,
-        })
-        .collect()
 }
 
 /// Largest `|got - want|` over the largest `|want|`; `NaN` when `got` is not finite.
@@ -298,19 +327,5 @@ mod tests {
         assert!((relative_error(&[1.0, 2.2], &[1.0, 2.0]) - 0.1).abs() < 1e-6);
         assert!(relative_error(&[f32::NAN, 2.0], &[1.0, 2.0]).is_nan());
         assert!(relative_error(&[1.0], &[1.0, 2.0]).is_nan());
-    }
-
-    #[test]
-    fn a_cached_verdict_lists_what_it_turned_portable() {
-        let preferred = Variants::default();
-        let mut verdict = preferred;
-        verdict.set(KernelKind::Attention, Variant::Portable);
-        let r = rejected_by(preferred, verdict, 1e-3);
-        assert_eq!(r.len(), 1);
-        assert_eq!(
-            (r[0].kind, r[0].variant),
-            (KernelKind::Attention, Variant::Subgroup)
-        );
-        assert!(rejected_by(preferred, preferred, 1e-3).is_empty());
     }
 }

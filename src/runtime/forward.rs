@@ -182,6 +182,24 @@ pub fn memory_plan(
     )
 }
 
+/// The words 0 to 255 a stamp is copied from, and the stamp itself.
+fn stamp_buffers(dev: &wgpu::Device) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let words: Vec<u32> = (0..256).collect();
+    let bytes = crate::gpu::context::buffer_with(
+        dev,
+        "stamp bytes",
+        bytemuck::cast_slice(&words),
+        wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let stamp = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("forward stamp"),
+        size: STAMP_BYTES,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    Ok((bytes, stamp))
+}
+
 fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -329,19 +347,7 @@ impl PlannedForward {
             .iter()
             .map(|&size| staging(gpu, "trace readback", size * chunks as u64))
             .collect();
-        let words: Vec<u32> = (0..256).collect();
-        let stamp_bytes = crate::gpu::context::buffer_with(
-            dev,
-            "stamp bytes",
-            bytemuck::cast_slice(&words),
-            wgpu::BufferUsages::COPY_SRC,
-        )?;
-        let stamp = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("forward stamp"),
-            size: STAMP_BYTES,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let (stamp_bytes, stamp) = stamp_buffers(dev)?;
         Ok(PlannedForward {
             stamp_bytes,
             stamp,
