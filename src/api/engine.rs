@@ -178,7 +178,7 @@ impl Engine {
             Precision::F32
         }
     }
-    /// The kernel variant each kernel kind runs, and how it was chosen ([`Autotune`]).
+    /// The kernel variant each kernel kind runs, and how it was chosen ([`Autotune`](super::Autotune)).
     pub fn kernels(&self) -> &KernelChoice {
         &self.kernels
     }
