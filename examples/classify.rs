@@ -21,8 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The five most likely ImageNet classes of `image`, with ToMe merging 10 tokens per block.
 pub fn classify(image: &Path, weights: Option<&Path>) -> sret_tome::Result<Vec<(usize, f32)>> {
     let mut builder = Engine::builder().schedule("constant:10".parse()?);
-    if let Some(w) = weights {
-        builder = builder.weights(w);
+    match weights {
+        Some(w) => builder = builder.weights(w),
+        None => {
+            eprintln!("no weights given: synthetic ones, so these classes are meaningless");
+            builder = builder.synthetic_weights();
+        }
     }
     let engine = builder.build()?;
     Ok(engine.run(&load_image(image)?)?.top_k(0, 5))

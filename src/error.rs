@@ -187,6 +187,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// A forward's commands did not run (a validation error of the command buffer: an input
+    /// of another device, a destroyed input, an encoder that was never submitted), so the
+    /// logits read back would be an earlier forward's: none are returned.
+    #[error("the forward's commands did not run, so it has no logits of its own: {why}")]
+    NotRun {
+        /// What was seen, and the likely causes.
+        why: String,
+    },
+
     /// An output file could not be written.
     #[error("cannot write {path}: {why}")]
     Write {

@@ -17,7 +17,7 @@
 //! let engine = Engine::builder()
 //!     .schedule("constant:10".parse()?)
 //!     .build()?;
-//! let image = vec![0.1f32; engine.input_len()]; // or preprocess::load_image(path)?
+//! let image = vec![0.1f32; engine.input_len()]; // or sret_tome::load_image(path)?
 //! let logits = engine.run(Input::Host(&image))?;
 //! println!("class {}", logits.argmax(0));
 //! # Ok(())
@@ -29,6 +29,33 @@
 //! own command encoder with [`Engine::encode_forward`]; the `examples/` directory has a headless
 //! renderer that classifies its own frames without leaving the GPU, a throughput loop with
 //! double-buffered inputs, and a 20-line image classifier.
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `cli` | yes | the `sret-tome` command line (`sret_tome::cli`), benchmarks and evaluation; turns on `images` and `pth` |
+//! | `images` | with `cli` | decoding JPEG and PNG files: `sret_tome::load_image`, `io::load_image_with` |
+//! | `pth` | with `cli` | reading PyTorch `.pth` checkpoints in [`EngineBuilder::weights`] (safetensors need no feature) |
+//! | `counters` | no | wgpu's live object counters (`Device::get_internal_counters`), for tests |
+//! | `fuzzing` | no | entry points of the fuzz targets; turns on `images`, `pth` and `counters` |
+//!
+//! A library build for an application: `default-features = false`, adding `images` and `pth`
+//! where it reads image files or checkpoints. On wasm32 build with `--no-default-features`.
+//!
+//! # The first build on an adapter
+//!
+//! The first [`EngineBuilder::build`] of a plan on a new adapter measures the kernel variants
+//! ([`api::Autotune::Measure`]: up to three rounds of an engine build and three forwards) and
+//! checks the chosen non-portable variants against the portable kernels ([`api::validate`]),
+//! then caches both in `autotune.tsv` ([`api::TuneCache::default_dir`]); both are logged at
+//! `info` level as they run and handed to [`EngineBuilder::on_progress`]. On a CPU adapter
+//! (Mesa llvmpipe on 2 shared AMD EPYC cores) that first build of `sret_t_distill` took 11 to
+//! 16 s, the kernel check about 1 s of it, where a build that reads the cache takes 2 to 3 s
+//! (`examples/first_build.rs` measures it). An application that cannot wait pins the variants:
+//! `EngineBuilder::autotune(Autotune::Pin(..))`, `SRET_TOME_AUTOTUNE=subgroup` or `--kernels`
+//! on the command line (pinned variants are still checked once per adapter unless
+//! `EngineBuilder::validate_kernels(false)` or `SRET_TOME_VALIDATE=off`).
 
 #![warn(missing_docs)]
 

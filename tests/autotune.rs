@@ -46,7 +46,25 @@ fn measures_once_then_reads_the_cache() {
         );
     }
     let text = std::fs::read_to_string(TuneCache::in_dir(&dir).path()).unwrap();
-    assert_eq!(text.lines().count(), 1, "{text}");
+    // The choice, and the kernel check's verdicts on its variants, one per kind and variant
+    // (validation is on by default).
+    let verdicts = |text: &str| text.lines().filter(|l| l.contains("| validated ")).count();
+    let pairs = |vs: &[Variants]| {
+        let mut p: Vec<(KernelKind, Variant)> = vs
+            .iter()
+            .flat_map(|v| KernelKind::ALL.map(|k| (k, v.get(k))))
+            .filter(|(_, v)| *v != Variant::Portable)
+            .collect();
+        p.sort();
+        p.dedup();
+        p.len()
+    };
+    assert_eq!(verdicts(&text), pairs(&[k.preferred]), "{text}");
+    assert_eq!(text.lines().count(), 1 + pairs(&[k.preferred]), "{text}");
+    assert_eq!(
+        first.kernels().validation,
+        sret_tome::api::Validation::Checked
+    );
     assert!(text.contains("sret_t@224") && text.contains(&k.preferred.to_string()));
 
     let second = builder(&model)
@@ -63,7 +81,7 @@ fn measures_once_then_reads_the_cache() {
         first.run(&images).unwrap().into_vec(),
         second.run(&images).unwrap().into_vec()
     );
-    // Another batch is another shape: measured again, a second line.
+    // Another batch is another shape: measured again, a second autotune line.
     let b2 = builder(&model)
         .batch(2)
         .autotune(Autotune::Measure)
@@ -72,7 +90,16 @@ fn measures_once_then_reads_the_cache() {
         .unwrap();
     assert_eq!(b2.kernels().source, ChoiceSource::Measured);
     let text = std::fs::read_to_string(TuneCache::in_dir(&dir).path()).unwrap();
-    assert_eq!(text.lines().count(), 2, "{text}");
+    // Verdicts do not depend on the batch: only a variant not checked yet adds one.
+    let both = pairs(&[k.preferred, b2.kernels().preferred]);
+    assert_eq!(verdicts(&text), both, "{text}");
+    assert_eq!(text.lines().count(), 2 + both, "{text}");
+    let again = if both == pairs(&[k.preferred]) {
+        sret_tome::api::Validation::Cached
+    } else {
+        sret_tome::api::Validation::Checked
+    };
+    assert_eq!(b2.kernels().validation, again);
     std::fs::remove_dir_all(&dir).ok();
 }
 

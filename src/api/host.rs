@@ -163,7 +163,7 @@ impl Engine {
             None => self.inner.encode_forward(&mut enc, Source::Input)?,
         }
         let start = std::time::Instant::now();
-        self.submit(enc);
+        self.submit(enc)?;
         gpu.wait()?;
         let wall = start.elapsed().as_secs_f64();
         let gpu_time = match &self.timer {
@@ -220,7 +220,7 @@ impl Engine {
         self.inner.encode_profile(&mut enc, &queries);
         enc.resolve_query_set(&queries, 0..count, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
-        self.submit(enc);
+        self.submit(enc)?;
         let ticks: Vec<u64> = self.read(&readback)?;
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         let mut profile = Profile {
@@ -256,9 +256,46 @@ impl Engine {
         }
     }
 
-    pub(super) fn submit(&self, enc: wgpu::CommandEncoder) {
-        self.queue().submit(Some(enc.finish()));
+    /// Finish `enc` and submit it, with the device's validation and out-of-memory errors
+    /// returned (an input of another device or a destroyed one is reported here, not left to
+    /// the device's uncaptured-error handler), wgpu's own panic on a resource of another wgpu
+    /// `Instance` caught, and a destroyed or lost device as [`Error::DeviceLost`].
+    pub(super) fn submit(&self, enc: wgpu::CommandEncoder) -> Result<()> {
+        let during = "submitting the forward";
+        #[cfg(not(target_arch = "wasm32"))]
+        let (oom, validation) = (
+            self.device()
+                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            self.device()
+                .push_error_scope(wgpu::ErrorFilter::Validation),
+        );
+        let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.queue().submit(Some(enc.finish()));
+        }));
+        #[cfg(not(target_arch = "wasm32"))]
+        let error = {
+            let invalid = pollster::block_on(validation.pop());
+            pollster::block_on(oom.pop()).or(invalid)
+        };
+        #[cfg(target_arch = "wasm32")]
+        let error: Option<wgpu::Error> = None;
+        self.gpu().check_alive(during)?;
+        if submitted.is_err() {
+            return Err(Error::Gpu {
+                during: during.into(),
+                why: "wgpu panicked on the commands: an input of another wgpu Instance (another \
+                      engine's own device, say)? Pass buffers and textures of this engine's device"
+                    .into(),
+            });
+        }
+        if let Some(e) = error {
+            return Err(Error::Gpu {
+                during: during.into(),
+                why: crate::gpu::context::error_text(&e),
+            });
+        }
         self.submissions.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer) -> Result<Vec<T>> {

@@ -107,6 +107,11 @@ pub struct KernelChoice {
     /// Per round measured: the preferences and, per kind, seconds (per-dispatch profile) or,
     /// without timestamps, the whole forward's wall time under [`None`].
     pub measurements: Measurements,
+    /// How the variants were checked against the portable kernels ([`super::validate`]).
+    pub validation: super::Validation,
+    /// The variants that disagreed with the portable kernels and do not run (the portable
+    /// kernel runs instead; `preferred` and `used` say what runs).
+    pub rejected: Vec<super::Rejected>,
 }
 
 impl fmt::Display for KernelChoice {
@@ -116,7 +121,17 @@ impl fmt::Display for KernelChoice {
             .iter()
             .map(|(k, v)| format!("{} {}", k.name(), v.name()))
             .collect();
-        write!(f, "{} ({})", used.join(", "), self.source)
+        write!(
+            f,
+            "{} ({}; {}",
+            used.join(", "),
+            self.source,
+            self.validation
+        )?;
+        for r in &self.rejected {
+            write!(f, "; {} {} rejected", r.kind.name(), r.variant.name())?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -236,6 +251,7 @@ pub(super) fn measure(
     cfg: &ModelConfig,
     spec: &ForwardSpec,
     dir: Option<&Path>,
+    progress: Option<&Progress>,
 ) -> Result<(Variants, ChoiceSource, Measurements)> {
     let key = key(gpu, cfg, spec, cache.is_trusted());
     let store = dir.map(TuneCache::in_dir);
@@ -243,10 +259,33 @@ pub(super) fn measure(
         log::info!("autotune: {v} (cached) for {key}");
         return Ok((v, ChoiceSource::Cached, Vec::new()));
     }
+    let start = std::time::Instant::now();
+    say(
+        progress,
+        format!(
+        "autotune: measuring kernel variants for this adapter, first time only: {ROUNDS} rounds \
+         of an engine build and three forwards (pin the variants with Autotune::Pin, \
+         SRET_TOME_AUTOTUNE or --kernels to skip this; the choice is cached in {})",
+        store
+            .as_ref()
+            .map_or("no file: no cache directory".to_string(), |s| s
+                .path()
+                .display()
+                .to_string())
+        ),
+    );
     let mut rounds: Measurements = Vec::new();
     let mut seen: Vec<Vec<&'static str>> = Vec::new();
     for r in 0..ROUNDS {
         let v = round(r);
+        say(
+            progress,
+            format!(
+                "autotune: round {}/{ROUNDS} ({v}), {:.1} s so far",
+                r + 1,
+                start.elapsed().as_secs_f64()
+            ),
+        );
         let engine = base.clone().autotune(Autotune::Pin(v)).build()?;
         let shaders: Vec<&'static str> = engine.inner.dispatch_names().map(|(_, n)| n).collect();
         if seen.contains(&shaders) {
@@ -289,13 +328,32 @@ pub(super) fn measure(
         rounds.push((ran, times));
     }
     let chosen = pick(&rounds);
-    log::info!("autotune: {chosen} (measured) for {key}");
+    say(
+        progress,
+        format!(
+            "autotune: {chosen} (measured in {:.1} s) for {key}",
+            start.elapsed().as_secs_f64()
+        ),
+    );
     if let Some(s) = &store {
         if let Err(e) = s.put(&key, chosen) {
             log::warn!("autotune cache not written ({e}); the next build measures again");
         }
     }
     Ok((chosen, ChoiceSource::Measured, rounds))
+}
+
+/// A callback told what a long build is doing ([`EngineBuilder::on_progress`]).
+///
+/// [`EngineBuilder::on_progress`]: super::EngineBuilder::on_progress
+pub type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Log `msg` at `info` level and hand it to the progress callback.
+pub(super) fn say(progress: Option<&Progress>, msg: String) {
+    log::info!("{msg}");
+    if let Some(p) = progress {
+        p(&msg);
+    }
 }
 
 /// Per round: its preferences and per-kind seconds (or `None`: the whole forward's wall time).

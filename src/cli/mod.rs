@@ -330,3 +330,22 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// Build `builder`'s engine with a spinner on stderr that shows what a long first build on an
+/// adapter is doing (autotune rounds, the kernel check; [`crate::EngineBuilder::on_progress`]).
+/// Nothing is drawn for a build that reads its choices from the cache, nor when stderr is not
+/// a terminal.
+pub fn build_engine(builder: crate::EngineBuilder) -> Result<crate::Engine> {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    let shown = spinner.clone();
+    let engine = builder
+        .on_progress(move |line| {
+            shown.enable_steady_tick(std::time::Duration::from_millis(120));
+            // The first clause of the line (the rest is in the `info` log).
+            let short = line.split([';', '(']).next().unwrap_or(line).trim();
+            shown.set_message(short.to_string());
+        })
+        .build();
+    spinner.finish_and_clear();
+    engine
+}

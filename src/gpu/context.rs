@@ -30,6 +30,9 @@ pub struct Gpu {
     /// Set when the device is lost (for devices this crate created; a borrowed device keeps
     /// its application's lost-device callback), so errors can say so.
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// A 4-byte mappable buffer, never mapped for long, that [`Gpu::check_alive`] asks to map:
+    /// on a destroyed or lost device the request fails at once (made on first use).
+    probe: std::sync::Arc<std::sync::Mutex<Option<wgpu::Buffer>>>,
     /// The device is an application's ([`Gpu::from_device`]), not one this crate created.
     borrowed: bool,
 }
@@ -191,6 +194,7 @@ impl Gpu {
         });
         Ok(Gpu {
             lost,
+            probe: Default::default(),
             borrowed: false,
             device,
             queue,
@@ -205,6 +209,7 @@ impl Gpu {
     pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
         Gpu {
             lost: Default::default(),
+            probe: Default::default(),
             borrowed: true,
             features: device.features(),
             limits: device.limits(),
@@ -302,9 +307,51 @@ impl Gpu {
         }
     }
 
-    /// Why the device was lost, if it was (devices this crate created).
+    /// Why the device was lost, if it was known to be: reported by the lost-device callback
+    /// (devices this crate created) or found by [`Gpu::check_alive`].
     pub fn lost_reason(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// [`Error::DeviceLost`] when the device was destroyed or lost, found without waiting and
+    /// without creating anything after the first call: a request to map a small buffer of the
+    /// engine's fails at once on such a device (wgpu otherwise drops a lost device's errors
+    /// silently, and some calls on it panic). Works on an application's device too, whose
+    /// lost-device callback stays the application's.
+    pub fn check_alive(&self, during: &str) -> Result<()> {
+        let lost = |detail: String| Error::DeviceLost {
+            during: during.into(),
+            detail: format!(" ({detail})"),
+        };
+        if let Some(why) = self.lost_reason() {
+            return Err(lost(why));
+        }
+        let mut probe = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let probe = probe.get_or_insert_with(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("device-loss probe"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = failed.clone();
+        probe.map_async(wgpu::MapMode::Read, .., move |r| {
+            if r.is_err() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        // A healthy device has only queued the mapping: read the verdict, then cancel it (its
+        // callback then reports the cancellation, after the verdict was read).
+        let dead = failed.load(std::sync::atomic::Ordering::SeqCst);
+        probe.unmap();
+        if dead {
+            let why = "the device was destroyed or lost".to_string();
+            *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            return Err(lost(why));
+        }
+        Ok(())
     }
 
     /// Block until the queue is idle, turning a lost device into an error instead of a hang.
@@ -328,6 +375,37 @@ pub fn error_text(e: &wgpu::Error) -> String {
         .filter(|l| !l.is_empty() && *l != "Caused by:")
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// A buffer holding `contents` (`create_buffer_init` without its panic): on a destroyed or
+/// lost device the mapping wgpu writes through fails, and that is [`Error::DeviceLost`].
+pub fn buffer_with(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    // Mapped at creation, the size must be a multiple of 4 (COPY_BUFFER_ALIGNMENT).
+    let size = (contents.len() as u64).div_ceil(4).max(1) * 4;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::DeviceLost {
+                during: format!("creating {label}"),
+                detail: format!(
+                    " (its memory could not be mapped: {e}; the device was destroyed or lost)"
+                ),
+            })?;
+        view.slice(..contents.len()).copy_from_slice(contents);
+    }
+    buffer.unmap();
+    Ok(buffer)
 }
 
 /// The error for a mapping of one of the engine's buffers that failed: the engine never

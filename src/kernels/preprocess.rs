@@ -12,8 +12,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::kernels::params::PreprocessParams;
 use crate::kernels::{Kernel, KernelKey, KernelParams, PipelineCache};
@@ -100,8 +98,8 @@ struct Tables {
 /// queue (tables are created initialised), so it can sit next to the caller's own passes.
 /// Inputs: 2D textures of any size in one of [`SUPPORTED_FORMATS`], with
 /// `TextureUsages::TEXTURE_BINDING`; mip level 0 and array layer 0 are read. A texture or
-/// buffer of another device is reported as an error before anything is recorded (one of another
-/// wgpu `Instance` makes wgpu itself panic).
+/// buffer of another device is reported as an error before anything is recorded (a texture of
+/// another wgpu `Instance` too: wgpu-core panics on it, which is caught).
 ///
 /// An [`Engine`](crate::Engine) uses one for texture inputs; on its own it preprocesses into
 /// any buffer of the application's, e.g. to assemble a batch from several sources:
@@ -205,7 +203,7 @@ impl Preprocessor {
         t: &wgpu::Texture,
         dst: &wgpu::Buffer,
         offset: wgpu::BufferAddress,
-    ) -> wgpu::BindGroup {
+    ) -> Result<wgpu::BindGroup> {
         let mut cached = self.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = cached
             .iter()
@@ -214,9 +212,40 @@ impl Preprocessor {
             let hit = cached.remove(i);
             let group = hit.group.clone();
             cached.push(hit);
-            return group;
+            return Ok(group);
         }
-        let tables = self.tables(t.width(), t.height(), t.format().is_srgb());
+        let tables = self.tables(t.width(), t.height(), t.format().is_srgb())?;
+        // A texture of another wgpu `Instance` (another engine's own device, say) is an id
+        // wgpu-core looks up in this device's registry, where it panics: caught, and an error.
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.make_bind_group(t, &tables, dst, offset)
+        }));
+        let group = made.map_err(|_| {
+            Error::arg(
+                "texture",
+                describe(t),
+                "belongs to another wgpu Instance (e.g. another engine's own device): pass a texture of this engine's device",
+            )
+        })?;
+        if cached.len() >= MAX_BOUND_TEXTURES {
+            cached.remove(0);
+        }
+        cached.push(BoundTexture {
+            texture: t.clone(),
+            dst: dst.clone(),
+            offset,
+            group: group.clone(),
+        });
+        Ok(group)
+    }
+
+    fn make_bind_group(
+        &self,
+        t: &wgpu::Texture,
+        tables: &Tables,
+        dst: &wgpu::Buffer,
+        offset: wgpu::BufferAddress,
+    ) -> wgpu::BindGroup {
         let view = t.create_view(&wgpu::TextureViewDescriptor {
             label: Some("preprocess input"),
             dimension: Some(wgpu::TextureViewDimension::D2),
@@ -226,7 +255,7 @@ impl Preprocessor {
             array_layer_count: Some(1),
             ..Default::default()
         });
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("preprocess"),
             layout: &self.pipeline.get_bind_group_layout(0),
             entries: &[
@@ -251,17 +280,7 @@ impl Preprocessor {
                     resource: wgpu::BindingResource::TextureView(&view),
                 },
             ],
-        });
-        if cached.len() >= MAX_BOUND_TEXTURES {
-            cached.remove(0);
-        }
-        cached.push(BoundTexture {
-            texture: t.clone(),
-            dst: dst.clone(),
-            offset,
-            group: group.clone(),
-        });
-        group
+        })
     }
 
     /// Whether the kernel can read `texture`; the error says what is wrong with it.
@@ -291,32 +310,33 @@ impl Preprocessor {
         Ok(())
     }
 
-    fn tables(&self, width: u32, height: u32, srgb: bool) -> Arc<Tables> {
+    /// The resampling tables of a texture size: cached, or made (on a destroyed or lost
+    /// device that is [`Error::DeviceLost`]).
+    fn tables(&self, width: u32, height: u32, srgb: bool) -> Result<Arc<Tables>> {
         let mut map = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CACHED_SIZES && !map.contains_key(&(width, height, srgb)) {
+        if let Some(t) = map.get(&(width, height, srgb)) {
+            return Ok(t.clone());
+        }
+        if map.len() >= MAX_CACHED_SIZES {
             map.clear();
         }
-        map.entry((width, height, srgb))
-            .or_insert_with(|| {
-                let (params, coeffs) = tables(width, height, srgb);
-                Arc::new(Tables {
-                    params: self
-                        .device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("preprocess params"),
-                            contents: bytemuck::cast_slice(&uniform_words(&params)),
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        }),
-                    coeffs: self
-                        .device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("preprocess taps"),
-                            contents: bytemuck::cast_slice(&coeffs),
-                            usage: wgpu::BufferUsages::STORAGE,
-                        }),
-                })
-            })
-            .clone()
+        let (params, coeffs) = tables(width, height, srgb);
+        let made = Arc::new(Tables {
+            params: crate::gpu::context::buffer_with(
+                &self.device,
+                "preprocess params",
+                bytemuck::cast_slice(&uniform_words(&params)),
+                wgpu::BufferUsages::UNIFORM,
+            )?,
+            coeffs: crate::gpu::context::buffer_with(
+                &self.device,
+                "preprocess taps",
+                bytemuck::cast_slice(&coeffs),
+                wgpu::BufferUsages::STORAGE,
+            )?,
+        });
+        map.insert((width, height, srgb), made.clone());
+        Ok(made)
     }
 
     /// Record the preprocessing of `textures` into `dst`: image `i` goes to bytes
@@ -338,14 +358,17 @@ impl Preprocessor {
                 "needs BufferUsages::STORAGE",
             ));
         }
-        let end = dst_offset + textures.len() as u64 * self.image_bytes;
-        if end > dst.size() {
+        let end = (textures.len() as u64)
+            .checked_mul(self.image_bytes)
+            .and_then(|n| n.checked_add(dst_offset));
+        if end.is_none_or(|e| e > dst.size()) {
             return Err(Error::arg(
                 "preprocessing output",
                 format!("buffer of {} bytes", dst.size()),
                 format!(
-                    "{} images at offset {dst_offset} need {end} bytes",
-                    textures.len()
+                    "{} images of {} bytes from offset {dst_offset} do not fit",
+                    textures.len(),
+                    self.image_bytes
                 ),
             ));
         }
@@ -370,13 +393,16 @@ impl Preprocessor {
         // (`Engine::run_async`).
         #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let groups: Vec<wgpu::BindGroup> = textures
+        let groups: Result<Vec<wgpu::BindGroup>> = textures
             .iter()
             .enumerate()
             .map(|(i, t)| self.bind_group(t, dst, dst_offset + i as u64 * self.image_bytes))
             .collect();
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let error = pollster::block_on(scope.pop());
+        let groups = groups?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = error {
             // An invalid bind group may have been cached: start afresh.
             self.forget_textures();
             return Err(Error::Gpu {

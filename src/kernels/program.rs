@@ -5,8 +5,6 @@
 //! (a buffer is reused once its previous occupant is dead), creates the uniform blocks and bind
 //! groups, and hands back a [`Program`] whose recording allocates nothing.
 
-use wgpu::util::DeviceExt;
-
 use super::arena::{pack_arena, ArenaLayout, Interval};
 use super::catalogue::SG_WIDTHS;
 use super::pipelines::{KernelKey, PipelineCache};
@@ -455,6 +453,7 @@ impl ProgramBuilder {
                 why: "a sizes-only recording cannot be made on a device".into(),
             });
         }
+        gpu.check_alive("building the forward")?;
         let layout = self.arena_layout();
         self.check_limits(gpu, &layout)?;
         let device = &gpu.device;
@@ -479,13 +478,12 @@ impl ProgramBuilder {
         let mut homes: Vec<Home> = Vec::with_capacity(self.tensors.len());
         for (i, t) in self.tensors.into_iter().enumerate() {
             let home = match t.storage {
-                Storage::Constant(bytes) => Home::Owned(device.create_buffer_init(
-                    &wgpu::util::BufferInitDescriptor {
-                        label: Some(&t.label),
-                        contents: &bytes,
-                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                    },
-                )),
+                Storage::Constant(bytes) => Home::Owned(crate::gpu::context::buffer_with(
+                    device,
+                    &t.label,
+                    &bytes,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                )?),
                 Storage::External => {
                     let buffer = externals
                         .iter()
@@ -529,11 +527,12 @@ impl ProgramBuilder {
             if params.is_empty() {
                 params.push(0);
             }
-            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(step.key.kernel.name()),
-                contents: bytemuck::cast_slice(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let uniform = crate::gpu::context::buffer_with(
+                device,
+                step.key.kernel.name(),
+                bytemuck::cast_slice(&params),
+                wgpu::BufferUsages::UNIFORM,
+            )?;
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: uniform.as_entire_binding(),

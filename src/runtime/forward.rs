@@ -43,6 +43,32 @@ pub struct PlannedForward {
     trace_readback: Vec<wgpu::Buffer>,
     /// Images and logits are f16 on the device (see [`ForwardSpec::f16`]).
     f16: bool,
+    /// The words 0 to 255, copied from to write a forward's stamp without the queue.
+    stamp_bytes: wgpu::Buffer,
+    /// The stamp of the last forward whose commands ran ([`STAMP_BYTES`]): written by the
+    /// forward's last commands, read back beside the logits.
+    stamp: wgpu::Buffer,
+    /// The stamp of the last forward recorded (never 0).
+    seq: std::sync::atomic::AtomicU32,
+}
+
+/// Bytes of a forward's stamp: the four bytes of its sequence number, one per word (copies
+/// move whole words).
+pub const STAMP_BYTES: u64 = 16;
+
+/// The stamp a forward with sequence number `seq` writes.
+pub fn stamp_words(seq: u32) -> [u32; 4] {
+    seq.to_le_bytes().map(u32::from)
+}
+
+/// Whether `bytes` (a read-back stamp) are the stamp of forward `seq`: if not, the logits read
+/// beside it are another forward's (the commands of `seq` did not run).
+pub fn stamp_matches(bytes: &[u8], seq: u32) -> bool {
+    let words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    words == stamp_words(seq)
 }
 
 /// Host values in the device's storage precision: f32 as they are (no copy), or rounded to f16.
@@ -157,6 +183,24 @@ pub fn memory_plan(
     )
 }
 
+/// The words 0 to 255 a stamp is copied from, and the stamp itself.
+fn stamp_buffers(dev: &wgpu::Device) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let words: Vec<u32> = (0..256).collect();
+    let bytes = crate::gpu::context::buffer_with(
+        dev,
+        "stamp bytes",
+        bytemuck::cast_slice(&words),
+        wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let stamp = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("forward stamp"),
+        size: STAMP_BYTES,
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    Ok((bytes, stamp))
+}
+
 fn staging(gpu: &Gpu, label: &str, size: u64) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -189,6 +233,11 @@ impl PlannedForward {
     ) -> Result<PlannedForward> {
         if spec.batch == 0 {
             return Err(Error::arg("batch", 0, "must be at least 1"));
+        }
+        // A device without compute (WebGL2-class) is said as such first, before the plan's
+        // tensors are held against its zero binding sizes.
+        if gpu.limits.max_compute_workgroups_per_dimension == 0 {
+            crate::gpu::limits::check(&wgpu::Limits::default(), &gpu.limits, gpu.is_borrowed())?;
         }
         // Weights may come from code (`EngineBuilder::with_model`), not only from a checked file.
         crate::io::safetensors::check_weights(weights, cfg)?;
@@ -299,7 +348,11 @@ impl PlannedForward {
             .iter()
             .map(|&size| staging(gpu, "trace readback", size * chunks as u64))
             .collect();
+        let (stamp_bytes, stamp) = stamp_buffers(dev)?;
         Ok(PlannedForward {
+            stamp_bytes,
+            stamp,
+            seq: std::sync::atomic::AtomicU32::new(0),
             gpu: gpu.clone(),
             cfg: cfg.clone(),
             plan,
@@ -396,7 +449,8 @@ impl PlannedForward {
                         "needs BufferUsages::COPY_SRC",
                     ));
                 }
-                if offset % 4 != 0 || offset + need > buf.size() {
+                let end = offset.checked_add(need);
+                if offset % 4 != 0 || end.is_none_or(|end| end > buf.size()) {
                     return Err(Error::arg(
                         "input buffer",
                         format!("{} bytes, read from offset {offset}", buf.size()),
@@ -416,9 +470,50 @@ impl PlannedForward {
     /// Record a whole forward into `enc`: images from `source`, logits left in
     /// [`PlannedForward::logits_buffer`]. Nothing is submitted or written through the queue.
     pub fn encode_forward(&self, enc: &mut wgpu::CommandEncoder, source: Source<'_>) -> Result<()> {
+        self.encode_stamped(enc, source).map(|_| ())
+    }
+
+    /// [`PlannedForward::encode_forward`], returning the stamp the forward writes into
+    /// [`PlannedForward::stamp_buffer`] when its commands run.
+    pub fn encode_stamped(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        source: Source<'_>,
+    ) -> Result<u32> {
         self.check_source(source)?;
-        self.encode(enc, source, None);
-        Ok(())
+        Ok(self.encode(enc, source, None))
+    }
+
+    /// The stamp of the last forward recorded (see [`PlannedForward::stamp_buffer`]).
+    pub fn last_stamp(&self) -> u32 {
+        self.seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// [`STAMP_BYTES`] bytes that the last forward whose commands ran wrote after its logits
+    /// ([`stamp_words`] of its sequence number): a readback that copies them beside the logits
+    /// can tell the logits of the forward it expects from an earlier forward's.
+    pub fn stamp_buffer(&self) -> &wgpu::Buffer {
+        &self.stamp
+    }
+
+    /// A new sequence number (never 0, which a new buffer's zeros would match) and the copies
+    /// that write its stamp.
+    fn encode_stamp(&self, enc: &mut wgpu::CommandEncoder) -> u32 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut seq = self.seq.fetch_add(1, SeqCst).wrapping_add(1);
+        while seq == 0 {
+            seq = self.seq.fetch_add(1, SeqCst).wrapping_add(1);
+        }
+        for (i, byte) in stamp_words(seq).into_iter().enumerate() {
+            enc.copy_buffer_to_buffer(
+                &self.stamp_bytes,
+                4 * byte as u64,
+                &self.stamp,
+                4 * i as u64,
+                4,
+            );
+        }
+        seq
     }
 
     /// Record a whole forward (all micro-batches) into `enc`, reading `source` (checked) and
@@ -428,7 +523,7 @@ impl PlannedForward {
         enc: &mut wgpu::CommandEncoder,
         source: Source<'_>,
         timer: Option<&wgpu::QuerySet>,
-    ) {
+    ) -> u32 {
         let img_bytes = self.images.size();
         let total_in = self.input.size();
         let cls_bytes = self.logits.size();
@@ -495,6 +590,7 @@ impl PlannedForward {
                 );
             }
         }
+        self.encode_stamp(enc)
     }
 
     /// Record a forward from `source` whose first pass writes timestamp 0 of `queries` at its
