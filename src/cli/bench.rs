@@ -282,12 +282,13 @@ fn profile_config(
 ) -> Result<()> {
     let batch = row.batch;
     let spec = ForwardSpec::new(&model.cfg, schedule, DEFAULT_SEED)?;
-    let engine = EngineBuilder::new()
-        .gpu(gpu)
-        .pipeline_cache(cache)
-        .with_model(model.clone())
-        .spec(&spec.clone().with_batch(batch).with_precision(*precision))
-        .build()?;
+    let engine = super::build_engine(
+        EngineBuilder::new()
+            .gpu(gpu)
+            .pipeline_cache(cache)
+            .with_model(model.clone())
+            .spec(&spec.clone().with_batch(batch).with_precision(*precision)),
+    )?;
     engine.set_input(images)?;
     let profile = engine.profile()?;
     let total: f64 = profile.families.iter().map(|f| f.1).sum();

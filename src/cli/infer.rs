@@ -65,18 +65,19 @@ pub fn run(a: InferArgs) -> Result<()> {
     let gpu = super::open_gpu(&a.gpu)?;
     let max = super::max_batch(&gpu, &model.cfg, a.gpu.precision);
     let (images, batch) = load_images(&a.images, &model.cfg, max, a.model.refuse_non_finite)?;
-    let engine = EngineBuilder::new()
-        .gpu(&gpu)
-        .pipeline_cache(&a.gpu.pipeline_cache())
-        .with_model(model.clone())
-        .spec(
-            &spec
-                .clone()
-                .with_batch(batch)
-                .with_trace(a.trace)
-                .with_precision(a.gpu.precision),
-        )
-        .build()?;
+    let engine = super::build_engine(
+        EngineBuilder::new()
+            .gpu(&gpu)
+            .pipeline_cache(&a.gpu.pipeline_cache())
+            .with_model(model.clone())
+            .spec(
+                &spec
+                    .clone()
+                    .with_batch(batch)
+                    .with_trace(a.trace)
+                    .with_precision(a.gpu.precision),
+            ),
+    )?;
     let out = engine.forward(&images)?;
 
     let classes = model.cfg.num_classes;

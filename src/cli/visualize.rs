@@ -78,18 +78,19 @@ pub fn run_visualize(a: VisualizeArgs) -> Result<Vec<StageMap>> {
     )?;
     let crop = denormalize(&input, model.cfg.image_size);
     let gpu = super::open_gpu(&a.gpu)?;
-    let engine = EngineBuilder::new()
-        .gpu(&gpu)
-        .pipeline_cache(&a.gpu.pipeline_cache())
-        .with_model(model.clone())
-        .spec(
-            &spec
-                .clone()
-                .with_batch(1)
-                .with_trace(true)
-                .with_precision(a.gpu.precision),
-        )
-        .build()?;
+    let engine = super::build_engine(
+        EngineBuilder::new()
+            .gpu(&gpu)
+            .pipeline_cache(&a.gpu.pipeline_cache())
+            .with_model(model.clone())
+            .spec(
+                &spec
+                    .clone()
+                    .with_batch(1)
+                    .with_trace(true)
+                    .with_precision(a.gpu.precision),
+            ),
+    )?;
     let out = engine.forward(&input)?;
     let trace_maps = out.trace.map(|t| t.stage_maps).unwrap_or_default();
     let maps = stage_maps(&model.cfg, &spec.trajectory, &trace_maps, 0)?;

@@ -1,7 +1,7 @@
 //! A planned, resident forward pass: buffers, pipelines and bind groups are made once; each
 //! forward is one command buffer, one submission and one readback.
 
-use super::record::{self, ModelProgram, TraceTensors};
+use super::record::{self, ForwardProgram, TraceTensors};
 use super::spec::ForwardSpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -27,7 +27,7 @@ pub enum Source<'a> {
 pub struct PlannedForward {
     gpu: Gpu,
     cfg: ModelConfig,
-    plan: ModelProgram,
+    forward: ForwardProgram,
     batch: usize,
     chunks: usize,
     /// The user's whole batch of images, `[batch, 3, H, W]`.
@@ -335,14 +335,14 @@ impl PlannedForward {
             batch: mb,
             ..spec.clone()
         };
-        let plan = record::build(gpu, cache, cfg, weights, &micro, &images, &logits)?;
-        let trace_tensors: Vec<u64> = plan
+        let forward = record::build(gpu, cache, cfg, weights, &micro, &images, &logits)?;
+        let trace_tensors: Vec<u64> = forward
             .trace
             .merges
             .iter()
             .flat_map(|m| [m.2, m.3])
-            .chain(plan.trace.stage_maps.iter().map(|m| m.1))
-            .map(|t| plan.program.tensor_size(t))
+            .chain(forward.trace.stage_maps.iter().map(|m| m.1))
+            .map(|t| forward.program.tensor_size(t))
             .collect();
         let trace_readback = trace_tensors
             .iter()
@@ -355,7 +355,7 @@ impl PlannedForward {
             seq: std::sync::atomic::AtomicU32::new(0),
             gpu: gpu.clone(),
             cfg: cfg.clone(),
-            plan,
+            forward,
             batch: spec.batch,
             chunks,
             input,
@@ -378,15 +378,15 @@ impl PlannedForward {
     }
     /// Images per run of the program (at most [`PlannedForward::batch`]).
     pub fn micro_batch(&self) -> usize {
-        self.plan.batch
+        self.forward.batch
     }
     /// The planned program of one micro-batch.
     pub fn program(&self) -> &crate::kernels::Program {
-        &self.plan.program
+        &self.forward.program
     }
     /// Peak activation memory of a forward: the planned arena of one micro-batch.
     pub fn activation_bytes(&self) -> u64 {
-        self.plan.program.arena_bytes
+        self.forward.program.arena_bytes
     }
 
     /// The device the engine runs on.
@@ -534,12 +534,12 @@ impl PlannedForward {
             Source::InPlace => (None, 0),
         };
         let tracing: Vec<wgpu::BufferAddress> = self
-            .plan
+            .forward
             .trace
             .merges
             .iter()
             .flat_map(|m| [m.2, m.3])
-            .chain(self.plan.trace.stage_maps.iter().map(|m| m.1))
+            .chain(self.forward.trace.stage_maps.iter().map(|m| m.1))
             .collect::<Vec<_>>()
             .into_iter()
             .map(|t| t as u64)
@@ -568,7 +568,7 @@ impl PlannedForward {
                     label: Some("forward"),
                     timestamp_writes,
                 });
-                self.plan.program.encode(&mut pass);
+                self.forward.program.encode(&mut pass);
             }
             if self.chunks > 1 {
                 // The last micro-batch may be partial: copy only the batch's rows.
@@ -579,8 +579,8 @@ impl PlannedForward {
                 }
             }
             for (i, &t) in tracing.iter().enumerate() {
-                let (buf, offset) = self.plan.program.location(t as usize);
-                let size = self.plan.program.tensor_size(t as usize);
+                let (buf, offset) = self.forward.program.location(t as usize);
+                let size = self.forward.program.tensor_size(t as usize);
                 enc.copy_buffer_to_buffer(
                     buf,
                     offset,
@@ -612,7 +612,7 @@ impl PlannedForward {
     pub fn encode_profile(&self, enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
         let len = self.images.size().min(self.input.size());
         enc.copy_buffer_to_buffer(&self.input, 0, &self.images, 0, len);
-        for (i, d) in self.plan.program.dispatches.iter().enumerate() {
+        for (i, d) in self.forward.program.dispatches.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(d.key.kernel.name()),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -630,14 +630,14 @@ impl PlannedForward {
 
     /// Dispatches of one micro-batch's forward.
     pub fn dispatch_count(&self) -> usize {
-        self.plan.program.dispatches.len()
+        self.forward.program.dispatches.len()
     }
 
     /// Kernel family and shader name of every dispatch, in order.
     pub fn dispatch_names(
         &self,
     ) -> impl Iterator<Item = (crate::kernels::Family, &'static str)> + '_ {
-        self.plan
+        self.forward
             .program
             .dispatches
             .iter()
@@ -648,7 +648,7 @@ impl PlannedForward {
     /// [`PlannedForward::trace_buffers`] (each merge's slot map, then its masses; then the stage
     /// maps), one micro-batch after another in each buffer.
     pub fn trace_tensors(&self) -> &TraceTensors {
-        &self.plan.trace
+        &self.forward.trace
     }
 
     /// Mappable buffers every forward of a traced plan copies its trace tensors into.

@@ -33,7 +33,7 @@ pub struct TraceTensors {
 }
 
 /// A forward made real on a device: the program and what a trace reads back.
-pub struct ModelProgram {
+pub struct ForwardProgram {
     /// The finished program of one micro-batch.
     pub program: Program,
     /// Images per run of the program (the micro-batch).
@@ -336,10 +336,10 @@ pub fn build(
     spec: &ForwardSpec,
     images: &wgpu::Buffer,
     logits: &wgpu::Buffer,
-) -> Result<ModelProgram> {
+) -> Result<ForwardProgram> {
     let subgroup_width = crate::kernels::program::subgroup_width(gpu);
     let r = record(cfg, w, spec, &gpu.limits, subgroup_width);
-    Ok(ModelProgram {
+    Ok(ForwardProgram {
         program: r
             .builder
             .finish(gpu, cache, &[(r.images, images), (r.logits, logits)])?,
