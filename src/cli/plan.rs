@@ -225,7 +225,7 @@ fn print_json(r: &Report) {
 /// `plan`'s table and figures.
 fn print_text(r: &Report) {
     println!("{} under {}", r.cfg.name, r.schedule);
-    print!("{}", tome::render_table(&r.traj));
+    print!("{}", tome::render_table(r.traj));
     println!(
         "kernels: {KERNEL_POLICY}; the cost figures below count {} (--kernels)",
         r.counted_text
