@@ -331,6 +331,24 @@ fn a_wrong_kernel_variant_is_rejected_and_the_portable_kernel_runs() {
     }
     // A fault is never cached.
     assert!(TuneCache::in_dir(&dir).entries().is_empty());
+    // The matching kernel, which an unmerged forward does not run, is checked at kernel level
+    // (metric and matching step 1 at the first stage's shape): a wrong one is rejected too.
+    if preferred.get(KernelKind::Matching) != Variant::Portable {
+        let wrong = on(builder())
+            .validation_fault(KernelKind::Matching)
+            .build()
+            .expect("engine");
+        let k = wrong.kernels();
+        eprintln!("with a wrong matching variant: {k}");
+        let r = k
+            .rejected
+            .iter()
+            .find(|r| r.kind == KernelKind::Matching)
+            .unwrap_or_else(|| panic!("matching not rejected: {k}"));
+        assert!(r.error > r.tolerance, "{r:?}");
+        assert_eq!(k.preferred.get(KernelKind::Matching), Variant::Portable);
+        assert_eq!(k.rejected.len(), 1, "{k}");
+    }
     let mut pins = preferred;
     pins.set(KernelKind::Linear, Variant::Portable);
     let portable = builder()

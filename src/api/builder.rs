@@ -446,6 +446,7 @@ impl EngineBuilder {
         let check = super::validate::Check {
             base,
             gpu,
+            cache,
             cfg: &model.cfg,
             spec,
             trusted: cache.is_trusted(),

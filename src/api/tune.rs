@@ -219,11 +219,19 @@ pub fn shape_tag(cfg: &ModelConfig, spec: &ForwardSpec) -> (String, String) {
 /// candidate variants.
 pub(super) fn key(gpu: &Gpu, cfg: &ModelConfig, spec: &ForwardSpec, trusted: bool) -> String {
     let (model, tokens) = shape_tag(cfg, spec);
-    // The candidate lists too: a build with other variants to try measures again.
+    // The candidate lists too, and a fingerprint of their code: a build with other variants to
+    // try, or with changed kernels, measures again.
     let candidates: Vec<String> = KernelKind::ALL
         .iter()
-        .map(|k| {
-            let names: Vec<&str> = k.candidates().iter().map(|v| v.name()).collect();
+        .map(|&k| {
+            let names: Vec<String> = k
+                .candidates()
+                .iter()
+                .map(|&v| {
+                    let code = crate::kernels::catalogue::variant_fingerprint(k, v);
+                    format!("{}#{:04x}", v.name(), code & 0xffff)
+                })
+                .collect();
             format!("{}={}", k.name(), names.join("/"))
         })
         .collect();

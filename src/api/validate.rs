@@ -7,7 +7,9 @@
 //! with the non-portable variants, on fixed pseudo-random images at the model's own shapes
 //! (batch 1, every token: no merging, so merge near-ties cannot blur a difference); only when
 //! they disagree does one engine per kind find which variant is wrong. The matching kernel does
-//! not run in an unmerged forward and is not checked. A kind whose logits differ from
+//! not run in an unmerged forward: it is checked at kernel level instead (the metric and
+//! matching step 1 on fixed pseudo-random keys at the first stage's shape, [`compare_matching`]).
+//! A kind whose logits differ from
 //! the reference's by more than [`tolerance`] (relative to the reference's largest logit) is
 //! rejected: a `warn` log names the kernel, the shapes, how far off it was and what runs
 //! instead, the engine runs the portable kernel for it, and [`Engine::kernels`] lists it under
@@ -27,7 +29,8 @@ use std::time::Instant;
 use super::{Autotune, EngineBuilder, TuneCache};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::{KernelKind, Variant, Variants};
+use crate::kernels::merge::{record_match, MergeShape};
+use crate::kernels::{KernelKind, PipelineCache, ProgramBuilder, Variant, Variants};
 use crate::model::{ModelConfig, Precision};
 use crate::runtime::ForwardSpec;
 use crate::tome::Schedule;
@@ -96,6 +99,8 @@ pub(super) struct Check<'a> {
     /// A builder of the engine's model on its device and pipeline cache (autotune off).
     pub base: EngineBuilder,
     pub gpu: &'a Gpu,
+    /// The engine's pipeline cache.
+    pub cache: &'a PipelineCache,
     pub cfg: &'a ModelConfig,
     pub spec: &'a ForwardSpec,
     pub trusted: bool,
@@ -158,7 +163,14 @@ pub(super) fn check(
         c.cfg.name
     );
     super::tune::say(c.progress, msg);
-    for (kind, error) in compare(&c, preferred, &unchecked, tol)? {
+    let mut errors = compare(&c, preferred, &unchecked, tol)?;
+    for (kind, error) in errors
+        .iter_mut()
+        .filter(|(k, _)| *k == KernelKind::Matching)
+    {
+        *error = compare_matching(&c, preferred.get(*kind), tol)?;
+    }
+    for (kind, error) in errors {
         let verdict = if error.is_some_and(|e| e.is_nan() || e > tol) {
             out.set(kind, Variant::Portable);
             rejected.push(Rejected {
@@ -276,6 +288,134 @@ fn compare(
     Ok(out)
 }
 
+/// The matching kernel's `variant` against the portable one, at kernel level: the metric and
+/// matching step 1 ([`record_match`]) on fixed pseudo-random keys at the model's first-stage
+/// shape (batch 1, every token), once with each matcher. Returns the largest difference of the
+/// best scores (cosine similarities, so absolute), and where the two choose different B tokens,
+/// how far the variant's choice scores below the portable best (from the shared metric, in
+/// f64): a near-tie choosing another B token is no error, a worse token is. `None` where the
+/// variant does not run for these shapes (the subgroup matcher needs 32-channel heads). A
+/// difference over `tol` is said in a `warn` log.
+fn compare_matching(c: &Check<'_>, variant: Variant, tol: f64) -> Result<Option<f64>> {
+    let cfg = c.cfg;
+    let stage = &cfg.stages[0];
+    let split = crate::tome::Split::of(cfg);
+    let n = split.lead + cfg.tokens(0);
+    let shape = MergeShape {
+        batch: 1,
+        n,
+        r: 0,
+        c: stage.dim,
+        dim: stage.dim,
+        heads: stage.heads,
+        n_grid: cfg.tokens(0),
+        split,
+    };
+    let qkv = images(n * 3 * stage.dim);
+    let hd = stage.dim / stage.heads;
+    // (metric, best scores, best B tokens) with `variant` as the matcher, or `None` where it
+    // falls back.
+    let run = |variant: Variant| -> Result<Option<(Vec<f32>, Vec<f32>, Vec<u32>)>> {
+        let mut b = ProgramBuilder::new(&c.gpu.limits);
+        b.set_subgroup_width(crate::kernels::program::subgroup_width(c.gpu));
+        let mut pins = Variants::all(Variant::Portable);
+        pins.set(KernelKind::Matching, variant);
+        b.set_variants(pins);
+        let keys = b.weights("check qkv", &qkv);
+        let m = record_match(&mut b, shape, keys, "check");
+        let ran = (0..b.dispatch_count())
+            .any(|i| b.step(i).0.kernel.variant() == Some((KernelKind::Matching, variant)));
+        if !ran {
+            return Ok(None);
+        }
+        let outs = [m.metric, m.row_max, m.dst];
+        for &t in &outs {
+            b.pin(t);
+        }
+        let program = b.finish(c.gpu, c.cache, &[])?;
+        let dev = &c.gpu.device;
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            program.encode(&mut pass);
+        }
+        let staging: Vec<wgpu::Buffer> = outs
+            .iter()
+            .map(|&t| {
+                let size = program.tensor_size(t);
+                let s = dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("kernel check readback"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let (buf, offset) = program.location(t);
+                enc.copy_buffer_to_buffer(buf, offset, &s, 0, size);
+                s
+            })
+            .collect();
+        c.gpu.queue.submit(Some(enc.finish()));
+        let metric: Vec<f32> = crate::gpu::read_buffer(c.gpu, &staging[0])?;
+        let row_max: Vec<f32> = crate::gpu::read_buffer(c.gpu, &staging[1])?;
+        let dst: Vec<u32> = crate::gpu::read_buffer(c.gpu, &staging[2])?;
+        Ok(Some((metric, row_max, dst)))
+    };
+    let Some((metric, want_max, want_dst)) = run(Variant::Portable)? else {
+        return Ok(None);
+    };
+    let Some((_, got_max, got_dst)) = run(variant)? else {
+        return Ok(None);
+    };
+    // Token `i` of set A or B (after the lead tokens, alternating; see `tome::Split`).
+    let a_token = |a: usize| split.lead + 2 * a + split.a_odd as usize;
+    let b_token = |j: usize| split.lead + 2 * j + 1 - split.a_odd as usize;
+    let score = |a: usize, j: usize| -> f64 {
+        let (x, y) = (a_token(a) * hd, b_token(j) * hd);
+        (0..hd)
+            .map(|d| {
+                metric.get(x + d).copied().unwrap_or(f32::NAN) as f64
+                    * metric.get(y + d).copied().unwrap_or(f32::NAN) as f64
+            })
+            .sum()
+    };
+    let mut error = 0f64;
+    for (a, (&g, &w)) in got_max.iter().zip(&want_max).enumerate() {
+        let mut e = (g as f64 - w as f64).abs();
+        if got_dst.get(a) != want_dst.get(a) {
+            let chosen = got_dst
+                .get(a)
+                .map(|&j| score(a, j as usize))
+                .unwrap_or(f64::NAN);
+            e = e.max(w as f64 - chosen);
+        }
+        if e.is_nan() || !g.is_finite() {
+            error = f64::NAN;
+            break;
+        }
+        error = error.max(e);
+    }
+    if got_max.len() != want_max.len() || got_dst.len() != want_dst.len() {
+        error = f64::NAN;
+    }
+    if c.fault == Some(KernelKind::Matching) {
+        // Test hook: a wrong kernel, seen from outside.
+        error += 0.5;
+    }
+    if error.is_nan() || error > tol {
+        log::warn!(
+            "kernel check: the matching kernel's {} variant disagrees with the portable kernel on \
+             {}'s first-stage matching ({n} tokens, {hd}-channel metric): largest difference \
+             {error:.2e} of the best scores, over the tolerance {tol:.0e}; the portable matching \
+             kernel runs instead on this adapter ({} {})",
+            variant.name(),
+            cfg.name,
+            c.gpu.info.name,
+            c.gpu.info.driver
+        );
+    }
+    Ok(Some(error))
+}
+
 /// The cache key of the verdict on `kind`'s `variant`: the autotune key's adapter, driver,
 /// backend, subgroup width, precision and model, and the kind and variant (its value: every
 /// kind set to the variant that runs, the checked one or portable). Not the schedule or the
@@ -284,7 +424,7 @@ fn compare(
 fn key(c: &Check<'_>, kind: KernelKind, variant: Variant) -> String {
     let gpu = c.gpu;
     let raw = format!(
-        "{} | {:?} | {} {} | sg {:?} | {:?} | {}@{} | {} | validated {}={}",
+        "{} | {:?} | {} {} | sg {:?} | {:?} | {}@{} | {} | validated {}={} #{:016x}",
         gpu.info.name,
         gpu.info.backend,
         gpu.info.driver,
@@ -296,6 +436,7 @@ fn key(c: &Check<'_>, kind: KernelKind, variant: Variant) -> String {
         if c.trusted { "unchecked" } else { "checked" },
         kind.name(),
         variant.name(),
+        crate::kernels::catalogue::variant_fingerprint(kind, variant),
     );
     raw.replace(['\t', '\n', '\r'], " ")
 }

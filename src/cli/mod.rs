@@ -40,7 +40,8 @@ pub struct Cli {
     #[arg(long, global = true, value_parser = ["on", "off"])]
     pub autotune: Option<String>,
     /// Pin kernel variants (no measurement), for bit-reproducible runs: one of subgroup, tiled,
-    /// vec4, portable for every kind, or KIND=VARIANT pairs such as
+    /// vec4, portable for every kind (kinds without that variant run their portable kernel:
+    /// `tiled` is the tiled linear kernel and portable elsewhere), or KIND=VARIANT pairs such as
     /// `linear=tiled,attention=vec4` (kinds: linear, conv, attention, matching).
     #[arg(long, global = true, value_parser = parse_variants)]
     pub kernels: Option<crate::kernels::Variants>,

@@ -450,6 +450,24 @@ impl Kernel {
     }
 }
 
+/// A fingerprint of the code of `kind`'s `variant` (FNV-1a over the text of each of its kernels
+/// at each tile height): cached measurements and verdicts about a variant name it, so a build
+/// whose kernels changed measures and checks again.
+pub fn variant_fingerprint(kind: KernelKind, variant: Variant) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for k in Kernel::ALL
+        .into_iter()
+        .filter(|k| k.variant() == Some((kind, variant)))
+    {
+        for rows in std::iter::once(0).chain(k.tile_rows().iter().copied()) {
+            for byte in k.source(rows).bytes() {
+                h = (h ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
 /// The element-type line a plan may rewrite to f16.
 pub const ELEM_LINE: &str = "alias elem = f32;";
 /// What [`ELEM_LINE`] becomes in the f16 variant (`enable` must precede every declaration, which

@@ -236,11 +236,17 @@ pub fn sg_tile_columns(sg: u32) -> usize {
 }
 
 /// Arithmetic of one linear dispatch: `2k` per output for the product, the epilogue (bias 1,
-/// GELU 11, residual 3) and `2k` per row for normalising on load. Counted from `m_base` on (a
-/// subgroup dispatch of full tiles is counted with its last tile's rows; `plan` records the
-/// portable kernel, which is exact).
-pub fn flops(p: &LinearParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
-    let (rows, k, n) = (p.m.saturating_sub(p.m_base) as u64, p.k as u64, p.n as u64);
+/// GELU 11, residual 3) and `2k` per row for normalising on load, over the rows the dispatch
+/// computes: from `m_base` on, but for a subgroup dispatch of full tiles followed by a last-tile
+/// dispatch, only its full tiles' rows ([`sg_tiles`]).
+pub fn flops(p: &LinearParams, key: &KernelKey, _bound: &[u64]) -> u64 {
+    let mut rows = p.m.saturating_sub(p.m_base) as u64;
+    if key.kernel == Kernel::LinearSg && p.m_base == 0 && matches!(key.rows, 0 | 32) {
+        if let (full, Some(_)) = sg_tiles(p.m as usize) {
+            rows = (full * SG_TILE_ROWS) as u64;
+        }
+    }
+    let (k, n) = (p.k as u64, p.n as u64);
     let epilogue = match p.mode {
         0 => 1,
         1 => 11,

@@ -40,39 +40,27 @@ pub struct MergeShape {
     pub split: Split,
 }
 
-/// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
-/// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
-/// place (`first` = it is still the identity). Returns the new sequence, masses and slot map.
-#[allow(clippy::too_many_arguments)]
-pub fn record_merge(
-    b: &mut ProgramBuilder,
-    s: MergeShape,
-    qkv: TensorId,
-    x: TensorId,
-    mass: Option<TensorId>,
-    map: TensorId,
-    first: bool,
-    label: &str,
-) -> MergeOutputs {
+/// What matching step 1 writes: per A token, its best score and its most similar B token.
+pub struct Matched {
+    /// `[batch, n, head_dim]` f32: the metric every token is matched by.
+    pub metric: TensorId,
+    /// `[batch, na]` f32: each A token's largest cosine similarity to a B token.
+    pub row_max: TensorId,
+    /// `[batch, na]` u32: the B token it is (the lowest index among exact ties).
+    pub dst: TensorId,
+}
+
+/// Record the matching metric (the keys of `qkv` averaged over heads, L2-normalised) and
+/// matching step 1, with the subgroup matcher where the plan prefers it and the heads have 32
+/// channels. Also what the first-build kernel check runs, at the model's shapes.
+pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> Matched {
     let hd = s.dim / s.heads;
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
-    let [lead, a_odd, sorted] = s.split.params();
+    let [lead, a_odd, _] = s.split.params();
     let metric = b.activation_words(format!("{label} metric"), s.batch * s.n * hd);
     let row_max = b.activation_words(format!("{label} row max"), s.batch * na);
     let dst = b.activation_words(format!("{label} dst"), s.batch * na);
-    let rank = b.activation_words(format!("{label} rank"), s.batch * na);
-    let order = b.activation_words(format!("{label} order"), s.batch * na);
-    let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
-    let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
-    let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
-
-    let match_params = TomeMatchParams {
-        batch: bt,
-        n,
-        lead,
-        a_odd,
-    };
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(
         Family::Matching,
@@ -104,10 +92,51 @@ pub fn record_merge(
     b.dispatch(
         Family::Matching,
         matcher,
-        &match_params,
+        &TomeMatchParams {
+            batch: bt,
+            n,
+            lead,
+            a_odd,
+        },
         &[metric, row_max, dst],
         g_match,
     );
+    Matched {
+        metric,
+        row_max,
+        dst,
+    }
+}
+
+/// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
+/// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
+/// place (`first` = it is still the identity). Returns the new sequence, masses and slot map.
+#[allow(clippy::too_many_arguments)]
+pub fn record_merge(
+    b: &mut ProgramBuilder,
+    s: MergeShape,
+    qkv: TensorId,
+    x: TensorId,
+    mass: Option<TensorId>,
+    map: TensorId,
+    first: bool,
+    label: &str,
+) -> MergeOutputs {
+    let na = s.split.na(s.n);
+    let (bt, n) = (s.batch as u32, s.n as u32);
+    let [lead, a_odd, sorted] = s.split.params();
+    let Matched { row_max, dst, .. } = record_match(b, s, qkv, label);
+    let rank = b.activation_words(format!("{label} rank"), s.batch * na);
+    let order = b.activation_words(format!("{label} order"), s.batch * na);
+    let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
+    let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
+    let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
+    let match_params = TomeMatchParams {
+        batch: bt,
+        n,
+        lead,
+        a_odd,
+    };
     let g = b.grid(s.batch * na, 64);
     b.dispatch(
         Family::Matching,

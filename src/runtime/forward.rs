@@ -50,6 +50,8 @@ pub struct PlannedForward {
     stamp: wgpu::Buffer,
     /// The stamp of the last forward recorded (never 0).
     seq: std::sync::atomic::AtomicU32,
+    /// This plan's id among the process's planned forwards (keys the per-thread stamps).
+    id: u64,
 }
 
 /// Bytes of a forward's stamp: the four bytes of its sequence number, one per word (copies
@@ -62,14 +64,31 @@ pub fn stamp_words(seq: u32) -> [u32; 4] {
 }
 
 /// Whether `bytes` (a read-back stamp) are the stamp of forward `seq`: if not, the logits read
-/// beside it are another forward's (the commands of `seq` did not run).
+/// beside it are another forward's (the commands of `seq` did not run). No forward has the
+/// number 0, the stamp of a new buffer and of a profiled run: it never matches.
 pub fn stamp_matches(bytes: &[u8], seq: u32) -> bool {
     let words: Vec<u32> = bytes
         .chunks_exact(4)
         .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
         .collect();
-    words == stamp_words(seq)
+    seq != 0 && words == stamp_words(seq)
 }
+
+thread_local! {
+    /// Per planned forward (by its id), the stamp of the last forward this thread recorded.
+    static RECORDED: std::cell::RefCell<Vec<(u64, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Drop for PlannedForward {
+    /// Forget this plan's stamp on the dropping thread (other threads' entries are 12 bytes
+    /// each and go with the thread).
+    fn drop(&mut self) {
+        let _ = RECORDED.try_with(|r| r.borrow_mut().retain(|(id, _)| *id != self.id));
+    }
+}
+
+/// Ids of planned forwards, for [`RECORDED`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Host values in the device's storage precision: f32 as they are (no copy), or rounded to f16.
 pub fn encode_elems(values: &[f32], f16: bool) -> std::borrow::Cow<'_, [u8]> {
@@ -353,6 +372,7 @@ impl PlannedForward {
             stamp_bytes,
             stamp,
             seq: std::sync::atomic::AtomicU32::new(0),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             gpu: gpu.clone(),
             cfg: cfg.clone(),
             forward,
@@ -484,9 +504,19 @@ impl PlannedForward {
         Ok(self.encode(enc, source, None))
     }
 
-    /// The stamp of the last forward recorded (see [`PlannedForward::stamp_buffer`]).
+    /// The stamp of the last forward recorded on this thread (see
+    /// [`PlannedForward::stamp_buffer`]), so a readback recorded after its forward on one thread
+    /// expects that forward even while other threads record theirs; the last forward recorded
+    /// on any thread where this one has recorded none (0, which never matches, before any).
     pub fn last_stamp(&self) -> u32 {
-        self.seq.load(std::sync::atomic::Ordering::SeqCst)
+        RECORDED
+            .with(|r| {
+                r.borrow()
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map(|&(_, seq)| seq)
+            })
+            .unwrap_or_else(|| self.seq.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// [`STAMP_BYTES`] bytes that the last forward whose commands ran wrote after its logits
@@ -513,6 +543,13 @@ impl PlannedForward {
                 4,
             );
         }
+        RECORDED.with(|r| {
+            let mut r = r.borrow_mut();
+            match r.iter_mut().find(|(id, _)| *id == self.id) {
+                Some(entry) => entry.1 = seq,
+                None => r.push((self.id, seq)),
+            }
+        });
         seq
     }
 
@@ -610,6 +647,9 @@ impl PlannedForward {
     /// its own pass, timestamps `2i` and `2i + 1` of `queries` around dispatch `i` (of
     /// [`PlannedForward::dispatch_count`]).
     pub fn encode_profile(&self, enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
+        // A profiled run overwrites the first micro-batch's logits only: its stamp is 0, which
+        // no readback accepts.
+        enc.clear_buffer(&self.stamp, 0, None);
         let len = self.images.size().min(self.input.size());
         enc.copy_buffer_to_buffer(&self.input, 0, &self.images, 0, len);
         for (i, d) in self.forward.program.dispatches.iter().enumerate() {
