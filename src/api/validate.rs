@@ -288,6 +288,9 @@ fn compare(
     Ok(out)
 }
 
+/// What the matching check reads back: the metric, each A token's best score and its B token.
+type MatchReadback = (Vec<f32>, Vec<f32>, Vec<u32>);
+
 /// The matching kernel's `variant` against the portable one, at kernel level: the metric and
 /// matching step 1 ([`record_match`]) on fixed pseudo-random keys at the model's first-stage
 /// shape (batch 1, every token), once with each matcher. Returns the largest difference of the
@@ -315,7 +318,7 @@ fn compare_matching(c: &Check<'_>, variant: Variant, tol: f64) -> Result<Option<
     let hd = stage.dim / stage.heads;
     // (metric, best scores, best B tokens) with `variant` as the matcher, or `None` where it
     // falls back.
-    let run = |variant: Variant| -> Result<Option<(Vec<f32>, Vec<f32>, Vec<u32>)>> {
+    let run = |variant: Variant| -> Result<Option<MatchReadback>> {
         let mut b = ProgramBuilder::new(&c.gpu.limits);
         b.set_subgroup_width(crate::kernels::program::subgroup_width(c.gpu));
         let mut pins = Variants::all(Variant::Portable);
