@@ -474,46 +474,7 @@ impl ProgramBuilder {
             .collect();
         let arena_bytes = layout.buffer_sizes.iter().sum();
         let peak_live_bytes = layout.peak_live_bytes;
-        let mut tensor_bytes = Vec::with_capacity(self.tensors.len());
-        let mut homes: Vec<Home> = Vec::with_capacity(self.tensors.len());
-        for (i, t) in self.tensors.into_iter().enumerate() {
-            let home = match t.storage {
-                Storage::Constant(bytes) => Home::Owned(crate::gpu::context::buffer_with(
-                    device,
-                    &t.label,
-                    &bytes,
-                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                )?),
-                Storage::External => {
-                    let buffer = externals
-                        .iter()
-                        .find(|(id, _)| *id == i)
-                        .map(|(_, b)| (*b).clone())
-                        .ok_or_else(|| Error::Gpu {
-                            during: "planning".into(),
-                            why: format!("no buffer given for external tensor '{}'", t.label),
-                        })?;
-                    if buffer.size() < t.bytes {
-                        return Err(Error::Gpu {
-                            during: "planning".into(),
-                            why: format!(
-                                "buffer for '{}' has {} bytes, needs {}",
-                                t.label,
-                                buffer.size(),
-                                t.bytes
-                            ),
-                        });
-                    }
-                    Home::Owned(buffer)
-                }
-                Storage::Arena => {
-                    let (buffer, offset) = layout.placement[i].unwrap_or((0, 0));
-                    Home::Arena { buffer, offset }
-                }
-            };
-            tensor_bytes.push((t.label, t.bytes));
-            homes.push(home);
-        }
+        let (homes, tensor_bytes) = homes(self.tensors, device, &layout, externals)?;
         let place = |t: TensorId| -> Option<(&wgpu::Buffer, u64)> {
             match &homes[t] {
                 Home::Owned(b) => Some((b, 0)),
@@ -595,6 +556,58 @@ impl ProgramBuilder {
     pub fn is_constant(&self, t: TensorId) -> bool {
         matches!(self.tensors[t].storage, Storage::Constant(_))
     }
+}
+
+/// Where every tensor lives: constants in buffers of their own (made here), externals in the
+/// caller's buffers (checked for size), activations at their arena placement; and every
+/// tensor's label and size.
+fn homes(
+    tensors: Vec<TensorInfo>,
+    device: &wgpu::Device,
+    layout: &ArenaLayout,
+    externals: &[(TensorId, &wgpu::Buffer)],
+) -> Result<(Vec<Home>, Vec<(String, u64)>)> {
+    let mut tensor_bytes = Vec::with_capacity(tensors.len());
+    let mut homes: Vec<Home> = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.into_iter().enumerate() {
+        let home = match t.storage {
+            Storage::Constant(bytes) => Home::Owned(crate::gpu::context::buffer_with(
+                device,
+                &t.label,
+                &bytes,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )?),
+            Storage::External => {
+                let buffer = externals
+                    .iter()
+                    .find(|(id, _)| *id == i)
+                    .map(|(_, b)| (*b).clone())
+                    .ok_or_else(|| Error::Gpu {
+                        during: "planning".into(),
+                        why: format!("no buffer given for external tensor '{}'", t.label),
+                    })?;
+                if buffer.size() < t.bytes {
+                    return Err(Error::Gpu {
+                        during: "planning".into(),
+                        why: format!(
+                            "buffer for '{}' has {} bytes, needs {}",
+                            t.label,
+                            buffer.size(),
+                            t.bytes
+                        ),
+                    });
+                }
+                Home::Owned(buffer)
+            }
+            Storage::Arena => {
+                let (buffer, offset) = layout.placement[i].unwrap_or((0, 0));
+                Home::Arena { buffer, offset }
+            }
+        };
+        tensor_bytes.push((t.label, t.bytes));
+        homes.push(home);
+    }
+    Ok((homes, tensor_bytes))
 }
 
 impl Program {

@@ -79,6 +79,83 @@ thread_local! {
     static RECORDED: std::cell::RefCell<Vec<(u64, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Everything a plan of `spec` needs checked before anything is made on `gpu`: the batch, the
+/// device's compute, the weights, the trajectory's shape, the precision and the input buffer's
+/// size; and how the batch splits into micro-batches `(count, images each)`.
+fn check_spec(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    weights: &ModelWeights,
+    spec: &ForwardSpec,
+) -> Result<(usize, usize)> {
+    if spec.batch == 0 {
+        return Err(Error::arg("batch", 0, "must be at least 1"));
+    }
+    // A device without compute (WebGL2-class) is said as such first, before the plan's
+    // tensors are held against its zero binding sizes.
+    if gpu.limits.max_compute_workgroups_per_dimension == 0 {
+        crate::gpu::limits::check(&wgpu::Limits::default(), &gpu.limits, gpu.is_borrowed())?;
+    }
+    // Weights may come from code (`EngineBuilder::with_model`), not only from a checked file.
+    crate::io::safetensors::check_weights(weights, cfg)?;
+    if spec.safe_r.len() != cfg.stages.len()
+        || spec
+            .safe_r
+            .iter()
+            .zip(&cfg.stages)
+            .any(|(r, st)| r.len() != st.depth)
+        || spec.perms.len() != cfg.stages.len()
+        || spec
+            .perms
+            .iter()
+            .zip(&cfg.stages)
+            .any(|(p, st)| p.len() != st.depth)
+    {
+        return Err(Error::arg(
+            "plan",
+            cfg.name,
+            "the merge counts and permutations were not planned for this model",
+        ));
+    }
+    let (chunks, mb) = split_batch(cfg, weights, spec, &gpu.limits);
+    if chunks > 1 {
+        log::info!(
+            "batch {} runs as {chunks} micro-batches of {mb} (device binding limit {} bytes)",
+            spec.batch,
+            gpu.limits.max_storage_buffer_binding_size
+        );
+    }
+    if spec.f16() && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+        return Err(gpu.missing_feature("SHADER_F16", "f16 storage needs it; use f32"));
+    }
+    let es = elem_size(spec.f16());
+    if !(cfg.num_classes * es).is_multiple_of(4) {
+        return Err(Error::arg(
+            "precision",
+            "f16",
+            format!(
+                "{} classes: f16 logits need an even number of classes",
+                cfg.num_classes
+            ),
+        ));
+    }
+    let img_bytes = (image_elems(cfg) * es) as u64;
+    // The whole batch's images live in one buffer (micro-batches copy from it).
+    let max_images = gpu.limits.max_buffer_size / img_bytes;
+    if spec.batch as u64 > max_images {
+        return Err(Error::arg(
+            "batch",
+            spec.batch,
+            format!(
+                "its images need {} bytes in one buffer, over the device's max_buffer_size of {} bytes: at most {max_images} images per forward (run larger sets as several forwards)",
+                img_bytes * spec.batch as u64,
+                gpu.limits.max_buffer_size
+            ),
+        ));
+    }
+    Ok((chunks, mb))
+}
+
 impl Drop for PlannedForward {
     /// Forget this plan's stamp on the dropping thread (other threads' entries are 12 bytes
     /// each and go with the thread).
@@ -250,72 +327,10 @@ impl PlannedForward {
         weights: &ModelWeights,
         spec: &ForwardSpec,
     ) -> Result<PlannedForward> {
-        if spec.batch == 0 {
-            return Err(Error::arg("batch", 0, "must be at least 1"));
-        }
-        // A device without compute (WebGL2-class) is said as such first, before the plan's
-        // tensors are held against its zero binding sizes.
-        if gpu.limits.max_compute_workgroups_per_dimension == 0 {
-            crate::gpu::limits::check(&wgpu::Limits::default(), &gpu.limits, gpu.is_borrowed())?;
-        }
-        // Weights may come from code (`EngineBuilder::with_model`), not only from a checked file.
-        crate::io::safetensors::check_weights(weights, cfg)?;
-        if spec.safe_r.len() != cfg.stages.len()
-            || spec
-                .safe_r
-                .iter()
-                .zip(&cfg.stages)
-                .any(|(r, st)| r.len() != st.depth)
-            || spec.perms.len() != cfg.stages.len()
-            || spec
-                .perms
-                .iter()
-                .zip(&cfg.stages)
-                .any(|(p, st)| p.len() != st.depth)
-        {
-            return Err(Error::arg(
-                "plan",
-                cfg.name,
-                "the merge counts and permutations were not planned for this model",
-            ));
-        }
-        let (chunks, mb) = split_batch(cfg, weights, spec, &gpu.limits);
-        if chunks > 1 {
-            log::info!(
-                "batch {} runs as {chunks} micro-batches of {mb} (device binding limit {} bytes)",
-                spec.batch,
-                gpu.limits.max_storage_buffer_binding_size
-            );
-        }
-        if spec.f16() && !gpu.features.contains(wgpu::Features::SHADER_F16) {
-            return Err(gpu.missing_feature("SHADER_F16", "f16 storage needs it; use f32"));
-        }
+        let (chunks, mb) = check_spec(gpu, cfg, weights, spec)?;
         let es = elem_size(spec.f16());
-        if !(cfg.num_classes * es).is_multiple_of(4) {
-            return Err(Error::arg(
-                "precision",
-                "f16",
-                format!(
-                    "{} classes: f16 logits need an even number of classes",
-                    cfg.num_classes
-                ),
-            ));
-        }
         let img_bytes = (image_elems(cfg) * es) as u64;
         let cls_bytes = (cfg.num_classes * es) as u64;
-        // The whole batch's images live in one buffer (micro-batches copy from it).
-        let max_images = gpu.limits.max_buffer_size / img_bytes;
-        if spec.batch as u64 > max_images {
-            return Err(Error::arg(
-                "batch",
-                spec.batch,
-                format!(
-                    "its images need {} bytes in one buffer, over the device's max_buffer_size of {} bytes: at most {max_images} images per forward (run larger sets as several forwards)",
-                    img_bytes * spec.batch as u64,
-                    gpu.limits.max_buffer_size
-                ),
-            ));
-        }
         let dev = &gpu.device;
         // STORAGE: GPU preprocessing may write it (one image per binding).
         let input = dev.create_buffer(&wgpu::BufferDescriptor {
