@@ -558,6 +558,9 @@ impl ProgramBuilder {
     }
 }
 
+/// A tensor's label and size in bytes.
+type Labelled = (String, u64);
+
 /// Where every tensor lives: constants in buffers of their own (made here), externals in the
 /// caller's buffers (checked for size), activations at their arena placement; and every
 /// tensor's label and size.
@@ -566,7 +569,7 @@ fn homes(
     device: &wgpu::Device,
     layout: &ArenaLayout,
     externals: &[(TensorId, &wgpu::Buffer)],
-) -> Result<(Vec<Home>, Vec<(String, u64)>)> {
+) -> Result<(Vec<Home>, Vec<Labelled>)> {
     let mut tensor_bytes = Vec::with_capacity(tensors.len());
     let mut homes: Vec<Home> = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.into_iter().enumerate() {
