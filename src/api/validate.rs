@@ -8,7 +8,7 @@
 //! (batch 1, every token: no merging, so merge near-ties cannot blur a difference); only when
 //! they disagree does one engine per kind find which variant is wrong. The matching kernel does
 //! not run in an unmerged forward: it is checked at kernel level instead (the metric and
-//! matching step 1 on fixed pseudo-random keys at the first stage's shape, [`compare_matching`]).
+//! matching step 1 on fixed pseudo-random keys at the first stage's shape, `compare_matching`).
 //! A kind whose logits differ from
 //! the reference's by more than [`tolerance`] (relative to the reference's largest logit) is
 //! rejected: a `warn` log names the kernel, the shapes, how far off it was and what runs
