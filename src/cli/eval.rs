@@ -216,25 +216,7 @@ pub fn weights_name(m: &ModelArgs) -> String {
 
 /// Run the evaluation and return the results (also printed and written as asked).
 pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
-    a.data.check_workers()?;
-    if a.batch == Some(0) {
-        return Err(Error::arg("batch", 0, "must be at least 1"));
-    }
-    if a.resident == 0 || a.resident > MAX_RESIDENT {
-        return Err(Error::arg(
-            "resident",
-            a.resident,
-            format!("schedules resident at once: between 1 and {MAX_RESIDENT}"),
-        ));
-    }
-    let outputs: Vec<(&str, &std::path::Path)> = [("--json", &a.json), ("--csv", &a.csv)]
-        .into_iter()
-        .filter_map(|(w, p)| Some((w, p.as_deref()?)))
-        .collect();
-    crate::io::files::check_distinct_outputs(&outputs)?;
-    for (_, out) in &outputs {
-        crate::io::files::check_output_creating(out, &a.model.inputs())?;
-    }
+    let outputs = check_args(&a)?;
     let model = std::sync::Arc::new(a.model.load()?);
     if model.synthetic {
         eprintln!(
@@ -325,31 +307,7 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
     }
     res.results = rows;
     res.finalize();
-    println!(
-        "data: {}{}{}",
-        dataset.source,
-        if dataset.labelled() {
-            format!(
-                ", {} classes (labels: {})",
-                dataset.classes.len(),
-                match dataset.class_map {
-                    Some(ClassMap::ImagenetNames) => "ImageNet classes named by the folders",
-                    _ => "sorted folder index, as torchvision ImageFolder",
-                }
-            )
-        } else {
-            ", no labels (fidelity only)".into()
-        },
-        if shard.is_whole() {
-            String::new()
-        } else {
-            format!(
-                ", shard {shard}: {} of {} images",
-                samples.len(),
-                dataset.samples.len()
-            )
-        }
-    );
+    print_data_line(&dataset, shard, samples.len());
     println!("agree: top-1 agreement with the uncompressed model; KL: mean KL(p_uncompressed || p_schedule) in nats");
     print!("{}", res.render_table());
     print_problems("unreadable images (not counted)", &res.failures);
@@ -374,6 +332,61 @@ pub fn run_eval(a: EvalArgs) -> Result<ResultsFile> {
         ));
     }
     Ok(res)
+}
+
+/// The line that says what was evaluated: the data's source, its classes and labels, and the
+/// shard's share of its images (`selected` of them).
+fn print_data_line(dataset: &Dataset, shard: Shard, selected: usize) {
+    println!(
+        "data: {}{}{}",
+        dataset.source,
+        if dataset.labelled() {
+            format!(
+                ", {} classes (labels: {})",
+                dataset.classes.len(),
+                match dataset.class_map {
+                    Some(ClassMap::ImagenetNames) => "ImageNet classes named by the folders",
+                    _ => "sorted folder index, as torchvision ImageFolder",
+                }
+            )
+        } else {
+            ", no labels (fidelity only)".into()
+        },
+        if shard.is_whole() {
+            String::new()
+        } else {
+            format!(
+                ", shard {shard}: {} of {} images",
+                selected,
+                dataset.samples.len()
+            )
+        }
+    );
+}
+
+/// `eval`'s arguments checked before any work: workers, batch, resident schedules and the
+/// output paths (distinct, creatable, no input); the outputs with their flags.
+fn check_args(a: &EvalArgs) -> Result<Vec<(&'static str, &std::path::Path)>> {
+    a.data.check_workers()?;
+    if a.batch == Some(0) {
+        return Err(Error::arg("batch", 0, "must be at least 1"));
+    }
+    if a.resident == 0 || a.resident > MAX_RESIDENT {
+        return Err(Error::arg(
+            "resident",
+            a.resident,
+            format!("schedules resident at once: between 1 and {MAX_RESIDENT}"),
+        ));
+    }
+    let outputs: Vec<(&str, &std::path::Path)> = [("--json", &a.json), ("--csv", &a.csv)]
+        .into_iter()
+        .filter_map(|(w, p)| Some((w, p.as_deref()?)))
+        .collect();
+    crate::io::files::check_distinct_outputs(&outputs)?;
+    for (_, out) in &outputs {
+        crate::io::files::check_output_creating(out, &a.model.inputs())?;
+    }
+    Ok(outputs)
 }
 
 /// Run `sret-tome eval`: evaluate every schedule and the uncompressed reference on the data.
