@@ -107,39 +107,12 @@ pub fn evaluate(
     let cfg = &model.cfg;
     let classes = cfg.num_classes;
     let base_spec = ForwardSpec::new(cfg, &Schedule::None, opts.seed)?;
-    // Distinct programs: key = merged counts per execution.
-    let mut specs: Vec<ForwardSpec> = Vec::new();
-    let mut keys: Vec<Vec<Vec<usize>>> = Vec::new();
-    let mut owner: Vec<Option<usize>> = Vec::with_capacity(schedules.len());
-    let mut same_as = Vec::with_capacity(schedules.len());
-    let base_key = base_spec.trajectory.per_stage_safe_r();
-    for (i, s) in schedules.iter().enumerate() {
-        let spec = ForwardSpec::new(cfg, s, opts.seed)?;
-        let key = spec.trajectory.per_stage_safe_r();
-        if key == base_key && opts.precision == Precision::F32 {
-            owner.push(None);
-            same_as.push((*s != Schedule::None).then(|| "none".to_string()));
-        } else if let Some(k) = keys.iter().position(|k| *k == key) {
-            owner.push(Some(k));
-            let first = owner[..i].iter().position(|o| *o == Some(k)).unwrap_or(0);
-            same_as.push(Some(schedules[first].to_string()));
-        } else {
-            keys.push(key);
-            owner.push(Some(specs.len()));
-            specs.push(spec);
-            same_as.push(None);
-        }
-    }
-    let resident = opts.resident.max(1);
-    let waves: Vec<Vec<usize>> = if specs.is_empty() {
-        vec![Vec::new()]
-    } else {
-        (0..specs.len())
-            .collect::<Vec<_>>()
-            .chunks(resident)
-            .map(|c| c.to_vec())
-            .collect()
-    };
+    let Distinct {
+        specs,
+        owner,
+        same_as,
+    } = distinct(cfg, &base_spec, schedules, opts)?;
+    let waves = waves(specs.len(), opts.resident);
     let batch = opts.batch.min(samples.len().max(1));
     let mut baseline = QualityStats::default();
     let mut per_spec = vec![QualityStats::default(); specs.len()];
@@ -244,6 +217,66 @@ pub fn evaluate(
         seconds: start.elapsed().as_secs_f64(),
         forwards,
     })
+}
+
+/// The distinct programs of `schedules`: schedules whose merged counts per execution are the
+/// same share one (and in f32 those equal to the baseline's run none).
+struct Distinct {
+    /// One spec per distinct program.
+    specs: Vec<ForwardSpec>,
+    /// Per schedule, its program (`None`: the baseline's).
+    owner: Vec<Option<usize>>,
+    /// Per schedule, the earlier schedule whose program it shares, if any.
+    same_as: Vec<Option<String>>,
+}
+
+/// [`Distinct`] programs of `schedules`, keyed by merged counts per execution.
+fn distinct(
+    cfg: &crate::model::ModelConfig,
+    base_spec: &ForwardSpec,
+    schedules: &[Schedule],
+    opts: &EvalOptions,
+) -> Result<Distinct> {
+    let mut specs: Vec<ForwardSpec> = Vec::new();
+    let mut keys: Vec<Vec<Vec<usize>>> = Vec::new();
+    let mut owner: Vec<Option<usize>> = Vec::with_capacity(schedules.len());
+    let mut same_as = Vec::with_capacity(schedules.len());
+    let base_key = base_spec.trajectory.per_stage_safe_r();
+    for (i, s) in schedules.iter().enumerate() {
+        let spec = ForwardSpec::new(cfg, s, opts.seed)?;
+        let key = spec.trajectory.per_stage_safe_r();
+        if key == base_key && opts.precision == Precision::F32 {
+            owner.push(None);
+            same_as.push((*s != Schedule::None).then(|| "none".to_string()));
+        } else if let Some(k) = keys.iter().position(|k| *k == key) {
+            owner.push(Some(k));
+            let first = owner[..i].iter().position(|o| *o == Some(k)).unwrap_or(0);
+            same_as.push(Some(schedules[first].to_string()));
+        } else {
+            keys.push(key);
+            owner.push(Some(specs.len()));
+            specs.push(spec);
+            same_as.push(None);
+        }
+    }
+    Ok(Distinct {
+        specs,
+        owner,
+        same_as,
+    })
+}
+
+/// The programs `0..n` in waves of `resident` (one empty wave without programs: the baseline
+/// still runs).
+fn waves(n: usize, resident: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(resident.max(1))
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// The engine of `model` for `spec` on `gpu`, through the public builder.
