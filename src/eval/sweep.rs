@@ -223,43 +223,7 @@ pub fn run_sweep(
     // Throughput and PAM.
     if bench_here && !cfg.bench_batches.is_empty() {
         res.bench_batches = cfg.bench_batches.clone();
-        let bar = progress_bar((cfg.bench_batches.len() * rows.len()) as u64, "timing");
-        for &b in &cfg.bench_batches {
-            if b == 0 {
-                return Err(Error::arg("bench-batch", 0, "must be at least 1"));
-            }
-            let images = synthetic_images(&model.cfg, b, 1);
-            for i in 0..rows.len() {
-                // The same program as an earlier row: same measurement.
-                let twin = rows[i].same_as.as_ref().and_then(|name| {
-                    rows[..i]
-                        .iter()
-                        .position(|r| &r.schedule == name)
-                        .and_then(|j| rows[j].bench_at(b).cloned())
-                });
-                let point = match twin {
-                    Some(p) => p,
-                    None => {
-                        bar.set_message(format!("{} at batch {b}", rows[i].schedule));
-                        let sched: Schedule = rows[i].schedule.parse()?;
-                        let row = bench_one(
-                            gpu,
-                            cache,
-                            model,
-                            &sched,
-                            cfg.eval.precision,
-                            b,
-                            &images,
-                            &cfg.bench,
-                        )?;
-                        BenchPoint::from(&row)
-                    }
-                };
-                rows[i].bench.push(point);
-                bar.inc(1);
-            }
-        }
-        bar.finish_and_clear();
+        time_rows(gpu, cache, model, cfg, &mut rows)?;
     } else if !bench_here {
         res.notes.push(format!(
             "shard {} of an image-sharded sweep: throughput is measured by shard 1 only",
@@ -274,6 +238,55 @@ pub fn run_sweep(
     ));
     res.finalize();
     Ok(res)
+}
+
+/// Throughput and PAM of every row at every bench batch of `cfg`; a row whose program is an
+/// earlier row's (`same_as`) takes that row's measurement.
+fn time_rows(
+    gpu: &Gpu,
+    cache: &PipelineCache,
+    model: &Arc<Model>,
+    cfg: &SweepConfig,
+    rows: &mut [ScheduleResult],
+) -> Result<()> {
+    let bar = progress_bar((cfg.bench_batches.len() * rows.len()) as u64, "timing");
+    for &b in &cfg.bench_batches {
+        if b == 0 {
+            return Err(Error::arg("bench-batch", 0, "must be at least 1"));
+        }
+        let images = synthetic_images(&model.cfg, b, 1);
+        for i in 0..rows.len() {
+            // The same program as an earlier row: same measurement.
+            let twin = rows[i].same_as.as_ref().and_then(|name| {
+                rows[..i]
+                    .iter()
+                    .position(|r| &r.schedule == name)
+                    .and_then(|j| rows[j].bench_at(b).cloned())
+            });
+            let point = match twin {
+                Some(p) => p,
+                None => {
+                    bar.set_message(format!("{} at batch {b}", rows[i].schedule));
+                    let sched: Schedule = rows[i].schedule.parse()?;
+                    let row = bench_one(
+                        gpu,
+                        cache,
+                        model,
+                        &sched,
+                        cfg.eval.precision,
+                        b,
+                        &images,
+                        &cfg.bench,
+                    )?;
+                    BenchPoint::from(&row)
+                }
+            };
+            rows[i].bench.push(point);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Schedules for the trajectory figure: the paper's Fig. 5 trio, then up to three Pareto-optimal
