@@ -438,50 +438,7 @@ fn scan_folder(
         });
     }
     ds.classes = subdirs.iter().map(|p| name_of(p)).collect();
-    let by_name: Vec<Option<usize>> = ds
-        .classes
-        .iter()
-        .map(|c| imagenet_label_of(c, num_classes))
-        .collect();
-    let all_named = by_name.iter().all(Option::is_some);
-    let used = match class_map {
-        ClassMap::Sorted => ClassMap::Sorted,
-        ClassMap::ImagenetNames => {
-            let bad: Vec<&str> = ds
-                .classes
-                .iter()
-                .zip(&by_name)
-                .filter(|(_, l)| l.is_none())
-                .map(|(c, _)| c.as_str())
-                .collect();
-            if !bad.is_empty() {
-                return Err(Error::arg(
-                    "class-map",
-                    "imagenet-names",
-                    format!(
-                        "folder{} {} name{} no ImageNet class (nor a class index below {num_classes})",
-                        if bad.len() == 1 { "" } else { "s" },
-                        bad.iter().take(10).map(|b| format!("'{b}'")).collect::<Vec<_>>().join(", "),
-                        if bad.len() == 1 { "s" } else { "" }
-                    ),
-                ));
-            }
-            ClassMap::ImagenetNames
-        }
-        ClassMap::Auto => {
-            if ds.classes.len() == num_classes {
-                ClassMap::Sorted
-            } else if all_named {
-                ClassMap::ImagenetNames
-            } else {
-                ds.warnings.push(format!(
-                    "{} class folders for a {num_classes}-class model, and not all named after ImageNet classes: labels are the folders' sorted positions (torchvision ImageFolder), which are ImageNet indices only for the full set of {num_classes} WordNet-id folders",
-                    ds.classes.len()
-                ));
-                ClassMap::Sorted
-            }
-        }
-    };
+    let (used, by_name) = choose_class_map(&ds.classes, class_map, num_classes, &mut ds.warnings)?;
     ds.class_labels = match used {
         ClassMap::ImagenetNames => by_name.iter().map(|l| l.unwrap_or(0)).collect(),
         _ => (0..ds.classes.len()).collect(),
@@ -513,6 +470,61 @@ fn scan_folder(
     }
     ds.total = ds.samples.len();
     Ok(ds)
+}
+
+/// How class folders map to the model's labels: `class_map` as asked (ImageNet names must all
+/// name a class), or for `Auto` sorted positions when there are as many folders as classes,
+/// ImageNet names when every folder is one, else sorted positions with a warning; with each
+/// folder's ImageNet label where it names one.
+fn choose_class_map(
+    classes: &[String],
+    class_map: ClassMap,
+    num_classes: usize,
+    warnings: &mut Vec<String>,
+) -> Result<(ClassMap, Vec<Option<usize>>)> {
+    let by_name: Vec<Option<usize>> = classes
+        .iter()
+        .map(|c| imagenet_label_of(c, num_classes))
+        .collect();
+    let all_named = by_name.iter().all(Option::is_some);
+    let used = match class_map {
+        ClassMap::Sorted => ClassMap::Sorted,
+        ClassMap::ImagenetNames => {
+            let bad: Vec<&str> = classes
+                .iter()
+                .zip(&by_name)
+                .filter(|(_, l)| l.is_none())
+                .map(|(c, _)| c.as_str())
+                .collect();
+            if !bad.is_empty() {
+                return Err(Error::arg(
+                    "class-map",
+                    "imagenet-names",
+                    format!(
+                        "folder{} {} name{} no ImageNet class (nor a class index below {num_classes})",
+                        if bad.len() == 1 { "" } else { "s" },
+                        bad.iter().take(10).map(|b| format!("'{b}'")).collect::<Vec<_>>().join(", "),
+                        if bad.len() == 1 { "s" } else { "" }
+                    ),
+                ));
+            }
+            ClassMap::ImagenetNames
+        }
+        ClassMap::Auto => {
+            if classes.len() == num_classes {
+                ClassMap::Sorted
+            } else if all_named {
+                ClassMap::ImagenetNames
+            } else {
+                warnings.push(format!(
+                    "{} class folders for a {num_classes}-class model, and not all named after ImageNet classes: labels are the folders' sorted positions (torchvision ImageFolder), which are ImageNet indices only for the full set of {num_classes} WordNet-id folders",
+                    classes.len()
+                ));
+                ClassMap::Sorted
+            }
+        }
+    };
+    Ok((used, by_name))
 }
 
 #[cfg(test)]
