@@ -79,8 +79,6 @@ const LINEAR_LIBS: &[&str] = &[
     include_str!("../../shaders/lib/linear_epilogue.wgsl"),
     include_str!("../../shaders/lib/gelu.wgsl"),
 ];
-/// The `shaders/lib/` files, by name, for tests that check each is used.
-pub const LIB_FILES: &[&str] = &["linear_epilogue", "gelu"];
 
 /// Everything an entry declares besides its name.
 struct Entry {
@@ -362,11 +360,7 @@ impl Kernel {
     /// text followed by the `shaders/lib/` helpers it uses. Made once per kernel and height.
     pub fn source(self, rows: u32) -> &'static str {
         let entry = self.entry();
-        let rows = match entry.text {
-            Text::File(_) => 0,
-            Text::Generated(_) if rows == 0 => generate::linear_sg::FULL_ROWS,
-            Text::Generated(_) => rows,
-        };
+        let rows = self.tile(rows);
         static MADE: OnceLock<Mutex<HashMap<(Kernel, u32), &'static str>>> = OnceLock::new();
         let mut made = MADE
             .get_or_init(Default::default)
@@ -388,8 +382,17 @@ impl Kernel {
     pub fn text(self, rows: u32) -> String {
         match self.entry().text {
             Text::File(text) => text.to_string(),
-            Text::Generated(make) if rows == 0 => make(generate::linear_sg::FULL_ROWS),
-            Text::Generated(make) => make(rows),
+            Text::Generated(make) => make(self.tile(rows)),
+        }
+    }
+
+    /// The tile height `rows` stands for: 0 for kernels without one, the full tile
+    /// ([`generate::linear_sg::FULL_ROWS`]) for 0, else `rows`.
+    fn tile(self, rows: u32) -> u32 {
+        match (self.tile_rows().is_empty(), rows) {
+            (true, _) => 0,
+            (false, 0) => generate::linear_sg::FULL_ROWS,
+            (false, r) => r,
         }
     }
 
