@@ -268,6 +268,41 @@ fn every_call_after_a_device_is_destroyed_is_device_lost() {
     }
 }
 
+/// A live device is never taken for a lost one, however many threads ask while others poll:
+/// a probe buffer shared between calls once raced with another thread's `poll` (which takes a
+/// pending mapping out of the buffer before marking it mapped), was left mapped, and from then
+/// on every check said "lost" on a healthy device (a kernel-test run failed so).
+#[test]
+fn checking_the_device_while_other_threads_poll_never_says_lost() {
+    let gpu = Gpu::new(&Default::default()).expect("adapter");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    gpu.device.poll(wgpu::PollType::Poll).expect("poll");
+                }
+            });
+        }
+        let checkers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    for i in 0..5000 {
+                        gpu.check_alive("a stress test")
+                            .unwrap_or_else(|e| panic!("check {i} on a live device: {e}"));
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = checkers.into_iter().map(|c| c.join()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in results {
+            r.expect("a checker panicked");
+        }
+    });
+    assert_eq!(gpu.lost_reason(), None);
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("sret-trust-{name}-{}", std::process::id()));
     std::fs::remove_dir_all(&d).ok();

@@ -30,9 +30,11 @@ pub struct Gpu {
     /// Set when the device is lost (for devices this crate created; a borrowed device keeps
     /// its application's lost-device callback), so errors can say so.
     lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    /// A 4-byte mappable buffer, never mapped for long, that [`Gpu::check_alive`] asks to map:
-    /// on a destroyed or lost device the request fails at once (made on first use).
-    probe: std::sync::Arc<std::sync::Mutex<Option<wgpu::Buffer>>>,
+    /// A 4-byte mappable buffer that [`Gpu::check_alive`] asks to map (made on first use; no
+    /// object is made per check).
+    probe: std::sync::Arc<std::sync::OnceLock<wgpu::Buffer>>,
+    /// Serialises [`Gpu::check_alive`]'s use of `probe` between this process's threads.
+    probing: std::sync::Arc<std::sync::Mutex<()>>,
     /// The device is an application's ([`Gpu::from_device`]), not one this crate created.
     borrowed: bool,
 }
@@ -195,6 +197,7 @@ impl Gpu {
         Ok(Gpu {
             lost,
             probe: Default::default(),
+            probing: Default::default(),
             borrowed: false,
             device,
             queue,
@@ -210,6 +213,7 @@ impl Gpu {
         Gpu {
             lost: Default::default(),
             probe: Default::default(),
+            probing: Default::default(),
             borrowed: true,
             features: device.features(),
             limits: device.limits(),
@@ -316,7 +320,8 @@ impl Gpu {
     /// [`Error::DeviceLost`] when the device was destroyed or lost, found without waiting and
     /// without creating anything after the first call: a request to map a small buffer of the
     /// engine's fails at once on such a device (wgpu otherwise drops a lost device's errors
-    /// silently, and some calls on it panic). Works on an application's device too, whose
+    /// silently, and some calls on it panic). Safe to call from any number of threads while
+    /// others poll. Works on an application's device too, whose
     /// lost-device callback stays the application's.
     pub fn check_alive(&self, during: &str) -> Result<()> {
         let lost = |detail: String| Error::DeviceLost {
@@ -326,8 +331,7 @@ impl Gpu {
         if let Some(why) = self.lost_reason() {
             return Err(lost(why));
         }
-        let mut probe = self.probe.lock().unwrap_or_else(|p| p.into_inner());
-        let probe = probe.get_or_insert_with(|| {
+        let probe = self.probe.get_or_init(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("device-loss probe"),
                 size: 4,
@@ -335,17 +339,32 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = failed.clone();
-        probe.map_async(wgpu::MapMode::Read, .., move |r| {
-            if r.is_err() {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Another thread's `poll` can take our pending mapping out of the buffer's state and
+        // only then mark it mapped (wgpu-core's `Buffer::map`), so our `unmap` may find nothing
+        // to unmap and the buffer stay mapped. Each try therefore unmaps first, and a failed
+        // request is retried: on a lost device every request fails at once. The validation
+        // errors of unmapping an unmapped buffer stay in this scope (this thread's only).
+        let _scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let _one_at_a_time = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dead = true;
+        for _ in 0..3 {
+            probe.unmap();
+            let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = failed.clone();
+            probe.map_async(wgpu::MapMode::Read, .., move |r| {
+                if r.is_err() {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            // A live device has only queued the mapping (or, from another thread's poll,
+            // completed it): read the verdict before `unmap` cancels it, which calls back
+            // with an error.
+            dead = failed.load(std::sync::atomic::Ordering::SeqCst);
+            probe.unmap();
+            if !dead {
+                break;
             }
-        });
-        // A healthy device has only queued the mapping: read the verdict, then cancel it (its
-        // callback then reports the cancellation, after the verdict was read).
-        let dead = failed.load(std::sync::atomic::Ordering::SeqCst);
-        probe.unmap();
+        }
         if dead {
             let why = "the device was destroyed or lost".to_string();
             *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
