@@ -1,7 +1,9 @@
 // Direct 2-D convolution (zero padding, nn.Conv2d groups), bias, optional ReLU and positional
 // embedding. One invocation computes 4 consecutive output channels of one output pixel, so an
 // input value loaded once feeds 4 accumulators when groups == 1 (the stem).
-// Layouts: NCHW, or "tokens" [batch, h*w, channels] for the transformer side.
+// Layouts: NCHW, or "tokens" [batch, h*w, channels] for the transformer side, or as input a
+// merged token sequence read through the stage's unmerge map (gather.wgsl folded into the
+// loads: the pooling reads the merged tokens where the restored grid would hold them).
 // Bands: a dispatch may compute only output rows [oy0, oy0 + oh_run), and either buffer may hold
 // only a band of rows (input rows from iy_off, h_buf of them; output rows from oy_off, oh_buf of
 // them). Padding is decided on the full logical image. The stem uses this to run conv1 and conv2
@@ -15,11 +17,13 @@ struct Params {
     cout: u32, oh: u32, ow: u32, k: u32,
     stride: u32, pad: u32, groups: u32,
     // bit 0: ReLU; bit 1: input in token layout; bit 2: output in token layout;
-    // bit 3: add pos[cout, oh, ow] after the activation.
+    // bit 3: add pos[cout, oh, ow] after the activation; bit 4: the input is a merged sequence
+    // of n_in tokens, read at grid positions through the unmerge map.
     flags: u32,
     h_buf: u32, iy_off: u32,
     oy0: u32, oh_run: u32,
     oh_buf: u32, oy_off: u32,
+    n_in: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,12 +32,18 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<elem>;
 @group(0) @binding(4) var<storage, read> pos: array<elem>;
 @group(0) @binding(5) var<storage, read_write> y: array<elem>;
+// Grid position -> token of the merged sequence, per image (read with flag bit 4).
+@group(0) @binding(6) var<storage, read> unmerge_map: array<u32>;
 
 const WG: u32 = 64u;
 const CT: u32 = 4u;
 
-// iy is a logical row; the buffer holds rows from iy_off.
+// iy is a logical row; the buffer holds rows from iy_off (all of them when unmerging).
 fn x_at(b: u32, c: u32, iy: u32, ix: u32) -> f32 {
+    if ((p.flags & 16u) != 0u) {
+        let t = unmerge_map[(b * p.h + iy) * p.w + ix];
+        return f32(x[(b * p.n_in + t) * p.cin + c]);
+    }
     let r = iy - p.iy_off;
     if ((p.flags & 2u) != 0u) {
         return f32(x[(b * p.h_buf * p.w + r * p.w + ix) * p.cin + c]);

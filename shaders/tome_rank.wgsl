@@ -9,6 +9,9 @@ struct Params {
     n: u32,
     lead: u32,
     a_odd: u32,
+    // unused here (the matching's uniform block).
+    dim: u32,
+    heads: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -16,7 +16,7 @@ use sret_tome::kernels::linear::{self, Epilogue};
 use sret_tome::kernels::program::subgroup_width;
 use sret_tome::kernels::tokens::{record_copy, TokenCopy};
 use sret_tome::kernels::{merge, norm};
-use sret_tome::kernels::{Family, Variant, Variants};
+use sret_tome::kernels::{Family, Kernel, Variant, Variants};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
 use sret_tome::tome::Split;
@@ -207,6 +207,94 @@ fn conv_pooling_matches_cpu() {
         false,
         false,
     );
+    // Through an unmerge map, as after a stage that merged.
+    check_unmerged_pooling(7, 2, 8, 14, 8);
+    check_unmerged_pooling(8, 1, 6, 7, 6);
+}
+
+/// The pooling reading a merged sequence through the stage's unmerge map (the unmerge stack
+/// folded into its loads) against the CPU's gather-then-convolve, on poisoned outputs; lead
+/// tokens in front of the sequence are never read.
+fn check_unmerged_pooling(seed: u64, batch: usize, cin: usize, h: usize, groups: usize) {
+    let (cout, k, lead, n_in) = (2 * cin, 3, 1, h * h / 2 + 3);
+    let conv0 = Conv {
+        weight: random(seed, cout * (cin / groups) * k * k, 0.5),
+        bias: random(seed + 1, cout, 0.1),
+        out_channels: cout,
+        in_channels: cin,
+        kernel: k,
+        stride: 2,
+        padding: 1,
+        groups,
+    };
+    let seq0 = random(seed + 2, batch * n_in * cin, 1.0);
+    // Every grid position maps to some merged token after the lead one, some tokens to many.
+    let tokens = (n_in - lead) as f32;
+    let map: Vec<u32> = random(seed + 3, batch * h * h, 1.0)
+        .iter()
+        .map(|&v| (lead + (((v + 1.0) * 0.5 * tokens) as usize).min(n_in - lead - 1)) as u32)
+        .collect();
+    for f16 in precisions() {
+        let conv = Conv {
+            weight: rounded(&conv0.weight, f16),
+            bias: rounded(&conv0.bias, f16),
+            ..conv0.clone()
+        };
+        let seq = rounded(&seq0, f16);
+        let mut grid_nchw = vec![0.0; batch * cin * h * h];
+        for i in 0..batch {
+            for t in 0..h * h {
+                let tok = map[i * h * h + t] as usize;
+                for ch in 0..cin {
+                    grid_nchw[(i * cin + ch) * h * h + t] = seq[(i * n_in + tok) * cin + ch];
+                }
+            }
+        }
+        let (want, oh, ow) = cpu::conv2d(&grid_nchw, batch, h, h, &conv);
+        let want = nchw_to_tokens(&want, batch, cout, oh * ow);
+        let got = run(|b| {
+            b.set_f16(f16);
+            let x = b.weights("sequence", &seq);
+            let m = b.constant("unmerge map", &map);
+            let (w, bias) = conv::upload(b, "pool", &conv);
+            let y = b.activation("y", batch * cout * oh * ow);
+            let shape = ConvShape {
+                batch,
+                cin,
+                h,
+                w: h,
+                cout,
+                k,
+                stride: 2,
+                pad: 1,
+                groups,
+            };
+            let input = Layout::Unmerged(merge::Unmerge {
+                map: m,
+                tokens: n_in,
+            });
+            let io = ConvIo {
+                x,
+                weight: w,
+                bias,
+                pos: None,
+                y,
+                input,
+                output: Layout::Tokens,
+                relu: false,
+            };
+            conv::record(b, Family::Pooling, shape, io);
+            vec![y]
+        });
+        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+        expect(err <= tol(f16), || {
+            format!(
+                "unmerged pooling {cin}->{cout} g{groups} {h}x{h} (f16: {f16}): error {err} \
+                 (tolerance {:e})",
+                tol(f16)
+            )
+        });
+    }
 }
 
 #[test]
@@ -262,7 +350,7 @@ fn mean_tokens_matches_cpu() {
             b.set_f16(f16);
             let xt = b.weights("x", &x);
             let y = b.activation("y", batch * c);
-            norm::mean_tokens(b, Family::Head, batch, n, c, xt, y);
+            norm::mean_tokens(b, Family::Head, batch, n, c, xt, None, y);
             vec![y]
         });
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
@@ -272,6 +360,33 @@ fn mean_tokens_matches_cpu() {
                 format_args!("mean tokens (f16: {f16}): {err}"),
                 tol(f16)
             )
+        });
+        // The mean of a grid read through an unmerge map from a merged sequence of 20 tokens
+        // (as SReT's head reads its last stage): the gather then the mean on the CPU.
+        let merged = 20;
+        let map: Vec<u32> = (0..batch * n).map(|i| ((i * 7 + i / 5) % merged) as u32).collect();
+        let grid: Vec<f32> = (0..batch * n * c)
+            .map(|i| {
+                let (t, ch) = (i / c, i % c);
+                x[((t / n) * merged + map[t] as usize) * c + ch]
+            })
+            .collect();
+        let want = cpu::mean_tokens(&grid, batch, n, c);
+        let got = run(|b| {
+            b.set_f16(f16);
+            let xt = b.weights("merged", &x[..batch * merged * c]);
+            let m = b.constant("unmerge map", &map);
+            let y = b.activation("y", batch * c);
+            let via = Some(merge::Unmerge {
+                map: m,
+                tokens: merged,
+            });
+            norm::mean_tokens(b, Family::Head, batch, n, c, xt, via, y);
+            vec![y]
+        });
+        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+        expect(err <= tol(f16), || {
+            format!("mean through a map (f16: {f16}): {err} (tolerance {:e})", tol(f16))
         });
     }
 }
@@ -603,10 +718,24 @@ fn check_merges_in(
         want_m3.extend(mb);
         want_map.extend(map);
     }
+    let want_mean = cpu::mean_tokens(&want_full, batch, n_grid, dim);
 
-    // The matching has an 8-lane subgroup variant for 32-channel heads; check both.
-    for sg in sg_variants() {
-        let got = run(|b| {
+    // The matching has an 8-lane subgroup variant for 32-channel heads; check both. The steps
+    // after matching run fused where the device has the workgroup memory, else as four kernels.
+    let unfused_limits = wgpu::Limits {
+        max_compute_workgroup_storage_size: merge::FUSED_WORKGROUP_BYTES - 4,
+        ..gpu().limits.clone()
+    };
+    for (sg, fused) in sg_variants()
+        .into_iter()
+        .flat_map(|sg| [(sg, true), (sg, false)])
+    {
+        let limits = if fused {
+            gpu().limits.clone()
+        } else {
+            unfused_limits.clone()
+        };
+        let got = run_planned_for(&limits, true, |b| {
             b.set_subgroup_width(sg);
             b.set_f16(f16);
             let q1 = b.weights("qkv1", &qkv1);
@@ -633,15 +762,27 @@ fn check_merges_in(
                 ..shape
             };
             let c = merge::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
-            let full = b.activation("full", batch * n_grid * dim);
-            merge::record_unmerge(b, batch, n_grid, n3, dim, c.x, map, full);
-            vec![a.x, a.mass, a.slot, c.x, c.mass, map, full]
+            let fused_steps = (0..b.dispatch_count())
+                .filter(|&i| b.step(i).0.kernel == Kernel::TomeMergeFused)
+                .count();
+            assert_eq!(fused_steps, if fused { 2 } else { 0 }, "fused: {fused}");
+            // The restored grid's mean, read through the composed map (as SReT's head does).
+            let mean = b.activation("grid mean", batch * dim);
+            let grid = merge::Unmerge {
+                map,
+                tokens: n3,
+            };
+            norm::mean_tokens(b, Family::Head, batch, n_grid, dim, c.x, Some(grid), mean);
+            vec![a.x, a.mass, a.slot, c.x, c.mass, map, mean]
         });
         assert_eq!(
             got[2], want_slot1,
-            "first merge's slot map (subgroup width: {sg:?}, f16: {f16})"
+            "first merge's slot map (subgroup width: {sg:?}, fused: {fused}, f16: {f16})"
         );
-        assert_eq!(got[5], want_map, "composed unmerge map (f16: {f16})");
+        assert_eq!(
+            got[5], want_map,
+            "composed unmerge map (fused: {fused}, f16: {f16})"
+        );
         // Tokens are in storage precision, masses always f32.
         let tokens = |g: &[u32], w: &[f32]| decode(g, f16, w.len());
         for (i, (got, w, what)) in [
@@ -649,14 +790,14 @@ fn check_merges_in(
             (as_f32(&got[1]), &want_m2, "mass after merge 1"),
             (tokens(&got[3], &want_x3), &want_x3, "x after merge 2"),
             (as_f32(&got[4]), &want_m3, "mass after merge 2"),
-            (tokens(&got[6], &want_full), &want_full, "restored grid"),
+            (tokens(&got[6], &want_mean), &want_mean, "mean of the restored grid"),
         ]
         .into_iter()
         .enumerate()
         {
             let err = max_rel_err(&got, w);
             expect(err <= tol(f16), || {
-                format!("{} (tolerance {:e})", format_args!("{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup width: {sg:?}, f16: {f16}): {err}"), tol(f16))
+                format!("{} (tolerance {:e})", format_args!("{i}: {what} (n {n}, r {r1}/{r2}, {split:?}, subgroup width: {sg:?}, fused: {fused}, f16: {f16}): {err}"), tol(f16))
             });
         }
     }
@@ -885,7 +1026,7 @@ fn banded_convolutions_match_cpu() {
 /// `LP_NATIVE_VECTOR_WIDTH` (256 bits: 8 lanes, the default; 512: 16).
 #[test]
 fn subgroup_kernels_run_at_the_adapters_width() {
-    use sret_tome::kernels::{Kernel, KernelKey, ProgramBuilder};
+    use sret_tome::kernels::{KernelKey, ProgramBuilder};
     let g = gpu();
     let width = subgroup_width(g);
     let has = g.features.contains(wgpu::Features::SUBGROUP);
@@ -947,7 +1088,6 @@ fn subgroup_kernels_run_at_the_adapters_width() {
 #[test]
 fn tiled_linear_is_recorded_where_the_limits_allow() {
     use sret_tome::kernels::program::ProgramBuilder;
-    use sret_tome::kernels::Kernel;
     let lin = Linear {
         weight: random(95, 64 * 32, 0.1),
         bias: random(96, 64, 0.1),
@@ -1064,8 +1204,8 @@ fn twin_test(k: sret_tome::kernels::Kernel) -> (&'static str, &'static str) {
         | K::TomeRank
         | K::TomeSlots
         | K::TomeMerge
-        | K::TomeMapUpdate
-        | K::Gather => ("kernels.rs", "merge_pipeline_matches_cpu"),
+        | K::TomeMergeFused
+        | K::TomeMapUpdate => ("kernels.rs", "merge_pipeline_matches_cpu"),
         K::CopyTokens => ("kernels.rs", "token_copies_match_cpu"),
         K::Preprocess => ("api.rs", "gpu_preprocessing_is_the_cpu_preprocessing"),
     }

@@ -417,3 +417,19 @@ fn every_shader_file_is_in_the_catalogue() {
         );
     }
 }
+
+/// The workgroup memory each catalogue entry declares (what the planner checks against the
+/// device's limit before choosing the kernel) is what its source declares, as naga lays it out.
+#[test]
+fn declared_workgroup_memory_is_what_the_source_declares() {
+    for key in every_text() {
+        let (module, _) = module_and_info(key);
+        let bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+            .sum();
+        assert_eq!(bytes, key.kernel.needs().workgroup_bytes, "{key}");
+    }
+}

@@ -29,7 +29,7 @@ use std::time::Instant;
 use super::{Autotune, EngineBuilder, TuneCache};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::kernels::merge::{record_match, MergeShape};
+use crate::kernels::merge::{record_match, record_metric, MergeShape};
 use crate::kernels::{KernelKind, PipelineCache, ProgramBuilder, Variant, Variants};
 use crate::model::{ModelConfig, Precision};
 use crate::runtime::ForwardSpec;
@@ -331,7 +331,11 @@ fn compare_matching(c: &Check<'_>, variant: Variant, tol: f64) -> Result<Option<
         if !ran {
             return Ok(None);
         }
-        let outs = [m.metric, m.row_max, m.dst];
+        // The portable matcher keeps its metric on chip: score with the metric kernel's.
+        let metric = m
+            .metric
+            .unwrap_or_else(|| record_metric(&mut b, shape, keys, "check"));
+        let outs = [metric, m.row_max, m.dst];
         for &t in &outs {
             b.pin(t);
         }

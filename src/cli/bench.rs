@@ -115,8 +115,8 @@ pub struct BenchArgs {
     /// Write the results (rows, adapter, timing method, matmul ceiling) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Also time each kernel family (stem, attention, MLP, matching, merge, unmerge, pooling,
-    /// head) with a timestamped pass per dispatch, and print where the time goes.
+    /// Also time each kernel family (stem, attention, MLP, matching, merge, pooling, head) with
+    /// a timestamped pass per dispatch, and print where the time goes.
     #[arg(long)]
     pub profile: bool,
     /// Write the result rows as CSV to this file.

@@ -262,22 +262,29 @@ catalogue! {
         needs: Needs::NONE,
         flops: norm::mean_tokens_flops,
     },
-    /// ToMe's matching metric: the keys averaged over heads and L2-normalised.
+    /// ToMe's matching metric: the keys averaged over heads and L2-normalised. Part of the
+    /// subgroup matcher's path (the portable matcher computes it on chip), so its time counts
+    /// to that variant when autotune compares the two.
     TomeMetric = "tome_metric" {
         text: Text::File(include_str!("../../shaders/tome_metric.wgsl")),
         libs: &[],
         params: TomeMetricParams,
-        kind: None,
+        kind: Some((KernelKind::Matching, Variant::Subgroup)),
         needs: Needs::NONE,
         flops: merge::metric_flops,
     },
-    /// Matching step 1: each A token's most similar B token and the score.
+    /// Matching step 1 with the metric computed on chip: each A token's most similar B token
+    /// and the score.
     TomeMatch = "tome_match" {
         text: Text::File(include_str!("../../shaders/tome_match.wgsl")),
         libs: &[],
         params: TomeMatchParams,
         kind: Some((KernelKind::Matching, Variant::Portable)),
-        needs: Needs::NONE,
+        needs: Needs {
+            subgroups: false,
+            invocations: 64,
+            workgroup_bytes: merge::MATCH_WORKGROUP_BYTES,
+        },
         flops: merge::match_flops,
     },
     /// Matching step 1 with subgroup broadcasts.
@@ -316,6 +323,20 @@ catalogue! {
         needs: Needs::NONE,
         flops: merge::merge_flops,
     },
+    /// Matching steps 2-4 and the map update in one dispatch, one workgroup per image (the four
+    /// kernels above, for sequences of up to [`merge::FUSED_MAX_TOKENS`] tokens).
+    TomeMergeFused = "tome_merge_fused" {
+        text: Text::File(include_str!("../../shaders/tome_merge_fused.wgsl")),
+        libs: &[],
+        params: TomeMergeFusedParams,
+        kind: None,
+        needs: Needs {
+            subgroups: false,
+            invocations: merge::FUSED_INVOCATIONS,
+            workgroup_bytes: merge::FUSED_WORKGROUP_BYTES,
+        },
+        flops: merge::merge_fused_flops,
+    },
     /// Composes the stage's unmerge map with one merge's slot map.
     TomeMapUpdate = "tome_map_update" {
         text: Text::File(include_str!("../../shaders/tome_map_update.wgsl")),
@@ -324,15 +345,6 @@ catalogue! {
         kind: None,
         needs: Needs::NONE,
         flops: merge::map_update_flops,
-    },
-    /// Restores the stage's full token grid through the unmerge map before pooling.
-    Gather = "gather" {
-        text: Text::File(include_str!("../../shaders/gather.wgsl")),
-        libs: &[],
-        params: GatherParams,
-        kind: None,
-        needs: Needs::NONE,
-        flops: merge::gather_flops,
     },
     /// Copies a run of tokens between sequences (the lead tokens).
     CopyTokens = "copy_tokens" {

@@ -2,6 +2,7 @@
 //! last) and the grouped pooling between stages.
 
 use crate::kernels::linear::sg_tile_columns;
+use crate::kernels::merge::Unmerge;
 use crate::kernels::params::ConvParams;
 use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId};
 use crate::model::weights::Conv;
@@ -36,6 +37,10 @@ pub enum Layout {
     Nchw,
     /// `[batch, h * w, channels]`, the transformer's layout.
     Tokens,
+    /// Input only: a merged sequence `[batch, tokens, channels]` read at the grid's positions
+    /// through the stage's unmerge map: the unmerge stack folded into the convolution's loads,
+    /// so the restored grid is never written.
+    Unmerged(Unmerge),
 }
 
 /// Sizes of one 2-D convolution over a batch of `cin x h x w` inputs with a square kernel.
@@ -130,10 +135,21 @@ pub fn record(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo) 
 /// The rows `band.out_rows` of a convolution, between row-banded buffers.
 pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo, band: Band) {
     let (oh, ow) = s.out_hw();
+    let (map, n_in) = match io.input {
+        Layout::Unmerged(Unmerge { map, tokens }) => {
+            assert!(
+                band.in_buf == (0, s.h) && io.output != io.input,
+                "an unmerged input is read whole and is no output layout"
+            );
+            (Some(map), tokens)
+        }
+        _ => (None, 0),
+    };
     let flags = (io.relu as u32)
-        | ((io.input == Layout::Tokens) as u32) << 1
+        | ((io.input != Layout::Nchw) as u32) << 1
         | ((io.output == Layout::Tokens) as u32) << 2
-        | (io.pos.is_some() as u32) << 3;
+        | (io.pos.is_some() as u32) << 3
+        | (map.is_some() as u32) << 4;
     let rows = band.out_rows.1 - band.out_rows.0;
     let u = |v: usize| v as u32;
     let p = ConvParams {
@@ -155,6 +171,7 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         oh_run: u(rows),
         oh_buf: u(band.out_buf.1),
         oy_off: u(band.out_buf.0),
+        n_in: u(n_in),
     };
     // Dense convolutions from NCHW (the stem) take 16 output channels per invocation, or a
     // 32-pixel x `sg_tile_columns`-channel tile per SG-lane workgroup where subgroups allow.
@@ -178,13 +195,15 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
             b.grid(pixels * s.cout.div_ceil(4), 64),
         ),
     };
-    b.dispatch(
-        family,
-        key,
-        &p,
-        &[io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y],
-        grid,
-    );
+    // The dense kernels bind no map (their input is NCHW); where a kernel reads no positional
+    // embedding or map, the bias or the input stands in for it.
+    let pos = io.pos.unwrap_or(io.bias);
+    if key.kernel == Kernel::Conv {
+        let tensors = [io.x, io.weight, io.bias, pos, io.y, map.unwrap_or(io.x)];
+        b.dispatch(family, key, &p, &tensors, grid);
+    } else {
+        b.dispatch(family, key, &p, &[io.x, io.weight, io.bias, pos, io.y], grid);
+    }
 }
 
 /// Arithmetic of one convolution dispatch over its band of `oh_run` output rows: `2 cin/groups

@@ -1,13 +1,50 @@
-//! Token merging on the GPU: metric, matching, ordering, slot map, weighted merge, composition
-//! of the stage's unmerge map, and the one-gather unmerge. Every size is static per plan; only
+//! Token merging on the GPU: metric, matching, ordering, slot map, weighted merge and
+//! composition of the stage's unmerge map (the unmerge itself is folded into the loads of the
+//! kernels that read the grid: [`Unmerge`]). Every size is static per plan; only
 //! the choice of tokens depends on the data, and it never leaves the GPU.
 
 use crate::kernels::params::{
-    GatherParams, TomeMapUpdateParams, TomeMatchParams, TomeMergeParams, TomeMetricParams,
+    TomeMapUpdateParams, TomeMatchParams, TomeMergeFusedParams, TomeMergeParams, TomeMetricParams,
     TomeSlotsParams,
 };
 use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId};
 use crate::tome::Split;
+
+/// Longest sequence `tome_merge_fused.wgsl` merges (its `MAX_TOKENS`): its ranks, rank order
+/// and slot map fill 16320 bytes of workgroup memory, within WebGPU's and downlevel GL's
+/// limits. Longer sequences (SReT at 384 pixels: 2304 tokens) run the four unfused kernels.
+pub const FUSED_MAX_TOKENS: usize = 2040;
+/// Invocations of a `tome_merge_fused.wgsl` workgroup (one workgroup per image).
+pub const FUSED_INVOCATIONS: u32 = 256;
+/// Workgroup memory of `tome_merge_fused.wgsl`: a u32 per token (slots) and two per A token
+/// (ranks and rank order).
+pub const FUSED_WORKGROUP_BYTES: u32 = (FUSED_MAX_TOKENS * 4 + 2 * (FUSED_MAX_TOKENS / 2) * 4) as u32;
+
+/// Storage buffers `tome_merge_fused.wgsl` binds (WebGPU's default limit; the unfused kernels
+/// bind at most 6).
+const FUSED_STORAGE_BUFFERS: u32 = 8;
+
+/// Workgroup memory of the portable matcher, `tome_match.wgsl`: a chunk of B tokens' metrics.
+pub const MATCH_WORKGROUP_BYTES: u32 = 2048 * 4;
+
+/// Whether merges of `n` tokens take the fused kernel on a device with `limits`.
+pub fn fused_fits(n: usize, limits: &wgpu::Limits) -> bool {
+    n <= FUSED_MAX_TOKENS
+        && limits.max_storage_buffers_per_shader_stage >= FUSED_STORAGE_BUFFERS
+        && Kernel::TomeMergeFused.needs().fit(limits)
+}
+
+/// A merged sequence read as its stage's full grid: grid position `g` of image `b` holds token
+/// `map[b, g]` of the `tokens`-token sequence. Kernels that read the grid (the pooling, the
+/// mean over tokens) read through it, so the unmerge stack costs neither a dispatch nor a
+/// restored grid in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmerge {
+    /// The stage's unmerge map `[batch, grid tokens]`.
+    pub map: TensorId,
+    /// Tokens of the merged sequence (lead tokens included).
+    pub tokens: usize,
+}
 
 /// Buffers one merge writes; kept apart so a trace can read each merge's map and masses.
 pub struct MergeOutputs {
@@ -42,70 +79,80 @@ pub struct MergeShape {
 
 /// What matching step 1 writes: per A token, its best score and its most similar B token.
 pub struct Matched {
-    /// `[batch, n, head_dim]` f32: the metric every token is matched by.
-    pub metric: TensorId,
+    /// `[batch, n, head_dim]` f32: the metric every token is matched by, where a kernel of its
+    /// own computed it (the subgroup matcher reads it; the portable one computes it on chip).
+    pub metric: Option<TensorId>,
     /// `[batch, na]` f32: each A token's largest cosine similarity to a B token.
     pub row_max: TensorId,
     /// `[batch, na]` u32: the B token it is (the lowest index among exact ties).
     pub dst: TensorId,
 }
 
-/// Record the matching metric (the keys of `qkv` averaged over heads, L2-normalised) and
-/// matching step 1, with the subgroup matcher where the plan prefers it and the heads have 32
-/// channels. Also what the first-build kernel check runs, at the model's shapes.
+/// The uniform block of matching over the sequence `s`.
+fn match_params(s: &MergeShape) -> TomeMatchParams {
+    let [lead, a_odd, _] = s.split.params();
+    TomeMatchParams {
+        batch: s.batch as u32,
+        n: s.n as u32,
+        lead,
+        a_odd,
+        dim: s.dim as u32,
+        heads: s.heads as u32,
+    }
+}
+
+/// Record matching step 1 on the keys in `qkv`: the portable matcher computes the metric (the
+/// keys averaged over heads, L2-normalised) itself, one dispatch; where the plan prefers the
+/// subgroup matcher and the heads have 32 channels, a metric kernel and the subgroup matcher.
+/// Also what the first-build kernel check runs, at the model's shapes.
 pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> Matched {
     let hd = s.dim / s.heads;
     let na = s.split.na(s.n);
-    let (bt, n) = (s.batch as u32, s.n as u32);
-    let [lead, a_odd, _] = s.split.params();
-    let metric = b.activation_words(format!("{label} metric"), s.batch * s.n * hd);
     let row_max = b.activation_words(format!("{label} row max"), s.batch * na);
     let dst = b.activation_words(format!("{label} dst"), s.batch * na);
+    let params = match_params(&s);
+    // SG A tokens per SG-lane workgroup sharing the B keys where subgroups allow (32-channel
+    // heads), else 64 A tokens of one image per workgroup.
+    let Some(sg) = b.subgroup_for(KernelKind::Matching).filter(|_| hd == 32) else {
+        let g = b.grid(s.batch * na.div_ceil(64) * 64, 64);
+        let key = KernelKey::with_head_dim(Kernel::TomeMatch, hd);
+        b.dispatch(Family::Matching, key, &params, &[qkv, row_max, dst], g);
+        return Matched {
+            metric: None,
+            row_max,
+            dst,
+        };
+    };
+    let metric = record_metric(b, s, qkv, label);
+    let tiles = s.batch * na.div_ceil(sg as usize);
+    let g = b.grid(tiles * sg as usize, sg);
+    let key = KernelKey::with_sg(Kernel::TomeMatchSg, sg);
+    b.dispatch(Family::Matching, key, &params, &[metric, row_max, dst], g);
+    Matched {
+        metric: Some(metric),
+        row_max,
+        dst,
+    }
+}
+
+/// Record the matching metric of every token of `s` on its own: `[batch, n, head_dim]` f32.
+pub fn record_metric(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> TensorId {
+    let hd = s.dim / s.heads;
+    let metric = b.activation_words(format!("{label} metric"), s.batch * s.n * hd);
     let g = b.grid(s.batch * s.n, 64);
     b.dispatch(
         Family::Matching,
         KernelKey::with_head_dim(Kernel::TomeMetric, hd),
         &TomeMetricParams {
-            batch: bt,
-            n,
+            batch: s.batch as u32,
+            n: s.n as u32,
             dim: s.dim as u32,
             heads: s.heads as u32,
         },
         &[qkv, metric],
         g,
     );
-    // SG A tokens per SG-lane workgroup sharing the B keys where subgroups allow (32-channel
-    // heads), else one A token per invocation.
-    let sg = b.subgroup_for(KernelKind::Matching).filter(|_| hd == 32);
-    let (matcher, g_match) = if let Some(sg) = sg {
-        let tiles = s.batch * na.div_ceil(sg as usize);
-        (
-            KernelKey::with_sg(Kernel::TomeMatchSg, sg),
-            b.grid(tiles * sg as usize, sg),
-        )
-    } else {
-        (
-            KernelKey::with_head_dim(Kernel::TomeMatch, hd),
-            b.grid(s.batch * na, 64),
-        )
-    };
-    b.dispatch(
-        Family::Matching,
-        matcher,
-        &TomeMatchParams {
-            batch: bt,
-            n,
-            lead,
-            a_odd,
-        },
-        &[metric, row_max, dst],
-        g_match,
-    );
-    Matched {
-        metric,
-        row_max,
-        dst,
-    }
+    metric
 }
 
 /// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
@@ -126,17 +173,39 @@ pub fn record_merge(
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
     let Matched { row_max, dst, .. } = record_match(b, s, qkv, label);
-    let rank = b.activation_words(format!("{label} rank"), s.batch * na);
-    let order = b.activation_words(format!("{label} order"), s.batch * na);
     let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
     let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
     let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
-    let match_params = TomeMatchParams {
-        batch: bt,
-        n,
-        lead,
-        a_odd,
+    let outputs = MergeOutputs {
+        x: x_out,
+        mass: mass_out,
+        slot,
     };
+    if fused_fits(s.n, b.limits()) {
+        // Ranking, slots, merge and map update: one workgroup per image, one dispatch.
+        let g = b.grid(s.batch * FUSED_INVOCATIONS as usize, FUSED_INVOCATIONS);
+        b.dispatch(
+            Family::Merge,
+            KernelKey::plain(Kernel::TomeMergeFused),
+            &TomeMergeFusedParams {
+                batch: bt,
+                n,
+                r: s.r as u32,
+                c: s.c as u32,
+                n_grid: s.n_grid as u32,
+                flags: mass.is_some() as u32 | (first as u32) << 1,
+                lead,
+                a_odd,
+                sorted,
+            },
+            &[x, mass.unwrap_or(x), row_max, dst, x_out, mass_out, slot, map],
+            g,
+        );
+        return outputs;
+    }
+    let rank = b.activation_words(format!("{label} rank"), s.batch * na);
+    let order = b.activation_words(format!("{label} order"), s.batch * na);
+    let match_params = match_params(&s);
     let g = b.grid(s.batch * na, 64);
     b.dispatch(
         Family::Matching,
@@ -190,38 +259,7 @@ pub fn record_merge(
         &[slot, map],
         g,
     );
-    MergeOutputs {
-        x: x_out,
-        mass: mass_out,
-        slot,
-    }
-}
-
-/// The unmerge stack in one gather: `out[b, orig] = x[b, map[b, orig]]`.
-#[allow(clippy::too_many_arguments)]
-pub fn record_unmerge(
-    b: &mut ProgramBuilder,
-    batch: usize,
-    n_grid: usize,
-    n: usize,
-    c: usize,
-    x: TensorId,
-    map: TensorId,
-    out: TensorId,
-) {
-    let g = b.grid(batch * n_grid * c, 64);
-    b.dispatch(
-        Family::Unmerge,
-        KernelKey::plain(Kernel::Gather),
-        &GatherParams {
-            batch: batch as u32,
-            n_grid: n_grid as u32,
-            n: n as u32,
-            c: c as u32,
-        },
-        &[x, map, out],
-        g,
-    );
+    outputs
 }
 
 /// Arithmetic of the matching metric: the head mean, then the key's norm.
@@ -238,14 +276,21 @@ fn sets(p: &TomeMatchParams) -> (u64, u64) {
 }
 
 /// Arithmetic of matching: the cosine similarity of every A-B pair over the metric's width
-/// (the key's head size, 32 where it has none) and the row maxima.
+/// (the key's head size, 32 where it has none) and the row maxima; for the portable matcher
+/// also the metric of each A token and, once per 64-token A tile, of every B token.
 pub fn match_flops(p: &TomeMatchParams, key: &KernelKey, _bound: &[u64]) -> u64 {
     let (na, nb) = sets(p);
     let hd = match key.head_dim {
         0 => 32,
         hd => hd as u64,
     };
-    p.batch as u64 * na * nb * (2 * hd + 1)
+    let metrics = if key.kernel == Kernel::TomeMatch {
+        let per_token = p.dim as u64 + 3 * hd;
+        (na + na.div_ceil(64) * nb) * per_token
+    } else {
+        0
+    };
+    p.batch as u64 * (na * nb * (2 * hd + 1) + metrics)
 }
 
 /// Arithmetic of ranking: every A token compared with every other.
@@ -272,12 +317,47 @@ pub fn merge_flops(p: &TomeMergeParams, _key: &KernelKey, _bound: &[u64]) -> u64
     batch * (n * c + n * (c + 1) + r * (c + 1) + (n - r.min(n)) * c)
 }
 
+/// Arithmetic of the fused ranking, slots, merge and map update: those of the four kernels.
+pub fn merge_fused_flops(p: &TomeMergeFusedParams, key: &KernelKey, bound: &[u64]) -> u64 {
+    let matching = TomeMatchParams {
+        batch: p.batch,
+        n: p.n,
+        lead: p.lead,
+        a_odd: p.a_odd,
+        dim: 0,
+        heads: 1,
+    };
+    let slots = TomeSlotsParams {
+        batch: p.batch,
+        n: p.n,
+        r: p.r,
+        lead: p.lead,
+        a_odd: p.a_odd,
+        sorted: p.sorted,
+    };
+    let merge = TomeMergeParams {
+        batch: p.batch,
+        n: p.n,
+        r: p.r,
+        c: p.c,
+        flags: p.flags & 1,
+        lead: p.lead,
+        a_odd: p.a_odd,
+    };
+    let map = TomeMapUpdateParams {
+        batch: p.batch,
+        n_grid: p.n_grid,
+        n: p.n,
+        flags: p.flags >> 1,
+        lead: p.lead,
+    };
+    rank_flops(&matching, key, bound)
+        + slots_flops(&slots, key, bound)
+        + merge_flops(&merge, key, bound)
+        + map_update_flops(&map, key, bound)
+}
+
 /// Arithmetic of composing the unmerge map: one per grid token.
 pub fn map_update_flops(p: &TomeMapUpdateParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
     p.batch as u64 * p.n_grid as u64
-}
-
-/// Moves of the unmerge gather: one per element of the restored grid.
-pub fn gather_flops(p: &GatherParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
-    p.batch as u64 * p.n_grid as u64 * p.c as u64
 }

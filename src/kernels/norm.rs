@@ -1,6 +1,7 @@
 //! LayerNorm over the channels of every token, and global average pooling over tokens.
 
 use crate::kernels::params::{MeanTokensParams, NormParams};
+use crate::kernels::merge::Unmerge;
 use crate::kernels::{Family, Kernel, KernelKey, ProgramBuilder, TensorId};
 
 /// Record a LayerNorm over the last axis: `y[i] = (x[i] - mean) / sqrt(var + eps) * gamma + beta`
@@ -57,7 +58,10 @@ pub fn ln_stats(
     );
 }
 
-/// `[batch, n, c] -> [batch, c]`, the mean over tokens.
+/// `[batch, n, c] -> [batch, c]`, the mean over `n` tokens: those of `x`, or with `grid` the
+/// `n` grid positions of the merged sequence `x` read through its unmerge map (the unmerge
+/// stack folded into the mean, summed in grid order as after a gather).
+#[allow(clippy::too_many_arguments)]
 pub fn mean_tokens(
     b: &mut ProgramBuilder,
     family: Family,
@@ -65,9 +69,10 @@ pub fn mean_tokens(
     n: usize,
     c: usize,
     x: TensorId,
+    grid: Option<Unmerge>,
     y: TensorId,
 ) {
-    let grid = b.grid(batch * c, 64);
+    let g = b.grid(batch * c, 64);
     b.dispatch(
         family,
         KernelKey::plain(Kernel::MeanTokens),
@@ -75,9 +80,11 @@ pub fn mean_tokens(
             batch: batch as u32,
             n: n as u32,
             c: c as u32,
+            n_in: grid.map_or(0, |u| u.tokens as u32),
         },
-        &[x, y],
-        grid,
+        // Without a map the kernel never reads binding 3; `x` stands in for it.
+        &[x, y, grid.map_or(x, |u| u.map)],
+        g,
     );
 }
 

@@ -77,7 +77,8 @@ kernel_params! {
         pub pad: u32,
         /// Channel groups.
         pub groups: u32,
-        /// Bit 0 ReLU, bit 1 token-layout input, bit 2 token-layout output, bit 3 add `pos`.
+        /// Bit 0 ReLU, bit 1 token-layout input, bit 2 token-layout output, bit 3 add `pos`,
+        /// bit 4 input read through an unmerge map.
         pub flags: u32,
         /// Input rows held by the input buffer.
         pub h_buf: u32,
@@ -91,6 +92,9 @@ kernel_params! {
         pub oh_buf: u32,
         /// First output row held by the output buffer.
         pub oy_off: u32,
+        /// Tokens of the merged input sequence where flag bit 4 reads it through an unmerge
+        /// map (0 otherwise).
+        pub n_in: u32,
     }
 }
 
@@ -115,20 +119,6 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// `gather.wgsl`: the unmerge stack, `out[b, orig] = x[b, map[b, orig]]`.
-    pub struct GatherParams {
-        /// Images.
-        pub batch: u32,
-        /// Tokens of the restored grid.
-        pub n_grid: u32,
-        /// Tokens of the merged input.
-        pub n: u32,
-        /// Channels per token.
-        pub c: u32,
-    }
-}
-
-kernel_params! {
     /// `layernorm.wgsl` and `ln_stats.wgsl`: per-row normalisation of `rows x c`.
     pub struct NormParams {
         /// Rows.
@@ -149,6 +139,9 @@ kernel_params! {
         pub n: u32,
         /// Channels.
         pub c: u32,
+        /// 0: `x` holds the `n` tokens; else `x` is a merged sequence of `n_in` tokens read
+        /// through the unmerge map (`n` grid positions).
+        pub n_in: u32,
     }
 }
 
@@ -177,6 +170,11 @@ kernel_params! {
         pub lead: u32,
         /// 1: set A is the odd positions after the lead (see [`crate::tome::split`]).
         pub a_odd: u32,
+        /// Channels of the model (`qkv` holds `3 dim` per token); read by `tome_match.wgsl`.
+        pub dim: u32,
+        /// Attention heads (the metric averages the keys over them); read by
+        /// `tome_match.wgsl`.
+        pub heads: u32,
     }
 }
 
@@ -215,6 +213,32 @@ kernel_params! {
         pub lead: u32,
         /// 1: set A is the odd positions.
         pub a_odd: u32,
+    }
+}
+
+kernel_params! {
+    /// `tome_merge_fused.wgsl`: ranking, slots, the weighted merge and the map update of one
+    /// merge, one workgroup per image.
+    pub struct TomeMergeFusedParams {
+        /// Images.
+        pub batch: u32,
+        /// Tokens per image before the merge.
+        pub n: u32,
+        /// Tokens merged away.
+        pub r: u32,
+        /// Channels per token.
+        pub c: u32,
+        /// Tokens at the start of the stage (the unmerge map's length).
+        pub n_grid: u32,
+        /// Bit 0: masses are in `mass` (otherwise every token has mass 1); bit 1: first merge
+        /// of the stage (the unmerge map is the identity before it).
+        pub flags: u32,
+        /// Protected leading tokens.
+        pub lead: u32,
+        /// 1: set A is the odd positions.
+        pub a_odd: u32,
+        /// 1: the unmerged A tokens keep their position order (else rank order).
+        pub sorted: u32,
     }
 }
 

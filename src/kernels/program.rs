@@ -29,8 +29,6 @@ pub enum Family {
     Matching,
     /// Output slots, the mass-weighted merge and the unmerge-map update.
     Merge,
-    /// Restoring the stage's full grid before pooling.
-    Unmerge,
     /// The convolutional pooling between stages.
     Pooling,
     /// Final norm, token pooling and the classifier heads.
@@ -39,13 +37,12 @@ pub enum Family {
 
 impl Family {
     /// Every family, in network order.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 7] = [
         Family::Stem,
         Family::Attention,
         Family::Mlp,
         Family::Matching,
         Family::Merge,
-        Family::Unmerge,
         Family::Pooling,
         Family::Head,
     ];
@@ -57,7 +54,6 @@ impl Family {
             Family::Mlp => "mlp",
             Family::Matching => "matching",
             Family::Merge => "merge",
-            Family::Unmerge => "unmerge",
             Family::Pooling => "pooling",
             Family::Head => "head",
         }

@@ -7,7 +7,7 @@ use crate::gpu::Gpu;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
-use crate::kernels::merge::{record_merge, MergeShape};
+use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
 use crate::kernels::norm;
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
@@ -178,6 +178,14 @@ pub(super) struct StageTokens {
 }
 
 impl StageTokens {
+    /// The sequence as the stage's grid, read through its unmerge map (once anything merged).
+    pub(super) fn unmerge(&self) -> Unmerge {
+        Unmerge {
+            map: self.map,
+            tokens: self.n,
+        }
+    }
+
     /// Stage `stage`'s `x` of `n` tokens (`n_grid` of them patches, `split.lead` in front).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
@@ -259,15 +267,18 @@ impl StageTokens {
     }
 }
 
-/// The pooling convolution after stage `s` on its restored `side` x `side` grid of tokens
-/// (tokens in, tokens out); returns the next stage's tokens.
+/// The pooling convolution after stage `s` on its `side` x `side` grid of tokens: `x` in
+/// `input` layout, the grid itself ([`Layout::Tokens`]) or a merged sequence read through the
+/// stage's unmerge map ([`Layout::Unmerged`]: the unmerge stack folded into the pooling's
+/// loads). Returns the next stage's tokens.
 fn record_pool(
     b: &mut ProgramBuilder,
     batch: usize,
     s: usize,
     side: usize,
     pool: &Conv,
-    grid: TensorId,
+    x: TensorId,
+    input: Layout,
 ) -> TensorId {
     let up = up_conv(b, &format!("pools.{s}.conv"), pool);
     let shape = ConvShape {
@@ -288,12 +299,12 @@ fn record_pool(
         Family::Pooling,
         shape,
         ConvIo {
-            x: grid,
+            x,
             weight: up.weight,
             bias: up.bias,
             pos: None,
             y: next,
-            input: Layout::Tokens,
+            input,
             output: Layout::Tokens,
             relu: false,
         },

@@ -124,6 +124,8 @@ struct Params {{
     h_buf: u32, iy_off: u32,
     oy0: u32, oh_run: u32,
     oh_buf: u32, oy_off: u32,
+    // unused (the input is NCHW): see conv.wgsl.
+    n_in: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;

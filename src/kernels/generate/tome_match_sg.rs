@@ -85,6 +85,9 @@ struct Params {{
     n: u32,
     lead: u32,
     a_odd: u32,
+    // unused here (tome_match.wgsl computes the metric from qkv; this kernel reads it).
+    dim: u32,
+    heads: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -10,7 +10,7 @@ use super::{
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
-use crate::kernels::merge::record_unmerge;
+use crate::kernels::merge::Unmerge;
 use crate::kernels::norm;
 use crate::kernels::{Family, ProgramBuilder, TensorId};
 use crate::model::config::ModelConfig;
@@ -32,10 +32,11 @@ pub(super) fn record(
     let out = b.external("logits", logit_bytes);
     let mut trace = TraceTensors::default();
     let mut x = stem(&mut b, cfg, w, bt, img);
+    let mut last_grid = None;
     for s in 0..cfg.stages.len() {
-        x = stage(&mut b, cfg, &w.stages[s], spec, &mut trace, s, x);
+        (x, last_grid) = stage(&mut b, cfg, &w.stages[s], spec, &mut trace, s, x);
     }
-    head(&mut b, cfg, w, bt, x, out);
+    head(&mut b, cfg, w, bt, x, last_grid, out);
     Recorded {
         builder: b,
         images: img,
@@ -137,8 +138,9 @@ fn stem(
     x
 }
 
-/// Stage `s`: its executions of the shared blocks on the tokens `x`, then the unmerge stack
-/// (restoring the grid when anything merged) and the pooling to the next stage, if any.
+/// Stage `s`: its executions of the shared blocks on the tokens `x`, then the pooling to the
+/// next stage, if any, reading the grid through the unmerge map when anything merged. Returns
+/// the next stage's tokens, or the last stage's sequence and how to read it as the grid.
 fn stage(
     b: &mut ProgramBuilder,
     cfg: &ModelConfig,
@@ -147,7 +149,7 @@ fn stage(
     trace: &mut TraceTensors,
     s: usize,
     x: TensorId,
-) -> TensorId {
+) -> (TensorId, Option<Unmerge>) {
     let bt = spec.batch;
     let sc = &cfg.stages[s];
     let n_grid = cfg.tokens(s);
@@ -172,20 +174,17 @@ fn stage(
     for exec in 0..sc.depth {
         execution(b, cfg, sw, &blocks, spec, trace, &mut seq, s, exec);
     }
-    // Restore the grid (the unmerge stack, composed into one map).
-    let mut x = seq.x;
-    if seq.merged {
-        let full = b.activation(format!("stage{s} restored"), bt * n_grid * dim);
-        record_unmerge(b, bt, n_grid, seq.n, dim, x, seq.map, full);
-        x = full;
-        if spec.trace {
-            trace.stage_maps.push((s, seq.map, n_grid));
-        }
+    // The grid is never restored: the pooling, or the head, reads it through the unmerge
+    // stack composed into one map.
+    if seq.merged && spec.trace {
+        trace.stage_maps.push((s, seq.map, n_grid));
     }
-    if let Some(pool) = &sw.pool {
-        x = record_pool(b, bt, s, cfg.grid_side(s), pool, x);
-    }
-    x
+    let grid = seq.merged.then(|| seq.unmerge());
+    let Some(pool) = &sw.pool else {
+        return (seq.x, grid);
+    };
+    let input = grid.map_or(Layout::Tokens, Layout::Unmerged);
+    (record_pool(b, bt, s, cfg.grid_side(s), pool, seq.x, input), None)
 }
 
 /// Execution `exec` of stage `s`: sliced attention of its shared block, the merge the
@@ -253,19 +252,21 @@ fn execution(
     );
 }
 
-/// The head: mean over the restored last grid `x`, LayerNorm, linear classifier into `out`.
+/// The head: mean over the last grid (`x`, read through `grid` where it merged), LayerNorm,
+/// linear classifier into `out`.
 fn head(
     b: &mut ProgramBuilder,
     cfg: &ModelConfig,
     w: &ModelWeights,
     bt: usize,
     x: TensorId,
+    grid: Option<Unmerge>,
     out: TensorId,
 ) {
     let last = cfg.stages.len() - 1;
     let dim = cfg.final_dim();
     let pooled = b.activation("pooled", bt * dim);
-    norm::mean_tokens(b, Family::Head, bt, cfg.tokens(last), dim, x, pooled);
+    norm::mean_tokens(b, Family::Head, bt, cfg.tokens(last), dim, x, grid, pooled);
     let normed = b.activation("pooled ln", bt * dim);
     let nw = up_ln(b, "norm", &w.norm);
     norm::layer_norm(

@@ -10,7 +10,6 @@ use super::{
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
-use crate::kernels::merge::record_unmerge;
 use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
 use crate::kernels::{Family, ProgramBuilder, TensorId};
@@ -262,9 +261,9 @@ fn blocks(
     seq
 }
 
-/// Stage `s`'s token grid from its sequence: the unmerge stack as one gather where anything
-/// merged, else the grid tokens after the lead ones.
-fn grid(
+/// Stage `s`'s token grid from a sequence that never merged: the tokens after the lead ones (a
+/// merged one is read through its unmerge map instead).
+fn patch_tokens(
     b: &mut ProgramBuilder,
     cfg: &ModelConfig,
     bt: usize,
@@ -273,15 +272,10 @@ fn grid(
     family: Family,
     label: String,
 ) -> TensorId {
+    debug_assert!(!seq.merged, "a merged grid is read through its unmerge map");
     let (n_grid, dim) = (cfg.tokens(s), cfg.stages[s].dim);
-    if seq.merged {
-        let full = b.activation(label, bt * n_grid * dim);
-        record_unmerge(b, bt, n_grid, seq.n, dim, seq.x, seq.map, full);
-        full
-    } else {
-        let lead = Split::of(cfg).lead;
-        take_tokens(b, family, bt, seq.x, seq.n, lead, n_grid, dim, label)
-    }
+    let lead = Split::of(cfg).lead;
+    take_tokens(b, family, bt, seq.x, seq.n, lead, n_grid, dim, label)
 }
 
 /// timm's `global_pool='avg'` head, as ToMe's MAE patch pools: every merged token by its size,
@@ -296,14 +290,15 @@ fn avg_head(
     out: TensorId,
 ) {
     let (n_grid, dim) = (cfg.tokens(s), cfg.stages[s].dim);
-    let label = if seq.merged {
-        "restored grid"
-    } else {
-        "patch tokens"
-    };
-    let grid = grid(b, cfg, bt, s, seq, Family::Head, label.into());
     let pooled = b.activation("pooled", bt * dim);
-    norm::mean_tokens(b, Family::Head, bt, n_grid, dim, grid, pooled);
+    if seq.merged {
+        // The mean reads the grid through the unmerge map.
+        let via = Some(seq.unmerge());
+        norm::mean_tokens(b, Family::Head, bt, n_grid, dim, seq.x, via, pooled);
+    } else {
+        let patches = patch_tokens(b, cfg, bt, s, seq, Family::Head, "patch tokens".into());
+        norm::mean_tokens(b, Family::Head, bt, n_grid, dim, patches, None, pooled);
+    }
     let normed = b.activation("pooled ln", bt * dim);
     let nw_w = b.weights("fc_norm.weight", &w.norm.weight);
     let nw_b = b.weights("fc_norm.bias", &w.norm.bias);
@@ -345,9 +340,9 @@ fn token_head(
     linear::record(b, Family::Head, bt, &head, Epilogue::Bias, normed, out);
 }
 
-/// PiT between stages `s` and `s + 1`: restore the grid (the unmerge stack as one gather),
-/// pool it, map the lead tokens with the pooling's linear layer and put them in front: the next
-/// stage's sequence.
+/// PiT between stages `s` and `s + 1`: pool the grid (read through the unmerge map where
+/// anything merged), map the lead tokens with the pooling's linear layer and put them in
+/// front: the next stage's sequence.
 fn pit_pool(
     b: &mut ProgramBuilder,
     cfg: &ModelConfig,
@@ -361,17 +356,18 @@ fn pit_pool(
     let sw = &w.stages[s];
     let label = format!("stage{s} lead");
     let lead_x = take_tokens(b, Family::Pooling, bt, seq.x, seq.n, 0, lead, dim, label);
-    let grid = grid(b, cfg, bt, s, seq, Family::Unmerge, {
-        if seq.merged {
-            format!("stage{s} restored")
-        } else {
-            format!("stage{s} grid")
-        }
-    });
     let (Some(pool), Some(fc)) = (&sw.pool, &sw.pool_fc) else {
         unreachable!("load checks that PiT pools after every stage but the last")
     };
-    let pooled = record_pool(b, bt, s, cfg.grid_side(s), pool, grid);
+    // The grid: read through the unmerge map where anything merged (the unmerge stack folded
+    // into the pooling's loads), else the grid tokens after the lead ones.
+    let side = cfg.grid_side(s);
+    let pooled = if seq.merged {
+        record_pool(b, bt, s, side, pool, seq.x, Layout::Unmerged(seq.unmerge()))
+    } else {
+        let grid = patch_tokens(b, cfg, bt, s, seq, Family::Pooling, format!("stage{s} grid"));
+        record_pool(b, bt, s, side, pool, grid, Layout::Tokens)
+    };
     let fcw = linear::upload(b, &format!("pools.{s}.fc"), fc);
     let lead_next = b.activation(format!("pool{s} lead"), bt * lead * fc.out_features);
     linear::record(

@@ -1,0 +1,237 @@
+// Bipartite soft matching, steps 2-5 in one dispatch: one workgroup per image ranks its A
+// tokens (tome_rank.wgsl), places every token (tome_slots.wgsl), merges with masses
+// (tome_merge.wgsl) and composes the stage's unmerge map (tome_map_update.wgsl). Each step
+// needs the whole image's result of the one before, which a workgroup barrier gives without a
+// dispatch of its own: four dispatches and three round trips of rank, order and slot through
+// global memory become one. The ranks, the rank order and the slot map stay in workgroup
+// memory (16320 bytes: up to MAX_TOKENS tokens; longer sequences take the four kernels). Every
+// comparison, tie rule and summation order is the one of those kernels, so the results are
+// bit for bit theirs.
+
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
+alias elem = f32;
+
+struct Params {
+    batch: u32,
+    n: u32,
+    r: u32,
+    c: u32,
+    n_grid: u32,
+    // bit 0: masses are in `mass` (otherwise every token has mass 1: the stage's first merge);
+    // bit 1: first merge of the stage (the unmerge map is the identity before it).
+    flags: u32,
+    lead: u32,
+    a_odd: u32,
+    // 1: the unmerged A tokens keep their position order (else rank order).
+    sorted: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read> mass: array<f32>;
+@group(0) @binding(3) var<storage, read> row_max: array<f32>;
+@group(0) @binding(4) var<storage, read> dst: array<u32>;
+@group(0) @binding(5) var<storage, read_write> x_out: array<elem>;
+@group(0) @binding(6) var<storage, read_write> mass_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> slot: array<u32>;
+@group(0) @binding(8) var<storage, read_write> stage_map: array<u32>;
+
+const WG: u32 = 256u;
+// Longest sequence merged here (src/kernels/merge.rs: FUSED_MAX_TOKENS), and its A set.
+const MAX_TOKENS: u32 = 2040u;
+const MAX_A: u32 = 1020u;
+// Channels whose weighted sums are held in f32 registers at a time (stored once each).
+const CHUNK: u32 = 32u;
+
+var<workgroup> rank: array<u32, MAX_A>;
+var<workgroup> order: array<u32, MAX_A>;
+var<workgroup> slots: array<u32, MAX_TOKENS>;
+
+fn mass_of(b: u32, t: u32) -> f32 {
+    if ((p.flags & 1u) != 0u) {
+        return mass[b * p.n + t];
+    }
+    return 1.0;
+}
+
+fn copy_token(b: u32, t: u32, i: u32) {
+    let ibase = (b * p.n + t) * p.c;
+    let obase = i * p.c;
+    for (var ch = 0u; ch < p.c; ch++) {
+        x_out[obase + ch] = x[ibase + ch];
+    }
+    mass_out[i] = mass_of(b, t);
+}
+
+// Step 2: the rank of A token `a` by row max, descending, exact ties by the lower index.
+fn rank_of(base: u32, na: u32, a: u32) -> u32 {
+    let v = row_max[base + a];
+    var ahead = 0u;
+    for (var o = 0u; o < na; o++) {
+        let w = row_max[base + o];
+        if (w > v || (w == v && o < a)) {
+            ahead += 1u;
+        }
+    }
+    return ahead;
+}
+
+// Step 3: the slot of incoming position `pos`; an unmerged A token also records itself as the
+// source of its slot in `order` (rank order holds that already unless `sorted`).
+fn slot_of(b: u32, na: u32, pos: u32) -> u32 {
+    let unmerged = na - p.r;
+    if (pos < p.lead) {
+        return pos;
+    }
+    let j = pos - p.lead;
+    if ((j & 1u) != p.a_odd) {
+        return p.lead + unmerged + (j + p.a_odd - 1u) / 2u;
+    }
+    let a = (j - p.a_odd) / 2u;
+    let k = rank[a];
+    if (k < p.r) {
+        return p.lead + unmerged + dst[b * na + a];
+    }
+    var u = k - p.r;
+    if (p.sorted != 0u) {
+        u = 0u;
+        for (var o = 0u; o < a; o++) {
+            if (rank[o] >= p.r) {
+                u += 1u;
+            }
+        }
+        order[p.r + u] = a;
+    }
+    return p.lead + u;
+}
+
+// Step 4: B token `jb` becomes (x_b s_b + sum x_a s_a) / (s_b + sum s_a) over the A tokens
+// merged into it, visited in rank order, written to output row `i`.
+fn merge_into(b: u32, na: u32, jb: u32, i: u32) {
+    let obase = i * p.c;
+    let t = p.lead + 2u * jb + 1u - p.a_odd;
+    let ibase = (b * p.n + t) * p.c;
+    let sb = mass_of(b, t);
+    // One pass over the merged A tokens in rank order: the total mass, how many merge into
+    // this B token, and the first four of them (in registers: no dynamic indexing).
+    var total = sb;
+    var count = 0u;
+    var t0 = 0u;
+    var t1 = 0u;
+    var t2 = 0u;
+    var t3 = 0u;
+    for (var k = 0u; k < p.r; k++) {
+        let a = order[k];
+        if (dst[b * na + a] == jb) {
+            let ta = p.lead + 2u * a + p.a_odd;
+            total += mass_of(b, ta);
+            switch (count) {
+                case 0u: { t0 = ta; }
+                case 1u: { t1 = ta; }
+                case 2u: { t2 = ta; }
+                case 3u: { t3 = ta; }
+                default: {}
+            }
+            count += 1u;
+        }
+    }
+    let inv = 1.0 / total;
+    // Each channel's sum is accumulated in f32 and stored once, so an f16 x_out never holds a
+    // partial sum.
+    if (count <= 4u) {
+        let m0 = mass_of(b, t0);
+        let m1 = mass_of(b, t1);
+        let m2 = mass_of(b, t2);
+        let m3 = mass_of(b, t3);
+        let base0 = (b * p.n + t0) * p.c;
+        let base1 = (b * p.n + t1) * p.c;
+        let base2 = (b * p.n + t2) * p.c;
+        let base3 = (b * p.n + t3) * p.c;
+        for (var ch = 0u; ch < p.c; ch++) {
+            var acc = f32(x[ibase + ch]) * sb;
+            if (count > 0u) {
+                acc += f32(x[base0 + ch]) * m0;
+            }
+            if (count > 1u) {
+                acc += f32(x[base1 + ch]) * m1;
+            }
+            if (count > 2u) {
+                acc += f32(x[base2 + ch]) * m2;
+            }
+            if (count > 3u) {
+                acc += f32(x[base3 + ch]) * m3;
+            }
+            x_out[obase + ch] = elem(acc * inv);
+        }
+    } else {
+        // Rare: more than four tokens merge into one. The same sums, CHUNK channels at a time.
+        for (var c0 = 0u; c0 < p.c; c0 += CHUNK) {
+            let nc = min(CHUNK, p.c - c0);
+            var acc: array<f32, CHUNK>;
+            for (var ch = 0u; ch < nc; ch++) {
+                acc[ch] = f32(x[ibase + c0 + ch]) * sb;
+            }
+            for (var k = 0u; k < p.r; k++) {
+                let a = order[k];
+                if (dst[b * na + a] == jb) {
+                    let ta = p.lead + 2u * a + p.a_odd;
+                    let sa = mass_of(b, ta);
+                    let abase = (b * p.n + ta) * p.c + c0;
+                    for (var ch = 0u; ch < nc; ch++) {
+                        acc[ch] += f32(x[abase + ch]) * sa;
+                    }
+                }
+            }
+            for (var ch = 0u; ch < nc; ch++) {
+                x_out[obase + c0 + ch] = elem(acc[ch] * inv);
+            }
+        }
+    }
+    mass_out[i] = total;
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    // One image per workgroup (the grid may hold a few more workgroups than images).
+    let b = wid.x + wid.y * nwg.x;
+    if (b >= p.batch) {
+        return;
+    }
+    let na = (p.n - p.lead + 1u - p.a_odd) / 2u;
+    let unmerged = na - p.r;
+    let n_out = p.n - p.r;
+    for (var a = lid; a < na; a += WG) {
+        let k = rank_of(b * na, na, a);
+        rank[a] = k;
+        order[k] = a;
+    }
+    workgroupBarrier();
+    for (var pos = lid; pos < p.n; pos += WG) {
+        let s = slot_of(b, na, pos);
+        slots[pos] = s;
+        slot[b * p.n + pos] = s;
+    }
+    workgroupBarrier();
+    for (var s = lid; s < n_out; s += WG) {
+        let i = b * n_out + s;
+        if (s < p.lead) {
+            copy_token(b, s, i);
+        } else if (s < p.lead + unmerged) {
+            copy_token(b, p.lead + 2u * order[p.r + s - p.lead] + p.a_odd, i);
+        } else {
+            merge_into(b, na, s - p.lead - unmerged, i);
+        }
+    }
+    for (var o = lid; o < p.n_grid; o += WG) {
+        let i = b * p.n_grid + o;
+        var cur = p.lead + o;
+        if ((p.flags & 2u) == 0u) {
+            cur = stage_map[i];
+        }
+        stage_map[i] = slots[cur];
+    }
+}
