@@ -84,6 +84,7 @@ fn peak_activation_memory_is_what_is_allocated() {
             &model.weights,
             &plan.clone().with_batch(2),
             &gpu().limits,
+            sret_tome::kernels::program::subgroup_width(gpu()),
         );
         assert_eq!(mb, 2);
         assert_eq!(
@@ -148,6 +149,7 @@ fn activation_arena_is_tightly_packed_and_within_budget() {
                 &model.weights,
                 &plan.clone().with_batch(batch),
                 &wgpu::Limits::default(),
+                None,
             );
             let total: u64 = arena.buffer_sizes.iter().sum();
             assert!(total >= arena.peak_live_bytes);

@@ -364,7 +364,9 @@ fn mean_tokens_matches_cpu() {
         // The mean of a grid read through an unmerge map from a merged sequence of 20 tokens
         // (as SReT's head reads its last stage): the gather then the mean on the CPU.
         let merged = 20;
-        let map: Vec<u32> = (0..batch * n).map(|i| ((i * 7 + i / 5) % merged) as u32).collect();
+        let map: Vec<u32> = (0..batch * n)
+            .map(|i| ((i * 7 + i / 5) % merged) as u32)
+            .collect();
         let grid: Vec<f32> = (0..batch * n * c)
             .map(|i| {
                 let (t, ch) = (i / c, i % c);
@@ -386,7 +388,10 @@ fn mean_tokens_matches_cpu() {
         });
         let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
         expect(err <= tol(f16), || {
-            format!("mean through a map (f16: {f16}): {err} (tolerance {:e})", tol(f16))
+            format!(
+                "mean through a map (f16: {f16}): {err} (tolerance {:e})",
+                tol(f16)
+            )
         });
     }
 }
@@ -722,6 +727,13 @@ fn check_merges_in(
 
     // The matching has an 8-lane subgroup variant for 32-channel heads; check both. The steps
     // after matching run fused where the device has the workgroup memory, else as four kernels.
+    let g = gpu();
+    if g.info.name.contains("llvmpipe") && g.info.backend == wgpu::Backend::Vulkan {
+        assert!(
+            merge::fused_fits(n, &g.limits),
+            "lavapipe runs the fused merge"
+        );
+    }
     let unfused_limits = wgpu::Limits {
         max_compute_workgroup_storage_size: merge::FUSED_WORKGROUP_BYTES - 4,
         ..gpu().limits.clone()
@@ -765,13 +777,19 @@ fn check_merges_in(
             let fused_steps = (0..b.dispatch_count())
                 .filter(|&i| b.step(i).0.kernel == Kernel::TomeMergeFused)
                 .count();
-            assert_eq!(fused_steps, if fused { 2 } else { 0 }, "fused: {fused}");
+            // Fused wherever the limits allow (on lavapipe's Vulkan they do; see below).
+            let want = [n, n2]
+                .into_iter()
+                .filter(|&m| merge::fused_fits(m, &limits))
+                .count();
+            assert_eq!(fused_steps, want, "fused: {fused}");
+            assert!(
+                fused || want == 0,
+                "the unfused limits still fit the fused kernel"
+            );
             // The restored grid's mean, read through the composed map (as SReT's head does).
             let mean = b.activation("grid mean", batch * dim);
-            let grid = merge::Unmerge {
-                map,
-                tokens: n3,
-            };
+            let grid = merge::Unmerge { map, tokens: n3 };
             norm::mean_tokens(b, Family::Head, batch, n_grid, dim, c.x, Some(grid), mean);
             vec![a.x, a.mass, a.slot, c.x, c.mass, map, mean]
         });
@@ -790,7 +808,11 @@ fn check_merges_in(
             (as_f32(&got[1]), &want_m2, "mass after merge 1"),
             (tokens(&got[3], &want_x3), &want_x3, "x after merge 2"),
             (as_f32(&got[4]), &want_m3, "mass after merge 2"),
-            (tokens(&got[6], &want_mean), &want_mean, "mean of the restored grid"),
+            (
+                tokens(&got[6], &want_mean),
+                &want_mean,
+                "mean of the restored grid",
+            ),
         ]
         .into_iter()
         .enumerate()

@@ -122,6 +122,7 @@ pub fn run(a: PlanArgs, kernels: Option<Variants>) -> Result<()> {
                 &weights,
                 &spec.clone().with_batch(batch),
                 &wgpu::Limits::default(),
+                width,
             );
             Some((
                 batch,

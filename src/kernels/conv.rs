@@ -202,7 +202,13 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         let tensors = [io.x, io.weight, io.bias, pos, io.y, map.unwrap_or(io.x)];
         b.dispatch(family, key, &p, &tensors, grid);
     } else {
-        b.dispatch(family, key, &p, &[io.x, io.weight, io.bias, pos, io.y], grid);
+        b.dispatch(
+            family,
+            key,
+            &p,
+            &[io.x, io.weight, io.bias, pos, io.y],
+            grid,
+        );
     }
 }
 

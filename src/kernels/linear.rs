@@ -192,14 +192,18 @@ fn record_with(
 }
 
 /// How the subgroup kernel tiles `m` rows: `(full, last)`, `full` tiles of [`SG_TILE_ROWS`]
-/// rows and a last tile of `last` rows after them. A rest of up to 16 rows joins the last full
-/// tile (a 40- or 48-row tile: the weights it loads serve 8 or 16 more rows), or runs as an 8-
-/// or 16-row tile where there is no full tile to join.
+/// rows (the last of them clamped at `m`) and a last tile of `last` rows after them, which
+/// costs a dispatch of its own. All rows go in one dispatch of 32-row tiles where the idle rows
+/// of the last tile are at most an eighth of the rows computed: a dispatch costs microseconds
+/// on a GPU, more than those rows. Otherwise a rest of up to 16 rows joins the last full tile
+/// (a 40- or 48-row tile: the weights it loads serve 8 or 16 more rows), or runs as an 8- or
+/// 16-row tile where there is no full tile to join.
 pub fn sg_tiles(m: usize) -> (usize, Option<usize>) {
     let big = SG_TILE_ROWS;
     match (m / big, m % big) {
         (0, 1..=8) => (0, Some(8)),
         (0, 9..=16) => (0, Some(16)),
+        (f, r @ 1..=16) if (big - r) * 8 <= (f + 1) * big => (f + 1, None),
         (f, r @ 1..=16) => (f - 1, Some(big + r.next_multiple_of(8))),
         (f, r) => (f + (r > 0) as usize, None),
     }
@@ -254,4 +258,38 @@ pub fn flops(p: &LinearParams, key: &KernelKey, _bound: &[u64]) -> u64 {
     };
     let normalise = if p.norm != 0 { 2 * rows * k } else { 0 };
     rows * n * (2 * k + epilogue) + normalise
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subgroup_tiles_cover_every_row_once() {
+        // SReT-T's rows at batch 1: one dispatch for 784 (16 idle rows of 800) and 196 (28 of
+        // 224, an eighth); 69 and 45 rows keep a 40- and a 48-row last tile.
+        assert_eq!(sg_tiles(784), (25, None));
+        assert_eq!(sg_tiles(196), (7, None));
+        assert_eq!(sg_tiles(69), (1, Some(40)));
+        assert_eq!(sg_tiles(45), (0, Some(48)));
+        assert_eq!(sg_tiles(5), (0, Some(8)));
+        assert_eq!(sg_tiles(84), (3, None));
+        for m in 1..5000 {
+            let (full, last) = sg_tiles(m);
+            let covered = full * SG_TILE_ROWS + last.unwrap_or(0);
+            let rest = m.saturating_sub(full * SG_TILE_ROWS);
+            match last {
+                // The last tile starts after the full ones and holds the rest, a multiple of 8.
+                Some(rows) => assert!(rows >= rest && rows - rest < 8 && rows % 8 == 0, "{m}"),
+                // The full tiles hold every row, the last one clamped.
+                None => assert!(covered >= m && covered - m < SG_TILE_ROWS, "{m}"),
+            }
+            // Idle rows: at most an eighth of the rows computed, except below one full tile or
+            // where a rest of more than 16 rows runs as a whole 32-row tile.
+            if last.is_none() && m > SG_TILE_ROWS && m % SG_TILE_ROWS <= 16 && m % SG_TILE_ROWS > 0
+            {
+                assert!((covered - m) * 8 <= covered, "{m}");
+            }
+        }
+    }
 }

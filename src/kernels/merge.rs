@@ -1,7 +1,7 @@
 //! Token merging on the GPU: metric, matching, ordering, slot map, weighted merge and
 //! composition of the stage's unmerge map (the unmerge itself is folded into the loads of the
-//! kernels that read the grid: [`Unmerge`]). Every size is static per plan; only
-//! the choice of tokens depends on the data, and it never leaves the GPU.
+//! kernels that read the grid: [`Unmerge`]). Every size is static per plan; only the choice of
+//! tokens depends on the data, and it never leaves the GPU.
 
 use crate::kernels::params::{
     TomeMapUpdateParams, TomeMatchParams, TomeMergeFusedParams, TomeMergeParams, TomeMetricParams,
@@ -18,7 +18,8 @@ pub const FUSED_MAX_TOKENS: usize = 2040;
 pub const FUSED_INVOCATIONS: u32 = 256;
 /// Workgroup memory of `tome_merge_fused.wgsl`: a u32 per token (slots) and two per A token
 /// (ranks and rank order).
-pub const FUSED_WORKGROUP_BYTES: u32 = (FUSED_MAX_TOKENS * 4 + 2 * (FUSED_MAX_TOKENS / 2) * 4) as u32;
+pub const FUSED_WORKGROUP_BYTES: u32 =
+    (FUSED_MAX_TOKENS * 4 + 2 * (FUSED_MAX_TOKENS / 2) * 4) as u32;
 
 /// Storage buffers `tome_merge_fused.wgsl` binds (WebGPU's default limit; the unfused kernels
 /// bind at most 6).
@@ -136,7 +137,12 @@ pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label:
 }
 
 /// Record the matching metric of every token of `s` on its own: `[batch, n, head_dim]` f32.
-pub fn record_metric(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> TensorId {
+pub fn record_metric(
+    b: &mut ProgramBuilder,
+    s: MergeShape,
+    qkv: TensorId,
+    label: &str,
+) -> TensorId {
     let hd = s.dim / s.heads;
     let metric = b.activation_words(format!("{label} metric"), s.batch * s.n * hd);
     let g = b.grid(s.batch * s.n, 64);
@@ -198,7 +204,16 @@ pub fn record_merge(
                 a_odd,
                 sorted,
             },
-            &[x, mass.unwrap_or(x), row_max, dst, x_out, mass_out, slot, map],
+            &[
+                x,
+                mass.unwrap_or(x),
+                row_max,
+                dst,
+                x_out,
+                mass_out,
+                slot,
+                map,
+            ],
             g,
         );
         return outputs;

@@ -1,7 +1,7 @@
 //! LayerNorm over the channels of every token, and global average pooling over tokens.
 
-use crate::kernels::params::{MeanTokensParams, NormParams};
 use crate::kernels::merge::Unmerge;
+use crate::kernels::params::{MeanTokensParams, NormParams};
 use crate::kernels::{Family, Kernel, KernelKey, ProgramBuilder, TensorId};
 
 /// Record a LayerNorm over the last axis: `y[i] = (x[i] - mean) / sqrt(var + eps) * gamma + beta`

@@ -259,12 +259,15 @@ pub fn split_batch(
 
 /// The memory plan of a forward at `spec.batch` images, computed without a device: the
 /// micro-batch it would run as and where its activations would go (`arena.buffer_sizes` sum to
-/// the peak activation memory).
+/// the peak activation memory), with the kernels a device with `limits` and subgroups of
+/// `subgroup_width` lanes runs (`None`: the portable ones; the subgroup matcher, for one, reads
+/// a metric the portable one keeps on chip).
 pub fn memory_plan(
     cfg: &ModelConfig,
     weights: &ModelWeights,
     spec: &ForwardSpec,
     limits: &wgpu::Limits,
+    subgroup_width: Option<u32>,
 ) -> (usize, crate::kernels::arena::ArenaLayout) {
     let (_, mb) = split_batch(cfg, weights, spec, limits);
     let micro = ForwardSpec {
@@ -273,7 +276,7 @@ pub fn memory_plan(
     };
     (
         mb,
-        record::record(cfg, weights, &micro, limits, None)
+        record::record(cfg, weights, &micro, limits, subgroup_width)
             .builder
             .arena_layout(),
     )

@@ -184,7 +184,10 @@ fn stage(
         return (seq.x, grid);
     };
     let input = grid.map_or(Layout::Tokens, Layout::Unmerged);
-    (record_pool(b, bt, s, cfg.grid_side(s), pool, seq.x, input), None)
+    (
+        record_pool(b, bt, s, cfg.grid_side(s), pool, seq.x, input),
+        None,
+    )
 }
 
 /// Execution `exec` of stage `s`: sliced attention of its shared block, the merge the

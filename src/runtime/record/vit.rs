@@ -365,7 +365,15 @@ fn pit_pool(
     let pooled = if seq.merged {
         record_pool(b, bt, s, side, pool, seq.x, Layout::Unmerged(seq.unmerge()))
     } else {
-        let grid = patch_tokens(b, cfg, bt, s, seq, Family::Pooling, format!("stage{s} grid"));
+        let grid = patch_tokens(
+            b,
+            cfg,
+            bt,
+            s,
+            seq,
+            Family::Pooling,
+            format!("stage{s} grid"),
+        );
         record_pool(b, bt, s, side, pool, grid, Layout::Tokens)
     };
     let fcw = linear::upload(b, &format!("pools.{s}.fc"), fc);
