@@ -34,26 +34,8 @@ const CHUNK: u32 = 2048u / HEAD_DIM;
 
 var<workgroup> keys: array<f32, 2048>;
 
-// The metric of token `t` of image `b` (its keys averaged over heads, L2-normalised).
-fn metric(b: u32, t: u32) -> array<f32, HEAD_DIM> {
-    let kbase = (b * p.n + t) * 3u * p.dim + p.dim;
-    var m: array<f32, HEAD_DIM>;
-    var norm2 = 0.0;
-    let inv_heads = 1.0 / f32(p.heads);
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        var s = 0.0;
-        for (var h = 0u; h < p.heads; h++) {
-            s += f32(qkv[kbase + h * HEAD_DIM + d]);
-        }
-        m[d] = s * inv_heads;
-        norm2 += m[d] * m[d];
-    }
-    let inv = 1.0 / sqrt(norm2);
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        m[d] = m[d] * inv;
-    }
-    return m;
-}
+// metric_of(), a token's metric, comes from shaders/lib/tome_metric_of.wgsl (appended by
+// src/kernels/catalogue.rs), as in tome_metric.wgsl.
 
 @compute @workgroup_size(64)
 fn main(
@@ -73,7 +55,7 @@ fn main(
     let in_set = a < na;
     var ra: array<f32, HEAD_DIM>;
     if (in_set) {
-        ra = metric(b, p.lead + 2u * a + p.a_odd);
+        ra = metric_of(b * p.n + p.lead + 2u * a + p.a_odd);
     }
     var best = -3.4e38;
     var arg = 0u;
@@ -81,7 +63,7 @@ fn main(
         // The previous chunk is scored by every invocation before it is overwritten.
         workgroupBarrier();
         for (var t = lid; t < CHUNK && j0 + t < nb; t += WG) {
-            let m = metric(b, p.lead + 2u * (j0 + t) + 1u - p.a_odd);
+            let m = metric_of(b * p.n + p.lead + 2u * (j0 + t) + 1u - p.a_odd);
             for (var d = 0u; d < HEAD_DIM; d++) {
                 keys[t * HEAD_DIM + d] = m[d];
             }

@@ -25,20 +25,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (t >= p.batch * p.n) {
         return;
     }
-    let kbase = t * 3u * p.dim + p.dim;
-    var m: array<f32, HEAD_DIM>;
-    var norm2 = 0.0;
-    let inv_heads = 1.0 / f32(p.heads);
+    // metric_of() comes from shaders/lib/tome_metric_of.wgsl (appended).
+    let m = metric_of(t);
     for (var d = 0u; d < HEAD_DIM; d++) {
-        var s = 0.0;
-        for (var h = 0u; h < p.heads; h++) {
-            s += f32(qkv[kbase + h * HEAD_DIM + d]);
-        }
-        m[d] = s * inv_heads;
-        norm2 += m[d] * m[d];
-    }
-    let inv = 1.0 / sqrt(norm2);
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        metric[t * HEAD_DIM + d] = m[d] * inv;
+        metric[t * HEAD_DIM + d] = m[d];
     }
 }

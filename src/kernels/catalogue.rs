@@ -80,6 +80,12 @@ const LINEAR_LIBS: &[&str] = &[
     include_str!("../../shaders/lib/gelu.wgsl"),
 ];
 
+/// The weighted merge of one token, shared by the unfused and the fused merge.
+const MERGE_LIBS: &[&str] = &[include_str!("../../shaders/lib/tome_merge_into.wgsl")];
+
+/// A token's matching metric, shared by the metric kernel and the portable matcher.
+const METRIC_LIBS: &[&str] = &[include_str!("../../shaders/lib/tome_metric_of.wgsl")];
+
 /// Everything an entry declares besides its name.
 struct Entry {
     text: Text,
@@ -267,7 +273,7 @@ catalogue! {
     /// to that variant when autotune compares the two.
     TomeMetric = "tome_metric" {
         text: Text::File(include_str!("../../shaders/tome_metric.wgsl")),
-        libs: &[],
+        libs: METRIC_LIBS,
         params: TomeMetricParams,
         kind: Some((KernelKind::Matching, Variant::Subgroup)),
         needs: Needs::NONE,
@@ -277,7 +283,7 @@ catalogue! {
     /// and the score.
     TomeMatch = "tome_match" {
         text: Text::File(include_str!("../../shaders/tome_match.wgsl")),
-        libs: &[],
+        libs: METRIC_LIBS,
         params: TomeMatchParams,
         kind: Some((KernelKind::Matching, Variant::Portable)),
         needs: Needs {
@@ -317,7 +323,7 @@ catalogue! {
     /// Matching step 4: the mass-weighted merge into the new sequence.
     TomeMerge = "tome_merge" {
         text: Text::File(include_str!("../../shaders/tome_merge.wgsl")),
-        libs: &[],
+        libs: MERGE_LIBS,
         params: TomeMergeParams,
         kind: None,
         needs: Needs::NONE,
@@ -327,7 +333,7 @@ catalogue! {
     /// kernels above, for sequences of up to [`merge::FUSED_MAX_TOKENS`] tokens).
     TomeMergeFused = "tome_merge_fused" {
         text: Text::File(include_str!("../../shaders/tome_merge_fused.wgsl")),
-        libs: &[],
+        libs: MERGE_LIBS,
         params: TomeMergeFusedParams,
         kind: None,
         needs: Needs {
