@@ -197,19 +197,11 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
     };
     // The dense kernels bind no map (their input is NCHW); where a kernel reads no positional
     // embedding or map, the bias or the input stands in for it.
-    let pos = io.pos.unwrap_or(io.bias);
+    let mut tensors = vec![io.x, io.weight, io.bias, io.pos.unwrap_or(io.bias), io.y];
     if key.kernel == Kernel::Conv {
-        let tensors = [io.x, io.weight, io.bias, pos, io.y, map.unwrap_or(io.x)];
-        b.dispatch(family, key, &p, &tensors, grid);
-    } else {
-        b.dispatch(
-            family,
-            key,
-            &p,
-            &[io.x, io.weight, io.bias, pos, io.y],
-            grid,
-        );
+        tensors.push(map.unwrap_or(io.x));
     }
+    b.dispatch(family, key, &p, &tensors, grid);
 }
 
 /// Arithmetic of one convolution dispatch over its band of `oh_run` output rows: `2 cin/groups
