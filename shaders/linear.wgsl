@@ -2,9 +2,11 @@
 //   mode 0: y = acc + b
 //   mode 1: y = gelu(acc + b)              (exact GELU through an erfc with 1.2e-7 relative error)
 //   mode 2: y = ca * y + cb * (acc + b)    (residual with SReT's learnable coefficients, in place)
-// With `norm` set, every row of x is normalised as it is loaded, (x - mean) * rstd with the
-// row's statistics from ln_stats.wgsl: LayerNorm fused into its consumer, its affine part folded
-// into W and b at upload.
+// With `norm` set (the width of the parts of a row's statistics), every row of x is normalised as
+// it is loaded, (x - mean) * rstd with the row's statistics combined from their parts
+// (shaders/lib/ln_row_stats.wgsl): LayerNorm fused into its consumer, its affine part folded
+// into W and b at upload. With `stats_out` set, the kernel writes the statistics of the rows it
+// stores for the next such layer, a part per 8-column tile (n a multiple of 8).
 // The weights are stored transposed and padded, W^T [k, n_pad] with n_pad a multiple of 8, so
 // the 8 output columns of a tile are two aligned vec4 loads per k. Each invocation keeps an
 // 8 x 8 tile of y in registers: per k it loads 8 values of x and 2 vec4 of W for 64 multiply-adds.
@@ -25,6 +27,8 @@ struct Params {
     cb: f32,
     norm: u32,
     m_base: u32,
+    eps: f32,
+    stats_out: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,11 +37,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
 @group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> part_out: array<vec2<f32>>;
 
 const WG: u32 = 64u;
 
-// epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
-// src/kernels/catalogue.rs.
+// epilogue() (the modes above), gelu() and row_stats() come from shaders/lib/,
+// appended by src/kernels/catalogue.rs.
 
 fn store(row: u32, col: u32, acc: f32, b: f32) {
     if (col >= p.n) {
@@ -62,6 +67,30 @@ fn store_row(row: u32, n0: u32, lo: vec4<f32>, hi: vec4<f32>) {
     store(row, n0 + 5u, hi.y, b1.y);
     store(row, n0 + 6u, hi.z, b1.z);
     store(row, n0 + 7u, hi.w, b1.w);
+}
+
+// The statistics of the 8 columns of each of the tile's rows, read back (this invocation's own
+// writes, so no barrier): a loop where the stores are unrolled keeps the kernel quick for a
+// shader compiler. The recorder asks for statistics where n is a multiple of 8.
+fn row_stats_out(m0: u32, n0: u32) {
+    for (var r = 0u; r < 8u; r++) {
+        let row = m0 + r;
+        if (row >= p.m) {
+            break;
+        }
+        let o = row * p.n + n0;
+        var sum = 0.0;
+        for (var c = 0u; c < 8u; c++) {
+            sum += f32(y[o + c]);
+        }
+        let mean = sum / 8.0;
+        var sq = 0.0;
+        for (var c = 0u; c < 8u; c++) {
+            let d = f32(y[o + c]) - mean;
+            sq += d * d;
+        }
+        part_out[row * (p.n / 8u) + n0 / 8u] = vec2<f32>(mean, sq);
+    }
 }
 
 @compute @workgroup_size(64)
@@ -93,14 +122,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var s6 = s0;
     var s7 = s0;
     if (p.norm != 0u) {
-        s0 = stats[min(m0 + 0u, p.m - 1u)];
-        s1 = stats[min(m0 + 1u, p.m - 1u)];
-        s2 = stats[min(m0 + 2u, p.m - 1u)];
-        s3 = stats[min(m0 + 3u, p.m - 1u)];
-        s4 = stats[min(m0 + 4u, p.m - 1u)];
-        s5 = stats[min(m0 + 5u, p.m - 1u)];
-        s6 = stats[min(m0 + 6u, p.m - 1u)];
-        s7 = stats[min(m0 + 7u, p.m - 1u)];
+        s0 = row_stats(min(m0 + 0u, p.m - 1u));
+        s1 = row_stats(min(m0 + 1u, p.m - 1u));
+        s2 = row_stats(min(m0 + 2u, p.m - 1u));
+        s3 = row_stats(min(m0 + 3u, p.m - 1u));
+        s4 = row_stats(min(m0 + 4u, p.m - 1u));
+        s5 = row_stats(min(m0 + 5u, p.m - 1u));
+        s6 = row_stats(min(m0 + 6u, p.m - 1u));
+        s7 = row_stats(min(m0 + 7u, p.m - 1u));
     }
     var a0 = vec4<f32>(0.0);
     var b0 = vec4<f32>(0.0);
@@ -157,4 +186,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     store_row(m0 + 5u, n0, a5, b5);
     store_row(m0 + 6u, n0, a6, b6);
     store_row(m0 + 7u, n0, a7, b7);
+    if (p.stats_out != 0u && n0 + 8u <= p.n) {
+        row_stats_out(m0, n0);
+    }
 }

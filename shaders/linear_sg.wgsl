@@ -8,12 +8,15 @@
 // lane + SG, ...) and shares them with subgroupBroadcast, so a value of x is loaded once per
 // workgroup instead of once per lane; loads, not arithmetic, are what a software rasteriser
 // pays for. On other adapters the portable linear.wgsl runs. With `norm` set, rows of x are
-// normalised as they are loaded (LayerNorm fused into its consumer; see linear.wgsl).
+// normalised as they are loaded (LayerNorm fused into its consumer; see linear.wgsl); with
+// `stats_out`, each lane writes the statistics of the PW columns of each row it stores, one
+// part of the row's statistics (shaders/lib/ln_row_stats.wgsl).
 //
 //   SG      4   8  16  32  64
 //   CV      2   2   1   1   1   (vec4 of columns per lane)
 //   DUP     1   1   1   1   2   (lanes per column group)
 //   TN     32  64  64 128 128   (tile columns; src/kernels/linear.rs computes the same)
+//   PW      8   8   4   4   2   (columns a lane stores: a part of the row statistics)
 //   XN    8   4   2   1   1   (x loads per lane per k: ceil(ROWS / SG))
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
@@ -26,6 +29,7 @@ const DUP: u32 = max(1u, SG / 32u);
 const TN: u32 = 4u * CV * SG / DUP;
 const ROWS: u32 = 32u;
 const XN: u32 = (ROWS + SG - 1u) / SG;
+const PW: u32 = 4u * CV / DUP;
 
 struct Params {
     m: u32,
@@ -38,6 +42,8 @@ struct Params {
     norm: u32,
     // first row of this dispatch's tiles (a tail dispatch starts after the full tiles)
     m_base: u32,
+    eps: f32,
+    stats_out: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,8 +52,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
 @group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> part_out: array<vec2<f32>>;
 
-// epilogue() and gelu() come from shaders/lib/, appended by src/kernels/catalogue.rs.
+// epilogue(), gelu() and row_stats() come from shaders/lib/, appended by
+// src/kernels/catalogue.rs.
 
 var<private> col0: u32;
 // Which of the DUP lanes sharing a column group this lane is (it stores that share).
@@ -78,6 +86,35 @@ fn store_row(row: u32, lo: vec4<f32>, hi: vec4<f32>) {
     }
 }
 
+// The statistics of the PW columns of each row of the tile this lane stored, read back (its own
+// writes, so no barrier): a loop where the stores are unrolled keeps the kernel quick for a
+// shader compiler. The recorder asks for statistics where n is a multiple of 8, so a lane
+// stores all of its columns or none.
+fn row_stats_out(m0: u32) {
+    let first = col0 + share * PW;
+    if (first + PW > p.n) {
+        return;
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        let row = m0 + r;
+        if (row >= p.m) {
+            break;
+        }
+        let o = row * p.n + first;
+        var sum = 0.0;
+        for (var c = 0u; c < PW; c++) {
+            sum += f32(y[o + c]);
+        }
+        let mean = sum / f32(PW);
+        var sq = 0.0;
+        for (var c = 0u; c < PW; c++) {
+            let d = f32(y[o + c]) - mean;
+            sq += d * d;
+        }
+        part_out[row * (p.n / PW) + first / PW] = vec2<f32>(mean, sq);
+    }
+}
+
 @compute @workgroup_size(SG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(subgroup_invocation_id) lane: u32) {
@@ -104,56 +141,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let r = min(m0 + 0u * SG + lane, p.m - 1u);
         rw[min(0u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(0u, XN - 1u)] = stats[r];
+            st[min(0u, XN - 1u)] = row_stats(r);
         }
     }
     if (1u < XN) {
         let r = min(m0 + 1u * SG + lane, p.m - 1u);
         rw[min(1u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(1u, XN - 1u)] = stats[r];
+            st[min(1u, XN - 1u)] = row_stats(r);
         }
     }
     if (2u < XN) {
         let r = min(m0 + 2u * SG + lane, p.m - 1u);
         rw[min(2u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(2u, XN - 1u)] = stats[r];
+            st[min(2u, XN - 1u)] = row_stats(r);
         }
     }
     if (3u < XN) {
         let r = min(m0 + 3u * SG + lane, p.m - 1u);
         rw[min(3u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(3u, XN - 1u)] = stats[r];
+            st[min(3u, XN - 1u)] = row_stats(r);
         }
     }
     if (4u < XN) {
         let r = min(m0 + 4u * SG + lane, p.m - 1u);
         rw[min(4u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(4u, XN - 1u)] = stats[r];
+            st[min(4u, XN - 1u)] = row_stats(r);
         }
     }
     if (5u < XN) {
         let r = min(m0 + 5u * SG + lane, p.m - 1u);
         rw[min(5u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(5u, XN - 1u)] = stats[r];
+            st[min(5u, XN - 1u)] = row_stats(r);
         }
     }
     if (6u < XN) {
         let r = min(m0 + 6u * SG + lane, p.m - 1u);
         rw[min(6u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(6u, XN - 1u)] = stats[r];
+            st[min(6u, XN - 1u)] = row_stats(r);
         }
     }
     if (7u < XN) {
         let r = min(m0 + 7u * SG + lane, p.m - 1u);
         rw[min(7u, XN - 1u)] = r * p.k;
         if (p.norm != 0u) {
-            st[min(7u, XN - 1u)] = stats[r];
+            st[min(7u, XN - 1u)] = row_stats(r);
         }
     }
     var a0_0 = vec4<f32>(0.0);
@@ -398,4 +435,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     store_row(m0 + 29u, a29_0 + b0, a29_1 + b1);
     store_row(m0 + 30u, a30_0 + b0, a30_1 + b1);
     store_row(m0 + 31u, a31_0 + b0, a31_1 + b1);
+    if (p.stats_out != 0u) {
+        row_stats_out(m0);
+    }
 }

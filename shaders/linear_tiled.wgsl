@@ -2,7 +2,8 @@
 //   mode 0: y = acc + b
 //   mode 1: y = gelu(acc + b)
 //   mode 2: y = ca * y + cb * (acc + b)    (in place)
-// and its optional row normalisation as x is loaded (`norm`, statistics from ln_stats.wgsl).
+// its optional row normalisation as x is loaded (`norm`, shaders/lib/ln_row_stats.wgsl) and its
+// row statistics for the next such layer (`stats_out`: here a part per 64-column tile).
 // The classic GPU tiling with workgroup memory: a workgroup of 256 invocations owns a 64 x 64
 // tile of y. Per step of 16 along k it stages a 64 x 16 block of x (normalised, transposed so
 // four rows are one vec4) and a 16 x 64 block of W^T [k, n_pad] in workgroup memory (8.5 KiB in
@@ -26,6 +27,8 @@ struct Params {
     cb: f32,
     norm: u32,
     m_base: u32,
+    eps: f32,
+    stats_out: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,6 +37,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<elem>>;
 @group(0) @binding(4) var<storage, read_write> y: array<elem>;
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> part_out: array<vec2<f32>>;
 
 // Tile rows, columns and depth; 16 x 16 invocations of 4 x 4 outputs each.
 const TM: u32 = 64u;
@@ -43,26 +47,69 @@ const TK: u32 = 16u;
 // xs[kk * 16 + r]: rows 4r..4r+3 of the tile at depth kk; ws[kk * 16 + c]: columns 4c..4c+3.
 var<workgroup> xs: array<vec4<f32>, 256>;
 var<workgroup> ws: array<vec4<f32>, 256>;
-// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation.
+// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation; after the product, the
+// row means of the statistics written (tile_stats()).
 var<workgroup> st: array<vec2<f32>, 64>;
 
-// epilogue() (the modes above) and gelu() come from shaders/lib/, appended by
-// src/kernels/catalogue.rs.
+// epilogue() (the modes above), gelu() and row_stats() come from shaders/lib/,
+// appended by src/kernels/catalogue.rs.
 
-fn store(row: u32, col: u32, acc: f32, b: f32) {
+// Stores one output, returning the stored value (0 past the last row or column).
+fn store(row: u32, col: u32, acc: f32, b: f32) -> f32 {
     if (row >= p.m || col >= p.n) {
-        return;
+        return 0.0;
     }
-    let v = acc + b;
-    let o = row * p.n + col;
-    epilogue(o, v);
+    return epilogue(row * p.n + col, acc + b);
 }
 
-fn store_row(row: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {
-    store(row, n0, acc.x, b.x);
-    store(row, n0 + 1u, acc.y, b.y);
-    store(row, n0 + 2u, acc.z, b.z);
-    store(row, n0 + 3u, acc.w, b.w);
+fn store_row(row: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        store(row, n0, acc.x, b.x),
+        store(row, n0 + 1u, acc.y, b.y),
+        store(row, n0 + 2u, acc.z, b.z),
+        store(row, n0 + 3u, acc.w, b.w),
+    );
+}
+
+// xs as 1024 f32, for the statistics' reductions: entry (tile row, tx).
+fn red_set(row: u32, tx: u32, v: f32) {
+    let i = row * 16u + tx;
+    xs[i / 4u][i % 4u] = v;
+}
+
+fn red_sum(row: u32) -> f32 {
+    var s = 0.0;
+    for (var t = 0u; t < 16u; t++) {
+        let i = row * 16u + t;
+        s += xs[i / 4u][i % 4u];
+    }
+    return s;
+}
+
+// The statistics of the tile's rows over its columns within n (one part of TN columns per row;
+// a row's last part may be narrower): the row mean from the 16 invocations sharing the row
+// through workgroup memory, then the squared deviations from it the same way. `v[j]` holds
+// the stored values of row 4ty + j, columns 4tx.. (0 where nothing was stored).
+fn tile_stats(li: u32, tx: u32, ty: u32, n0: u32, m0: u32, v: array<vec4<f32>, 4>) {
+    let c = n0 + tx * 4u;
+    let mask = select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(c, c + 1u, c + 2u, c + 3u) < vec4<u32>(p.n));
+    for (var j = 0u; j < 4u; j++) {
+        red_set(ty * 4u + j, tx, dot(v[j], mask));
+    }
+    workgroupBarrier();
+    if (li < TM) {
+        st[li] = vec2<f32>(red_sum(li) / f32(min(TN, p.n - n0)), 0.0);
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < 4u; j++) {
+        let d = (v[j] - st[ty * 4u + j].x) * mask;
+        red_set(ty * 4u + j, tx, dot(d, d));
+    }
+    workgroupBarrier();
+    if (li < TM && m0 + li < p.m) {
+        let parts = (p.n + TN - 1u) / TN;
+        part_out[(m0 + li) * parts + n0 / TN] = vec2<f32>(st[li].x, red_sum(li));
+    }
 }
 
 @compute @workgroup_size(256)
@@ -83,7 +130,7 @@ fn main(
     if (li < TM) {
         var s = vec2<f32>(0.0, 1.0);
         if (p.norm != 0u) {
-            s = stats[min(m0 + li, p.m - 1u)];
+            s = row_stats(min(m0 + li, p.m - 1u));
         }
         st[li] = s;
     }
@@ -129,14 +176,20 @@ fn main(
         }
         workgroupBarrier();
     }
+    // Invocations past the last column store nothing, but meet the statistics' barriers.
     let c = n0 + tx * 4u;
-    if (c >= p.n_pad) {
-        return;
+    var b = vec4<f32>(0.0);
+    if (c < p.n_pad) {
+        b = vec4<f32>(bias[c / 4u]);
     }
-    let b = vec4<f32>(bias[c / 4u]);
     let r = m0 + ty * 4u;
-    store_row(r, c, a0, b);
-    store_row(r + 1u, c, a1, b);
-    store_row(r + 2u, c, a2, b);
-    store_row(r + 3u, c, a3, b);
+    let v = array<vec4<f32>, 4>(
+        store_row(r, c, a0, b),
+        store_row(r + 1u, c, a1, b),
+        store_row(r + 2u, c, a2, b),
+        store_row(r + 3u, c, a3, b),
+    );
+    if (p.stats_out != 0u) {
+        tile_stats(li, tx, ty, n0, m0, v);
+    }
 }

@@ -1,7 +1,9 @@
 // The statistics of LayerNorm over the last dimension, for a linear layer that normalises its
 // input as it loads it (LayerNorm fused into its consumer, the affine part folded into the
-// consumer's weights): per row the mean and 1 / sqrt(var + eps), biased variance as torch, two
-// passes over the row as layernorm.wgsl. One invocation per row.
+// consumer's weights), where no kernel wrote them beside the rows: per row the mean and the sum
+// of squared deviations from it, two passes over the row as layernorm.wgsl, the row as one part
+// of shaders/lib/ln_row_stats.wgsl (the consumer adds eps; `p.eps` is not read). One invocation
+// per row.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
@@ -35,5 +37,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let d = f32(x[base + i]) - mean;
         sq += d * d;
     }
-    stats[row] = vec2<f32>(mean, inverseSqrt(sq / f32(p.c) + p.eps));
+    stats[row] = vec2<f32>(mean, sq);
 }

@@ -2,15 +2,21 @@
 //
 // Bipartite soft matching, step 1, for adapters with subgroups and heads of 32 channels: the
 // results of tome_match.wgsl (for every token of set A its most similar token of set B and that
-// similarity; exact ties keep the lower B index). A workgroup is SG lanes (SG at most the
-// adapter's smallest subgroup size, so one subgroup), one A token per lane, and walks the B
-// tokens NB = max(1, SG / 8) at a time: their normalised keys (NB x 8 vec4) are loaded once per
-// workgroup, KL = NB * 8 / SG loads per lane (load j of lane l: vec4 (j * SG + l) % 8 of key
-// (j * SG + l) / 8), and subgroupBroadcast hands them to every lane, where tome_match.wgsl has
-// every lane load the whole key. Sets as in tome_match.wgsl (lead tokens, A parity).
+// similarity; exact ties keep the lower B index), with the matching metric computed on the way
+// as there (tome_metric.wgsl's arithmetic and order of sums). A workgroup is SG lanes (SG at
+// most the adapter's smallest subgroup size, so one subgroup), one A token per lane, its metric
+// in registers, and walks the B tokens NB = max(1, SG / 8) at a time: their keys averaged over
+// heads (NB x 8 vec4) are loaded once per workgroup, KL = NB * 8 / SG vec4 per lane (load j of
+// lane l: vec4 (j * SG + l) % 8 of key (j * SG + l) / 8), subgroupBroadcast hands them to every
+// lane, and each lane normalises the whole key it receives, where tome_match.wgsl has every
+// lane load the whole key. Sets as in tome_match.wgsl (lead tokens, A parity).
+
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
+alias elem = f32;
 
 // Subgroup width (the workgroup size); src/kernels/pipelines.rs substitutes the adapter's.
 const SG: u32 = 8u;
+const HEAD_DIM: u32 = 32u;
 const NB: u32 = max(1u, SG / 8u);
 const KL: u32 = NB * 8u / SG;
 
@@ -19,15 +25,28 @@ struct Params {
     n: u32,
     lead: u32,
     a_odd: u32,
-    // unused here (tome_match.wgsl computes the metric from qkv; this kernel reads it).
     dim: u32,
     heads: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> metric: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<elem>;
 @group(0) @binding(2) var<storage, read_write> row_max: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<u32>;
+
+// metric_of(), a token's metric, comes from shaders/lib/tome_metric_of.wgsl (appended by
+// src/kernels/catalogue.rs), as in tome_match.wgsl.
+
+// Channels 4v..4v+3 of token t's key averaged over the heads: metric_of()'s sums, four at a time.
+fn head_mean4(t: u32, v: u32) -> vec4<f32> {
+    let base = t * 3u * p.dim + p.dim + 4u * v;
+    var s = vec4<f32>(0.0);
+    for (var h = 0u; h < p.heads; h++) {
+        let o = base + h * HEAD_DIM;
+        s += vec4<f32>(f32(qkv[o]), f32(qkv[o + 1u]), f32(qkv[o + 2u]), f32(qkv[o + 3u]));
+    }
+    return s * (1.0 / f32(p.heads));
+}
 
 @compute @workgroup_size(SG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -44,10 +63,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // nothing.
     let a_own = (tile % tiles) * SG + lane;
     let a = min(a_own, na - 1u);
-    let abase = (b * p.n + p.lead + 2u * a + p.a_odd) * 8u;
+    let m = metric_of(b * p.n + p.lead + 2u * a + p.a_odd);
     var ra: array<vec4<f32>, 8>;
     for (var d = 0u; d < 8u; d++) {
-        ra[d] = metric[abase + d];
+        ra[d] = vec4<f32>(m[4u * d], m[4u * d + 1u], m[4u * d + 2u], m[4u * d + 3u]);
     }
     var best = -3.4e38;
     var arg = 0u;
@@ -56,22 +75,64 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         if (0u < KL) {
             let f = 0u * SG + lane;
             let key = min(jb + f / 8u, nb - 1u);
-            kv[min(0u, KL - 1u)] = metric[(b * p.n + p.lead + 2u * key + 1u - p.a_odd) * 8u + f % 8u];
+            kv[min(0u, KL - 1u)] = head_mean4(b * p.n + p.lead + 2u * key + 1u - p.a_odd, f % 8u);
         }
         if (1u < KL) {
             let f = 1u * SG + lane;
             let key = min(jb + f / 8u, nb - 1u);
-            kv[min(1u, KL - 1u)] = metric[(b * p.n + p.lead + 2u * key + 1u - p.a_odd) * 8u + f % 8u];
+            kv[min(1u, KL - 1u)] = head_mean4(b * p.n + p.lead + 2u * key + 1u - p.a_odd, f % 8u);
         }
         if (0u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(0u / SG, KL - 1u)], 0u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(1u / SG, KL - 1u)], 1u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(2u / SG, KL - 1u)], 2u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(3u / SG, KL - 1u)], 3u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(4u / SG, KL - 1u)], 4u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(5u / SG, KL - 1u)], 5u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(6u / SG, KL - 1u)], 6u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(7u / SG, KL - 1u)], 7u % SG);
+            let k0 = subgroupBroadcast(kv[min(0u / SG, KL - 1u)], 0u % SG);
+            let k1 = subgroupBroadcast(kv[min(1u / SG, KL - 1u)], 1u % SG);
+            let k2 = subgroupBroadcast(kv[min(2u / SG, KL - 1u)], 2u % SG);
+            let k3 = subgroupBroadcast(kv[min(3u / SG, KL - 1u)], 3u % SG);
+            let k4 = subgroupBroadcast(kv[min(4u / SG, KL - 1u)], 4u % SG);
+            let k5 = subgroupBroadcast(kv[min(5u / SG, KL - 1u)], 5u % SG);
+            let k6 = subgroupBroadcast(kv[min(6u / SG, KL - 1u)], 6u % SG);
+            let k7 = subgroupBroadcast(kv[min(7u / SG, KL - 1u)], 7u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 0u < nb && s > best) {
                 best = s;
@@ -79,14 +140,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (1u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(8u / SG, KL - 1u)], 8u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(9u / SG, KL - 1u)], 9u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(10u / SG, KL - 1u)], 10u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(11u / SG, KL - 1u)], 11u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(12u / SG, KL - 1u)], 12u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(13u / SG, KL - 1u)], 13u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(14u / SG, KL - 1u)], 14u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(15u / SG, KL - 1u)], 15u % SG);
+            let k0 = subgroupBroadcast(kv[min(8u / SG, KL - 1u)], 8u % SG);
+            let k1 = subgroupBroadcast(kv[min(9u / SG, KL - 1u)], 9u % SG);
+            let k2 = subgroupBroadcast(kv[min(10u / SG, KL - 1u)], 10u % SG);
+            let k3 = subgroupBroadcast(kv[min(11u / SG, KL - 1u)], 11u % SG);
+            let k4 = subgroupBroadcast(kv[min(12u / SG, KL - 1u)], 12u % SG);
+            let k5 = subgroupBroadcast(kv[min(13u / SG, KL - 1u)], 13u % SG);
+            let k6 = subgroupBroadcast(kv[min(14u / SG, KL - 1u)], 14u % SG);
+            let k7 = subgroupBroadcast(kv[min(15u / SG, KL - 1u)], 15u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 1u < nb && s > best) {
                 best = s;
@@ -94,14 +197,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (2u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(16u / SG, KL - 1u)], 16u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(17u / SG, KL - 1u)], 17u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(18u / SG, KL - 1u)], 18u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(19u / SG, KL - 1u)], 19u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(20u / SG, KL - 1u)], 20u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(21u / SG, KL - 1u)], 21u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(22u / SG, KL - 1u)], 22u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(23u / SG, KL - 1u)], 23u % SG);
+            let k0 = subgroupBroadcast(kv[min(16u / SG, KL - 1u)], 16u % SG);
+            let k1 = subgroupBroadcast(kv[min(17u / SG, KL - 1u)], 17u % SG);
+            let k2 = subgroupBroadcast(kv[min(18u / SG, KL - 1u)], 18u % SG);
+            let k3 = subgroupBroadcast(kv[min(19u / SG, KL - 1u)], 19u % SG);
+            let k4 = subgroupBroadcast(kv[min(20u / SG, KL - 1u)], 20u % SG);
+            let k5 = subgroupBroadcast(kv[min(21u / SG, KL - 1u)], 21u % SG);
+            let k6 = subgroupBroadcast(kv[min(22u / SG, KL - 1u)], 22u % SG);
+            let k7 = subgroupBroadcast(kv[min(23u / SG, KL - 1u)], 23u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 2u < nb && s > best) {
                 best = s;
@@ -109,14 +254,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (3u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(24u / SG, KL - 1u)], 24u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(25u / SG, KL - 1u)], 25u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(26u / SG, KL - 1u)], 26u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(27u / SG, KL - 1u)], 27u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(28u / SG, KL - 1u)], 28u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(29u / SG, KL - 1u)], 29u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(30u / SG, KL - 1u)], 30u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(31u / SG, KL - 1u)], 31u % SG);
+            let k0 = subgroupBroadcast(kv[min(24u / SG, KL - 1u)], 24u % SG);
+            let k1 = subgroupBroadcast(kv[min(25u / SG, KL - 1u)], 25u % SG);
+            let k2 = subgroupBroadcast(kv[min(26u / SG, KL - 1u)], 26u % SG);
+            let k3 = subgroupBroadcast(kv[min(27u / SG, KL - 1u)], 27u % SG);
+            let k4 = subgroupBroadcast(kv[min(28u / SG, KL - 1u)], 28u % SG);
+            let k5 = subgroupBroadcast(kv[min(29u / SG, KL - 1u)], 29u % SG);
+            let k6 = subgroupBroadcast(kv[min(30u / SG, KL - 1u)], 30u % SG);
+            let k7 = subgroupBroadcast(kv[min(31u / SG, KL - 1u)], 31u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 3u < nb && s > best) {
                 best = s;
@@ -124,14 +311,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (4u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(32u / SG, KL - 1u)], 32u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(33u / SG, KL - 1u)], 33u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(34u / SG, KL - 1u)], 34u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(35u / SG, KL - 1u)], 35u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(36u / SG, KL - 1u)], 36u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(37u / SG, KL - 1u)], 37u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(38u / SG, KL - 1u)], 38u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(39u / SG, KL - 1u)], 39u % SG);
+            let k0 = subgroupBroadcast(kv[min(32u / SG, KL - 1u)], 32u % SG);
+            let k1 = subgroupBroadcast(kv[min(33u / SG, KL - 1u)], 33u % SG);
+            let k2 = subgroupBroadcast(kv[min(34u / SG, KL - 1u)], 34u % SG);
+            let k3 = subgroupBroadcast(kv[min(35u / SG, KL - 1u)], 35u % SG);
+            let k4 = subgroupBroadcast(kv[min(36u / SG, KL - 1u)], 36u % SG);
+            let k5 = subgroupBroadcast(kv[min(37u / SG, KL - 1u)], 37u % SG);
+            let k6 = subgroupBroadcast(kv[min(38u / SG, KL - 1u)], 38u % SG);
+            let k7 = subgroupBroadcast(kv[min(39u / SG, KL - 1u)], 39u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 4u < nb && s > best) {
                 best = s;
@@ -139,14 +368,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (5u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(40u / SG, KL - 1u)], 40u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(41u / SG, KL - 1u)], 41u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(42u / SG, KL - 1u)], 42u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(43u / SG, KL - 1u)], 43u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(44u / SG, KL - 1u)], 44u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(45u / SG, KL - 1u)], 45u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(46u / SG, KL - 1u)], 46u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(47u / SG, KL - 1u)], 47u % SG);
+            let k0 = subgroupBroadcast(kv[min(40u / SG, KL - 1u)], 40u % SG);
+            let k1 = subgroupBroadcast(kv[min(41u / SG, KL - 1u)], 41u % SG);
+            let k2 = subgroupBroadcast(kv[min(42u / SG, KL - 1u)], 42u % SG);
+            let k3 = subgroupBroadcast(kv[min(43u / SG, KL - 1u)], 43u % SG);
+            let k4 = subgroupBroadcast(kv[min(44u / SG, KL - 1u)], 44u % SG);
+            let k5 = subgroupBroadcast(kv[min(45u / SG, KL - 1u)], 45u % SG);
+            let k6 = subgroupBroadcast(kv[min(46u / SG, KL - 1u)], 46u % SG);
+            let k7 = subgroupBroadcast(kv[min(47u / SG, KL - 1u)], 47u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 5u < nb && s > best) {
                 best = s;
@@ -154,14 +425,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (6u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(48u / SG, KL - 1u)], 48u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(49u / SG, KL - 1u)], 49u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(50u / SG, KL - 1u)], 50u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(51u / SG, KL - 1u)], 51u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(52u / SG, KL - 1u)], 52u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(53u / SG, KL - 1u)], 53u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(54u / SG, KL - 1u)], 54u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(55u / SG, KL - 1u)], 55u % SG);
+            let k0 = subgroupBroadcast(kv[min(48u / SG, KL - 1u)], 48u % SG);
+            let k1 = subgroupBroadcast(kv[min(49u / SG, KL - 1u)], 49u % SG);
+            let k2 = subgroupBroadcast(kv[min(50u / SG, KL - 1u)], 50u % SG);
+            let k3 = subgroupBroadcast(kv[min(51u / SG, KL - 1u)], 51u % SG);
+            let k4 = subgroupBroadcast(kv[min(52u / SG, KL - 1u)], 52u % SG);
+            let k5 = subgroupBroadcast(kv[min(53u / SG, KL - 1u)], 53u % SG);
+            let k6 = subgroupBroadcast(kv[min(54u / SG, KL - 1u)], 54u % SG);
+            let k7 = subgroupBroadcast(kv[min(55u / SG, KL - 1u)], 55u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 6u < nb && s > best) {
                 best = s;
@@ -169,14 +482,56 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             }
         }
         if (7u < NB) {
-            var s4 = ra[0u] * subgroupBroadcast(kv[min(56u / SG, KL - 1u)], 56u % SG);
-            s4 += ra[1u] * subgroupBroadcast(kv[min(57u / SG, KL - 1u)], 57u % SG);
-            s4 += ra[2u] * subgroupBroadcast(kv[min(58u / SG, KL - 1u)], 58u % SG);
-            s4 += ra[3u] * subgroupBroadcast(kv[min(59u / SG, KL - 1u)], 59u % SG);
-            s4 += ra[4u] * subgroupBroadcast(kv[min(60u / SG, KL - 1u)], 60u % SG);
-            s4 += ra[5u] * subgroupBroadcast(kv[min(61u / SG, KL - 1u)], 61u % SG);
-            s4 += ra[6u] * subgroupBroadcast(kv[min(62u / SG, KL - 1u)], 62u % SG);
-            s4 += ra[7u] * subgroupBroadcast(kv[min(63u / SG, KL - 1u)], 63u % SG);
+            let k0 = subgroupBroadcast(kv[min(56u / SG, KL - 1u)], 56u % SG);
+            let k1 = subgroupBroadcast(kv[min(57u / SG, KL - 1u)], 57u % SG);
+            let k2 = subgroupBroadcast(kv[min(58u / SG, KL - 1u)], 58u % SG);
+            let k3 = subgroupBroadcast(kv[min(59u / SG, KL - 1u)], 59u % SG);
+            let k4 = subgroupBroadcast(kv[min(60u / SG, KL - 1u)], 60u % SG);
+            let k5 = subgroupBroadcast(kv[min(61u / SG, KL - 1u)], 61u % SG);
+            let k6 = subgroupBroadcast(kv[min(62u / SG, KL - 1u)], 62u % SG);
+            let k7 = subgroupBroadcast(kv[min(63u / SG, KL - 1u)], 63u % SG);
+            var n2 = 0.0;
+            n2 += k0.x * k0.x;
+            n2 += k0.y * k0.y;
+            n2 += k0.z * k0.z;
+            n2 += k0.w * k0.w;
+            n2 += k1.x * k1.x;
+            n2 += k1.y * k1.y;
+            n2 += k1.z * k1.z;
+            n2 += k1.w * k1.w;
+            n2 += k2.x * k2.x;
+            n2 += k2.y * k2.y;
+            n2 += k2.z * k2.z;
+            n2 += k2.w * k2.w;
+            n2 += k3.x * k3.x;
+            n2 += k3.y * k3.y;
+            n2 += k3.z * k3.z;
+            n2 += k3.w * k3.w;
+            n2 += k4.x * k4.x;
+            n2 += k4.y * k4.y;
+            n2 += k4.z * k4.z;
+            n2 += k4.w * k4.w;
+            n2 += k5.x * k5.x;
+            n2 += k5.y * k5.y;
+            n2 += k5.z * k5.z;
+            n2 += k5.w * k5.w;
+            n2 += k6.x * k6.x;
+            n2 += k6.y * k6.y;
+            n2 += k6.z * k6.z;
+            n2 += k6.w * k6.w;
+            n2 += k7.x * k7.x;
+            n2 += k7.y * k7.y;
+            n2 += k7.z * k7.z;
+            n2 += k7.w * k7.w;
+            let inv = 1.0 / sqrt(n2);
+            var s4 = ra[0u] * (k0 * inv);
+            s4 += ra[1u] * (k1 * inv);
+            s4 += ra[2u] * (k2 * inv);
+            s4 += ra[3u] * (k3 * inv);
+            s4 += ra[4u] * (k4 * inv);
+            s4 += ra[5u] * (k5 * inv);
+            s4 += ra[6u] * (k6 * inv);
+            s4 += ra[7u] * (k7 * inv);
             let s = (s4.x + s4.y) + (s4.z + s4.w);
             if (jb + 7u < nb && s > best) {
                 best = s;

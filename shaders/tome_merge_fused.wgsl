@@ -6,7 +6,11 @@
 // global memory become one. The ranks, the rank order and the slot map stay in workgroup
 // memory (16320 bytes: up to MAX_TOKENS tokens; longer sequences take the four kernels). Every
 // comparison, tie rule and summation order is the one of those kernels, so the results are
-// bit for bit theirs.
+// bit for bit theirs. With flags bit 2 the kernel also writes the LayerNorm statistics of the
+// merged rows for the MLP after the merge (mean and sum of squared deviations per row, the
+// one-part form of shaders/lib/ln_row_stats.wgsl, two passes as ln_stats.wgsl), into binding 7
+// in place of the slot map, which only a trace reads: a statistics dispatch fewer per merge,
+// within WebGPU's 8 storage buffers per stage.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
@@ -18,7 +22,9 @@ struct Params {
     c: u32,
     n_grid: u32,
     // bit 0: masses are in `mass` (otherwise every token has mass 1: the stage's first merge);
-    // bit 1: first merge of the stage (the unmerge map is the identity before it).
+    // bit 1: first merge of the stage (the unmerge map is the identity before it);
+    // bit 2: binding 7 takes the merged rows' statistics (two f32 words per row) instead of
+    // the slot map.
     flags: u32,
     lead: u32,
     a_odd: u32,
@@ -33,6 +39,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> dst: array<u32>;
 @group(0) @binding(5) var<storage, read_write> x_out: array<elem>;
 @group(0) @binding(6) var<storage, read_write> mass_out: array<f32>;
+// The slot map, or with flags bit 2 the merged rows' (mean, M2) as f32 bits.
 @group(0) @binding(7) var<storage, read_write> slot: array<u32>;
 @group(0) @binding(8) var<storage, read_write> stage_map: array<u32>;
 
@@ -118,7 +125,9 @@ fn main(
     for (var pos = lid; pos < p.n; pos += WG) {
         let s = slot_of(b, na, pos);
         slots[pos] = s;
-        slot[b * p.n + pos] = s;
+        if ((p.flags & 4u) == 0u) {
+            slot[b * p.n + pos] = s;
+        }
     }
     workgroupBarrier();
     for (var s = lid; s < n_out; s += WG) {
@@ -138,5 +147,24 @@ fn main(
             cur = stage_map[i];
         }
         stage_map[i] = slots[cur];
+    }
+    if ((p.flags & 4u) != 0u) {
+        // The merged rows this workgroup stored, visible to it after the barrier.
+        storageBarrier();
+        for (var s = lid; s < n_out; s += WG) {
+            let base = (b * n_out + s) * p.c;
+            var sum = 0.0;
+            for (var i = 0u; i < p.c; i++) {
+                sum += f32(x_out[base + i]);
+            }
+            let mean = sum / f32(p.c);
+            var sq = 0.0;
+            for (var i = 0u; i < p.c; i++) {
+                let d = f32(x_out[base + i]) - mean;
+                sq += d * d;
+            }
+            slot[2u * (b * n_out + s)] = bitcast<u32>(mean);
+            slot[2u * (b * n_out + s) + 1u] = bitcast<u32>(sq);
+        }
     }
 }

@@ -549,11 +549,10 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                             ..Variants::default()
                         });
                         let xt = b.weights("x", &x);
-                        let stats = b.activation_words("stats", m * 2);
-                        norm::ln_stats(b, Family::Mlp, m, k, 1e-6, xt, stats);
+                        let stats = norm::ln_stats(b, Family::Mlp, m, k, xt, "x");
                         let w = linear::upload(b, "w", &folded);
                         let y = b.activation("y", m * n);
-                        linear::record_normalized(b, Family::Mlp, m, &w, ep, xt, stats, y);
+                        linear::record_normalized(b, Family::Mlp, m, &w, ep, xt, stats, 1e-6, y);
                         vec![y]
                     });
                     let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
@@ -561,6 +560,134 @@ fn layer_norm_folded_into_linear_matches_cpu() {
                         format!("{} (tolerance {:e})", format_args!("LN + linear {m}x{k}x{n} {ep:?} ({v:?}, subgroup width: {sg:?}, f16: {f16}): {err}"), tol(f16))
                     });
                 }
+            }
+        }
+    }
+}
+
+/// A residual linear layer that writes the LayerNorm statistics of the rows it stores, and the
+/// layer after it normalising those rows with them (LayerNorm folded into it), against the CPU:
+/// the statistics part by part (each kernel's part width; one part, from `ln_stats`, where the
+/// width is not a multiple of 8) and the normalised layer's output, for rows whose mean is far
+/// from zero, every kernel and subgroup width.
+#[test]
+fn linear_row_statistics_match_cpu() {
+    let _cases = Cases::new();
+    for (seed, m, k, n, n2) in [
+        (80u64, 37usize, 64usize, 64usize, 48usize),
+        (81, 70, 96, 256, 40),
+        (82, 9, 40, 136, 64),
+        (83, 20, 32, 60, 24),
+        (84, 45, 48, 200, 32),
+    ] {
+        for f16 in precisions() {
+            let lin = Linear {
+                weight: rounded(&random(seed, n * k, (3.0 / k as f32).sqrt()), f16),
+                bias: rounded(&random(seed + 1, n, 0.1), f16),
+                out_features: n,
+                in_features: k,
+            };
+            let x = rounded(&random(seed + 2, m * k, 1.0), f16);
+            let y0: Vec<f32> = random(seed + 3, m * n, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + 3.0 * ((i / n) % 5) as f32 - 4.0)
+                .collect();
+            let y0 = rounded(&y0, f16);
+            let (ca, cb) = (0.9f32, 1.1f32);
+            let ln = LayerNorm {
+                weight: random(seed + 4, n, 1.0),
+                bias: random(seed + 5, n, 0.5),
+            };
+            let lin2 = Linear {
+                weight: random(seed + 6, n2 * n, (3.0 / n as f32).sqrt()),
+                bias: random(seed + 7, n2, 0.1),
+                out_features: n2,
+                in_features: n,
+            };
+            let folded = linear::fold_layer_norm(&lin2, &ln);
+            // The rows as stored, then LayerNorm and the second layer (f16: the rounded fold).
+            let base = cpu::linear(&x, m, &lin);
+            let rows: Vec<f32> = y0.iter().zip(&base).map(|(r, v)| ca * r + cb * v).collect();
+            let rows = rounded(&rows, f16);
+            let want = if f16 {
+                let plain = LayerNorm {
+                    weight: vec![1.0; n],
+                    bias: vec![0.0; n],
+                };
+                let stored = Linear {
+                    weight: rounded(&folded.weight, true),
+                    bias: rounded(&folded.bias, true),
+                    ..folded.clone()
+                };
+                cpu::linear(&cpu::layer_norm(&rows, m, &plain, 1e-6), m, &stored)
+            } else {
+                cpu::linear(&cpu::layer_norm(&rows, m, &ln, 1e-6), m, &lin2)
+            };
+            for (sg, v) in linear_variants() {
+                let widths = std::cell::Cell::new((0, 0));
+                let got = run(|b| {
+                    b.set_subgroup_width(sg);
+                    b.set_f16(f16);
+                    b.set_variants(Variants {
+                        linear: v,
+                        ..Variants::default()
+                    });
+                    let xt = b.weights("x", &x);
+                    let w = linear::upload(b, "w", &lin);
+                    let y = b.weights("y0", &y0);
+                    let ep = Epilogue::Residual { ca, cb };
+                    // Each kernel's part width, or one part where n is not a multiple of 8.
+                    let expected = match n % 8 {
+                        0 => linear::stats_part_width(linear::route(b)),
+                        _ => n,
+                    };
+                    let stats = linear::record_with_stats(b, Family::Mlp, m, &w, ep, xt, y, "y");
+                    widths.set((stats.width, expected));
+                    let w2 = linear::upload(b, "w2", &folded);
+                    let z = b.activation("z", m * n2);
+                    let bias = Epilogue::Bias;
+                    linear::record_normalized(b, Family::Mlp, m, &w2, bias, y, stats, 1e-6, z);
+                    vec![stats.tensor, z]
+                });
+                let what =
+                    format!("{m}x{k}x{n} then {n2} ({v:?}, subgroup width: {sg:?}, f16: {f16})");
+                let (width, expected) = widths.get();
+                expect(width == expected, || {
+                    format!("{what}: parts of {width} columns, {expected} expected")
+                });
+                // Per row, parts of `width` columns, the last one narrower where width does not
+                // divide n.
+                let parts = n.div_ceil(width);
+                let (mut means, mut m2s) = (Vec::new(), Vec::new());
+                for row in rows.chunks_exact(n) {
+                    for part in row.chunks(width) {
+                        let len = part.len() as f64;
+                        let mean = part.iter().map(|&v| v as f64).sum::<f64>() / len;
+                        let m2: f64 = part.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+                        means.push(mean as f32);
+                        m2s.push(m2 as f32);
+                    }
+                }
+                let st = decode(&got[0], false, 2 * m * parts);
+                let got_means: Vec<f32> = st.iter().step_by(2).copied().collect();
+                let got_m2s: Vec<f32> = st.iter().skip(1).step_by(2).copied().collect();
+                for (name, g, w) in [("means", &got_means, &means), ("M2", &got_m2s, &m2s)] {
+                    let err = max_rel_err(&g[..m * parts], w);
+                    expect(err <= tol(f16), || {
+                        format!(
+                            "statistics {name} of {what}: {err} (tolerance {:e})",
+                            tol(f16)
+                        )
+                    });
+                }
+                let err = max_rel_err(&decode(&got[1], f16, want.len()), &want);
+                expect(err <= tol(f16), || {
+                    format!(
+                        "normalised layer after {what}: {err} (tolerance {:e})",
+                        tol(f16)
+                    )
+                });
             }
         }
     }
@@ -764,16 +891,21 @@ fn check_merges_in(
                 n_grid,
                 split,
             };
-            let a = merge::record_merge(b, shape, q1, x, None, map, true, "m1");
+            // The first merge keeps its slot map (as a trace does), the second hands on the
+            // merged rows' LayerNorm statistics in its place.
+            let a = merge::record_merge(b, shape, q1, x, None, map, true, true, "m1");
+            let slot = a.slot.expect("a slot map where asked for");
             b.pin(a.x);
             b.pin(a.mass);
-            b.pin(a.slot);
+            b.pin(slot);
             let shape = merge::MergeShape {
                 n: n2,
                 r: r2,
                 ..shape
             };
-            let c = merge::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, "m2");
+            let c = merge::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, false, "m2");
+            assert_eq!(c.stats.width, dim);
+            b.pin(c.stats.tensor);
             let fused_steps = (0..b.dispatch_count())
                 .filter(|&i| b.step(i).0.kernel == Kernel::TomeMergeFused)
                 .count();
@@ -791,8 +923,19 @@ fn check_merges_in(
             let mean = b.activation("grid mean", batch * dim);
             let grid = merge::Unmerge { map, tokens: n3 };
             norm::mean_tokens(b, Family::Head, batch, n_grid, dim, c.x, Some(grid), mean);
-            vec![a.x, a.mass, a.slot, c.x, c.mass, map, mean]
+            vec![a.x, a.mass, slot, c.x, c.mass, map, mean, c.stats.tensor]
         });
+        // The merged rows' statistics (mean, M2) as stored, against the CPU's rows rounded to
+        // the storage precision.
+        let rows = rounded(&want_x3, f16);
+        let want_stats: Vec<f32> = rows
+            .chunks_exact(dim)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+                let m2: f64 = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+                [mean as f32, m2 as f32]
+            })
+            .collect();
         assert_eq!(
             got[2], want_slot1,
             "first merge's slot map (subgroup width: {sg:?}, fused: {fused}, f16: {f16})"
@@ -812,6 +955,11 @@ fn check_merges_in(
                 tokens(&got[6], &want_mean),
                 &want_mean,
                 "mean of the restored grid",
+            ),
+            (
+                as_f32(&got[7])[..want_stats.len()].to_vec(),
+                &want_stats,
+                "row statistics after merge 2",
             ),
         ]
         .into_iter()

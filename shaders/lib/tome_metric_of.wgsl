@@ -1,5 +1,5 @@
-// ToMe's matching metric of one token, shared by tome_metric.wgsl and tome_match.wgsl
-// (appended to each by src/kernels/catalogue.rs): its keys averaged over the heads, then
+// ToMe's matching metric of one token, shared by tome_metric.wgsl, tome_match.wgsl and
+// tome_match_sg (appended to each by src/kernels/catalogue.rs): its keys averaged over the heads, then
 // L2-normalised. Reads the kernel's `p` (dim, heads), `qkv` and `HEAD_DIM`; `t` is the token's
 // index in the batch (image * n + position).
 

@@ -331,10 +331,8 @@ fn compare_matching(c: &Check<'_>, variant: Variant, tol: f64) -> Result<Option<
         if !ran {
             return Ok(None);
         }
-        // The portable matcher keeps its metric on chip: score with the metric kernel's.
-        let metric = m
-            .metric
-            .unwrap_or_else(|| record_metric(&mut b, shape, keys, "check"));
+        // The matchers keep their metric on chip: score with the metric kernel's.
+        let metric = record_metric(&mut b, shape, keys, "check");
         let outs = [metric, m.row_max, m.dst];
         for &t in &outs {
             b.pin(t);

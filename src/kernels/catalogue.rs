@@ -78,6 +78,7 @@ impl Needs {
 const LINEAR_LIBS: &[&str] = &[
     include_str!("../../shaders/lib/linear_epilogue.wgsl"),
     include_str!("../../shaders/lib/gelu.wgsl"),
+    include_str!("../../shaders/lib/ln_row_stats.wgsl"),
 ];
 
 /// The weighted merge of one token, shared by the unfused and the fused merge.
@@ -268,14 +269,13 @@ catalogue! {
         needs: Needs::NONE,
         flops: norm::mean_tokens_flops,
     },
-    /// ToMe's matching metric: the keys averaged over heads and L2-normalised. Part of the
-    /// subgroup matcher's path (the portable matcher computes it on chip), so its time counts
-    /// to that variant when autotune compares the two.
+    /// ToMe's matching metric: the keys averaged over heads and L2-normalised, on its own (both
+    /// matchers compute it on chip; the kernel check scores their choices with it).
     TomeMetric = "tome_metric" {
         text: Text::File(include_str!("../../shaders/tome_metric.wgsl")),
         libs: METRIC_LIBS,
         params: TomeMetricParams,
-        kind: Some((KernelKind::Matching, Variant::Subgroup)),
+        kind: None,
         needs: Needs::NONE,
         flops: merge::metric_flops,
     },
@@ -293,10 +293,10 @@ catalogue! {
         },
         flops: merge::match_flops,
     },
-    /// Matching step 1 with subgroup broadcasts.
+    /// Matching step 1 with subgroup broadcasts, the metric computed on chip.
     TomeMatchSg = "tome_match_sg" {
         text: Text::Generated(|_| generate::tome_match_sg()),
-        libs: &[],
+        libs: METRIC_LIBS,
         params: TomeMatchParams,
         kind: Some((KernelKind::Matching, Variant::Subgroup)),
         needs: Needs::SUBGROUPS,
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn writable_bindings_are_read_from_the_source() {
-        assert_eq!(Kernel::Linear.writable_bindings(), vec![4]);
+        assert_eq!(Kernel::Linear.writable_bindings(), vec![4, 6]);
         assert_eq!(Kernel::TomeMerge.writable_bindings(), vec![5, 6]);
         assert_eq!(Kernel::TomeMatch.writable_bindings(), vec![2, 3]);
     }

@@ -7,6 +7,7 @@
 //! multiple of 8, bias padded alike) so a tile's output columns are aligned vector loads;
 //! [`gpu_layout`] makes that layout from PyTorch's `[out, in]`.
 
+use crate::kernels::norm::{self, RowStats};
 use crate::kernels::params::LinearParams;
 use crate::kernels::{Family, Kernel, KernelKey, KernelKind, ProgramBuilder, TensorId, Variant};
 use crate::model::weights::{LayerNorm, Linear};
@@ -99,12 +100,41 @@ pub fn record(
     x: TensorId,
     y: TensorId,
 ) {
-    record_with(b, family, m, w, epilogue, x, None, y);
+    record_with(b, family, m, w, epilogue, x, None, None, y);
+}
+
+/// [`record`], and the LayerNorm statistics of the rows it stores, for a linear layer that
+/// normalises them next ([`record_normalized`]): written beside the rows by the same dispatch
+/// (a part per [`stats_part_width`] columns) where the output width is a multiple of 8, else by
+/// an [`norm::ln_stats`] dispatch after it. The statistics' tensor is named after `label`.
+#[allow(clippy::too_many_arguments)]
+pub fn record_with_stats(
+    b: &mut ProgramBuilder,
+    family: Family,
+    m: usize,
+    w: &LinearWeights,
+    epilogue: Epilogue,
+    x: TensorId,
+    y: TensorId,
+    label: &str,
+) -> RowStats {
+    let n = w.out_features;
+    if !n.is_multiple_of(8) {
+        record(b, family, m, w, epilogue, x, y);
+        return norm::ln_stats(b, family, m, n, y, label);
+    }
+    let width = stats_part_width(route(b));
+    let stats = RowStats {
+        tensor: b.activation_words(format!("{label} ln stats"), m * n.div_ceil(width) * 2),
+        width,
+    };
+    record_with(b, family, m, w, epilogue, x, None, Some(stats), y);
+    stats
 }
 
 /// `y = epilogue(x' W^T + b)` with every row of x normalised as it is loaded,
-/// `x' = (x - mean) / std` from `stats [m, 2]` ([`crate::kernels::norm::ln_stats`]): with
-/// weights from [`fold_layer_norm`], `Linear(LayerNorm(x))` without the normalised tensor.
+/// `x' = (x - mean) / sqrt(var + eps)` from the rows' statistics `stats`: with weights from
+/// [`fold_layer_norm`], `Linear(LayerNorm(x))` without the normalised tensor.
 #[allow(clippy::too_many_arguments)]
 pub fn record_normalized(
     b: &mut ProgramBuilder,
@@ -113,10 +143,48 @@ pub fn record_normalized(
     w: &LinearWeights,
     epilogue: Epilogue,
     x: TensorId,
-    stats: TensorId,
+    stats: RowStats,
+    eps: f32,
     y: TensorId,
 ) {
-    record_with(b, family, m, w, epilogue, x, Some(stats), y);
+    record_with(b, family, m, w, epilogue, x, Some((stats, eps)), None, y);
+}
+
+/// Which linear kernel runs: the variant the builder chose, where the device runs it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Route {
+    /// `linear.wgsl`.
+    Portable,
+    /// `linear_tiled.wgsl`.
+    Tiled,
+    /// `linear_sg` at this subgroup width.
+    Subgroup(u32),
+}
+
+/// The linear kernel `b` records.
+pub fn route(b: &ProgramBuilder) -> Route {
+    // Where the tiled kernel does not fit, the portable one runs (the engine logs the fallback
+    // once).
+    if b.variant(KernelKind::Linear) == Variant::Tiled && tiled_fits(b.limits()) {
+        return Route::Tiled;
+    }
+    match b.subgroup_for(KernelKind::Linear) {
+        Some(sg) => Route::Subgroup(sg),
+        None => Route::Portable,
+    }
+}
+
+/// Columns per part of the row statistics the linear kernel of `route` writes: the columns
+/// one invocation stores in `linear.wgsl` (8) and in `linear_sg` (8, 8, 4, 4, 2 at 4, 8, 16,
+/// 32, 64 lanes), a workgroup tile's in `linear_tiled.wgsl` (64, reduced through workgroup
+/// memory).
+pub fn stats_part_width(route: Route) -> usize {
+    match route {
+        Route::Portable => 8,
+        Route::Tiled => TILED_TILE,
+        // A tile's columns over its lanes (each column stored by one lane).
+        Route::Subgroup(sg) => sg_tile_columns(sg) / sg as usize,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -127,7 +195,8 @@ fn record_with(
     w: &LinearWeights,
     epilogue: Epilogue,
     x: TensorId,
-    stats: Option<TensorId>,
+    norm: Option<(RowStats, f32)>,
+    stats_out: Option<RowStats>,
     y: TensorId,
 ) {
     let (k, n) = (w.in_features, w.out_features);
@@ -144,32 +213,37 @@ fn record_with(
         mode,
         ca,
         cb,
-        norm: stats.is_some() as u32,
+        norm: norm.map_or(0, |(s, _)| s.width as u32),
         m_base: 0,
+        eps: norm.map_or(0.0, |(_, eps)| eps),
+        stats_out: stats_out.is_some() as u32,
     };
-    // Without statistics the kernel never reads binding 5; the bias stands in for it.
-    let tensors = [x, w.wt, w.bias, y, stats.unwrap_or(w.bias)];
-    if b.variant(KernelKind::Linear) == Variant::Tiled {
-        // Where it does not fit, the portable kernel runs (the engine logs the fallback once).
-        if tiled_fits(b.limits()) {
+    // Unread bindings get a stand-in of the same access: the bias for the statistics read
+    // (binding 5), y for the statistics written (binding 6).
+    let tensors = [
+        x,
+        w.wt,
+        w.bias,
+        y,
+        norm.map_or(w.bias, |(s, _)| s.tensor),
+        stats_out.map_or(y, |s| s.tensor),
+    ];
+    let sg = match route(b) {
+        Route::Tiled => {
             let tiles = m.div_ceil(TILED_TILE) * padded(n).div_ceil(TILED_TILE);
             let grid = b.grid(tiles * TILED_INVOCATIONS as usize, TILED_INVOCATIONS);
             let key = KernelKey::plain(Kernel::LinearTiled);
             b.dispatch(family, key, &params, &tensors, grid);
             return;
         }
-    }
-    let Some(sg) = b.subgroup_for(KernelKind::Linear) else {
-        // 8 x 8 outputs per invocation.
-        let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
-        b.dispatch(
-            family,
-            KernelKey::plain(Kernel::Linear),
-            &params,
-            &tensors,
-            grid,
-        );
-        return;
+        Route::Portable => {
+            // 8 x 8 outputs per invocation.
+            let grid = b.grid(m.div_ceil(8) * padded(n) / 8, 64);
+            let key = KernelKey::plain(Kernel::Linear);
+            b.dispatch(family, key, &params, &tensors, grid);
+            return;
+        }
+        Route::Subgroup(sg) => sg,
     };
     // `SG_TILE_ROWS` x `sg_tile_columns` tiles per SG-lane workgroup ([`sg_tiles`]).
     let tiles_n = padded(n).div_ceil(sg_tile_columns(sg));
@@ -240,7 +314,8 @@ pub fn sg_tile_columns(sg: u32) -> usize {
 }
 
 /// Arithmetic of one linear dispatch: `2k` per output for the product, the epilogue (bias 1,
-/// GELU 11, residual 3) and `2k` per row for normalising on load, over the rows the dispatch
+/// GELU 11, residual 3), `2k` per row for normalising on load and 3 per output for the
+/// statistics written beside them, over the rows the dispatch
 /// computes: from `m_base` on, but for a subgroup dispatch of full tiles followed by a last-tile
 /// dispatch, only its full tiles' rows ([`sg_tiles`]).
 pub fn flops(p: &LinearParams, key: &KernelKey, _bound: &[u64]) -> u64 {
@@ -257,7 +332,8 @@ pub fn flops(p: &LinearParams, key: &KernelKey, _bound: &[u64]) -> u64 {
         _ => 3,
     };
     let normalise = if p.norm != 0 { 2 * rows * k } else { 0 };
-    rows * n * (2 * k + epilogue) + normalise
+    let stats = if p.stats_out != 0 { 3 * rows * n } else { 0 };
+    rows * n * (2 * k + epilogue) + normalise + stats
 }
 
 #[cfg(test)]

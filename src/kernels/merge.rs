@@ -3,6 +3,7 @@
 //! kernels that read the grid: [`Unmerge`]). Every size is static per plan; only the choice of
 //! tokens depends on the data, and it never leaves the GPU.
 
+use crate::kernels::norm::{self, RowStats};
 use crate::kernels::params::{
     TomeMapUpdateParams, TomeMatchParams, TomeMergeFusedParams, TomeMergeParams, TomeMetricParams,
     TomeSlotsParams,
@@ -53,8 +54,12 @@ pub struct MergeOutputs {
     pub x: TensorId,
     /// `[batch, n - r]`
     pub mass: TensorId,
-    /// `[batch, n]`: incoming position -> outgoing slot.
-    pub slot: TensorId,
+    /// `[batch, n]`: incoming position -> outgoing slot, where asked for (or where the
+    /// unfused kernels need it).
+    pub slot: Option<TensorId>,
+    /// The LayerNorm statistics of the merged rows, for the MLP after the merge: written by
+    /// the fused kernel where the slot map is not asked for, else by an `ln_stats` dispatch.
+    pub stats: RowStats,
 }
 
 /// Sizes of one token merge (bipartite soft matching on the keys, then a mass-weighted merge).
@@ -80,9 +85,6 @@ pub struct MergeShape {
 
 /// What matching step 1 writes: per A token, its best score and its most similar B token.
 pub struct Matched {
-    /// `[batch, n, head_dim]` f32: the metric every token is matched by, where a kernel of its
-    /// own computed it (the subgroup matcher reads it; the portable one computes it on chip).
-    pub metric: Option<TensorId>,
     /// `[batch, na]` f32: each A token's largest cosine similarity to a B token.
     pub row_max: TensorId,
     /// `[batch, na]` u32: the B token it is (the lowest index among exact ties).
@@ -102,10 +104,10 @@ fn match_params(s: &MergeShape) -> TomeMatchParams {
     }
 }
 
-/// Record matching step 1 on the keys in `qkv`: the portable matcher computes the metric (the
-/// keys averaged over heads, L2-normalised) itself, one dispatch; where the plan prefers the
-/// subgroup matcher and the heads have 32 channels, a metric kernel and the subgroup matcher.
-/// Also what the first-build kernel check runs, at the model's shapes.
+/// Record matching step 1 on the keys in `qkv`, one dispatch that computes the metric (the keys
+/// averaged over heads, L2-normalised) on chip: the subgroup matcher where the plan prefers it
+/// and the heads have 32 channels, else the portable one. Also what the first-build kernel
+/// check runs, at the model's shapes.
 pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> Matched {
     let hd = s.dim / s.heads;
     let na = s.split.na(s.n);
@@ -118,25 +120,17 @@ pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label:
         let g = b.grid(s.batch * na.div_ceil(64) * 64, 64);
         let key = KernelKey::with_head_dim(Kernel::TomeMatch, hd);
         b.dispatch(Family::Matching, key, &params, &[qkv, row_max, dst], g);
-        return Matched {
-            metric: None,
-            row_max,
-            dst,
-        };
+        return Matched { row_max, dst };
     };
-    let metric = record_metric(b, s, qkv, label);
     let tiles = s.batch * na.div_ceil(sg as usize);
     let g = b.grid(tiles * sg as usize, sg);
     let key = KernelKey::with_sg(Kernel::TomeMatchSg, sg);
-    b.dispatch(Family::Matching, key, &params, &[metric, row_max, dst], g);
-    Matched {
-        metric: Some(metric),
-        row_max,
-        dst,
-    }
+    b.dispatch(Family::Matching, key, &params, &[qkv, row_max, dst], g);
+    Matched { row_max, dst }
 }
 
-/// Record the matching metric of every token of `s` on its own: `[batch, n, head_dim]` f32.
+/// Record the matching metric of every token of `s` on its own, `[batch, n, head_dim]` f32:
+/// what the kernel check scores the matchers' choices with.
 pub fn record_metric(
     b: &mut ProgramBuilder,
     s: MergeShape,
@@ -163,7 +157,8 @@ pub fn record_metric(
 
 /// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
 /// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
-/// place (`first` = it is still the identity). Returns the new sequence, masses and slot map.
+/// place (`first` = it is still the identity). `slot_map`: keep the slot map (a trace reads
+/// it). Returns the new sequence, its masses and row statistics, and the slot map.
 #[allow(clippy::too_many_arguments)]
 pub fn record_merge(
     b: &mut ProgramBuilder,
@@ -173,21 +168,33 @@ pub fn record_merge(
     mass: Option<TensorId>,
     map: TensorId,
     first: bool,
+    slot_map: bool,
     label: &str,
 ) -> MergeOutputs {
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
     let Matched { row_max, dst, .. } = record_match(b, s, qkv, label);
-    let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
-    let x_out = b.activation(format!("{label} x"), s.batch * (s.n - s.r) * s.c);
-    let mass_out = b.activation_words(format!("{label} mass"), s.batch * (s.n - s.r));
-    let outputs = MergeOutputs {
-        x: x_out,
-        mass: mass_out,
-        slot,
-    };
+    let n_out = s.n - s.r;
+    let x_out = b.activation(format!("{label} x"), s.batch * n_out * s.c);
+    let mass_out = b.activation_words(format!("{label} mass"), s.batch * n_out);
     if fused_fits(s.n, b.limits()) {
+        // The statistics take the slot map's binding where nobody reads the slot map.
+        let (slot, stats) = if slot_map {
+            (
+                b.activation_words(format!("{label} slot"), s.batch * s.n),
+                None,
+            )
+        } else {
+            let t = b.activation_words(format!("{label} ln stats"), s.batch * n_out * 2);
+            (
+                t,
+                Some(RowStats {
+                    tensor: t,
+                    width: s.c,
+                }),
+            )
+        };
         // Ranking, slots, merge and map update: one workgroup per image, one dispatch.
         let g = b.grid(s.batch * FUSED_INVOCATIONS as usize, FUSED_INVOCATIONS);
         b.dispatch(
@@ -199,7 +206,7 @@ pub fn record_merge(
                 r: s.r as u32,
                 c: s.c as u32,
                 n_grid: s.n_grid as u32,
-                flags: mass.is_some() as u32 | (first as u32) << 1,
+                flags: mass.is_some() as u32 | (first as u32) << 1 | (stats.is_some() as u32) << 2,
                 lead,
                 a_odd,
                 sorted,
@@ -216,8 +223,17 @@ pub fn record_merge(
             ],
             g,
         );
-        return outputs;
+        let stats = stats.unwrap_or_else(|| {
+            norm::ln_stats(b, Family::Merge, s.batch * n_out, s.c, x_out, label)
+        });
+        return MergeOutputs {
+            x: x_out,
+            mass: mass_out,
+            slot: slot_map.then_some(slot),
+            stats,
+        };
     }
+    let slot = b.activation_words(format!("{label} slot"), s.batch * s.n);
     let rank = b.activation_words(format!("{label} rank"), s.batch * na);
     let order = b.activation_words(format!("{label} order"), s.batch * na);
     let match_params = match_params(&s);
@@ -274,7 +290,12 @@ pub fn record_merge(
         &[slot, map],
         g,
     );
-    outputs
+    MergeOutputs {
+        x: x_out,
+        mass: mass_out,
+        slot: Some(slot),
+        stats: norm::ln_stats(b, Family::Merge, s.batch * n_out, s.c, x_out, label),
+    }
 }
 
 /// Arithmetic of the matching metric: the head mean, then the key's norm.
@@ -291,21 +312,24 @@ fn sets(p: &TomeMatchParams) -> (u64, u64) {
 }
 
 /// Arithmetic of matching: the cosine similarity of every A-B pair over the metric's width
-/// (the key's head size, 32 where it has none) and the row maxima; for the portable matcher
-/// also the metric of each A token and, once per 64-token A tile, of every B token.
+/// (the key's head size, 32 where it has none) and the row maxima, and the metric: of each A
+/// token and, per A tile, of every B token (the portable matcher's 64-token tiles; the subgroup
+/// matcher's SG-token tiles average the heads once per tile and normalise in every lane).
 pub fn match_flops(p: &TomeMatchParams, key: &KernelKey, _bound: &[u64]) -> u64 {
     let (na, nb) = sets(p);
     let hd = match key.head_dim {
         0 => 32,
         hd => hd as u64,
     };
-    let metrics = if key.kernel == Kernel::TomeMatch {
-        let per_token = p.dim as u64 + 3 * hd;
-        (na + na.div_ceil(64) * nb) * per_token
-    } else {
-        0
+    let (dim, norm) = (p.dim as u64, 3 * hd);
+    let b_metrics = match key.kernel {
+        Kernel::TomeMatchSg => {
+            let sg = key.sg.max(1) as u64;
+            na.div_ceil(sg) * nb * (dim + sg * norm)
+        }
+        _ => na.div_ceil(64) * nb * (dim + norm),
     };
-    p.batch as u64 * (na * nb * (2 * hd + 1) + metrics)
+    p.batch as u64 * (na * nb * (2 * hd + 1) + na * (dim + norm) + b_metrics)
 }
 
 /// Arithmetic of ranking: every A token compared with every other.

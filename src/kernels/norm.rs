@@ -32,18 +32,33 @@ pub fn layer_norm(
     );
 }
 
-/// Per row of `x [rows, c]` the LayerNorm statistics `(mean, 1 / sqrt(var + eps))` into
-/// `stats [rows, 2]`, for a linear layer that normalises its input as it loads it
-/// ([`crate::kernels::linear::record_normalized`]).
+/// The LayerNorm statistics of a tensor's rows, as a linear layer that normalises its input
+/// rows as it loads them reads them ([`crate::kernels::linear::record_normalized`]): `[rows,
+/// parts]` of (mean, sum of squared deviations from it) over parts of `width` consecutive
+/// columns, the last part of a row narrower where `width` does not divide it
+/// (`shaders/lib/ln_row_stats.wgsl` combines them). Written by [`ln_stats`] (one part) or,
+/// beside the rows themselves, by the linear layer that stored them
+/// ([`crate::kernels::linear::record_with_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowStats {
+    /// `[rows, ceil(row length / width)]` of `(mean, M2)`, two f32 each.
+    pub tensor: TensorId,
+    /// Columns per part.
+    pub width: usize,
+}
+
+/// The LayerNorm statistics of each row of `x [rows, c]` in one part, in a tensor of its own
+/// named after `label`: for rows no kernel wrote them beside (a stage's first tokens, merged
+/// tokens).
 pub fn ln_stats(
     b: &mut ProgramBuilder,
     family: Family,
     rows: usize,
     c: usize,
-    eps: f32,
     x: TensorId,
-    stats: TensorId,
-) {
+    label: &str,
+) -> RowStats {
+    let stats = b.activation_words(format!("{label} ln stats"), rows * 2);
     let grid = b.grid(rows, 64);
     b.dispatch(
         family,
@@ -51,11 +66,15 @@ pub fn ln_stats(
         &NormParams {
             rows: rows as u32,
             c: c as u32,
-            eps,
+            eps: 0.0,
         },
         &[x, stats],
         grid,
     );
+    RowStats {
+        tensor: stats,
+        width: c,
+    }
 }
 
 /// `[batch, n, c] -> [batch, c]`, the mean over `n` tokens: those of `x`, or with `grid` the

@@ -25,10 +25,16 @@ kernel_params! {
         pub ca: f32,
         /// Residual coefficient of the new value.
         pub cb: f32,
-        /// 1: normalise each row of x with its LayerNorm statistics as it is loaded.
+        /// Non-zero: normalise each row of x as it is loaded with its LayerNorm statistics, given
+        /// in parts of this many columns ([`crate::kernels::norm::RowStats`]).
         pub norm: u32,
         /// First row of this dispatch's tiles (a last-tile dispatch starts after the full tiles).
         pub m_base: u32,
+        /// Variance epsilon of the LayerNorm applied with `norm`.
+        pub eps: f32,
+        /// 1: write the statistics of the stored rows, a part per the kernel's part width
+        /// ([`crate::kernels::linear::stats_part_width`]).
+        pub stats_out: u32,
     }
 }
 
@@ -125,7 +131,8 @@ kernel_params! {
         pub rows: u32,
         /// Channels per row.
         pub c: u32,
-        /// Variance epsilon.
+        /// Variance epsilon (`layernorm.wgsl`; `ln_stats.wgsl` leaves it to the statistics'
+        /// consumer).
         pub eps: f32,
     }
 }

@@ -260,8 +260,7 @@ pub fn split_batch(
 /// The memory plan of a forward at `spec.batch` images, computed without a device: the
 /// micro-batch it would run as and where its activations would go (`arena.buffer_sizes` sum to
 /// the peak activation memory), with the kernels a device with `limits` and subgroups of
-/// `subgroup_width` lanes runs (`None`: the portable ones; the subgroup matcher, for one, reads
-/// a metric the portable one keeps on chip).
+/// `subgroup_width` lanes runs (`None`: the portable ones).
 pub fn memory_plan(
     cfg: &ModelConfig,
     weights: &ModelWeights,

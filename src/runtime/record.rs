@@ -8,7 +8,7 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
-use crate::kernels::norm;
+use crate::kernels::norm::{self, RowStats};
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{Conv, LayerNorm, ModelWeights};
@@ -82,8 +82,47 @@ fn up_normalized(
     linear::upload(b, name, &linear::fold_layer_norm(lin, ln))
 }
 
+/// The LayerNorm statistics of `x`'s rows: `known` where the kernel that wrote `x` left them
+/// beside it, else measured by an `ln_stats` dispatch.
+fn row_stats(
+    b: &mut ProgramBuilder,
+    family: Family,
+    rows: usize,
+    dim: usize,
+    x: TensorId,
+    known: Option<RowStats>,
+    label: &str,
+) -> RowStats {
+    known.unwrap_or_else(|| norm::ln_stats(b, family, rows, dim, x, label))
+}
+
+/// The residual linear layer closing a block half, `x = ca * x + cb * (h W^T + b)`, leaving the
+/// statistics of the new `x` for the next LayerNorm when `stats_after`.
+#[allow(clippy::too_many_arguments)]
+fn record_residual(
+    b: &mut ProgramBuilder,
+    family: Family,
+    rows: usize,
+    w: &LinearWeights,
+    (ca, cb): (f32, f32),
+    h: TensorId,
+    x: TensorId,
+    stats_after: bool,
+    label: &str,
+) -> Option<RowStats> {
+    let epilogue = Epilogue::Residual { ca, cb };
+    if stats_after {
+        return Some(linear::record_with_stats(
+            b, family, rows, w, epilogue, h, x, label,
+        ));
+    }
+    linear::record(b, family, rows, w, epilogue, h, x);
+    None
+}
+
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
-/// LayerNorm folded into `fc1` (only each row's statistics are computed).
+/// LayerNorm folded into `fc1` (only each row's statistics are needed: `x_stats`, or measured).
+/// Returns the new `x`'s statistics when `stats_after` (the next LayerNorm's).
 #[allow(clippy::too_many_arguments)]
 fn record_mlp(
     b: &mut ProgramBuilder,
@@ -91,32 +130,24 @@ fn record_mlp(
     dim: usize,
     hidden: usize,
     x: TensorId,
+    x_stats: Option<RowStats>,
     fc1: &LinearWeights,
     fc2: &LinearWeights,
     coef: (f32, f32),
+    stats_after: bool,
     label: &str,
-) {
-    let stats = b.activation_words(format!("{label} ln stats"), rows * 2);
-    norm::ln_stats(b, Family::Mlp, rows, dim, LN_EPS, x, stats);
+) -> Option<RowStats> {
+    let stats = row_stats(b, Family::Mlp, rows, dim, x, x_stats, label);
     let h = b.activation(format!("{label} hidden"), rows * hidden);
-    linear::record_normalized(b, Family::Mlp, rows, fc1, Epilogue::Gelu, x, stats, h);
-    linear::record(
-        b,
-        Family::Mlp,
-        rows,
-        fc2,
-        Epilogue::Residual {
-            ca: coef.0,
-            cb: coef.1,
-        },
-        h,
-        x,
-    );
+    let gelu = Epilogue::Gelu;
+    linear::record_normalized(b, Family::Mlp, rows, fc1, gelu, x, stats, LN_EPS, h);
+    record_residual(b, Family::Mlp, rows, fc2, coef, h, x, stats_after, label)
 }
 
 /// `x = ca * x + cb * proj(attention(qkv(LN(x))))`, the attention half of every block (sliced,
 /// permuted and proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into
-/// `qkv`. Returns `qkv`, whose keys the matching reads.
+/// `qkv` (statistics `x_stats`, or measured). Returns `qkv`, whose keys the matching reads, and
+/// the new `x`'s statistics when `stats_after`.
 #[allow(clippy::too_many_arguments)]
 fn record_attention_half(
     b: &mut ProgramBuilder,
@@ -124,40 +155,24 @@ fn record_attention_half(
     blk: &BlockTensors,
     coef: [f32; 4],
     x: TensorId,
+    x_stats: Option<RowStats>,
     perm: Option<TensorId>,
     mass: Option<TensorId>,
+    stats_after: bool,
     label: &str,
-) -> TensorId {
+) -> (TensorId, Option<RowStats>) {
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
-    let stats = b.activation_words(format!("{label} ln1 stats"), rows * 2);
-    norm::ln_stats(b, Family::Attention, rows, dim, LN_EPS, x, stats);
+    let fam = Family::Attention;
+    let stats = row_stats(b, fam, rows, dim, x, x_stats, &format!("{label} ln1"));
     let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
-    linear::record_normalized(
-        b,
-        Family::Attention,
-        rows,
-        &blk.qkv,
-        Epilogue::Bias,
-        x,
-        stats,
-        qkv,
-    );
+    let bias = Epilogue::Bias;
+    linear::record_normalized(b, fam, rows, &blk.qkv, bias, x, stats, LN_EPS, qkv);
     let att = b.activation(format!("{label} attn"), rows * dim);
     attention::record(b, shape, qkv, perm, mass, att);
-    linear::record(
-        b,
-        Family::Attention,
-        rows,
-        &blk.proj,
-        Epilogue::Residual {
-            ca: coef[0],
-            cb: coef[1],
-        },
-        att,
-        x,
-    );
-    qkv
+    let coef = (coef[0], coef[1]);
+    let after = record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, label);
+    (qkv, after)
 }
 
 /// A stage's sequence while token merging shortens it: the tokens, their masses (`None` while
@@ -169,6 +184,8 @@ pub(super) struct StageTokens {
     pub n: usize,
     pub merged: bool,
     pub map: TensorId,
+    /// The LayerNorm statistics of `x`'s rows, where the kernel that wrote `x` left them.
+    pub stats: Option<RowStats>,
     stage: usize,
     batch: usize,
     dim: usize,
@@ -209,6 +226,7 @@ impl StageTokens {
             n,
             merged: false,
             map,
+            stats: None,
             stage,
             batch: spec.batch,
             dim,
@@ -216,6 +234,11 @@ impl StageTokens {
             n_grid,
             split,
         }
+    }
+
+    /// Whether ToMe merges tokens after execution `exec`'s attention.
+    pub(super) fn merges_at(&self, spec: &ForwardSpec, exec: usize) -> bool {
+        spec.safe_r[self.stage][exec] > 0
     }
 
     /// ToMe between execution `exec`'s attention and its MLP: merges `spec.safe_r[stage][exec]`
@@ -251,16 +274,18 @@ impl StageTokens {
             self.mass,
             self.map,
             !self.merged,
+            spec.trace,
             label,
         );
-        if spec.trace {
-            b.pin(m.slot);
+        if let (true, Some(slot)) = (spec.trace, m.slot) {
+            b.pin(slot);
             b.pin(m.mass);
             trace
                 .merges
-                .push((self.stage, exec, m.slot, m.mass, self.n, self.n - r));
+                .push((self.stage, exec, slot, m.mass, self.n, self.n - r));
         }
         self.merged = true;
+        self.stats = Some(m.stats);
         self.x = m.x;
         self.mass = Some(m.mass);
         self.n -= r;

@@ -32,7 +32,7 @@ pub fn tome_match_sg() -> String {
                 &format!(
                     "let f = {j}u * SG + lane;
 let key = min(jb + f / 8u, nb - 1u);
-kv[min({j}u, KL - 1u)] = metric[(b * p.n + p.lead + 2u * key + 1u - p.a_odd) * 8u + f % 8u];"
+kv[min({j}u, KL - 1u)] = head_mean4(b * p.n + p.lead + 2u * key + 1u - p.a_odd, f % 8u);"
                 ),
                 8,
             )
@@ -41,15 +41,27 @@ kv[min({j}u, KL - 1u)] = metric[(b * p.n + p.lead + 2u * key + 1u - p.a_odd) * 8
         .join("\n");
     let scores = (0..MAX_NB)
         .map(|i| {
-            let first = format!("var s4 = ra[0u] * {};", bc(i, 0));
+            let keys = (0..8)
+                .map(|d| format!("let k{d} = {};", bc(i, d)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            // The key's squared norm in channel order, as metric_of() sums it.
+            let norm = (0..8)
+                .flat_map(|d| ["x", "y", "z", "w"].map(|c| format!("n2 += k{d}.{c} * k{d}.{c};")))
+                .collect::<Vec<_>>()
+                .join("\n");
             let rest = (1..8)
-                .map(|d| format!("s4 += ra[{d}u] * {};", bc(i, d)))
+                .map(|d| format!("s4 += ra[{d}u] * (k{d} * inv);"))
                 .collect::<Vec<_>>()
                 .join("\n");
             guard(
                 &format!("{i}u < NB"),
                 &format!(
-                    "{first}
+                    "{keys}
+var n2 = 0.0;
+{norm}
+let inv = 1.0 / sqrt(n2);
+var s4 = ra[0u] * (k0 * inv);
 {rest}
 let s = (s4.x + s4.y) + (s4.z + s4.w);
 if (jb + {i}u < nb && s > best) {{
@@ -68,15 +80,21 @@ if (jb + {i}u < nb && s > best) {{
 //
 // Bipartite soft matching, step 1, for adapters with subgroups and heads of 32 channels: the
 // results of tome_match.wgsl (for every token of set A its most similar token of set B and that
-// similarity; exact ties keep the lower B index). A workgroup is SG lanes (SG at most the
-// adapter's smallest subgroup size, so one subgroup), one A token per lane, and walks the B
-// tokens NB = max(1, SG / 8) at a time: their normalised keys (NB x 8 vec4) are loaded once per
-// workgroup, KL = NB * 8 / SG loads per lane (load j of lane l: vec4 (j * SG + l) % 8 of key
-// (j * SG + l) / 8), and subgroupBroadcast hands them to every lane, where tome_match.wgsl has
-// every lane load the whole key. Sets as in tome_match.wgsl (lead tokens, A parity).
+// similarity; exact ties keep the lower B index), with the matching metric computed on the way
+// as there (tome_metric.wgsl's arithmetic and order of sums). A workgroup is SG lanes (SG at
+// most the adapter's smallest subgroup size, so one subgroup), one A token per lane, its metric
+// in registers, and walks the B tokens NB = max(1, SG / 8) at a time: their keys averaged over
+// heads (NB x 8 vec4) are loaded once per workgroup, KL = NB * 8 / SG vec4 per lane (load j of
+// lane l: vec4 (j * SG + l) % 8 of key (j * SG + l) / 8), subgroupBroadcast hands them to every
+// lane, and each lane normalises the whole key it receives, where tome_match.wgsl has every
+// lane load the whole key. Sets as in tome_match.wgsl (lead tokens, A parity).
+
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
+alias elem = f32;
 
 // Subgroup width (the workgroup size); src/kernels/pipelines.rs substitutes the adapter's.
 const SG: u32 = 8u;
+const HEAD_DIM: u32 = 32u;
 const NB: u32 = max(1u, SG / 8u);
 const KL: u32 = NB * 8u / SG;
 
@@ -85,15 +103,28 @@ struct Params {{
     n: u32,
     lead: u32,
     a_odd: u32,
-    // unused here (tome_match.wgsl computes the metric from qkv; this kernel reads it).
     dim: u32,
     heads: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> metric: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> qkv: array<elem>;
 @group(0) @binding(2) var<storage, read_write> row_max: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<u32>;
+
+// metric_of(), a token's metric, comes from shaders/lib/tome_metric_of.wgsl (appended by
+// src/kernels/catalogue.rs), as in tome_match.wgsl.
+
+// Channels 4v..4v+3 of token t's key averaged over the heads: metric_of()'s sums, four at a time.
+fn head_mean4(t: u32, v: u32) -> vec4<f32> {{
+    let base = t * 3u * p.dim + p.dim + 4u * v;
+    var s = vec4<f32>(0.0);
+    for (var h = 0u; h < p.heads; h++) {{
+        let o = base + h * HEAD_DIM;
+        s += vec4<f32>(f32(qkv[o]), f32(qkv[o + 1u]), f32(qkv[o + 2u]), f32(qkv[o + 3u]));
+    }}
+    return s * (1.0 / f32(p.heads));
+}}
 
 @compute @workgroup_size(SG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -110,10 +141,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // nothing.
     let a_own = (tile % tiles) * SG + lane;
     let a = min(a_own, na - 1u);
-    let abase = (b * p.n + p.lead + 2u * a + p.a_odd) * 8u;
+    let m = metric_of(b * p.n + p.lead + 2u * a + p.a_odd);
     var ra: array<vec4<f32>, 8>;
     for (var d = 0u; d < 8u; d++) {{
-        ra[d] = metric[abase + d];
+        ra[d] = vec4<f32>(m[4u * d], m[4u * d + 1u], m[4u * d + 2u], m[4u * d + 3u]);
     }}
     var best = -3.4e38;
     var arg = 0u;

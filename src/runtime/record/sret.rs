@@ -220,20 +220,30 @@ fn execution(
         heads: sc.heads,
         groups: sc.groups_of(exec),
     };
-    let qkv = record_attention_half(b, shape, blk, coef, seq.x, perm, seq.mass, &label);
+    // Each residual layer leaves the statistics of the rows it stores for the LayerNorm after
+    // it, unless a merge rewrites those rows first or no block follows in the stage.
+    let keep = !seq.merges_at(spec, exec);
+    let stats = seq.stats.take();
+    let (qkv, after) = record_attention_half(
+        b, shape, blk, coef, seq.x, stats, perm, seq.mass, keep, &label,
+    );
+    seq.stats = after;
     // Token merging between attention and MLP.
     seq.merge(b, spec, trace, exec, qkv, &label);
     let x = seq.x;
     let rows = bt * seq.n;
-    record_mlp(
+    let stats = seq.stats.take();
+    let after = record_mlp(
         b,
         rows,
         dim,
         sc.mlp_hidden,
         x,
+        stats,
         &blk.fc1,
         &blk.fc2,
         (coef[2], coef[3]),
+        true,
         &label,
     );
     // The loop's own Non_proj MLP.
@@ -242,15 +252,17 @@ fn execution(
         fc1: up_normalized(b, &format!("{label}.np.fc1"), &np.fc1, &np.norm1),
         fc2: linear::upload(b, &format!("{label}.np.fc2"), &np.fc2),
     };
-    record_mlp(
+    seq.stats = record_mlp(
         b,
         rows,
         dim,
         sc.np_hidden,
         x,
+        after,
         &npt.fc1,
         &npt.fc2,
         (np.coef[0], np.coef[1]),
+        exec + 1 < sc.depth,
         &format!("{label} np"),
     );
 }

@@ -241,17 +241,27 @@ fn blocks(
         };
         // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
         let mass = seq.mass.filter(|_| v.prop_attn);
-        let qkv = record_attention_half(b, shape, blk, [1.0; 4], seq.x, None, mass, &label);
+        // Each residual layer leaves the statistics of the rows it stores for the LayerNorm
+        // after it, unless a merge rewrites those rows first or no block follows in the stage.
+        let keep = !seq.merges_at(spec, exec);
+        let stats = seq.stats.take();
+        let (qkv, after) = record_attention_half(
+            b, shape, blk, [1.0; 4], seq.x, stats, None, mass, keep, &label,
+        );
+        seq.stats = after;
         seq.merge(b, spec, trace, exec, qkv, &label);
-        record_mlp(
+        let stats = seq.stats.take();
+        seq.stats = record_mlp(
             b,
             bt * seq.n,
             dim,
             sc.mlp_hidden,
             seq.x,
+            stats,
             &blk.fc1,
             &blk.fc2,
             (1.0, 1.0),
+            exec + 1 < blocks.len(),
             &label,
         );
     }
