@@ -489,6 +489,33 @@ fn linear_matches_cpu_for_every_epilogue() {
     }
 }
 
+/// The CPU twin of `lin(ln(x))` over `m` rows as the GPU computes it from `folded`
+/// ([`linear::fold_layer_norm`] of the pair). f32: LayerNorm then Linear, the module pair
+/// itself. f16: the folded weights are what is stored (rounded), so the twin is LayerNorm
+/// without affine, then the rounded fold.
+fn layer_norm_then_linear(
+    x: &[f32],
+    m: usize,
+    ln: &LayerNorm,
+    lin: &Linear,
+    folded: &Linear,
+    f16: bool,
+) -> Vec<f32> {
+    if !f16 {
+        return cpu::linear(&cpu::layer_norm(x, m, ln, 1e-6), m, lin);
+    }
+    let plain = LayerNorm {
+        weight: vec![1.0; ln.weight.len()],
+        bias: vec![0.0; ln.bias.len()],
+    };
+    let stored = Linear {
+        weight: rounded(&folded.weight, true),
+        bias: rounded(&folded.bias, true),
+        ..folded.clone()
+    };
+    cpu::linear(&cpu::layer_norm(x, m, &plain, 1e-6), m, &stored)
+}
+
 /// LayerNorm folded into the linear layer after it (`ln_stats` + a linear that normalises rows
 /// as it loads them, gamma and beta in its weights) against LayerNorm then Linear on the CPU,
 /// for rows whose mean is far from zero, both kernels and two epilogues.
@@ -519,22 +546,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
         for f16 in precisions() {
             let x = rounded(&x, f16);
             let folded = linear::fold_layer_norm(&lin, &ln);
-            // f32: LayerNorm then Linear, the module pair itself. f16: the folded weights are what
-            // is stored (rounded), so the twin is LayerNorm without affine then the rounded fold.
-            let base = if f16 {
-                let plain = LayerNorm {
-                    weight: vec![1.0; k],
-                    bias: vec![0.0; k],
-                };
-                let stored = Linear {
-                    weight: rounded(&folded.weight, true),
-                    bias: rounded(&folded.bias, true),
-                    ..folded.clone()
-                };
-                cpu::linear(&cpu::layer_norm(&x, m, &plain, 1e-6), m, &stored)
-            } else {
-                cpu::linear(&cpu::layer_norm(&x, m, &ln, 1e-6), m, &lin)
-            };
+            let base = layer_norm_then_linear(&x, m, &ln, &lin, &folded, f16);
             for ep in [Epilogue::Bias, Epilogue::Gelu] {
                 let mut want = base.clone();
                 if ep == Epilogue::Gelu {
@@ -606,24 +618,11 @@ fn linear_row_statistics_match_cpu() {
                 in_features: n,
             };
             let folded = linear::fold_layer_norm(&lin2, &ln);
-            // The rows as stored, then LayerNorm and the second layer (f16: the rounded fold).
+            // The rows as stored, then LayerNorm and the second layer.
             let base = cpu::linear(&x, m, &lin);
             let rows: Vec<f32> = y0.iter().zip(&base).map(|(r, v)| ca * r + cb * v).collect();
             let rows = rounded(&rows, f16);
-            let want = if f16 {
-                let plain = LayerNorm {
-                    weight: vec![1.0; n],
-                    bias: vec![0.0; n],
-                };
-                let stored = Linear {
-                    weight: rounded(&folded.weight, true),
-                    bias: rounded(&folded.bias, true),
-                    ..folded.clone()
-                };
-                cpu::linear(&cpu::layer_norm(&rows, m, &plain, 1e-6), m, &stored)
-            } else {
-                cpu::linear(&cpu::layer_norm(&rows, m, &ln, 1e-6), m, &lin2)
-            };
+            let want = layer_norm_then_linear(&rows, m, &ln, &lin2, &folded, f16);
             for (sg, v) in linear_variants() {
                 let widths = std::cell::Cell::new((0, 0));
                 let got = run(|b| {

@@ -125,7 +125,7 @@ pub fn record_with_stats(
     }
     let width = stats_part_width(route(b));
     let stats = RowStats {
-        tensor: b.activation_words(format!("{label} ln stats"), m * n.div_ceil(width) * 2),
+        tensor: b.activation_words(format!("{label} stats"), m * n.div_ceil(width) * 2),
         width,
     };
     record_with(b, family, m, w, epilogue, x, None, Some(stats), y);

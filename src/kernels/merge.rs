@@ -186,7 +186,7 @@ pub fn record_merge(
                 None,
             )
         } else {
-            let t = b.activation_words(format!("{label} ln stats"), s.batch * n_out * 2);
+            let t = b.activation_words(format!("{label} merged stats"), s.batch * n_out * 2);
             (
                 t,
                 Some(RowStats {
@@ -224,7 +224,14 @@ pub fn record_merge(
             g,
         );
         let stats = stats.unwrap_or_else(|| {
-            norm::ln_stats(b, Family::Merge, s.batch * n_out, s.c, x_out, label)
+            norm::ln_stats(
+                b,
+                Family::Merge,
+                s.batch * n_out,
+                s.c,
+                x_out,
+                &format!("{label} merged"),
+            )
         });
         return MergeOutputs {
             x: x_out,
@@ -294,7 +301,14 @@ pub fn record_merge(
         x: x_out,
         mass: mass_out,
         slot: Some(slot),
-        stats: norm::ln_stats(b, Family::Merge, s.batch * n_out, s.c, x_out, label),
+        stats: norm::ln_stats(
+            b,
+            Family::Merge,
+            s.batch * n_out,
+            s.c,
+            x_out,
+            &format!("{label} merged"),
+        ),
     }
 }
 

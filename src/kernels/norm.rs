@@ -58,7 +58,7 @@ pub fn ln_stats(
     x: TensorId,
     label: &str,
 ) -> RowStats {
-    let stats = b.activation_words(format!("{label} ln stats"), rows * 2);
+    let stats = b.activation_words(format!("{label} stats"), rows * 2);
     let grid = b.grid(rows, 64);
     b.dispatch(
         family,

@@ -137,11 +137,20 @@ fn record_mlp(
     stats_after: bool,
     label: &str,
 ) -> Option<RowStats> {
-    let stats = row_stats(b, Family::Mlp, rows, dim, x, x_stats, label);
+    let stats = row_stats(
+        b,
+        Family::Mlp,
+        rows,
+        dim,
+        x,
+        x_stats,
+        &format!("{label} mlp in"),
+    );
     let h = b.activation(format!("{label} hidden"), rows * hidden);
     let gelu = Epilogue::Gelu;
     linear::record_normalized(b, Family::Mlp, rows, fc1, gelu, x, stats, LN_EPS, h);
-    record_residual(b, Family::Mlp, rows, fc2, coef, h, x, stats_after, label)
+    let out = format!("{label} mlp out");
+    record_residual(b, Family::Mlp, rows, fc2, coef, h, x, stats_after, &out)
 }
 
 /// `x = ca * x + cb * proj(attention(qkv(LN(x))))`, the attention half of every block (sliced,
@@ -164,14 +173,15 @@ fn record_attention_half(
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
     let fam = Family::Attention;
-    let stats = row_stats(b, fam, rows, dim, x, x_stats, &format!("{label} ln1"));
+    let stats = row_stats(b, fam, rows, dim, x, x_stats, &format!("{label} attn in"));
     let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
     let bias = Epilogue::Bias;
     linear::record_normalized(b, fam, rows, &blk.qkv, bias, x, stats, LN_EPS, qkv);
     let att = b.activation(format!("{label} attn"), rows * dim);
     attention::record(b, shape, qkv, perm, mass, att);
     let coef = (coef[0], coef[1]);
-    let after = record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, label);
+    let out = format!("{label} attn out");
+    let after = record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, &out);
     (qkv, after)
 }
 
