@@ -218,15 +218,16 @@ fn record_with(
         eps: norm.map_or(0.0, |(_, eps)| eps),
         stats_out: stats_out.is_some() as u32,
     };
-    // Unread bindings get a stand-in of the same access: the bias for the statistics read
-    // (binding 5), y for the statistics written (binding 6).
+    // Unused bindings get stand-ins: the bias for the statistics read (binding 5), the
+    // builder's unwritten sink for the statistics written (binding 6).
+    let sink = b.unwritten();
     let tensors = [
         x,
         w.wt,
         w.bias,
         y,
         norm.map_or(w.bias, |(s, _)| s.tensor),
-        stats_out.map_or(y, |s| s.tensor),
+        stats_out.map_or(sink, |s| s.tensor),
     ];
     let sg = match route(b) {
         Route::Tiled => {

@@ -68,6 +68,9 @@ enum Storage {
     Constant(Vec<u8>),
     /// A buffer the caller hands to [`ProgramBuilder::finish`] (inputs, outputs).
     External,
+    /// A small buffer of its own that kernels bind writable where their parameters say they
+    /// write nothing there ([`ProgramBuilder::unwritten`]).
+    Sink,
 }
 
 #[derive(Clone)]
@@ -106,6 +109,8 @@ pub struct ProgramBuilder {
     steps: Vec<StepDecl>,
     /// Constants are sized, not stored ([`ProgramBuilder::sizes_only`]).
     sizes_only: bool,
+    /// The one [`Storage::Sink`] tensor, once something asked for it.
+    sink: Option<TensorId>,
 }
 
 /// One dispatch, ready to record.
@@ -170,6 +175,7 @@ impl ProgramBuilder {
             tensors: Vec::new(),
             steps: Vec::new(),
             sizes_only: false,
+            sink: None,
         }
     }
 
@@ -183,10 +189,10 @@ impl ProgramBuilder {
     }
 
     /// Bytes of every tensor declared so far, in declaration order, and whether it is an
-    /// activation (or an external input/output) rather than a constant.
+    /// activation (or an external input/output) rather than a constant or the sink.
     pub fn tensor_sizes(&self) -> impl Iterator<Item = (&str, u64, bool)> + '_ {
         self.tensors.iter().map(|t| {
-            let per_batch = !matches!(t.storage, Storage::Constant(_));
+            let per_batch = matches!(t.storage, Storage::Arena | Storage::External);
             (t.label.as_str(), t.bytes, per_batch)
         })
     }
@@ -287,6 +293,25 @@ impl ProgramBuilder {
         self.push(label.into(), bytes, Storage::External)
     }
 
+    /// The tensor to bind at a writable binding a dispatch's parameters leave unwritten (an
+    /// optional output): a 16-byte buffer of its own, shared by every such binding. A stand-in
+    /// from the dispatch's own tensors would not do: WebGPU refuses two writable bindings of one
+    /// buffer range in a dispatch, and a buffer both read and written by it. Plan figures do not
+    /// count it.
+    pub fn unwritten(&mut self) -> TensorId {
+        if let Some(t) = self.sink {
+            return t;
+        }
+        let t = self.push("unwritten output".into(), 16, Storage::Sink);
+        self.sink = Some(t);
+        t
+    }
+
+    /// Whether `t` is the [`ProgramBuilder::unwritten`] stand-in.
+    pub fn is_unwritten(&self, t: TensorId) -> bool {
+        self.sink == Some(t)
+    }
+
     /// Keep an activation alive to the end of the program (outputs read after it, traces).
     pub fn pin(&mut self, t: TensorId) {
         self.tensors[t].pinned = true;
@@ -320,6 +345,20 @@ impl ProgramBuilder {
             "{} takes the uniform block its catalogue entry names",
             key.kernel.name()
         );
+        let writes = key.kernel.writable_bindings();
+        for (i, &t) in bindings.iter().enumerate() {
+            let writable = writes.contains(&(i as u32 + 1));
+            let twice = bindings.iter().enumerate().any(|(j, &u)| j != i && u == t);
+            assert!(
+                !(writable && twice),
+                "{}: tensor '{}' is bound writable at binding {} and again elsewhere (WebGPU \
+                 refuses aliased writable bindings; bind ProgramBuilder::unwritten() for an \
+                 unused output)",
+                key.kernel.name(),
+                self.tensors[t].label,
+                i + 1
+            );
+        }
         let step = self.steps.len();
         for &t in bindings {
             let info = &mut self.tensors[t];
@@ -598,6 +637,12 @@ fn homes(
                 }
                 Home::Owned(buffer)
             }
+            Storage::Sink => Home::Owned(crate::gpu::context::buffer_with(
+                device,
+                &t.label,
+                &[0u8; 16],
+                wgpu::BufferUsages::STORAGE,
+            )?),
             Storage::Arena => {
                 let (buffer, offset) = layout.placement[i].unwrap_or((0, 0));
                 Home::Arena { buffer, offset }
@@ -641,5 +686,45 @@ impl Program {
     /// Bytes actually allocated for the arena, read back from the buffers (cross-check of `arena_bytes`).
     pub fn allocated_arena_bytes(&self) -> u64 {
         self.arena.iter().map(|b| b.size()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::params::NormParams;
+    use crate::kernels::Kernel;
+
+    fn stats_of(b: &mut ProgramBuilder, x: TensorId, out: TensorId) {
+        let p = NormParams {
+            rows: 1,
+            c: 4,
+            eps: 0.0,
+        };
+        let key = KernelKey::plain(Kernel::LnStats);
+        b.dispatch(Family::Mlp, key, &p, &[x, out], [1, 1, 1]);
+    }
+
+    #[test]
+    fn the_unwritten_sink_is_one_tensor_outside_the_arena_and_the_figures() {
+        let mut b = ProgramBuilder::sizes_only(&wgpu::Limits::default());
+        let x = b.activation("x", 4);
+        let sink = b.unwritten();
+        assert_eq!(b.unwritten(), sink);
+        assert!(b.is_unwritten(sink) && !b.is_unwritten(x));
+        stats_of(&mut b, x, sink);
+        // Only x is packed; the sink is no activation and does not scale with the batch.
+        assert_eq!(b.arena_layout().placement[sink], None);
+        let sizes: Vec<bool> = b.tensor_sizes().map(|(_, _, per)| per).collect();
+        assert_eq!(sizes, [true, false]);
+    }
+
+    #[test]
+    #[should_panic(expected = "bound writable at binding 2 and again elsewhere")]
+    fn a_tensor_bound_writable_twice_in_one_dispatch_is_refused() {
+        let mut b = ProgramBuilder::sizes_only(&wgpu::Limits::default());
+        let x = b.activation("x", 4);
+        // WebGPU refuses this (aliased writable bindings); native backends would not say.
+        stats_of(&mut b, x, x);
     }
 }

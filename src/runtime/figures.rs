@@ -193,7 +193,9 @@ pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
             let mut read: Vec<usize> = Vec::new();
             let mut written: Vec<usize> = Vec::new();
             for (k, &t) in bindings.iter().enumerate() {
-                if writes.contains(&(k as u32 + 1)) {
+                if b.is_unwritten(t) {
+                    continue;
+                } else if writes.contains(&(k as u32 + 1)) {
                     written.push(t);
                 } else {
                     read.push(t);
