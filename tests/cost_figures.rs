@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use sret_tome::kernels::linear::{self, Epilogue};
-use sret_tome::kernels::{Family, ProgramBuilder};
+use sret_tome::kernels::{Family, ProgramBuilder, Variant, Variants};
 use sret_tome::model::weights::Linear;
 use sret_tome::model::{synthetic_weights, ModelConfig};
 use sret_tome::runtime::figures::{self, CostFigures};
@@ -11,12 +11,14 @@ use sret_tome::runtime::forward::split_batch;
 use sret_tome::runtime::{cost, record, ForwardSpec};
 use sret_tome::tome::{Schedule, Trajectory, DEFAULT_SEED};
 
+/// The cost figures `plan` prints by default: the portable kernels, the MLP fused.
 fn figures_for(model: &str, schedule: &str, batch: usize) -> CostFigures {
     let cfg = ModelConfig::by_name(model).unwrap();
     let schedule: Schedule = schedule.parse().unwrap();
     let spec = ForwardSpec::new(&cfg, &schedule, DEFAULT_SEED)
         .unwrap()
-        .with_batch(batch);
+        .with_batch(batch)
+        .with_kernels(Variants::all(Variant::Portable));
     let weights = synthetic_weights(&cfg, 0);
     figures::cost_figures(&cfg, &weights, &spec, &wgpu::Limits::default(), None)
 }
@@ -62,7 +64,8 @@ fn dispatch_counts_are_the_recorded_programs() {
         let weights = synthetic_weights(&cfg, 0);
         let whole = ForwardSpec::new(&cfg, &s, DEFAULT_SEED)
             .unwrap()
-            .with_batch(batch);
+            .with_batch(batch)
+            .with_kernels(Variants::all(Variant::Portable));
         let (chunks, mb) = split_batch(&cfg, &weights, &whole, &limits);
         let spec = whole.with_batch(mb);
         let recorded = record::record(&cfg, &weights, &spec, &limits, None);
@@ -285,7 +288,8 @@ fn unknown_profile_lists_the_known_ones() {
 
 /// `plan --kernels` counts the dispatches of the variants it is given: the portable kernels by
 /// default, the subgroup kernels (at `--subgroup-width` lanes: a linear layer is a full-tile and
-/// a last-tile dispatch) or the tiled linear kernel when pinned; `--json` says which.
+/// a last-tile dispatch) or the tiled linear kernel when pinned, the MLP fused in each unless
+/// `mlp=portable` says otherwise; `--json` says which.
 #[test]
 fn plan_counts_the_kernel_variants_it_is_given() {
     let plan = |extra: &[&str]| -> serde_json::Value {
@@ -317,13 +321,10 @@ fn plan_counts_the_kernel_variants_it_is_given() {
     };
     let portable = plan(&[]);
     let subgroup = plan(&["--kernels", "subgroup", "--subgroup-width", "32"]);
-    let tiled = plan(&[
-        "--kernels",
-        "linear=tiled,attention=portable,conv=portable,matching=portable",
-    ]);
+    let tiled = plan(&["--kernels", "tiled"]);
     assert_eq!(
         portable["kernel_variants"]["cost_figures"],
-        "linear=portable,conv=portable,attention=portable,matching=portable"
+        "linear=portable,conv=portable,attention=portable,matching=portable,mlp=fused"
     );
     assert!(subgroup["kernel_variants"]["cost_figures"]
         .as_str()
@@ -335,6 +336,19 @@ fn plan_counts_the_kernel_variants_it_is_given() {
         assert!(s.iter().any(|x| x == k), "{k} not counted: {s:?}");
     }
     assert!(t.iter().any(|k| k == "linear_tiled") && !t.iter().any(|k| k == "linear"));
+    // Every family fuses the MLP unless told not to.
+    for names in [&p, &s, &t] {
+        assert!(names.iter().any(|k| k == "mlp_fused"), "{names:?}");
+    }
+    let unfused = kernels(&plan(&[
+        "--kernels",
+        "linear=tiled,attention=portable,conv=portable,matching=portable,mlp=portable",
+    ]));
+    assert!(!unfused.iter().any(|k| k == "mlp_fused"));
+    assert!(
+        unfused.iter().filter(|k| *k == "linear_tiled").count()
+            > t.iter().filter(|k| *k == "linear_tiled").count()
+    );
     // The dispatch totals are those of the program each counts.
     for (v, names) in [(&portable, &p), (&subgroup, &s), (&tiled, &t)] {
         let total = v["dispatches"].as_u64().unwrap_or(0);

@@ -15,7 +15,7 @@ use sret_tome::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use sret_tome::kernels::linear::{self, Epilogue};
 use sret_tome::kernels::program::subgroup_width;
 use sret_tome::kernels::tokens::{record_copy, TokenCopy};
-use sret_tome::kernels::{merge, norm};
+use sret_tome::kernels::{merge, mlp, norm};
 use sret_tome::kernels::{Family, Kernel, Variant, Variants};
 use sret_tome::model::weights::{Conv, LayerNorm, Linear};
 use sret_tome::reference as cpu;
@@ -687,6 +687,133 @@ fn linear_row_statistics_match_cpu() {
                         tol(f16)
                     )
                 });
+            }
+        }
+    }
+}
+
+/// The MLP half of a block, `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` in place with the
+/// LayerNorm folded into fc1, fused (`mlp_fused.wgsl`, one dispatch, the hidden values kept on
+/// chip in f32) and as the pair of linear layers (the hidden values stored, rounded to the
+/// storage precision), against the CPU: the stored rows and the statistics written beside them
+/// (one part per row fused, each linear kernel's parts unfused), for rows whose mean is far from
+/// zero, widths that are not multiples of 4 or 8, partial 16-row tiles and hidden sizes that are
+/// not multiples of the 64-column chunk.
+#[test]
+fn mlp_matches_cpu() {
+    let _cases = Cases::new();
+    for (seed, m, dim, hidden) in [
+        (90u64, 37usize, 64usize, 230usize),
+        (91, 16, 256, 921),
+        (92, 5, 128, 460),
+        (93, 50, 60, 100),
+        (94, 1, 192, 768),
+        (95, 33, 18, 7),
+    ] {
+        let y0: Vec<f32> = random(seed, m * dim, 2.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 3.0 * ((i / dim) % 5) as f32 - 4.0)
+            .collect();
+        let ln = LayerNorm {
+            weight: random(seed + 1, dim, 1.0),
+            bias: random(seed + 2, dim, 0.5),
+        };
+        let fc1 = Linear {
+            weight: random(seed + 3, hidden * dim, (3.0 / dim as f32).sqrt()),
+            bias: random(seed + 4, hidden, 0.1),
+            out_features: hidden,
+            in_features: dim,
+        };
+        let fc2 = Linear {
+            weight: random(seed + 5, dim * hidden, (3.0 / hidden as f32).sqrt()),
+            bias: random(seed + 6, dim, 0.1),
+            out_features: dim,
+            in_features: hidden,
+        };
+        let (ca, cb) = (0.9f32, 1.1f32);
+        for f16 in precisions() {
+            let y0 = rounded(&y0, f16);
+            let folded = linear::fold_layer_norm(&fc1, &ln);
+            let stored2 = Linear {
+                weight: rounded(&fc2.weight, f16),
+                bias: rounded(&fc2.bias, f16),
+                ..fc2.clone()
+            };
+            let mut h = layer_norm_then_linear(&y0, m, &ln, &fc1, &folded, f16);
+            cpu::gelu(&mut h);
+            for (variant, linear_variants) in [
+                (Variant::Fused, vec![(None, Variant::Portable)]),
+                (Variant::Portable, linear_variants()),
+            ] {
+                // Unfused, the hidden values are stored in the storage precision.
+                let h = if variant == Variant::Fused {
+                    h.clone()
+                } else {
+                    rounded(&h, f16)
+                };
+                let out = cpu::linear(&h, m, &stored2);
+                let rows: Vec<f32> = y0.iter().zip(&out).map(|(r, v)| ca * r + cb * v).collect();
+                let rows = rounded(&rows, f16);
+                for (sg, lv) in linear_variants {
+                    let shape = std::cell::Cell::new((0, false));
+                    let got = run(|b| {
+                        b.set_subgroup_width(sg);
+                        b.set_f16(f16);
+                        b.set_variants(Variants {
+                            linear: lv,
+                            mlp: variant,
+                            ..Variants::default()
+                        });
+                        let y = b.weights("y0", &y0);
+                        let stats = norm::ln_stats(b, Family::Mlp, m, dim, y, "y");
+                        let w1 = linear::upload(b, "fc1", &folded);
+                        let w2 = linear::upload(b, "fc2", &fc2);
+                        let norm = (stats, 1e-6);
+                        let after = mlp::record(b, m, &w1, &w2, (ca, cb), norm, true, y, "mlp");
+                        let after = after.expect("statistics asked for");
+                        let fused =
+                            (0..b.dispatch_count()).any(|i| b.step(i).0.kernel == Kernel::MlpFused);
+                        shape.set((after.width, fused));
+                        vec![y, after.tensor]
+                    });
+                    let (width, fused) = shape.get();
+                    let what = format!(
+                        "MLP {m}x{dim}x{hidden} ({variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
+                    );
+                    expect(fused == (variant == Variant::Fused), || {
+                        format!("{what}: the fused kernel ran: {fused}")
+                    });
+                    let err = max_rel_err(&decode(&got[0], f16, rows.len()), &rows);
+                    expect(err <= tol(f16), || {
+                        format!("{what}: {err} (tolerance {:e})", tol(f16))
+                    });
+                    let parts = dim.div_ceil(width);
+                    let (mut means, mut m2s) = (Vec::new(), Vec::new());
+                    for row in rows.chunks_exact(dim) {
+                        for part in row.chunks(width) {
+                            let len = part.len() as f64;
+                            let mean = part.iter().map(|&v| v as f64).sum::<f64>() / len;
+                            let m2: f64 = part.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+                            means.push(mean as f32);
+                            m2s.push(m2 as f32);
+                        }
+                    }
+                    let st = decode(&got[1], false, 2 * m * parts);
+                    let got_means: Vec<f32> = st.iter().step_by(2).copied().collect();
+                    let got_m2s: Vec<f32> = st.iter().skip(1).step_by(2).copied().collect();
+                    // M2 is a sum of squares: a relative error e in the stored values (what
+                    // the rows' tolerance allows) is up to 2e in it.
+                    for (name, g, w, t) in [
+                        ("means", &got_means, &means, tol(f16)),
+                        ("M2", &got_m2s, &m2s, 2.0 * tol(f16)),
+                    ] {
+                        let err = max_rel_err(g, w);
+                        expect(err <= t, || {
+                            format!("statistics {name} of {what}: {err} (tolerance {t:e})")
+                        });
+                    }
+                }
             }
         }
     }
@@ -1376,6 +1503,7 @@ fn twin_test(k: sret_tome::kernels::Kernel) -> (&'static str, &'static str) {
         | K::TomeMergeFused
         | K::TomeMapUpdate => ("kernels.rs", "merge_pipeline_matches_cpu"),
         K::CopyTokens => ("kernels.rs", "token_copies_match_cpu"),
+        K::MlpFused => ("kernels.rs", "mlp_matches_cpu"),
         K::Preprocess => ("api.rs", "gpu_preprocessing_is_the_cpu_preprocessing"),
     }
 }

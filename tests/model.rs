@@ -9,15 +9,22 @@
 mod common;
 
 use common::*;
+use sret_tome::kernels::{Variant, Variants};
 use sret_tome::model::Model;
 use sret_tome::model::MODEL_NAMES;
 use sret_tome::runtime::ForwardSpec;
 use sret_tome::tome::Schedule;
 
 fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
+    check_with(model, schedule, batch, seed, Variants::default());
+}
+
+fn check_with(model: &Model, schedule: &str, batch: usize, seed: u64, kernels: Variants) {
     let cfg = &model.cfg;
     let sched: Schedule = schedule.parse().unwrap();
-    let plan = ForwardSpec::new(cfg, &sched, seed).unwrap();
+    let plan = ForwardSpec::new(cfg, &sched, seed)
+        .unwrap()
+        .with_kernels(kernels);
     let engine = common::engine(
         gpu(),
         cache(),
@@ -25,6 +32,13 @@ fn check(model: &Model, schedule: &str, batch: usize, seed: u64) {
         &plan.clone().with_batch(batch).with_trace(true),
     )
     .unwrap();
+    let mlp = (sret_tome::kernels::KernelKind::Mlp, kernels.mlp);
+    assert!(
+        engine.kernels().used.contains(&mlp),
+        "{}: {mlp:?} asked, {:?} used",
+        cfg.name,
+        engine.kernels().used
+    );
     let images = sret_tome::model::synthetic_images(cfg, batch, seed + 100);
     let out = engine.forward(&images).unwrap();
     let trace = out.trace.unwrap_or_default();
@@ -49,6 +63,25 @@ fn every_variant_matches_the_cpu_twin() {
         let model = Model::synthetic(name).unwrap();
         for batch in [1, 3] {
             check(&model, "none", batch, 7);
+        }
+    }
+}
+
+/// The fused MLP kernel (one dispatch per MLP; not the fixed default) in whole forwards: SReT-T
+/// merging (its Non_proj MLPs too) and DeiT-Tiny, at batch 1 and 3.
+#[test]
+fn fused_mlp_forwards_match_the_cpu_twin() {
+    let fused = Variants {
+        mlp: Variant::Fused,
+        ..Variants::default()
+    };
+    for (name, schedule) in [
+        ("sret_t_distill", "exp:0.25,0"),
+        ("deit_tiny_distill", "constant:8"),
+    ] {
+        let model = Model::synthetic(name).unwrap();
+        for batch in [1, 3] {
+            check_with(&model, schedule, batch, 9, fused);
         }
     }
 }

@@ -3,8 +3,10 @@
 //! For a plan (model, schedule, batch, precision) on an adapter, every candidate variant of
 //! each [`KernelKind`] is timed and the fastest recorded into the plan: one engine per round
 //! of candidates (round `i` prefers each kind's `i`-th candidate, its last one past the end:
-//! round 0 subgroup kernels everywhere, round 1 workgroup-tiled linear layers, vec4 attention
-//! and portable convolutions and matching, round 2 the portable kernels only; a round whose
+//! round 0 subgroup kernels everywhere and the fused MLP (the fixed default but for the MLP,
+//! which it runs unfused), round 1 workgroup-tiled linear layers,
+//! vec4 attention, portable convolutions and matching and the MLP as two linear layers, round 2
+//! the portable kernels only, the MLP unfused; a round whose
 //! kernels repeat an earlier round's is skipped), a warm-up forward, then two per-dispatch
 //! profiles (timestamp queries) whose per-kind minimum decides, kind by kind.
 //! Without timestamp queries the round whose whole forward is fastest by wall clock wins.
@@ -147,6 +149,10 @@ pub(super) fn used(shaders: impl Iterator<Item = &'static str>) -> Vec<(KernelKi
                 out.push((k, v));
             }
         }
+    }
+    // Every model has MLPs: without the fused kernel they ran as two linear layers.
+    if !out.iter().any(|(k, _)| *k == KernelKind::Mlp) {
+        out.push((KernelKind::Mlp, Variant::Portable));
     }
     out.sort();
     out
@@ -311,7 +317,19 @@ pub(super) fn measure(
             let mut best: BTreeMap<KernelKind, f64> = BTreeMap::new();
             for _ in 0..2 {
                 let mut sums: BTreeMap<KernelKind, f64> = BTreeMap::new();
-                for (name, t, _) in engine.profile()?.kernels {
+                let profile = engine.profile()?;
+                // The MLP kind is the MLP family's time, fused or not; unfused, its two linear
+                // layers are taken out of the linear kind's time, so that every round's linear
+                // figure covers the same layers.
+                let mlp = profile
+                    .families
+                    .iter()
+                    .find(|(f, _)| *f == crate::kernels::Family::Mlp)
+                    .map_or(0.0, |&(_, t)| t);
+                if ran.mlp != Variant::Fused {
+                    *sums.entry(KernelKind::Linear).or_default() -= mlp;
+                }
+                for (name, t, _) in profile.kernels {
                     let kind = Kernel::ALL
                         .into_iter()
                         .find(|s| s.name() == name)
@@ -320,6 +338,7 @@ pub(super) fn measure(
                         *sums.entry(k).or_default() += t;
                     }
                 }
+                sums.insert(KernelKind::Mlp, mlp);
                 for (k, t) in sums {
                     let e = best.entry(k).or_insert(f64::INFINITY);
                     *e = e.min(t);
@@ -467,7 +486,12 @@ mod tests {
                 assert!((0..ROUNDS).any(|r| round(r).get(k) == v), "{k:?} {v:?}");
             }
         }
-        assert_eq!(round(0), Variants::default());
+        // Round 0 is the fixed default with the fused MLP, which the default leaves out.
+        let first = Variants {
+            mlp: Variant::Fused,
+            ..Variants::default()
+        };
+        assert_eq!(round(0), first);
         let longest = KernelKind::ALL.iter().map(|k| k.candidates().len()).max();
         assert_eq!(longest, Some(ROUNDS));
     }

@@ -42,7 +42,9 @@ pub struct Cli {
     /// Pin kernel variants (no measurement), for bit-reproducible runs: one of subgroup, tiled,
     /// vec4, portable for every kind (kinds without that variant run their portable kernel:
     /// `tiled` is the tiled linear kernel and portable elsewhere), or KIND=VARIANT pairs such as
-    /// `linear=tiled,attention=vec4` (kinds: linear, conv, attention, matching).
+    /// `linear=tiled,attention=vec4` (kinds: linear, conv, attention, matching, mlp; a
+    /// variant name fuses the MLP in every family, `mlp=fused` or `mlp=portable` (two linear
+    /// layers, the fixed default's choice) says which).
     #[arg(long, global = true, value_parser = parse_variants)]
     pub kernels: Option<crate::kernels::Variants>,
     /// The subcommand to run.

@@ -61,7 +61,7 @@ pub const MAX_PLAN_BATCH: usize = 1 << 20;
 
 /// How engines choose kernel variants (`plan` opens no device, so it can only say the policy
 /// and what the autotune cache already holds).
-const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching) on its adapter at build, unless --autotune off or --kernels";
+const KERNEL_POLICY: &str = "each engine times its candidate variants per kind (linear, conv, attention, matching, mlp) on its adapter at build, unless --autotune off or --kernels";
 
 /// Run `sret-tome plan`: print the token trajectory, FLOPs and parameters of a schedule, and the
 /// cost figures of its forward with the kernel variants `kernels` pins (the portable kernels

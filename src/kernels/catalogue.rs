@@ -30,7 +30,7 @@ use super::params::*;
 use super::pipelines::KernelKey;
 use super::uniform::{KernelParams, ParamsLayout};
 use super::variants::{KernelKind, Variant};
-use super::{attention, conv, linear, merge, norm, preprocess, tokens};
+use super::{attention, conv, linear, merge, mlp, norm, preprocess, tokens};
 
 /// Where a kernel's WGSL comes from.
 #[derive(Clone, Copy)]
@@ -231,6 +231,20 @@ catalogue! {
             workgroup_bytes: linear::TILED_WORKGROUP_BYTES,
         },
         flops: linear::flops,
+    },
+    /// The whole MLP (LayerNorm-folded fc1, GELU, fc2, residual) in one dispatch, the hidden
+    /// activations kept in workgroup memory.
+    MlpFused = "mlp_fused" {
+        text: Text::File(include_str!("../../shaders/mlp_fused.wgsl")),
+        libs: LINEAR_LIBS,
+        params: MlpParams,
+        kind: Some((KernelKind::Mlp, Variant::Fused)),
+        needs: Needs {
+            subgroups: false,
+            invocations: mlp::INVOCATIONS,
+            workgroup_bytes: mlp::WORKGROUP_BYTES,
+        },
+        flops: mlp::flops,
     },
     /// Fused sliced group attention with proportional attention (online softmax, scores never
     /// stored).

@@ -19,6 +19,7 @@ pub mod attention;
 pub mod conv;
 pub mod linear;
 pub mod merge;
+pub mod mlp;
 pub mod norm;
 pub mod params;
 pub mod preprocess;

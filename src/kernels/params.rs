@@ -39,6 +39,38 @@ kernel_params! {
 }
 
 kernel_params! {
+    /// The fused MLP (`mlp_fused.wgsl`): `y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)`
+    /// in place, the hidden activations kept in workgroup memory.
+    pub struct MlpParams {
+        /// Rows of y.
+        pub m: u32,
+        /// Input features of fc1 (the row length of y).
+        pub k: u32,
+        /// Hidden features (fc1's outputs, fc2's inputs).
+        pub h: u32,
+        /// Hidden features padded to the tile width (the row stride of `W1^T` and `b1`).
+        pub h_pad: u32,
+        /// Output features of fc2 (equal to `k`: the residual is in place).
+        pub n: u32,
+        /// Output features padded to the tile width (the row stride of `W2^T` and `b2`).
+        pub n_pad: u32,
+        /// The epilogue of shaders/lib/linear_epilogue.wgsl: always 2, the residual.
+        pub mode: u32,
+        /// Residual coefficient of the old `y`.
+        pub ca: f32,
+        /// Residual coefficient of the MLP's output.
+        pub cb: f32,
+        /// Non-zero: normalise each row as fc1 loads it, with LayerNorm statistics in parts of
+        /// this many columns ([`crate::kernels::norm::RowStats`]).
+        pub norm: u32,
+        /// Variance epsilon of the LayerNorm applied with `norm`.
+        pub eps: f32,
+        /// 1: write the statistics of the stored rows, one part per row.
+        pub stats_out: u32,
+    }
+}
+
+kernel_params! {
     /// The attention kernels: one head of `softmax(q k^T * scale [+ log mass]) v` per group.
     pub struct AttentionParams {
         /// Images.

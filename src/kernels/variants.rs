@@ -24,15 +24,19 @@ pub enum KernelKind {
     Attention,
     /// ToMe's bipartite matching.
     Matching,
+    /// A block's MLP: fc1, GELU and fc2 fused in one kernel, or as two linear layers
+    /// (`portable`: the linear kind's kernels).
+    Mlp,
 }
 
 impl KernelKind {
     /// Every kind, in display order.
-    pub const ALL: [KernelKind; 4] = [
+    pub const ALL: [KernelKind; 5] = [
         KernelKind::Linear,
         KernelKind::Conv,
         KernelKind::Attention,
         KernelKind::Matching,
+        KernelKind::Mlp,
     ];
 
     /// Its name in `--kernels` and reports.
@@ -42,6 +46,7 @@ impl KernelKind {
             KernelKind::Conv => "conv",
             KernelKind::Attention => "attention",
             KernelKind::Matching => "matching",
+            KernelKind::Mlp => "mlp",
         }
     }
 
@@ -54,6 +59,10 @@ impl KernelKind {
             .filter(|&(kind, _)| kind == self)
             .map(|(_, v)| v)
             .collect();
+        if self == KernelKind::Mlp {
+            // Unfused, the MLP is two linear layers: no kernel of its own.
+            v.push(Variant::Portable);
+        }
         v.sort_unstable();
         v.dedup();
         v
@@ -71,6 +80,10 @@ pub enum Variant {
     Tiled,
     /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
     Vec4,
+    /// MLP only: fc1, GELU and fc2 in one kernel, the hidden activations kept on chip
+    /// (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of workgroup memory and rows of at most
+    /// 256 columns, else the two linear layers). Every family fuses: `Variants::all` keeps it.
+    Fused,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
     Portable,
 }
@@ -82,6 +95,7 @@ impl Variant {
             Variant::Subgroup => "subgroup",
             Variant::Tiled => "tiled",
             Variant::Vec4 => "vec4",
+            Variant::Fused => "fused",
             Variant::Portable => "portable",
         }
     }
@@ -98,29 +112,40 @@ pub struct Variants {
     pub attention: Variant,
     /// Bipartite matching.
     pub matching: Variant,
+    /// The blocks' MLPs.
+    pub mlp: Variant,
 }
 
 impl Default for Variants {
     /// The fixed choice used without measurement: subgroup kernels wherever they can run,
     /// else vec4 attention, else the portable kernels (the fastest on every adapter measured
-    /// so far: lavapipe at 8 and 16 lanes).
+    /// so far: lavapipe at 8 and 16 lanes), and the MLP as two linear layers: the fused MLP
+    /// kernel synchronises its 256 invocations at workgroup barriers, which software
+    /// rasterisers pay dearly for (17x the unfused pair's time on lavapipe, as the tiled linear
+    /// kernel pays 8.6x), and no GPU has measured it yet. Autotune measures it (round 0).
     fn default() -> Self {
-        Variants::all(Variant::Subgroup)
+        Variants {
+            mlp: Variant::Portable,
+            ..Variants::all(Variant::Subgroup)
+        }
     }
 }
 
 impl Variants {
     /// Every kind preferring `v`, and the kinds without a `v` kernel their portable one
-    /// (`Variants::all(Variant::Tiled)` is the tiled linear kernel and portable elsewhere).
+    /// (`Variants::all(Variant::Tiled)` is the tiled linear kernel and portable elsewhere),
+    /// except the MLP, which stays fused in every family (fusing is not a kernel style; its
+    /// linear layers are the linear kind's where it cannot fuse; `mlp=portable` unfuses).
     pub fn all(v: Variant) -> Self {
         let mut out = Variants {
             linear: v,
             conv: v,
             attention: v,
             matching: v,
+            mlp: Variant::Fused,
         };
         for kind in KernelKind::ALL {
-            if !kind.candidates().contains(&v) {
+            if kind != KernelKind::Mlp && !kind.candidates().contains(&v) {
                 out.set(kind, Variant::Portable);
             }
         }
@@ -134,6 +159,7 @@ impl Variants {
             KernelKind::Conv => self.conv,
             KernelKind::Attention => self.attention,
             KernelKind::Matching => self.matching,
+            KernelKind::Mlp => self.mlp,
         }
     }
 
@@ -144,6 +170,7 @@ impl Variants {
             KernelKind::Conv => self.conv = v,
             KernelKind::Attention => self.attention = v,
             KernelKind::Matching => self.matching = v,
+            KernelKind::Mlp => self.mlp = v,
         }
     }
 }
@@ -170,13 +197,14 @@ impl FromStr for Variants {
                 Variant::Subgroup,
                 Variant::Tiled,
                 Variant::Vec4,
+                Variant::Fused,
                 Variant::Portable,
             ]
             .into_iter()
             .find(|x| x.name() == v.trim())
             .ok_or_else(|| {
                 bad(format!(
-                    "unknown variant '{v}' (subgroup, tiled, vec4 or portable)"
+                    "unknown variant '{v}' (subgroup, tiled, vec4, fused or portable)"
                 ))
             })
         };
@@ -193,7 +221,7 @@ impl FromStr for Variants {
                 .find(|x| x.name() == k.trim())
                 .ok_or_else(|| {
                     bad(format!(
-                        "unknown kernel kind '{k}' (linear, conv, attention or matching)"
+                        "unknown kernel kind '{k}' (linear, conv, attention, matching or mlp)"
                     ))
                 })?;
             let v = variant(v)?;
@@ -223,9 +251,16 @@ mod tests {
         let partial: Variants = "matching=portable".parse().unwrap();
         assert_eq!(partial.matching, Variant::Portable);
         assert_eq!(partial.linear, Variant::Subgroup);
+        let fused: Variants = "mlp=fused".parse().unwrap();
+        assert_eq!(
+            (fused.mlp, fused.linear),
+            (Variant::Fused, Variant::Subgroup)
+        );
+        assert_eq!(Variants::default().mlp, Variant::Portable);
         for bad in [
             "linear=fast",
-            "mlp=portable",
+            "mlp=subgroup",
+            "linear=fused",
             "linear=vec4",
             "linear",
             "=",
@@ -245,6 +280,7 @@ mod tests {
         );
         assert_eq!(KernelKind::Conv.candidates(), [Subgroup, Portable]);
         assert_eq!(KernelKind::Matching.candidates(), [Subgroup, Portable]);
+        assert_eq!(KernelKind::Mlp.candidates(), [Fused, Portable]);
         for kind in KernelKind::ALL {
             assert_eq!(
                 kind.candidates().last(),
@@ -255,5 +291,9 @@ mod tests {
         }
         let tiled = Variants::all(Tiled);
         assert_eq!((tiled.linear, tiled.attention), (Tiled, Portable));
+        // Every family fuses the MLP.
+        for v in [Subgroup, Tiled, Vec4, Portable] {
+            assert_eq!(Variants::all(v).mlp, Fused);
+        }
     }
 }

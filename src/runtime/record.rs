@@ -8,6 +8,7 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
+use crate::kernels::mlp;
 use crate::kernels::norm::{self, RowStats};
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
@@ -128,7 +129,6 @@ fn record_mlp(
     b: &mut ProgramBuilder,
     rows: usize,
     dim: usize,
-    hidden: usize,
     x: TensorId,
     x_stats: Option<RowStats>,
     fc1: &LinearWeights,
@@ -146,11 +146,18 @@ fn record_mlp(
         x_stats,
         &format!("{label} mlp in"),
     );
-    let h = b.activation(format!("{label} hidden"), rows * hidden);
-    let gelu = Epilogue::Gelu;
-    linear::record_normalized(b, Family::Mlp, rows, fc1, gelu, x, stats, LN_EPS, h);
     let out = format!("{label} mlp out");
-    record_residual(b, Family::Mlp, rows, fc2, coef, h, x, stats_after, &out)
+    mlp::record(
+        b,
+        rows,
+        fc1,
+        fc2,
+        coef,
+        (stats, LN_EPS),
+        stats_after,
+        x,
+        &out,
+    )
 }
 
 /// `x = ca * x + cb * proj(attention(qkv(LN(x))))`, the attention half of every block (sliced,

@@ -255,7 +255,6 @@ fn blocks(
             b,
             bt * seq.n,
             dim,
-            sc.mlp_hidden,
             seq.x,
             stats,
             &blk.fc1,

@@ -1,0 +1,202 @@
+// The whole MLP half of a block in one dispatch, its hidden activations never leaving the chip:
+//   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)    (in place; fc1 normalises as it loads)
+// for y [m, n] (fc1 reads n = k columns; W1^T [k, h_pad], W2^T [h, n_pad] as linear.wgsl's), with
+// linear.wgsl's residual epilogue (mode 2, shaders/lib/linear_epilogue.wgsl), its optional row
+// normalisation as the rows are loaded (`norm`, shaders/lib/ln_row_stats.wgsl) and the
+// statistics of the rows it stores (`stats_out`: one part per row, the whole row, as this
+// workgroup stores every column of its rows).
+// A workgroup of 256 invocations owns 16 whole rows. For every chunk of 64 hidden columns it
+// computes the chunk as linear_tiled.wgsl computes a tile (16 x 16 blocks of the normalised rows
+// and of W1^T staged in workgroup memory, each invocation a row's 4 columns), applies bias and
+// GELU into workgroup memory, and each invocation adds the chunk's contribution to its row's 16
+// output columns (4tx + 64j) in registers. The rows are read from y again per chunk (from cache);
+// y is written once, after every invocation's last read of it: a workgroup reads and writes
+// only its own rows, so one read-write binding serves as input and output. Columns n <= 256
+// (N_MAX); 8.2 KiB of workgroup memory. No subgroup operations.
+
+// Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs). Workgroup
+// memory and arithmetic are f32.
+alias elem = f32;
+
+struct Params {
+    m: u32,
+    k: u32,
+    h: u32,
+    h_pad: u32,
+    n: u32,
+    n_pad: u32,
+    mode: u32,
+    ca: f32,
+    cb: f32,
+    norm: u32,
+    eps: f32,
+    stats_out: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w1: array<vec4<elem>>;
+@group(0) @binding(2) var<storage, read> b1: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read> w2: array<vec4<elem>>;
+@group(0) @binding(4) var<storage, read> b2: array<vec4<elem>>;
+@group(0) @binding(5) var<storage, read_write> y: array<elem>;
+@group(0) @binding(6) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> part_out: array<vec2<f32>>;
+
+// Rows per workgroup, hidden columns per chunk, depth per staging step.
+const TM: u32 = 16u;
+const TH: u32 = 64u;
+const TK: u32 = 16u;
+
+// xs[r * 16 + kk]: row r of the tile at depth kk (normalised); also the statistics' reduction
+// buffer. ws[kk * 16 + c]: W1^T at depth kk, hidden columns 4c..4c+3 of the chunk.
+// hs[r * 16 + c]: the chunk's hidden values of row r, columns 4c..4c+3, after GELU.
+var<workgroup> xs: array<f32, 256>;
+var<workgroup> ws: array<vec4<f32>, 256>;
+var<workgroup> hs: array<vec4<f32>, 256>;
+// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation; then the row means of
+// the statistics written.
+var<workgroup> st: array<vec2<f32>, 16>;
+
+// epilogue() (mode 2: the residual), gelu() and row_stats() come from shaders/lib/, appended by
+// src/kernels/catalogue.rs.
+
+// Stores output column `col` of `row`, returning the stored value (0 past the last row or
+// column).
+fn store(row: u32, col: u32, acc: f32, b: f32) -> f32 {
+    if (row >= p.m || col >= p.n) {
+        return 0.0;
+    }
+    return epilogue(row * p.n + col, acc + b);
+}
+
+fn red_sum(r: u32) -> f32 {
+    var s = 0.0;
+    for (var t = 0u; t < 16u; t++) {
+        s += xs[r * 16u + t];
+    }
+    return s;
+}
+
+// The statistics of the tile's rows over all n columns, one part per row: the row mean from
+// the 16 invocations sharing the row through workgroup memory, then the squared deviations
+// from it the same way. `v[j]` holds this invocation's stored columns 4tx + 64j.. of row ty
+// (0 where nothing was stored).
+fn tile_stats(li: u32, tx: u32, ty: u32, m0: u32, v: array<vec4<f32>, 4>) {
+    var mask: array<vec4<f32>, 4>;
+    var s = 0.0;
+    for (var j = 0u; j < 4u; j++) {
+        let c = tx * 4u + 64u * j;
+        mask[j] = select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(c, c + 1u, c + 2u, c + 3u) < vec4<u32>(p.n));
+        s += dot(v[j], mask[j]);
+    }
+    xs[ty * 16u + tx] = s;
+    workgroupBarrier();
+    if (li < TM) {
+        st[li] = vec2<f32>(red_sum(li) / f32(p.n), 0.0);
+    }
+    workgroupBarrier();
+    var q = 0.0;
+    for (var j = 0u; j < 4u; j++) {
+        let d = (v[j] - st[ty].x) * mask[j];
+        q += dot(d, d);
+    }
+    xs[ty * 16u + tx] = q;
+    workgroupBarrier();
+    if (li < TM && m0 + li < p.m) {
+        part_out[m0 + li] = vec2<f32>(st[li].x, red_sum(li));
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    // Workgroup-uniform: the whole workgroup leaves or none of it (barriers below).
+    let t = wid.x + wid.y * nwg.x;
+    if (t * TM >= p.m) {
+        return;
+    }
+    let m0 = t * TM;
+    let tx = li % 16u;
+    let ty = li / 16u;
+    if (li < TM) {
+        var s = vec2<f32>(0.0, 1.0);
+        if (p.norm != 0u) {
+            s = row_stats(min(m0 + li, p.m - 1u));
+        }
+        st[li] = s;
+    }
+    // Rows past the edge are clamped (their results are never stored).
+    let x_row = min(m0 + ty, p.m - 1u) * p.k;
+    let h_stride = p.h_pad / 4u;
+    let n_stride = p.n_pad / 4u;
+    var out = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    workgroupBarrier();
+    for (var c0 = 0u; c0 < p.h; c0 += TH) {
+        // fc1 on the chunk: this invocation's hidden columns c0 + 4tx.. of row ty.
+        let hc = c0 / 4u + tx;
+        var acc = vec4<f32>(0.0);
+        for (var k0 = 0u; k0 < p.k; k0 += TK) {
+            // Loading roles: x at row ty, depth tx; W1^T at depth ty, the vec4 of columns tx.
+            var v = 0.0;
+            if (k0 + tx < p.k) {
+                let s = st[ty];
+                v = (f32(y[x_row + k0 + tx]) - s.x) * s.y;
+            }
+            xs[ty * 16u + tx] = v;
+            var w = vec4<f32>(0.0);
+            if (k0 + ty < p.k && hc < h_stride) {
+                w = vec4<f32>(w1[(k0 + ty) * h_stride + hc]);
+            }
+            ws[ty * 16u + tx] = w;
+            workgroupBarrier();
+            for (var kk = 0u; kk < TK; kk++) {
+                acc += xs[ty * 16u + kk] * ws[kk * 16u + tx];
+            }
+            workgroupBarrier();
+        }
+        var hv = vec4<f32>(0.0);
+        if (hc < h_stride) {
+            let z = acc + vec4<f32>(b1[hc]);
+            hv = vec4<f32>(gelu(z.x), gelu(z.y), gelu(z.z), gelu(z.w));
+            let col = c0 + tx * 4u;
+            hv *= select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(col, col + 1u, col + 2u, col + 3u) < vec4<u32>(p.h));
+        }
+        hs[ty * 16u + tx] = hv;
+        workgroupBarrier();
+        // fc2's share of the chunk: row ty, output columns 4tx + 64j...
+        let depth = min(TH, p.h - c0);
+        for (var d = 0u; d < depth; d++) {
+            let a = hs[ty * 16u + d / 4u][d % 4u];
+            let w_row = (c0 + d) * n_stride + tx;
+            for (var j = 0u; j < 4u; j++) {
+                if (tx + 16u * j < n_stride) {
+                    out[j] += a * vec4<f32>(w2[w_row + 16u * j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    // Every read of y happened before the last barrier; now each invocation stores its columns.
+    let row = m0 + ty;
+    var v: array<vec4<f32>, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        let c = tx * 4u + 64u * j;
+        var b = vec4<f32>(0.0);
+        if (c < p.n_pad) {
+            b = vec4<f32>(b2[c / 4u]);
+        }
+        let a = out[j];
+        v[j] = vec4<f32>(
+            store(row, c, a.x, b.x),
+            store(row, c + 1u, a.y, b.y),
+            store(row, c + 2u, a.z, b.z),
+            store(row, c + 3u, a.w, b.w),
+        );
+    }
+    if (p.stats_out != 0u) {
+        tile_stats(li, tx, ty, m0, v);
+    }
+}
