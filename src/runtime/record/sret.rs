@@ -3,9 +3,9 @@
 //! unmerge stack and pooling between stages, and the head.
 
 use super::{
-    record_attention_half, record_mlp, record_pool, up_block, up_conv, up_ln, up_normalized,
-    BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors, Uploaded, LN_EPS,
-    STEM_BANDS,
+    record_attention_half, record_mlp, record_pool, stem_bands, up_block, up_conv, up_ln,
+    up_normalized, BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors, Uploaded,
+    LN_EPS,
 };
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
@@ -47,8 +47,9 @@ pub(super) fn record(
 
 /// The stem: three stride-2 convolutions (BN folded, ReLU) from `img` to the first stage's
 /// tokens, with the positional embedding added. conv1 and conv2 run band by band over conv2's
-/// output rows, each band's conv1 rows (with their halo) in a small buffer, so conv1's output,
-/// the largest activation of the model, never exists whole. conv3 reads conv2's output and
+/// output rows, each band's conv1 rows (with their halo) in a small buffer, so that conv1's
+/// output, the largest activation of the model, never exists whole where it is large
+/// ([`stem_bands`]). conv3 reads conv2's output and
 /// writes tokens.
 fn stem(
     b: &mut ProgramBuilder,
@@ -94,7 +95,8 @@ fn stem(
     let (oh1, ow1) = shapes[0].out_hw();
     let (oh2, ow2) = shapes[1].out_hw();
     let stem2 = b.activation("stem2", bt * shapes[1].cout * oh2 * ow2);
-    let band_rows = oh2.div_ceil(STEM_BANDS);
+    let conv1_bytes = b.elem_bytes(bt * shapes[0].cout * oh1 * ow1);
+    let band_rows = oh2.div_ceil(stem_bands(conv1_bytes));
     for first in (0..oh2).step_by(band_rows) {
         let rows = (first, (first + band_rows).min(oh2));
         let (r0, r1) = shapes[1].input_rows(rows);
