@@ -421,7 +421,7 @@ fn a_wrong_kernel_variant_is_rejected_and_the_portable_kernel_runs() {
     let off = builder().gpu(&gpu).pipeline_cache(&cache).build().unwrap();
     assert_eq!(off.kernels().validation, Validation::Off);
     let all_portable = on(builder())
-        .autotune(Autotune::Pin(Variants::all(Variant::Portable)))
+        .autotune(Autotune::Pin(Variants::portable()))
         .build()
         .unwrap();
     assert_eq!(

@@ -184,7 +184,9 @@ pub(super) fn check(
             preferred.get(kind)
         };
         if let Some(s) = &store {
-            if let Err(e) = s.put(&key(kind), Variants::all(verdict)) {
+            let mut line = Variants::portable();
+            line.set(kind, verdict);
+            if let Err(e) = s.put(&key(kind), line) {
                 log::warn!("kernel check verdict not cached ({e}); the next build checks again");
             }
         }
@@ -219,7 +221,7 @@ fn compare(
         .schedule(Schedule::None)
         .batch(1)
         .trace(false);
-    let portable = Variants::all(Variant::Portable);
+    let portable = Variants::portable();
     let reference = base.clone().autotune(Autotune::Pin(portable)).build()?;
     let images = images(reference.input_len());
     let want = reference.run(&images)?.into_vec();
@@ -321,7 +323,7 @@ fn compare_matching(c: &Check<'_>, variant: Variant, tol: f64) -> Result<Option<
     let run = |variant: Variant| -> Result<Option<MatchReadback>> {
         let mut b = ProgramBuilder::new(&c.gpu.limits);
         b.set_subgroup_width(crate::kernels::program::subgroup_width(c.gpu));
-        let mut pins = Variants::all(Variant::Portable);
+        let mut pins = Variants::portable();
         pins.set(KernelKind::Matching, variant);
         b.set_variants(pins);
         let keys = b.weights("check qkv", &qkv);

@@ -152,6 +152,15 @@ impl Variants {
         out
     }
 
+    /// Every kind portable, the MLP as two (portable) linear layers: what runs on every
+    /// adapter, the reference the kernel check compares the other variants with.
+    pub fn portable() -> Self {
+        Variants {
+            mlp: Variant::Portable,
+            ..Variants::all(Variant::Portable)
+        }
+    }
+
     /// The variant `kind` prefers.
     pub fn get(&self, kind: KernelKind) -> Variant {
         match kind {
@@ -291,9 +300,13 @@ mod tests {
         }
         let tiled = Variants::all(Tiled);
         assert_eq!((tiled.linear, tiled.attention), (Tiled, Portable));
-        // Every family fuses the MLP.
+        // Every family fuses the MLP; the all-portable reference does not.
         for v in [Subgroup, Tiled, Vec4, Portable] {
             assert_eq!(Variants::all(v).mlp, Fused);
         }
+        let reference = Variants::portable();
+        assert!(KernelKind::ALL
+            .iter()
+            .all(|&k| reference.get(k) == Portable));
     }
 }
