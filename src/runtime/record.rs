@@ -24,7 +24,7 @@ pub const STEM_BANDS: usize = 8;
 /// The stem splits its first convolution's output into bands of at most this many bytes (up to
 /// [`STEM_BANDS`]): a band costs two dispatches, several microseconds on a GPU (5 us moves
 /// 1.4 MB at 288 GB/s), so small batches take fewer bands, as many as keep the stem's live set
-/// (input images, conv2's output and a band) within the first stage's at batch 1: SReT-T
+/// (conv2's output and a band) within the first stage's at batch 1: SReT-T
 /// (1.6 MB from conv1 per image) runs 4 bands at batch 1 (9 dispatches; peak activation memory
 /// 1.35 MB) and 8 from batch 3 on, where its live set grows with the batch.
 pub const STEM_BAND_BYTES: u64 = 512 << 10;
