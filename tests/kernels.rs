@@ -577,6 +577,20 @@ fn layer_norm_folded_into_linear_matches_cpu() {
     }
 }
 
+/// Every part of `width` columns of the rows of `n` columns in `rows` (the last of a row may be
+/// narrower), in order, with its mean and sum of squared deviations (f64): what a kernel's
+/// statistics parts should hold.
+fn part_stats(rows: &[f32], n: usize, width: usize) -> Vec<(&[f32], f64, f64)> {
+    rows.chunks_exact(n)
+        .flat_map(|row| row.chunks(width))
+        .map(|part| {
+            let mean = part.iter().map(|&v| v as f64).sum::<f64>() / part.len() as f64;
+            let m2 = part.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+            (part, mean, m2)
+        })
+        .collect()
+}
+
 /// A residual linear layer that writes the LayerNorm statistics of the rows it stores, and the
 /// layer after it normalising those rows with them (LayerNorm folded into it), against the CPU:
 /// the statistics part by part (each kernel's part width; one part, from `ln_stats`, where the
@@ -658,16 +672,12 @@ fn linear_row_statistics_match_cpu() {
                 // Per row, parts of `width` columns, the last one narrower where width does not
                 // divide n.
                 let parts = n.div_ceil(width);
-                let (mut means, mut m2s) = (Vec::new(), Vec::new());
-                for row in rows.chunks_exact(n) {
-                    for part in row.chunks(width) {
-                        let len = part.len() as f64;
-                        let mean = part.iter().map(|&v| v as f64).sum::<f64>() / len;
-                        let m2: f64 = part.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
-                        means.push(mean as f32);
-                        m2s.push(m2 as f32);
-                    }
-                }
+                let expected_parts = part_stats(&rows, n, width);
+                let means: Vec<f32> = expected_parts
+                    .iter()
+                    .map(|&(_, mean, _)| mean as f32)
+                    .collect();
+                let m2s: Vec<f32> = expected_parts.iter().map(|&(_, _, m2)| m2 as f32).collect();
                 let st = decode(&got[0], false, 2 * m * parts);
                 let got_means: Vec<f32> = st.iter().step_by(2).copied().collect();
                 let got_m2s: Vec<f32> = st.iter().skip(1).step_by(2).copied().collect();
@@ -796,14 +806,9 @@ fn mlp_matches_cpu() {
                     let parts = dim.div_ceil(width);
                     let st = decode(&got[1], false, 2 * m * parts);
                     let mut worst = (0.0f64, String::from("no part"));
-                    for (p, part) in rows
-                        .chunks_exact(dim)
-                        .flat_map(|r| r.chunks(width))
-                        .enumerate()
+                    for (p, (part, mean, m2)) in
+                        part_stats(&rows, dim, width).into_iter().enumerate()
                     {
-                        let len = part.len() as f64;
-                        let mean = part.iter().map(|&v| v as f64).sum::<f64>() / len;
-                        let m2: f64 = part.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
                         let e: Vec<f64> = part
                             .iter()
                             .map(|&v| tol(f16) as f64 * (v.abs() as f64).max(1.0))

@@ -132,6 +132,29 @@ pub fn record_with_stats(
     stats
 }
 
+/// The residual linear layer closing a block half, `x = ca * x + cb * (h W^T + b)`, leaving the
+/// statistics of the new `x` for the next LayerNorm when `stats_after` ([`record_with_stats`],
+/// named after `label`).
+#[allow(clippy::too_many_arguments)]
+pub fn record_residual(
+    b: &mut ProgramBuilder,
+    family: Family,
+    rows: usize,
+    w: &LinearWeights,
+    (ca, cb): (f32, f32),
+    h: TensorId,
+    x: TensorId,
+    stats_after: bool,
+    label: &str,
+) -> Option<RowStats> {
+    let epilogue = Epilogue::Residual { ca, cb };
+    if stats_after {
+        return Some(record_with_stats(b, family, rows, w, epilogue, h, x, label));
+    }
+    record(b, family, rows, w, epilogue, h, x);
+    None
+}
+
 /// `y = epilogue(x' W^T + b)` with every row of x normalised as it is loaded,
 /// `x' = (x - mean) / sqrt(var + eps)` from the rows' statistics `stats`: with weights from
 /// [`fold_layer_norm`], `Linear(LayerNorm(x))` without the normalised tensor.

@@ -112,22 +112,7 @@ pub fn record_pair(
     let h = b.activation(format!("{label} hidden"), m * fc1.out_features);
     let (stats, eps) = norm;
     linear::record_normalized(b, Family::Mlp, m, fc1, Epilogue::Gelu, y, stats, eps, h);
-    let (ca, cb) = coef;
-    let epilogue = Epilogue::Residual { ca, cb };
-    if stats_after {
-        return Some(linear::record_with_stats(
-            b,
-            Family::Mlp,
-            m,
-            fc2,
-            epilogue,
-            h,
-            y,
-            label,
-        ));
-    }
-    linear::record(b, Family::Mlp, m, fc2, epilogue, h, y);
-    None
+    linear::record_residual(b, Family::Mlp, m, fc2, coef, h, y, stats_after, label)
 }
 
 /// Arithmetic of one fused MLP dispatch: fc1 (`2k` per hidden value, normalising `2k` per row,

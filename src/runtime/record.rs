@@ -23,10 +23,10 @@ pub const STEM_BANDS: usize = 8;
 
 /// The stem splits its first convolution's output into bands of at most this many bytes (up to
 /// [`STEM_BANDS`]): a band costs two dispatches, several microseconds on a GPU (5 us moves
-/// 1.4 MB at 288 GB/s), so small batches take fewer bands, as many as keep the stem's live set
-/// (conv2's output and a band) within the first stage's at batch 1: SReT-T
-/// (1.6 MB from conv1 per image) runs 4 bands at batch 1 (9 dispatches; peak activation memory
-/// 1.35 MB) and 8 from batch 3 on, where its live set grows with the batch.
+/// 1.4 MB at 288 GB/s), so small batches take fewer bands. SReT-T (1.6 MB from conv1 per image)
+/// runs 4 bands at batch 1 (9 dispatches; peak activation memory 1.35 MB, set by the stem, where
+/// 8 bands gave 1.16 MB, set by the first stage: within the 1.5 MB budget `tests/engine.rs`
+/// holds) and 8 from batch 3 on.
 pub const STEM_BAND_BYTES: u64 = 512 << 10;
 
 /// Bands for a first stem convolution writing `bytes`: the fewest of at most
@@ -111,30 +111,6 @@ fn row_stats(
     known.unwrap_or_else(|| norm::ln_stats(b, family, rows, dim, x, label))
 }
 
-/// The residual linear layer closing a block half, `x = ca * x + cb * (h W^T + b)`, leaving the
-/// statistics of the new `x` for the next LayerNorm when `stats_after`.
-#[allow(clippy::too_many_arguments)]
-fn record_residual(
-    b: &mut ProgramBuilder,
-    family: Family,
-    rows: usize,
-    w: &LinearWeights,
-    (ca, cb): (f32, f32),
-    h: TensorId,
-    x: TensorId,
-    stats_after: bool,
-    label: &str,
-) -> Option<RowStats> {
-    let epilogue = Epilogue::Residual { ca, cb };
-    if stats_after {
-        return Some(linear::record_with_stats(
-            b, family, rows, w, epilogue, h, x, label,
-        ));
-    }
-    linear::record(b, family, rows, w, epilogue, h, x);
-    None
-}
-
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
 /// LayerNorm folded into `fc1` (only each row's statistics are needed: `x_stats`, or measured).
 /// Returns the new `x`'s statistics when `stats_after` (the next LayerNorm's).
@@ -202,7 +178,7 @@ fn record_attention_half(
     attention::record(b, shape, qkv, perm, mass, att);
     let coef = (coef[0], coef[1]);
     let out = format!("{label} attn out");
-    let after = record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, &out);
+    let after = linear::record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, &out);
     (qkv, after)
 }
 
