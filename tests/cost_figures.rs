@@ -49,6 +49,29 @@ fn merging_costs_fewer_bytes_and_flops() {
     }
 }
 
+/// The stem runs in more bands as the batch grows (`record::stem_bands`); a band reads the
+/// image rows under it and writes its own rows, so the stem's bytes per image stay what one
+/// band would move (before the bands were counted so, every band counted the whole image and
+/// the whole conv2 output: 10.6 MB per image at batch 1, 15.7 MB at batch 64).
+#[test]
+fn stem_bands_count_their_own_rows() {
+    let per_image = |batch: usize| {
+        let f = figures_for("sret_t", "none", batch);
+        let (_, stem) = f.families.iter().find(|(x, _)| *x == Family::Stem).unwrap();
+        stem.bytes() as f64 / batch as f64
+    };
+    let one = per_image(1);
+    for batch in [2, 8, 64] {
+        let b = per_image(batch);
+        assert!(
+            (b - one).abs() <= 0.1 * one,
+            "stem bytes per image: {b} at batch {batch}, {one} at batch 1"
+        );
+    }
+    // Image, conv1 bands, conv2 output (read and written) and tokens: about 6.4 MB per image.
+    assert!(one < 7.0e6, "{one}");
+}
+
 #[test]
 fn dispatch_counts_are_the_recorded_programs() {
     for (model, schedule, batch) in [

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("rng", 0),
     ("model", 1),
+    ("os_limits", 1),
     ("tome", 2),
     ("preprocess", 2),
     ("io", 3),

@@ -96,6 +96,16 @@ struct Entry {
     params: ParamsLayout,
 }
 
+/// `Some(e)` for an entry's optional field given as `e`, `None` where it is left out.
+macro_rules! some_or_none {
+    () => {
+        None
+    };
+    ($e:expr) => {
+        Some($e)
+    };
+}
+
 macro_rules! catalogue {
     ($(
         $(#[$doc:meta])*
@@ -105,7 +115,8 @@ macro_rules! catalogue {
             params: $params:ty,
             kind: $kind:expr,
             needs: $needs:expr,
-            flops: $flops:expr $(,)?
+            flops: $flops:expr
+            $(, traffic: $traffic:expr)? $(,)?
         }
     ),+ $(,)?) => {
         /// Every kernel the engine dispatches; the catalogue's entries (see the module docs).
@@ -147,6 +158,22 @@ macro_rules! catalogue {
                     }),+
                 }
             }
+
+            /// Bytes of the `bytes` bound at WGSL binding `binding` that one dispatch with the
+            /// uniform block `words` reads or writes: the whole binding, unless the entry says
+            /// otherwise (`traffic:`, e.g. a convolution band touches its own rows).
+            pub fn traffic(self, words: &[u32], binding: u32, bytes: u64) -> u64 {
+                match self {
+                    $(Kernel::$kernel => {
+                        let part: Option<fn(&$params, u32, u64) -> u64> =
+                            some_or_none!($($traffic)?);
+                        match part {
+                            Some(part) => part(&<$params>::from_words(words), binding, bytes),
+                            None => bytes,
+                        }
+                    }),+
+                }
+            }
         }
     };
 }
@@ -161,6 +188,7 @@ catalogue! {
         kind: None,
         needs: Needs::NONE,
         flops: conv::flops,
+        traffic: conv::traffic,
     },
     /// Dense convolution for the stem, 16 output channels per invocation from transposed
     /// weights.
@@ -171,6 +199,7 @@ catalogue! {
         kind: Some((KernelKind::Conv, Variant::Portable)),
         needs: Needs::NONE,
         flops: conv::flops,
+        traffic: conv::traffic,
     },
     /// The dense stem convolution sharing inputs through subgroup broadcasts.
     ConvSg = "conv_sg" {
@@ -180,6 +209,7 @@ catalogue! {
         kind: Some((KernelKind::Conv, Variant::Subgroup)),
         needs: Needs::SUBGROUPS,
         flops: conv::flops,
+        traffic: conv::traffic,
     },
     /// LayerNorm over the last axis, one invocation per row.
     LayerNorm = "layernorm" {

@@ -204,6 +204,38 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
     b.dispatch(family, key, &p, &tensors, grid);
 }
 
+/// Bytes of WGSL binding `binding` (`bytes` bound) that one convolution dispatch touches, for
+/// the cost figures: a band of output rows reads only the input rows under it (with the
+/// kernel's halo) and writes only its own rows, and the positional embedding only those rows'
+/// part; a binding the flags leave unread (the bias standing in for `pos`, the input for the
+/// unmerge map) costs nothing; everything else is read whole.
+pub fn traffic(p: &ConvParams, binding: u32, bytes: u64) -> u64 {
+    let part = |rows: u32, of: u32| {
+        if of == 0 || rows >= of {
+            bytes
+        } else {
+            (bytes as u128 * rows as u128 / of as u128) as u64
+        }
+    };
+    let pos = p.flags & 8 != 0;
+    let mapped = p.flags & 16 != 0;
+    match binding {
+        // A merged sequence read through the unmerge map: any token may be read.
+        1 if mapped => bytes,
+        1 => {
+            let first = (p.oy0 * p.stride).saturating_sub(p.pad).max(p.iy_off);
+            let last = ((p.oy0 + p.oh_run.max(1) - 1) * p.stride + p.k).saturating_sub(p.pad);
+            let end = last.min(p.h).min(p.iy_off + p.h_buf);
+            part(end.saturating_sub(first), p.h_buf)
+        }
+        4 if !pos => 0,
+        4 => part(p.oh_run, p.oh),
+        5 => part(p.oh_run, p.oh_buf),
+        6 if !mapped => 0,
+        _ => bytes,
+    }
+}
+
 /// Arithmetic of one convolution dispatch over its band of `oh_run` output rows: `2 cin/groups
 /// k^2` per output, plus 1 each for the bias, the ReLU (flag 1) and the positional embedding
 /// (flag 8).
@@ -213,4 +245,104 @@ pub fn flops(p: &ConvParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
     let per_out =
         2 * (p.cin as u64 / groups) * k * k + 1 + (p.flags & 1) as u64 + (p.flags >> 3 & 1) as u64;
     p.batch as u64 * p.oh_run as u64 * p.ow as u64 * p.cout as u64 * per_out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stem's first convolution (224 px, 3x3, stride 2, pad 1) in `bands` bands of
+    /// output rows, as `stem` records it: the image whole, each band's output in a buffer of
+    /// its own rows.
+    fn bands(bands: usize) -> Vec<ConvParams> {
+        let s = ConvShape {
+            batch: 2,
+            cin: 3,
+            h: 224,
+            w: 224,
+            cout: 16,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 1,
+        };
+        let (oh, ow) = s.out_hw();
+        let rows = oh.div_ceil(bands);
+        (0..oh)
+            .step_by(rows)
+            .map(|first| {
+                let end = (first + rows).min(oh);
+                let u = |v: usize| v as u32;
+                ConvParams {
+                    batch: u(s.batch),
+                    cin: u(s.cin),
+                    h: u(s.h),
+                    w: u(s.w),
+                    cout: u(s.cout),
+                    oh: u(oh),
+                    ow: u(ow),
+                    k: u(s.k),
+                    stride: u(s.stride),
+                    pad: u(s.pad),
+                    groups: 1,
+                    flags: 1 | 8,
+                    h_buf: u(s.h),
+                    iy_off: 0,
+                    oy0: u(first),
+                    oh_run: u(end - first),
+                    oh_buf: u(end - first),
+                    oy_off: u(first),
+                    n_in: 0,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_band_touches_its_rows_and_their_halo() {
+        let img = 2 * 3 * 224 * 224 * 4u64;
+        let pos = 16 * 112 * 112 * 4u64;
+        for n in [1, 3, 4, 7, 8] {
+            let ps = bands(n);
+            let mut read = 0;
+            let mut posed = 0;
+            for p in &ps {
+                // The input rows under the band, as `ConvShape::input_rows` computes them.
+                let first = (p.oy0 * 2).saturating_sub(1);
+                let end = ((p.oy0 + p.oh_run - 1) * 2 + 2).min(224);
+                let want = img * (end - first) as u64 / 224;
+                assert_eq!(traffic(p, 1, img), want, "{n} bands, rows from {}", p.oy0);
+                read += traffic(p, 1, img);
+                // The output buffer holds the band's rows only: written whole.
+                let out = 2 * 16 * p.oh_run as u64 * 112 * 4;
+                assert_eq!(traffic(p, 5, out), out);
+                posed += traffic(p, 4, pos);
+                // Weights and bias are read whole; no map is bound.
+                assert_eq!(traffic(p, 2, 1728), 1728);
+                assert_eq!(traffic(p, 6, img), 0);
+            }
+            // Each band reads its own rows and one halo row: the image once, plus at most a
+            // row per band (integer division may lose a byte per band).
+            assert!(read + n as u64 >= img, "{n} bands read {read} of {img}");
+            assert!(
+                read <= img + n as u64 * img / 224,
+                "{n} bands read {read} of {img}"
+            );
+            assert!(
+                posed <= pos && posed + n as u64 >= pos,
+                "{n} bands read {posed} of {pos}"
+            );
+        }
+        // A band written into a buffer of the whole output writes its share of it.
+        let mut p = bands(4)[1];
+        p.oh_buf = 112;
+        p.oy_off = 0;
+        assert_eq!(traffic(&p, 5, 112 * 1000), p.oh_run as u64 * 1000);
+        // Without a positional embedding, the bias standing in for it costs nothing; through
+        // an unmerge map any token may be read, so the input counts whole.
+        p.flags = 1 | 16;
+        assert_eq!(traffic(&p, 4, 64), 0);
+        assert_eq!(traffic(&p, 1, 5000), 5000);
+        assert_eq!(traffic(&p, 6, 800), 800);
+    }
 }

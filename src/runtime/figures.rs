@@ -9,8 +9,10 @@
 //!   micro-batch in a pass of its own); the copies between micro-batches are not counted;
 //! * **global-memory bytes**, the *bound-tensor estimate*: per dispatch, the bytes of every
 //!   distinct tensor bound read-only (read) and of every distinct tensor bound `read_write`
-//!   (written), each counted once per dispatch. It is an upper bound on the traffic where a
-//!   kernel touches only part of a tensor it binds (a band of the stem, the keys of `qkv`) and
+//!   (written), each counted once per dispatch, or the part the catalogue entry says one
+//!   dispatch touches (a band of the stem: its rows and their halo, [`crate::kernels::Kernel::traffic`]). It
+//!   is an upper bound on the traffic where a kernel touches only part of a tensor it binds
+//!   otherwise (the keys of `qkv`) and
 //!   a lower bound where a kernel re-reads (tiles of a matrix product that miss the caches) or
 //!   reads what it writes (a residual read-modify-write is counted as written only). Uniform
 //!   blocks are not counted;
@@ -26,6 +28,8 @@
 //! bandwidth, a fixed cost per dispatch): per dispatch `max(flops / peak, bytes / bandwidth)`,
 //! plus `dispatches x per-dispatch cost`. It is an estimate, never a measurement: real kernels
 //! reach a fraction of either peak, caches change the traffic, and launches overlap.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -183,36 +187,38 @@ pub fn cost_figures(
 
 /// The cost of every dispatch recorded in `b`.
 pub fn dispatch_costs(b: &ProgramBuilder) -> Vec<DispatchCost> {
-    let mut writable = std::collections::HashMap::new();
+    let mut writable = HashMap::new();
     (0..b.dispatch_count())
         .map(|i| {
             let (key, family, params, bindings, _grid) = b.step(i);
             let writes = writable
                 .entry(key.kernel)
                 .or_insert_with(|| key.kernel.writable_bindings());
-            let mut read: Vec<usize> = Vec::new();
-            let mut written: Vec<usize> = Vec::new();
+            // Per tensor, the most any of its bindings touches (a tensor bound twice is
+            // read once).
+            let mut read: HashMap<usize, u64> = HashMap::new();
+            let mut written: HashMap<usize, u64> = HashMap::new();
             for (k, &t) in bindings.iter().enumerate() {
                 if b.is_unwritten(t) {
                     continue;
-                } else if writes.contains(&(k as u32 + 1)) {
-                    written.push(t);
-                } else {
-                    read.push(t);
                 }
+                let binding = k as u32 + 1;
+                let touched = key.kernel.traffic(params, binding, b.tensor_bytes(t));
+                let side = if writes.contains(&binding) {
+                    &mut written
+                } else {
+                    &mut read
+                };
+                let e = side.entry(t).or_insert(0);
+                *e = (*e).max(touched);
             }
-            read.sort_unstable();
-            read.dedup();
-            written.sort_unstable();
-            written.dedup();
-            let bytes = |t: usize| b.tensor_bytes(t);
-            let bound: Vec<u64> = bindings.iter().map(|&t| bytes(t)).collect();
+            let bound: Vec<u64> = bindings.iter().map(|&t| b.tensor_bytes(t)).collect();
             DispatchCost {
                 family,
                 kernel: key.kernel.name(),
                 flops: key.kernel.flops(&key, params, &bound),
-                bytes_read: read.iter().map(|&t| bytes(t)).sum(),
-                bytes_written: written.iter().map(|&t| bytes(t)).sum(),
+                bytes_read: read.values().sum(),
+                bytes_written: written.values().sum(),
             }
         })
         .collect()
