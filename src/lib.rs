@@ -67,6 +67,8 @@
 pub mod error;
 pub mod rng;
 
+pub mod os_limits;
+
 pub mod model;
 pub mod tome;
 

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         cli.vector_width,
         current.as_deref(),
         sret_tome::cli::cpu_has_avx512f(),
+        sret_tome::cli::lavapipe_mesa_version,
     );
     if let Some(v) = set {
         std::env::set_var(sret_tome::cli::LP_VECTOR_WIDTH_VAR, v);

@@ -4,34 +4,98 @@
 use std::process::Command;
 
 use sret_tome::cli::{vector_width_decision, VectorWidth, LP_VECTOR_WIDTH_VAR};
+use sret_tome::gpu::context::mesa_version;
+
+/// The decision, with lavapipe's Mesa release given (`None`: no lavapipe).
+fn decide(
+    choice: Option<VectorWidth>,
+    current: Option<&str>,
+    avx512f: bool,
+    mesa: Option<(u32, u32)>,
+) -> (Option<&'static str>, String) {
+    vector_width_decision(choice, current, avx512f, || mesa)
+}
 
 #[test]
 fn decision_sets_the_variable_only_when_unset() {
     use VectorWidth::*;
+    let m22 = Some((22, 3));
     // No flag: the environment is left alone, whatever the CPU.
-    assert_eq!(vector_width_decision(None, None, true).0, None);
-    assert_eq!(vector_width_decision(None, None, false).0, None);
-    assert_eq!(
-        vector_width_decision(Some(Bits512), None, false).0,
-        Some("512")
-    );
-    assert_eq!(
-        vector_width_decision(Some(Bits256), None, true).0,
-        Some("256")
-    );
-    assert_eq!(vector_width_decision(Some(Auto), None, true).0, Some("512"));
-    assert_eq!(vector_width_decision(Some(Auto), None, false).0, None);
+    assert_eq!(decide(None, None, true, m22).0, None);
+    assert_eq!(decide(None, None, false, m22).0, None);
+    assert_eq!(decide(Some(Bits512), None, false, m22).0, Some("512"));
+    assert_eq!(decide(Some(Bits256), None, true, m22).0, Some("256"));
+    assert_eq!(decide(Some(Auto), None, true, m22).0, Some("512"));
+    assert_eq!(decide(Some(Auto), None, true, None).0, Some("512"));
+    assert_eq!(decide(Some(Auto), None, false, m22).0, None);
     // The user's own setting wins.
     for choice in [Auto, Bits256, Bits512] {
-        let (set, why) = vector_width_decision(Some(choice), Some("128"), true);
+        let (set, why) = decide(Some(choice), Some("128"), true, m22);
         assert_eq!(set, None, "{choice:?}");
         assert!(
             why.contains("LP_NATIVE_VECTOR_WIDTH=128 already set"),
             "{why}"
         );
     }
-    let (_, why) = vector_width_decision(Some(Auto), None, false);
+    let (_, why) = decide(Some(Auto), None, false, m22);
     assert!(why.contains("no AVX-512F"), "{why}");
+}
+
+#[test]
+fn auto_keeps_256_bits_on_mesa_25() {
+    use VectorWidth::*;
+    for mesa in [(25, 0), (25, 2), (26, 1)] {
+        let (set, why) = decide(Some(Auto), None, true, Some(mesa));
+        assert_eq!(set, None, "{mesa:?}: {why}");
+        assert!(
+            why.contains(&format!("Mesa {}.{}", mesa.0, mesa.1)),
+            "{why}"
+        );
+    }
+    // Asked for explicitly, 512 bits it is.
+    assert_eq!(
+        decide(Some(Bits512), None, true, Some((25, 0))).0,
+        Some("512")
+    );
+    // The release is asked only where it decides something.
+    let asked = std::cell::Cell::new(0);
+    let count = || {
+        asked.set(asked.get() + 1);
+        Some((25, 0))
+    };
+    vector_width_decision(Some(Auto), None, false, count);
+    vector_width_decision(Some(Bits512), None, true, count);
+    vector_width_decision(Some(Auto), Some("256"), true, count);
+    vector_width_decision(None, None, true, count);
+    assert_eq!(asked.get(), 0);
+    vector_width_decision(Some(Auto), None, true, count);
+    assert_eq!(asked.get(), 1);
+}
+
+#[test]
+fn mesa_versions_read_from_driver_descriptions() {
+    assert_eq!(
+        mesa_version("llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"),
+        Some((25, 0))
+    );
+    assert_eq!(
+        mesa_version("llvmpipe Mesa 22.3.6 (LLVM 15.0.6)"),
+        Some((22, 3))
+    );
+    assert_eq!(
+        mesa_version("0: llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu, llvmpipe Mesa 24.2.8-1ubuntu1~24.04.1 (LLVM 19.1.1)), subgroups of 8..8 lanes"),
+        Some((24, 2))
+    );
+    for bad in [
+        "",
+        "NVIDIA 550.54",
+        "Mesa ",
+        "Mesa x.1",
+        "Mesa 25",
+        "Mesa 99999999999.1",
+    ] {
+        assert_eq!(mesa_version(bad), None, "{bad:?}");
+    }
 }
 
 /// `sret-tome adapters` with `args`, LP_NATIVE_VECTOR_WIDTH as `env` (removed when `None`).
@@ -78,9 +142,13 @@ fn the_cli_sets_the_width_lavapipe_reports() {
     let (kept, err) = adapters(&["--vector-width", "512"], Some("256"));
     assert_eq!(llvmpipe_bits(&kept), Some(256), "{kept}\n{err}");
     assert!(err.contains("already set by the user"), "{err}");
-    // auto: 512 only with AVX-512F.
+    // auto: 512 only with AVX-512F, and not on Mesa 25 or later.
     let (auto, err) = adapters(&["--vector-width", "auto"], None);
-    let want = if sret_tome::cli::cpu_has_avx512f() {
+    let mesa = plain
+        .lines()
+        .find(|l| l.contains("llvmpipe"))
+        .and_then(mesa_version);
+    let want = if sret_tome::cli::cpu_has_avx512f() && mesa.is_some_and(|(m, _)| m < 25) {
         512
     } else {
         256

@@ -29,8 +29,9 @@ use crate::kernels::PipelineCache;
 pub struct Cli {
     /// Vector width of Mesa's software Vulkan (llvmpipe/lavapipe), through
     /// LP_NATIVE_VECTOR_WIDTH, set before any GPU is opened and only when that variable is
-    /// unset: 256, 512, or auto (512 where the CPU has AVX-512). Default: not set (llvmpipe
-    /// picks 256 bits). Other drivers ignore the variable.
+    /// unset: 256, 512, or auto (512 where the CPU has AVX-512, unless lavapipe is Mesa 25 or
+    /// later, whose 16-lane subgroups run far slower). Default: not set (llvmpipe picks 256
+    /// bits). Other drivers ignore the variable.
     #[arg(long, global = true, value_enum)]
     pub vector_width: Option<VectorWidth>,
     /// Choose kernel variants by timing them on the adapter (`on`, the default; the choice is
@@ -76,7 +77,8 @@ impl Cli {
 /// `--vector-width`: what the CLI asks llvmpipe for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum VectorWidth {
-    /// 512 bits where the CPU has AVX-512F, else leave llvmpipe's default.
+    /// 512 bits where the CPU has AVX-512F and lavapipe is older than Mesa 25, else leave
+    /// llvmpipe's default.
     Auto,
     /// 256-bit vectors.
     #[value(name = "256")]
@@ -91,12 +93,20 @@ pub const LP_VECTOR_WIDTH_VAR: &str = "LP_NATIVE_VECTOR_WIDTH";
 
 /// What `--vector-width` decides: the value to set `LP_NATIVE_VECTOR_WIDTH` to (`None`: leave
 /// the environment alone) and a line saying why. `current` is the variable's value now, if
-/// set; `avx512f` whether the CPU has AVX-512F. Pure, so it can be tested; the binary applies
-/// it before anything creates a wgpu instance (the library never touches the variable).
+/// set; `avx512f` whether the CPU has AVX-512F; `lavapipe_mesa` the Mesa release `(major,
+/// minor)` of the lavapipe this process would load, asked only for `auto` on an AVX-512F CPU
+/// ([`lavapipe_mesa_version`]). Pure given those, so it can be tested; the binary applies it
+/// before anything creates a wgpu instance (the library never touches the variable).
+///
+/// `auto` keeps 256 bits on Mesa 25 and later: their lavapipe runs this engine's 16-lane
+/// subgroup kernels several times slower than Mesa 22.3.6 does (the subgroup attention alone
+/// 4.8x, `docs/performance.md`), and at 512 bits reached 0.22-0.29x of its own 256-bit
+/// throughput where Mesa 22.3.6 gained 1.16-1.46x on an AMD AVX-512 CPU.
 pub fn vector_width_decision(
     choice: Option<VectorWidth>,
     current: Option<&str>,
     avx512f: bool,
+    lavapipe_mesa: impl FnOnce() -> Option<(u32, u32)>,
 ) -> (Option<&'static str>, String) {
     let Some(choice) = choice else {
         return (
@@ -119,16 +129,51 @@ pub fn vector_width_decision(
             Some("512"),
             format!("vector width: {LP_VECTOR_WIDTH_VAR}=512 (--vector-width 512)"),
         ),
-        VectorWidth::Auto if avx512f => (
-            Some("512"),
-            format!("vector width: {LP_VECTOR_WIDTH_VAR}=512 (--vector-width auto: the CPU has AVX-512F)"),
-        ),
+        VectorWidth::Auto if avx512f => match lavapipe_mesa() {
+            Some((major, minor)) if major >= 25 => (
+                None,
+                format!(
+                    "vector width: not set (--vector-width auto: lavapipe of Mesa {major}.{minor} \
+                     runs 16-lane subgroups far slower than 8-lane ones; llvmpipe's default 256 \
+                     bits)"
+                ),
+            ),
+            _ => (
+                Some("512"),
+                format!(
+                    "vector width: {LP_VECTOR_WIDTH_VAR}=512 (--vector-width auto: the CPU has \
+                     AVX-512F)"
+                ),
+            ),
+        },
         VectorWidth::Auto => (
             None,
             "vector width: not set (--vector-width auto: no AVX-512F, llvmpipe's default 256 bits)"
                 .into(),
         ),
     }
+}
+
+/// The Mesa release of the Vulkan lavapipe this process would load, asked of a child `sret-tome
+/// adapters` (llvmpipe reads `LP_NATIVE_VECTOR_WIDTH` once, when a process first opens it, so
+/// this process must not open it before deciding). `None` where there is no lavapipe or the
+/// child fails.
+pub fn lavapipe_mesa_version() -> Option<(u32, u32)> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .args(["adapters", "--backend", "vulkan"])
+        .env(LP_VECTOR_WIDTH_VAR, "256")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let version = listing
+        .lines()
+        .filter(|l| l.contains("llvmpipe"))
+        .find_map(crate::gpu::context::mesa_version);
+    log::info!("lavapipe's Mesa release (asked of a child process): {version:?}");
+    version
 }
 
 /// Whether this CPU has AVX-512F.
@@ -208,10 +253,10 @@ impl GpuArgs {
 }
 
 /// Opens the GPU `args` choose, after checking that the address-space limit (`ulimit -v`)
-/// leaves what a driver needs ([`crate::io::limits::check_address_space_for_device`]): a
+/// leaves what a driver needs ([`crate::os_limits::check_address_space_for_device`]): a
 /// software driver that runs out of it crashes inside `vkCreateDevice`.
 pub fn open_gpu(args: &GpuArgs) -> Result<crate::gpu::Gpu> {
-    crate::io::limits::check_address_space_for_device()?;
+    crate::os_limits::check_address_space_for_device()?;
     crate::gpu::Gpu::new(&args.choice())
 }
 
@@ -312,7 +357,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MergeResults(a) => merge_results::run(a),
         Command::Visualize(a) => visualize::run(a),
         Command::Adapters(g) => {
-            crate::io::limits::check_address_space_for_device()?;
+            crate::os_limits::check_address_space_for_device()?;
             let list = crate::gpu::context::list_adapters(&g.choice())?;
             if list.is_empty() {
                 println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");

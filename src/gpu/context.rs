@@ -90,6 +90,55 @@ pub fn list_adapters(choice: &AdapterChoice) -> Result<Vec<wgpu::AdapterInfo>> {
     Ok(adapters.iter().map(|a| a.get_info()).collect())
 }
 
+/// The Mesa release `(major, minor)` in an adapter's driver description, as `sret-tome
+/// adapters` prints it ("llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"), if it names one.
+pub fn mesa_version(driver: &str) -> Option<(u32, u32)> {
+    let at = driver.find("Mesa ")? + "Mesa ".len();
+    let mut parts = driver[at..].split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// An error, before a device is opened, where the driver would crash under the process's
+/// file-size limit (`ulimit -f`, `file_size_limit` in bytes; `None`: unlimited). The driver is
+/// named as [`wgpu::AdapterInfo`]'s `driver` and `driver_info` name it.
+///
+/// lavapipe of Mesa 25 backs every allocation of GPU memory with a memory file
+/// (`memfd_create("allocation fd")`) and `ftruncate`s it to the allocation's size without
+/// checking the result: past the limit the call fails with `EFBIG`, the mapping has no pages
+/// behind it, and the first write kills the process with `SIGBUS` (strace of `infer` under
+/// `ulimit -f 1`, Mesa 25.0.7). Mesa 22.3.6 allocates plain memory and runs under any limit.
+/// Mesa 23 and 24 were not tried: they are refused too, since the refusal names the fix and the
+/// crash would not. `max_buffer_size` is the adapter's limit: a limit at least that large
+/// cannot be reached by one allocation.
+pub fn check_driver_file_size(
+    (driver, driver_info): (&str, &str),
+    max_buffer_size: u64,
+    file_size_limit: Option<u64>,
+) -> Result<()> {
+    let Some(limit) = file_size_limit.filter(|&l| l < max_buffer_size) else {
+        return Ok(());
+    };
+    let Some(mesa) = mesa_version(driver_info).filter(|_| driver == "llvmpipe") else {
+        return Ok(());
+    };
+    if mesa < (23, 0) {
+        return Ok(());
+    }
+    Err(Error::arg(
+        "file-size limit",
+        format!("ulimit -f {} (RLIMIT_FSIZE, {limit} bytes)", limit / 1024),
+        format!(
+            "lavapipe of Mesa {}.{} backs GPU memory with files that this limit cuts short, \
+             which crashes the driver (SIGBUS) instead of failing; raise the limit \
+             (ulimit -f unlimited), choose another adapter, or install Debian 12's Mesa 22.3 \
+             (SRET_TOME_MESA=distribution scripts/setup-vulkan), which runs under any limit",
+            mesa.0, mesa.1
+        ),
+    ))
+}
+
 /// Optional features the engine uses when present; none is required.
 pub fn wanted_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY
@@ -105,6 +154,11 @@ pub fn wanted_features() -> wgpu::Features {
 /// `Gpu::scoped`, so what reaches the handler escaped them).
 pub async fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
     let info = adapter.get_info();
+    check_driver_file_size(
+        (&info.driver, &info.driver_info),
+        adapter.limits().max_buffer_size,
+        crate::os_limits::file_size_limit(),
+    )?;
     let features = adapter.features() & wanted_features();
     log::info!(
         "adapter: {} ({:?}, {}), features {:?}, subgroups {}..{}",
@@ -525,5 +579,31 @@ mod tests {
         );
         let e = parse_backends("cuda").unwrap_err().to_string();
         assert!(e.contains("cuda"), "{e}");
+    }
+
+    #[test]
+    fn lavapipe_of_mesa_25_is_refused_under_a_file_size_limit_others_are_not() {
+        let mesa25 = ("llvmpipe", "Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)");
+        let mesa22 = ("llvmpipe", "Mesa 22.3.6 (LLVM 15.0.6)");
+        let other = ("NVIDIA", "580.82");
+        let max = 1 << 31;
+        let e = check_driver_file_size(mesa25, max, Some(1024))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "ulimit -f 1 ",
+            "1024 bytes",
+            "Mesa 25.0",
+            "SIGBUS",
+            "unlimited",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from {e}");
+        }
+        // No limit, or one no allocation can reach: nothing to refuse.
+        assert!(check_driver_file_size(mesa25, max, None).is_ok());
+        assert!(check_driver_file_size(mesa25, max, Some(max)).is_ok());
+        // Mesa 22.3 allocates plain memory; other drivers name no Mesa release.
+        assert!(check_driver_file_size(mesa22, max, Some(1024)).is_ok());
+        assert!(check_driver_file_size(other, max, Some(1024)).is_ok());
     }
 }

@@ -120,6 +120,18 @@ fn write_error(path: &Path, why: impl ToString) -> Error {
     }
 }
 
+/// [`write_error`] of a failed write, naming the file-size limit (`ulimit -f`) when that is
+/// what stopped it (`EFBIG`), so the fix is plain.
+fn write_io_error(path: &Path, e: std::io::Error) -> Error {
+    match crate::os_limits::file_size_limit() {
+        Some(limit) if e.kind() == std::io::ErrorKind::FileTooLarge => write_error(
+            path,
+            format!("{e}; the file-size limit (ulimit -f, RLIMIT_FSIZE) allows {limit} bytes"),
+        ),
+        _ => write_error(path, e),
+    }
+}
+
 /// The directory an output lands in (`.` for a bare file name).
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -390,10 +402,10 @@ pub fn write_atomic(
     let mut tmp = TempFile::create(&target)?;
     let file = tmp.file.as_ref().expect("open");
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    write(&mut w).map_err(|e| write_error(path, e))?;
-    w.flush().map_err(|e| write_error(path, e))?;
+    write(&mut w).map_err(|e| write_io_error(path, e))?;
+    w.flush().map_err(|e| write_io_error(path, e))?;
     drop(w);
-    file.sync_all().map_err(|e| write_error(path, e))?;
+    file.sync_all().map_err(|e| write_io_error(path, e))?;
     std::fs::rename(&tmp.tmp, &target).map_err(|e| write_error(path, e))?;
     tmp.file = None; // renamed: nothing to remove
     if let Ok(d) = File::open(parent_dir(&target)) {

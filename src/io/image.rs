@@ -94,7 +94,7 @@ fn decode_rgb8_from<R: BufRead + Seek>(mut input: R, path: &Path) -> Result<RgbI
         .map_err(|e| bad(format!("cannot read the image header: {e}")))?;
     check_dimensions(w, h).map_err(bad)?;
     // Bounded by the address space the process may still use (ulimit -v), not only by pixels.
-    super::limits::check_address_space(
+    crate::os_limits::check_address_space(
         w as u64 * h as u64 * DECODE_BYTES_PER_PIXEL,
         &format!("decoding a {w}x{h} image"),
     )

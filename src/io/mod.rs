@@ -1,6 +1,7 @@
 //! Reading and writing files: weights (safetensors, and PyTorch checkpoints through a pickle
 //! reader that executes nothing) and images (JPEG through our own decoder, PNG). Depends on the
-//! leaf types ([`crate::model`]) and the CPU transform ([`crate::preprocess`]) only.
+//! leaf types ([`crate::model`]), the CPU transform ([`crate::preprocess`]) and the process's
+//! limits ([`crate::os_limits`]) only.
 
 #[cfg(feature = "pth")]
 pub mod checkpoint;
@@ -10,7 +11,6 @@ pub mod files;
 pub mod image;
 #[cfg(feature = "images")]
 pub mod jpeg;
-pub mod limits;
 pub mod safetensors;
 
 use std::path::Path;

@@ -1,21 +1,31 @@
 //! The address space this process may still use (`RLIMIT_AS`, `ulimit -v`), so that large
 //! allocations (decoding an image, opening a GPU device through a software driver) are refused
 //! with a clear error instead of aborting ("memory allocation of N bytes failed") or crashing
-//! inside a driver.
+//! inside a driver; and the file-size limit (`RLIMIT_FSIZE`, `ulimit -f`), which errors name
+//! and which a driver backing GPU memory with files must not run into.
 //!
 //! Read from `/proc/self/limits` and `/proc/self/status` (Linux); elsewhere, or when they cannot
 //! be read, nothing is known and nothing is refused.
 
 use crate::error::{Error, Result};
 
+/// The soft limit named `name` in `/proc/self/limits` ("Max address space"), `None` when
+/// unlimited or unknown.
+fn soft_limit(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
 /// The soft `RLIMIT_AS` in bytes, `None` when unlimited or unknown.
 pub fn address_space_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max address space"))?;
-    let soft = line["Max address space".len()..]
-        .split_whitespace()
-        .next()?;
-    soft.parse().ok()
+    soft_limit("Max address space")
+}
+
+/// The soft `RLIMIT_FSIZE` (`ulimit -f`) in bytes: the largest file this process may write,
+/// `None` when unlimited or unknown.
+pub fn file_size_limit() -> Option<u64> {
+    soft_limit("Max file size")
 }
 
 /// The address space this process uses now (`VmSize`), in bytes.
@@ -115,5 +125,16 @@ mod tests {
             }
         }
         assert!(check_address_space(0, "nothing").is_ok());
+    }
+
+    #[test]
+    fn the_file_size_limit_is_read_where_linux_says_it() {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("Max file size")) {
+            let soft = line.split_whitespace().nth(3).unwrap();
+            assert_eq!(file_size_limit(), soft.parse().ok(), "{line}");
+        } else {
+            assert_eq!(file_size_limit(), None);
+        }
     }
 }
