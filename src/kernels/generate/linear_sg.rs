@@ -29,8 +29,10 @@ const SG_WIDTHS: [u32; 5] = [4, 8, 16, 32, 64];
 /// The linear kernel with `rows` rows per workgroup tile (one of [`TILE_ROWS`]).
 ///
 /// Each lane loads `XN = ceil(rows / SG)` values of x per k, at most `rows / 4` (SG >= 4), so
-/// that many guarded loads are unrolled; the tile's `rows` accumulators, broadcasts and stores
-/// are unrolled in full.
+/// that many guarded loads are unrolled; the tile's `rows` accumulators and broadcasts are
+/// unrolled in full, and its stores loop over a private copy of the accumulators (unrolled,
+/// rows x 8 stores through the epilogue took Mesa 25.0.7's lavapipe 81 s to compile at 32 rows
+/// and 8 lanes).
 ///
 /// # Panics
 ///
@@ -82,10 +84,7 @@ pub fn linear_sg(rows: u32) -> String {
         .map(|r| format!("            a{r}_1 += b{r} * w1;"))
         .collect::<Vec<_>>()
         .join("\n");
-    let stores = (0..rows)
-        .map(|r| format!("    store_row(m0 + {r}u, a{r}_0 + b0, a{r}_1 + b1);"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let keep = super::keep_accumulators(rows);
     // XN = ceil(rows / SG) at each width, three columns wide.
     let xn_row = SG_WIDTHS
         .map(|sg| format!("{:3}", rows.div_ceil(sg)))
@@ -255,7 +254,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (CV > 1u) {{
         b1 = vec4<f32>(bias[col0 / 4u + 1u]);
     }}
-{stores}
+    // The stores loop over the tile's rows: unrolled (rows x 8 columns, each through the
+    // epilogue), the kernel took Mesa 25's lavapipe over a minute to compile.
+{keep}
+    for (var r = 0u; r < ROWS; r++) {{
+        store_row(m0 + r, acc[2u * r] + b0, acc[2u * r + 1u] + b1);
+    }}
     if (p.stats_out != 0u) {{
         row_stats_out(m0);
     }}

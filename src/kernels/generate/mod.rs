@@ -37,6 +37,24 @@ pub use conv_sg::conv_sg;
 pub use linear_sg::linear_sg;
 pub use tome_match_sg::tome_match_sg;
 
+/// The tile's unrolled accumulators (`a{r}_0`, `a{r}_1` for each of `rows` rows) copied into a
+/// private array `acc` (row `r` at `2r` and `2r + 1`), declared here, which the kernel's store
+/// loop indexes: a store phase unrolled like the multiply took Mesa 25's lavapipe minutes to
+/// compile (see the generators' docs).
+fn keep_accumulators(rows: u32) -> String {
+    let copies = (0..rows).map(|r| {
+        format!(
+            "    acc[{}] = a{r}_0;\n    acc[{}] = a{r}_1;",
+            2 * r,
+            2 * r + 1
+        )
+    });
+    std::iter::once(format!("    var acc: array<vec4<f32>, {}>;", 2 * rows))
+        .chain(copies)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `body` (lines joined by `\n`) inside `if (cond) { .. }`, the `if` indented by `indent`
 /// spaces and the body by four more.
 fn guard(cond: &str, body: &str, indent: usize) -> String {
