@@ -222,6 +222,12 @@ fn code(v: f32, c: usize) -> i32 {
     ((v * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255.0).round() as i32
 }
 
+/// How long a test waits for results before calling it a hang. Not a timing: the tests share one
+/// device, whose queue runs their submissions one after another (lavapipe has one queue thread),
+/// and a cold forward compiles every pipeline at its first dispatch, so a result may wait behind
+/// other tests' cold forwards for minutes on a slow 2-core machine (CI once took more than 120 s).
+const HANG_GUARD: Duration = Duration::from_secs(1200);
+
 /// A waker that records that it was woken.
 struct Flag(AtomicBool);
 impl Wake for Flag {
@@ -237,7 +243,7 @@ fn drive<F: Future>(device: &wgpu::Device, fut: F) -> (usize, F::Output) {
     let flag = Arc::new(Flag(AtomicBool::new(false)));
     let waker = Waker::from(flag.clone());
     let mut cx = Context::from_waker(&waker);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + HANG_GUARD;
     let mut pendings = 0;
     loop {
         match fut.as_mut().poll(&mut cx) {
@@ -607,11 +613,11 @@ fn several_engines_share_one_device_and_one_encoder() {
     };
     // The callback runs on whichever thread polls the device first (here the poll loop, or
     // another test's poll of a shared device); that it runs without our blocking is the point.
-    let (got1, _callback_thread) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    let (got1, _callback_thread) = rx.recv_timeout(HANG_GUARD).unwrap();
     let got1 = got1.unwrap();
     poll_loop.join().unwrap();
     // ...polling without blocking, and blocking.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + HANG_GUARD;
     let got2 = loop {
         if let Some(l) = r2.try_take() {
             break l.unwrap();
