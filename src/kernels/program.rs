@@ -159,10 +159,36 @@ pub fn subgroup_width(gpu: &Gpu) -> Option<u32> {
 }
 
 /// [`subgroup_width`] from an adapter's features and info.
+///
+/// One driver gets fewer lanes than its subgroups hold: lavapipe of Mesa 25 and later at
+/// 16-lane subgroups (`LP_NATIVE_VECTOR_WIDTH=512`) runs `subgroupBroadcast` (and
+/// `subgroupShuffle`) from a constant lane at about 20 cycles per scalar, which made the
+/// subgroup kernels 3-9x slower than at 8 lanes (`attention_sg` on the stage-1 shape: 55.8 ms
+/// per dispatch at 16 lanes, 6.0 ms as 8-lane workgroups on the same 512-bit driver, 3.1 ms
+/// with the broadcasts taken out; Mesa 25.0.7, Intel Xeon with AVX-512). Its subgroup kernels
+/// run as 8-lane workgroups there, which the kernels allow (lanes `0..8` of a 16-lane
+/// subgroup). Mesa 22.3.6 runs 16 lanes as fast as 8 and keeps them; Mesa 23 and 24 were not
+/// measured and are treated as 25.
 pub fn subgroup_width_for(features: wgpu::Features, info: &wgpu::AdapterInfo) -> Option<u32> {
     let min = info.subgroup_min_size;
-    (features.contains(wgpu::Features::SUBGROUP) && SG_WIDTHS.contains(&min)).then_some(min)
+    if !(features.contains(wgpu::Features::SUBGROUP) && SG_WIDTHS.contains(&min)) {
+        return None;
+    }
+    let slow_broadcasts = info.driver == "llvmpipe"
+        && crate::gpu::context::mesa_version(&info.driver_info).is_some_and(|v| v >= (23, 0));
+    if slow_broadcasts && min > LAVAPIPE_LANES {
+        log::info!(
+            "subgroup kernels at {LAVAPIPE_LANES} lanes, not {min}: lavapipe of {} broadcasts \
+             within {min}-lane subgroups several times slower",
+            info.driver_info
+        );
+        return Some(LAVAPIPE_LANES);
+    }
+    Some(min)
 }
+
+/// The subgroup width of the kernels on lavapipe of Mesa 23 and later ([`subgroup_width_for`]).
+pub const LAVAPIPE_LANES: u32 = 8;
 
 impl ProgramBuilder {
     /// A builder planning for a device with `limits`.
@@ -703,6 +729,53 @@ mod tests {
         };
         let key = KernelKey::plain(Kernel::LnStats);
         b.dispatch(Family::Mlp, key, &p, &[x, out], [1, 1, 1]);
+    }
+
+    #[test]
+    fn lavapipe_of_mesa_23_and_later_runs_8_lane_kernels() {
+        let info = |driver: &str, driver_info: &str, lanes: u32| {
+            let mut info = wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+            info.driver = driver.into();
+            info.driver_info = driver_info.into();
+            info.subgroup_min_size = lanes;
+            info.subgroup_max_size = lanes;
+            info
+        };
+        let sg = wgpu::Features::SUBGROUP;
+        let mesa25 = "Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)";
+        let mesa22 = "Mesa 22.3.6 (LLVM 15.0.6)";
+        // 16 lanes: 8 on Mesa 25, all 16 on Mesa 22.3 and on other drivers.
+        assert_eq!(
+            subgroup_width_for(sg, &info("llvmpipe", mesa25, 16)),
+            Some(8)
+        );
+        assert_eq!(
+            subgroup_width_for(sg, &info("llvmpipe", "Mesa 23.1.0", 16)),
+            Some(8)
+        );
+        assert_eq!(
+            subgroup_width_for(sg, &info("llvmpipe", mesa22, 16)),
+            Some(16)
+        );
+        assert_eq!(
+            subgroup_width_for(sg, &info("NVIDIA", "580.82", 32)),
+            Some(32)
+        );
+        // Narrower subgroups keep their width; no feature or an odd width: no subgroup kernels.
+        assert_eq!(
+            subgroup_width_for(sg, &info("llvmpipe", mesa25, 8)),
+            Some(8)
+        );
+        assert_eq!(
+            subgroup_width_for(sg, &info("llvmpipe", mesa25, 4)),
+            Some(4)
+        );
+        let none = wgpu::Features::empty();
+        assert_eq!(
+            subgroup_width_for(none, &info("llvmpipe", mesa25, 16)),
+            None
+        );
+        assert_eq!(subgroup_width_for(sg, &info("llvmpipe", mesa25, 12)), None);
     }
 
     #[test]
