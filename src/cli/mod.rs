@@ -30,8 +30,8 @@ pub struct Cli {
     /// Vector width of Mesa's software Vulkan (llvmpipe/lavapipe), through
     /// LP_NATIVE_VECTOR_WIDTH, set before any GPU is opened and only when that variable is
     /// unset: 256, 512, or auto (512 where the CPU has AVX-512, unless lavapipe is Mesa 25 or
-    /// later, whose 16-lane subgroups run far slower). Default: not set (llvmpipe picks 256
-    /// bits). Other drivers ignore the variable.
+    /// later, which gains nothing at 512 bits). Default: not set (llvmpipe picks 256 bits).
+    /// Other drivers ignore the variable.
     #[arg(long, global = true, value_enum)]
     pub vector_width: Option<VectorWidth>,
     /// Choose kernel variants by timing them on the adapter (`on`, the default; the choice is
@@ -98,10 +98,11 @@ pub const LP_VECTOR_WIDTH_VAR: &str = "LP_NATIVE_VECTOR_WIDTH";
 /// ([`lavapipe_mesa_version`]). Pure given those, so it can be tested; the binary applies it
 /// before anything creates a wgpu instance (the library never touches the variable).
 ///
-/// `auto` keeps 256 bits on Mesa 25 and later: their lavapipe runs this engine's 16-lane
-/// subgroup kernels several times slower than Mesa 22.3.6 does (the subgroup attention alone
-/// 4.8x, `docs/performance.md`), and at 512 bits reached 0.22-0.29x of its own 256-bit
-/// throughput where Mesa 22.3.6 gained 1.16-1.46x on an AMD AVX-512 CPU.
+/// `auto` keeps 256 bits on Mesa 25 and later: their lavapipe broadcasts within 16-lane
+/// subgroups several times slower, so the engine runs its subgroup kernels there as 8-lane
+/// workgroups (`kernels::program::subgroup_width_for`), and 512 bits then measured 0.97-0.99x
+/// of 256 bits (SReT-T at batch 1, Intel Xeon with AVX-512), where Mesa 22.3.6 gained
+/// 1.16-1.46x on an AMD AVX-512 CPU (`docs/performance.md`).
 pub fn vector_width_decision(
     choice: Option<VectorWidth>,
     current: Option<&str>,
@@ -134,8 +135,7 @@ pub fn vector_width_decision(
                 None,
                 format!(
                     "vector width: not set (--vector-width auto: lavapipe of Mesa {major}.{minor} \
-                     runs 16-lane subgroups far slower than 8-lane ones; llvmpipe's default 256 \
-                     bits)"
+                     runs no faster at 512 bits; llvmpipe's default 256 bits)"
                 ),
             ),
             _ => (
