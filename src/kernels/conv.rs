@@ -134,7 +134,7 @@ pub fn record(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo) 
 
 /// The rows `band.out_rows` of a convolution, between row-banded buffers.
 pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: ConvIo, band: Band) {
-    let (oh, ow) = s.out_hw();
+    let (_, ow) = s.out_hw();
     let (map, n_in) = match io.input {
         Layout::Unmerged(Unmerge { map, tokens }) => {
             assert!(
@@ -151,28 +151,7 @@ pub fn record_band(b: &mut ProgramBuilder, family: Family, s: ConvShape, io: Con
         | (io.pos.is_some() as u32) << 3
         | (map.is_some() as u32) << 4;
     let rows = band.out_rows.1 - band.out_rows.0;
-    let u = |v: usize| v as u32;
-    let p = ConvParams {
-        batch: u(s.batch),
-        cin: u(s.cin),
-        h: u(s.h),
-        w: u(s.w),
-        cout: u(s.cout),
-        oh: u(oh),
-        ow: u(ow),
-        k: u(s.k),
-        stride: u(s.stride),
-        pad: u(s.pad),
-        groups: u(s.groups),
-        flags,
-        h_buf: u(band.in_buf.1),
-        iy_off: u(band.in_buf.0),
-        oy0: u(band.out_rows.0),
-        oh_run: u(rows),
-        oh_buf: u(band.out_buf.1),
-        oy_off: u(band.out_buf.0),
-        n_in: u(n_in),
-    };
+    let p = band_params(s, band, flags, n_in);
     // Dense convolutions from NCHW (the stem) take 16 output channels per invocation, or a
     // 32-pixel x `sg_tile_columns`-channel tile per SG-lane workgroup where subgroups allow.
     let dense = s.groups == 1 && io.input == Layout::Nchw;
@@ -236,6 +215,34 @@ pub fn traffic(p: &ConvParams, binding: u32, bytes: u64) -> u64 {
     }
 }
 
+/// The uniform block of the convolution `s` over `band`, with `flags` and `n_in` tokens of an
+/// unmerged input (0 otherwise), as [`record_band`] dispatches it.
+pub fn band_params(s: ConvShape, band: Band, flags: u32, n_in: usize) -> ConvParams {
+    let (oh, ow) = s.out_hw();
+    let u = |v: usize| v as u32;
+    ConvParams {
+        batch: u(s.batch),
+        cin: u(s.cin),
+        h: u(s.h),
+        w: u(s.w),
+        cout: u(s.cout),
+        oh: u(oh),
+        ow: u(ow),
+        k: u(s.k),
+        stride: u(s.stride),
+        pad: u(s.pad),
+        groups: u(s.groups),
+        flags,
+        h_buf: u(band.in_buf.1),
+        iy_off: u(band.in_buf.0),
+        oy0: u(band.out_rows.0),
+        oh_run: u(band.out_rows.1 - band.out_rows.0),
+        oh_buf: u(band.out_buf.1),
+        oy_off: u(band.out_buf.0),
+        n_in: u(n_in),
+    }
+}
+
 /// Arithmetic of one convolution dispatch over its band of `oh_run` output rows: `2 cin/groups
 /// k^2` per output, plus 1 each for the bias, the ReLU (flag 1) and the positional embedding
 /// (flag 8).
@@ -266,34 +273,18 @@ mod tests {
             pad: 1,
             groups: 1,
         };
-        let (oh, ow) = s.out_hw();
+        let (oh, _) = s.out_hw();
         let rows = oh.div_ceil(bands);
         (0..oh)
             .step_by(rows)
             .map(|first| {
                 let end = (first + rows).min(oh);
-                let u = |v: usize| v as u32;
-                ConvParams {
-                    batch: u(s.batch),
-                    cin: u(s.cin),
-                    h: u(s.h),
-                    w: u(s.w),
-                    cout: u(s.cout),
-                    oh: u(oh),
-                    ow: u(ow),
-                    k: u(s.k),
-                    stride: u(s.stride),
-                    pad: u(s.pad),
-                    groups: 1,
-                    flags: 1 | 8,
-                    h_buf: u(s.h),
-                    iy_off: 0,
-                    oy0: u(first),
-                    oh_run: u(end - first),
-                    oh_buf: u(end - first),
-                    oy_off: u(first),
-                    n_in: 0,
-                }
+                let band = Band {
+                    out_rows: (first, end),
+                    in_buf: (0, s.h),
+                    out_buf: (first, end - first),
+                };
+                band_params(s, band, 1 | 8, 0)
             })
             .collect()
     }
