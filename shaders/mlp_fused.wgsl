@@ -1,18 +1,25 @@
-// The whole MLP half of a block in one dispatch, its hidden activations never leaving the chip:
-//   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)    (in place; fc1 normalises as it loads)
-// for y [m, n] (fc1 reads n = k columns; W1^T [k, h_pad], W2^T [h, n_pad] as linear.wgsl's), with
-// linear.wgsl's residual epilogue (mode 2, shaders/lib/linear_epilogue.wgsl), its optional row
-// normalisation as the rows are loaded (`norm`, shaders/lib/ln_row_stats.wgsl) and the
-// statistics of the rows it stores (`stats_out`: one part per row, the whole row, as this
-// workgroup stores every column of its rows).
-// A workgroup of 256 invocations owns 16 whole rows. For every chunk of 64 hidden columns it
-// computes the chunk as linear_tiled.wgsl computes a tile (16 x 16 blocks of the normalised rows
-// and of W1^T staged in workgroup memory, each invocation a row's 4 columns), applies bias and
-// GELU into workgroup memory, and each invocation adds the chunk's contribution to its row's 16
-// output columns (4tx + 64j) in registers. The rows are read from y again per chunk (from cache);
-// y is written once, after every invocation's last read of it: a workgroup reads and writes
-// only its own rows, so one read-write binding serves as input and output. Columns n <= 256
-// (N_MAX); 8.2 KiB of workgroup memory. No subgroup operations.
+// The MLP half of a block in one dispatch, its hidden activations never leaving the chip, with
+// the attention half's output projection optionally in front of it:
+//   y = pa * y + pb * (attn Wp^T + bp)                   (with `proj`: the attention's residual)
+//   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)  (in place; fc1 normalises as it loads)
+// for y [m, n] (fc1 reads n = k columns; W1^T [k, h_pad], W2^T [h, n_pad] as linear.wgsl's;
+// `wp` is Wp^T [k, n_pad] with bp as its row k), with linear.wgsl's residual epilogue (mode 2,
+// shaders/lib/linear_epilogue.wgsl), the LayerNorm statistics of its rows measured here (`norm`)
+// and the statistics of the rows it stores (`stats_out`: one part per row, the whole row, as
+// this workgroup stores every column of its rows).
+// A workgroup of 256 invocations owns 16 whole rows. With `proj` each invocation first computes
+// its row's 16 columns (4tx + 64j) of the projection, reading the attention row from global
+// memory (the same address across a row's 16 invocations), adds the residual and stores them;
+// the LayerNorm statistics then come from those values in registers (otherwise from the rows as
+// loaded), through workgroup memory, two passes (mean, then squared deviations). For every
+// chunk of 64 hidden columns it computes the chunk as linear_tiled.wgsl computes a tile (16 x 16
+// blocks of the normalised rows and of W1^T staged in workgroup memory, each invocation a row's
+// 4 columns), applies bias and GELU into workgroup memory, and each invocation adds the chunk's
+// contribution to its row's 16 output columns in registers. The rows are read from y again per
+// chunk (from cache); y is written after every invocation's last read of it (and, with `proj`,
+// before the first, behind a storage barrier): a workgroup reads and writes only its own rows,
+// so one read-write binding serves as input and output. Columns n <= 256 (N_MAX); 8.2 KiB of
+// workgroup memory. No subgroup operations.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs). Workgroup
 // memory and arithmetic are f32.
@@ -31,6 +38,9 @@ struct Params {
     norm: u32,
     eps: f32,
     stats_out: u32,
+    proj: u32,
+    pa: f32,
+    pb: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,8 +49,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w2: array<vec4<elem>>;
 @group(0) @binding(4) var<storage, read> b2: array<vec4<elem>>;
 @group(0) @binding(5) var<storage, read_write> y: array<elem>;
-@group(0) @binding(6) var<storage, read> stats: array<vec2<f32>>;
-@group(0) @binding(7) var<storage, read_write> part_out: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read> wp: array<vec4<elem>>;
+@group(0) @binding(7) var<storage, read> attn: array<elem>;
+@group(0) @binding(8) var<storage, read_write> part_out: array<vec2<f32>>;
 
 // Rows per workgroup, hidden columns per chunk, depth per staging step.
 const TM: u32 = 16u;
@@ -53,11 +64,11 @@ const TK: u32 = 16u;
 var<workgroup> xs: array<f32, 256>;
 var<workgroup> ws: array<vec4<f32>, 256>;
 var<workgroup> hs: array<vec4<f32>, 256>;
-// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation; then the row means of
-// the statistics written.
+// (mean, 1 / std) of the tile's rows, or (0, 1) without normalisation; the row means while the
+// statistics are reduced.
 var<workgroup> st: array<vec2<f32>, 16>;
 
-// epilogue() (mode 2: the residual), gelu() and row_stats() come from shaders/lib/, appended by
+// epilogue() (mode 2: the residual) and gelu() come from shaders/lib/, appended by
 // src/kernels/catalogue.rs.
 
 // Stores output column `col` of `row`, returning the stored value (0 past the last row or
@@ -77,11 +88,11 @@ fn red_sum(r: u32) -> f32 {
     return s;
 }
 
-// The statistics of the tile's rows over all n columns, one part per row: the row mean from
-// the 16 invocations sharing the row through workgroup memory, then the squared deviations
-// from it the same way. `v[j]` holds this invocation's stored columns 4tx + 64j.. of row ty
-// (0 where nothing was stored).
-fn tile_stats(li: u32, tx: u32, ty: u32, m0: u32, v: array<vec4<f32>, 4>) {
+// The statistics of the tile's rows over all n columns, left in st as (mean, M2): the row mean
+// from the 16 invocations sharing the row through workgroup memory, then the squared deviations
+// from it the same way. `v[j]` holds this invocation's columns 4tx + 64j.. of row ty (0 past
+// the last column). Called in uniform control flow (barriers).
+fn tile_stats(li: u32, tx: u32, ty: u32, v: array<vec4<f32>, 4>) {
     var mask: array<vec4<f32>, 4>;
     var s = 0.0;
     for (var j = 0u; j < 4u; j++) {
@@ -102,9 +113,62 @@ fn tile_stats(li: u32, tx: u32, ty: u32, m0: u32, v: array<vec4<f32>, 4>) {
     }
     xs[ty * 16u + tx] = q;
     workgroupBarrier();
-    if (li < TM && m0 + li < p.m) {
-        part_out[m0 + li] = vec2<f32>(st[li].x, red_sum(li));
+    if (li < TM) {
+        st[li].y = red_sum(li);
     }
+    workgroupBarrier();
+}
+
+// This invocation's columns 4tx + 64j.. of `row` after the attention's residual
+// `pa * y + pb * (attn Wp^T + bp)`, stored; 0 past the last row or column.
+fn project(row: u32, tx: u32) -> array<vec4<f32>, 4> {
+    var v: array<vec4<f32>, 4>;
+    if (row >= p.m) {
+        return v;
+    }
+    let n_stride = p.n_pad / 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var d = 0u; d < p.k; d++) {
+        let a = f32(attn[row * p.k + d]);
+        let w_row = d * n_stride + tx;
+        for (var j = 0u; j < 4u; j++) {
+            if (tx + 16u * j < n_stride) {
+                acc[j] += a * vec4<f32>(wp[w_row + 16u * j]);
+            }
+        }
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let c = tx * 4u + 64u * j;
+        if (c < p.n_pad) {
+            let z = acc[j] + vec4<f32>(wp[p.k * n_stride + c / 4u]);
+            for (var e = 0u; e < 4u; e++) {
+                if (c + e < p.n) {
+                    let o = row * p.n + c + e;
+                    let stored = elem(p.pa * f32(y[o]) + p.pb * z[e]);
+                    y[o] = stored;
+                    v[j][e] = f32(stored);
+                }
+            }
+        }
+    }
+    return v;
+}
+
+// This invocation's columns 4tx + 64j.. of `row` as stored; 0 past the last row or column.
+fn load_row(row: u32, tx: u32) -> array<vec4<f32>, 4> {
+    var v: array<vec4<f32>, 4>;
+    if (row >= p.m) {
+        return v;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let c = tx * 4u + 64u * j;
+        for (var e = 0u; e < 4u; e++) {
+            if (c + e < p.n) {
+                v[j][e] = f32(y[row * p.n + c + e]);
+            }
+        }
+    }
+    return v;
 }
 
 @compute @workgroup_size(256)
@@ -121,10 +185,20 @@ fn main(
     let m0 = t * TM;
     let tx = li % 16u;
     let ty = li / 16u;
+    if (p.proj != 0u) {
+        let v = project(m0 + ty, tx);
+        // The rows stored above are read back by other invocations of the workgroup below.
+        storageBarrier();
+        if (p.norm != 0u) {
+            tile_stats(li, tx, ty, v);
+        }
+    } else if (p.norm != 0u) {
+        tile_stats(li, tx, ty, load_row(m0 + ty, tx));
+    }
     if (li < TM) {
         var s = vec2<f32>(0.0, 1.0);
         if (p.norm != 0u) {
-            s = row_stats(min(m0 + li, p.m - 1u));
+            s = vec2<f32>(st[li].x, inverseSqrt(st[li].y / f32(p.n) + p.eps));
         }
         st[li] = s;
     }
@@ -197,6 +271,11 @@ fn main(
         );
     }
     if (p.stats_out != 0u) {
-        tile_stats(li, tx, ty, m0, v);
+        // Every invocation's last read of st (the normalisation) is behind the chunk loop's
+        // barriers.
+        tile_stats(li, tx, ty, v);
+        if (li < TM && m0 + li < p.m) {
+            part_out[m0 + li] = st[li];
+        }
     }
 }

@@ -706,22 +706,26 @@ fn linear_row_statistics_match_cpu() {
 }
 
 /// The MLP half of a block, `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` in place with the
-/// LayerNorm folded into fc1, fused (`mlp_fused.wgsl`, one dispatch, the hidden values kept on
-/// chip in f32) and as the pair of linear layers (the hidden values stored, rounded to the
-/// storage precision), against the CPU: the stored rows and the statistics written beside them
-/// (one part per row fused, each linear kernel's parts unfused), for rows whose mean is far from
-/// zero, widths that are not multiples of 4 or 8, partial 16-row tiles and hidden sizes that are
-/// not multiples of the 64-column chunk.
+/// LayerNorm folded into fc1, alone and after the attention half's projection and residual
+/// `y = pa * y + pb * proj(attn)`, fused (`mlp_fused.wgsl`, one dispatch, the row statistics
+/// measured in the kernel and the hidden values kept on chip in f32) and as linear layers (the
+/// projected rows and the hidden values stored, rounded to the storage precision), against the
+/// CPU: the stored rows and the statistics written beside them (one part per row fused, each
+/// linear kernel's parts unfused), for rows whose mean is far from zero, widths that are not
+/// multiples of 4 or 8, partial 16-row tiles and hidden sizes that are not multiples of the
+/// 64-column chunk.
 #[test]
 fn mlp_matches_cpu() {
     let _cases = Cases::new();
-    for (seed, m, dim, hidden) in [
-        (90u64, 37usize, 64usize, 230usize),
-        (91, 16, 256, 921),
-        (92, 5, 128, 460),
-        (93, 50, 60, 100),
-        (94, 1, 192, 768),
-        (95, 33, 18, 7),
+    for (seed, m, dim, hidden, with_proj) in [
+        (90u64, 37usize, 64usize, 230usize, false),
+        (91, 16, 256, 921, true),
+        (92, 5, 128, 460, false),
+        (93, 50, 60, 100, true),
+        (94, 1, 192, 768, true),
+        (95, 33, 18, 7, false),
+        (96, 37, 64, 230, true),
+        (97, 33, 18, 7, true),
     ] {
         let y0: Vec<f32> = random(seed, m * dim, 2.0)
             .iter()
@@ -744,16 +748,38 @@ fn mlp_matches_cpu() {
             out_features: dim,
             in_features: hidden,
         };
+        let attn = random(seed + 7, m * dim, 1.5);
+        let proj = Linear {
+            weight: random(seed + 8, dim * dim, (3.0 / dim as f32).sqrt()),
+            bias: random(seed + 9, dim, 0.3),
+            out_features: dim,
+            in_features: dim,
+        };
         let (ca, cb) = (0.9f32, 1.1f32);
+        let (pa, pb) = (0.8f32, 1.2f32);
         for f16 in precisions() {
             let y0 = rounded(&y0, f16);
+            let attn = rounded(&attn, f16);
+            // The MLP's input: y0, or y0 after the projection's residual, stored.
+            let y_in = if with_proj {
+                let stored = Linear {
+                    weight: rounded(&proj.weight, f16),
+                    bias: rounded(&proj.bias, f16),
+                    ..proj.clone()
+                };
+                let v = cpu::linear(&attn, m, &stored);
+                let y: Vec<f32> = y0.iter().zip(&v).map(|(y, v)| pa * y + pb * v).collect();
+                rounded(&y, f16)
+            } else {
+                y0.clone()
+            };
             let folded = linear::fold_layer_norm(&fc1, &ln);
             let stored2 = Linear {
                 weight: rounded(&fc2.weight, f16),
                 bias: rounded(&fc2.bias, f16),
                 ..fc2.clone()
             };
-            let mut h = layer_norm_then_linear(&y0, m, &ln, &fc1, &folded, f16);
+            let mut h = layer_norm_then_linear(&y_in, m, &ln, &fc1, &folded, f16);
             cpu::gelu(&mut h);
             for (variant, linear_variants) in [
                 (Variant::Fused, vec![(None, Variant::Portable)]),
@@ -766,7 +792,11 @@ fn mlp_matches_cpu() {
                     rounded(&h, f16)
                 };
                 let out = cpu::linear(&h, m, &stored2);
-                let rows: Vec<f32> = y0.iter().zip(&out).map(|(r, v)| ca * r + cb * v).collect();
+                let rows: Vec<f32> = y_in
+                    .iter()
+                    .zip(&out)
+                    .map(|(r, v)| ca * r + cb * v)
+                    .collect();
                 let rows = rounded(&rows, f16);
                 for (sg, lv) in linear_variants {
                     let shape = std::cell::Cell::new((0, false));
@@ -779,11 +809,20 @@ fn mlp_matches_cpu() {
                             ..Variants::default()
                         });
                         let y = b.weights("y0", &y0);
-                        let stats = norm::ln_stats(b, Family::Mlp, m, dim, y, "y");
                         let w1 = linear::upload(b, "fc1", &folded);
                         let w2 = linear::upload(b, "fc2", &fc2);
-                        let norm = (stats, 1e-6);
-                        let after = mlp::record(b, m, &w1, &w2, (ca, cb), norm, true, y, "mlp");
+                        let wp = linear::upload(b, "proj", &proj);
+                        let projection = with_proj.then(|| mlp::Projection {
+                            attn: b.weights("attn", &attn),
+                            weights: &wp,
+                            packed: mlp::upload_projection(b, "proj", &proj),
+                            coef: (pa, pb),
+                        });
+                        // No statistics given: the fused kernel measures them, the pair takes
+                        // the projection's or an ln_stats dispatch's.
+                        let norm = (None, 1e-6);
+                        let after =
+                            mlp::record(b, m, &w1, &w2, (ca, cb), norm, projection, true, y, "mlp");
                         let after = after.expect("statistics asked for");
                         let fused =
                             (0..b.dispatch_count()).any(|i| b.step(i).0.kernel == Kernel::MlpFused);
@@ -792,7 +831,7 @@ fn mlp_matches_cpu() {
                     });
                     let (width, fused) = shape.get();
                     let what = format!(
-                        "MLP {m}x{dim}x{hidden} ({variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
+                        "MLP {m}x{dim}x{hidden} (projection: {with_proj}, {variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
                     );
                     expect(fused == (variant == Variant::Fused), || {
                         format!("{what}: the fused kernel ran: {fused}")
@@ -1041,7 +1080,7 @@ fn check_merges_in(
             };
             // The first merge keeps its slot map (as a trace does), the second hands on the
             // merged rows' LayerNorm statistics in its place.
-            let a = merge::record_merge(b, shape, q1, x, None, map, true, true, "m1");
+            let a = merge::record_merge(b, shape, q1, x, None, map, true, true, true, "m1");
             let slot = a.slot.expect("a slot map where asked for");
             b.pin(a.x);
             b.pin(a.mass);
@@ -1051,9 +1090,21 @@ fn check_merges_in(
                 r: r2,
                 ..shape
             };
-            let c = merge::record_merge(b, shape, q2, a.x, Some(a.mass), map, false, false, "m2");
-            assert_eq!(c.stats.width, dim);
-            b.pin(c.stats.tensor);
+            let c = merge::record_merge(
+                b,
+                shape,
+                q2,
+                a.x,
+                Some(a.mass),
+                map,
+                false,
+                false,
+                true,
+                "m2",
+            );
+            let stats = c.stats.expect("statistics where asked for");
+            assert_eq!(stats.width, dim);
+            b.pin(stats.tensor);
             let fused_steps = (0..b.dispatch_count())
                 .filter(|&i| b.step(i).0.kernel == Kernel::TomeMergeFused)
                 .count();
@@ -1071,7 +1122,7 @@ fn check_merges_in(
             let mean = b.activation("grid mean", batch * dim);
             let grid = merge::Unmerge { map, tokens: n3 };
             norm::mean_tokens(b, Family::Head, batch, n_grid, dim, c.x, Some(grid), mean);
-            vec![a.x, a.mass, slot, c.x, c.mass, map, mean, c.stats.tensor]
+            vec![a.x, a.mass, slot, c.x, c.mass, map, mean, stats.tensor]
         });
         // The merged rows' statistics (mean, M2) as stored, against the CPU's rows rounded to
         // the storage precision.

@@ -67,8 +67,11 @@ fn every_variant_matches_the_cpu_twin() {
     }
 }
 
-/// The fused MLP kernel (one dispatch per MLP; not the fixed default) in whole forwards: SReT-T
-/// merging (its Non_proj MLPs too) and DeiT-Tiny, at batch 1 and 3.
+/// The fused MLP kernel (one dispatch per MLP; not the fixed default) in whole forwards, with
+/// the attention's projection in front of it wherever no merge comes between them: SReT-T
+/// merging after some executions and not others (its Non_proj MLPs too), SReT-T and DeiT-Tiny
+/// without merging (every projection fused) and DeiT-Tiny merging after every block (none), at
+/// batch 1 and 3.
 #[test]
 fn fused_mlp_forwards_match_the_cpu_twin() {
     let fused = Variants {
@@ -77,6 +80,8 @@ fn fused_mlp_forwards_match_the_cpu_twin() {
     };
     for (name, schedule) in [
         ("sret_t_distill", "exp:0.25,0"),
+        ("sret_t_distill", "none"),
+        ("deit_tiny", "none"),
         ("deit_tiny_distill", "constant:8"),
     ] {
         let model = Model::synthetic(name).unwrap();

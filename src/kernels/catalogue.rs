@@ -74,7 +74,14 @@ impl Needs {
     }
 }
 
-/// The linear kernels' shared epilogue and exact GELU.
+/// The fused MLP's: the linear kernels' epilogue and exact GELU (it measures its rows'
+/// statistics itself).
+const MLP_LIBS: &[&str] = &[
+    include_str!("../../shaders/lib/linear_epilogue.wgsl"),
+    include_str!("../../shaders/lib/gelu.wgsl"),
+];
+
+/// The linear kernels' shared epilogue, exact GELU and row statistics.
 const LINEAR_LIBS: &[&str] = &[
     include_str!("../../shaders/lib/linear_epilogue.wgsl"),
     include_str!("../../shaders/lib/gelu.wgsl"),
@@ -263,10 +270,10 @@ catalogue! {
         flops: linear::flops,
     },
     /// The whole MLP (LayerNorm-folded fc1, GELU, fc2, residual) in one dispatch, the hidden
-    /// activations kept in workgroup memory.
+    /// activations kept in workgroup memory, optionally after the attention's projection.
     MlpFused = "mlp_fused" {
         text: Text::File(include_str!("../../shaders/mlp_fused.wgsl")),
-        libs: LINEAR_LIBS,
+        libs: MLP_LIBS,
         params: MlpParams,
         kind: Some((KernelKind::Mlp, Variant::Fused)),
         needs: Needs {

@@ -57,9 +57,10 @@ pub struct MergeOutputs {
     /// `[batch, n]`: incoming position -> outgoing slot, where asked for (or where the
     /// unfused kernels need it).
     pub slot: Option<TensorId>,
-    /// The LayerNorm statistics of the merged rows, for the MLP after the merge: written by
-    /// the fused kernel where the slot map is not asked for, else by an `ln_stats` dispatch.
-    pub stats: RowStats,
+    /// The LayerNorm statistics of the merged rows, where asked for (for an MLP that does not
+    /// measure them): written by the fused kernel where the slot map is not asked for, else by
+    /// an `ln_stats` dispatch.
+    pub stats: Option<RowStats>,
 }
 
 /// Sizes of one token merge (bipartite soft matching on the keys, then a mass-weighted merge).
@@ -158,7 +159,8 @@ pub fn record_metric(
 /// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
 /// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
 /// place (`first` = it is still the identity). `slot_map`: keep the slot map (a trace reads
-/// it). Returns the new sequence, its masses and row statistics, and the slot map.
+/// it). `stats`: hand on the merged rows' LayerNorm statistics. Returns the new sequence, its
+/// masses, the row statistics and the slot map where asked for.
 #[allow(clippy::too_many_arguments)]
 pub fn record_merge(
     b: &mut ProgramBuilder,
@@ -169,8 +171,10 @@ pub fn record_merge(
     map: TensorId,
     first: bool,
     slot_map: bool,
+    stats: bool,
     label: &str,
 ) -> MergeOutputs {
+    let want_stats = stats;
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
@@ -180,7 +184,7 @@ pub fn record_merge(
     let mass_out = b.activation_words(format!("{label} mass"), s.batch * n_out);
     if fused_fits(s.n, b.limits()) {
         // The statistics take the slot map's binding where nobody reads the slot map.
-        let (slot, stats) = if slot_map {
+        let (slot, stats) = if slot_map || !want_stats {
             (
                 b.activation_words(format!("{label} slot"), s.batch * s.n),
                 None,
@@ -223,15 +227,17 @@ pub fn record_merge(
             ],
             g,
         );
-        let stats = stats.unwrap_or_else(|| {
-            norm::ln_stats(
-                b,
-                Family::Merge,
-                s.batch * n_out,
-                s.c,
-                x_out,
-                &format!("{label} merged"),
-            )
+        let stats = stats.or_else(|| {
+            want_stats.then(|| {
+                norm::ln_stats(
+                    b,
+                    Family::Merge,
+                    s.batch * n_out,
+                    s.c,
+                    x_out,
+                    &format!("{label} merged"),
+                )
+            })
         });
         return MergeOutputs {
             x: x_out,
@@ -301,14 +307,16 @@ pub fn record_merge(
         x: x_out,
         mass: mass_out,
         slot: Some(slot),
-        stats: norm::ln_stats(
-            b,
-            Family::Merge,
-            s.batch * n_out,
-            s.c,
-            x_out,
-            &format!("{label} merged"),
-        ),
+        stats: want_stats.then(|| {
+            norm::ln_stats(
+                b,
+                Family::Merge,
+                s.batch * n_out,
+                s.c,
+                x_out,
+                &format!("{label} merged"),
+            )
+        }),
     }
 }
 

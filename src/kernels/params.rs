@@ -40,7 +40,8 @@ kernel_params! {
 
 kernel_params! {
     /// The fused MLP (`mlp_fused.wgsl`): `y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)`
-    /// in place, the hidden activations kept in workgroup memory.
+    /// in place, the hidden activations kept in workgroup memory, optionally after the
+    /// attention's projection `y = pa * y + pb * (attn Wp^T + bp)`.
     pub struct MlpParams {
         /// Rows of y.
         pub m: u32,
@@ -60,13 +61,19 @@ kernel_params! {
         pub ca: f32,
         /// Residual coefficient of the MLP's output.
         pub cb: f32,
-        /// Non-zero: normalise each row as fc1 loads it, with LayerNorm statistics in parts of
-        /// this many columns ([`crate::kernels::norm::RowStats`]).
+        /// 1: normalise each row as fc1 loads it, with LayerNorm statistics the kernel measures.
         pub norm: u32,
         /// Variance epsilon of the LayerNorm applied with `norm`.
         pub eps: f32,
         /// 1: write the statistics of the stored rows, one part per row.
         pub stats_out: u32,
+        /// 1: first `y = pa * y + pb * (attn Wp^T + bp)`, the attention half's output
+        /// projection and residual.
+        pub proj: u32,
+        /// Residual coefficient of the old `y` in the projection's residual.
+        pub pa: f32,
+        /// Residual coefficient of the projection's output.
+        pub pb: f32,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Recording one forward pass: every dispatch of the model for a fixed (model,
 //! merge trajectory, permutations, micro-batch), recorded once into a [`Program`].
 
+use std::cell::OnceCell;
+
 use super::spec::ForwardSpec;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -8,7 +10,7 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
-use crate::kernels::mlp;
+use crate::kernels::mlp::{self, Projection};
 use crate::kernels::norm::{self, RowStats};
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
@@ -74,12 +76,44 @@ fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
 }
 
 /// A shared block's weights; its LayerNorms are folded into the linear layers that consume them
-/// (`qkv`, `fc1`), which normalise their input rows as they load them.
-struct BlockTensors {
+/// (`qkv`, `fc1`), which normalise their input rows as they load them. The projection is
+/// uploaded when first recorded, as a linear layer, as the fused MLP reads it, or both
+/// (a schedule may merge after some executions of a shared block and not others).
+struct BlockTensors<'w> {
     qkv: LinearWeights,
-    proj: LinearWeights,
     fc1: LinearWeights,
     fc2: LinearWeights,
+    name: String,
+    proj_host: &'w crate::model::weights::Linear,
+    proj: OnceCell<LinearWeights>,
+    proj_packed: OnceCell<TensorId>,
+}
+
+impl BlockTensors<'_> {
+    /// The projection as a linear layer.
+    fn proj(&self, b: &mut ProgramBuilder) -> &LinearWeights {
+        self.proj
+            .get_or_init(|| linear::upload(b, &format!("{}.proj", self.name), self.proj_host))
+    }
+
+    /// The attention half's projection and residual `x = ca * x + cb * proj(att)`, for the
+    /// fused MLP to run in front of its own work.
+    fn projection(
+        &self,
+        b: &mut ProgramBuilder,
+        att: TensorId,
+        coef: (f32, f32),
+    ) -> Projection<'_> {
+        let packed = *self.proj_packed.get_or_init(|| {
+            mlp::upload_projection(b, &format!("{}.proj", self.name), self.proj_host)
+        });
+        Projection {
+            attn: att,
+            weights: self.proj(b),
+            packed,
+            coef,
+        }
+    }
 }
 
 struct NonProjTensors {
@@ -112,61 +146,53 @@ fn row_stats(
 }
 
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
-/// LayerNorm folded into `fc1` (only each row's statistics are needed: `x_stats`, or measured).
-/// Returns the new `x`'s statistics when `stats_after` (the next LayerNorm's).
+/// LayerNorm folded into `fc1` (the fused MLP measures each row's statistics, the unfused one
+/// takes `x_stats` or measures them), after the attention half's projection `proj` where that
+/// was left to it. Returns the new `x`'s statistics when `stats_after` (the next LayerNorm's,
+/// where a linear layer applies it).
 #[allow(clippy::too_many_arguments)]
 fn record_mlp(
     b: &mut ProgramBuilder,
     rows: usize,
-    dim: usize,
     x: TensorId,
     x_stats: Option<RowStats>,
+    proj: Option<Projection>,
     fc1: &LinearWeights,
     fc2: &LinearWeights,
     coef: (f32, f32),
     stats_after: bool,
     label: &str,
 ) -> Option<RowStats> {
-    let stats = row_stats(
-        b,
-        Family::Mlp,
-        rows,
-        dim,
-        x,
-        x_stats,
-        &format!("{label} mlp in"),
-    );
     let out = format!("{label} mlp out");
-    mlp::record(
-        b,
-        rows,
-        fc1,
-        fc2,
-        coef,
-        (stats, LN_EPS),
-        stats_after,
-        x,
-        &out,
-    )
+    let norm = (x_stats, LN_EPS);
+    mlp::record(b, rows, fc1, fc2, coef, norm, proj, stats_after, x, &out)
 }
 
-/// `x = ca * x + cb * proj(attention(qkv(LN(x))))`, the attention half of every block (sliced,
-/// permuted and proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into
-/// `qkv` (statistics `x_stats`, or measured). Returns `qkv`, whose keys the matching reads, and
-/// the new `x`'s statistics when `stats_after`.
+/// Whether the MLP half of `dim`-wide rows takes its LayerNorm's statistics from the kernel
+/// before it (the unfused MLP's fc1 does; the fused MLP measures them).
+fn mlp_takes_stats(b: &ProgramBuilder, dim: usize) -> bool {
+    !mlp::fused(b, dim)
+}
+
+/// `attention(qkv(LN(x)))`, the attention half of every block (sliced, permuted and
+/// proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into `qkv`
+/// (statistics `x_stats`, or measured), then `x = ca * x + cb * proj(attention)`: recorded here
+/// when a merge comes before the MLP (`mlp_next` false) or the MLP is not fused, with the new
+/// `x`'s statistics when the MLP takes them; otherwise returned for the fused MLP to run.
+/// Returns `qkv`, whose keys the matching reads, the statistics and the projection left to do.
 #[allow(clippy::too_many_arguments)]
-fn record_attention_half(
+fn record_attention_half<'b>(
     b: &mut ProgramBuilder,
     shape: AttentionShape,
-    blk: &BlockTensors,
+    blk: &'b BlockTensors,
     coef: [f32; 4],
     x: TensorId,
     x_stats: Option<RowStats>,
     perm: Option<TensorId>,
     mass: Option<TensorId>,
-    stats_after: bool,
+    mlp_next: bool,
     label: &str,
-) -> (TensorId, Option<RowStats>) {
+) -> (TensorId, Option<RowStats>, Option<Projection<'b>>) {
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
     let fam = Family::Attention;
@@ -177,9 +203,14 @@ fn record_attention_half(
     let att = b.activation(format!("{label} attn"), rows * dim);
     attention::record(b, shape, qkv, perm, mass, att);
     let coef = (coef[0], coef[1]);
+    if mlp_next && mlp::fused(b, dim) {
+        return (qkv, None, Some(blk.projection(b, att, coef)));
+    }
     let out = format!("{label} attn out");
-    let after = linear::record_residual(b, fam, rows, &blk.proj, coef, att, x, stats_after, &out);
-    (qkv, after)
+    let stats_after = mlp_next && mlp_takes_stats(b, dim);
+    let proj = blk.proj(b);
+    let after = linear::record_residual(b, fam, rows, proj, coef, att, x, stats_after, &out);
+    (qkv, after, None)
 }
 
 /// A stage's sequence while token merging shortens it: the tokens, their masses (`None` while
@@ -282,6 +313,7 @@ impl StageTokens {
             self.map,
             !self.merged,
             spec.trace,
+            mlp_takes_stats(b, self.dim),
             label,
         );
         if let (true, Some(slot)) = (spec.trace, m.slot) {
@@ -292,7 +324,7 @@ impl StageTokens {
                 .push((self.stage, exec, slot, m.mass, self.n, self.n - r));
         }
         self.merged = true;
-        self.stats = Some(m.stats);
+        self.stats = m.stats;
         self.x = m.x;
         self.mass = Some(m.mass);
         self.n -= r;
@@ -344,17 +376,21 @@ fn record_pool(
     next
 }
 
-/// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`).
-fn up_block(
+/// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`; the projection when
+/// first recorded).
+fn up_block<'w>(
     b: &mut ProgramBuilder,
     p: &str,
-    bw: &crate::model::weights::BlockWeights,
-) -> BlockTensors {
+    bw: &'w crate::model::weights::BlockWeights,
+) -> BlockTensors<'w> {
     BlockTensors {
         qkv: up_normalized(b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
-        proj: linear::upload(b, &format!("{p}.proj"), &bw.proj),
         fc1: up_normalized(b, &format!("{p}.fc1"), &bw.fc1, &bw.norm2),
         fc2: linear::upload(b, &format!("{p}.fc2"), &bw.fc2),
+        name: p.to_string(),
+        proj_host: &bw.proj,
+        proj: OnceCell::new(),
+        proj_packed: OnceCell::new(),
     }
 }
 

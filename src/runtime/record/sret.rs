@@ -3,9 +3,9 @@
 //! unmerge stack and pooling between stages, and the head.
 
 use super::{
-    record_attention_half, record_mlp, record_pool, stem_bands, up_block, up_conv, up_ln,
-    up_normalized, BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors, Uploaded,
-    LN_EPS,
+    mlp_takes_stats, record_attention_half, record_mlp, record_pool, stem_bands, up_block, up_conv,
+    up_ln, up_normalized, BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors,
+    Uploaded, LN_EPS,
 };
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
@@ -222,12 +222,13 @@ fn execution(
         heads: sc.heads,
         groups: sc.groups_of(exec),
     };
-    // Each residual layer leaves the statistics of the rows it stores for the LayerNorm after
-    // it, unless a merge rewrites those rows first or no block follows in the stage.
-    let keep = !seq.merges_at(spec, exec);
+    // Each residual layer leaves the statistics of the rows it stores for the linear layer that
+    // applies the LayerNorm after it, unless a merge rewrites those rows first or no block
+    // follows in the stage (the fused MLP measures its own).
+    let mlp_next = !seq.merges_at(spec, exec);
     let stats = seq.stats.take();
-    let (qkv, after) = record_attention_half(
-        b, shape, blk, coef, seq.x, stats, perm, seq.mass, keep, &label,
+    let (qkv, after, proj) = record_attention_half(
+        b, shape, blk, coef, seq.x, stats, perm, seq.mass, mlp_next, &label,
     );
     seq.stats = after;
     // Token merging between attention and MLP.
@@ -238,13 +239,13 @@ fn execution(
     let after = record_mlp(
         b,
         rows,
-        dim,
         x,
         stats,
+        proj,
         &blk.fc1,
         &blk.fc2,
         (coef[2], coef[3]),
-        true,
+        mlp_takes_stats(b, dim),
         &label,
     );
     // The loop's own Non_proj MLP.
@@ -256,9 +257,9 @@ fn execution(
     seq.stats = record_mlp(
         b,
         rows,
-        dim,
         x,
         after,
+        None,
         &npt.fc1,
         &npt.fc2,
         (np.coef[0], np.coef[1]),

@@ -241,12 +241,13 @@ fn blocks(
         };
         // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
         let mass = seq.mass.filter(|_| v.prop_attn);
-        // Each residual layer leaves the statistics of the rows it stores for the LayerNorm
-        // after it, unless a merge rewrites those rows first or no block follows in the stage.
-        let keep = !seq.merges_at(spec, exec);
+        // Each residual layer leaves the statistics of the rows it stores for the linear layer
+        // that applies the LayerNorm after it, unless a merge rewrites those rows first or no
+        // block follows in the stage (the fused MLP measures its own).
+        let mlp_next = !seq.merges_at(spec, exec);
         let stats = seq.stats.take();
-        let (qkv, after) = record_attention_half(
-            b, shape, blk, [1.0; 4], seq.x, stats, None, mass, keep, &label,
+        let (qkv, after, proj) = record_attention_half(
+            b, shape, blk, [1.0; 4], seq.x, stats, None, mass, mlp_next, &label,
         );
         seq.stats = after;
         seq.merge(b, spec, trace, exec, qkv, &label);
@@ -254,9 +255,9 @@ fn blocks(
         seq.stats = record_mlp(
             b,
             bt * seq.n,
-            dim,
             seq.x,
             stats,
+            proj,
             &blk.fc1,
             &blk.fc2,
             (1.0, 1.0),
