@@ -815,7 +815,7 @@ fn mlp_matches_cpu() {
                         let projection = with_proj.then(|| mlp::Projection {
                             attn: b.weights("attn", &attn),
                             weights: &wp,
-                            packed: mlp::upload_projection(b, "proj", &proj),
+                            packed: Some(mlp::upload_projection(b, "proj", &proj)),
                             coef: (pa, pb),
                         });
                         // No statistics given: the fused kernel measures them, the pair takes

@@ -55,8 +55,9 @@ pub struct Projection<'a> {
     pub attn: TensorId,
     /// The projection as a linear layer (for the unfused MLP).
     pub weights: &'a LinearWeights,
-    /// The same weights as the fused kernel reads them ([`upload_projection`]).
-    pub packed: TensorId,
+    /// The same weights as the fused kernel reads them ([`upload_projection`]); without them
+    /// the MLP runs unfused.
+    pub packed: Option<TensorId>,
     /// `(pa, pb)`.
     pub coef: (f32, f32),
 }
@@ -76,7 +77,8 @@ pub fn stats_part_width(dim: usize) -> usize {
 }
 
 /// Record `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` over `m` rows of `y`, after `proj` when
-/// given, fused where [`fused`] says so, else as [`record_pair`]; `norm` is the LayerNorm's
+/// given, fused where [`fused`] says so (and the projection comes packed), else as
+/// [`record_pair`]; either way a projection given here counts in the MLP's family; `norm` is the LayerNorm's
 /// epsilon and the row statistics of `y` where its writer left them (its affine part is folded
 /// into `fc1`; the fused kernel measures the statistics itself and the unfused pair measures
 /// them with `ln_stats` where none are given). With `stats_after`, the statistics of the rows
@@ -95,9 +97,13 @@ pub fn record(
     label: &str,
 ) -> Option<RowStats> {
     let dim = fc1.in_features;
-    if !fused(b, dim) {
+    let packed = match proj {
+        Some(p) => p.packed,
+        None => Some(fc1.wt),
+    };
+    let (Some(packed), true) = (packed, fused(b, dim)) else {
         return record_pair(b, m, fc1, fc2, coef, norm, proj, stats_after, y, label);
-    }
+    };
     let stats_out = stats_after.then(|| RowStats {
         tensor: b.activation_words(format!("{label} stats"), m * 2),
         width: stats_part_width(dim),
@@ -127,7 +133,7 @@ pub fn record(
         fc2.wt,
         fc2.bias,
         y,
-        proj.map_or(fc1.wt, |p| p.packed),
+        packed,
         proj.map_or(fc1.wt, |p| p.attn),
         stats_out.map_or(sink, |s| s.tensor),
     ];
@@ -157,7 +163,7 @@ pub fn record_pair(
     let (known, eps) = norm;
     let known = match proj {
         Some(p) => {
-            let fam = Family::Attention;
+            let fam = Family::Mlp;
             let out = format!("{label} proj");
             linear::record_residual(b, fam, m, p.weights, p.coef, p.attn, y, true, &out)
         }

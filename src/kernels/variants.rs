@@ -80,9 +80,11 @@ pub enum Variant {
     Tiled,
     /// One output per invocation with vec4 loads (attention only; elsewhere as `Portable`).
     Vec4,
-    /// MLP only: fc1, GELU and fc2 in one kernel, the hidden activations kept on chip
-    /// (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of workgroup memory and rows of at most
-    /// 256 columns, else the two linear layers). Every family fuses: `Variants::all` keeps it.
+    /// MLP only: fc1, GELU and fc2 in one kernel, the hidden activations kept on chip, the
+    /// LayerNorm's statistics measured in it and the attention's projection in front of it
+    /// where no merge comes between (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of
+    /// workgroup memory, 8 storage buffers and rows of at most 256 columns, else linear
+    /// layers). Every family fuses: `Variants::all` keeps it.
     Fused,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
     Portable,

@@ -96,16 +96,20 @@ impl BlockTensors<'_> {
             .get_or_init(|| linear::upload(b, &format!("{}.proj", self.name), self.proj_host))
     }
 
-    /// The attention half's projection and residual `x = ca * x + cb * proj(att)`, for the
-    /// fused MLP to run in front of its own work.
+    /// The attention half's projection and residual `x = ca * x + cb * proj(att)`, for the MLP
+    /// half to record in front of its own work (packed for the fused MLP where `dim`-wide rows
+    /// take it).
     fn projection(
         &self,
         b: &mut ProgramBuilder,
         att: TensorId,
         coef: (f32, f32),
+        dim: usize,
     ) -> Projection<'_> {
-        let packed = *self.proj_packed.get_or_init(|| {
-            mlp::upload_projection(b, &format!("{}.proj", self.name), self.proj_host)
+        let packed = mlp::fused(b, dim).then(|| {
+            *self.proj_packed.get_or_init(|| {
+                mlp::upload_projection(b, &format!("{}.proj", self.name), self.proj_host)
+            })
         });
         Projection {
             attn: att,
@@ -177,9 +181,11 @@ fn mlp_takes_stats(b: &ProgramBuilder, dim: usize) -> bool {
 /// `attention(qkv(LN(x)))`, the attention half of every block (sliced, permuted and
 /// proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into `qkv`
 /// (statistics `x_stats`, or measured), then `x = ca * x + cb * proj(attention)`: recorded here
-/// when a merge comes before the MLP (`mlp_next` false) or the MLP is not fused, with the new
-/// `x`'s statistics when the MLP takes them; otherwise returned for the fused MLP to run.
-/// Returns `qkv`, whose keys the matching reads, the statistics and the projection left to do.
+/// (in the attention's family) when a merge comes before the MLP (`mlp_next` false), else
+/// returned for the MLP half to record in front of its own work (in one dispatch with the fused
+/// MLP; in the MLP's family either way, so that the MLP kind's time covers the same work fused
+/// or not). Returns `qkv`, whose keys the matching reads, the new `x`'s statistics where
+/// recorded here (none: a merge rewrites the rows) and the projection left to do.
 #[allow(clippy::too_many_arguments)]
 fn record_attention_half<'b>(
     b: &mut ProgramBuilder,
@@ -192,7 +198,7 @@ fn record_attention_half<'b>(
     mass: Option<TensorId>,
     mlp_next: bool,
     label: &str,
-) -> (TensorId, Option<RowStats>, Option<Projection<'b>>) {
+) -> (TensorId, Option<Projection<'b>>) {
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
     let fam = Family::Attention;
@@ -203,14 +209,13 @@ fn record_attention_half<'b>(
     let att = b.activation(format!("{label} attn"), rows * dim);
     attention::record(b, shape, qkv, perm, mass, att);
     let coef = (coef[0], coef[1]);
-    if mlp_next && mlp::fused(b, dim) {
-        return (qkv, None, Some(blk.projection(b, att, coef)));
+    if mlp_next {
+        return (qkv, Some(blk.projection(b, att, coef, dim)));
     }
     let out = format!("{label} attn out");
-    let stats_after = mlp_next && mlp_takes_stats(b, dim);
     let proj = blk.proj(b);
-    let after = linear::record_residual(b, fam, rows, proj, coef, att, x, stats_after, &out);
-    (qkv, after, None)
+    linear::record_residual(b, fam, rows, proj, coef, att, x, false, &out);
+    (qkv, None)
 }
 
 /// A stage's sequence while token merging shortens it: the tokens, their masses (`None` while

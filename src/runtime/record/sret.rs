@@ -224,13 +224,13 @@ fn execution(
     };
     // Each residual layer leaves the statistics of the rows it stores for the linear layer that
     // applies the LayerNorm after it, unless a merge rewrites those rows first or no block
-    // follows in the stage (the fused MLP measures its own).
+    // follows in the stage (the fused MLP measures its own). Without a merge the projection
+    // is left to the MLP half.
     let mlp_next = !seq.merges_at(spec, exec);
     let stats = seq.stats.take();
-    let (qkv, after, proj) = record_attention_half(
+    let (qkv, proj) = record_attention_half(
         b, shape, blk, coef, seq.x, stats, perm, seq.mass, mlp_next, &label,
     );
-    seq.stats = after;
     // Token merging between attention and MLP.
     seq.merge(b, spec, trace, exec, qkv, &label);
     let x = seq.x;

@@ -243,13 +243,13 @@ fn blocks(
         let mass = seq.mass.filter(|_| v.prop_attn);
         // Each residual layer leaves the statistics of the rows it stores for the linear layer
         // that applies the LayerNorm after it, unless a merge rewrites those rows first or no
-        // block follows in the stage (the fused MLP measures its own).
+        // block follows in the stage (the fused MLP measures its own). Without a merge the
+        // projection is left to the MLP half.
         let mlp_next = !seq.merges_at(spec, exec);
         let stats = seq.stats.take();
-        let (qkv, after, proj) = record_attention_half(
+        let (qkv, proj) = record_attention_half(
             b, shape, blk, [1.0; 4], seq.x, stats, None, mass, mlp_next, &label,
         );
-        seq.stats = after;
         seq.merge(b, spec, trace, exec, qkv, &label);
         let stats = seq.stats.take();
         seq.stats = record_mlp(
