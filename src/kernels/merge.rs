@@ -171,10 +171,9 @@ pub fn record_merge(
     map: TensorId,
     first: bool,
     slot_map: bool,
-    stats: bool,
+    want_stats: bool,
     label: &str,
 ) -> MergeOutputs {
-    let want_stats = stats;
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
@@ -182,6 +181,13 @@ pub fn record_merge(
     let n_out = s.n - s.r;
     let x_out = b.activation(format!("{label} x"), s.batch * n_out * s.c);
     let mass_out = b.activation_words(format!("{label} mass"), s.batch * n_out);
+    // The merged rows' statistics where asked for and no kernel wrote them.
+    let measured = |b: &mut ProgramBuilder| {
+        want_stats.then(|| {
+            let label = format!("{label} merged");
+            norm::ln_stats(b, Family::Merge, s.batch * n_out, s.c, x_out, &label)
+        })
+    };
     if fused_fits(s.n, b.limits()) {
         // The statistics take the slot map's binding where nobody reads the slot map.
         let (slot, stats) = if slot_map || !want_stats {
@@ -227,18 +233,7 @@ pub fn record_merge(
             ],
             g,
         );
-        let stats = stats.or_else(|| {
-            want_stats.then(|| {
-                norm::ln_stats(
-                    b,
-                    Family::Merge,
-                    s.batch * n_out,
-                    s.c,
-                    x_out,
-                    &format!("{label} merged"),
-                )
-            })
-        });
+        let stats = stats.or_else(|| measured(b));
         return MergeOutputs {
             x: x_out,
             mass: mass_out,
@@ -307,16 +302,7 @@ pub fn record_merge(
         x: x_out,
         mass: mass_out,
         slot: Some(slot),
-        stats: want_stats.then(|| {
-            norm::ln_stats(
-                b,
-                Family::Merge,
-                s.batch * n_out,
-                s.c,
-                x_out,
-                &format!("{label} merged"),
-            )
-        }),
+        stats: measured(b),
     }
 }
 
