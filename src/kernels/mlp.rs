@@ -97,13 +97,9 @@ pub fn record(
     label: &str,
 ) -> Option<RowStats> {
     let dim = fc1.in_features;
-    let packed = match proj {
-        Some(p) => p.packed,
-        None => Some(fc1.wt),
-    };
-    let (Some(packed), true) = (packed, fused(b, dim)) else {
+    if !fused(b, dim) || proj.is_some_and(|p| p.packed.is_none()) {
         return record_pair(b, m, fc1, fc2, coef, norm, proj, stats_after, y, label);
-    };
+    }
     let stats_out = stats_after.then(|| RowStats {
         tensor: b.activation_words(format!("{label} stats"), m * 2),
         width: stats_part_width(dim),
@@ -133,7 +129,7 @@ pub fn record(
         fc2.wt,
         fc2.bias,
         y,
-        packed,
+        proj.and_then(|p| p.packed).unwrap_or(fc1.wt),
         proj.map_or(fc1.wt, |p| p.attn),
         stats_out.map_or(sink, |s| s.tensor),
     ];

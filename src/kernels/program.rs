@@ -742,40 +742,29 @@ mod tests {
             info
         };
         let sg = wgpu::Features::SUBGROUP;
+        let none = wgpu::Features::empty();
         let mesa25 = "Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)";
         let mesa22 = "Mesa 22.3.6 (LLVM 15.0.6)";
-        // 16 lanes: 8 on Mesa 25, all 16 on Mesa 22.3 and on other drivers.
-        assert_eq!(
-            subgroup_width_for(sg, &info("llvmpipe", mesa25, 16)),
-            Some(8)
-        );
-        assert_eq!(
-            subgroup_width_for(sg, &info("llvmpipe", "Mesa 23.1.0", 16)),
-            Some(8)
-        );
-        assert_eq!(
-            subgroup_width_for(sg, &info("llvmpipe", mesa22, 16)),
-            Some(16)
-        );
-        assert_eq!(
-            subgroup_width_for(sg, &info("NVIDIA", "580.82", 32)),
-            Some(32)
-        );
-        // Narrower subgroups keep their width; no feature or an odd width: no subgroup kernels.
-        assert_eq!(
-            subgroup_width_for(sg, &info("llvmpipe", mesa25, 8)),
-            Some(8)
-        );
-        assert_eq!(
-            subgroup_width_for(sg, &info("llvmpipe", mesa25, 4)),
-            Some(4)
-        );
-        let none = wgpu::Features::empty();
-        assert_eq!(
-            subgroup_width_for(none, &info("llvmpipe", mesa25, 16)),
-            None
-        );
-        assert_eq!(subgroup_width_for(sg, &info("llvmpipe", mesa25, 12)), None);
+        let cases = [
+            // 16 lanes: 8 on Mesa 23 and later, all 16 on Mesa 22.3 and on other drivers.
+            (sg, "llvmpipe", mesa25, 16, Some(8)),
+            (sg, "llvmpipe", "Mesa 23.1.0", 16, Some(8)),
+            (sg, "llvmpipe", mesa22, 16, Some(16)),
+            (sg, "NVIDIA", "580.82", 32, Some(32)),
+            // Narrower subgroups keep their width; no feature or an odd width: no subgroup
+            // kernels.
+            (sg, "llvmpipe", mesa25, 8, Some(8)),
+            (sg, "llvmpipe", mesa25, 4, Some(4)),
+            (none, "llvmpipe", mesa25, 16, None),
+            (sg, "llvmpipe", mesa25, 12, None),
+        ];
+        for (features, driver, driver_info, lanes, want) in cases {
+            assert_eq!(
+                subgroup_width_for(features, &info(driver, driver_info, lanes)),
+                want,
+                "{driver} {driver_info}, {lanes} lanes, features {features:?}"
+            );
+        }
     }
 
     #[test]
