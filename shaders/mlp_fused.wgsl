@@ -1,12 +1,16 @@
 // The MLP half of a block in one dispatch, its hidden activations never leaving the chip, with
-// the attention half's output projection optionally in front of it:
+// the attention half's output projection optionally in front of it and a second MLP optionally
+// after it (SReT's Non_proj MLP, which follows every block's MLP on the same rows):
 //   y = pa * y + pb * (attn Wp^T + bp)                   (with `proj`: the attention's residual)
 //   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)  (in place; fc1 normalises as it loads)
-// for y [m, n] (fc1 reads n = k columns; W1^T [k, h_pad], W2^T [h, n_pad] as linear.wgsl's;
-// `wp` is Wp^T [k, n_pad] with bp as its row k), with linear.wgsl's residual epilogue (mode 2,
-// shaders/lib/linear_epilogue.wgsl), the LayerNorm statistics of its rows measured here (`norm`)
-// and the statistics of the rows it stores (`stats_out`: one part per row, the whole row, as
-// this workgroup stores every column of its rows).
+//   y = ca2 * y + cb2 * (the same with the second MLP's weights and hidden width h2) (`chain`)
+// for y [m, n] (fc1 reads n = k columns). Each MLP's weights are one tensor, W1^T [k, h_pad]
+// and W2^T [h, n_pad] as linear.wgsl's, each followed by its bias as one more row:
+// [W1^T; b1; W2^T; b2] (src/kernels/mlp.rs: upload); `wp` is Wp^T [k, n_pad] with bp as its
+// row k. The residuals are linear.wgsl's epilogue mode 2 (shaders/lib/linear_epilogue.wgsl).
+// The LayerNorm statistics of the rows are measured here (`norm`), and the statistics of the
+// rows stored are written with `stats_out` (one part per row, the whole row, as this workgroup
+// stores every column of its rows).
 // A workgroup of 256 invocations owns 16 whole rows. With `proj` each invocation first computes
 // its row's 16 columns (4tx + 64j) of the projection, reading the attention row from global
 // memory (the same address across a row's 16 invocations), adds the residual and stores them;
@@ -16,10 +20,10 @@
 // blocks of the normalised rows and of W1^T staged in workgroup memory, each invocation a row's
 // 4 columns), applies bias and GELU into workgroup memory, and each invocation adds the chunk's
 // contribution to its row's 16 output columns in registers. The rows are read from y again per
-// chunk (from cache); y is written after every invocation's last read of it (and, with `proj`,
-// before the first, behind a storage barrier): a workgroup reads and writes only its own rows,
-// so one read-write binding serves as input and output. Columns n <= 256 (N_MAX); 8.2 KiB of
-// workgroup memory. No subgroup operations.
+// chunk (from cache); y is written after every invocation's last read of it (and, with `proj`
+// or before the chained MLP, before the next read, behind a storage barrier): a workgroup reads
+// and writes only its own rows, so one read-write binding serves as input and output. Columns
+// n <= 256 (N_MAX); 8.2 KiB of workgroup memory. No subgroup operations.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs). Workgroup
 // memory and arithmetic are f32.
@@ -28,30 +32,34 @@ alias elem = f32;
 struct Params {
     m: u32,
     k: u32,
-    h: u32,
-    h_pad: u32,
     n: u32,
     n_pad: u32,
-    mode: u32,
-    ca: f32,
-    cb: f32,
     norm: u32,
     eps: f32,
     stats_out: u32,
     proj: u32,
     pa: f32,
     pb: f32,
+    // The block's MLP (weights in `mw`).
+    h: u32,
+    h_pad: u32,
+    ca: f32,
+    cb: f32,
+    // 1: the second MLP (weights in `nw`) follows on the same rows.
+    chain: u32,
+    h2: u32,
+    h2_pad: u32,
+    ca2: f32,
+    cb2: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w1: array<vec4<elem>>;
-@group(0) @binding(2) var<storage, read> b1: array<vec4<elem>>;
-@group(0) @binding(3) var<storage, read> w2: array<vec4<elem>>;
-@group(0) @binding(4) var<storage, read> b2: array<vec4<elem>>;
-@group(0) @binding(5) var<storage, read_write> y: array<elem>;
-@group(0) @binding(6) var<storage, read> wp: array<vec4<elem>>;
-@group(0) @binding(7) var<storage, read> attn: array<elem>;
-@group(0) @binding(8) var<storage, read_write> part_out: array<vec2<f32>>;
+@group(0) @binding(1) var<storage, read> mw: array<vec4<elem>>;
+@group(0) @binding(2) var<storage, read> nw: array<vec4<elem>>;
+@group(0) @binding(3) var<storage, read_write> y: array<elem>;
+@group(0) @binding(4) var<storage, read> wp: array<vec4<elem>>;
+@group(0) @binding(5) var<storage, read> attn: array<elem>;
+@group(0) @binding(6) var<storage, read_write> part_out: array<vec2<f32>>;
 
 // Rows per workgroup, hidden columns per chunk, depth per staging step.
 const TM: u32 = 16u;
@@ -68,16 +76,26 @@ var<workgroup> hs: array<vec4<f32>, 256>;
 // statistics are reduced.
 var<workgroup> st: array<vec2<f32>, 16>;
 
-// epilogue() (mode 2: the residual) and gelu() come from shaders/lib/, appended by
-// src/kernels/catalogue.rs.
+// gelu() comes from shaders/lib/gelu.wgsl, appended by src/kernels/catalogue.rs.
 
-// Stores output column `col` of `row`, returning the stored value (0 past the last row or
-// column).
-fn store(row: u32, col: u32, acc: f32, b: f32) -> f32 {
+// Stores output column `col` of `row` as the residual `c.x * y + c.y * (acc + b)`, returning
+// the stored value (0 past the last row or column).
+fn store(row: u32, col: u32, acc: f32, b: f32, c: vec2<f32>) -> f32 {
     if (row >= p.m || col >= p.n) {
         return 0.0;
     }
-    return epilogue(row * p.n + col, acc + b);
+    let o = row * p.n + col;
+    let e = elem(c.x * f32(y[o]) + c.y * (acc + b));
+    y[o] = e;
+    return f32(e);
+}
+
+// Element i of the packed weights of the block's MLP (`second` false) or of the chained one.
+fn weight(second: bool, i: u32) -> vec4<f32> {
+    if (second) {
+        return vec4<f32>(nw[i]);
+    }
+    return vec4<f32>(mw[i]);
 }
 
 fn red_sum(r: u32) -> f32 {
@@ -171,6 +189,100 @@ fn load_row(row: u32, tx: u32) -> array<vec4<f32>, 4> {
     return v;
 }
 
+// Sets st to the tile's normalisation for fc1, (mean, 1 / std) from tile_stats' (mean, M2),
+// or (0, 1) without `norm`. Called in uniform control flow (barrier).
+fn set_norm(li: u32) {
+    if (li < TM) {
+        var s = vec2<f32>(0.0, 1.0);
+        if (p.norm != 0u) {
+            s = vec2<f32>(st[li].x, inverseSqrt(st[li].y / f32(p.n) + p.eps));
+        }
+        st[li] = s;
+    }
+    workgroupBarrier();
+}
+
+// One MLP over the tile's rows (the block's, or with `second` the chained one), normalised by
+// st: stores them and returns this invocation's columns 4tx + 64j.. of row ty as stored. Called
+// in uniform control flow (barriers), `second` uniform.
+fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> {
+    let h = select(p.h, p.h2, second);
+    let h_pad = select(p.h_pad, p.h2_pad, second);
+    let coef = select(vec2<f32>(p.ca, p.cb), vec2<f32>(p.ca2, p.cb2), second);
+    // Rows past the edge are clamped (their results are never stored).
+    let x_row = min(m0 + ty, p.m - 1u) * p.k;
+    let h_stride = h_pad / 4u;
+    let n_stride = p.n_pad / 4u;
+    // Where b1, W2^T and b2 start in the packed weights.
+    let b1_at = p.k * h_stride;
+    let w2_at = b1_at + h_stride;
+    let b2_at = w2_at + h * n_stride;
+    var out = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var c0 = 0u; c0 < h; c0 += TH) {
+        // fc1 on the chunk: this invocation's hidden columns c0 + 4tx.. of row ty.
+        let hc = c0 / 4u + tx;
+        var acc = vec4<f32>(0.0);
+        for (var k0 = 0u; k0 < p.k; k0 += TK) {
+            // Loading roles: x at row ty, depth tx; W1^T at depth ty, the vec4 of columns tx.
+            var v = 0.0;
+            if (k0 + tx < p.k) {
+                let s = st[ty];
+                v = (f32(y[x_row + k0 + tx]) - s.x) * s.y;
+            }
+            xs[ty * 16u + tx] = v;
+            var w = vec4<f32>(0.0);
+            if (k0 + ty < p.k && hc < h_stride) {
+                w = weight(second, (k0 + ty) * h_stride + hc);
+            }
+            ws[ty * 16u + tx] = w;
+            workgroupBarrier();
+            for (var kk = 0u; kk < TK; kk++) {
+                acc += xs[ty * 16u + kk] * ws[kk * 16u + tx];
+            }
+            workgroupBarrier();
+        }
+        var hv = vec4<f32>(0.0);
+        if (hc < h_stride) {
+            let z = acc + weight(second, b1_at + hc);
+            hv = vec4<f32>(gelu(z.x), gelu(z.y), gelu(z.z), gelu(z.w));
+            let col = c0 + tx * 4u;
+            hv *= select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(col, col + 1u, col + 2u, col + 3u) < vec4<u32>(h));
+        }
+        hs[ty * 16u + tx] = hv;
+        workgroupBarrier();
+        // fc2's share of the chunk: row ty, output columns 4tx + 64j...
+        let depth = min(TH, h - c0);
+        for (var d = 0u; d < depth; d++) {
+            let a = hs[ty * 16u + d / 4u][d % 4u];
+            let w_row = w2_at + (c0 + d) * n_stride + tx;
+            for (var j = 0u; j < 4u; j++) {
+                if (tx + 16u * j < n_stride) {
+                    out[j] += a * weight(second, w_row + 16u * j);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    // Every read of y happened before the last barrier; now each invocation stores its columns.
+    let row = m0 + ty;
+    var v: array<vec4<f32>, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        let c = tx * 4u + 64u * j;
+        var b = vec4<f32>(0.0);
+        if (c < p.n_pad) {
+            b = weight(second, b2_at + c / 4u);
+        }
+        let a = out[j];
+        v[j] = vec4<f32>(
+            store(row, c, a.x, b.x, coef),
+            store(row, c + 1u, a.y, b.y, coef),
+            store(row, c + 2u, a.z, b.z, coef),
+            store(row, c + 3u, a.w, b.w, coef),
+        );
+    }
+    return v;
+}
+
 @compute @workgroup_size(256)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -185,90 +297,28 @@ fn main(
     let m0 = t * TM;
     let tx = li % 16u;
     let ty = li / 16u;
+    var v: array<vec4<f32>, 4>;
     if (p.proj != 0u) {
-        let v = project(m0 + ty, tx);
+        v = project(m0 + ty, tx);
         // The rows stored above are read back by other invocations of the workgroup below.
+        storageBarrier();
+    } else if (p.norm != 0u) {
+        v = load_row(m0 + ty, tx);
+    }
+    if (p.norm != 0u) {
+        tile_stats(li, tx, ty, v);
+    }
+    set_norm(li);
+    v = mlp(li, tx, ty, m0, false);
+    if (p.chain != 0u) {
+        // As after the projection: the chained MLP reads the rows just stored. Every read of st
+        // and of the staging buffers is behind the chunk loop's last barrier.
         storageBarrier();
         if (p.norm != 0u) {
             tile_stats(li, tx, ty, v);
         }
-    } else if (p.norm != 0u) {
-        tile_stats(li, tx, ty, load_row(m0 + ty, tx));
-    }
-    if (li < TM) {
-        var s = vec2<f32>(0.0, 1.0);
-        if (p.norm != 0u) {
-            s = vec2<f32>(st[li].x, inverseSqrt(st[li].y / f32(p.n) + p.eps));
-        }
-        st[li] = s;
-    }
-    // Rows past the edge are clamped (their results are never stored).
-    let x_row = min(m0 + ty, p.m - 1u) * p.k;
-    let h_stride = p.h_pad / 4u;
-    let n_stride = p.n_pad / 4u;
-    var out = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    workgroupBarrier();
-    for (var c0 = 0u; c0 < p.h; c0 += TH) {
-        // fc1 on the chunk: this invocation's hidden columns c0 + 4tx.. of row ty.
-        let hc = c0 / 4u + tx;
-        var acc = vec4<f32>(0.0);
-        for (var k0 = 0u; k0 < p.k; k0 += TK) {
-            // Loading roles: x at row ty, depth tx; W1^T at depth ty, the vec4 of columns tx.
-            var v = 0.0;
-            if (k0 + tx < p.k) {
-                let s = st[ty];
-                v = (f32(y[x_row + k0 + tx]) - s.x) * s.y;
-            }
-            xs[ty * 16u + tx] = v;
-            var w = vec4<f32>(0.0);
-            if (k0 + ty < p.k && hc < h_stride) {
-                w = vec4<f32>(w1[(k0 + ty) * h_stride + hc]);
-            }
-            ws[ty * 16u + tx] = w;
-            workgroupBarrier();
-            for (var kk = 0u; kk < TK; kk++) {
-                acc += xs[ty * 16u + kk] * ws[kk * 16u + tx];
-            }
-            workgroupBarrier();
-        }
-        var hv = vec4<f32>(0.0);
-        if (hc < h_stride) {
-            let z = acc + vec4<f32>(b1[hc]);
-            hv = vec4<f32>(gelu(z.x), gelu(z.y), gelu(z.z), gelu(z.w));
-            let col = c0 + tx * 4u;
-            hv *= select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(col, col + 1u, col + 2u, col + 3u) < vec4<u32>(p.h));
-        }
-        hs[ty * 16u + tx] = hv;
-        workgroupBarrier();
-        // fc2's share of the chunk: row ty, output columns 4tx + 64j...
-        let depth = min(TH, p.h - c0);
-        for (var d = 0u; d < depth; d++) {
-            let a = hs[ty * 16u + d / 4u][d % 4u];
-            let w_row = (c0 + d) * n_stride + tx;
-            for (var j = 0u; j < 4u; j++) {
-                if (tx + 16u * j < n_stride) {
-                    out[j] += a * vec4<f32>(w2[w_row + 16u * j]);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    // Every read of y happened before the last barrier; now each invocation stores its columns.
-    let row = m0 + ty;
-    var v: array<vec4<f32>, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        let c = tx * 4u + 64u * j;
-        var b = vec4<f32>(0.0);
-        if (c < p.n_pad) {
-            b = vec4<f32>(b2[c / 4u]);
-        }
-        let a = out[j];
-        v[j] = vec4<f32>(
-            store(row, c, a.x, b.x),
-            store(row, c + 1u, a.y, b.y),
-            store(row, c + 2u, a.z, b.z),
-            store(row, c + 3u, a.w, b.w),
-        );
+        set_norm(li);
+        v = mlp(li, tx, ty, m0, true);
     }
     if (p.stats_out != 0u) {
         // Every invocation's last read of st (the normalisation) is behind the chunk loop's

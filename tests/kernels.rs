@@ -717,37 +717,24 @@ fn linear_row_statistics_match_cpu() {
 #[test]
 fn mlp_matches_cpu() {
     let _cases = Cases::new();
-    for (seed, m, dim, hidden, with_proj) in [
-        (90u64, 37usize, 64usize, 230usize, false),
-        (91, 16, 256, 921, true),
-        (92, 5, 128, 460, false),
-        (93, 50, 60, 100, true),
-        (94, 1, 192, 768, true),
-        (95, 33, 18, 7, false),
-        (96, 37, 64, 230, true),
-        (97, 33, 18, 7, true),
+    // (seed, rows, width, hidden, projection in front, hidden of a chained second MLP)
+    for (seed, m, dim, hidden, with_proj, chained) in [
+        (90u64, 37usize, 64usize, 230usize, false, None),
+        (91, 16, 256, 921, true, Some(300usize)),
+        (92, 5, 128, 460, false, None),
+        (93, 50, 60, 100, true, Some(77)),
+        (94, 1, 192, 768, true, None),
+        (95, 33, 18, 7, false, Some(40)),
+        (96, 37, 64, 230, true, Some(230)),
+        (97, 33, 18, 7, true, None),
     ] {
         let y0: Vec<f32> = random(seed, m * dim, 2.0)
             .iter()
             .enumerate()
             .map(|(i, v)| v + 3.0 * ((i / dim) % 5) as f32 - 4.0)
             .collect();
-        let ln = LayerNorm {
-            weight: random(seed + 1, dim, 1.0),
-            bias: random(seed + 2, dim, 0.5),
-        };
-        let fc1 = Linear {
-            weight: random(seed + 3, hidden * dim, (3.0 / dim as f32).sqrt()),
-            bias: random(seed + 4, hidden, 0.1),
-            out_features: hidden,
-            in_features: dim,
-        };
-        let fc2 = Linear {
-            weight: random(seed + 5, dim * hidden, (3.0 / hidden as f32).sqrt()),
-            bias: random(seed + 6, dim, 0.1),
-            out_features: dim,
-            in_features: hidden,
-        };
+        let first = HostMlp::random(seed + 1, dim, hidden, (0.9, 1.1));
+        let second = chained.map(|h| HostMlp::random(seed + 20, dim, h, (1.05, 0.7)));
         let attn = random(seed + 7, m * dim, 1.5);
         let proj = Linear {
             weight: random(seed + 8, dim * dim, (3.0 / dim as f32).sqrt()),
@@ -755,7 +742,6 @@ fn mlp_matches_cpu() {
             out_features: dim,
             in_features: dim,
         };
-        let (ca, cb) = (0.9f32, 1.1f32);
         let (pa, pb) = (0.8f32, 1.2f32);
         for f16 in precisions() {
             let y0 = rounded(&y0, f16);
@@ -773,33 +759,17 @@ fn mlp_matches_cpu() {
             } else {
                 y0.clone()
             };
-            let folded = linear::fold_layer_norm(&fc1, &ln);
-            let stored2 = Linear {
-                weight: rounded(&fc2.weight, f16),
-                bias: rounded(&fc2.bias, f16),
-                ..fc2.clone()
-            };
-            let mut h = layer_norm_then_linear(&y_in, m, &ln, &fc1, &folded, f16);
-            cpu::gelu(&mut h);
             for (variant, linear_variants) in [
                 (Variant::Fused, vec![(None, Variant::Portable)]),
                 (Variant::Portable, linear_variants()),
             ] {
-                // Unfused, the hidden values are stored in the storage precision.
-                let h = if variant == Variant::Fused {
-                    h.clone()
-                } else {
-                    rounded(&h, f16)
-                };
-                let out = cpu::linear(&h, m, &stored2);
-                let rows: Vec<f32> = y_in
-                    .iter()
-                    .zip(&out)
-                    .map(|(r, v)| ca * r + cb * v)
-                    .collect();
-                let rows = rounded(&rows, f16);
+                let fused_twin = variant == Variant::Fused;
+                let mut rows = first.twin(&y_in, m, fused_twin, f16);
+                if let Some(second) = &second {
+                    rows = second.twin(&rows, m, fused_twin, f16);
+                }
                 for (sg, lv) in linear_variants {
-                    let shape = std::cell::Cell::new((0, false));
+                    let shape = std::cell::Cell::new((0, (0, 0)));
                     let got = run(|b| {
                         b.set_subgroup_width(sg);
                         b.set_f16(f16);
@@ -809,8 +779,8 @@ fn mlp_matches_cpu() {
                             ..Variants::default()
                         });
                         let y = b.weights("y0", &y0);
-                        let w1 = linear::upload(b, "fc1", &folded);
-                        let w2 = linear::upload(b, "fc2", &fc2);
+                        let first = first.upload(b, "mlp");
+                        let second = second.as_ref().map(|s| s.upload(b, "then"));
                         let wp = linear::upload(b, "proj", &proj);
                         let projection = with_proj.then(|| mlp::Projection {
                             attn: b.weights("attn", &attn),
@@ -821,24 +791,33 @@ fn mlp_matches_cpu() {
                         // No statistics given: the fused kernel measures them, the pair takes
                         // the projection's or an ln_stats dispatch's.
                         let norm = (None, 1e-6);
+                        let then = second.as_ref();
                         let after =
-                            mlp::record(b, m, &w1, &w2, (ca, cb), norm, projection, true, y, "mlp");
+                            mlp::record(b, m, &first, then, norm, projection, true, y, "mlp");
                         let after = after.expect("statistics asked for");
-                        let fused =
-                            (0..b.dispatch_count()).any(|i| b.step(i).0.kernel == Kernel::MlpFused);
-                        shape.set((after.width, fused));
+                        let fused = (0..b.dispatch_count())
+                            .filter(|&i| b.step(i).0.kernel == Kernel::MlpFused)
+                            .count();
+                        // Fused, the projection and the whole chain are one dispatch.
+                        shape.set((after.width, (fused, b.dispatch_count())));
                         vec![y, after.tensor]
                     });
                     let (width, fused) = shape.get();
                     let what = format!(
-                        "MLP {m}x{dim}x{hidden} (projection: {with_proj}, {variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
+                        "MLP {m}x{dim}x{hidden} (projection: {with_proj}, then: {chained:?}, {variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
                     );
-                    expect(fused == (variant == Variant::Fused), || {
-                        format!("{what}: the fused kernel ran: {fused}")
+                    let want = if variant == Variant::Fused {
+                        (1, 1)
+                    } else {
+                        (0, fused.1)
+                    };
+                    expect(fused == want, || {
+                        format!("{what}: (fused dispatches, dispatches) {fused:?}, want {want:?}")
                     });
+                    let tolerance = tol(f16);
                     let err = max_rel_err(&decode(&got[0], f16, rows.len()), &rows);
-                    expect(err <= tol(f16), || {
-                        format!("{what}: {err} (tolerance {:e})", tol(f16))
+                    expect(err <= tolerance, || {
+                        format!("{what}: {err} (tolerance {tolerance:e})")
                     });
                     // Per part, what the GPU's statistics may differ by if each stored value
                     // differs by up to the rows' tolerance e_i = tol * max(1, |x_i|): the mean
@@ -853,7 +832,7 @@ fn mlp_matches_cpu() {
                     {
                         let e: Vec<f64> = part
                             .iter()
-                            .map(|&v| tol(f16) as f64 * (v.abs() as f64).max(1.0))
+                            .map(|&v| tolerance as f64 * (v.abs() as f64).max(1.0))
                             .collect();
                         let e2: f64 = e.iter().map(|x| x * x).sum();
                         let mean_bound = e.iter().cloned().fold(0.0, f64::max);
@@ -877,6 +856,74 @@ fn mlp_matches_cpu() {
                 }
             }
         }
+    }
+}
+
+/// An MLP's host weights for [`mlp_matches_cpu`]: `ca * y + cb * fc2(gelu(fc1(LN(y))))`.
+struct HostMlp {
+    ln: LayerNorm,
+    fc1: Linear,
+    folded: Linear,
+    fc2: Linear,
+    coef: (f32, f32),
+}
+
+impl HostMlp {
+    fn random(seed: u64, dim: usize, hidden: usize, coef: (f32, f32)) -> Self {
+        let ln = LayerNorm {
+            weight: random(seed, dim, 1.0),
+            bias: random(seed + 1, dim, 0.5),
+        };
+        let fc1 = Linear {
+            weight: random(seed + 2, hidden * dim, (3.0 / dim as f32).sqrt()),
+            bias: random(seed + 3, hidden, 0.1),
+            out_features: hidden,
+            in_features: dim,
+        };
+        let fc2 = Linear {
+            weight: random(seed + 4, dim * hidden, (3.0 / hidden as f32).sqrt()),
+            bias: random(seed + 5, dim, 0.1),
+            out_features: dim,
+            in_features: hidden,
+        };
+        let folded = linear::fold_layer_norm(&fc1, &ln);
+        HostMlp {
+            ln,
+            fc1,
+            folded,
+            fc2,
+            coef,
+        }
+    }
+
+    fn upload(&self, b: &mut sret_tome::kernels::ProgramBuilder, name: &str) -> mlp::Mlp {
+        mlp::Mlp {
+            weights: mlp::upload(b, name, &self.folded, &self.fc2),
+            coef: self.coef,
+        }
+    }
+
+    /// The rows after this MLP on the CPU, stored in the storage precision; `fused`: the hidden
+    /// values stay in f32 (unfused, they are stored in the storage precision).
+    fn twin(&self, y_in: &[f32], m: usize, fused: bool, f16: bool) -> Vec<f32> {
+        let mut h = layer_norm_then_linear(y_in, m, &self.ln, &self.fc1, &self.folded, f16);
+        cpu::gelu(&mut h);
+        if !fused {
+            h = rounded(&h, f16);
+        }
+        let stored2 = Linear {
+            weight: rounded(&self.fc2.weight, f16),
+            bias: rounded(&self.fc2.bias, f16),
+            ..self.fc2.clone()
+        };
+        let out = cpu::linear(&h, m, &stored2);
+        let (ca, cb) = self.coef;
+        let rows: Vec<f32> = y_in
+            .iter()
+            .zip(&out)
+            .map(|(r, v)| ca * r + cb * v)
+            .collect();
+        rounded(&rows, f16)
     }
 }
 

@@ -74,12 +74,9 @@ impl Needs {
     }
 }
 
-/// The fused MLP's: the linear kernels' epilogue and exact GELU (it measures its rows'
-/// statistics itself).
-const MLP_LIBS: &[&str] = &[
-    include_str!("../../shaders/lib/linear_epilogue.wgsl"),
-    include_str!("../../shaders/lib/gelu.wgsl"),
-];
+/// The fused MLP's: exact GELU (it measures its rows' statistics itself and writes its
+/// residuals with per-MLP coefficients).
+const MLP_LIBS: &[&str] = &[include_str!("../../shaders/lib/gelu.wgsl")];
 
 /// The linear kernels' shared epilogue, exact GELU and row statistics.
 const LINEAR_LIBS: &[&str] = &[
@@ -270,7 +267,8 @@ catalogue! {
         flops: linear::flops,
     },
     /// The whole MLP (LayerNorm-folded fc1, GELU, fc2, residual) in one dispatch, the hidden
-    /// activations kept in workgroup memory, optionally after the attention's projection.
+    /// activations kept in workgroup memory, optionally after the attention's projection and
+    /// before a second MLP on the same rows.
     MlpFused = "mlp_fused" {
         text: Text::File(include_str!("../../shaders/mlp_fused.wgsl")),
         libs: MLP_LIBS,

@@ -8,13 +8,16 @@
 //! Where no token merge separates them, the attention half's output projection and residual,
 //! `y = pa * y + pb * proj(attn)`, runs in the same dispatch ([`Projection`]): the projected
 //! rows are stored once instead of being written by the projection and read back by the MLP,
-//! and a block is three dispatches (`qkv`, attention, this) instead of four.
+//! and a block is three dispatches (`qkv`, attention, this) instead of four. A second MLP on the
+//! same rows (SReT's Non_proj MLP after every block's MLP) runs in the same dispatch too: a
+//! workgroup owns its rows, so it reads back what it stored with no other workgroup in between.
 //!
 //! It runs where the device gives [`INVOCATIONS`] invocations, [`WORKGROUP_BYTES`] of
 //! workgroup memory and [`STORAGE_BUFFERS`] storage buffers and the rows are at most
 //! [`MAX_COLUMNS`] wide (an invocation holds 16 output columns of one row); elsewhere, or with
-//! `mlp=portable`, the projection and the MLP's fc1 and fc2 are linear layers of the linear
-//! kind's variant ([`record_pair`]).
+//! `mlp=portable`, the projection and each MLP's fc1 and fc2 are linear layers of the linear
+//! kind's variant ([`record_pair`]). [`upload`] gives an MLP's weights in the form its kernel
+//! reads.
 
 use crate::kernels::linear::{self, padded, Epilogue, LinearWeights};
 use crate::kernels::norm::{self, RowStats};
@@ -34,8 +37,9 @@ pub const INVOCATIONS: u32 = 256;
 /// values (vec4 of f32 each) and the rows' statistics (two f32 per row).
 pub const WORKGROUP_BYTES: u32 = (256 * 4 + 2 * 256 * 16 + ROWS * 8) as u32;
 
-/// Storage buffers `mlp_fused.wgsl` binds (WebGPU's default limit).
-pub const STORAGE_BUFFERS: u32 = 8;
+/// Storage buffers `mlp_fused.wgsl` binds: each MLP's weights and biases are one tensor
+/// ([`upload`]), which leaves room within WebGPU's default of eight.
+pub const STORAGE_BUFFERS: u32 = 6;
 
 /// Whether `mlp_fused.wgsl` runs a `dim -> hidden -> dim` MLP in `b`'s program: the MLP kind
 /// prefers it, the device has room for its workgroups and bindings and rows are at most
@@ -45,6 +49,60 @@ pub fn fused(b: &ProgramBuilder, dim: usize) -> bool {
         && dim <= MAX_COLUMNS
         && b.limits().max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS
         && Kernel::MlpFused.needs().fit(b.limits())
+}
+
+/// One MLP's weights (fc1 with its LayerNorm folded in, fc2) as the kernel that runs it reads
+/// them.
+#[derive(Clone, Copy, Debug)]
+pub enum MlpWeights {
+    /// Two linear layers, for [`record_pair`].
+    Linear {
+        /// fc1 (its output is the hidden layer).
+        fc1: LinearWeights,
+        /// fc2.
+        fc2: LinearWeights,
+    },
+    /// `[W1^T; b1; W2^T; b2]` in one tensor (each bias as one more row of its layer, in
+    /// [`linear::gpu_layout`]'s layout), for `mlp_fused.wgsl`.
+    Packed {
+        /// The tensor.
+        tensor: TensorId,
+        /// Row width (fc1's inputs, fc2's outputs).
+        dim: usize,
+        /// Hidden features.
+        hidden: usize,
+    },
+}
+
+/// An MLP with its residual `y = ca * y + cb * mlp(y)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mlp {
+    /// Its weights ([`upload`]).
+    pub weights: MlpWeights,
+    /// `(ca, cb)`.
+    pub coef: (f32, f32),
+}
+
+/// Upload an MLP (`fc1` with the LayerNorm before it folded in, then `fc2`) in the form `b`'s
+/// program runs it: packed where [`fused`] says so, else as two linear layers.
+pub fn upload(b: &mut ProgramBuilder, name: &str, fc1: &Linear, fc2: &Linear) -> MlpWeights {
+    let dim = fc1.in_features;
+    if !fused(b, dim) {
+        return MlpWeights::Linear {
+            fc1: linear::upload(b, &format!("{name}.fc1"), fc1),
+            fc2: linear::upload(b, &format!("{name}.fc2"), fc2),
+        };
+    }
+    let (mut packed, b1) = linear::gpu_layout(fc1);
+    packed.extend_from_slice(&b1);
+    let (w2, b2) = linear::gpu_layout(fc2);
+    packed.extend_from_slice(&w2);
+    packed.extend_from_slice(&b2);
+    MlpWeights::Packed {
+        tensor: b.weights(format!("{name}.fc1+fc2 packed"), &packed),
+        dim,
+        hidden: fc1.out_features,
+    }
 }
 
 /// The attention half's output projection and residual, `y = pa * y + pb * (attn Wp^T + bp)`,
@@ -63,8 +121,7 @@ pub struct Projection<'a> {
 }
 
 /// Upload a projection for the fused MLP: `W^T` in [`linear::gpu_layout`]'s layout with the
-/// bias as one more row, in one tensor (the kernel binds WebGPU's default eight storage
-/// buffers, with none to spare for a ninth).
+/// bias as one more row, in one tensor (as [`upload`] packs an MLP).
 pub fn upload_projection(b: &mut ProgramBuilder, name: &str, l: &Linear) -> TensorId {
     let (mut wt, bias) = linear::gpu_layout(l);
     wt.extend_from_slice(&bias);
@@ -76,78 +133,129 @@ pub fn stats_part_width(dim: usize) -> usize {
     dim
 }
 
-/// Record `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` over `m` rows of `y`, after `proj` when
-/// given, fused where [`fused`] says so (and the projection comes packed), else as
-/// [`record_pair`]; either way a projection given here counts in the MLP's family; `norm` is the LayerNorm's
-/// epsilon and the row statistics of `y` where its writer left them (its affine part is folded
-/// into `fc1`; the fused kernel measures the statistics itself and the unfused pair measures
-/// them with `ln_stats` where none are given). With `stats_after`, the statistics of the rows
-/// stored are written beside them (named after `label`) and returned, for the next LayerNorm.
+/// Record `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` over `m` rows of `y` for `first`, after
+/// `proj` when given and before `then` when given (the same on the same rows), in one fused
+/// dispatch where the weights come packed ([`upload`]), else as [`record_pair`]s; either way a
+/// projection given here counts in the MLP's family. `norm` is the LayerNorm's epsilon and the
+/// row statistics of `y` where its writer left them (the LayerNorms' affine parts are folded into
+/// the fc1s; the fused kernel measures the statistics itself and the unfused pair measures them
+/// with `ln_stats` where none are given). With `stats_after`, the statistics of the rows stored
+/// are written beside them (named after `label`) and returned, for the next LayerNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     b: &mut ProgramBuilder,
     m: usize,
-    fc1: &LinearWeights,
-    fc2: &LinearWeights,
-    coef: (f32, f32),
+    first: &Mlp,
+    then: Option<&Mlp>,
     norm: (Option<RowStats>, f32),
     proj: Option<Projection>,
     stats_after: bool,
     y: TensorId,
     label: &str,
 ) -> Option<RowStats> {
-    let dim = fc1.in_features;
-    if !fused(b, dim) || proj.is_some_and(|p| p.packed.is_none()) {
-        return record_pair(b, m, fc1, fc2, coef, norm, proj, stats_after, y, label);
-    }
-    let stats_out = stats_after.then(|| RowStats {
+    let eps = norm.1;
+    let then_label = format!("{label} then");
+    let (tensor, dim, hidden) = match &first.weights {
+        MlpWeights::Packed {
+            tensor,
+            dim,
+            hidden,
+        } => (*tensor, *dim, *hidden),
+        MlpWeights::Linear { fc1, fc2 } => {
+            let after = stats_after || then.is_some();
+            let mid = record_pair(b, m, (fc1, fc2), first.coef, norm, proj, after, y, label);
+            return match then {
+                Some(t) => record(b, m, t, None, (mid, eps), None, stats_after, y, &then_label),
+                None => mid,
+            };
+        }
+    };
+    // A projection not packed for the fused kernel runs as a linear layer before it.
+    let proj = proj.filter(|p| {
+        p.packed.is_some() || {
+            let label = format!("{label} proj");
+            linear::record_residual(
+                b,
+                Family::Mlp,
+                m,
+                p.weights,
+                p.coef,
+                p.attn,
+                y,
+                false,
+                &label,
+            );
+            false
+        }
+    });
+    let chained = then.and_then(|t| match t.weights {
+        MlpWeights::Packed { tensor, hidden, .. } => Some((tensor, hidden, t.coef)),
+        MlpWeights::Linear { .. } => None,
+    });
+    let unchained = then.filter(|_| chained.is_none());
+    let stats_out = (stats_after || unchained.is_some()).then(|| RowStats {
         tensor: b.activation_words(format!("{label} stats"), m * 2),
         width: stats_part_width(dim),
     });
+    let (chain_w, h2, (ca2, cb2)) = chained.unwrap_or((tensor, 0, (0.0, 0.0)));
     let params = MlpParams {
         m: m as u32,
         k: dim as u32,
-        h: fc1.out_features as u32,
-        h_pad: padded(fc1.out_features) as u32,
-        n: fc2.out_features as u32,
-        n_pad: padded(fc2.out_features) as u32,
-        mode: 2,
-        ca: coef.0,
-        cb: coef.1,
+        n: dim as u32,
+        n_pad: padded(dim) as u32,
         norm: 1,
-        eps: norm.1,
-        stats_out: stats_after as u32,
+        eps,
+        stats_out: stats_out.is_some() as u32,
         proj: proj.is_some() as u32,
         pa: proj.map_or(0.0, |p| p.coef.0),
         pb: proj.map_or(0.0, |p| p.coef.1),
+        h: hidden as u32,
+        h_pad: padded(hidden) as u32,
+        ca: first.coef.0,
+        cb: first.coef.1,
+        chain: chained.is_some() as u32,
+        h2: h2 as u32,
+        h2_pad: padded(h2) as u32,
+        ca2,
+        cb2,
     };
     let sink = b.unwritten();
-    // Without a projection its two bindings read fc1's weights (never touched).
+    // Bindings a dispatch does not use read the first MLP's weights (never touched).
     let tensors = [
-        fc1.wt,
-        fc1.bias,
-        fc2.wt,
-        fc2.bias,
+        tensor,
+        chain_w,
         y,
-        proj.and_then(|p| p.packed).unwrap_or(fc1.wt),
-        proj.map_or(fc1.wt, |p| p.attn),
+        proj.and_then(|p| p.packed).unwrap_or(tensor),
+        proj.map_or(tensor, |p| p.attn),
         stats_out.map_or(sink, |s| s.tensor),
     ];
     let grid = b.grid(m.div_ceil(ROWS) * INVOCATIONS as usize, INVOCATIONS);
     let key = KernelKey::plain(Kernel::MlpFused);
     b.dispatch(Family::Mlp, key, &params, &tensors, grid);
-    stats_out
+    match unchained {
+        Some(t) => record(
+            b,
+            m,
+            t,
+            None,
+            (stats_out, eps),
+            None,
+            stats_after,
+            y,
+            &then_label,
+        ),
+        None => stats_out,
+    }
 }
 
 /// The projection (when given, a residual linear dispatch), then fc1 (GELU) and fc2
 /// (residual) as two linear dispatches of the linear kind's variant, the hidden activations
-/// through global memory; arguments as [`record`]'s.
+/// through global memory; arguments as [`record`]'s, `coef` the MLP's residual coefficients.
 #[allow(clippy::too_many_arguments)]
 pub fn record_pair(
     b: &mut ProgramBuilder,
     m: usize,
-    fc1: &LinearWeights,
-    fc2: &LinearWeights,
+    (fc1, fc2): (&LinearWeights, &LinearWeights),
     coef: (f32, f32),
     norm: (Option<RowStats>, f32),
     proj: Option<Projection>,
@@ -173,17 +281,19 @@ pub fn record_pair(
 }
 
 /// Arithmetic of one fused MLP dispatch: the projection when there is one (`2k` per output,
-/// bias and residual 3), the rows' statistics (3 per element), fc1 (`2k` per hidden value,
-/// normalising `2k` per row, GELU 11 per hidden value), fc2 (`2h` per output, residual 3) and the
-/// statistics written (3 per output), as the linear dispatches would count them.
+/// bias and residual 3), per MLP the rows' statistics (3 per element), fc1 (`2k` per hidden value,
+/// normalising `2k` per row, GELU 11 per hidden value) and fc2 (`2h` per output, residual 3),
+/// and the statistics written (3 per output), as the linear dispatches would count them.
 pub fn flops(p: &MlpParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
-    let (m, k, h, n) = (p.m as u64, p.k as u64, p.h as u64, p.n as u64);
+    let (m, k, n) = (p.m as u64, p.k as u64, p.n as u64);
     let proj = if p.proj != 0 { m * n * (2 * k + 3) } else { 0 };
     let normalise = if p.norm != 0 {
         3 * m * k + 2 * m * k
     } else {
         0
     };
+    let one = |h: u64| m * h * (2 * k + 11) + normalise + m * n * (2 * h + 3);
+    let chained = if p.chain != 0 { one(p.h2 as u64) } else { 0 };
     let stats = if p.stats_out != 0 { 3 * m * n } else { 0 };
-    proj + m * h * (2 * k + 11) + normalise + m * n * (2 * h + 3) + stats
+    proj + one(p.h as u64) + chained + stats
 }

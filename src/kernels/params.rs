@@ -41,26 +41,17 @@ kernel_params! {
 kernel_params! {
     /// The fused MLP (`mlp_fused.wgsl`): `y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)`
     /// in place, the hidden activations kept in workgroup memory, optionally after the
-    /// attention's projection `y = pa * y + pb * (attn Wp^T + bp)`.
+    /// attention's projection `y = pa * y + pb * (attn Wp^T + bp)` and optionally followed by a
+    /// second MLP on the same rows (`chain`).
     pub struct MlpParams {
         /// Rows of y.
         pub m: u32,
         /// Input features of fc1 (the row length of y).
         pub k: u32,
-        /// Hidden features (fc1's outputs, fc2's inputs).
-        pub h: u32,
-        /// Hidden features padded to the tile width (the row stride of `W1^T` and `b1`).
-        pub h_pad: u32,
         /// Output features of fc2 (equal to `k`: the residual is in place).
         pub n: u32,
         /// Output features padded to the tile width (the row stride of `W2^T` and `b2`).
         pub n_pad: u32,
-        /// The epilogue of shaders/lib/linear_epilogue.wgsl: always 2, the residual.
-        pub mode: u32,
-        /// Residual coefficient of the old `y`.
-        pub ca: f32,
-        /// Residual coefficient of the MLP's output.
-        pub cb: f32,
         /// 1: normalise each row as fc1 loads it, with LayerNorm statistics the kernel measures.
         pub norm: u32,
         /// Variance epsilon of the LayerNorm applied with `norm`.
@@ -74,6 +65,24 @@ kernel_params! {
         pub pa: f32,
         /// Residual coefficient of the projection's output.
         pub pb: f32,
+        /// Hidden features of the block's MLP (fc1's outputs, fc2's inputs).
+        pub h: u32,
+        /// Hidden features padded to the tile width (the row stride of `W1^T` and `b1`).
+        pub h_pad: u32,
+        /// Residual coefficient of the old `y`.
+        pub ca: f32,
+        /// Residual coefficient of the MLP's output.
+        pub cb: f32,
+        /// 1: the second MLP follows on the same rows.
+        pub chain: u32,
+        /// Hidden features of the second MLP.
+        pub h2: u32,
+        /// Its hidden features padded to the tile width.
+        pub h2_pad: u32,
+        /// Its residual coefficient of the old `y`.
+        pub ca2: f32,
+        /// Its residual coefficient of its output.
+        pub cb2: f32,
     }
 }
 

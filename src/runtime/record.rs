@@ -10,7 +10,7 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue, LinearWeights};
 use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
-use crate::kernels::mlp::{self, Projection};
+use crate::kernels::mlp::{self, Mlp, MlpWeights, Projection};
 use crate::kernels::norm::{self, RowStats};
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
@@ -81,8 +81,7 @@ fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
 /// (a schedule may merge after some executions of a shared block and not others).
 struct BlockTensors<'w> {
     qkv: LinearWeights,
-    fc1: LinearWeights,
-    fc2: LinearWeights,
+    mlp: MlpWeights,
     name: String,
     proj_host: &'w crate::model::weights::Linear,
     proj: OnceCell<LinearWeights>,
@@ -120,11 +119,6 @@ impl BlockTensors<'_> {
     }
 }
 
-struct NonProjTensors {
-    fc1: LinearWeights,
-    fc2: LinearWeights,
-}
-
 /// Upload `lin` with the LayerNorm before it folded in ([`linear::fold_layer_norm`]).
 fn up_normalized(
     b: &mut ProgramBuilder,
@@ -133,6 +127,18 @@ fn up_normalized(
     ln: &LayerNorm,
 ) -> LinearWeights {
     linear::upload(b, name, &linear::fold_layer_norm(lin, ln))
+}
+
+/// Upload the MLP `fc2(gelu(fc1(ln(x))))` with `ln` folded into `fc1`, in the form `b`'s program
+/// runs it ([`mlp::upload`]).
+fn up_mlp(
+    b: &mut ProgramBuilder,
+    name: &str,
+    ln: &LayerNorm,
+    fc1: &crate::model::weights::Linear,
+    fc2: &crate::model::weights::Linear,
+) -> MlpWeights {
+    mlp::upload(b, name, &linear::fold_layer_norm(fc1, ln), fc2)
 }
 
 /// The LayerNorm statistics of `x`'s rows: `known` where the kernel that wrote `x` left them
@@ -152,8 +158,9 @@ fn row_stats(
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
 /// LayerNorm folded into `fc1` (the fused MLP measures each row's statistics, the unfused one
 /// takes `x_stats` or measures them), after the attention half's projection `proj` where that
-/// was left to it. Returns the new `x`'s statistics when `stats_after` (the next LayerNorm's,
-/// where a linear layer applies it).
+/// was left to it, then `then` on the same rows where given (SReT's Non_proj MLP; in the same
+/// dispatch where fused). Returns the new `x`'s statistics when `stats_after` (the next
+/// LayerNorm's, where a linear layer applies it).
 #[allow(clippy::too_many_arguments)]
 fn record_mlp(
     b: &mut ProgramBuilder,
@@ -161,15 +168,14 @@ fn record_mlp(
     x: TensorId,
     x_stats: Option<RowStats>,
     proj: Option<Projection>,
-    fc1: &LinearWeights,
-    fc2: &LinearWeights,
-    coef: (f32, f32),
+    mlp: &Mlp,
+    then: Option<&Mlp>,
     stats_after: bool,
     label: &str,
 ) -> Option<RowStats> {
     let out = format!("{label} mlp out");
     let norm = (x_stats, LN_EPS);
-    mlp::record(b, rows, fc1, fc2, coef, norm, proj, stats_after, x, &out)
+    mlp::record(b, rows, mlp, then, norm, proj, stats_after, x, &out)
 }
 
 /// Whether the MLP half of `dim`-wide rows takes its LayerNorm's statistics from the kernel
@@ -390,8 +396,7 @@ fn up_block<'w>(
 ) -> BlockTensors<'w> {
     BlockTensors {
         qkv: up_normalized(b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
-        fc1: up_normalized(b, &format!("{p}.fc1"), &bw.fc1, &bw.norm2),
-        fc2: linear::upload(b, &format!("{p}.fc2"), &bw.fc2),
+        mlp: up_mlp(b, &format!("{p}.mlp"), &bw.norm2, &bw.fc1, &bw.fc2),
         name: p.to_string(),
         proj_host: &bw.proj,
         proj: OnceCell::new(),

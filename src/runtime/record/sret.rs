@@ -3,14 +3,14 @@
 //! unmerge stack and pooling between stages, and the head.
 
 use super::{
-    mlp_takes_stats, record_attention_half, record_mlp, record_pool, stem_bands, up_block, up_conv,
-    up_ln, up_normalized, BlockTensors, NonProjTensors, Recorded, StageTokens, TraceTensors,
-    Uploaded, LN_EPS,
+    record_attention_half, record_mlp, record_pool, stem_bands, up_block, up_conv, up_ln, up_mlp,
+    BlockTensors, Recorded, StageTokens, TraceTensors, Uploaded, LN_EPS,
 };
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, Band, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
 use crate::kernels::merge::Unmerge;
+use crate::kernels::mlp::Mlp;
 use crate::kernels::norm;
 use crate::kernels::{Family, ProgramBuilder, TensorId};
 use crate::model::config::ModelConfig;
@@ -236,35 +236,27 @@ fn execution(
     let x = seq.x;
     let rows = bt * seq.n;
     let stats = seq.stats.take();
-    let after = record_mlp(
-        b,
-        rows,
-        x,
-        stats,
-        proj,
-        &blk.fc1,
-        &blk.fc2,
-        (coef[2], coef[3]),
-        mlp_takes_stats(b, dim),
-        &label,
-    );
-    // The loop's own Non_proj MLP.
+    // The block's MLP, then the loop's own Non_proj MLP on the same rows.
     let np = &sw.non_projs[exec];
-    let npt = NonProjTensors {
-        fc1: up_normalized(b, &format!("{label}.np.fc1"), &np.fc1, &np.norm1),
-        fc2: linear::upload(b, &format!("{label}.np.fc2"), &np.fc2),
+    let np_label = format!("{label}.np");
+    let block_mlp = Mlp {
+        weights: blk.mlp,
+        coef: (coef[2], coef[3]),
+    };
+    let non_proj = Mlp {
+        weights: up_mlp(b, &np_label, &np.norm1, &np.fc1, &np.fc2),
+        coef: (np.coef[0], np.coef[1]),
     };
     seq.stats = record_mlp(
         b,
         rows,
         x,
-        after,
-        None,
-        &npt.fc1,
-        &npt.fc2,
-        (np.coef[0], np.coef[1]),
+        stats,
+        proj,
+        &block_mlp,
+        Some(&non_proj),
         exec + 1 < sc.depth,
-        &format!("{label} np"),
+        &label,
     );
 }
 

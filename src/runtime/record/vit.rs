@@ -10,6 +10,7 @@ use super::{
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, Epilogue};
+use crate::kernels::mlp::Mlp;
 use crate::kernels::norm;
 use crate::kernels::tokens::{record_copy, TokenCopy};
 use crate::kernels::{Family, ProgramBuilder, TensorId};
@@ -258,9 +259,11 @@ fn blocks(
             seq.x,
             stats,
             proj,
-            &blk.fc1,
-            &blk.fc2,
-            (1.0, 1.0),
+            &Mlp {
+                weights: blk.mlp,
+                coef: (1.0, 1.0),
+            },
+            None,
             exec + 1 < blocks.len(),
             &label,
         );
