@@ -1,13 +1,16 @@
 // The MLP half of a block in one dispatch, its hidden activations never leaving the chip, with
-// the attention half's output projection optionally in front of it and a second MLP optionally
-// after it (SReT's Non_proj MLP, which follows every block's MLP on the same rows):
+// the attention half's output projection optionally in front of it, a second MLP optionally
+// after it (SReT's Non_proj MLP, which follows every block's MLP on the same rows) and the next
+// block's LayerNorm-folded qkv layer optionally last:
 //   y = pa * y + pb * (attn Wp^T + bp)                   (with `proj`: the attention's residual)
 //   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)  (in place; fc1 normalises as it loads)
 //   y = ca2 * y + cb2 * (the same with the second MLP's weights and hidden width h2) (`chain`)
+//   next_out = LN(y) Wq^T + bq                           (`next`: q output columns)
+// (without `mlp`, only the last: a LayerNorm-folded linear layer that measures its statistics).
 // for y [m, n] (fc1 reads n = k columns). Each MLP's weights are one tensor, W1^T [k, h_pad]
 // and W2^T [h, n_pad] as linear.wgsl's, each followed by its bias as one more row:
 // [W1^T; b1; W2^T; b2] (src/kernels/mlp.rs: upload); `wp` is Wp^T [k, n_pad] with bp as its
-// row k. The residuals are linear.wgsl's epilogue mode 2 (shaders/lib/linear_epilogue.wgsl).
+// row k, `wq` Wq^T [k, q_pad] with bq as its row k. The residuals are linear.wgsl's epilogue mode 2 (shaders/lib/linear_epilogue.wgsl).
 // The LayerNorm statistics of the rows are measured here (`norm`), and the statistics of the
 // rows stored are written with `stats_out` (one part per row, the whole row, as this workgroup
 // stores every column of its rows).
@@ -21,7 +24,7 @@
 // 4 columns), applies bias and GELU into workgroup memory, and each invocation adds the chunk's
 // contribution to its row's 16 output columns in registers. The rows are read from y again per
 // chunk (from cache); y is written after every invocation's last read of it (and, with `proj`
-// or before the chained MLP, before the next read, behind a storage barrier): a workgroup reads
+// or before the chained MLP or the next layer, before the next read, behind a storage barrier): a workgroup reads
 // and writes only its own rows, so one read-write binding serves as input and output. Columns
 // n <= 256 (N_MAX); 8.2 KiB of workgroup memory. No subgroup operations.
 
@@ -40,7 +43,9 @@ struct Params {
     proj: u32,
     pa: f32,
     pb: f32,
-    // The block's MLP (weights in `mw`).
+    // 1: the block's MLP (weights in `mw`); 0: only the next layer (`next`), on the rows as
+    // loaded.
+    mlp: u32,
     h: u32,
     h_pad: u32,
     ca: f32,
@@ -51,6 +56,10 @@ struct Params {
     h2_pad: u32,
     ca2: f32,
     cb2: f32,
+    // 1: the next layer follows (weights in `wq`, output in `next_out`, q columns).
+    next: u32,
+    q: u32,
+    q_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,6 +69,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> wp: array<vec4<elem>>;
 @group(0) @binding(5) var<storage, read> attn: array<elem>;
 @group(0) @binding(6) var<storage, read_write> part_out: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read> wq: array<vec4<elem>>;
+@group(0) @binding(8) var<storage, read_write> next_out: array<elem>;
 
 // Rows per workgroup, hidden columns per chunk, depth per staging step.
 const TM: u32 = 16u;
@@ -90,12 +101,24 @@ fn store(row: u32, col: u32, acc: f32, b: f32, c: vec2<f32>) -> f32 {
     return f32(e);
 }
 
-// Element i of the packed weights of the block's MLP (`second` false) or of the chained one.
-fn weight(second: bool, i: u32) -> vec4<f32> {
-    if (second) {
-        return vec4<f32>(nw[i]);
+// Which packed weights a phase reads.
+const BLOCK_MLP: u32 = 0u;
+const CHAINED_MLP: u32 = 1u;
+const NEXT_LAYER: u32 = 2u;
+
+// Element i of the packed weights `which` names.
+fn weight(which: u32, i: u32) -> vec4<f32> {
+    switch which {
+        case 1u: {
+            return vec4<f32>(nw[i]);
+        }
+        case 2u: {
+            return vec4<f32>(wq[i]);
+        }
+        default: {
+            return vec4<f32>(mw[i]);
+        }
     }
-    return vec4<f32>(mw[i]);
 }
 
 fn red_sum(r: u32) -> f32 {
@@ -202,10 +225,40 @@ fn set_norm(li: u32) {
     workgroupBarrier();
 }
 
-// One MLP over the tile's rows (the block's, or with `second` the chained one), normalised by
-// st: stores them and returns this invocation's columns 4tx + 64j.. of row ty as stored. Called
-// in uniform control flow (barriers), `second` uniform.
-fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> {
+// Output columns c0 + 4tx.. (of h_pad / 4 vec4 columns) of row ty of the normalised tile times
+// the packed weights `which` (W^T from element 0, no bias), as linear_tiled.wgsl computes a
+// tile: 16 x 16 blocks of the rows and of W^T staged in workgroup memory. `x_row` is where row
+// ty starts in y. Called in uniform control flow (barriers).
+fn chunk(tx: u32, ty: u32, x_row: u32, which: u32, c0: u32, h_stride: u32) -> vec4<f32> {
+    let hc = c0 / 4u + tx;
+    var acc = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        // Loading roles: x at row ty, depth tx; W^T at depth ty, the vec4 of columns tx.
+        var v = 0.0;
+        if (k0 + tx < p.k) {
+            let s = st[ty];
+            v = (f32(y[x_row + k0 + tx]) - s.x) * s.y;
+        }
+        xs[ty * 16u + tx] = v;
+        var w = vec4<f32>(0.0);
+        if (k0 + ty < p.k && hc < h_stride) {
+            w = weight(which, (k0 + ty) * h_stride + hc);
+        }
+        ws[ty * 16u + tx] = w;
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            acc += xs[ty * 16u + kk] * ws[kk * 16u + tx];
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// One MLP over the tile's rows (`which`: the block's or the chained one), normalised by st:
+// stores them and returns this invocation's columns 4tx + 64j.. of row ty as stored. Called in
+// uniform control flow (barriers), `which` uniform.
+fn mlp(tx: u32, ty: u32, m0: u32, which: u32) -> array<vec4<f32>, 4> {
+    let second = which == CHAINED_MLP;
     let h = select(p.h, p.h2, second);
     let h_pad = select(p.h_pad, p.h2_pad, second);
     let coef = select(vec2<f32>(p.ca, p.cb), vec2<f32>(p.ca2, p.cb2), second);
@@ -221,29 +274,10 @@ fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> 
     for (var c0 = 0u; c0 < h; c0 += TH) {
         // fc1 on the chunk: this invocation's hidden columns c0 + 4tx.. of row ty.
         let hc = c0 / 4u + tx;
-        var acc = vec4<f32>(0.0);
-        for (var k0 = 0u; k0 < p.k; k0 += TK) {
-            // Loading roles: x at row ty, depth tx; W1^T at depth ty, the vec4 of columns tx.
-            var v = 0.0;
-            if (k0 + tx < p.k) {
-                let s = st[ty];
-                v = (f32(y[x_row + k0 + tx]) - s.x) * s.y;
-            }
-            xs[ty * 16u + tx] = v;
-            var w = vec4<f32>(0.0);
-            if (k0 + ty < p.k && hc < h_stride) {
-                w = weight(second, (k0 + ty) * h_stride + hc);
-            }
-            ws[ty * 16u + tx] = w;
-            workgroupBarrier();
-            for (var kk = 0u; kk < TK; kk++) {
-                acc += xs[ty * 16u + kk] * ws[kk * 16u + tx];
-            }
-            workgroupBarrier();
-        }
+        let acc = chunk(tx, ty, x_row, which, c0, h_stride);
         var hv = vec4<f32>(0.0);
         if (hc < h_stride) {
-            let z = acc + weight(second, b1_at + hc);
+            let z = acc + weight(which, b1_at + hc);
             hv = vec4<f32>(gelu(z.x), gelu(z.y), gelu(z.z), gelu(z.w));
             let col = c0 + tx * 4u;
             hv *= select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(col, col + 1u, col + 2u, col + 3u) < vec4<u32>(h));
@@ -257,7 +291,7 @@ fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> 
             let w_row = w2_at + (c0 + d) * n_stride + tx;
             for (var j = 0u; j < 4u; j++) {
                 if (tx + 16u * j < n_stride) {
-                    out[j] += a * weight(second, w_row + 16u * j);
+                    out[j] += a * weight(which, w_row + 16u * j);
                 }
             }
         }
@@ -270,7 +304,7 @@ fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> 
         let c = tx * 4u + 64u * j;
         var b = vec4<f32>(0.0);
         if (c < p.n_pad) {
-            b = weight(second, b2_at + c / 4u);
+            b = weight(which, b2_at + c / 4u);
         }
         let a = out[j];
         v[j] = vec4<f32>(
@@ -281,6 +315,27 @@ fn mlp(li: u32, tx: u32, ty: u32, m0: u32, second: bool) -> array<vec4<f32>, 4> 
         );
     }
     return v;
+}
+
+// The next layer on the tile's rows, normalised by st: its q output columns into next_out, 64
+// at a time. Called in uniform control flow (barriers).
+fn next_layer(tx: u32, ty: u32, m0: u32) {
+    let x_row = min(m0 + ty, p.m - 1u) * p.k;
+    let q_stride = p.q_pad / 4u;
+    let row = m0 + ty;
+    for (var c0 = 0u; c0 < p.q; c0 += TH) {
+        let acc = chunk(tx, ty, x_row, NEXT_LAYER, c0, q_stride);
+        let hc = c0 / 4u + tx;
+        if (row < p.m && hc < q_stride) {
+            let z = acc + weight(NEXT_LAYER, p.k * q_stride + hc);
+            for (var e = 0u; e < 4u; e++) {
+                let col = 4u * hc + e;
+                if (col < p.q) {
+                    next_out[row * p.q + col] = elem(z[e]);
+                }
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(256)
@@ -309,7 +364,9 @@ fn main(
         tile_stats(li, tx, ty, v);
     }
     set_norm(li);
-    v = mlp(li, tx, ty, m0, false);
+    if (p.mlp != 0u) {
+        v = mlp(tx, ty, m0, BLOCK_MLP);
+    }
     if (p.chain != 0u) {
         // As after the projection: the chained MLP reads the rows just stored. Every read of st
         // and of the staging buffers is behind the chunk loop's last barrier.
@@ -318,7 +375,18 @@ fn main(
             tile_stats(li, tx, ty, v);
         }
         set_norm(li);
-        v = mlp(li, tx, ty, m0, true);
+        v = mlp(tx, ty, m0, CHAINED_MLP);
+    }
+    if (p.next != 0u) {
+        // The same for the next layer, where an MLP rewrote the rows.
+        if (p.mlp != 0u) {
+            storageBarrier();
+            if (p.norm != 0u) {
+                tile_stats(li, tx, ty, v);
+            }
+            set_norm(li);
+        }
+        next_layer(tx, ty, m0);
     }
     if (p.stats_out != 0u) {
         // Every invocation's last read of st (the normalisation) is behind the chunk loop's

@@ -717,16 +717,25 @@ fn linear_row_statistics_match_cpu() {
 #[test]
 fn mlp_matches_cpu() {
     let _cases = Cases::new();
-    // (seed, rows, width, hidden, projection in front, hidden of a chained second MLP)
-    for (seed, m, dim, hidden, with_proj, chained) in [
-        (90u64, 37usize, 64usize, 230usize, false, None),
-        (91, 16, 256, 921, true, Some(300usize)),
-        (92, 5, 128, 460, false, None),
-        (93, 50, 60, 100, true, Some(77)),
-        (94, 1, 192, 768, true, None),
-        (95, 33, 18, 7, false, Some(40)),
-        (96, 37, 64, 230, true, Some(230)),
-        (97, 33, 18, 7, true, None),
+    // (seed, rows, width, hidden, projection in front, hidden of a chained second MLP,
+    // outputs of a next layer)
+    for (seed, m, dim, hidden, with_proj, chained, next_width) in [
+        (
+            90u64,
+            37usize,
+            64usize,
+            230usize,
+            false,
+            None,
+            Some(192usize),
+        ),
+        (91, 16, 256, 921, true, Some(300usize), Some(768)),
+        (92, 5, 128, 460, false, None, None),
+        (93, 50, 60, 100, true, Some(77), Some(180)),
+        (94, 1, 192, 768, true, None, Some(100)),
+        (95, 33, 18, 7, false, Some(40), None),
+        (96, 37, 64, 230, true, Some(230), Some(192)),
+        (97, 33, 18, 7, true, None, Some(54)),
     ] {
         let y0: Vec<f32> = random(seed, m * dim, 2.0)
             .iter()
@@ -743,6 +752,21 @@ fn mlp_matches_cpu() {
             in_features: dim,
         };
         let (pa, pb) = (0.8f32, 1.2f32);
+        // The next layer, LN(rows) Wq^T + bq, with the LayerNorm folded in.
+        let next = next_width.map(|q| {
+            let ln = LayerNorm {
+                weight: random(seed + 30, dim, 1.0),
+                bias: random(seed + 31, dim, 0.5),
+            };
+            let lin = Linear {
+                weight: random(seed + 32, q * dim, (3.0 / dim as f32).sqrt()),
+                bias: random(seed + 33, q, 0.2),
+                out_features: q,
+                in_features: dim,
+            };
+            let folded = linear::fold_layer_norm(&lin, &ln);
+            (ln, lin, folded)
+        });
         for f16 in precisions() {
             let y0 = rounded(&y0, f16);
             let attn = rounded(&attn, f16);
@@ -768,6 +792,9 @@ fn mlp_matches_cpu() {
                 if let Some(second) = &second {
                     rows = second.twin(&rows, m, fused_twin, f16);
                 }
+                let next_rows = next.as_ref().map(|(ln, lin, folded)| {
+                    rounded(&layer_norm_then_linear(&rows, m, ln, lin, folded, f16), f16)
+                });
                 for (sg, lv) in linear_variants {
                     let shape = std::cell::Cell::new((0, (0, 0)));
                     let got = run(|b| {
@@ -785,26 +812,39 @@ fn mlp_matches_cpu() {
                         let projection = with_proj.then(|| mlp::Projection {
                             attn: b.weights("attn", &attn),
                             weights: &wp,
-                            packed: Some(mlp::upload_projection(b, "proj", &proj)),
+                            packed: Some(mlp::upload_packed(b, "proj", &proj)),
                             coef: (pa, pb),
                         });
                         // No statistics given: the fused kernel measures them, the pair takes
                         // the projection's or an ln_stats dispatch's.
                         let norm = (None, 1e-6);
                         let then = second.as_ref();
-                        let after =
-                            mlp::record(b, m, &first, then, norm, projection, true, y, "mlp");
-                        let after = after.expect("statistics asked for");
+                        let next_weights = next.as_ref().map(|(_, _, f)| {
+                            (
+                                linear::upload(b, "next", f),
+                                mlp::upload_packed(b, "next", f),
+                            )
+                        });
+                        let next_layer = next_weights.as_ref().map(|(w, packed)| mlp::NextLayer {
+                            weights: w,
+                            packed: Some(*packed),
+                        });
+                        let out = mlp::record(
+                            b, m, &first, then, norm, projection, next_layer, true, y, "mlp",
+                        );
+                        let after = out.stats.expect("statistics asked for");
                         let fused = (0..b.dispatch_count())
                             .filter(|&i| b.step(i).0.kernel == Kernel::MlpFused)
                             .count();
                         // Fused, the projection and the whole chain are one dispatch.
                         shape.set((after.width, (fused, b.dispatch_count())));
-                        vec![y, after.tensor]
+                        let mut read = vec![y, after.tensor];
+                        read.extend(out.next);
+                        read
                     });
                     let (width, fused) = shape.get();
                     let what = format!(
-                        "MLP {m}x{dim}x{hidden} (projection: {with_proj}, then: {chained:?}, {variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
+                        "MLP {m}x{dim}x{hidden} (projection: {with_proj}, then: {chained:?}, next: {next_width:?}, {variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
                     );
                     let want = if variant == Variant::Fused {
                         (1, 1)
@@ -819,6 +859,15 @@ fn mlp_matches_cpu() {
                     expect(err <= tolerance, || {
                         format!("{what}: {err} (tolerance {tolerance:e})")
                     });
+                    expect(got.len() == 2 + next_rows.is_some() as usize, || {
+                        format!("{what}: the next layer's output was not returned")
+                    });
+                    if let Some(want) = &next_rows {
+                        let err = max_rel_err(&decode(&got[2], f16, want.len()), want);
+                        expect(err <= tolerance, || {
+                            format!("next layer of {what}: {err} (tolerance {tolerance:e})")
+                        });
+                    }
                     // Per part, what the GPU's statistics may differ by if each stored value
                     // differs by up to the rows' tolerance e_i = tol * max(1, |x_i|): the mean
                     // by max e_i, M2 (a sum of squared deviations) by 2 sqrt(M2 sum e_i^2) +
@@ -853,6 +902,96 @@ fn mlp_matches_cpu() {
                             worst.1, worst.0
                         )
                     });
+                }
+            }
+        }
+    }
+}
+
+/// A stage's first `qkv` alone (`mlp::record_next`: the fused MLP kernel with only its next
+/// layer, measuring the rows' LayerNorm statistics, or `ln_stats` and a linear layer) against
+/// LayerNorm then Linear on the CPU, rows far from zero mean, every width and backend; the
+/// rows themselves must come back untouched.
+#[test]
+fn next_layer_matches_cpu() {
+    let _cases = Cases::new();
+    for (seed, m, dim, q) in [
+        (120u64, 37usize, 64usize, 192usize),
+        (121, 5, 256, 768),
+        (122, 50, 60, 180),
+        (123, 1, 18, 54),
+    ] {
+        let y0: Vec<f32> = random(seed, m * dim, 2.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 3.0 * ((i / dim) % 5) as f32 - 4.0)
+            .collect();
+        let ln = LayerNorm {
+            weight: random(seed + 1, dim, 1.0),
+            bias: random(seed + 2, dim, 0.5),
+        };
+        let lin = Linear {
+            weight: random(seed + 3, q * dim, (3.0 / dim as f32).sqrt()),
+            bias: random(seed + 4, q, 0.2),
+            out_features: q,
+            in_features: dim,
+        };
+        let folded = linear::fold_layer_norm(&lin, &ln);
+        for f16 in precisions() {
+            let y0 = rounded(&y0, f16);
+            let want = rounded(
+                &layer_norm_then_linear(&y0, m, &ln, &lin, &folded, f16),
+                f16,
+            );
+            for (variant, linear_variants) in [
+                (Variant::Fused, vec![(None, Variant::Portable)]),
+                (Variant::Portable, linear_variants()),
+            ] {
+                for (sg, lv) in linear_variants {
+                    let fused = std::cell::Cell::new((0, 0));
+                    let got = run(|b| {
+                        b.set_subgroup_width(sg);
+                        b.set_f16(f16);
+                        b.set_variants(Variants {
+                            linear: lv,
+                            mlp: variant,
+                            ..Variants::default()
+                        });
+                        let y = b.weights("y0", &y0);
+                        let weights = linear::upload(b, "next", &folded);
+                        let packed =
+                            mlp::fused(b, dim).then(|| mlp::upload_packed(b, "next", &folded));
+                        let next = mlp::NextLayer {
+                            weights: &weights,
+                            packed,
+                        };
+                        let out = mlp::record_next(b, m, next, (None, 1e-6), y, "qkv");
+                        let n = (0..b.dispatch_count())
+                            .filter(|&i| b.step(i).0.kernel == Kernel::MlpFused)
+                            .count();
+                        fused.set((n, b.dispatch_count()));
+                        vec![out, y]
+                    });
+                    let what = format!(
+                        "next layer {m}x{dim}x{q} ({variant:?}, linear {lv:?}, subgroup width: {sg:?}, f16: {f16})"
+                    );
+                    let want_dispatches = if variant == Variant::Fused {
+                        (1, 1)
+                    } else {
+                        (0, 2)
+                    };
+                    expect(fused.get() == want_dispatches, || {
+                        format!(
+                            "{what}: (fused dispatches, dispatches) {:?}, want {want_dispatches:?}",
+                            fused.get()
+                        )
+                    });
+                    let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+                    expect(err <= tol(f16), || {
+                        format!("{what}: {err} (tolerance {:e})", tol(f16))
+                    });
+                    let rows = decode(&got[1], f16, y0.len());
+                    expect(rows == y0, || format!("{what}: the rows changed"));
                 }
             }
         }

@@ -318,11 +318,11 @@ pub(super) fn measure(
             for _ in 0..2 {
                 let mut sums: BTreeMap<KernelKind, f64> = BTreeMap::new();
                 let profile = engine.profile()?;
-                // The MLP kind is the MLP family's time, fused or not (the MLPs, and the
-                // attention projections before them where no merge comes between: the fused
-                // kernel runs those too); unfused, its linear layers are taken out of the
-                // linear kind's time, so that every round's linear figure covers the same
-                // layers.
+                // The MLP kind is the MLP family's time, fused or not (the MLPs, the attention
+                // projections before them where no merge comes between and the next blocks'
+                // qkv layers after them: the fused kernel runs those too); unfused, its linear
+                // layers are taken out of the linear kind's time, so that every round's linear
+                // figure covers the same layers.
                 let mlp = profile
                     .families
                     .iter()

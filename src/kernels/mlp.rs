@@ -7,10 +7,13 @@
 //!
 //! Where no token merge separates them, the attention half's output projection and residual,
 //! `y = pa * y + pb * proj(attn)`, runs in the same dispatch ([`Projection`]): the projected
-//! rows are stored once instead of being written by the projection and read back by the MLP,
-//! and a block is three dispatches (`qkv`, attention, this) instead of four. A second MLP on the
-//! same rows (SReT's Non_proj MLP after every block's MLP) runs in the same dispatch too: a
-//! workgroup owns its rows, so it reads back what it stored with no other workgroup in between.
+//! rows are stored once instead of being written by the projection and read back by the MLP.
+//! A second MLP on the same rows (SReT's Non_proj MLP after every block's MLP) runs in the same
+//! dispatch too: a workgroup owns its rows, so it reads back what it stored with no other
+//! workgroup in between.
+//! For the same reason the next block's LayerNorm-folded `qkv` layer can run last in the same
+//! dispatch ([`NextLayer`]), its rows' statistics measured on chip: a block execution is then two
+//! dispatches, the attention and this.
 //!
 //! It runs where the device gives [`INVOCATIONS`] invocations, [`WORKGROUP_BYTES`] of
 //! workgroup memory and [`STORAGE_BUFFERS`] storage buffers and the rows are at most
@@ -37,9 +40,9 @@ pub const INVOCATIONS: u32 = 256;
 /// values (vec4 of f32 each) and the rows' statistics (two f32 per row).
 pub const WORKGROUP_BYTES: u32 = (256 * 4 + 2 * 256 * 16 + ROWS * 8) as u32;
 
-/// Storage buffers `mlp_fused.wgsl` binds: each MLP's weights and biases are one tensor
-/// ([`upload`]), which leaves room within WebGPU's default of eight.
-pub const STORAGE_BUFFERS: u32 = 6;
+/// Storage buffers `mlp_fused.wgsl` binds (WebGPU's default limit): each MLP's weights and
+/// biases are one tensor ([`upload`]), and so are the projection's and the next layer's.
+pub const STORAGE_BUFFERS: u32 = 8;
 
 /// Whether `mlp_fused.wgsl` runs a `dim -> hidden -> dim` MLP in `b`'s program: the MLP kind
 /// prefers it, the device has room for its workgroups and bindings and rows are at most
@@ -113,19 +116,40 @@ pub struct Projection<'a> {
     pub attn: TensorId,
     /// The projection as a linear layer (for the unfused MLP).
     pub weights: &'a LinearWeights,
-    /// The same weights as the fused kernel reads them ([`upload_projection`]); without them
+    /// The same weights as the fused kernel reads them ([`upload_packed`]); without them
     /// the MLP runs unfused.
     pub packed: Option<TensorId>,
     /// `(pa, pb)`.
     pub coef: (f32, f32),
 }
 
-/// Upload a projection for the fused MLP: `W^T` in [`linear::gpu_layout`]'s layout with the
-/// bias as one more row, in one tensor (as [`upload`] packs an MLP).
-pub fn upload_projection(b: &mut ProgramBuilder, name: &str, l: &Linear) -> TensorId {
+/// Upload a linear layer (the projection, the next layer) for the fused MLP: `W^T` in
+/// [`linear::gpu_layout`]'s layout with the bias as one more row, in one tensor (as [`upload`]
+/// packs an MLP).
+pub fn upload_packed(b: &mut ProgramBuilder, name: &str, l: &Linear) -> TensorId {
     let (mut wt, bias) = linear::gpu_layout(l);
     wt.extend_from_slice(&bias);
     b.weights(format!("{name}.weight^T+bias"), &wt)
+}
+
+/// A linear layer `LN(y) W^T + b` that reads the MLP's output rows next (the next block's `qkv`),
+/// for [`record`] to run last, the LayerNorm's affine part folded into it.
+#[derive(Clone, Copy, Debug)]
+pub struct NextLayer<'a> {
+    /// The layer (for the unfused MLP).
+    pub weights: &'a LinearWeights,
+    /// The same weights as the fused kernel reads them ([`upload_packed`]); without them the
+    /// layer runs unfused.
+    pub packed: Option<TensorId>,
+}
+
+/// What [`record`] leaves for the layers after it.
+#[derive(Clone, Copy, Debug)]
+pub struct MlpOutput {
+    /// The statistics of the rows stored, where asked for.
+    pub stats: Option<RowStats>,
+    /// The next layer's output `[m, out_features]`, where one was given.
+    pub next: Option<TensorId>,
 }
 
 /// Width of the statistics parts the fused MLP writes: whole rows.
@@ -134,13 +158,15 @@ pub fn stats_part_width(dim: usize) -> usize {
 }
 
 /// Record `y = ca * y + cb * fc2(gelu(fc1(LN(y))))` over `m` rows of `y` for `first`, after
-/// `proj` when given and before `then` when given (the same on the same rows), in one fused
-/// dispatch where the weights come packed ([`upload`]), else as [`record_pair`]s; either way a
-/// projection given here counts in the MLP's family. `norm` is the LayerNorm's epsilon and the
+/// `proj` when given, before `then` when given (the same on the same rows) and then `next` when
+/// given, in one fused dispatch where the weights come packed ([`upload`]), else as
+/// [`record_pair`]s and a linear layer; either way a projection or next layer given here counts
+/// in the MLP's family. `norm` is the LayerNorm's epsilon (every LayerNorm here has it) and the
 /// row statistics of `y` where its writer left them (the LayerNorms' affine parts are folded into
-/// the fc1s; the fused kernel measures the statistics itself and the unfused pair measures them
-/// with `ln_stats` where none are given). With `stats_after`, the statistics of the rows stored
-/// are written beside them (named after `label`) and returned, for the next LayerNorm.
+/// the layers after them; the fused kernel measures the statistics itself and the unfused pair
+/// measures them with `ln_stats` where none are given). With `stats_after`, the statistics of
+/// the rows stored are written beside them (named after `label`) and returned, for a later
+/// LayerNorm.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     b: &mut ProgramBuilder,
@@ -149,10 +175,11 @@ pub fn record(
     then: Option<&Mlp>,
     norm: (Option<RowStats>, f32),
     proj: Option<Projection>,
+    next: Option<NextLayer>,
     stats_after: bool,
     y: TensorId,
     label: &str,
-) -> Option<RowStats> {
+) -> MlpOutput {
     let eps = norm.1;
     let then_label = format!("{label} then");
     let (tensor, dim, hidden) = match &first.weights {
@@ -162,11 +189,22 @@ pub fn record(
             hidden,
         } => (*tensor, *dim, *hidden),
         MlpWeights::Linear { fc1, fc2 } => {
-            let after = stats_after || then.is_some();
+            let after = stats_after || then.is_some() || next.is_some();
             let mid = record_pair(b, m, (fc1, fc2), first.coef, norm, proj, after, y, label);
             return match then {
-                Some(t) => record(b, m, t, None, (mid, eps), None, stats_after, y, &then_label),
-                None => mid,
+                Some(t) => record(
+                    b,
+                    m,
+                    t,
+                    None,
+                    (mid, eps),
+                    None,
+                    next,
+                    stats_after,
+                    y,
+                    &then_label,
+                ),
+                None => next_unfused(b, m, next, (mid, eps), stats_after, y, label),
             };
         }
     };
@@ -193,11 +231,18 @@ pub fn record(
         MlpWeights::Linear { .. } => None,
     });
     let unchained = then.filter(|_| chained.is_none());
-    let stats_out = (stats_after || unchained.is_some()).then(|| RowStats {
+    // The next layer runs here where it comes packed and nothing unfused comes before it.
+    let fused_next = next
+        .filter(|_| unchained.is_none())
+        .and_then(|n| n.packed.map(|w| (w, n.weights.out_features)));
+    let later = unchained.is_some() || (next.is_some() && fused_next.is_none());
+    let stats_out = (stats_after || later).then(|| RowStats {
         tensor: b.activation_words(format!("{label} stats"), m * 2),
         width: stats_part_width(dim),
     });
+    let next_out = fused_next.map(|(_, q)| b.activation(format!("{label} next"), m * q));
     let (chain_w, h2, (ca2, cb2)) = chained.unwrap_or((tensor, 0, (0.0, 0.0)));
+    let (next_w, q) = fused_next.unwrap_or((tensor, 0));
     let params = MlpParams {
         m: m as u32,
         k: dim as u32,
@@ -209,6 +254,7 @@ pub fn record(
         proj: proj.is_some() as u32,
         pa: proj.map_or(0.0, |p| p.coef.0),
         pb: proj.map_or(0.0, |p| p.coef.1),
+        mlp: 1,
         h: hidden as u32,
         h_pad: padded(hidden) as u32,
         ca: first.coef.0,
@@ -218,34 +264,139 @@ pub fn record(
         h2_pad: padded(h2) as u32,
         ca2,
         cb2,
+        next: next_out.is_some() as u32,
+        q: q as u32,
+        q_pad: padded(q) as u32,
     };
-    let sink = b.unwritten();
-    // Bindings a dispatch does not use read the first MLP's weights (never touched).
+    // Bindings a dispatch does not use read the first MLP's weights (never touched), or are
+    // written to stand-ins of their own.
     let tensors = [
         tensor,
         chain_w,
         y,
         proj.and_then(|p| p.packed).unwrap_or(tensor),
         proj.map_or(tensor, |p| p.attn),
-        stats_out.map_or(sink, |s| s.tensor),
+        stats_out.map_or_else(|| b.unwritten_nth(0), |s| s.tensor),
+        next_w,
+        next_out.unwrap_or_else(|| b.unwritten_nth(1)),
     ];
     let grid = b.grid(m.div_ceil(ROWS) * INVOCATIONS as usize, INVOCATIONS);
     let key = KernelKey::plain(Kernel::MlpFused);
     b.dispatch(Family::Mlp, key, &params, &tensors, grid);
-    match unchained {
-        Some(t) => record(
+    if let Some(t) = unchained {
+        return record(
             b,
             m,
             t,
             None,
             (stats_out, eps),
             None,
+            next,
             stats_after,
             y,
             &then_label,
-        ),
-        None => stats_out,
+        );
     }
+    if next_out.is_some() {
+        return MlpOutput {
+            stats: stats_out.filter(|_| stats_after),
+            next: next_out,
+        };
+    }
+    next_unfused(b, m, next, (stats_out, eps), stats_after, y, label)
+}
+
+/// `LN(y) W^T + b` over `m` rows of `y` for `next` (a stage's first `qkv`, whose input no MLP
+/// wrote), in the MLP's family like the next layers [`record`] runs: one fused dispatch that
+/// measures the rows' statistics where the weights come packed, else a linear layer after the
+/// statistics `norm` (measured with `ln_stats` where not given). Returns the output,
+/// `[m, out_features]`.
+pub fn record_next(
+    b: &mut ProgramBuilder,
+    m: usize,
+    next: NextLayer,
+    norm: (Option<RowStats>, f32),
+    y: TensorId,
+    label: &str,
+) -> TensorId {
+    let dim = next.weights.in_features;
+    let Some(packed) = next.packed else {
+        return next_linear(b, m, next, norm, y, label).0;
+    };
+    let q = next.weights.out_features;
+    let out = b.activation(format!("{label} next"), m * q);
+    let params = MlpParams {
+        m: m as u32,
+        k: dim as u32,
+        n: dim as u32,
+        n_pad: padded(dim) as u32,
+        norm: 1,
+        eps: norm.1,
+        next: 1,
+        q: q as u32,
+        q_pad: padded(q) as u32,
+        ..MlpParams::default()
+    };
+    let sink = b.unwritten();
+    let tensors = [packed, packed, y, packed, packed, sink, packed, out];
+    let grid = b.grid(m.div_ceil(ROWS) * INVOCATIONS as usize, INVOCATIONS);
+    let key = KernelKey::plain(Kernel::MlpFused);
+    b.dispatch(Family::Mlp, key, &params, &tensors, grid);
+    out
+}
+
+/// `next` (when given) as a linear layer in the MLP's family after the rows' writer left their
+/// statistics (`norm`, measured where it did not).
+fn next_unfused(
+    b: &mut ProgramBuilder,
+    m: usize,
+    next: Option<NextLayer>,
+    norm: (Option<RowStats>, f32),
+    stats_after: bool,
+    y: TensorId,
+    label: &str,
+) -> MlpOutput {
+    match next {
+        Some(n) => {
+            let (out, stats) = next_linear(b, m, n, norm, y, label);
+            MlpOutput {
+                stats: Some(stats).filter(|_| stats_after),
+                next: Some(out),
+            }
+        }
+        None => MlpOutput {
+            stats: norm.0,
+            next: None,
+        },
+    }
+}
+
+/// `next` as a linear layer in the MLP's family; returns its output and the statistics it
+/// normalised with (`norm`'s, or measured by an `ln_stats` dispatch).
+fn next_linear(
+    b: &mut ProgramBuilder,
+    m: usize,
+    next: NextLayer,
+    (known, eps): (Option<RowStats>, f32),
+    y: TensorId,
+    label: &str,
+) -> (TensorId, RowStats) {
+    let dim = next.weights.in_features;
+    let stats =
+        known.unwrap_or_else(|| norm::ln_stats(b, Family::Mlp, m, dim, y, &format!("{label} out")));
+    let out = b.activation(format!("{label} next"), m * next.weights.out_features);
+    linear::record_normalized(
+        b,
+        Family::Mlp,
+        m,
+        next.weights,
+        Epilogue::Bias,
+        y,
+        stats,
+        eps,
+        out,
+    );
+    (out, stats)
 }
 
 /// The projection (when given, a residual linear dispatch), then fc1 (GELU) and fc2
@@ -283,7 +434,8 @@ pub fn record_pair(
 /// Arithmetic of one fused MLP dispatch: the projection when there is one (`2k` per output,
 /// bias and residual 3), per MLP the rows' statistics (3 per element), fc1 (`2k` per hidden value,
 /// normalising `2k` per row, GELU 11 per hidden value) and fc2 (`2h` per output, residual 3),
-/// and the statistics written (3 per output), as the linear dispatches would count them.
+/// the next layer when there is one (statistics and normalising as an MLP's, `2k` per output,
+/// bias 1) and the statistics written (3 per output), as the linear dispatches would count them.
 pub fn flops(p: &MlpParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
     let (m, k, n) = (p.m as u64, p.k as u64, p.n as u64);
     let proj = if p.proj != 0 { m * n * (2 * k + 3) } else { 0 };
@@ -294,6 +446,12 @@ pub fn flops(p: &MlpParams, _key: &KernelKey, _bound: &[u64]) -> u64 {
     };
     let one = |h: u64| m * h * (2 * k + 11) + normalise + m * n * (2 * h + 3);
     let chained = if p.chain != 0 { one(p.h2 as u64) } else { 0 };
+    let q = p.q as u64;
+    let next = if p.next != 0 {
+        normalise + m * q * (2 * k + 1)
+    } else {
+        0
+    };
     let stats = if p.stats_out != 0 { 3 * m * n } else { 0 };
-    proj + one(p.h as u64) + chained + stats
+    proj + one(p.h as u64) + chained + next + stats
 }

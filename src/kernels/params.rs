@@ -42,7 +42,7 @@ kernel_params! {
     /// The fused MLP (`mlp_fused.wgsl`): `y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)`
     /// in place, the hidden activations kept in workgroup memory, optionally after the
     /// attention's projection `y = pa * y + pb * (attn Wp^T + bp)` and optionally followed by a
-    /// second MLP on the same rows (`chain`).
+    /// second MLP on the same rows (`chain`) and by the next layer (`next`).
     pub struct MlpParams {
         /// Rows of y.
         pub m: u32,
@@ -65,6 +65,8 @@ kernel_params! {
         pub pa: f32,
         /// Residual coefficient of the projection's output.
         pub pb: f32,
+        /// 1: the block's MLP; 0: only the next layer, on the rows as loaded.
+        pub mlp: u32,
         /// Hidden features of the block's MLP (fc1's outputs, fc2's inputs).
         pub h: u32,
         /// Hidden features padded to the tile width (the row stride of `W1^T` and `b1`).
@@ -83,6 +85,12 @@ kernel_params! {
         pub ca2: f32,
         /// Its residual coefficient of its output.
         pub cb2: f32,
+        /// 1: then the next layer, `LN(y) Wq^T + bq`, into its own output.
+        pub next: u32,
+        /// Output features of the next layer.
+        pub q: u32,
+        /// Those padded to the tile width (the row stride of `Wq^T`).
+        pub q_pad: u32,
     }
 }
 

@@ -109,8 +109,8 @@ pub struct ProgramBuilder {
     steps: Vec<StepDecl>,
     /// Constants are sized, not stored ([`ProgramBuilder::sizes_only`]).
     sizes_only: bool,
-    /// The one [`Storage::Sink`] tensor, once something asked for it.
-    sink: Option<TensorId>,
+    /// The [`Storage::Sink`] tensors, once something asked for them.
+    sinks: Vec<TensorId>,
 }
 
 /// One dispatch, ready to record.
@@ -201,7 +201,7 @@ impl ProgramBuilder {
             tensors: Vec::new(),
             steps: Vec::new(),
             sizes_only: false,
-            sink: None,
+            sinks: Vec::new(),
         }
     }
 
@@ -325,17 +325,22 @@ impl ProgramBuilder {
     /// buffer range in a dispatch, and a buffer both read and written by it. Plan figures do not
     /// count it.
     pub fn unwritten(&mut self) -> TensorId {
-        if let Some(t) = self.sink {
-            return t;
-        }
-        let t = self.push("unwritten output".into(), 16, Storage::Sink);
-        self.sink = Some(t);
-        t
+        self.unwritten_nth(0)
     }
 
-    /// Whether `t` is the [`ProgramBuilder::unwritten`] stand-in.
+    /// The `i`-th such stand-in, for a dispatch that leaves several writable bindings
+    /// unwritten (each needs a buffer of its own, for the same reason).
+    pub fn unwritten_nth(&mut self, i: usize) -> TensorId {
+        while self.sinks.len() <= i {
+            let t = self.push("unwritten output".into(), 16, Storage::Sink);
+            self.sinks.push(t);
+        }
+        self.sinks[i]
+    }
+
+    /// Whether `t` is an [`ProgramBuilder::unwritten`] stand-in.
     pub fn is_unwritten(&self, t: TensorId) -> bool {
-        self.sink == Some(t)
+        self.sinks.contains(&t)
     }
 
     /// Keep an activation alive to the end of the program (outputs read after it, traces).

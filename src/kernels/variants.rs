@@ -82,9 +82,9 @@ pub enum Variant {
     Vec4,
     /// MLP only: fc1, GELU and fc2 in one kernel, the hidden activations kept on chip, the
     /// LayerNorm's statistics measured in it and the attention's projection in front of it
-    /// where no merge comes between, and SReT's Non_proj MLP after it on the same rows
-    /// (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of workgroup memory, 6 storage buffers
-    /// and rows of at most 256 columns, else linear layers). Every family fuses: `Variants::all` keeps it.
+    /// where no merge comes between, SReT's Non_proj MLP after it on the same rows and the next
+    /// block's `qkv` last (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of workgroup memory,
+    /// 8 storage buffers and rows of at most 256 columns, else linear layers). Every family fuses: `Variants::all` keeps it.
     Fused,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
     Portable,

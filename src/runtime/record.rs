@@ -8,13 +8,13 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
-use crate::kernels::linear::{self, Epilogue, LinearWeights};
+use crate::kernels::linear::{self, LinearWeights};
 use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
-use crate::kernels::mlp::{self, Mlp, MlpWeights, Projection};
-use crate::kernels::norm::{self, RowStats};
+use crate::kernels::mlp::{self, Mlp, MlpWeights, NextLayer, Projection};
+use crate::kernels::norm::RowStats;
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
 use crate::model::config::{Arch, ModelConfig};
-use crate::model::weights::{Conv, LayerNorm, ModelWeights};
+use crate::model::weights::{BlockWeights, Conv, LayerNorm, ModelWeights};
 use crate::tome::Split;
 
 mod sret;
@@ -76,23 +76,48 @@ fn up_conv(b: &mut ProgramBuilder, name: &str, c: &Conv) -> Uploaded {
 }
 
 /// A shared block's weights; its LayerNorms are folded into the linear layers that consume them
-/// (`qkv`, `fc1`), which normalise their input rows as they load them. The projection is
-/// uploaded when first recorded, as a linear layer, as the fused MLP reads it, or both
-/// (a schedule may merge after some executions of a shared block and not others).
+/// (`qkv`, `fc1`), which normalise their input rows as they load them. `qkv` and the projection
+/// are uploaded when first recorded, as linear layers, as the fused MLP reads them, or both (the
+/// first execution of a stage runs `qkv` as a linear layer, the others in the MLP before them; a
+/// schedule may merge after some executions of a shared block and not others).
 struct BlockTensors<'w> {
-    qkv: LinearWeights,
     mlp: MlpWeights,
     name: String,
-    proj_host: &'w crate::model::weights::Linear,
+    host: &'w BlockWeights,
+    qkv: OnceCell<LinearWeights>,
+    qkv_packed: OnceCell<TensorId>,
     proj: OnceCell<LinearWeights>,
     proj_packed: OnceCell<TensorId>,
 }
 
 impl BlockTensors<'_> {
+    /// `qkv` as a linear layer.
+    fn qkv(&self, b: &mut ProgramBuilder) -> &LinearWeights {
+        self.qkv.get_or_init(|| {
+            let name = format!("{}.qkv", self.name);
+            up_normalized(b, &name, &self.host.qkv, &self.host.norm1)
+        })
+    }
+
+    /// `qkv` for the MLP half before this block to run last (packed for the fused MLP where
+    /// `dim`-wide rows take it).
+    fn qkv_next(&self, b: &mut ProgramBuilder, dim: usize) -> NextLayer<'_> {
+        let packed = mlp::fused(b, dim).then(|| {
+            *self.qkv_packed.get_or_init(|| {
+                let folded = linear::fold_layer_norm(&self.host.qkv, &self.host.norm1);
+                mlp::upload_packed(b, &format!("{}.qkv", self.name), &folded)
+            })
+        });
+        NextLayer {
+            weights: self.qkv(b),
+            packed,
+        }
+    }
+
     /// The projection as a linear layer.
     fn proj(&self, b: &mut ProgramBuilder) -> &LinearWeights {
         self.proj
-            .get_or_init(|| linear::upload(b, &format!("{}.proj", self.name), self.proj_host))
+            .get_or_init(|| linear::upload(b, &format!("{}.proj", self.name), &self.host.proj))
     }
 
     /// The attention half's projection and residual `x = ca * x + cb * proj(att)`, for the MLP
@@ -107,7 +132,7 @@ impl BlockTensors<'_> {
     ) -> Projection<'_> {
         let packed = mlp::fused(b, dim).then(|| {
             *self.proj_packed.get_or_init(|| {
-                mlp::upload_projection(b, &format!("{}.proj", self.name), self.proj_host)
+                mlp::upload_packed(b, &format!("{}.proj", self.name), &self.host.proj)
             })
         });
         Projection {
@@ -141,26 +166,12 @@ fn up_mlp(
     mlp::upload(b, name, &linear::fold_layer_norm(fc1, ln), fc2)
 }
 
-/// The LayerNorm statistics of `x`'s rows: `known` where the kernel that wrote `x` left them
-/// beside it, else measured by an `ln_stats` dispatch.
-fn row_stats(
-    b: &mut ProgramBuilder,
-    family: Family,
-    rows: usize,
-    dim: usize,
-    x: TensorId,
-    known: Option<RowStats>,
-    label: &str,
-) -> RowStats {
-    known.unwrap_or_else(|| norm::ln_stats(b, family, rows, dim, x, label))
-}
-
 /// `x = ca * x + cb * fc2(gelu(fc1(LN(x))))`, the MLP half of both block kinds, with the
 /// LayerNorm folded into `fc1` (the fused MLP measures each row's statistics, the unfused one
 /// takes `x_stats` or measures them), after the attention half's projection `proj` where that
 /// was left to it, then `then` on the same rows where given (SReT's Non_proj MLP; in the same
-/// dispatch where fused). Returns the new `x`'s statistics when `stats_after` (the next
-/// LayerNorm's, where a linear layer applies it).
+/// dispatch where fused), then `next` (the next block's `qkv`, likewise). Returns `next`'s
+/// output.
 #[allow(clippy::too_many_arguments)]
 fn record_mlp(
     b: &mut ProgramBuilder,
@@ -170,12 +181,12 @@ fn record_mlp(
     proj: Option<Projection>,
     mlp: &Mlp,
     then: Option<&Mlp>,
-    stats_after: bool,
+    next: Option<NextLayer>,
     label: &str,
-) -> Option<RowStats> {
+) -> Option<TensorId> {
     let out = format!("{label} mlp out");
     let norm = (x_stats, LN_EPS);
-    mlp::record(b, rows, mlp, then, norm, proj, stats_after, x, &out)
+    mlp::record(b, rows, mlp, then, norm, proj, next, false, x, &out).next
 }
 
 /// Whether the MLP half of `dim`-wide rows takes its LayerNorm's statistics from the kernel
@@ -186,7 +197,8 @@ fn mlp_takes_stats(b: &ProgramBuilder, dim: usize) -> bool {
 
 /// `attention(qkv(LN(x)))`, the attention half of every block (sliced, permuted and
 /// proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into `qkv`
-/// (statistics `x_stats`, or measured), then `x = ca * x + cb * proj(attention)`: recorded here
+/// (statistics `x_stats`, or measured; or `qkv` as `ready` where the MLP before computed it; a
+/// stage's first `qkv` is recorded as the fused MLP's next layer, in the MLP's family), then `x = ca * x + cb * proj(attention)`: recorded here
 /// (in the attention's family) when a merge comes before the MLP (`mlp_next` false), else
 /// returned for the MLP half to record in front of its own work (in one dispatch with the fused
 /// MLP; in the MLP's family either way, so that the MLP kind's time covers the same work fused
@@ -200,6 +212,7 @@ fn record_attention_half<'b>(
     coef: [f32; 4],
     x: TensorId,
     x_stats: Option<RowStats>,
+    ready: Option<TensorId>,
     perm: Option<TensorId>,
     mass: Option<TensorId>,
     mlp_next: bool,
@@ -208,10 +221,10 @@ fn record_attention_half<'b>(
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
     let fam = Family::Attention;
-    let stats = row_stats(b, fam, rows, dim, x, x_stats, &format!("{label} attn in"));
-    let qkv = b.activation(format!("{label} qkv"), rows * 3 * dim);
-    let bias = Epilogue::Bias;
-    linear::record_normalized(b, fam, rows, &blk.qkv, bias, x, stats, LN_EPS, qkv);
+    let qkv = ready.unwrap_or_else(|| {
+        let next = blk.qkv_next(b, dim);
+        mlp::record_next(b, rows, next, (x_stats, LN_EPS), x, &format!("{label} qkv"))
+    });
     let att = b.activation(format!("{label} attn"), rows * dim);
     attention::record(b, shape, qkv, perm, mass, att);
     let coef = (coef[0], coef[1]);
@@ -235,6 +248,8 @@ pub(super) struct StageTokens {
     pub map: TensorId,
     /// The LayerNorm statistics of `x`'s rows, where the kernel that wrote `x` left them.
     pub stats: Option<RowStats>,
+    /// `x`'s `qkv` for the next block, where the kernel that wrote `x` computed it.
+    pub qkv: Option<TensorId>,
     stage: usize,
     batch: usize,
     dim: usize,
@@ -276,6 +291,7 @@ impl StageTokens {
             merged: false,
             map,
             stats: None,
+            qkv: None,
             stage,
             batch: spec.batch,
             dim,
@@ -389,16 +405,13 @@ fn record_pool(
 
 /// Uploads a block's weights (LayerNorms folded into `qkv` and `fc1`; the projection when
 /// first recorded).
-fn up_block<'w>(
-    b: &mut ProgramBuilder,
-    p: &str,
-    bw: &'w crate::model::weights::BlockWeights,
-) -> BlockTensors<'w> {
+fn up_block<'w>(b: &mut ProgramBuilder, p: &str, bw: &'w BlockWeights) -> BlockTensors<'w> {
     BlockTensors {
-        qkv: up_normalized(b, &format!("{p}.qkv"), &bw.qkv, &bw.norm1),
         mlp: up_mlp(b, &format!("{p}.mlp"), &bw.norm2, &bw.fc1, &bw.fc2),
         name: p.to_string(),
-        proj_host: &bw.proj,
+        host: bw,
+        qkv: OnceCell::new(),
+        qkv_packed: OnceCell::new(),
         proj: OnceCell::new(),
         proj_packed: OnceCell::new(),
     }

@@ -222,21 +222,22 @@ fn execution(
         heads: sc.heads,
         groups: sc.groups_of(exec),
     };
-    // Each residual layer leaves the statistics of the rows it stores for the linear layer that
-    // applies the LayerNorm after it, unless a merge rewrites those rows first or no block
-    // follows in the stage (the fused MLP measures its own). Without a merge the projection
-    // is left to the MLP half.
+    // The MLP half before this execution computed its `qkv` (the stage's first reads the
+    // statistics its input's writer left, or measures them). Without a merge the projection is
+    // left to the MLP half.
     let mlp_next = !seq.merges_at(spec, exec);
     let stats = seq.stats.take();
+    let ready = seq.qkv.take();
     let (qkv, proj) = record_attention_half(
-        b, shape, blk, coef, seq.x, stats, perm, seq.mass, mlp_next, &label,
+        b, shape, blk, coef, seq.x, stats, ready, perm, seq.mass, mlp_next, &label,
     );
     // Token merging between attention and MLP.
     seq.merge(b, spec, trace, exec, qkv, &label);
     let x = seq.x;
     let rows = bt * seq.n;
     let stats = seq.stats.take();
-    // The block's MLP, then the loop's own Non_proj MLP on the same rows.
+    // The block's MLP, then the loop's own Non_proj MLP on the same rows, then the next
+    // execution's qkv.
     let np = &sw.non_projs[exec];
     let np_label = format!("{label}.np");
     let block_mlp = Mlp {
@@ -247,7 +248,8 @@ fn execution(
         weights: up_mlp(b, &np_label, &np.norm1, &np.fc1, &np.fc2),
         coef: (np.coef[0], np.coef[1]),
     };
-    seq.stats = record_mlp(
+    let next = (exec + 1 < sc.depth).then(|| blocks[sc.block_of(exec + 1)].qkv_next(b, dim));
+    seq.qkv = record_mlp(
         b,
         rows,
         x,
@@ -255,7 +257,7 @@ fn execution(
         proj,
         &block_mlp,
         Some(&non_proj),
-        exec + 1 < sc.depth,
+        next,
         &label,
     );
 }

@@ -242,18 +242,19 @@ fn blocks(
         };
         // ToMe's MAE patch leaves the attention unweighted (sizes still weight merging).
         let mass = seq.mass.filter(|_| v.prop_attn);
-        // Each residual layer leaves the statistics of the rows it stores for the linear layer
-        // that applies the LayerNorm after it, unless a merge rewrites those rows first or no
-        // block follows in the stage (the fused MLP measures its own). Without a merge the
-        // projection is left to the MLP half.
+        // The MLP half before this block computed its `qkv` (the first reads the statistics
+        // its input's writer left, or measures them). Without a merge the projection is left
+        // to the MLP half.
         let mlp_next = !seq.merges_at(spec, exec);
         let stats = seq.stats.take();
+        let ready = seq.qkv.take();
         let (qkv, proj) = record_attention_half(
-            b, shape, blk, [1.0; 4], seq.x, stats, None, mass, mlp_next, &label,
+            b, shape, blk, [1.0; 4], seq.x, stats, ready, None, mass, mlp_next, &label,
         );
         seq.merge(b, spec, trace, exec, qkv, &label);
         let stats = seq.stats.take();
-        seq.stats = record_mlp(
+        let next = blocks.get(exec + 1).map(|n| n.qkv_next(b, dim));
+        seq.qkv = record_mlp(
             b,
             bt * seq.n,
             seq.x,
@@ -264,7 +265,7 @@ fn blocks(
                 coef: (1.0, 1.0),
             },
             None,
-            exec + 1 < blocks.len(),
+            next,
             &label,
         );
     }
