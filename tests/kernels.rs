@@ -519,6 +519,34 @@ fn layer_norm_then_linear(
     cpu::linear(&cpu::layer_norm(x, m, &plain, 1e-6), m, &stored)
 }
 
+/// `m` random rows `k` wide whose means are far from zero (a few units apart, so a one-pass
+/// variance would cancel), a LayerNorm over them and a `k -> n` linear layer after it.
+fn ln_linear_case(seed: u64, m: usize, k: usize, n: usize) -> (Vec<f32>, LayerNorm, Linear) {
+    let x: Vec<f32> = random(seed, m * k, 2.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 3.0 * ((i / k) % 5) as f32 - 4.0)
+        .collect();
+    let (ln, lin) = ln_and_linear(seed + 1, k, n, 0.1);
+    (x, ln, lin)
+}
+
+/// A random LayerNorm over `k` columns and a `k -> n` linear layer (biases up to `bias`),
+/// from seeds `seed..seed + 4`.
+fn ln_and_linear(seed: u64, k: usize, n: usize, bias: f32) -> (LayerNorm, Linear) {
+    let ln = LayerNorm {
+        weight: random(seed, k, 1.0),
+        bias: random(seed + 1, k, 0.5),
+    };
+    let lin = Linear {
+        weight: random(seed + 2, n * k, (3.0 / k as f32).sqrt()),
+        bias: random(seed + 3, n, bias),
+        out_features: n,
+        in_features: k,
+    };
+    (ln, lin)
+}
+
 /// LayerNorm folded into the linear layer after it (`ln_stats` + a linear that normalises rows
 /// as it loads them, gamma and beta in its weights) against LayerNorm then Linear on the CPU,
 /// for rows whose mean is far from zero, both kernels and two epilogues.
@@ -531,21 +559,7 @@ fn layer_norm_folded_into_linear_matches_cpu() {
         (72, 66, 128, 460),
         (73, 90, 48, 136),
     ] {
-        let x: Vec<f32> = random(seed, m * k, 2.0)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v + 3.0 * ((i / k) % 5) as f32 - 4.0)
-            .collect();
-        let ln = LayerNorm {
-            weight: random(seed + 1, k, 1.0),
-            bias: random(seed + 2, k, 0.5),
-        };
-        let lin = Linear {
-            weight: random(seed + 3, n * k, (3.0 / k as f32).sqrt()),
-            bias: random(seed + 4, n, 0.1),
-            out_features: n,
-            in_features: k,
-        };
+        let (x, ln, lin) = ln_linear_case(seed, m, k, n);
         for f16 in precisions() {
             let x = rounded(&x, f16);
             let folded = linear::fold_layer_norm(&lin, &ln);
@@ -624,16 +638,7 @@ fn linear_row_statistics_match_cpu() {
                 .collect();
             let y0 = rounded(&y0, f16);
             let (ca, cb) = (0.9f32, 1.1f32);
-            let ln = LayerNorm {
-                weight: random(seed + 4, n, 1.0),
-                bias: random(seed + 5, n, 0.5),
-            };
-            let lin2 = Linear {
-                weight: random(seed + 6, n2 * n, (3.0 / n as f32).sqrt()),
-                bias: random(seed + 7, n2, 0.1),
-                out_features: n2,
-                in_features: n,
-            };
+            let (ln, lin2) = ln_and_linear(seed + 4, n, n2, 0.1);
             let folded = linear::fold_layer_norm(&lin2, &ln);
             // The rows as stored, then LayerNorm and the second layer.
             let base = cpu::linear(&x, m, &lin);
@@ -754,16 +759,7 @@ fn mlp_matches_cpu() {
         let (pa, pb) = (0.8f32, 1.2f32);
         // The next layer, LN(rows) Wq^T + bq, with the LayerNorm folded in.
         let next = next_width.map(|q| {
-            let ln = LayerNorm {
-                weight: random(seed + 30, dim, 1.0),
-                bias: random(seed + 31, dim, 0.5),
-            };
-            let lin = Linear {
-                weight: random(seed + 32, q * dim, (3.0 / dim as f32).sqrt()),
-                bias: random(seed + 33, q, 0.2),
-                out_features: q,
-                in_features: dim,
-            };
+            let (ln, lin) = ln_and_linear(seed + 30, dim, q, 0.2);
             let folded = linear::fold_layer_norm(&lin, &ln);
             (ln, lin, folded)
         });
@@ -921,21 +917,7 @@ fn next_layer_matches_cpu() {
         (122, 50, 60, 180),
         (123, 1, 18, 54),
     ] {
-        let y0: Vec<f32> = random(seed, m * dim, 2.0)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v + 3.0 * ((i / dim) % 5) as f32 - 4.0)
-            .collect();
-        let ln = LayerNorm {
-            weight: random(seed + 1, dim, 1.0),
-            bias: random(seed + 2, dim, 0.5),
-        };
-        let lin = Linear {
-            weight: random(seed + 3, q * dim, (3.0 / dim as f32).sqrt()),
-            bias: random(seed + 4, q, 0.2),
-            out_features: q,
-            in_features: dim,
-        };
+        let (y0, ln, lin) = ln_linear_case(seed, m, dim, q);
         let folded = linear::fold_layer_norm(&lin, &ln);
         for f16 in precisions() {
             let y0 = rounded(&y0, f16);

@@ -244,12 +244,6 @@ pub fn record(
     let (chain_w, h2, (ca2, cb2)) = chained.unwrap_or((tensor, 0, (0.0, 0.0)));
     let (next_w, q) = fused_next.unwrap_or((tensor, 0));
     let params = MlpParams {
-        m: m as u32,
-        k: dim as u32,
-        n: dim as u32,
-        n_pad: padded(dim) as u32,
-        norm: 1,
-        eps,
         stats_out: stats_out.is_some() as u32,
         proj: proj.is_some() as u32,
         pa: proj.map_or(0.0, |p| p.coef.0),
@@ -267,6 +261,7 @@ pub fn record(
         next: next_out.is_some() as u32,
         q: q as u32,
         q_pad: padded(q) as u32,
+        ..rows_params(m, dim, eps)
     };
     // Bindings a dispatch does not use read the first MLP's weights (never touched), or are
     // written to stand-ins of their own.
@@ -326,16 +321,10 @@ pub fn record_next(
     let q = next.weights.out_features;
     let out = b.activation(format!("{label} next"), m * q);
     let params = MlpParams {
-        m: m as u32,
-        k: dim as u32,
-        n: dim as u32,
-        n_pad: padded(dim) as u32,
-        norm: 1,
-        eps: norm.1,
         next: 1,
         q: q as u32,
         q_pad: padded(q) as u32,
-        ..MlpParams::default()
+        ..rows_params(m, dim, norm.1)
     };
     let sink = b.unwritten();
     let tensors = [packed, packed, y, packed, packed, sink, packed, out];
@@ -343,6 +332,20 @@ pub fn record_next(
     let key = KernelKey::plain(Kernel::MlpFused);
     b.dispatch(Family::Mlp, key, &params, &tensors, grid);
     out
+}
+
+/// The parameters of a fused dispatch over `m` rows `dim` wide, each LayerNorm with `eps`, with
+/// nothing to run yet.
+fn rows_params(m: usize, dim: usize, eps: f32) -> MlpParams {
+    MlpParams {
+        m: m as u32,
+        k: dim as u32,
+        n: dim as u32,
+        n_pad: padded(dim) as u32,
+        norm: 1,
+        eps,
+        ..MlpParams::default()
+    }
 }
 
 /// `next` (when given) as a linear layer in the MLP's family after the rows' writer left their
