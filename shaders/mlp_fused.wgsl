@@ -6,11 +6,12 @@
 //   y = ca * y + cb * (gelu(LN(y) W1^T + b1) W2^T + b2)  (in place; fc1 normalises as it loads)
 //   y = ca2 * y + cb2 * (the same with the second MLP's weights and hidden width h2) (`chain`)
 //   next_out = LN(y) Wq^T + bq                           (`next`: q output columns)
-// (without `mlp`, only the last: a LayerNorm-folded linear layer that measures its statistics).
-// for y [m, n] (fc1 reads n = k columns). Each MLP's weights are one tensor, W1^T [k, h_pad]
-// and W2^T [h, n_pad] as linear.wgsl's, each followed by its bias as one more row:
+// for y [m, n] (fc1 reads n = k columns); without `mlp`, only the last (a LayerNorm-folded
+// linear layer that measures its rows' statistics). Each MLP's weights are one tensor, W1^T
+// [k, h_pad] and W2^T [h, n_pad] as linear.wgsl's, each followed by its bias as one more row:
 // [W1^T; b1; W2^T; b2] (src/kernels/mlp.rs: upload); `wp` is Wp^T [k, n_pad] with bp as its
-// row k, `wq` Wq^T [k, q_pad] with bq as its row k. The residuals are linear.wgsl's epilogue mode 2 (shaders/lib/linear_epilogue.wgsl).
+// row k, `wq` Wq^T [k, q_pad] with bq as its row k. The residuals are linear.wgsl's epilogue
+// mode 2 (shaders/lib/linear_epilogue.wgsl).
 // The LayerNorm statistics of the rows are measured here (`norm`), and the statistics of the
 // rows stored are written with `stats_out` (one part per row, the whole row, as this workgroup
 // stores every column of its rows).
@@ -24,9 +25,10 @@
 // 4 columns), applies bias and GELU into workgroup memory, and each invocation adds the chunk's
 // contribution to its row's 16 output columns in registers. The rows are read from y again per
 // chunk (from cache); y is written after every invocation's last read of it (and, with `proj`
-// or before the chained MLP or the next layer, before the next read, behind a storage barrier): a workgroup reads
-// and writes only its own rows, so one read-write binding serves as input and output. Columns
-// n <= 256 (N_MAX); 8.2 KiB of workgroup memory. No subgroup operations.
+// or before the chained MLP or the next layer, before the next read, behind a storage
+// barrier): a workgroup reads and writes only its own rows, so one read-write binding serves as
+// input and output. Columns n <= 256 (N_MAX); 8.2 KiB of workgroup memory. No subgroup
+// operations.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs). Workgroup
 // memory and arithmetic are f32.

@@ -209,23 +209,15 @@ pub fn record(
         }
     };
     // A projection not packed for the fused kernel runs as a linear layer before it.
-    let proj = proj.filter(|p| {
-        p.packed.is_some() || {
+    let proj = match proj {
+        Some(p) if p.packed.is_none() => {
             let label = format!("{label} proj");
-            linear::record_residual(
-                b,
-                Family::Mlp,
-                m,
-                p.weights,
-                p.coef,
-                p.attn,
-                y,
-                false,
-                &label,
-            );
-            false
+            let fam = Family::Mlp;
+            linear::record_residual(b, fam, m, p.weights, p.coef, p.attn, y, false, &label);
+            None
         }
-    });
+        proj => proj,
+    };
     let chained = then.and_then(|t| match t.weights {
         MlpWeights::Packed { tensor, hidden, .. } => Some((tensor, hidden, t.coef)),
         MlpWeights::Linear { .. } => None,

@@ -84,7 +84,8 @@ pub enum Variant {
     /// LayerNorm's statistics measured in it and the attention's projection in front of it
     /// where no merge comes between, SReT's Non_proj MLP after it on the same rows and the next
     /// block's `qkv` last (`mlp_fused.wgsl`; needs 256 invocations, 9.1 KiB of workgroup memory,
-    /// 8 storage buffers and rows of at most 256 columns, else linear layers). Every family fuses: `Variants::all` keeps it.
+    /// 8 storage buffers and rows of at most 256 columns, else linear layers). Every family
+    /// fuses: `Variants::all` keeps it.
     Fused,
     /// Register tiles without subgroups or shared memory: runs on every adapter.
     Portable,

@@ -198,12 +198,12 @@ fn mlp_takes_stats(b: &ProgramBuilder, dim: usize) -> bool {
 /// `attention(qkv(LN(x)))`, the attention half of every block (sliced, permuted and
 /// proportional as `shape`, `perm` and `mass` say), with the LayerNorm folded into `qkv`
 /// (statistics `x_stats`, or measured; or `qkv` as `ready` where the MLP before computed it; a
-/// stage's first `qkv` is recorded as the fused MLP's next layer, in the MLP's family), then `x = ca * x + cb * proj(attention)`: recorded here
-/// (in the attention's family) when a merge comes before the MLP (`mlp_next` false), else
-/// returned for the MLP half to record in front of its own work (in one dispatch with the fused
-/// MLP; in the MLP's family either way, so that the MLP kind's time covers the same work fused
-/// or not). Returns `qkv`, whose keys the matching reads, the new `x`'s statistics where
-/// recorded here (none: a merge rewrites the rows) and the projection left to do.
+/// stage's first `qkv` is recorded as the fused MLP's next layer alone, in the MLP's family),
+/// then `x = ca * x + cb * proj(attention)`: recorded here (in the attention's family) when a
+/// merge comes before the MLP (`mlp_next` false), else returned for the MLP half to record in
+/// front of its own work (in one dispatch with the fused MLP; in the MLP's family either way, so
+/// that the MLP kind's time covers the same work fused or not). Returns `qkv`, whose keys the
+/// matching reads, and the projection left to do.
 #[allow(clippy::too_many_arguments)]
 fn record_attention_half<'b>(
     b: &mut ProgramBuilder,
