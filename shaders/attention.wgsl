@@ -17,6 +17,10 @@ struct Params {
     // bit 0: read tokens through perm; bit 1: add log(mass[key]) to the scores.
     flags: u32,
     scale: f32,
+    // The subgroup attention's matching (attention_sg.wgsl); unused here.
+    lead: u32,
+    a_odd: u32,
+    attention_wgs: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -1096,28 +1096,95 @@ fn check_attention_in(
         permuted.then_some(&perm[..]),
         &mass,
     );
-    for sg in sg_variants() {
-        let got = run(|b| {
-            b.set_subgroup_width(sg);
-            b.set_f16(f16);
-            let q = b.weights("qkv", &qkv);
-            let p = permuted.then(|| b.constant("perm", &perm));
-            let m = with_mass.then(|| b.constant("mass", &mass)); // f32 whatever the precision
-            let out = b.activation("out", batch * n * dim);
-            let shape = AttentionShape {
-                batch,
-                n,
-                dim,
-                heads,
-                groups,
+    // A merge after the attention: its matching on the same keys, against the CPU twin per
+    // image (the sets vary with the seed: lead tokens, A parity).
+    let hd = dim / heads;
+    let split = Split {
+        lead: (seed % 2) as usize,
+        a_odd: seed.is_multiple_of(3),
+        sorted: false,
+    };
+    let merge_shape = merge::MergeShape {
+        batch,
+        n,
+        r: 1,
+        c: dim,
+        dim,
+        heads,
+        n_grid: n - split.lead,
+        split,
+    };
+    let keys = cpu::head_mean_keys(&qkv, batch, n, dim, heads);
+    let matchings: Vec<cpu::Matching> = keys
+        .chunks_exact(n * hd)
+        .map(|k| cpu::bipartite_matching_split(k, n, hd, split))
+        .collect();
+    let want_row_max: Vec<f32> = matchings.iter().flat_map(|m| m.row_max.clone()).collect();
+    let want_dst: Vec<u32> = matchings.iter().flat_map(|m| m.dst.clone()).collect();
+    // Every attention variant, alone and with each matcher the plan may prefer: the subgroup
+    // matcher rides in the subgroup attention's dispatch.
+    let mut variants = vec![(None, Variant::Portable), (None, Variant::Vec4)];
+    variants.extend(
+        sg_variants()
+            .into_iter()
+            .flatten()
+            .map(|w| (Some(w), Variant::Subgroup)),
+    );
+    for (sg, variant) in variants {
+        let matchers = [None, Some(Variant::Portable)]
+            .into_iter()
+            .chain(sg.map(|_| Some(Variant::Subgroup)));
+        for matcher in matchers {
+            let mut dispatches = 0;
+            let got = run(|b| {
+                b.set_subgroup_width(sg);
+                b.set_f16(f16);
+                b.set_variants(Variants {
+                    attention: variant,
+                    matching: matcher.unwrap_or(Variant::Portable),
+                    ..Variants::default()
+                });
+                let q = b.weights("qkv", &qkv);
+                let p = permuted.then(|| b.constant("perm", &perm));
+                let m = with_mass.then(|| b.constant("mass", &mass)); // f32 whatever the precision
+                let out = b.activation("out", batch * n * dim);
+                let shape = AttentionShape {
+                    batch,
+                    n,
+                    dim,
+                    heads,
+                    groups,
+                };
+                let matching = matcher.map(|_| (merge_shape, "m"));
+                let matched = attention::record(b, shape, q, p, m, out, matching);
+                dispatches = b.dispatch_count();
+                let mut outs = vec![out];
+                if let Some(m) = matched {
+                    outs.extend([m.row_max, m.dst]);
+                }
+                outs
+            });
+            let what = format!("attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} {variant:?} subgroup width {sg:?} matcher {matcher:?} f16 {f16}");
+            let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
+            expect(err <= tol(f16), || {
+                format!("{what}: {err} (tolerance {:e})", tol(f16))
+            });
+            let Some(matcher) = matcher else {
+                assert_eq!(dispatches, 1, "{what}");
+                assert_eq!(got.len(), 1, "{what}: matched without a merge");
+                continue;
             };
-            attention::record(b, shape, q, p, m, out);
-            vec![out]
-        });
-        let err = max_rel_err(&decode(&got[0], f16, want.len()), &want);
-        expect(err <= tol(f16), || {
-            format!("{} (tolerance {:e})", format_args!("attention n{n} d{dim} h{heads} g{groups} perm {permuted} mass {with_mass} subgroup width {sg:?} f16 {f16}: {err}"), tol(f16))
-        });
+            // In the attention's dispatch where both run at one subgroup width.
+            let attention_sg = sg.filter(|_| variant == Variant::Subgroup && hd == 32);
+            let matcher_sg = sg.filter(|_| matcher == Variant::Subgroup && hd == 32);
+            let fused = attention_sg.is_some() && attention_sg == matcher_sg;
+            assert_eq!(dispatches, if fused { 1 } else { 2 }, "{what}");
+            let err = max_rel_err(&as_f32(&got[1]), &want_row_max);
+            expect(err <= tol(f16), || {
+                format!("{what}: row max {err} (tolerance {:e})", tol(f16))
+            });
+            assert_eq!(got[2], want_dst, "{what}: dst");
+        }
     }
 }
 
@@ -1132,6 +1199,9 @@ fn attention_matches_cpu() {
     check_attention(45, 1, 196, 128, 4, 4, false, false);
     // SReT-S head size 42, odd token count in one group.
     check_attention(43, 3, 15, 126, 3, 1, true, true);
+    // Many heads of 32 over a long sequence: the subgroup matcher in the attention's dispatch
+    // past hundreds of attention workgroups.
+    check_attention(46, 2, 577, 512, 16, 1, false, true);
 }
 
 /// One merge on the GPU (metric, matching, ranking, slots, weighted merge, map update) against
@@ -1248,7 +1318,7 @@ fn check_merges_in(
             };
             // The first merge keeps its slot map (as a trace does), the second hands on the
             // merged rows' LayerNorm statistics in its place.
-            let a = merge::record_merge(b, shape, q1, x, None, map, true, true, true, "m1");
+            let a = merge::record_merge(b, shape, q1, None, x, None, map, true, true, true, "m1");
             let slot = a.slot.expect("a slot map where asked for");
             b.pin(a.x);
             b.pin(a.mass);
@@ -1258,10 +1328,14 @@ fn check_merges_in(
                 r: r2,
                 ..shape
             };
+            // The second merge takes a matching recorded before it (as the attention hands
+            // on the one it ran).
+            let matched = merge::record_match(b, shape, q2, "m2");
             let c = merge::record_merge(
                 b,
                 shape,
                 q2,
+                Some(matched),
                 a.x,
                 Some(a.mass),
                 map,
@@ -1367,6 +1441,9 @@ fn merges_with_lead_tokens_match_cpu() {
     // PiT-Distill: lead tokens split off, rank order, 32-channel heads (subgroup matcher).
     check_merges(55, 3, 51, 64, 2, 24, 5, split(2, false, false));
     check_merges(56, 1, 30, 64, 2, 3, 3, split(1, true, false));
+    // ViT-L/16 at 384 pixels: 16 heads of 64 over 577 tokens (the portable matcher with its
+    // 32-token chunks; smaller chunks made Mesa 22's lavapipe leave lanes unwritten here).
+    check_merges(57, 2, 577, 1024, 16, 100, 100, split(1, true, true));
 }
 
 /// Token copies as the baselines use them (shared lead tokens put in front of every image's

@@ -88,8 +88,14 @@ const LINEAR_LIBS: &[&str] = &[
 /// The weighted merge of one token, shared by the unfused and the fused merge.
 const MERGE_LIBS: &[&str] = &[include_str!("../../shaders/lib/tome_merge_into.wgsl")];
 
-/// A token's matching metric, shared by the metric kernel and the portable matcher.
-const METRIC_LIBS: &[&str] = &[include_str!("../../shaders/lib/tome_metric_of.wgsl")];
+/// A token's matching metric.
+const METRIC_OF: &str = include_str!("../../shaders/lib/tome_metric_of.wgsl");
+
+/// The metric kernel's and both matchers': the metric, reading `qkv` as `array<elem>`.
+const METRIC_LIBS: &[&str] = &[METRIC_OF, include_str!("../../shaders/lib/qkv_scalar.wgsl")];
+/// The subgroup attention's: the metric for the subgroup matcher generated into its text,
+/// reading `qkv` as `array<vec4<elem>>`.
+const ATTENTION_SG_LIBS: &[&str] = &[METRIC_OF, include_str!("../../shaders/lib/qkv_vec4.wgsl")];
 
 /// Everything an entry declares besides its name.
 struct Entry {
@@ -303,7 +309,7 @@ catalogue! {
     /// The fused attention sharing keys through subgroup broadcasts.
     AttentionSg = "attention_sg" {
         text: Text::Generated(|_| generate::attention_sg()),
-        libs: &[],
+        libs: ATTENTION_SG_LIBS,
         params: AttentionParams,
         kind: Some((KernelKind::Attention, Variant::Subgroup)),
         needs: Needs::SUBGROUPS,

@@ -105,29 +105,42 @@ fn match_params(s: &MergeShape) -> TomeMatchParams {
     }
 }
 
-/// Record matching step 1 on the keys in `qkv`, one dispatch that computes the metric (the keys
-/// averaged over heads, L2-normalised) on chip: the subgroup matcher where the plan prefers it
-/// and the heads have 32 channels, else the portable one. Also what the first-build kernel
-/// check runs, at the model's shapes.
+/// The subgroup width of the matcher the plan prefers for heads of `head_dim` channels: the
+/// subgroup matcher's where the plan prefers it and the heads have 32 channels, else `None`
+/// (the portable matcher).
+pub fn match_subgroup(b: &ProgramBuilder, head_dim: usize) -> Option<u32> {
+    b.subgroup_for(KernelKind::Matching)
+        .filter(|_| head_dim == 32)
+}
+
+/// The buffers matching over `s` writes.
+pub fn matched_outputs(b: &mut ProgramBuilder, s: &MergeShape, label: &str) -> Matched {
+    let na = s.split.na(s.n);
+    Matched {
+        row_max: b.activation_words(format!("{label} row max"), s.batch * na),
+        dst: b.activation_words(format!("{label} dst"), s.batch * na),
+    }
+}
+
+/// Record matching step 1 on the keys in `qkv` as a dispatch of its own (the attention runs it
+/// in its own dispatch where it can: [`crate::kernels::attention::record`]), computing the
+/// metric (the keys averaged over heads, L2-normalised) on chip: the subgroup matcher where
+/// [`match_subgroup`] says, else the portable one. Also what the first-build kernel check
+/// runs, at the model's shapes.
 pub fn record_match(b: &mut ProgramBuilder, s: MergeShape, qkv: TensorId, label: &str) -> Matched {
     let hd = s.dim / s.heads;
     let na = s.split.na(s.n);
-    let row_max = b.activation_words(format!("{label} row max"), s.batch * na);
-    let dst = b.activation_words(format!("{label} dst"), s.batch * na);
+    let m = matched_outputs(b, &s, label);
     let params = match_params(&s);
-    // SG A tokens per SG-lane workgroup sharing the B keys where subgroups allow (32-channel
-    // heads), else 64 A tokens of one image per workgroup.
-    let Some(sg) = b.subgroup_for(KernelKind::Matching).filter(|_| hd == 32) else {
-        let g = b.grid(s.batch * na.div_ceil(64) * 64, 64);
-        let key = KernelKey::with_head_dim(Kernel::TomeMatch, hd);
-        b.dispatch(Family::Matching, key, &params, &[qkv, row_max, dst], g);
-        return Matched { row_max, dst };
+    // SG A tokens per SG-lane workgroup sharing the B keys, else 64 A tokens of one image per
+    // workgroup.
+    let (key, tile) = match match_subgroup(b, hd) {
+        Some(sg) => (KernelKey::with_sg(Kernel::TomeMatchSg, sg), sg),
+        None => (KernelKey::with_head_dim(Kernel::TomeMatch, hd), 64),
     };
-    let tiles = s.batch * na.div_ceil(sg as usize);
-    let g = b.grid(tiles * sg as usize, sg);
-    let key = KernelKey::with_sg(Kernel::TomeMatchSg, sg);
-    b.dispatch(Family::Matching, key, &params, &[qkv, row_max, dst], g);
-    Matched { row_max, dst }
+    let g = b.grid(s.batch * na.div_ceil(tile as usize) * tile as usize, tile);
+    b.dispatch(Family::Matching, key, &params, &[qkv, m.row_max, m.dst], g);
+    m
 }
 
 /// Record the matching metric of every token of `s` on its own, `[batch, n, head_dim]` f32:
@@ -156,7 +169,8 @@ pub fn record_metric(
     metric
 }
 
-/// Record a whole merge of `s.r` tokens per image. `mass`: masses of the incoming tokens, or
+/// Record a whole merge of `s.r` tokens per image. `matched`: the matching, where the
+/// attention before ran it (else it is recorded here). `mass`: masses of the incoming tokens, or
 /// `None` when all are 1 (first merge of a stage). `map`: the stage's unmerge map, updated in
 /// place (`first` = it is still the identity). `slot_map`: keep the slot map (a trace reads
 /// it). `stats`: hand on the merged rows' LayerNorm statistics. Returns the new sequence, its
@@ -166,6 +180,7 @@ pub fn record_merge(
     b: &mut ProgramBuilder,
     s: MergeShape,
     qkv: TensorId,
+    matched: Option<Matched>,
     x: TensorId,
     mass: Option<TensorId>,
     map: TensorId,
@@ -177,7 +192,7 @@ pub fn record_merge(
     let na = s.split.na(s.n);
     let (bt, n) = (s.batch as u32, s.n as u32);
     let [lead, a_odd, sorted] = s.split.params();
-    let Matched { row_max, dst, .. } = record_match(b, s, qkv, label);
+    let Matched { row_max, dst } = matched.unwrap_or_else(|| record_match(b, s, qkv, label));
     let n_out = s.n - s.r;
     let x_out = b.activation(format!("{label} x"), s.batch * n_out * s.c);
     let mass_out = b.activation_words(format!("{label} mass"), s.batch * n_out);

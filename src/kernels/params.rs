@@ -107,10 +107,17 @@ kernel_params! {
         pub heads: u32,
         /// Slices of the token sequence attending within themselves (SReT's groups; 1 = global).
         pub groups: u32,
-        /// Bit 0: read tokens through the permutation; bit 1: proportional attention.
+        /// Bit 0: read tokens through the permutation; bit 1: proportional attention; bit 2:
+        /// the workgroups after the first `attention_wgs` match tokens for the merge after.
         pub flags: u32,
         /// `head_dim ^ -0.5`.
         pub scale: f32,
+        /// The merge's lead tokens (with flags bit 2).
+        pub lead: u32,
+        /// The merge's parity of set A (with flags bit 2).
+        pub a_odd: u32,
+        /// Workgroups that run the attention; the rest of the grid matches or returns.
+        pub attention_wgs: u32,
     }
 }
 

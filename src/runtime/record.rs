@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::conv::{self, ConvIo, ConvShape, Layout};
 use crate::kernels::linear::{self, LinearWeights};
-use crate::kernels::merge::{record_merge, MergeShape, Unmerge};
+use crate::kernels::merge::{record_merge, Matched, MergeShape, Unmerge};
 use crate::kernels::mlp::{self, Mlp, MlpWeights, NextLayer, Projection};
 use crate::kernels::norm::RowStats;
 use crate::kernels::{Family, PipelineCache, Program, ProgramBuilder, TensorId};
@@ -200,10 +200,11 @@ fn mlp_takes_stats(b: &ProgramBuilder, dim: usize) -> bool {
 /// (statistics `x_stats`, or measured; or `qkv` as `ready` where the MLP before computed it; a
 /// stage's first `qkv` is recorded as the fused MLP's next layer alone, in the MLP's family),
 /// then `x = ca * x + cb * proj(attention)`: recorded here (in the attention's family) when a
-/// merge comes before the MLP (`mlp_next` false), else returned for the MLP half to record in
-/// front of its own work (in one dispatch with the fused MLP; in the MLP's family either way, so
-/// that the MLP kind's time covers the same work fused or not). Returns `qkv`, whose keys the
-/// matching reads, and the projection left to do.
+/// merge comes before the MLP (`matching`, the merge's shape: its matching rides in the
+/// attention's dispatch where it can), else returned for the MLP half to record in front of
+/// its own work (in one dispatch with the fused MLP; in the MLP's family either way, so that
+/// the MLP kind's time covers the same work fused or not). Returns `qkv`, whose keys the
+/// matching reads, the projection left to do and the matching where asked for.
 #[allow(clippy::too_many_arguments)]
 fn record_attention_half<'b>(
     b: &mut ProgramBuilder,
@@ -215,9 +216,9 @@ fn record_attention_half<'b>(
     ready: Option<TensorId>,
     perm: Option<TensorId>,
     mass: Option<TensorId>,
-    mlp_next: bool,
+    matching: Option<MergeShape>,
     label: &str,
-) -> (TensorId, Option<Projection<'b>>) {
+) -> (TensorId, Option<Projection<'b>>, Option<Matched>) {
     let rows = shape.batch * shape.n;
     let dim = shape.dim;
     let fam = Family::Attention;
@@ -226,15 +227,15 @@ fn record_attention_half<'b>(
         mlp::record_next(b, rows, next, (x_stats, LN_EPS), x, &format!("{label} qkv"))
     });
     let att = b.activation(format!("{label} attn"), rows * dim);
-    attention::record(b, shape, qkv, perm, mass, att);
+    let matched = attention::record(b, shape, qkv, perm, mass, att, matching.map(|m| (m, label)));
     let coef = (coef[0], coef[1]);
-    if mlp_next {
-        return (qkv, Some(blk.projection(b, att, coef, dim)));
+    if matching.is_none() {
+        return (qkv, Some(blk.projection(b, att, coef, dim)), None);
     }
     let out = format!("{label} attn out");
     let proj = blk.proj(b);
     linear::record_residual(b, fam, rows, proj, coef, att, x, false, &out);
-    (qkv, None)
+    (qkv, None, matched)
 }
 
 /// A stage's sequence while token merging shortens it: the tokens, their masses (`None` while
@@ -301,27 +302,10 @@ impl StageTokens {
         }
     }
 
-    /// Whether ToMe merges tokens after execution `exec`'s attention.
-    pub(super) fn merges_at(&self, spec: &ForwardSpec, exec: usize) -> bool {
-        spec.safe_r[self.stage][exec] > 0
-    }
-
-    /// ToMe between execution `exec`'s attention and its MLP: merges `spec.safe_r[stage][exec]`
-    /// tokens matched on the keys in `qkv`, keeping the slot map and masses for a trace.
-    pub(super) fn merge(
-        &mut self,
-        b: &mut ProgramBuilder,
-        spec: &ForwardSpec,
-        trace: &mut TraceTensors,
-        exec: usize,
-        qkv: TensorId,
-        label: &str,
-    ) {
+    /// The merge ToMe makes after execution `exec`'s attention, if any.
+    pub(super) fn merge_at(&self, spec: &ForwardSpec, exec: usize) -> Option<MergeShape> {
         let r = spec.safe_r[self.stage][exec];
-        if r == 0 {
-            return;
-        }
-        let shape = MergeShape {
+        (r > 0).then_some(MergeShape {
             batch: self.batch,
             n: self.n,
             r,
@@ -330,11 +314,32 @@ impl StageTokens {
             heads: self.heads,
             n_grid: self.n_grid,
             split: self.split,
+        })
+    }
+
+    /// ToMe between execution `exec`'s attention and its MLP: merges `spec.safe_r[stage][exec]`
+    /// tokens matched on the keys in `qkv` (`matched`, where the attention matched them),
+    /// keeping the slot map and masses for a trace.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn merge(
+        &mut self,
+        b: &mut ProgramBuilder,
+        spec: &ForwardSpec,
+        trace: &mut TraceTensors,
+        exec: usize,
+        qkv: TensorId,
+        matched: Option<Matched>,
+        label: &str,
+    ) {
+        let Some(shape) = self.merge_at(spec, exec) else {
+            return;
         };
+        let r = shape.r;
         let m = record_merge(
             b,
             shape,
             qkv,
+            matched,
             self.x,
             self.mass,
             self.map,

@@ -127,12 +127,17 @@ vv[min({j}u, KL - 1u)] = vec4<f32>(qkv[r + 2u * d4 + d]);",
 // every query, so each key is read once per SG queries instead of once per query. Lanes fetch
 // the keys' tokens and log-masses (TU per lane) and broadcast them too. The online softmax
 // rescales once per block, so a key costs one exp (and an eighth of a log).
+// Where a merge follows (flags bit 2), the workgroups after the attention's run the subgroup
+// matcher, match_tile_sg() (below; metric_of() and qkv4_at() are appended by
+// src/kernels/catalogue.rs): both read only qkv, so the merge's matching costs no dispatch.
 
 // Storage element type (f32, or f16 in the f16 variant; see src/kernels/pipelines.rs).
 alias elem = f32;
 
 // Subgroup width (the workgroup size); src/kernels/pipelines.rs substitutes the adapter's.
 const SG: u32 = 8u;
+// The matcher's head size (the attention's is 32 = 8 vec4 throughout).
+const HEAD_DIM: u32 = 32u;
 const KL: u32 = {kv_count}u / SG;
 const TU: u32 = ({KEYS}u + SG - 1u) / SG;
 
@@ -142,9 +147,15 @@ struct Params {{
     dim: u32,
     heads: u32,
     groups: u32,
-    // bit 0: read tokens through perm; bit 1: add log(mass[key]) to the scores.
+    // bit 0: read tokens through perm; bit 1: add log(mass[key]) to the scores; bit 2: the
+    // workgroups after the first `attention_wgs` match tokens for the merge after this attention.
     flags: u32,
     scale: f32,
+    // The merge's sets (flags bit 2): lead tokens, parity of set A.
+    lead: u32,
+    a_odd: u32,
+    // Workgroups of the grid that run the attention (the rest match, or return).
+    attention_wgs: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -152,6 +163,10 @@ struct Params {{
 @group(0) @binding(2) var<storage, read> perm: array<u32>;
 @group(0) @binding(3) var<storage, read> mass: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<elem>>;
+// Matching's outputs (flags bit 2; else unwritten stand-ins): per A token its best score and
+// its most similar B token.
+@group(0) @binding(5) var<storage, read_write> row_max: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dst: array<u32>;
 
 fn token(j: u32) -> u32 {{
     if ((p.flags & 1u) != 0u) {{
@@ -166,6 +181,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let ng = p.n / p.groups;
     let blocks = (ng + SG - 1u) / SG;
     let tile = wg.x + wg.y * nwg.x;
+    if (tile >= p.attention_wgs) {{
+        // match_tile_sg() is the subgroup matcher's body (below).
+        if ((p.flags & 4u) != 0u) {{
+            match_tile_sg(tile - p.attention_wgs, lane);
+        }}
+        return;
+    }}
     if (tile >= p.batch * p.heads * p.groups * blocks) {{
         return;
     }}
@@ -222,6 +244,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         out[obase + d] = vec4<elem>(acc[d] * inv);
     }}
 }}
-"
+{tile}",
+        tile = super::tome_match_sg::tile()
     )
 }

@@ -225,14 +225,14 @@ fn execution(
     // The MLP half before this execution computed its `qkv` (the stage's first reads the
     // statistics its input's writer left, or measures them). Without a merge the projection is
     // left to the MLP half.
-    let mlp_next = !seq.merges_at(spec, exec);
+    let matching = seq.merge_at(spec, exec);
     let stats = seq.stats.take();
     let ready = seq.qkv.take();
-    let (qkv, proj) = record_attention_half(
-        b, shape, blk, coef, seq.x, stats, ready, perm, seq.mass, mlp_next, &label,
+    let (qkv, proj, matched) = record_attention_half(
+        b, shape, blk, coef, seq.x, stats, ready, perm, seq.mass, matching, &label,
     );
     // Token merging between attention and MLP.
-    seq.merge(b, spec, trace, exec, qkv, &label);
+    seq.merge(b, spec, trace, exec, qkv, matched, &label);
     let x = seq.x;
     let rows = bt * seq.n;
     let stats = seq.stats.take();

@@ -245,13 +245,13 @@ fn blocks(
         // The MLP half before this block computed its `qkv` (the first reads the statistics
         // its input's writer left, or measures them). Without a merge the projection is left
         // to the MLP half.
-        let mlp_next = !seq.merges_at(spec, exec);
+        let matching = seq.merge_at(spec, exec);
         let stats = seq.stats.take();
         let ready = seq.qkv.take();
-        let (qkv, proj) = record_attention_half(
-            b, shape, blk, [1.0; 4], seq.x, stats, ready, None, mass, mlp_next, &label,
+        let (qkv, proj, matched) = record_attention_half(
+            b, shape, blk, [1.0; 4], seq.x, stats, ready, None, mass, matching, &label,
         );
-        seq.merge(b, spec, trace, exec, qkv, &label);
+        seq.merge(b, spec, trace, exec, qkv, matched, &label);
         let stats = seq.stats.take();
         let next = blocks.get(exec + 1).map(|n| n.qkv_next(b, dim));
         seq.qkv = record_mlp(
